@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages xcoderd needs, only when some are missing.
+# Idempotent and quiet when everything is present; `make deps` calls it.
+set -euo pipefail
+pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libuv1-dev
+      libsystemd-dev python3-numpy python3-zmq python3-msgpack)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "deps: need root (or sudo) to apt-get install ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
