@@ -19,6 +19,8 @@ CLIB_SRC   := $(wildcard client/lib/*.c)
 CLI_SRC    := $(wildcard client/cli/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
+# Integration tests (a real daemon, the CLI, Python): run after the unit tests.
+INTEG      := $(sort $(wildcard tests/integ_*.sh tests/integ_*.py))
 HDRS       := $(wildcard include/*.h proto/*.h daemon/*.h client/lib/*.h tests/*.h)
 
 # $(call variant,DIR,FLAGS): object rules, libraries, binaries and tests for one build flavour.
@@ -65,7 +67,7 @@ build/bench/%: build/obj/bench/%.o build/libxcd.a
 # Unit tests: optimised build first, then the sanitizer build.
 test: all $(ASAN_TESTS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  bash tests/run.sh $(TESTS) $(ASAN_TESTS)
+	  bash tests/run.sh $(TESTS) $(ASAN_TESTS) $(INTEG)
 
 bench: all
 	@for b in $(BENCHES); do $$b || exit 1; done

@@ -9,6 +9,7 @@ for t in "$@"; do
   log=$(mktemp)
   case "$t" in
     *.py) /usr/bin/python3 "$t" >"$log" 2>&1 ;;
+    *.sh) bash "$t" >"$log" 2>&1 ;;
     *)    "$t" >"$log" 2>&1 ;;
   esac
   rc=$?

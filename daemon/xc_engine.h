@@ -1,0 +1,131 @@
+/* The crosscoder engine: pure compute (no sockets, no files). One object holds a
+ * BatchTopK or L1 crosscoder, its Adam state and its per-latent statistics; the
+ * maths follows shared/method.md (sections 1-3).
+ *
+ * Activations are float32 laid out [n_tokens, 2, d]: for each token the base
+ * model's d values, then the chat model's. Internally every latent's encoder
+ * column and decoder row are stored as one contiguous row of 2d floats
+ * (base half, chat half), so the sparse passes read one cache-friendly row per
+ * active latent; checkpoints transpose to the reference layout. */
+#ifndef XC_ENGINE_H
+#define XC_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { XC_MODEL_BATCHTOPK = 0, XC_MODEL_L1 = 1 } xc_model_kind_t;
+typedef enum { XC_LOSS_L2 = 0, XC_LOSS_MSE = 1 } xc_loss_kind_t;
+
+typedef struct {
+    xc_model_kind_t model;
+    int d;                     /* activation width of each model */
+    int dict_size;             /* F, number of latents */
+    int k;                     /* BatchTopK: mean active latents per token */
+    int batch_size;            /* B, tokens per training step */
+    float lr;                  /* Adam learning rate after warm-up */
+    int warmup_steps;          /* linear warm-up from lr/warmup to lr */
+    long decay_start;          /* step at which linear decay to 0 starts; 0 = never */
+    long total_steps;          /* end of the decay (needed when decay_start > 0) */
+    float aux_coef;            /* AuxK weight (1/32) */
+    long dead_tokens;          /* a latent is dead after this many tokens unfired */
+    float init_norm;           /* encoder column norm at init (1.0 BatchTopK, 0.005 L1) */
+    float l1_coef;             /* L1 sparsity coefficient mu */
+    xc_loss_kind_t loss;       /* reconstruction term used for training */
+    long threshold_start_step; /* theta updates start after this step */
+    float threshold_beta;      /* theta EMA factor (0.999) */
+    float clip_norm;           /* global gradient-norm clip; 0 = off */
+    float adam_b1, adam_b2, adam_eps;
+    uint64_t seed;
+    int threads;               /* compute threads; 0 = online CPUs */
+    double stats_half_life;    /* tokens; half-life of the firing-frequency EMA */
+} xc_engine_config_t;
+
+typedef struct {
+    long step;                 /* completed training steps */
+    uint64_t tokens;           /* tokens trained on */
+    double loss;               /* total training loss of the last step */
+    double recon_l2;           /* (1/2B) sum ||e|| (un-squared) */
+    double recon_mse;          /* (1/2B) sum ||e||^2 */
+    double aux;                /* AuxK term (before the 1/32 weight) */
+    double l1;                 /* L1: (1/B) sum u s (before mu) */
+    double fve[2];             /* fraction of variance explained, base / chat */
+    double l0;                 /* mean active latents per token */
+    double dead_fraction;      /* latents unfired for >= dead_tokens */
+    double theta;              /* BatchTopK inference threshold (-1 until set) */
+    double grad_norm;          /* global gradient norm before clipping */
+    double lr;                 /* learning rate used by the last step */
+    int n_dead;
+} xc_engine_metrics_t;
+
+typedef struct {
+    float norm_base, norm_chat;/* decoder row norms */
+    float delta_norm;          /* relative decoder norm (method.md 3) */
+    float cosine;              /* cos(d_base, d_chat); 0 when a norm is 0 */
+    float freq;                /* firing frequency, EMA over stats_half_life tokens */
+    float mean_act;            /* mean activation when firing (cumulative) */
+    float max_act;             /* max activation ever seen */
+    uint64_t fired;            /* token-activations counted */
+    uint64_t tokens_since_fired;
+    long last_step_fired;      /* -1 if never */
+    int dead;                  /* tokens_since_fired >= dead_tokens */
+} xc_latent_stats_t;
+
+/* Views of the parameters (or of gradients); row-major shapes in comments. */
+typedef struct {
+    float *w_enc;  /* (F, 2, d): row j = encoder column j, base half then chat half */
+    float *b_enc;  /* (F) */
+    float *w_dec;  /* (F, 2, d): row j = (d_j^base, d_j^chat) */
+    float *b_dec;  /* (2, d) */
+} xc_engine_params_t;
+
+typedef struct xc_engine xc_engine_t;
+
+/* Fills defaults from method.md for the given model kind (d, dict_size, batch
+ * size and k get small demo values; callers set them). */
+void xc_engine_config_default(xc_engine_config_t *c, xc_model_kind_t model);
+/* 0 or XC_ECONFIG with a human-readable reason in why. */
+int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why_len);
+
+/* Creates and initialises a model (method.md 1). NULL on failure, *err set.
+ * The engine owns all its memory; free it with xc_engine_destroy. */
+xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err);
+void xc_engine_destroy(xc_engine_t **e);
+const xc_engine_config_t *xc_engine_config(const xc_engine_t *e);
+
+/* 0, XC_ESHAPE (n_tokens != batch_size or NULL), XC_ENONFINITE. Reads only. */
+int xc_engine_check_batch(const xc_engine_t *e, const float *x, long n_tokens);
+/* One training step on exactly batch_size tokens. The batch is checked first;
+ * on error nothing in the model changes. x is borrowed for the call. */
+int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens);
+
+/* Inference (threshold mode for BatchTopK: f = u * 1[u s > theta]; L1: f = u).
+ * f_out (n, F) dense. Any n >= 1; uses the engine's scratch up to batch_size rows
+ * per chunk. Not thread-safe against train_step on the same engine. */
+int xc_engine_encode(xc_engine_t *e, const float *x, long n, float *f_out);
+/* xhat_out (n, 2, d) = f W_dec + b_dec. */
+int xc_engine_decode(xc_engine_t *e, const float *f, long n, float *xhat_out);
+
+const xc_engine_metrics_t *xc_engine_metrics(const xc_engine_t *e);
+/* out: dict_size entries, caller-owned. */
+void xc_engine_latent_stats(const xc_engine_t *e, xc_latent_stats_t *out);
+/* Live views of the parameters (valid until destroy; do not write during a step). */
+void xc_engine_params(xc_engine_t *e, xc_engine_params_t *out);
+/* Marks cached decoder norms stale after a caller wrote parameters directly. */
+void xc_engine_params_changed(xc_engine_t *e);
+
+/* For tests: run forward + backward on a batch without updating anything and
+ * fill dense gradients of the training loss (before clipping) into g (caller-
+ * owned arrays of parameter shape). Also reports the loss terms in *m. */
+int xc_engine_compute_grads(xc_engine_t *e, const float *x, long n_tokens,
+                            xc_engine_params_t *g, xc_engine_metrics_t *m);
+/* For tests: the tokens-since-fired counters (F entries, writable) and theta. */
+uint64_t *xc_engine_dead_counters(xc_engine_t *e);
+void xc_engine_set_theta(xc_engine_t *e, double theta);
+
+/* Geometric median of n points in R^dim (Weiszfeld from the mean, as the
+ * reference trainer: <= max_iter iterations, stop when the shift < tol).
+ * points (n, stride) with the dim values at offset 0 of each row. */
+void xc_geometric_median(const float *points, long n, int dim, long stride, int max_iter,
+                         double tol, float *out);
+
+#endif
