@@ -122,6 +122,15 @@ int xc_engine_compute_grads(xc_engine_t *e, const float *x, long n_tokens,
 uint64_t *xc_engine_dead_counters(xc_engine_t *e);
 void xc_engine_set_theta(xc_engine_t *e, double theta);
 
+/* The BatchTopK selection of the last training forward (CSR over tokens:
+ * entries row_ptr[b] .. row_ptr[b+1]-1 hold latent col[] with activation val[]).
+ * Returns the number of entries (0 for L1). Views valid until the next step. */
+long xc_engine_selection(const xc_engine_t *e, const long **row_ptr, const int **col,
+                         const float **val);
+/* Live views of the Adam moments (same shapes as the parameters) and the number
+ * of completed steps (Adam's t before the next step). */
+void xc_engine_adam_state(xc_engine_t *e, xc_engine_params_t *m, xc_engine_params_t *v, long *step);
+
 /* Geometric median of n points in R^dim (Weiszfeld from the mean, as the
  * reference trainer: <= max_iter iterations, stop when the shift < tol).
  * points (n, stride) with the dim values at offset 0 of each row. */
