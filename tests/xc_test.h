@@ -29,8 +29,9 @@ static char xc_test_why_[512];
 /* Check and bail out of the case (for preconditions later checks rely on). */
 #define XC_REQUIRE(cond, ...)                                                   \
     do {                                                                        \
-        XC_CHECK(cond, __VA_ARGS__);                                            \
-        if (!(cond)) return;                                                    \
+        int ok_ = !!(cond); /* evaluated once: cond may have side effects */    \
+        XC_CHECK(ok_, __VA_ARGS__);                                             \
+        if (!ok_) return;                                                       \
     } while (0)
 
 #define XC_CHECK_CLOSE(a, b, rtol, atol)                                        \
