@@ -30,13 +30,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define XC_HAVE_AVX512_PATH 1
+#endif
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
 
 #define NBUCKET 32768 /* top 16 bits of a positive float */
 
 typedef struct {
-    long b, j;
-    float r;
+    int b, j;    /* token, latent */
+    float r, u;  /* score u s, activation u */
 } cand_t;
 
 typedef struct {
@@ -48,7 +61,7 @@ typedef struct {
 typedef struct {
     uint32_t *hist;       /* (NBUCKET) */
     cand_t *cand;         /* boundary candidates; grows on demand */
-    long ncand, cand_cap, cand_need;
+    long ncand, cand_cap;
     scored_t *dead_sc;    /* (F) AuxK candidates of one token */
     double *acc;          /* (4, 2d): sum e, sum e^2, sum x, sum x^2 */
     double l2, mse, aux_num, sq, l1;
@@ -104,6 +117,11 @@ struct xc_engine {
     int *lat_ent;               /* (K + B*kaux_max) */
 
     /* selection state */
+    uint64_t *hist64;           /* (NBUCKET) merged histogram */
+    float tau, tau_frac;        /* fast-path filter: tau = tau_frac * last cut-off */
+    long last_ncand, n_full_select;
+    int fill_phase;
+    int use_avx512;             /* the CPU runs the AVX-512 prefilter */
     int sel_all;                /* fewer positives than K: take every positive */
     long bucket_t;              /* boundary bucket */
     float cut_r;                /* boundary candidates kept: r > cut_r or r == cut_r && idx <= cut_idx */
@@ -339,6 +357,7 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
     e->lat_ptr = xalloc(F + 1, sizeof(long), &fail);
     e->lat_cnt = xalloc(F, sizeof(int), &fail);
     e->lat_ent = xalloc(K + KA, sizeof(int), &fail);
+    e->hist64 = xalloc(NBUCKET, sizeof(uint64_t), &fail);
     e->w = calloc((size_t)e->nth, sizeof *e->w);
     if (!e->w) fail = 1;
     for (int t = 0; !fail && t < e->nth; t++) {
@@ -355,6 +374,11 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
     init_params(e);
     e->theta = -1.0;
     e->met.theta = -1.0;
+    e->tau = 0.0f;
+    e->tau_frac = 0.6f;
+#ifdef XC_HAVE_AVX512_PATH
+    e->use_avx512 = __builtin_cpu_supports("avx512f") && !getenv("XC_NO_AVX512");
+#endif
     e->norms_valid = 0;
     ensure_norms(e);
     if (err) *err = XC_OK;
@@ -386,7 +410,7 @@ void xc_engine_destroy(xc_engine_t **pe)
                     e->fired, e->sum_act, e->max_act, e->freq, e->last_fired, e->pre, e->dpre,
                     e->resid, e->gx, e->hx, e->ehat, e->row_ptr, e->row_cnt, e->col, e->ent_row,
                     e->val, e->gval, e->aux_ptr, e->aux_col, e->aux_row, e->aux_val, e->aux_gval,
-                    e->lat_ptr, e->lat_cnt, e->lat_ent};
+                    e->lat_ptr, e->lat_cnt, e->lat_ent, e->hist64};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(e);
     *pe = NULL;
@@ -454,34 +478,33 @@ static void enc_gemm_task(void *ctx, int tid, int nth)
                     e->x, e->d2, e->w_enc + (size_t)lo * e->d2, e->d2, 0.0f, e->pre + lo, e->F);
 }
 
-/* Pass A: u = ReLU(pre + b_enc) in place; histogram of r = u s. */
-static void passA_task(void *ctx, int tid, int nth)
+/* u = ReLU(pre + b_enc): one expression everywhere, so every pass sees the same float. */
+static inline float relu_u(const xc_engine_t *e, const float *pre_row, int j)
 {
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi, npos = 0;
-    int F = e->F, hist = e->cfg.model == XC_MODEL_BATCHTOPK;
-    xc_pool_range(e->n, tid, nth, &lo, &hi);
-    if (hist) memset(w->hist, 0, sizeof(uint32_t) * NBUCKET);
-    for (long b = lo; b < hi; b++) {
-        float *u = e->pre + (size_t)b * F;
-        for (int j = 0; j < F; j++) {
-            float v = u[j] + e->b_enc[j];
-            u[j] = v > 0.0f ? v : 0.0f;
-        }
-        if (!hist) continue;
-        for (int j = 0; j < F; j++) {
-            float r = u[j] * e->s[j];
-            if (r > 0.0f) {
-                w->hist[fbits(r) >> 16]++;
-                npos++;
-            }
-        }
-    }
-    w->npos = npos;
+    float v = pre_row[j] + e->b_enc[j];
+    return v > 0.0f ? v : 0.0f;
 }
 
-/* ---------------------------------------------------------------- BatchTopK selection */
+/* L1: u = ReLU(pre + b_enc) in place (its codes are dense and used by sgemms). */
+static void relu_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    long lo, hi;
+    int F = e->F;
+    xc_pool_range(e->n, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
+        float *u = e->pre + (size_t)b * F;
+        for (int j = 0; j < F; j++) u[j] = relu_u(e, u, j);
+    }
+}
+
+/* ---------------------------------------------------------------- BatchTopK selection
+ * Exact top-k*B of r = u s with ties broken towards the lower flat index b*F + j.
+ * Fast path: one pass keeps the entries with r >= tau, tau a fraction of the last
+ * step's cut-off (a rarely-taken, well-predicted branch), and the exact selection
+ * runs on that short list. When fewer than k*B entries pass (first step, a shift in
+ * scale), the full path histograms r over the whole batch instead. Both end in the
+ * same selection rule, so the result does not depend on which path ran. */
 
 static int cand_cmp(const void *pa, const void *pb)
 {
@@ -491,134 +514,295 @@ static int cand_cmp(const void *pa, const void *pb)
     return a->j < b->j ? -1 : (a->j > b->j);
 }
 
-/* Pass B: count entries above the boundary bucket per row, collect candidates. */
-static void passB_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi;
-    int F = e->F;
-    uint32_t t = (uint32_t)e->bucket_t;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    w->ncand = 0;
-    w->cand_need = 0;
-    for (long b = lo; b < hi; b++) {
-        const float *u = e->pre + (size_t)b * F;
-        long cnt = 0;
-        for (int j = 0; j < F; j++) {
-            float r = u[j] * e->s[j];
-            if (!(r > 0.0f)) continue;
-            uint32_t bk = fbits(r) >> 16;
-            if (bk > t) {
-                cnt++;
-            } else if (bk == t) {
-                if (w->ncand < w->cand_cap) w->cand[w->ncand] = (cand_t){b, j, r};
-                w->ncand++;
-            }
-        }
-        e->row_cnt[b] = cnt;
-    }
-    if (w->ncand > w->cand_cap) w->cand_need = w->ncand;
-}
+static inline uint32_t bucket_of(float r) { return fbits(r) >> 16; }
 
 static inline int selected(const xc_engine_t *e, long b, int j, float r)
 {
     if (!(r > 0.0f)) return 0;
     if (e->sel_all) return 1;
-    uint32_t bk = fbits(r) >> 16;
+    uint32_t bk = bucket_of(r);
     if (bk != (uint32_t)e->bucket_t) return bk > (uint32_t)e->bucket_t;
     if (r != e->cut_r) return r > e->cut_r;
     return b * (long)e->F + j <= e->cut_idx;
 }
 
-/* Pass C: fill the CSR rows (j ascending). */
-static void passC_task(void *ctx, int tid, int nth)
+static int cand_reserve(worker_t *w, long n)
+{
+    if (n <= w->cand_cap) return XC_OK;
+    long cap = n + n / 2;
+    cand_t *p = realloc(w->cand, sizeof(cand_t) * (size_t)cap);
+    if (!p) return XC_ENOMEM;
+    w->cand = p;
+    w->cand_cap = cap;
+    return XC_OK;
+}
+
+/* Fast path: per worker, the entries with r >= tau in row order (j ascending).
+ * This pass reads all B*F pre-activations, so it is the selection's cost: on
+ * AVX-512 machines it runs 16 latents per instruction with compress-stores. */
+#ifdef XC_HAVE_AVX512_PATH
+__attribute__((target("avx512f"))) static long filter_row_avx512(const xc_engine_t *e, const float *pre,
+                                                                   int b, float tau, cand_t *out,
+                                                                   long n, long cap)
+{
+    int F = e->F, j = 0;
+    const __m512 vt = _mm512_set1_ps(tau), z = _mm512_setzero_ps();
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; j + 16 <= F; j += 16, idx = _mm512_add_epi32(idx, step)) {
+        __m512 u = _mm512_max_ps(_mm512_add_ps(_mm512_loadu_ps(pre + j), _mm512_loadu_ps(e->b_enc + j)), z);
+        __m512 r = _mm512_mul_ps(u, _mm512_loadu_ps(e->s + j));
+        __mmask16 m = _mm512_cmp_ps_mask(r, vt, _CMP_GE_OQ);
+        if (!m) continue;
+        int jj[16];
+        float rr[16], uu[16];
+        int c = __builtin_popcount(m);
+        _mm512_mask_compressstoreu_epi32(jj, m, idx);
+        _mm512_mask_compressstoreu_ps(rr, m, r);
+        _mm512_mask_compressstoreu_ps(uu, m, u);
+        for (int q = 0; q < c; q++, n++)
+            if (n < cap) out[n] = (cand_t){b, jj[q], rr[q], uu[q]};
+    }
+    for (; j < F; j++) {
+        float u = relu_u(e, pre, j), r = u * e->s[j];
+        if (r >= tau) {
+            if (n < cap) out[n] = (cand_t){b, j, r, u};
+            n++;
+        }
+    }
+    return n;
+}
+#endif
+
+static long filter_row(const xc_engine_t *e, const float *pre, int b, float tau, cand_t *out, long n,
+                       long cap)
+{
+#ifdef XC_HAVE_AVX512_PATH
+    if (e->use_avx512) return filter_row_avx512(e, pre, b, tau, out, n, cap);
+#endif
+    for (int j = 0; j < e->F; j++) {
+        float u = relu_u(e, pre, j), r = u * e->s[j];
+        if (r >= tau) {
+            if (n < cap) out[n] = (cand_t){b, j, r, u};
+            n++;
+        }
+    }
+    return n;
+}
+
+static void filter_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    worker_t *w = &e->w[tid];
+    long lo, hi, n = 0;
+    xc_pool_range(e->B, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++)
+        n = filter_row(e, e->pre + (size_t)b * e->F, (int)b, e->tau, w->cand, n, w->cand_cap);
+    w->ncand = n;
+}
+
+/* Full path, pass A: histogram of r over the whole batch. */
+static void hist_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    worker_t *w = &e->w[tid];
+    long lo, hi, npos = 0;
+    int F = e->F;
+    xc_pool_range(e->B, tid, nth, &lo, &hi);
+    memset(w->hist, 0, sizeof(uint32_t) * NBUCKET);
+    for (long b = lo; b < hi; b++) {
+        const float *pre = e->pre + (size_t)b * F;
+        for (int j = 0; j < F; j++) {
+            float r = relu_u(e, pre, j) * e->s[j];
+            int pos = r > 0.0f;
+            /* branch-free: zeros land in bucket 0, corrected below via npos */
+            w->hist[pos ? bucket_of(r) : 0]++;
+            npos += pos;
+        }
+    }
+    w->npos = npos;
+}
+
+/* Full path, pass B: entries of the boundary bucket, in row order. */
+static void boundary_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    worker_t *w = &e->w[tid];
+    long lo, hi, n = 0;
+    int F = e->F;
+    uint32_t t = (uint32_t)e->bucket_t;
+    xc_pool_range(e->B, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
+        const float *pre = e->pre + (size_t)b * F;
+        for (int j = 0; j < F; j++) {
+            float u = relu_u(e, pre, j), r = u * e->s[j];
+            if (r > 0.0f && bucket_of(r) == t) {
+                if (n < w->cand_cap) w->cand[n] = (cand_t){b, j, r, u};
+                n++;
+            }
+        }
+    }
+    w->ncand = n;
+}
+
+/* Full path, pass C: count (fill_phase 0), then fill (1) the CSR rows. */
+static void fill_rows_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
     long lo, hi;
-    int F = e->F;
+    int F = e->F, phase = e->fill_phase;
     xc_pool_range(e->B, tid, nth, &lo, &hi);
     for (long b = lo; b < hi; b++) {
-        const float *u = e->pre + (size_t)b * F;
-        long p = e->row_ptr[b];
+        const float *pre = e->pre + (size_t)b * F;
+        long p = phase ? e->row_ptr[b] : 0;
         for (int j = 0; j < F; j++) {
-            float r = u[j] * e->s[j];
-            if (selected(e, b, j, r)) {
+            float u = relu_u(e, pre, j), r = u * e->s[j];
+            if (!selected(e, b, j, r)) continue;
+            if (phase) {
                 e->col[p] = j;
-                e->val[p] = u[j];
+                e->val[p] = u;
                 e->ent_row[p] = (int)b;
-                p++;
             }
+            p++;
         }
+        if (!phase) e->row_cnt[b] = p;
     }
 }
 
-/* Chooses the k*B largest r = u s of the batch; returns XC_ENOMEM if candidate
- * buffers could not grow. Leaves the CSR in row_ptr/col/val/ent_row. */
-static int select_topk(xc_engine_t *e)
+/* Runs a pool pass that fills per-worker candidate lists, growing them when short. */
+static int collect(xc_engine_t *e, xc_pool_fn fn)
 {
-    long total = 0;
-    for (int t = 0; t < e->nth; t++) total += e->w[t].npos;
-    e->sel_all = total <= e->K;
-    if (!e->sel_all) {
-        /* merge histograms; walk down from the top bucket */
-        long cum = 0, t_b = NBUCKET - 1;
-        for (; t_b >= 0; t_b--) {
-            long h = 0;
-            for (int t = 0; t < e->nth; t++) h += e->w[t].hist[t_b];
-            if (cum + h >= e->K) break;
-            cum += h;
-        }
-        e->bucket_t = t_b;
-        long need = e->K - cum;
-        for (int attempt = 0; attempt < 2; attempt++) {
-            xc_pool_run(e->pool, passB_task, e);
-            int grow = 0;
-            for (int t = 0; t < e->nth; t++) {
-                worker_t *w = &e->w[t];
-                if (!w->cand_need) continue;
-                long cap = w->cand_need + w->cand_need / 2;
-                cand_t *nc = realloc(w->cand, sizeof(cand_t) * (size_t)cap);
-                if (!nc) return XC_ENOMEM;
-                w->cand = nc;
-                w->cand_cap = cap;
-                grow = 1;
+    for (;;) {
+        xc_pool_run(e->pool, fn, e);
+        int again = 0;
+        for (int t = 0; t < e->nth; t++) {
+            worker_t *w = &e->w[t];
+            if (w->ncand > w->cand_cap) {
+                if (cand_reserve(w, w->ncand)) return XC_ENOMEM;
+                again = 1;
             }
-            if (!grow) break;
         }
-        /* gather candidates into worker 0's buffer order-preserving, then sort */
-        long nc = 0;
-        for (int t = 0; t < e->nth; t++) nc += e->w[t].ncand;
-        worker_t *w0 = &e->w[0];
-        if (nc > w0->cand_cap) {
-            cand_t *p = realloc(w0->cand, sizeof(cand_t) * (size_t)nc);
-            if (!p) return XC_ENOMEM;
-            w0->cand = p;
-            w0->cand_cap = nc;
-        }
-        long at = w0->ncand;
-        for (int t = 1; t < e->nth; t++) {
-            memcpy(w0->cand + at, e->w[t].cand, sizeof(cand_t) * (size_t)e->w[t].ncand);
-            at += e->w[t].ncand;
-        }
-        qsort(w0->cand, (size_t)nc, sizeof(cand_t), cand_cmp);
-        const cand_t *last = &w0->cand[need - 1];
-        e->cut_r = last->r;
-        e->cut_idx = last->b * (long)e->F + last->j;
-        for (long i = 0; i < need; i++) e->row_cnt[w0->cand[i].b]++;
-    } else {
-        /* every positive entry: count per row */
-        for (long b = 0; b < e->B; b++) {
-            const float *u = e->pre + (size_t)b * e->F;
-            long c = 0;
-            for (int j = 0; j < e->F; j++) c += (u[j] * e->s[j] > 0.0f);
-            e->row_cnt[b] = c;
-        }
+        if (!again) return XC_OK;
     }
+}
+
+/* Walks a histogram down from the top: sets bucket_t and returns how many
+ * entries of that bucket are still needed to reach K. */
+static long boundary(xc_engine_t *e, const uint64_t *hist)
+{
+    long cum = 0, t = NBUCKET - 1;
+    for (; t > 0; t--) {
+        if (cum + (long)hist[t] >= e->K) break;
+        cum += (long)hist[t];
+    }
+    e->bucket_t = t;
+    return e->K - cum;
+}
+
+/* Sorts the boundary candidates (bucket_t only) and sets the exact cut. */
+static int cut_boundary(xc_engine_t *e, long need)
+{
+    long nc = 0;
+    for (int t = 0; t < e->nth; t++) nc += e->w[t].ncand;
+    if (cand_reserve(&e->w[0], nc + e->w[0].ncand) != XC_OK) return XC_ENOMEM;
+    worker_t *w0 = &e->w[0];
+    cand_t *bd = w0->cand + w0->ncand; /* scratch after worker 0's own list */
+    long m = 0;
+    for (int t = 0; t < e->nth; t++)
+        for (long i = 0; i < e->w[t].ncand; i++)
+            if (bucket_of(e->w[t].cand[i].r) == (uint32_t)e->bucket_t) bd[m++] = e->w[t].cand[i];
+    qsort(bd, (size_t)m, sizeof(cand_t), cand_cmp);
+    const cand_t *last = &bd[need - 1];
+    e->cut_r = last->r;
+    e->cut_idx = last->b * (long)e->F + last->j;
+    return XC_OK;
+}
+
+static int select_fast(xc_engine_t *e)
+{
+    int rc = collect(e, filter_task);
+    if (rc) return rc;
+    long m = 0;
+    for (int t = 0; t < e->nth; t++) m += e->w[t].ncand;
+    e->last_ncand = m;
+    if (m < e->K) return XC_EAGAIN;
+    uint64_t *h = e->hist64;
+    memset(h, 0, sizeof(uint64_t) * NBUCKET);
+    for (int t = 0; t < e->nth; t++)
+        for (long i = 0; i < e->w[t].ncand; i++) h[bucket_of(e->w[t].cand[i].r)]++;
+    e->sel_all = 0;
+    long need = boundary(e, h);
+    rc = cut_boundary(e, need);
+    if (rc) return rc;
+    /* candidates are in row-major order across workers: fill the CSR directly */
+    memset(e->row_cnt, 0, sizeof(long) * (size_t)e->B);
+    long p = 0;
+    for (int t = 0; t < e->nth; t++)
+        for (long i = 0; i < e->w[t].ncand; i++) {
+            const cand_t *c = &e->w[t].cand[i];
+            if (!selected(e, c->b, c->j, c->r)) continue;
+            e->col[p] = c->j;
+            e->val[p] = c->u;
+            e->ent_row[p] = (int)c->b;
+            e->row_cnt[c->b]++;
+            p++;
+        }
+    e->row_ptr[0] = 0;
+    for (long b = 0; b < e->B; b++) e->row_ptr[b + 1] = e->row_ptr[b] + e->row_cnt[b];
+    e->nnz = p;
+    return XC_OK;
+}
+
+static int select_full(xc_engine_t *e)
+{
+    uint64_t *h = e->hist64;
+    long npos = 0;
+    xc_pool_run(e->pool, hist_task, e);
+    memset(h, 0, sizeof(uint64_t) * NBUCKET);
+    for (int t = 0; t < e->nth; t++) {
+        npos += e->w[t].npos;
+        for (int q = 0; q < NBUCKET; q++) h[q] += e->w[t].hist[q];
+    }
+    long above0 = 0;
+    for (int q = 1; q < NBUCKET; q++) above0 += (long)h[q];
+    h[0] = (uint64_t)(npos - above0); /* positives in bucket 0 (denormals) only */
+    e->sel_all = npos <= e->K;
+    if (!e->sel_all) {
+        long need = boundary(e, h);
+        for (int t = 0; t < e->nth; t++) e->w[t].ncand = 0;
+        int rc = collect(e, boundary_task);
+        if (rc) return rc;
+        rc = cut_boundary(e, need);
+        if (rc) return rc;
+    }
+    e->fill_phase = 0;
+    xc_pool_run(e->pool, fill_rows_task, e);
     e->row_ptr[0] = 0;
     for (long b = 0; b < e->B; b++) e->row_ptr[b + 1] = e->row_ptr[b] + e->row_cnt[b];
     e->nnz = e->row_ptr[e->B];
-    xc_pool_run(e->pool, passC_task, e);
+    e->fill_phase = 1;
+    xc_pool_run(e->pool, fill_rows_task, e);
+    return XC_OK;
+}
+
+/* Chooses the k*B largest r = u s of the batch into the CSR (row_ptr, col, val, ent_row). */
+static int select_topk(xc_engine_t *e)
+{
+    int rc = e->tau > 0 ? select_fast(e) : XC_EAGAIN;
+    if (rc == XC_EAGAIN) {
+        e->n_full_select++;
+        rc = select_full(e);
+        if (rc) return rc;
+        e->tau_frac *= 0.7f;
+    } else if (rc) {
+        return rc;
+    } else if (e->last_ncand > 4L * e->K && e->tau_frac < 0.9f) {
+        e->tau_frac *= 1.1f; /* list longer than needed: filter harder */
+    }
+    e->met.select_candidates = e->last_ncand;
+    e->met.full_selects = e->n_full_select;
+    /* next step's filter: a fraction of this step's cut-off score */
+    e->tau = e->sel_all ? 0.0f : e->cut_r * e->tau_frac;
     return XC_OK;
 }
 
@@ -728,11 +912,12 @@ static void aux_fwd_task(void *ctx, int tid, int nth)
     xc_pool_range(e->B, tid, nth, &lo, &hi);
     w->aux_num = 0;
     for (long b = lo; b < hi; b++) {
-        const float *u = e->pre + (size_t)b * F;
+        const float *pre = e->pre + (size_t)b * F;
         long n = 0, base = b * (long)e->kaux_max;
         for (int q = 0; q < e->n_dead_list; q++) {
             int j = e->dead_list[q];
-            if (u[j] > 0.0f) w->dead_sc[n++] = (scored_t){u[j] * e->s[j], j};
+            float u = relu_u(e, pre, j);
+            if (u > 0.0f) w->dead_sc[n++] = (scored_t){u * e->s[j], j};
         }
         if (n > e->k_aux) {
             select_k(w->dead_sc, n, e->k_aux);
@@ -746,8 +931,9 @@ static void aux_fwd_task(void *ctx, int tid, int nth)
             int j = w->dead_sc[q].j;
             e->aux_col[base + q] = j;
             e->aux_row[base + q] = (int)b;
-            e->aux_val[base + q] = u[j];
-            cblas_saxpy(d2, u[j], e->w_dec + (size_t)j * d2, 1, eh, 1);
+            float u = relu_u(e, pre, j);
+            e->aux_val[base + q] = u;
+            cblas_saxpy(d2, u, e->w_dec + (size_t)j * d2, 1, eh, 1);
         }
         const float *r = e->resid + (size_t)b * d2;
         double sq = 0;
@@ -1028,25 +1214,38 @@ static void fill_fve(xc_engine_t *e)
  * has_grad), loss terms in e->met, and the squared gradient norm in *sq. */
 static int forward_backward(xc_engine_t *e, double *sq)
 {
+    double *ph = e->met.phase_ms, t0 = now_ms(), t1;
     e->n = e->B;
     ensure_norms(e);
     xc_pool_run(e->pool, enc_gemm_task, e);
-    xc_pool_run(e->pool, passA_task, e);
+    if (e->cfg.model == XC_MODEL_L1) xc_pool_run(e->pool, relu_task, e);
+    t1 = now_ms();
+    ph[XC_PHASE_ENCODE] = t1 - t0;
     double aux = 0;
     if (e->cfg.model == XC_MODEL_BATCHTOPK) {
         int rc = select_topk(e);
         if (rc) return rc;
+        ph[XC_PHASE_SELECT] = now_ms() - t1;
+        t1 = now_ms();
         xc_pool_run(e->pool, decode_sparse_task, e);
         memset(e->lat_cnt, 0, sizeof(int) * (size_t)e->F);
         for (long p = 0; p < e->nnz; p++) e->lat_cnt[e->col[p]]++;
+        ph[XC_PHASE_DECODE] = now_ms() - t1;
+        t1 = now_ms();
         aux = run_auxk(e);
+        ph[XC_PHASE_AUXK] = now_ms() - t1;
+        t1 = now_ms();
         build_csc(e);
         xc_pool_run(e->pool, grad_sparse_task, e);
+        ph[XC_PHASE_GRAD] = now_ms() - t1;
         e->met.l1 = 0;
         e->met.l0 = (double)e->nnz / e->B;
     } else {
         xc_pool_run(e->pool, l1_decode_task, e);
+        ph[XC_PHASE_DECODE] = now_ms() - t1;
+        t1 = now_ms();
         xc_pool_run(e->pool, l1_grad_task, e);
+        ph[XC_PHASE_GRAD] = now_ms() - t1;
         e->met.l1 = sum_w(e, offsetof(worker_t, l1));
         long nz = 0;
         memset(e->lat_cnt, 0, sizeof(int) * (size_t)e->F);
@@ -1170,6 +1369,7 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
 {
     int rc = xc_engine_check_batch(e, x, n_tokens);
     if (rc) return rc;
+    double t0 = now_ms();
     e->x = x;
     e->commit = 1;
     if (e->step == 0 && e->cfg.model == XC_MODEL_BATCHTOPK) {
@@ -1185,6 +1385,7 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     e->grad_scale = 1.0;
     if (e->cfg.clip_norm > 0 && norm > e->cfg.clip_norm) e->grad_scale = e->cfg.clip_norm / (norm + 1e-6);
     commit_stats(e);
+    double ta = now_ms();
     long t = e->step + 1; /* Adam's 1-based step count */
     e->lr_t = lr_at(&e->cfg, e->step);
     e->bc1 = 1.0 - pow(e->cfg.adam_b1, (double)t);
@@ -1192,6 +1393,8 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     xc_pool_run(e->pool, adam_task, e);
     adam_vec(e->b_dec, e->m_bdec, e->v_bdec, e->g_bdec, e->d2, e);
     e->norms_valid = 1;
+    e->met.phase_ms[XC_PHASE_ADAM] = now_ms() - ta;
+    e->met.phase_ms[XC_PHASE_TOTAL] = now_ms() - t0;
     e->met.lr = e->lr_t;
     e->step++;
     e->tokens += (uint64_t)e->B;

@@ -55,7 +55,19 @@ typedef struct {
     double grad_norm;          /* global gradient norm before clipping */
     double lr;                 /* learning rate used by the last step */
     int n_dead;
+    long select_candidates;    /* entries that passed the selection prefilter last step */
+    long full_selects;         /* steps that needed the full-batch selection path */
+    /* wall time of the last training step's phases, ms (see XC_PHASE_*) */
+    double phase_ms[7];
 } xc_engine_metrics_t;
+
+enum { XC_PHASE_ENCODE = 0, /* dense encoder sgemm + ReLU */
+       XC_PHASE_SELECT,     /* BatchTopK selection (histogram, candidates, CSR) */
+       XC_PHASE_DECODE,     /* decoder forward, loss, dL/df */
+       XC_PHASE_AUXK,       /* dead latents' auxiliary loss */
+       XC_PHASE_GRAD,       /* encoder/decoder gradients */
+       XC_PHASE_ADAM,       /* clip + Adam over every parameter + decoder norms */
+       XC_PHASE_TOTAL };
 
 typedef struct {
     float norm_base, norm_chat;/* decoder row norms */

@@ -1,0 +1,161 @@
+/* Engine benchmark: trains a small and the reference config (d=768, dict_size=16384,
+ * k=64, B=2048) for a fixed number of steps and reports, in one run:
+ *   - tokens_per_s and step_ms (median over the timed steps),
+ *   - sgemm_gflops: the encoder product's shape [B x 2d] . [2d x F] on this machine,
+ *     run exactly as the engine runs it (latent columns split over the pool, one
+ *     OpenBLAS thread per worker),
+ *   - bound_tokens_per_s = B / (t_sgemm + t_adam): a step that cost only that product
+ *     plus one Adam pass (t_adam = the engine's own Adam phase), and bound_ratio.
+ * The last line is one JSON object for the reference config.
+ * Usage: bench_engine [steps_big] [steps_small]   (env XC_BENCH_QUICK=1: fewer steps) */
+#include "xc_engine.h"
+#include "xc_pool.h"
+#include "xc_rng.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+typedef struct {
+    int B, K, F;
+    const float *x, *w;
+    float *c;
+} gemm_ctx_t;
+
+static void gemm_task(void *ctx, int tid, int nth)
+{
+    gemm_ctx_t *g = ctx;
+    long lo, hi;
+    xc_pool_range(g->F, tid, nth, &lo, &hi);
+    if (hi > lo)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->B, (int)(hi - lo), g->K, 1.0f, g->x, g->K,
+                    g->w + (size_t)lo * g->K, g->K, 0.0f, g->c + lo, g->F);
+}
+
+/* GFLOP/s of the encoder product, best of reps (peak as the engine runs it). */
+static double sgemm_gflops(xc_pool_t *pool, int B, int d2, int F, int reps)
+{
+    gemm_ctx_t g = {B, d2, F, NULL, NULL, NULL};
+    float *x = malloc(sizeof(float) * (size_t)B * d2), *w = malloc(sizeof(float) * (size_t)F * d2);
+    float *c = malloc(sizeof(float) * (size_t)B * F);
+    xc_rng_t r;
+    xc_rng_seed(&r, 1);
+    for (size_t i = 0; i < (size_t)B * d2; i++) x[i] = (float)xc_rng_normal(&r);
+    for (size_t i = 0; i < (size_t)F * d2; i++) w[i] = (float)xc_rng_normal(&r) * 0.03f;
+    g.x = x, g.w = w, g.c = c;
+    double best = 1e30;
+    for (int i = 0; i < reps + 1; i++) {
+        double t = now_s();
+        xc_pool_run(pool, gemm_task, &g);
+        t = now_s() - t;
+        if (i > 0 && t < best) best = t; /* first call warms up buffers */
+    }
+    free(x);
+    free(w);
+    free(c);
+    return 2.0 * B * d2 * (double)F / best / 1e9;
+}
+
+static int run(const char *name, int d, int F, int k, int B, int steps, int last)
+{
+    xc_engine_config_t c;
+    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    c.d = d, c.dict_size = F, c.k = k, c.batch_size = B, c.seed = 1, c.warmup_steps = 10;
+    int err;
+    xc_engine_t *e = xc_engine_new(&c, &err);
+    if (!e) {
+        fprintf(stderr, "bench: cannot create engine (%d)\n", err);
+        return 1;
+    }
+    int nth = xc_engine_config(e)->threads;
+    /* data: low-rank structure plus noise, so the codes are not pure noise */
+    int nbatch = 4, rank = 32;
+    size_t bsz = (size_t)B * 2 * d;
+    float *data = malloc(sizeof(float) * bsz * nbatch), *basis = malloc(sizeof(float) * (size_t)rank * 2 * d);
+    xc_rng_t r;
+    xc_rng_seed(&r, 2);
+    for (size_t i = 0; i < (size_t)rank * 2 * d; i++) basis[i] = (float)xc_rng_normal(&r);
+    for (int t = 0; t < B * nbatch; t++) {
+        float *row = data + (size_t)t * 2 * d;
+        for (int i = 0; i < 2 * d; i++) row[i] = (float)(0.1 * xc_rng_normal(&r));
+        for (int q = 0; q < 4; q++) {
+            int z = (int)xc_rng_below(&r, (uint64_t)rank);
+            float a = (float)xc_rng_uniform(&r);
+            for (int i = 0; i < 2 * d; i++) row[i] += a * basis[(size_t)z * 2 * d + i];
+        }
+    }
+    int warm = 3;
+    double *ms = malloc(sizeof(double) * (size_t)steps), *adam = malloc(sizeof(double) * (size_t)steps);
+    double ph[XC_PHASE_TOTAL + 1] = {0};
+    for (int s = 0; s < warm + steps; s++) {
+        double t = now_s();
+        if (xc_engine_train_step(e, data + bsz * (size_t)(s % nbatch), B) != 0) {
+            fprintf(stderr, "bench: step failed\n");
+            return 1;
+        }
+        t = now_s() - t;
+        if (s >= warm) {
+            const xc_engine_metrics_t *m = xc_engine_metrics(e);
+            ms[s - warm] = t * 1e3;
+            adam[s - warm] = m->phase_ms[XC_PHASE_ADAM];
+            for (int p = 0; p <= XC_PHASE_TOTAL; p++) ph[p] += m->phase_ms[p] / steps;
+        }
+    }
+    double step_ms = median(ms, steps), adam_ms = median(adam, steps);
+    xc_pool_t *pool = xc_pool_new(nth);
+    double gf = sgemm_gflops(pool, B, 2 * d, F, 3);
+    xc_pool_destroy(&pool);
+    double t_gemm_ms = 2.0 * B * 2 * d * (double)F / (gf * 1e9) * 1e3;
+    double tps = B / (step_ms / 1e3), bound = B / ((t_gemm_ms + adam_ms) / 1e3);
+    const xc_engine_metrics_t *m = xc_engine_metrics(e);
+    fprintf(stderr,
+            "%s: d=%d F=%d k=%d B=%d threads=%d  step %.1f ms  (encode %.1f  select %.1f  decode %.1f  auxk %.1f  grad %.1f  adam %.1f)"
+            "  sgemm %.1f GFLOP/s -> bound %.0f tok/s  loss %.4f  fve %.3f/%.3f  prefilter %ld (k*B %d) full-selects %ld\n",
+            name, d, F, k, B, nth, step_ms, ph[XC_PHASE_ENCODE], ph[XC_PHASE_SELECT], ph[XC_PHASE_DECODE],
+            ph[XC_PHASE_AUXK], ph[XC_PHASE_GRAD], ph[XC_PHASE_ADAM], gf, bound, m->loss, m->fve[0], m->fve[1], m->select_candidates, k * B,
+            m->full_selects);
+    printf("{\"bench\":\"engine\",\"config\":\"%s\",\"d\":%d,\"dict_size\":%d,\"k\":%d,\"batch_size\":%d,"
+           "\"threads\":%d,\"steps\":%d,\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"encoder_gemm_ms\":%.2f,"
+           "\"adam_ms\":%.2f,\"sgemm_gflops\":%.1f,\"achieved_gemm_fraction\":%.3f,"
+           "\"bound_tokens_per_s\":%.1f,\"bound_ratio\":%.3f}\n",
+           name, d, F, k, B, nth, steps, tps, step_ms, t_gemm_ms, adam_ms, gf,
+           t_gemm_ms / step_ms, bound, tps / bound);
+    fflush(stdout);
+    (void)last;
+    free(ms);
+    free(adam);
+    free(data);
+    free(basis);
+    xc_engine_destroy(&e);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int quick = getenv("XC_BENCH_QUICK") != NULL;
+    int big = argc > 1 ? atoi(argv[1]) : (quick ? 3 : 12);
+    int small = argc > 2 ? atoi(argv[2]) : (quick ? 5 : 50);
+    if (run("small", 64, 1024, 8, 512, small, 0)) return 1;
+    return run("reference", 768, 16384, 64, 2048, big, 1);
+}
