@@ -126,6 +126,42 @@ const char *xc_client_npy_shape_str(const xc_client_npy_t *n);
 int xc_client_npy_write_f32(const char *path, const float *x, long n, long d, char *why,
                             size_t why_len);
 
+/* ------------------------------------------------------------------- JSON */
+
+/* Parses JSON text s[0, len) (borrowed) into a new tree owned by the caller.
+ * Integers that fit int64/uint64 become INT/UINT, other numbers FLOAT. Nesting
+ * is limited to 16 levels. NULL on failure with *err (may be NULL) = XC_EPROTO
+ * (message with the byte offset in why, may be NULL) / XC_ENOMEM. */
+xc_client_value_t *xc_client_json_parse(const char *s, size_t len, int *err, char *why, size_t why_len);
+
+/* ------------------------------------------------------------ safetensors */
+
+typedef struct xc_client_st xc_client_st_t;
+typedef struct {
+    char dtype[8];          /* "F32", "F16", "BF16", "F64", "I64", ... */
+    int ndim;
+    long shape[XC_CLIENT_NPY_MAX_DIMS];
+    size_t count;           /* elements */
+    size_t bytes;
+    const void *data;       /* borrowed view into the mapped file; may be unaligned */
+} xc_client_tensor_t;
+
+/* Maps a .safetensors file read-only and parses its header. NULL on failure
+ * with *err = XC_EIO / XC_ECORRUPT / XC_ENOMEM and a message in why. The caller
+ * owns the handle: xc_client_st_close(&st). */
+xc_client_st_t *xc_client_st_open(const char *path, int *err, char *why, size_t why_len);
+void xc_client_st_close(xc_client_st_t **st);
+/* The parsed header (tensor entries and "__metadata__"), borrowed. */
+const xc_client_value_t *xc_client_st_header(const xc_client_st_t *st);
+/* Looks a tensor up and checks its byte range: 0, XC_ENOTFOUND, XC_ECORRUPT,
+ * XC_EDTYPE (message in why). out->data is valid until close. */
+int xc_client_st_tensor(const xc_client_st_t *st, const char *name, xc_client_tensor_t *out, char *why,
+                        size_t why_len);
+/* A float tensor (F32/F16/BF16/F64) as a new float32 array the caller frees;
+ * info (may be NULL) receives its description. NULL on failure with *err. */
+float *xc_client_st_read_f32(const xc_client_st_t *st, const char *name, xc_client_tensor_t *info, int *err,
+                             char *why, size_t why_len);
+
 /* ------------------------------------------------------------------ client */
 
 typedef struct xc_client xc_client_t;

@@ -1,0 +1,300 @@
+/* Request/reply commands: status, ping, latents, latent, checkpoint, pause,
+ * resume, shutdown, config, and the `events` printer. Each prints a short
+ * human form, or the daemon's whole reply with --json. */
+#include "xc_cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef int (*xc_cli_req_fn)(xc_client_t *c, xc_client_value_t **reply);
+
+/* Connects, runs one request, prints JSON or hands the reply to `show`. */
+static int simple_request(xc_cli_args_t *a, xc_cli_req_fn fn, void (*show)(const xc_client_value_t *r))
+{
+    xc_client_t *c = xc_cli_client(a, 0);
+    if (!c) return XC_CLI_FAIL;
+    xc_client_value_t *r = NULL;
+    int rc = fn(c, &r);
+    int out;
+    if (rc < 0) out = xc_cli_fail(a, c, rc);
+    else if (a->json) out = xc_cli_print_json(a, r);
+    else {
+        show(r);
+        out = XC_CLI_OK;
+    }
+    xc_client_value_free(&r);
+    xc_client_destroy(&c);
+    return out;
+}
+
+static double num(const xc_client_value_t *v, const char *path) { return xc_client_value_getnum(v, path, NAN); }
+
+/* ------------------------------------------------------------------ status */
+
+void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol);
+void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol)
+{
+    char b1[32], b2[32], b3[32], b4[32], b5[32];
+    const char *state = xc_client_value_getstr(r, "state", "?");
+    const char *model = xc_client_value_getstr(r, "config.model", "?");
+    fprintf(f, "state    %-9s step %-10.0f uptime %s   model %s d=%.0f F=%.0f k=%.0f B=%.0f%s\n", state,
+            num(r, "step"), xc_cli_fmt_duration(num(r, "uptime_s"), b1, sizeof b1), model, num(r, "config.d"),
+            num(r, "config.dict_size"), num(r, "config.k"), num(r, "config.batch_size"), eol);
+    fprintf(f, "tokens   trained %-8s acked %-8s buffered %-8s queued %-8s%s\n",
+            xc_cli_fmt_count(num(r, "tokens_trained"), b1, sizeof b1), xc_cli_fmt_count(num(r, "tokens_acked"), b2, sizeof b2),
+            xc_cli_fmt_count(num(r, "tokens_buffered"), b3, sizeof b3), xc_cli_fmt_count(num(r, "tokens_queued"), b4, sizeof b4),
+            eol);
+    fprintf(f, "speed    %s tokens/s   %.1f steps/s   queue %.0f/%.0f batches   mix buffer %s tokens%s\n",
+            xc_cli_fmt_count(num(r, "tokens_per_s"), b5, sizeof b5), num(r, "steps_per_s"), num(r, "queue_depth"),
+            num(r, "queue_size"), xc_cli_fmt_count(num(r, "mix_tokens"), b1, sizeof b1), eol);
+    fprintf(f, "loss     %.5g   recon_l2 %.5g   mse %.5g   aux %.5g   l1 %.5g   lr %.3g%s\n", num(r, "loss"),
+            num(r, "recon_l2"), num(r, "recon_mse"), num(r, "aux"), num(r, "l1"), num(r, "lr"), eol);
+    fprintf(f, "quality  FVE base %.4f chat %.4f   L0 %.2f   dead %.1f%%   theta %.4g   |g| %.3g%s\n",
+            num(r, "fve.0"), num(r, "fve.1"), num(r, "l0"), 100.0 * num(r, "dead_fraction"), num(r, "theta"),
+            num(r, "grad_norm"), eol);
+    double refused = num(r, "counters.batches_refused");
+    if (refused > 0) {
+        fprintf(f, "refused  %.0f batches:", refused);
+        const xc_client_value_t *cn = xc_client_value_get(r, "counters");
+        for (size_t i = 0; cn && cn->type == XC_VAL_MAP && i < cn->u.m.n; i++) {
+            const xc_client_value_t *k = &cn->u.m.kv[2 * i];
+            double x = 0;
+            if (k->type == XC_VAL_STR && !strncmp(k->u.s.ptr, "XC_E", 4) &&
+                xc_client_value_num(&cn->u.m.kv[2 * i + 1], &x) == XC_OK && x > 0)
+                fprintf(f, " %s=%.0f", k->u.s.ptr, x);
+        }
+        fprintf(f, "%s\n", eol);
+    }
+}
+
+static void show_status(const xc_client_value_t *r) { xc_cli_print_status(stdout, r, ""); }
+int xc_cli_cmd_status(xc_cli_args_t *a) { return simple_request(a, xc_client_status, show_status); }
+
+static void show_ping(const xc_client_value_t *r)
+{
+    char b[32];
+    printf("xcoderd '%s' is up (protocol %.0f, uptime %s)\n", xc_client_value_getstr(r, "name", "?"), num(r, "proto"),
+           xc_cli_fmt_duration(num(r, "uptime_s"), b, sizeof b));
+}
+int xc_cli_cmd_ping(xc_cli_args_t *a) { return simple_request(a, xc_client_ping, show_ping); }
+
+/* ----------------------------------------------------------------- latents */
+
+static void latent_header(void)
+{
+    printf("%7s %7s %7s %9s %8s %8s %8s %8s %s\n", "latent", "Δnorm", "cosine", "freq", "mean_act", "max_act",
+           "norm_b", "norm_c", "");
+}
+
+static void latent_row(const xc_client_value_t *m, long j)
+{
+    const xc_client_value_t *dead = xc_client_value_get(m, "dead");
+    printf("%7ld %7.3f %7.3f %9.2e %8.3g %8.3g %8.3g %8.3g %s\n", j, num(m, "delta_norm"), num(m, "cosine"),
+           num(m, "freq"), num(m, "mean_act"), num(m, "max_act"), num(m, "norm_base"), num(m, "norm_chat"),
+           dead && dead->type == XC_VAL_BOOL && dead->u.b ? "dead" : "");
+}
+
+int xc_cli_cmd_latents(xc_cli_args_t *a)
+{
+    long n;
+    int rc = xc_cli_opt_long(a, "top", 10, 1, 1L << 30, &n);
+    if (rc) return rc;
+    const char *by = xc_cli_opt(a, "by");
+    if (!by) by = "delta_norm";
+    xc_client_t *c = xc_cli_client(a, 0);
+    if (!c) return XC_CLI_FAIL;
+    xc_client_value_t *r = NULL;
+    rc = xc_client_top(c, by, n, xc_cli_flag(a, "asc"), xc_cli_flag(a, "alive"), &r);
+    int out = XC_CLI_OK;
+    if (rc < 0) out = xc_cli_fail(a, c, rc);
+    else if (a->json) out = xc_cli_print_json(a, r);
+    else {
+        const xc_client_value_t *l = xc_client_value_get(r, "latents");
+        if (!l || l->type != XC_VAL_ARRAY) {
+            xc_cli_err(a, "the daemon's reply has no 'latents' array (protocol mismatch?)");
+            out = XC_CLI_FAIL;
+        } else {
+            printf("top %zu latents by %s (%s)\n", l->u.a.n, xc_client_value_getstr(r, "by", by),
+                   xc_client_value_getstr(r, "order", "desc"));
+            latent_header();
+            for (size_t i = 0; i < l->u.a.n; i++) latent_row(&l->u.a.items[i], (long)num(&l->u.a.items[i], "j"));
+        }
+    }
+    xc_client_value_free(&r);
+    xc_client_destroy(&c);
+    return out;
+}
+
+int xc_cli_cmd_latent(xc_cli_args_t *a)
+{
+    long j;
+    if (xc_cli_parse_long("latent J", a->pos[0], 0, 1L << 40, &j)) return XC_CLI_USAGE;
+    xc_client_t *c = xc_cli_client(a, 0);
+    if (!c) return XC_CLI_FAIL;
+    xc_client_value_t *r = NULL;
+    int rc = xc_client_latent(c, j, &r), out = XC_CLI_OK;
+    if (rc < 0) out = xc_cli_fail(a, c, rc);
+    else if (a->json) out = xc_cli_print_json(a, r);
+    else {
+        const xc_client_value_t *s = xc_client_value_get(r, "stats");
+        printf("latent %ld\n", j);
+        for (size_t i = 0; s && s->type == XC_VAL_MAP && i < s->u.m.n; i++) {
+            char b[64];
+            const xc_client_value_t *k = &s->u.m.kv[2 * i];
+            if (k->type != XC_VAL_STR) continue;
+            printf("  %-20s %s\n", k->u.s.ptr, xc_cli_fmt_value(&s->u.m.kv[2 * i + 1], b, sizeof b));
+        }
+    }
+    xc_client_value_free(&r);
+    xc_client_destroy(&c);
+    return out;
+}
+
+/* ------------------------------------------------- checkpoint, pause, ... */
+
+static void show_checkpoint(const xc_client_value_t *r)
+{
+    char b[32];
+    printf("checkpoint written: %s (step %.0f, %s)\n", xc_client_value_getstr(r, "path", "?"), num(r, "step"),
+           xc_cli_fmt_bytes(num(r, "bytes"), b, sizeof b));
+}
+
+int xc_cli_cmd_checkpoint(xc_cli_args_t *a)
+{
+    /* writing can take a while on a big model: never less than 2 minutes */
+    if (a->timeout_s > 0 && a->timeout_s < 120) a->timeout_s = 120;
+    return simple_request(a, xc_client_checkpoint, show_checkpoint);
+}
+
+static void show_paused(const xc_client_value_t *r) { printf("training paused\n"); }
+static void show_resumed(const xc_client_value_t *r) { printf("training resumed\n"); }
+int xc_cli_cmd_pause(xc_cli_args_t *a) { return simple_request(a, xc_client_pause, show_paused); }
+int xc_cli_cmd_resume(xc_cli_args_t *a) { return simple_request(a, xc_client_resume, show_resumed); }
+
+int xc_cli_cmd_shutdown(xc_cli_args_t *a)
+{
+    xc_client_t *c = xc_cli_client(a, 0);
+    if (!c) return XC_CLI_FAIL;
+    xc_client_value_t *r = NULL;
+    int rc = xc_client_shutdown(c, &r), out = XC_CLI_OK;
+    if (rc < 0) {
+        out = xc_cli_fail(a, c, rc);
+        goto out;
+    }
+    if (xc_cli_flag(a, "wait")) {
+        /* the daemon finishes its step and writes a checkpoint, then exits:
+         * poll ping until it stops answering */
+        xc_client_set_timeout(c, 1000);
+        int64_t waited = 0, limit = xc_cli_timeout_ms(a) < 0 ? -1 : (int64_t)(a->timeout_s * 4000);
+        for (;;) {
+            xc_client_value_t *p = NULL;
+            xc_client_t *probe = xc_cli_client(a, 0);
+            if (!probe) break;
+            xc_client_set_timeout(probe, 500);
+            int prc = xc_client_ping(probe, &p);
+            xc_client_value_free(&p);
+            xc_client_destroy(&probe);
+            if (prc == XC_ETIMEDOUT) break;
+            if (xc_cli_stop || (limit >= 0 && waited > limit)) {
+                xc_cli_err(a, "the daemon still answers after the shutdown request");
+                out = XC_CLI_TIMEOUT;
+                goto out;
+            }
+            usleep(200000);
+            waited += 700;
+        }
+    }
+    if (a->json) out = xc_cli_print_json(a, r);
+    else printf("daemon shutting down%s\n", xc_cli_flag(a, "wait") ? ": stopped" : "");
+out:
+    xc_client_value_free(&r);
+    xc_client_destroy(&c);
+    return out;
+}
+
+int xc_cli_cmd_config(xc_cli_args_t *a)
+{
+    xc_client_t *c = xc_cli_client(a, 0);
+    if (!c) return XC_CLI_FAIL;
+    xc_client_value_t *r = NULL;
+    int rc = xc_client_config(c, a->npos ? a->pos[0] : NULL, &r), out = XC_CLI_OK;
+    if (rc < 0) out = xc_cli_fail(a, c, rc);
+    else if (a->json) out = xc_cli_print_json(a, r);
+    else {
+        const xc_client_value_t *m = xc_client_value_get(r, "config");
+        for (size_t i = 0; m && m->type == XC_VAL_MAP && i < m->u.m.n; i++) {
+            char b[512];
+            const xc_client_value_t *k = &m->u.m.kv[2 * i];
+            if (k->type != XC_VAL_STR) continue;
+            if (a->npos) printf("%s\n", xc_cli_fmt_value(&m->u.m.kv[2 * i + 1], b, sizeof b));
+            else printf("%-24s %s\n", k->u.s.ptr, xc_cli_fmt_value(&m->u.m.kv[2 * i + 1], b, sizeof b));
+        }
+    }
+    xc_client_value_free(&r);
+    xc_client_destroy(&c);
+    return out;
+}
+
+/* ------------------------------------------------------------------ events */
+
+int xc_cli_cmd_events(xc_cli_args_t *a)
+{
+    long count;
+    double wait_s;
+    int rc = xc_cli_opt_long(a, "count", 0, 0, 1L << 40, &count);
+    if (!rc) rc = xc_cli_opt_double(a, "wait", 0, 0, 1e6, &wait_s);
+    if (rc) return rc;
+    xc_cli_trap_signals();
+    xc_client_t *c = xc_cli_client(a, 0);
+    if (!c) return XC_CLI_FAIL;
+    int out = XC_CLI_OK;
+    rc = xc_client_subscribe(c, xc_cli_opt(a, "topic"));
+    if (rc < 0) {
+        out = xc_cli_fail(a, c, rc);
+        goto out;
+    }
+    for (long seen = 0; count == 0 || seen < count; seen++) {
+        xc_client_value_t *ev = NULL;
+        rc = xc_client_next_event(c, wait_s > 0 ? (int)(wait_s * 1000) : -1, &ev);
+        if (rc == XC_EAGAIN && xc_cli_stop) break;
+        if (rc == XC_EPROTO) {
+            xc_cli_err(a, "%s (skipped)", xc_client_last_error(c));
+            seen--;
+            continue;
+        }
+        if (rc < 0) {
+            out = xc_cli_fail(a, c, rc);
+            break;
+        }
+        if (a->json) {
+            xc_cli_print_json(a, ev);
+        } else {
+            const char *type = xc_client_value_getstr(ev, "type", "?");
+            char b[32];
+            if (!strcmp(type, "stats"))
+                printf("stats       step %.0f  loss %.4g  FVE %.3f/%.3f  L0 %.2f  dead %.1f%%  %s tok/s\n",
+                       num(ev, "step"), num(ev, "loss"), num(ev, "fve.0"), num(ev, "fve.1"), num(ev, "l0"),
+                       100 * num(ev, "dead_fraction"), xc_cli_fmt_count(num(ev, "tokens_per_s"), b, sizeof b));
+            else if (!strcmp(type, "checkpoint"))
+                printf("checkpoint  %s (step %.0f, %s)\n", xc_client_value_getstr(ev, "path", "?"), num(ev, "step"),
+                       xc_client_value_getstr(ev, "reason", "?"));
+            else if (!strcmp(type, "alert"))
+                printf("alert       %s: %s\n", xc_client_value_getstr(ev, "kind", "?"),
+                       xc_client_value_getstr(ev, "message", ""));
+            else {
+                char *j = xc_client_value_to_json(ev, 0);
+                printf("%-11s %s\n", type, j ? j : "");
+                free(j);
+            }
+            fflush(stdout);
+        }
+        xc_client_value_free(&ev);
+    }
+out:
+    xc_client_destroy(&c);
+    return out;
+}
