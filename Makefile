@@ -48,7 +48,10 @@ BENCHES    := $(patsubst bench/%.c,build/bench/%,$(BENCH_SRC))
 BINS       := $(if $(wildcard daemon/main.c),build/xcoderd) $(if $(CLI_SRC),build/xcoder) \
               $(if $(CLIB_SRC),build/libxcoder.so)
 
-.PHONY: all deps test test-c test-asan bench demo clean
+# keep objects between runs (they are intermediates of the pattern rules)
+.SECONDARY:
+
+.PHONY: all deps test bench demo clean
 all: build/libxcd.a $(BINS) $(TESTS) $(BENCHES)
 
 deps:
