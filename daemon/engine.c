@@ -46,6 +46,7 @@ static double now_ms(void)
 }
 
 #define NBUCKET 32768 /* top 16 bits of a positive float */
+#define XC_ENGINE_MAX_KEEP_D 8192 /* b_dec restored on a skipped first step up to this d */
 
 typedef struct {
     int b, j;    /* token, latent */
@@ -1372,6 +1373,9 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     double t0 = now_ms();
     e->x = x;
     e->commit = 1;
+    float bdec_keep[2 * XC_ENGINE_MAX_KEEP_D];
+    int keep = e->step == 0 && e->cfg.model == XC_MODEL_BATCHTOPK && e->d2 <= 2 * XC_ENGINE_MAX_KEEP_D;
+    if (keep) memcpy(bdec_keep, e->b_dec, sizeof(float) * (size_t)e->d2);
     if (e->step == 0 && e->cfg.model == XC_MODEL_BATCHTOPK) {
         /* b_dec = geometric median of the first batch, per model */
         for (int m = 0; m < 2; m++)
@@ -1381,6 +1385,13 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     rc = forward_backward(e, &sq);
     if (rc) return rc;
     double norm = sqrt(sq);
+    if (!isfinite(norm) || !isfinite(e->met.loss)) {
+        /* finite inputs can still overflow float (|x| ~ 1e20): skip the step, keep
+         * the model as it was */
+        if (keep) memcpy(e->b_dec, bdec_keep, sizeof(float) * (size_t)e->d2);
+        e->x = NULL;
+        return XC_ENONFINITE;
+    }
     e->met.grad_norm = norm;
     e->grad_scale = 1.0;
     if (e->cfg.clip_norm > 0 && norm > e->cfg.clip_norm) e->grad_scale = e->cfg.clip_norm / (norm + 1e-6);

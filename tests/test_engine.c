@@ -658,6 +658,17 @@ static void test_reject_bad_batches(void)
     int finite = 1;
     for (int i = 0; i < F * d2; i++) finite &= isfinite(p.w_dec[i]) && isfinite(p.w_enc[i]);
     XC_CHECK(finite, "parameters hold NaN/Inf after a large batch");
+    /* values whose squares overflow float: the step is refused, nothing changes */
+    xc_engine_t *e2 = mk(XC_MODEL_BATCHTOPK, d, F, B, 2, XC_LOSS_MSE, 2);
+    XC_REQUIRE(e2, "engine");
+    for (int i = 0; i < B * d2; i++) x[i] = 3e37f * (float)xc_rng_normal(&r);
+    xc_engine_params(e2, &p);
+    memcpy(snap, p.w_dec, 4 * (size_t)F * d2);
+    float bd = p.b_dec[0];
+    XC_CHECK(xc_engine_train_step(e2, x, B) == XC_ENONFINITE, "overflowing step not refused");
+    XC_CHECK(memcmp(snap, p.w_dec, 4 * (size_t)F * d2) == 0 && p.b_dec[0] == bd, "model changed");
+    XC_CHECK(xc_engine_metrics(e2)->step == 0, "step counted");
+    xc_engine_destroy(&e2);
     /* bad configs */
     xc_engine_config_t c;
     xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
