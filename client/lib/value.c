@@ -309,7 +309,7 @@ void xc_client_json_string(xc_client_sbuf_t *b, const char *s, size_t n)
         } else {
             size_t l = utf8_seq(p + i, n - i);
             if (l == 0) {
-                xc_client_sbuf_put(b, "\\ufffd", 6); /* invalid byte: replacement char */
+                xc_client_sbuf_put(b, "\xef\xbf\xbd", 3); /* invalid byte: U+FFFD */
                 i++;
             } else {
                 xc_client_sbuf_put(b, (const char *)p + i, l);
