@@ -1,0 +1,329 @@
+/* Trainer thread (see xc_trainer.h). */
+#include "xc_trainer.h"
+#include "xc_ckpt.h"
+#include "xc_error.h"
+#include "xc_log.h"
+#include "xc_rng.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct xc_trainer {
+    xc_engine_t *e;   /* borrowed; used only by the thread once started */
+    xc_queue_t *q;    /* borrowed */
+    int d2;           /* 2 * d floats per token */
+    long B, C;        /* batch size, mixing buffer capacity */
+    float *mix;       /* (C, 2, d) mixing buffer; owned */
+    float *batch;     /* (B, 2, d) drawn batch; owned */
+    long buffered;    /* tokens in mix */
+    xc_qitem_t cur;   /* popped item being moved into mix (cur.x NULL: none) */
+    long cur_off;
+    xc_rng_t rng;
+    char *state_dir, *name, *config_json; /* owned copies */
+    void (*notify)(void *);
+    void *notify_ctx;
+    pthread_t thread;
+    int started;
+
+    pthread_mutex_t mu; /* guards everything below */
+    int paused, stop;
+    uint64_t ckpt_req, ckpt_done, snap_req, snap_done;
+    const char *ckpt_reason;
+    int events;                /* XC_TR_EV_* not yet polled */
+    xc_ckpt_result_t ckpt;     /* latest result */
+    xc_trainer_status_t st;
+
+    pthread_mutex_t snap_mu;   /* guards the snapshot */
+    xc_latent_stats_t *snap;   /* (F); owned */
+    long snap_step;
+    uint64_t snap_gen;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opts_t *o, int *err)
+{
+    const xc_engine_config_t *c = xc_engine_config(e);
+    xc_trainer_t *t = calloc(1, sizeof *t); /* owned by the caller; xc_trainer_destroy */
+    *err = XC_ENOMEM;
+    if (!t) return NULL;
+    t->e = e;
+    t->q = q;
+    t->d2 = 2 * c->d;
+    t->B = c->batch_size;
+    t->C = o->mix_tokens;
+    if (t->C < t->B) {
+        *err = XC_ECONFIG;
+        free(t);
+        return NULL;
+    }
+    t->mix = malloc((size_t)t->C * t->d2 * sizeof(float));
+    t->batch = malloc((size_t)t->B * t->d2 * sizeof(float));
+    t->snap = calloc((size_t)c->dict_size, sizeof *t->snap);
+    t->state_dir = strdup(o->state_dir ? o->state_dir : ".");
+    t->name = strdup(o->name ? o->name : "xcoderd");
+    t->config_json = strdup(o->config_json ? o->config_json : "{}");
+    if (!t->mix || !t->batch || !t->snap || !t->state_dir || !t->name || !t->config_json)
+        goto out_free;
+    if (pthread_mutex_init(&t->mu, NULL)) goto out_free;
+    if (pthread_mutex_init(&t->snap_mu, NULL)) goto out_destroy_mu;
+    xc_rng_seed(&t->rng, o->seed ^ 0x6d69786275666672ull); /* "mixbuffr": not the init stream */
+    t->notify = o->notify;
+    t->notify_ctx = o->notify_ctx;
+    t->snap_step = -1;
+    t->st.m = *xc_engine_metrics(e);
+    t->st.state = XC_TR_STARTING;
+    *err = XC_OK;
+    return t;
+out_destroy_mu:
+    pthread_mutex_destroy(&t->mu);
+out_free:
+    free(t->mix);
+    free(t->batch);
+    free(t->snap);
+    free(t->state_dir);
+    free(t->name);
+    free(t->config_json);
+    free(t);
+    return NULL;
+}
+
+void xc_trainer_destroy(xc_trainer_t **pt)
+{
+    xc_trainer_t *t = pt ? *pt : NULL;
+    if (!t) return;
+    free(t->cur.x);
+    free(t->mix);
+    free(t->batch);
+    free(t->snap);
+    free(t->state_dir);
+    free(t->name);
+    free(t->config_json);
+    pthread_mutex_destroy(&t->snap_mu);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+    *pt = NULL;
+}
+
+static void post(xc_trainer_t *t, int ev)
+{
+    pthread_mutex_lock(&t->mu);
+    t->events |= ev;
+    pthread_mutex_unlock(&t->mu);
+    if (t->notify) t->notify(t->notify_ctx);
+}
+
+/* Moves tokens from the queue into the mixing buffer until it is full or the
+ * queue is empty. */
+static void fill_buffer(xc_trainer_t *t)
+{
+    while (t->buffered < t->C) {
+        if (!t->cur.x) {
+            if (xc_queue_try_pop(t->q, &t->cur)) return;
+            t->cur_off = 0;
+        }
+        long take = t->cur.n - t->cur_off;
+        if (take > t->C - t->buffered) take = t->C - t->buffered;
+        memcpy(t->mix + (size_t)t->buffered * t->d2, t->cur.x + (size_t)t->cur_off * t->d2,
+               (size_t)take * t->d2 * sizeof(float));
+        t->buffered += take;
+        t->cur_off += take;
+        xc_queue_note_buffered(t->q, (uint64_t)take);
+        if (t->cur_off == t->cur.n) {
+            free(t->cur.x);
+            memset(&t->cur, 0, sizeof t->cur);
+        }
+    }
+}
+
+/* Draws B tokens uniformly without replacement: pick a slot, copy it out, move
+ * the last buffered token into the hole. */
+static void draw_batch(xc_trainer_t *t)
+{
+    size_t row = (size_t)t->d2 * sizeof(float);
+    for (long i = 0; i < t->B; i++) {
+        long j = (long)xc_rng_below(&t->rng, (uint64_t)t->buffered);
+        memcpy(t->batch + (size_t)i * t->d2, t->mix + (size_t)j * t->d2, row);
+        t->buffered--;
+        if (j != t->buffered)
+            memcpy(t->mix + (size_t)j * t->d2, t->mix + (size_t)t->buffered * t->d2, row);
+    }
+}
+
+static void do_step(xc_trainer_t *t)
+{
+    draw_batch(t);
+    double t0 = now_ms();
+    int rc = xc_engine_train_step(t->e, t->batch, t->B);
+    double ms = now_ms() - t0;
+    xc_queue_note_trained(t->q, (uint64_t)t->B, rc != 0);
+    if (rc) xc_log(XC_LOG_ERROR, "training step failed: %s; %ld tokens discarded", xc_strerror(rc), t->B);
+    pthread_mutex_lock(&t->mu);
+    t->st.m = *xc_engine_metrics(t->e);
+    t->st.last_step_ms = ms;
+    if (rc) t->st.step_errors++;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason)
+{
+    xc_ckpt_result_t r;
+    xc_ckpt_opts_t o = {t->state_dir, t->name, t->config_json, reason};
+    memset(&r, 0, sizeof r);
+    r.gen = gen;
+    r.step = xc_engine_metrics(t->e)->step;
+    snprintf(r.reason, sizeof r.reason, "%s", reason);
+    double t0 = now_ms();
+    r.rc = xc_ckpt_write(t->e, &o, r.path, sizeof r.path, &r.bytes, r.why, sizeof r.why);
+    if (r.rc)
+        xc_log(XC_LOG_ERROR, "checkpoint (%s) failed: %s", reason, r.why);
+    else
+        xc_log(XC_LOG_INFO, "checkpoint (%s) at step %ld: %s, %llu bytes, %.0f ms", reason, r.step,
+               r.path, (unsigned long long)r.bytes, now_ms() - t0);
+    pthread_mutex_lock(&t->mu);
+    t->ckpt = r;
+    t->ckpt_done = gen;
+    pthread_mutex_unlock(&t->mu);
+    post(t, XC_TR_EV_CKPT);
+}
+
+static void do_snapshot(xc_trainer_t *t, uint64_t gen)
+{
+    pthread_mutex_lock(&t->snap_mu);
+    xc_engine_latent_stats(t->e, t->snap);
+    t->snap_step = xc_engine_metrics(t->e)->step;
+    t->snap_gen = gen;
+    pthread_mutex_unlock(&t->snap_mu);
+    pthread_mutex_lock(&t->mu);
+    t->snap_done = gen;
+    pthread_mutex_unlock(&t->mu);
+    post(t, XC_TR_EV_SNAPSHOT);
+}
+
+static void set_state(xc_trainer_t *t, xc_tr_state_t s)
+{
+    pthread_mutex_lock(&t->mu);
+    t->st.state = s;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void *trainer_main(void *arg)
+{
+    xc_trainer_t *t = arg;
+    set_state(t, XC_TR_RUNNING);
+    for (;;) {
+        pthread_mutex_lock(&t->mu);
+        int stop = t->stop, paused = t->paused;
+        uint64_t ck = t->ckpt_req > t->ckpt_done ? t->ckpt_req : 0;
+        uint64_t sn = t->snap_req > t->snap_done ? t->snap_req : 0;
+        const char *reason = t->ckpt_reason;
+        t->st.paused = paused;
+        if (t->st.state == XC_TR_RUNNING || t->st.state == XC_TR_PAUSED)
+            t->st.state = paused ? XC_TR_PAUSED : XC_TR_RUNNING;
+        pthread_mutex_unlock(&t->mu);
+        if (sn) do_snapshot(t, sn);
+        if (stop) break; /* pending checkpoint requests are answered by the final one */
+        if (ck) do_checkpoint(t, ck, reason ? reason : "request");
+        fill_buffer(t);
+        if (!paused && t->buffered >= t->C) {
+            do_step(t);
+            continue;
+        }
+        xc_queue_wait(t->q, 250, t->buffered < t->C && !t->cur.x);
+    }
+    set_state(t, XC_TR_STOPPING);
+    pthread_mutex_lock(&t->mu);
+    uint64_t gen = ++t->ckpt_req;
+    pthread_mutex_unlock(&t->mu);
+    do_checkpoint(t, gen, "shutdown");
+    set_state(t, XC_TR_STOPPED);
+    post(t, XC_TR_EV_STOPPED);
+    return NULL;
+}
+
+int xc_trainer_start(xc_trainer_t *t)
+{
+    if (pthread_create(&t->thread, NULL, trainer_main, t)) return XC_ESYS;
+    t->started = 1;
+    return XC_OK;
+}
+
+void xc_trainer_join(xc_trainer_t *t)
+{
+    if (t && t->started) {
+        pthread_join(t->thread, NULL);
+        t->started = 0;
+    }
+}
+
+void xc_trainer_set_paused(xc_trainer_t *t, int paused)
+{
+    pthread_mutex_lock(&t->mu);
+    t->paused = paused;
+    t->st.paused = paused;
+    pthread_mutex_unlock(&t->mu);
+    xc_queue_kick(t->q);
+}
+
+uint64_t xc_trainer_request_checkpoint(xc_trainer_t *t, const char *reason)
+{
+    pthread_mutex_lock(&t->mu);
+    uint64_t gen = ++t->ckpt_req;
+    t->ckpt_reason = reason;
+    pthread_mutex_unlock(&t->mu);
+    xc_queue_kick(t->q);
+    return gen;
+}
+
+uint64_t xc_trainer_request_snapshot(xc_trainer_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    uint64_t gen = ++t->snap_req;
+    pthread_mutex_unlock(&t->mu);
+    xc_queue_kick(t->q);
+    return gen;
+}
+
+void xc_trainer_stop(xc_trainer_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_mutex_unlock(&t->mu);
+    xc_queue_kick(t->q);
+}
+
+void xc_trainer_status(xc_trainer_t *t, xc_trainer_status_t *out)
+{
+    pthread_mutex_lock(&t->mu);
+    *out = t->st;
+    pthread_mutex_unlock(&t->mu);
+}
+
+int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_gen)
+{
+    pthread_mutex_lock(&t->mu);
+    int ev = t->events;
+    t->events = 0;
+    if ((ev & XC_TR_EV_CKPT) && ck) *ck = t->ckpt;
+    if (snapshot_gen) *snapshot_gen = t->snap_done;
+    pthread_mutex_unlock(&t->mu);
+    return ev;
+}
+
+const xc_latent_stats_t *xc_trainer_snapshot_lock(xc_trainer_t *t, long *step, uint64_t *gen)
+{
+    pthread_mutex_lock(&t->snap_mu);
+    if (step) *step = t->snap_step;
+    if (gen) *gen = t->snap_gen;
+    return t->snap;
+}
+
+void xc_trainer_snapshot_unlock(xc_trainer_t *t) { pthread_mutex_unlock(&t->snap_mu); }

@@ -1,0 +1,57 @@
+/* The bounded batch queue between the loop thread (producer side: it pushes
+ * accepted batches, never blocks) and the trainer thread (consumer side: it
+ * pops, blocking with a timeout). One mutex + condition variable. The queue
+ * also keeps the token accounting of PROTOCOL.md 1.3 under that same lock, so
+ * a status read sees acked = trained + buffered + queued (+ failed) exactly. */
+#ifndef XC_QUEUE_H
+#define XC_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One accepted batch: n tokens of [2, d] float32, x heap-allocated. */
+typedef struct {
+    float *x;          /* (n, 2, d); owned by whoever holds the item */
+    long n;
+    uint64_t seq;
+    char producer[65];
+} xc_qitem_t;
+
+typedef struct {
+    uint64_t tokens_acked, batches_acked;
+    uint64_t tokens_queued;   /* in the queue, or popped but not yet in the buffer */
+    uint64_t tokens_buffered; /* in the mixing buffer */
+    uint64_t tokens_trained;
+    uint64_t tokens_failed;   /* trained on but the step failed (should stay 0) */
+    long depth, capacity;     /* items */
+} xc_queue_counts_t;
+
+typedef struct xc_queue xc_queue_t;
+
+/* on_space(ctx) is called (from the consumer thread, without the lock held)
+ * when a pop frees a slot after a push found the queue full. NULL on failure. */
+xc_queue_t *xc_queue_new(long capacity, void (*on_space)(void *), void *ctx);
+/* Frees the queue and every item still in it. */
+void xc_queue_destroy(xc_queue_t **q);
+
+/* 1 when a push would fail; arms on_space so the caller hears about room. */
+int xc_queue_full(xc_queue_t *q);
+/* Takes ownership of item->x on success (0); XC_EAGAIN when full (item untouched). */
+int xc_queue_push(xc_queue_t *q, const xc_qitem_t *item);
+/* Waits up to timeout_ms for an item; 0 and *out (caller owns out->x), or
+ * XC_EAGAIN on timeout or after xc_queue_kick. */
+int xc_queue_pop(xc_queue_t *q, xc_qitem_t *out, int timeout_ms);
+/* Non-blocking pop. */
+int xc_queue_try_pop(xc_queue_t *q, xc_qitem_t *out);
+/* Waits up to timeout_ms for a kick, or (want_items) for an item to be queued;
+ * pops nothing. */
+void xc_queue_wait(xc_queue_t *q, int timeout_ms, int want_items);
+/* Wakes a waiting pop / wait (commands for the trainer). */
+void xc_queue_kick(xc_queue_t *q);
+
+/* Accounting moves by the consumer: queued -> buffered, buffered -> trained / failed. */
+void xc_queue_note_buffered(xc_queue_t *q, uint64_t n);
+void xc_queue_note_trained(xc_queue_t *q, uint64_t n, int failed);
+void xc_queue_counts(xc_queue_t *q, xc_queue_counts_t *out);
+
+#endif
