@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is present; `make deps` calls it.
 set -euo pipefail
 pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libuv1-dev
-      libsystemd-dev python3-numpy python3-zmq python3-msgpack)
+      libsystemd-dev python3-numpy python3-zmq python3-msgpack python3-pytest python3-torch)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
