@@ -169,8 +169,10 @@ typedef struct xc_client xc_client_t;
 /* Where the daemon listens and how the client behaves. Strings are borrowed
  * during xc_client_new only (the client copies them). */
 typedef struct {
-    const char *run_dir;   /* directory of the daemon's ipc sockets; NULL = default */
-    const char *name;      /* instance name (shown in logs/events); NULL = "default" */
+    const char *run_dir;   /* directory of the daemon's ipc sockets; NULL = derived
+                              like the daemon's: $XDG_RUNTIME_DIR/xcoderd-NAME, else
+                              /tmp/xcoderd-NAME */
+    const char *name;      /* instance name (the daemon's `name`); NULL = "default" */
     const char *ingest;    /* endpoint URIs; NULL = ipc://RUN_DIR/ingest.sock, ... */
     const char *control;
     const char *events;
@@ -180,10 +182,12 @@ typedef struct {
                               (default 30000) */
 } xc_client_options_t;
 
-/* Defaults: run_dir from $XCODER_RUN_DIR, else the daemon's default
- * (XC_CLIENT_DEFAULT_RUN_DIR); window 8; timeout 30 s. */
+/* Defaults: run_dir from $XCODER_RUN_DIR when set (else NULL: derived from the
+ * name as the daemon does), name NULL, window 8, timeout 30 s. */
 void xc_client_options_default(xc_client_options_t *o);
-#define XC_CLIENT_DEFAULT_RUN_DIR "/run/xcoderd"
+/* The run_dir the daemon derives for instance `name` (NULL = "default") when
+ * none is configured; written to out. 0 or XC_EINVAL (does not fit). */
+int xc_client_default_run_dir(const char *name, char *out, size_t out_len);
 
 /* Creates a client; sockets connect lazily (ingest on the first push, control
  * on the first request, events on the first subscribe), and ZeroMQ reconnects

@@ -118,8 +118,9 @@ static const xc_cli_cmd_t commands[] = {
 
 static const xc_cli_optdef_t global_opts[] = {
     {"run-dir", "DIR", "the daemon's run_dir: endpoints default to ipc://DIR/{ingest,control,events}.sock "
-                       "(default $XCODER_RUN_DIR, else " XC_CLIENT_DEFAULT_RUN_DIR ")"},
-    {"name", "NAME", "instance name (for messages; the daemon's `name`)"},
+                       "(default $XCODER_RUN_DIR, else like the daemon: $XDG_RUNTIME_DIR/xcoderd-NAME or "
+                       "/tmp/xcoderd-NAME)"},
+    {"name", "NAME", "the daemon's instance name, used to derive run_dir (default: default)"},
     {"endpoint", "URI", "control endpoint (alias of --control)"},
     {"ingest", "URI", "ingest endpoint, e.g. tcp://127.0.0.1:5555"},
     {"control", "URI", "control endpoint"},

@@ -69,10 +69,19 @@ void xc_client_options_default(xc_client_options_t *o)
 {
     memset(o, 0, sizeof *o);
     const char *env = getenv("XCODER_RUN_DIR");
-    o->run_dir = (env && *env) ? env : XC_CLIENT_DEFAULT_RUN_DIR;
+    o->run_dir = (env && *env) ? env : NULL;
     o->name = NULL;
     o->window = 8;
     o->timeout_ms = 30000;
+}
+
+/* Mirrors the daemon's derivation (daemon/config.c, xc_cfg_finalize). */
+int xc_client_default_run_dir(const char *name, char *out, size_t out_len)
+{
+    const char *x = getenv("XDG_RUNTIME_DIR");
+    if (!name || !*name) name = "default";
+    int n = x && *x ? snprintf(out, out_len, "%s/xcoderd-%s", x, name) : snprintf(out, out_len, "/tmp/xcoderd-%s", name);
+    return n < 0 || (size_t)n >= out_len ? XC_EINVAL : XC_OK;
 }
 
 static char *dup_endpoint(const char *given, const char *run_dir, const char *file)
@@ -92,7 +101,15 @@ xc_client_t *xc_client_new(const xc_client_options_t *o, int *err)
         xc_client_options_default(&def);
         o = &def;
     }
-    const char *run_dir = o->run_dir && *o->run_dir ? o->run_dir : XC_CLIENT_DEFAULT_RUN_DIR;
+    char derived[512];
+    const char *run_dir = o->run_dir;
+    if (!run_dir || !*run_dir) {
+        if (xc_client_default_run_dir(o->name, derived, sizeof derived) != XC_OK) {
+            rc = XC_EINVAL;
+            goto out;
+        }
+        run_dir = derived;
+    }
     if (o->window < 0 || o->window > XC_CLIENT_WINDOW_MAX ||
         (o->producer && strlen(o->producer) > XC_PROTO_PRODUCER_MAX)) {
         rc = XC_EINVAL;
