@@ -6,7 +6,8 @@
 #  4. takes a checkpoint and prints `xcoder report`: latents by Δnorm class,
 #     the top chat-only latents, and how well the planted features were recovered,
 #  5. shuts the daemon down cleanly (it writes a final checkpoint and exits 0).
-# Environment: DEMO_SECONDS (training time, default 45), DEMO_KEEP=1 keeps the temp dir.
+# Environment: DEMO_SECONDS (training time, default 45), DEMO_RATE (synth tokens/s,
+# default 100000: features emerge over ~20 s), DEMO_KEEP=1 keeps the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 XC=build/xcoder
@@ -51,10 +52,10 @@ d = 64
 dict_size = 512
 k = 4
 batch_size = 256
-lr = 2e-3
-warmup_steps = 50
-threshold_start_step = 100
-dead_tokens = 200000
+lr = 1e-4
+warmup_steps = 200
+threshold_start_step = 500
+dead_tokens = 1000000
 seed = 1
 threads = 1
 mix_tokens = 4096
@@ -74,7 +75,7 @@ done
 X ping
 
 bold "2. streaming synthetic activations: 40 shared, 12 chat-only, 12 base-only planted features (seed $SEED)"
-X synth --seed $SEED --batch 512 --quiet >"$T/synth.out" 2>&1 &
+X synth --seed $SEED --batch 512 --rate "${DEMO_RATE:-100000}" --quiet >"$T/synth.out" 2>&1 &
 SPID=$!
 
 bold "3. live view for ${SECS}s (xcoder watch)"
