@@ -1,0 +1,53 @@
+/* xcoderd: the crosscoder training daemon. Parses the configuration (file and
+ * command line, see daemon/config.c), then runs the service until SIGTERM,
+ * SIGINT or a shutdown request. Exit status: 0 after a clean shutdown with its
+ * checkpoint written; 1 when the final checkpoint failed; 2 on a configuration
+ * or start-up error. */
+#include "xc_config.h"
+#include "xc_log.h"
+#include "xc_service.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char **argv)
+{
+    xc_cfg_t cfg;
+    xc_cfg_cli_t cli;
+    char why[1024];
+    int err;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (xc_cfg_load(&cfg, argc, argv, &cli, why, sizeof why)) {
+        fprintf(stderr, "xcoderd: %s\n", why);
+        return 2;
+    }
+    if (cli.help) {
+        xc_cfg_print_help(stdout, argv[0]);
+        return 0;
+    }
+    if (cli.print_config) {
+        xc_cfg_print_file(stdout, &cfg);
+        return 0;
+    }
+    xc_log_level_t lvl;
+    if (xc_log_parse_level(cfg.log_level, &lvl) == 0) xc_log_set_level(lvl);
+    if (xc_svc_open_log(cfg.log_file, why, sizeof why)) {
+        fprintf(stderr, "xcoderd: %s\n", why);
+        return 2;
+    }
+    xc_svc_t *svc = xc_svc_new(&cfg, argc, argv, &err, why, sizeof why);
+    if (!svc) {
+        xc_log(XC_LOG_ERROR, "cannot start: %s", why);
+        return 2;
+    }
+    int rc = xc_svc_run(svc);
+    xc_svc_destroy(&svc);
+    if (rc) {
+        xc_log(XC_LOG_ERROR, "exiting after a failed shutdown: %s", xc_strerror(rc));
+        return 1;
+    }
+    xc_log(XC_LOG_INFO, "exiting cleanly");
+    return 0;
+}
