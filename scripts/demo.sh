@@ -75,7 +75,7 @@ done
 X ping
 
 bold "2. streaming synthetic activations: 40 shared, 12 chat-only, 12 base-only planted features (seed $SEED)"
-X synth --seed $SEED --batch 512 --rate "${DEMO_RATE:-100000}" --quiet >"$T/synth.out" 2>&1 &
+"$XC" --run-dir "$RUN" synth --seed $SEED --batch 512 --rate "${DEMO_RATE:-100000}" --quiet >"$T/synth.out" 2>&1 &
 SPID=$!
 
 bold "3. live view for ${SECS}s (xcoder watch)"

@@ -55,7 +55,7 @@ else nok "push_f32_npy" "$(tail -3 "$T/out")"; fi
 
 # --- push: float16 file written by numpy, with --json
 "$PY" -c "import numpy as np; np.save('$T/h.npy', (np.random.RandomState(0).randn(1000,2,$D)*0.1).astype(np.float16))"
-if X push "$T/h.npy" --json >"$T/out" 2>&1 && [ "$(py_json "$T/out" "j['tokens'], j['dtype']")" = "(1000, 'f16')" ]; then
+if X push "$T/h.npy" --json >"$T/out" 2>&1 && [ "$(py_json "$T/out" "j['tokens'], j['dtype']")" = "1000 f16" ]; then
   ok "push_f16_npy_json"
 else nok "push_f16_npy_json" "$(tail -3 "$T/out")"; fi
 
@@ -95,7 +95,7 @@ if [ $rc -eq 1 ] && grep -qi "nonsense" "$T/out"; then ok "latents_bad_field_err
 if [ "$(X config d 2>&1)" = "$D" ] && X config --json >"$T/out" && [ "$(py_json "$T/out" "j['config']['dict_size']")" = "128" ]; then
   ok "config"
 else nok "config" "$(X config d 2>&1 | head -2)"; fi
-X synth --tokens 0 --rate 5000 --batch 256 --quiet >/dev/null 2>"$T/synth.err" &
+"$XC" --run-dir "$RUN" synth --tokens 0 --rate 5000 --batch 256 --quiet >/dev/null 2>"$T/synth.err" &
 SPID=$!
 if X events --topic stats --count 2 --wait 10 --json >"$T/out" 2>&1 &&
    [ "$("$PY" -c "import json; print(all(json.loads(l)['type'] == 'stats' for l in open('$T/out')))")" = "True" ]; then

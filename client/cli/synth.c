@@ -55,6 +55,10 @@ int xc_cli_synth_config(const xc_cli_args_t *a, int d, void *cfgp)
         cfg->seed = (uint64_t)seed;
     }
     if (rc) return rc;
+    /* small d: the default mean_active may not fit the few default features */
+    int nf = cfg->n_shared + cfg->n_chat_only + cfg->n_base_only + cfg->n_shrunk;
+    if (!xc_cli_opt(a, "mean-active") && cfg->mean_active > cfg->max_prob * (float)nf)
+        cfg->mean_active = cfg->max_prob * (float)nf * 0.75f;
     char why[256] = "";
     if (xc_synth_config_validate(cfg, why, sizeof why) != XC_OK) {
         xc_cli_err(a, "generator options: %s", why[0] ? why : "invalid");
