@@ -46,6 +46,9 @@ static double now_ms(void)
 }
 
 #define NBUCKET 32768 /* top 16 bits of a positive float */
+/* Latent Scaling sums per latent: sum f^2, sum f<v,e^base>, sum f<v,e^chat>,
+ * sum f<v,xhat^base>, sum f<v,xhat^chat>, count */
+enum { LS_F2 = 0, LS_E0, LS_E1, LS_R0, LS_R1, LS_CNT, LS_N };
 #define XC_ENGINE_MAX_KEEP_D 8192 /* b_dec restored on a skipped first step up to this d */
 
 typedef struct {
@@ -95,6 +98,9 @@ struct xc_engine {
     float *max_act;             /* (F) */
     float *freq;                /* (F) EMA of fires per token */
     long *last_fired;           /* (F) */
+    double *ls_run;             /* (F, LS_N) running Latent Scaling sums (EMA) */
+    double *ls_step;            /* (F, LS_N) this step's sums */
+    float *ls_t1, *ls_t2;       /* (F, 2d) L1 only: U^T E and U^T X */
 
     /* step scratch */
     float *pre;                 /* (B, F) pre-activations, then u in place */
@@ -165,6 +171,8 @@ void xc_engine_config_default(xc_engine_config_t *c, xc_model_kind_t model)
     c->seed = 0;
     c->threads = 0;
     c->stats_half_life = 1e6;
+    c->scaling_half_life = 1e6;
+    c->scaling_min_active = 20;
 }
 
 #define WHY(...) (snprintf(why, why_len, __VA_ARGS__), XC_ECONFIG)
@@ -197,6 +205,8 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
     if (!(c->adam_eps > 0)) return WHY("adam_eps must be > 0");
     if (c->threads < 0 || c->threads > 256) return WHY("threads must be in [0, 256]");
     if (!(c->stats_half_life > 0)) return WHY("stats_half_life must be > 0 tokens");
+    if (!(c->scaling_half_life > 0)) return WHY("scaling_half_life must be > 0 tokens");
+    if (!(c->scaling_min_active >= 0)) return WHY("scaling_min_active must be >= 0");
     return XC_OK;
 }
 
@@ -338,6 +348,12 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
     e->max_act = xalloc(F, 4, &fail);
     e->freq = xalloc(F, 4, &fail);
     e->last_fired = xalloc(F, sizeof(long), &fail);
+    e->ls_run = xalloc(F * LS_N, sizeof(double), &fail);
+    e->ls_step = xalloc(F * LS_N, sizeof(double), &fail);
+    if (cfg->model == XC_MODEL_L1) {
+        e->ls_t1 = xalloc(F * d2, 4, &fail);
+        e->ls_t2 = xalloc(F * d2, 4, &fail);
+    }
     e->pre = xalloc(B * F, 4, &fail);
     if (cfg->model == XC_MODEL_L1) e->dpre = xalloc(B * F, 4, &fail);
     e->resid = xalloc(B * d2, 4, &fail);
@@ -411,7 +427,8 @@ void xc_engine_destroy(xc_engine_t **pe)
                     e->fired, e->sum_act, e->max_act, e->freq, e->last_fired, e->pre, e->dpre,
                     e->resid, e->gx, e->hx, e->ehat, e->row_ptr, e->row_cnt, e->col, e->ent_row,
                     e->val, e->gval, e->aux_ptr, e->aux_col, e->aux_row, e->aux_val, e->aux_gval,
-                    e->lat_ptr, e->lat_cnt, e->lat_ent, e->hist64};
+                    e->lat_ptr, e->lat_cnt, e->lat_ent, e->hist64, e->ls_run, e->ls_step,
+                    e->ls_t1, e->ls_t2};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(e);
     *pe = NULL;
@@ -1061,11 +1078,14 @@ static void grad_sparse_task(void *ctx, int tid, int nth)
     entry_range(e, tid, nth, &lo, &hi);
     for (long j = lo; j < hi; j++) {
         long p0 = e->lat_ptr[j], p1 = e->lat_ptr[j + 1];
+        double *ls = e->ls_step + (size_t)j * LS_N;
+        memset(ls, 0, sizeof(double) * LS_N);
         if (p0 == p1) {
             e->has_grad[j] = 0;
             continue;
         }
         float *gd = e->g_dec + (size_t)j * d2, *ge = e->g_enc + (size_t)j * d2;
+        const float *v = e->w_dec + (size_t)j * d2 + e->d; /* chat decoder row */
         double gb = 0;
         memset(gd, 0, sizeof(float) * (size_t)d2);
         memset(ge, 0, sizeof(float) * (size_t)d2);
@@ -1079,6 +1099,19 @@ static void grad_sparse_task(void *ctx, int tid, int nth)
                 f = e->val[id];
                 gf = e->gval[id];
                 gsrc = e->gx;
+                if (e->commit) {
+                    /* Latent Scaling sums with this step's residual: <v, xhat> = <v, x> - <v, e> */
+                    const float *rb = e->resid + (size_t)b * d2, *xb = e->x + (size_t)b * d2;
+                    int d = e->d;
+                    double eb = cblas_sdot(d, v, 1, rb, 1), ec = cblas_sdot(d, v, 1, rb + d, 1);
+                    double xbv = cblas_sdot(d, v, 1, xb, 1), xcv = cblas_sdot(d, v, 1, xb + d, 1);
+                    ls[LS_F2] += (double)f * f;
+                    ls[LS_E0] += f * eb;
+                    ls[LS_E1] += f * ec;
+                    ls[LS_R0] += f * (xbv - eb);
+                    ls[LS_R1] += f * (xcv - ec);
+                    ls[LS_CNT] += 1;
+                }
             } else {
                 id -= nmain;
                 b = e->aux_row[id];
@@ -1159,6 +1192,30 @@ static void l1_grad_task(void *ctx, int tid, int nth)
                 d2, 0.0f, e->g_dec + (size_t)lo * d2, d2);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->dpre + lo, F, e->x,
                 d2, 0.0f, e->g_enc + (size_t)lo * d2, d2);
+    if (e->commit) {
+        /* Latent Scaling sums: rows of U^T E and U^T X dotted with the chat decoder row */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->pre + lo, F,
+                    e->resid, d2, 0.0f, e->ls_t1 + (size_t)lo * d2, d2);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->pre + lo, F, e->x,
+                    d2, 0.0f, e->ls_t2 + (size_t)lo * d2, d2);
+        for (long j = lo; j < hi; j++) {
+            double *ls = e->ls_step + (size_t)j * LS_N, f2 = 0, cnt = 0;
+            const float *v = e->w_dec + (size_t)j * d2 + d, *t1 = e->ls_t1 + (size_t)j * d2,
+                        *t2 = e->ls_t2 + (size_t)j * d2;
+            for (long b = 0; b < e->B; b++) {
+                float u = e->pre[(size_t)b * F + j];
+                f2 += (double)u * u;
+                cnt += u > 0.0f;
+            }
+            double eb = cblas_sdot(d, v, 1, t1, 1), ec = cblas_sdot(d, v, 1, t1 + d, 1);
+            ls[LS_F2] = f2;
+            ls[LS_E0] = eb;
+            ls[LS_E1] = ec;
+            ls[LS_R0] = cblas_sdot(d, v, 1, t2, 1) - eb;
+            ls[LS_R1] = cblas_sdot(d, v, 1, t2 + d, 1) - ec;
+            ls[LS_CNT] = cnt;
+        }
+    }
     double mu_b = e->cfg.l1_coef / e->B;
     for (long j = lo; j < hi; j++) {
         double su = 0, gb = 0;
@@ -1319,7 +1376,9 @@ static void commit_stats(xc_engine_t *e)
     int F = e->F;
     uint64_t B = (uint64_t)e->B;
     double decay = pow(0.5, (double)e->B / e->cfg.stats_half_life);
+    double ls_decay = pow(0.5, (double)e->B / e->cfg.scaling_half_life);
     int n_dead = 0;
+    for (size_t i = 0; i < (size_t)F * LS_N; i++) e->ls_run[i] = ls_decay * e->ls_run[i] + e->ls_step[i];
     if (e->cfg.model == XC_MODEL_BATCHTOPK) {
         for (long p = 0; p < e->nnz; p++) {
             int j = e->col[p];
@@ -1552,4 +1611,191 @@ void xc_engine_adam_state(xc_engine_t *e, xc_engine_params_t *m, xc_engine_param
     if (m) *m = (xc_engine_params_t){e->m_enc, e->m_benc, e->m_dec, e->m_bdec};
     if (v) *v = (xc_engine_params_t){e->v_enc, e->v_benc, e->v_dec, e->v_bdec};
     if (step) *step = e->step;
+}
+
+/* ---------------------------------------------------------------- Latent Scaling */
+
+/* beta and nu from the sums of one latent with decoder row dec (2d). */
+static void scaling_from_sums(const double *ls, const float *dec, int d, double min_active,
+                              xc_scaling_stats_t *o)
+{
+    const float *v = dec + d;
+    double vv = 0, vb = 0;
+    for (int i = 0; i < d; i++) {
+        vv += (double)v[i] * v[i];
+        vb += (double)v[i] * dec[i];
+    }
+    double den = ls[LS_F2] * vv;
+    o->active = ls[LS_CNT];
+    if (!(ls[LS_CNT] >= min_active) || ls[LS_CNT] <= 0 || !(den > 0)) {
+        o->beta_err[0] = o->beta_err[1] = o->beta_rec[0] = o->beta_rec[1] = NAN;
+        o->nu_err = o->nu_rec = NAN;
+        return;
+    }
+    /* error target adds the latent's own term back: + (sum f^2) <v, d^m> */
+    double be0 = (ls[LS_E0] + ls[LS_F2] * vb) / den, be1 = (ls[LS_E1] + ls[LS_F2] * vv) / den;
+    double br0 = ls[LS_R0] / den, br1 = ls[LS_R1] / den;
+    o->beta_err[0] = (float)be0;
+    o->beta_err[1] = (float)be1;
+    o->beta_rec[0] = (float)br0;
+    o->beta_rec[1] = (float)br1;
+    o->nu_err = be1 != 0 ? (float)(be0 / be1) : NAN;
+    o->nu_rec = br1 != 0 ? (float)(br0 / br1) : NAN;
+}
+
+void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out)
+{
+    for (int j = 0; j < e->F; j++)
+        scaling_from_sums(e->ls_run + (size_t)j * LS_N, e->w_dec + (size_t)j * e->d2, e->d,
+                          e->cfg.scaling_min_active, &out[j]);
+}
+
+struct xc_scaling {
+    xc_engine_t *e;             /* borrowed: dimensions and the worker pool */
+    float *w_enc, *b_enc, *w_dec, *b_dec, *s; /* frozen copies, owned */
+    float theta;
+    long step, chunk;
+    float *pre;                 /* (chunk, F) */
+    double *acc;                /* (nth, F, LS_N) per-worker sums */
+    int **act;                  /* per worker (F) active latents of a token */
+    float **xh;                 /* per worker (2d) reconstruction */
+    const float *x;
+    long n;
+    uint64_t tokens;
+};
+
+static void scaling_gemm_task(void *ctx, int tid, int nth)
+{
+    xc_scaling_t *s = ctx;
+    long lo, hi;
+    int F = s->e->F, d2 = s->e->d2;
+    xc_pool_range(F, tid, nth, &lo, &hi);
+    if (hi > lo)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n, (int)(hi - lo), d2, 1.0f, s->x, d2,
+                    s->w_enc + (size_t)lo * d2, d2, 0.0f, s->pre + lo, F);
+}
+
+static void scaling_accum_task(void *ctx, int tid, int nth)
+{
+    xc_scaling_t *s = ctx;
+    const xc_engine_t *e = s->e;
+    int F = e->F, d = e->d, d2 = e->d2, *act = s->act[tid];
+    float *xh = s->xh[tid];
+    double *acc = s->acc + (size_t)tid * F * LS_N;
+    long lo, hi;
+    xc_pool_range(s->n, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
+        const float *pre = s->pre + (size_t)b * F, *x = s->x + (size_t)b * d2;
+        int na = 0;
+        memcpy(xh, s->b_dec, sizeof(float) * (size_t)d2);
+        for (int j = 0; j < F; j++) {
+            float v = pre[j] + s->b_enc[j];
+            /* threshold mode (reference): f = u * 1[u s > theta] */
+            if (v > 0.0f && (e->cfg.model == XC_MODEL_L1 || v * s->s[j] > s->theta)) {
+                act[na++] = j;
+                cblas_saxpy(d2, v, s->w_dec + (size_t)j * d2, 1, xh, 1);
+            }
+        }
+        for (int q = 0; q < na; q++) {
+            int j = act[q];
+            float f = pre[j] + s->b_enc[j];
+            const float *v = s->w_dec + (size_t)j * d2 + d;
+            double xb = cblas_sdot(d, v, 1, x, 1), xc = cblas_sdot(d, v, 1, x + d, 1);
+            double rb = cblas_sdot(d, v, 1, xh, 1), rc = cblas_sdot(d, v, 1, xh + d, 1);
+            double *a = acc + (size_t)j * LS_N;
+            a[LS_F2] += (double)f * f;
+            a[LS_E0] += f * (xb - rb);
+            a[LS_E1] += f * (xc - rc);
+            a[LS_R0] += f * rb;
+            a[LS_R1] += f * rc;
+            a[LS_CNT] += 1;
+        }
+    }
+}
+
+xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err)
+{
+    int fail = 0, nth = e->nth;
+    size_t F = (size_t)e->F, d2 = (size_t)e->d2;
+    xc_scaling_t *s = calloc(1, sizeof *s);
+    if (!s) goto out_nomem;
+    s->e = e;
+    s->chunk = e->B < 512 ? e->B : 512;
+    s->w_enc = xalloc(F * d2, 4, &fail);
+    s->w_dec = xalloc(F * d2, 4, &fail);
+    s->b_enc = xalloc(F, 4, &fail);
+    s->b_dec = xalloc(d2, 4, &fail);
+    s->s = xalloc(F, 4, &fail);
+    s->pre = xalloc((size_t)s->chunk * F, 4, &fail);
+    s->acc = xalloc((size_t)nth * F * LS_N, sizeof(double), &fail);
+    s->act = calloc((size_t)nth, sizeof *s->act);
+    s->xh = calloc((size_t)nth, sizeof *s->xh);
+    if (fail || !s->act || !s->xh) goto out_free;
+    for (int t = 0; t < nth; t++) {
+        s->act[t] = xalloc(F, sizeof(int), &fail);
+        s->xh[t] = xalloc(d2, 4, &fail);
+    }
+    if (fail) goto out_free;
+    ensure_norms(e);
+    memcpy(s->w_enc, e->w_enc, 4 * F * d2);
+    memcpy(s->w_dec, e->w_dec, 4 * F * d2);
+    memcpy(s->b_enc, e->b_enc, 4 * F);
+    memcpy(s->b_dec, e->b_dec, 4 * d2);
+    memcpy(s->s, e->s, 4 * F);
+    s->theta = (float)e->theta;
+    s->step = e->step;
+    if (err) *err = XC_OK;
+    return s;
+out_free:
+    xc_scaling_destroy(&s);
+out_nomem:
+    if (err) *err = XC_ENOMEM;
+    return NULL;
+}
+
+int xc_scaling_add(xc_scaling_t *s, const float *x, long n_tokens)
+{
+    if (!x || n_tokens < 1) return XC_EINVAL;
+    for (long at = 0; at < n_tokens; at += s->chunk) {
+        s->n = n_tokens - at < s->chunk ? n_tokens - at : s->chunk;
+        s->x = x + (size_t)at * s->e->d2;
+        xc_pool_run(s->e->pool, scaling_gemm_task, s);
+        xc_pool_run(s->e->pool, scaling_accum_task, s);
+    }
+    s->x = NULL;
+    s->tokens += (uint64_t)n_tokens;
+    return XC_OK;
+}
+
+uint64_t xc_scaling_tokens(const xc_scaling_t *s) { return s->tokens; }
+long xc_scaling_step(const xc_scaling_t *s) { return s->step; }
+
+void xc_scaling_result(const xc_scaling_t *s, xc_scaling_stats_t *out)
+{
+    int F = s->e->F;
+    for (int j = 0; j < F; j++) {
+        double sum[LS_N] = {0};
+        for (int t = 0; t < s->e->nth; t++)
+            for (int q = 0; q < LS_N; q++) sum[q] += s->acc[((size_t)t * F + j) * LS_N + q];
+        scaling_from_sums(sum, s->w_dec + (size_t)j * s->e->d2, s->e->d, s->e->cfg.scaling_min_active, &out[j]);
+    }
+}
+
+void xc_scaling_destroy(xc_scaling_t **ps)
+{
+    xc_scaling_t *s = ps ? *ps : NULL;
+    if (!s) return;
+    for (int t = 0; s->act && t < s->e->nth; t++) free(s->act[t]);
+    for (int t = 0; s->xh && t < s->e->nth; t++) free(s->xh[t]);
+    free(s->act);
+    free(s->xh);
+    free(s->w_enc);
+    free(s->w_dec);
+    free(s->b_enc);
+    free(s->b_dec);
+    free(s->s);
+    free(s->pre);
+    free(s->acc);
+    free(s);
+    *ps = NULL;
 }

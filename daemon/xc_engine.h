@@ -38,6 +38,8 @@ typedef struct {
     uint64_t seed;
     int threads;               /* compute threads; 0 = online CPUs */
     double stats_half_life;    /* tokens; half-life of the firing-frequency EMA */
+    double scaling_half_life;  /* tokens; window of the running Latent Scaling estimates */
+    double scaling_min_active; /* activations a latent needs before its beta is defined */
 } xc_engine_config_t;
 
 typedef struct {
@@ -81,6 +83,16 @@ typedef struct {
     long last_step_fired;      /* -1 if never */
     int dead;                  /* tokens_since_fired >= dead_tokens */
 } xc_latent_stats_t;
+
+/* Latent Scaling (method.md 4) of one latent: v = the chat decoder row. beta_*
+ * and nu_* are NaN where undefined (the latent fired fewer than min_active times,
+ * a zero decoder row, or a zero chat beta for the ratio). */
+typedef struct {
+    float beta_err[2];         /* error target, base / chat model */
+    float beta_rec[2];         /* reconstruction target, base / chat model */
+    float nu_err, nu_rec;      /* beta base / beta chat */
+    double active;             /* activations counted (EMA-weighted for running estimates) */
+} xc_scaling_stats_t;
 
 /* Views of the parameters (or of gradients); row-major shapes in comments. */
 typedef struct {
@@ -142,6 +154,24 @@ long xc_engine_selection(const xc_engine_t *e, const long **row_ptr, const int *
 /* Live views of the Adam moments (same shapes as the parameters) and the number
  * of completed steps (Adam's t before the next step). */
 void xc_engine_adam_state(xc_engine_t *e, xc_engine_params_t *m, xc_engine_params_t *v, long *step);
+
+/* Running Latent Scaling estimates, from the training steps' activations and
+ * residuals with the current chat decoder rows, exponentially weighted over
+ * scaling_half_life tokens. out: dict_size entries, caller-owned. */
+void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out);
+
+/* Exact Latent Scaling pass: xc_scaling_new freezes a copy of the current
+ * dictionary (parameters, theta); xc_scaling_add encodes activations with it in
+ * threshold mode and accumulates the exact sums. Use it from the thread that
+ * trains e, between steps (it borrows the engine's worker pool). The object owns
+ * its copy; free it with xc_scaling_destroy. */
+typedef struct xc_scaling xc_scaling_t;
+xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err);
+int xc_scaling_add(xc_scaling_t *s, const float *x, long n_tokens);
+uint64_t xc_scaling_tokens(const xc_scaling_t *s);
+long xc_scaling_step(const xc_scaling_t *s); /* training step the dictionary was frozen at */
+void xc_scaling_result(const xc_scaling_t *s, xc_scaling_stats_t *out);
+void xc_scaling_destroy(xc_scaling_t **s);
 
 /* Geometric median of n points in R^dim (Weiszfeld from the mean, as the
  * reference trainer: <= max_iter iterations, stop when the shift < tol).

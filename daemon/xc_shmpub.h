@@ -1,0 +1,29 @@
+/* Publishes the engine's per-latent statistics and Latent Scaling estimates into
+ * the shared-memory object (include/xc_shm.h). Runs on the trainer thread between
+ * steps, so it reads the engine without locks. Also keeps the last computed
+ * records for the control socket's latent/top queries. */
+#ifndef XC_SHMPUB_H
+#define XC_SHMPUB_H
+
+#include "xc_engine.h"
+#include "xc_shm.h"
+
+typedef struct xc_shmpub xc_shmpub_t;
+
+/* instance NULL: compute the records only (no shared memory). NULL on failure
+ * with *err and a reason in why. */
+xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode,
+                           const xc_class_thresholds_t *th, int *err, char *why, size_t why_len);
+/* Recomputes every latent's record from e. exact: results of the last exact
+ * Latent Scaling pass (dict_size entries) or NULL to use the running estimates. */
+int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, const xc_scaling_stats_t *exact, long exact_step,
+                     uint64_t exact_tokens, double tokens_per_s);
+/* Last computed records (dict_size entries each); valid until the next update. */
+const xc_latent_stats_t *xc_shmpub_latents(const xc_shmpub_t *p);
+const xc_scaling_stats_t *xc_shmpub_scaling(const xc_shmpub_t *p);
+const uint8_t *xc_shmpub_classes(const xc_shmpub_t *p);
+const uint8_t *xc_shmpub_flags(const xc_shmpub_t *p);
+void xc_shmpub_class_counts(const xc_shmpub_t *p, uint32_t counts[8]);
+void xc_shmpub_destroy(xc_shmpub_t **p, int unlink_it);
+
+#endif
