@@ -86,7 +86,8 @@ int xc_cli_cmd_ping(xc_cli_args_t *a) { return simple_request(a, xc_client_ping,
 
 static void latent_header(void)
 {
-    printf("%7s %7s %7s %9s %8s %8s %8s %8s %s\n", "latent", "Δnorm", "cosine", "freq", "mean_act", "max_act",
+    /* "Δ" is 2 bytes but 1 column: pad it by hand */
+    printf("%7s   Δnorm %7s %9s %8s %8s %8s %8s %s\n", "latent", "cosine", "freq", "mean_act", "max_act",
            "norm_b", "norm_c", "");
 }
 

@@ -333,7 +333,7 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
            alive ? 100.0 * (alive - n_chat - n_base - n_shared) / alive : 0);
     if (top_n > 0) {
         printf("top %ld chat-only latents (by %s)\n", top_n, offline ? "chat decoder norm" : "firing frequency");
-        printf("  %7s %6s %9s %8s %8s  %s\n", "latent", "Δnorm", "freq", "norm_c", "norm_b", "planted feature (cos)");
+        printf("  %7s  Δnorm %9s %8s %8s  %s\n", "latent", "freq", "norm_c", "norm_b", "planted feature (cos)");
         for (long i = 0; i < top_n; i++) {
             const lat_t *l = &lat[order[i]];
             char pf[64] = "-";
@@ -348,7 +348,7 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
     }
     printf("planted features recovered (best decoder cosine ≥ %.2f), seed %llu\n", RECOVERED_COS,
            (unsigned long long)scfg.seed);
-    printf("  %-10s %8s %10s %9s %10s %s\n", "kind", "features", "recovered", "mean cos", "mean Δnorm", "  Δ in class");
+    printf("  %-10s %8s %10s %9s  mean Δnorm   Δ in class\n", "kind", "features", "recovered", "mean cos");
     for (int k = 0; k < NK; k++) {
         if (!kn[k]) continue;
         char cls[32] = "";

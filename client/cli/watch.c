@@ -161,11 +161,13 @@ int xc_cli_cmd_watch(xc_cli_args_t *a)
         clock_gettime(CLOCK_MONOTONIC, &t0);
         xc_client_value_t *r = NULL, *top = NULL;
         rc = xc_client_status(c, &r);
-        if (rc == XC_OK) {
+        if (rc == XC_OK && num(r, "step") > 0) { /* before the first step the losses are 0 */
             series_push(&loss, num(r, "loss"));
             series_push(&fveb, num(r, "fve.0"));
             series_push(&fvec, num(r, "fve.1"));
             series_push(&tps, num(r, "tokens_per_s"));
+        }
+        if (rc == XC_OK) {
             long F = (long)xc_client_value_getnum(r, "config.dict_size", 0);
             if (F > 0 && xc_client_top(c, "delta_norm", F > 65536 ? 65536 : F, 0, 1, &top) != XC_OK)
                 xc_client_value_free(&top);
