@@ -348,7 +348,7 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
     }
     printf("planted features recovered (best decoder cosine ≥ %.2f), seed %llu\n", RECOVERED_COS,
            (unsigned long long)scfg.seed);
-    printf("  %-10s %8s %10s %9s  mean Δnorm   Δ in class\n", "kind", "features", "recovered", "mean cos");
+    printf("  %-10s %8s %10s %9s mean Δnorm   Δ in class\n", "kind", "features", "recovered", "mean cos");
     for (int k = 0; k < NK; k++) {
         if (!kn[k]) continue;
         char cls[32] = "";
