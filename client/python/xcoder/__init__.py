@@ -1,0 +1,39 @@
+"""xcoder: the Python client of xcoderd (a daemon that trains a crosscoder online).
+
+    Producer(endpoint)       stream [N, 2, d] activation batches (acks, nacks, backpressure)
+    stream_from_models(...)  hook two torch models' layer and stream the paired activations
+    Client(endpoint)         control: status, latent, top, checkpoint, pause, resume,
+                             scaling, config, shutdown
+    subscribe(endpoint, topics)  iterator of (topic, body) events
+    load_checkpoint(path)    safetensors -> (dict of numpy arrays, metadata), numpy only
+    reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy
+
+Endpoints are ZeroMQ URIs or the daemon's run directory (its ipc sockets
+RUN_DIR/{ingest,control,events}.sock); None means $XCODER_RUN_DIR or /run/xcoderd.
+The wire protocol is proto/PROTOCOL.md (version 1).
+"""
+
+from .errors import CODES, CheckpointError, XcoderError, XcoderNack, XcoderTimeout
+from .wire import PROTO_VERSION
+from .producer import Producer
+from .client import Client, Subscription, subscribe
+from .checkpoint import decode, decoder_stats, encode, load_checkpoint, reconstruct
+
+
+def stream_from_models(*args, **kwargs):
+    """See xcoder.torch_stream.stream_from_models (imports torch on first use)."""
+    from .torch_stream import stream_from_models as f
+    return f(*args, **kwargs)
+
+
+def paired_activations(*args, **kwargs):
+    """See xcoder.torch_stream.paired_activations (imports torch on first use)."""
+    from .torch_stream import paired_activations as f
+    return f(*args, **kwargs)
+
+
+__version__ = "0.1.0"
+__all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
+           "encode", "decode", "decoder_stats", "stream_from_models", "paired_activations",
+           "XcoderError", "XcoderNack", "XcoderTimeout", "CheckpointError", "CODES",
+           "PROTO_VERSION"]

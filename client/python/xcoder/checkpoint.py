@@ -1,0 +1,234 @@
+"""Checkpoints: safetensors files read with numpy alone, and the crosscoder's
+forward pass (encode / reconstruct) in numpy.
+
+safetensors layout: 8-byte little-endian header length H, H bytes of JSON
+({name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__":
+{str: str}}), then the tensor bytes (little-endian, row-major); offsets are
+relative to the end of the header and together cover the data exactly.
+
+xcoderd writes the tensors of the reference BatchTopKCrossCoder state dict
+(science-of-finetuning/dictionary_learning): encoder.weight [2, d, F],
+encoder.bias [F], decoder.weight [2, F, d], decoder.bias [2, d], threshold
+(f32 scalar), k (i32 scalar), code_normalization_id (scalar); index 0 of the
+leading axis is the base model, 1 the chat model.
+"""
+
+import json
+import mmap as _mmap
+import os
+
+import numpy as np
+
+from .errors import CheckpointError
+from .wire import bf16_to_f32
+
+# safetensors dtype -> numpy dtype (little-endian). BF16 is read as its uint16
+# bit pattern and converted to float32 unless raw_bf16.
+ST_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+HEADER_MAX = 100 * 1024 * 1024  # the safetensors library's own limit
+
+
+def _parse(buf, size, where):
+    if size < 8:
+        raise CheckpointError(f"{where}: {size} bytes, too short for a safetensors file "
+                              f"(needs an 8-byte header length)")
+    hlen = int.from_bytes(bytes(buf[:8]), "little")
+    if hlen < 2 or hlen > HEADER_MAX:
+        raise CheckpointError(f"{where}: header length {hlen} is implausible; "
+                              f"not a safetensors file")
+    if 8 + hlen > size:
+        raise CheckpointError(f"{where}: truncated: header says {hlen} header bytes "
+                              f"but the file has {size - 8} after the length")
+    try:
+        header = json.loads(bytes(buf[8:8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{where}: header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in meta.items()):
+        raise CheckpointError(f"{where}: __metadata__ must map strings to strings")
+    data_len = size - 8 - hlen
+    spans = []
+    entries = {}
+    for name, t in header.items():
+        if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= t.keys():
+            raise CheckpointError(f"{where}: tensor {name!r}: malformed entry "
+                                  f"(needs dtype, shape, data_offsets)")
+        dt, shape, offs = t["dtype"], t["shape"], t["data_offsets"]
+        if dt not in ST_DTYPES:
+            raise CheckpointError(f"{where}: tensor {name!r}: unknown dtype {dt!r}")
+        if (not isinstance(shape, list)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                           for s in shape)):
+            raise CheckpointError(f"{where}: tensor {name!r}: bad shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+                or not 0 <= offs[0] <= offs[1]):
+            raise CheckpointError(f"{where}: tensor {name!r}: bad data_offsets {offs!r}")
+        need = int(np.prod(shape, dtype=np.int64)) * np.dtype(ST_DTYPES[dt]).itemsize
+        if offs[1] - offs[0] != need:
+            raise CheckpointError(f"{where}: tensor {name!r}: {offs[1] - offs[0]} bytes but "
+                                  f"{dt} x {shape} needs {need}")
+        if offs[1] > data_len:
+            raise CheckpointError(f"{where}: truncated: tensor {name!r} ends at byte "
+                                  f"{offs[1]} of the data but the file holds {data_len}")
+        spans.append((offs[0], offs[1], name))
+        entries[name] = (dt, shape, offs[0])
+    pos = 0
+    for b, e, name in sorted(spans):
+        if b != pos:
+            what = "overlaps another tensor" if b < pos else f"leaves a gap at byte {pos}"
+            raise CheckpointError(f"{where}: tensor {name!r} {what}")
+        pos = e
+    if pos != data_len:
+        raise CheckpointError(f"{where}: {data_len - pos} bytes after the last tensor; "
+                              f"corrupt or not a safetensors file")
+    return entries, meta, 8 + hlen
+
+
+def load_checkpoint(path, mmap=False, raw_bf16=False):
+    """Reads a safetensors file with numpy alone.
+
+    Returns (tensors, metadata): tensors maps each name to a numpy array of its
+    shape (scalars as 0-d arrays; BF16 converted to float32 unless raw_bf16,
+    then its uint16 bit pattern); metadata is the __metadata__ map of strings.
+    mmap=True returns read-only views of the mapped file instead of copies.
+    Raises CheckpointError naming the problem for a truncated, corrupt or
+    foreign file, OSError when it cannot be read."""
+    where = os.fspath(path)
+    with open(where, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if mmap and size:
+            buf = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+        else:
+            buf = f.read()
+            size = len(buf)
+    entries, meta, base = _parse(buf, size, where)
+    tensors = {}
+    for name, (dt, shape, off) in entries.items():
+        npdt = np.dtype(ST_DTYPES[dt])
+        count = int(np.prod(shape, dtype=np.int64))
+        a = np.frombuffer(buf, dtype=npdt, count=count, offset=base + off).reshape(shape)
+        if dt == "BF16" and not raw_bf16:
+            a = bf16_to_f32(a)
+        elif not mmap:
+            a = a.astype(npdt.newbyteorder("="), copy=True)
+        tensors[name] = a
+    return tensors, dict(meta)
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Writes a safetensors file (numpy arrays; float32/float16/float64 and
+    integer dtypes). For tests and tools; the daemon writes its own."""
+    rev = {"<f8": "F64", "<f4": "F32", "<f2": "F16", "<i8": "I64", "<i4": "I32",
+           "<i2": "I16", "|i1": "I8", "<u8": "U64", "<u4": "U32", "<u2": "U16",
+           "|u1": "U8", "|b1": "BOOL"}
+    header, blobs, off = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, a in tensors.items():
+        a = np.asarray(a)
+        le = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
+        if le.str not in rev:
+            raise TypeError(f"tensor {name!r}: dtype {a.dtype} has no safetensors name")
+        b = np.ascontiguousarray(a, dtype=le).tobytes()
+        header[name] = {"dtype": rev[le.str], "shape": list(a.shape),
+                        "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+# ---------------------------------------------------------------- model --
+
+def _params(ckpt):
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
+    meta = {}
+    if isinstance(ckpt, tuple):
+        ckpt, meta = ckpt
+    try:
+        W_enc = np.asarray(ckpt["encoder.weight"], dtype=np.float32)  # (2, d, F)
+        b_enc = np.asarray(ckpt["encoder.bias"], dtype=np.float32)    # (F,)
+        W_dec = np.asarray(ckpt["decoder.weight"], dtype=np.float32)  # (2, F, d)
+        b_dec = np.asarray(ckpt["decoder.bias"], dtype=np.float32)    # (2, d)
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint has no tensor {e.args[0]!r}") from None
+    if (W_enc.ndim != 3 or W_enc.shape[0] != 2 or W_dec.shape != (2, W_enc.shape[2],
+                                                                    W_enc.shape[1])
+            or b_enc.shape != (W_enc.shape[2],) or b_dec.shape != (2, W_enc.shape[1])):
+        raise CheckpointError(f"inconsistent crosscoder shapes: encoder.weight {W_enc.shape}, "
+                              f"encoder.bias {b_enc.shape}, decoder.weight {W_dec.shape}, "
+                              f"decoder.bias {b_dec.shape}")
+    threshold = float(ckpt["threshold"]) if "threshold" in ckpt else None
+    k = int(ckpt["k"]) if "k" in ckpt else None
+    return W_enc, b_enc, W_dec, b_dec, threshold, k, meta
+
+
+def encode(ckpt, acts, mode=None):
+    """Latent activations f [N, F] of acts [N, 2, d] (float32 math).
+
+    ckpt: (tensors, metadata) from load_checkpoint, a tensors dict, or a path.
+    u = ReLU(sum_m x^m W_enc[m] + b_enc); s_j = |d_j^base| + |d_j^chat|.
+    mode "threshold" (BatchTopK default, as the reference's inference encode):
+    f = u * (u * s > threshold); "batchtopk": keep the k*N largest u*s of the
+    batch (ties to the lower flat index); "relu" (L1 models): f = u."""
+    W_enc, b_enc, W_dec, _, threshold, k, meta = _params(ckpt)
+    x = np.asarray(acts, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1:] != (2, W_enc.shape[1]):
+        raise ValueError(f"acts must have shape [N, 2, {W_enc.shape[1]}]; got {list(x.shape)}")
+    if mode is None:
+        mode = "relu" if meta.get("model") == "l1" or threshold is None else "threshold"
+    u = np.einsum("bmd,mdf->bf", x, W_enc) + b_enc
+    u = np.maximum(u, 0, out=u)
+    if mode == "relu":
+        return u
+    s = np.linalg.norm(W_dec, axis=2).sum(axis=0)  # (F,)
+    score = u * s
+    if mode == "threshold":
+        return u * (score > threshold)
+    if mode == "batchtopk":
+        if k is None:
+            raise CheckpointError("checkpoint has no k for batchtopk encoding")
+        flat = score.reshape(-1)
+        keep = np.argsort(-flat, kind="stable")[:k * x.shape[0]]
+        mask = np.zeros(flat.shape, dtype=bool)
+        mask[keep] = True
+        return u * mask.reshape(u.shape)
+    raise ValueError(f"mode must be 'threshold', 'batchtopk' or 'relu'; got {mode!r}")
+
+
+def decode(ckpt, f):
+    """x_hat [N, 2, d] = f @ W_dec[m] + b_dec[m] for both models."""
+    _, _, W_dec, b_dec, _, _, _ = _params(ckpt)
+    return np.einsum("bf,mfd->bmd", np.asarray(f, dtype=np.float32), W_dec) + b_dec
+
+
+def reconstruct(ckpt, acts, mode=None):
+    """The crosscoder's reconstruction x_hat [N, 2, d] of acts [N, 2, d]:
+    decode(encode(acts)) (see encode for ckpt and mode)."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
+    return decode(ckpt, encode(ckpt, acts, mode))
+
+
+def decoder_stats(ckpt):
+    """Per-latent decoder statistics from a checkpoint, as the daemon defines
+    them (method.md 3): dict of norm_base, norm_chat, delta_norm, cosine [F]."""
+    _, _, W_dec, _, _, _, _ = _params(ckpt)
+    nb = np.linalg.norm(W_dec[0], axis=1)
+    nc = np.linalg.norm(W_dec[1], axis=1)
+    mx = np.maximum(nb, nc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = 0.5 * ((nc - nb) / mx + 1)
+        cos = np.einsum("fd,fd->f", W_dec[0], W_dec[1]) / (nb * nc)
+    return {"norm_base": nb, "norm_chat": nc, "delta_norm": delta, "cosine": cos}

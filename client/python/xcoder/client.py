@@ -1,0 +1,203 @@
+"""Control requests (PROTOCOL.md 2) and event subscriptions (PROTOCOL.md 3)."""
+
+import itertools
+import time
+
+import zmq
+
+from . import wire
+from .errors import XcoderError, XcoderTimeout
+
+
+class Client:
+    """Request/reply with the daemon's control socket.
+
+    endpoint: the control URI, or the daemon's run directory, or None
+    ($XCODER_RUN_DIR, else /run/xcoderd). timeout: seconds to wait for a reply
+    (None = forever). A DEALER socket is used, so a timed-out request never
+    wedges the client: a late reply is recognised by its id and dropped.
+
+    Every method returns the reply's fields as a dict (or the one field that
+    matters, as documented); an error reply raises XcoderError with the
+    daemon's code and message."""
+
+    def __init__(self, endpoint=None, timeout=30.0, context=None):
+        self.endpoint = wire.endpoint_for(endpoint, "control")
+        self.timeout = timeout
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+        self._ids = itertools.count(1)
+
+    def request(self, op, timeout=None, **args):
+        """Sends {v, op, id, **args} (None-valued args are left out) and returns
+        the success reply map. Raises XcoderError on an error reply,
+        XcoderTimeout when no reply came in time."""
+        if self._sock is None:
+            raise XcoderError("XC_ESTATE", "client is closed")
+        rid = next(self._ids)
+        body = wire.pack(wire.request(op, id=rid, **args))
+        if len(body) > wire.REQUEST_MAX:
+            raise ValueError(f"request is {len(body)} bytes; at most {wire.REQUEST_MAX}")
+        self._sock.send(body)
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(ms, zmq.POLLIN):
+                raise XcoderTimeout(f"no reply to {op!r} from {self.endpoint} within {timeout} s")
+            frames = self._sock.recv_multipart()
+            while frames and not frames[0]:
+                frames = frames[1:]
+            if not frames:
+                continue
+            m = wire.unpack_map(frames[-1], f"reply to {op!r}")
+            if m.get("id") != rid:
+                continue  # a late reply to an earlier, timed-out request
+            if m.get("ok") is not True:
+                raise XcoderError(m.get("code", "XC_EPROTO"), str(m.get("message", "")), m)
+            return m
+
+    # ---------------------------------------------------------- the ops --
+
+    def ping(self):
+        """{proto, name, uptime_s, ...}"""
+        return self.request("ping")
+
+    def status(self):
+        """The stats fields (PROTOCOL.md 3.1) plus `config`."""
+        return self.request("status")
+
+    def latent(self, j):
+        """Statistics of latent j (PROTOCOL.md 3.3) as a dict with `j` added.
+        XcoderError XC_ENOTFOUND when j >= dict_size."""
+        r = self.request("latent", j=int(j))
+        stats = dict(r.get("stats", {}))
+        stats.setdefault("j", r.get("j", j))
+        return stats
+
+    def top(self, by="delta_norm", n=10, order="desc", alive_only=False):
+        """The n latents best by field `by` (any PROTOCOL.md 3.3 field but
+        `dead`), best first: a list of dicts each with `j`. order "asc" gives
+        the smallest first. XcoderError XC_EINVAL for an unknown field."""
+        return self.request("top", by=by, n=int(n), order=order,
+                            alive_only=bool(alive_only)).get("latents", [])
+
+    def checkpoint(self, timeout=None):
+        """Writes a checkpoint now; returns {path, step, bytes} once written.
+        XcoderError XC_EIO with the reason if it could not be written."""
+        return self.request("checkpoint", timeout=timeout)
+
+    def pause(self):
+        return self.request("pause")
+
+    def resume(self):
+        return self.request("resume")
+
+    def scaling(self, tokens, timeout=None):
+        """Starts the exact Latent Scaling pass over the next `tokens` streamed
+        tokens (op "scaling", argument `tokens`); returns the reply. A daemon
+        without the op raises XcoderError XC_EUNKNOWN ("daemon too old")."""
+        return self.request("scaling", timeout=timeout, tokens=int(tokens))
+
+    def config(self, key=None):
+        """Every config key -> effective value; with key, that key's value
+        (XcoderError XC_ENOTFOUND if unknown)."""
+        cfg = self.request("config", key=key).get("config", {})
+        return cfg if key is None else cfg[key]
+
+    def shutdown(self):
+        """Asks the daemon to stop (finish the step, checkpoint, exit)."""
+        return self.request("shutdown")
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Subscription:
+    """An iterator of (topic, body) events from the daemon's PUB socket.
+
+    endpoint: the events URI, or the run directory, or None. topics: a topic
+    prefix or a list of them ("stats", "checkpoint", "alert"); None or "" =
+    everything. timeout: seconds iteration waits for the next event before
+    raising XcoderTimeout (None = forever). Malformed events are skipped
+    (counted in `malformed`). Joining is asynchronous in ZeroMQ: events
+    published in the first milliseconds after subscribing may be missed."""
+
+    def __init__(self, endpoint=None, topics=None, timeout=None, context=None):
+        self.endpoint = wire.endpoint_for(endpoint, "events")
+        self.timeout = timeout
+        self.malformed = 0
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if topics is None or isinstance(topics, (str, bytes)):
+            topics = [topics or ""]
+        for t in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, t.encode() if isinstance(t, str) else t)
+        self._sock.connect(self.endpoint)
+
+    def next(self, timeout=None):
+        """The next event as (topic, body dict); XcoderTimeout when none came
+        within timeout (argument, else the subscription's)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(ms, zmq.POLLIN):
+                raise XcoderTimeout(f"no event from {self.endpoint} within {timeout} s")
+            frames = self._sock.recv_multipart()
+            if len(frames) != 2:
+                self.malformed += 1
+                continue
+            try:
+                body = wire.unpack_map(frames[1], "event")
+            except XcoderError:
+                self.malformed += 1
+                continue
+            return frames[0].decode("utf-8", "replace"), body
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next()
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def subscribe(endpoint=None, topics=None, timeout=None, context=None):
+    """Subscribes to the daemon's events: an iterator of (topic, body) with
+    body the decoded map (always v, type, name, time, then the topic's fields,
+    PROTOCOL.md 3). See Subscription."""
+    return Subscription(endpoint, topics, timeout, context)
