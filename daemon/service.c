@@ -96,6 +96,7 @@ struct xc_svc {
     int handles_open;
     void *zctx, *ingest, *control, *events;
     int lock_fd;
+    int bound;          /* all three sockets bound (their ipc files are ours) */
     xc_engine_t *engine;
     xc_queue_t *queue;
     xc_trainer_t *trainer;
@@ -1130,22 +1131,22 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
     return XC_OK;
 }
 
-/* One daemon per run_dir: an advisory lock on RUN_DIR/NAME.lock (ipc:// bind
- * would silently steal another instance's socket files). */
+/* One daemon per run_dir: an advisory lock on RUN_DIR/xcoderd.lock (an ipc://
+ * bind would silently steal another instance's socket files). */
 static int take_lock(xc_svc_t *s, char *why, size_t wl)
 {
     char path[XC_CFG_STR_MAX + 80];
     int rc = xc_mkdirs(s->cfg.run_dir, why, wl);
     if (rc) return rc;
-    snprintf(path, sizeof path, "%s/%s.lock", s->cfg.run_dir, s->cfg.name);
+    snprintf(path, sizeof path, "%s/xcoderd.lock", s->cfg.run_dir);
     s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (s->lock_fd < 0) {
         why_set(why, wl, "cannot open lock file %s: %s", path, strerror(errno));
         return XC_EIO;
     }
     if (flock(s->lock_fd, LOCK_EX | LOCK_NB)) {
-        why_set(why, wl, "another xcoderd instance named '%s' runs with run_dir %s (lock %s held)",
-                s->cfg.name, s->cfg.run_dir, path);
+        why_set(why, wl, "another xcoderd instance runs with run_dir %s (lock %s held); give each "
+                "instance its own run_dir", s->cfg.run_dir, path);
         return XC_ESTATE;
     }
     char pid[32];
@@ -1233,6 +1234,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
         (rc = open_socket(s, &s->control, ZMQ_ROUTER, s->cfg.control, "control", why, wl)) ||
         (rc = open_socket(s, &s->events, ZMQ_PUB, s->cfg.events, "events", why, wl)))
         goto fail;
+    s->bound = 1;
 
     int fd_in, fd_ctl;
     size_t fl = sizeof(int);
@@ -1314,6 +1316,12 @@ void xc_svc_destroy(xc_svc_t **ps)
     if (s->control) zmq_close(s->control);
     if (s->events) zmq_close(s->events);
     if (s->zctx) zmq_ctx_term(s->zctx);
+    if (s->bound) { /* libzmq leaves ipc:// socket files behind; they are ours (we bound them) */
+        const char *eps[] = {s->cfg.ingest, s->cfg.control, s->cfg.events};
+        for (int i = 0; i < 3; i++)
+            if (strncmp(eps[i], "ipc://", 6) == 0 && eps[i][6] != '*' && eps[i][6] != '@')
+                unlink(eps[i] + 6);
+    }
     while (s->pending) {
         pending_t *p = s->pending;
         s->pending = p->next;
