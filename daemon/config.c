@@ -311,6 +311,8 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
             cli->help = 1;
         } else if (strcmp(a, "--print-config") == 0) {
             cli->print_config = 1;
+        } else if (strcmp(a, "--print-example") == 0) {
+            cli->print_example = 1;
         } else if (strcmp(a, "--config") == 0) {
             if (i + 1 >= argc) {
                 why_set(why, why_len, "--config needs a file name");
@@ -323,14 +325,14 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
             i++; /* skip its value in this pass */
         }
     }
-    if (cli->help) return XC_OK;
+    if (cli->help || cli->print_example) return XC_OK;
     if (cli->config && (rc = xc_cfg_load_file(c, cli->config, why, why_len))) return rc;
     /* pass 2: --KEY VALUE and --KEY=VALUE */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         char key[128];
         const char *val;
-        if (strcmp(a, "--print-config") == 0) continue;
+        if (strcmp(a, "--print-config") == 0 || strcmp(a, "--print-example") == 0) continue;
         if (strcmp(a, "--config") == 0) {
             i++;
             continue;
@@ -537,14 +539,16 @@ void xc_cfg_print_help(FILE *f, const char *argv0)
 {
     const char *sec = "";
     fprintf(f,
-            "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE ...] [--print-config] [--help]\n"
+            "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE ...] [--print-config | --print-example]\n"
+            "       %s --help\n"
             "\n"
             "xcoderd trains a crosscoder on activations streamed over ZeroMQ (proto/PROTOCOL.md).\n"
             "Every key below can be set in the config file (`key = value`) or on the command line;\n"
             "the command line wins. Keys marked [reload] are re-read on SIGHUP.\n"
-            "--print-config prints the effective configuration as a config file and exits.\n"
+            "--print-config prints the effective configuration as a config file and exits;\n"
+            "--print-example prints the documented default file (systemd/xcoderd.conf.example).\n"
             "Signals: SIGTERM/SIGINT stop intake, finish the step, checkpoint, exit 0; SIGHUP reloads.\n",
-            argv0);
+            argv0, argv0);
     for (const xc_cfg_key_t *k = g_keys; k->name; k++) {
         if (strcmp(sec, k->section) != 0) {
             sec = k->section;

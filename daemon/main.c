@@ -27,6 +27,10 @@ int main(int argc, char **argv)
         xc_cfg_print_help(stdout, argv[0]);
         return 0;
     }
+    if (cli.print_example) {
+        xc_cfg_print_file(stdout, NULL);
+        return 0;
+    }
     if (cli.print_config) {
         xc_cfg_print_file(stdout, &cfg);
         return 0;

@@ -72,6 +72,7 @@ int xc_cfg_load_file(xc_cfg_t *c, const char *path, char *why, size_t why_len);
 typedef struct {
     int help;             /* --help / -h seen */
     int print_config;     /* --print-config seen: print the effective config file */
+    int print_example;    /* --print-example seen: print the documented example file */
     const char *config;   /* --config FILE (borrowed from argv), NULL if none */
 } xc_cfg_cli_t;
 

@@ -407,7 +407,7 @@ static void test_payload_nonfinite(void)
 {
     xc_batch_hdr_t h = hdr_make(1, 3, 4, XC_DTYPE_F32);
     float src[24], dst[24];
-    uint8_t p16[48];
+    uint8_t p16[96];
     char why[256];
     for (int i = 0; i < 24; i++) src[i] = (float)i * 0.5f - 3.f;
     for (int t = 0; t < 3; t++) {
