@@ -107,4 +107,5 @@ if [ $rc -ne 0 ]; then
   tail -20 "$T/daemon.log" >&2 || true
   exit 1
 fi
-echo "xcoderd exited cleanly; final checkpoint: $(ls -t "$T/state"/*.safetensors | head -1)"
+echo "xcoderd exited cleanly; final checkpoint: $(basename "$(ls -t "$T/state"/*.safetensors | head -1)")"
+[ "${DEMO_KEEP:-0}" = 1 ] || echo "(the temp dir is removed now; DEMO_KEEP=1 make demo keeps it)"
