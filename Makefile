@@ -21,7 +21,7 @@ TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 # Integration tests (a real daemon, the CLI, Python): run after the unit tests.
 INTEG      := $(sort $(wildcard tests/integ_*.sh tests/integ_*.py))
-HDRS       := $(wildcard include/*.h proto/*.h daemon/*.h client/lib/*.h tests/*.h)
+HDRS       := $(wildcard include/*.h proto/*.h daemon/*.h client/lib/*.h client/cli/*.h tests/*.h)
 
 # $(call variant,DIR,FLAGS): object rules, libraries, binaries and tests for one build flavour.
 define variant

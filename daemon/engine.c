@@ -173,6 +173,7 @@ void xc_engine_config_default(xc_engine_config_t *c, xc_model_kind_t model)
     c->stats_half_life = 1e6;
     c->scaling_half_life = 1e6;
     c->scaling_min_active = 20;
+    c->scaling_running = 1;
 }
 
 #define WHY(...) (snprintf(why, why_len, __VA_ARGS__), XC_ECONFIG)
@@ -1099,7 +1100,7 @@ static void grad_sparse_task(void *ctx, int tid, int nth)
                 f = e->val[id];
                 gf = e->gval[id];
                 gsrc = e->gx;
-                if (e->commit) {
+                if (e->commit && e->cfg.scaling_running) {
                     /* Latent Scaling sums with this step's residual: <v, xhat> = <v, x> - <v, e> */
                     const float *rb = e->resid + (size_t)b * d2, *xb = e->x + (size_t)b * d2;
                     int d = e->d;
@@ -1192,7 +1193,7 @@ static void l1_grad_task(void *ctx, int tid, int nth)
                 d2, 0.0f, e->g_dec + (size_t)lo * d2, d2);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->dpre + lo, F, e->x,
                 d2, 0.0f, e->g_enc + (size_t)lo * d2, d2);
-    if (e->commit) {
+    if (e->commit && e->cfg.scaling_running) {
         /* Latent Scaling sums: rows of U^T E and U^T X dotted with the chat decoder row */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->pre + lo, F,
                     e->resid, d2, 0.0f, e->ls_t1 + (size_t)lo * d2, d2);
@@ -1649,6 +1650,8 @@ void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out)
         scaling_from_sums(e->ls_run + (size_t)j * LS_N, e->w_dec + (size_t)j * e->d2, e->d,
                           e->cfg.scaling_min_active, &out[j]);
 }
+
+void xc_engine_set_scaling_running(xc_engine_t *e, int on) { e->cfg.scaling_running = on != 0; }
 
 struct xc_scaling {
     xc_engine_t *e;             /* borrowed: dimensions and the worker pool */

@@ -40,6 +40,7 @@ typedef struct {
     double stats_half_life;    /* tokens; half-life of the firing-frequency EMA */
     double scaling_half_life;  /* tokens; window of the running Latent Scaling estimates */
     double scaling_min_active; /* activations a latent needs before its beta is defined */
+    int scaling_running;       /* keep running Latent Scaling estimates (1) or not (0) */
 } xc_engine_config_t;
 
 typedef struct {
@@ -159,6 +160,8 @@ void xc_engine_adam_state(xc_engine_t *e, xc_engine_params_t *m, xc_engine_param
  * residuals with the current chat decoder rows, exponentially weighted over
  * scaling_half_life tokens. out: dict_size entries, caller-owned. */
 void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out);
+/* Turns the running estimates on or off between steps (e.g. to measure their cost). */
+void xc_engine_set_scaling_running(xc_engine_t *e, int on);
 
 /* Exact Latent Scaling pass: xc_scaling_new freezes a copy of the current
  * dictionary (parameters, theta); xc_scaling_add encodes activations with it in
