@@ -54,7 +54,12 @@ def _run_capture(model, module, batch, stop):
     def hook(_mod, _inp, out):
         if isinstance(out, (tuple, list)):
             out = out[0]
-        box.append(out.detach())
+        out = out.detach()
+        if getattr(out, "is_nested", False):
+            # torch's TransformerEncoder packs padded batches into nested
+            # tensors; unpack (trailing all-padding columns may be cut off)
+            out = out.to_padded_tensor(0.0)
+        box.append(out)
         if stop:
             raise _Stop()
 
@@ -91,10 +96,16 @@ def paired_activations(base_model, chat_model, layer_name, batch, stop_at_layer=
     if a_base.shape != a_chat.shape:
         raise ValueError(f"layer {layer_name!r} gives shape {list(a_base.shape)} in the base "
                          f"model but {list(a_chat.shape)} in the chat model")
-    lead = a_base.shape[:-1]
-    d = a_base.shape[-1]
     ids = batch.get("input_ids") if isinstance(batch, dict) else batch
     mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    if (isinstance(mask, torch.Tensor) and a_base.dim() == 3 and mask.dim() == 2
+            and a_base.shape[0] == mask.shape[0] and a_base.shape[1] < mask.shape[1]):
+        # a nested-tensor layer output lost the trailing padding columns: restore them
+        pad = mask.shape[1] - a_base.shape[1]
+        a_base = torch.nn.functional.pad(a_base, (0, 0, 0, pad))
+        a_chat = torch.nn.functional.pad(a_chat, (0, 0, 0, pad))
+    lead = a_base.shape[:-1]
+    d = a_base.shape[-1]
     dt = a_base.dtype if a_base.dtype == a_chat.dtype else torch.float32
     acts = torch.stack([a_base.to("cpu", dt).reshape(-1, d),
                         a_chat.to("cpu", dt).reshape(-1, d)], dim=1)
