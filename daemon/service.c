@@ -1048,7 +1048,11 @@ static void async_cb(uv_async_t *h)
         answer_pending(s, &ck, 0, 0, XC_ESHUTDOWN);
         flush_alerts(s, 1);
         publish_stats(s);
-        xc_log(XC_LOG_INFO, "trainer stopped at step %ld", ts.m.step);
+        xc_queue_counts_t qc;
+        xc_queue_counts(s->queue, &qc);
+        xc_log(XC_LOG_INFO, "trainer stopped at step %ld; %llu acked tokens left untrained (%llu buffered, "
+               "%llu queued)", ts.m.step, (unsigned long long)(qc.tokens_buffered + qc.tokens_queued),
+               (unsigned long long)qc.tokens_buffered, (unsigned long long)qc.tokens_queued);
         close_handles(s);
         return;
     }
