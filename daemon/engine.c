@@ -143,6 +143,7 @@ struct xc_engine {
     uint64_t tokens;
     xc_engine_metrics_t met;
     xc_rng_t rng;
+    double scal[4];             /* theta, tau, tau_frac, full selects: saved with the state */
 };
 
 /* ---------------------------------------------------------------- config */
@@ -1801,4 +1802,68 @@ void xc_scaling_destroy(xc_scaling_t **ps)
     free(s->acc);
     free(s);
     *ps = NULL;
+}
+
+/* ---------------------------------------------------------------- state for checkpoints */
+
+int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
+{
+    long F = e->F, d = e->d;
+    int n = 0;
+#define VIEW(nm, dt, esz, p, nd, s0, s1, s2)                                                         \
+    do {                                                                                          \
+        if (n < max) {                                                                            \
+            out[n] = (xc_state_view_t){nm, dt, nd, {s0, s1, s2}, p, 0};                           \
+            out[n].bytes = (size_t)(esz) * (size_t)((nd) > 0 ? (s0) : 1) *                        \
+                           (size_t)((nd) > 1 ? (s1) : 1) * (size_t)((nd) > 2 ? (s2) : 1);         \
+        }                                                                                         \
+        n++;                                                                                      \
+    } while (0)
+    VIEW("w_enc", XC_ST_F32, 4, e->w_enc, 3, F, 2, d);
+    VIEW("b_enc", XC_ST_F32, 4, e->b_enc, 1, F, 0, 0);
+    VIEW("w_dec", XC_ST_F32, 4, e->w_dec, 3, F, 2, d);
+    VIEW("b_dec", XC_ST_F32, 4, e->b_dec, 2, 2, d, 0);
+    VIEW("adam.m.w_enc", XC_ST_F32, 4, e->m_enc, 3, F, 2, d);
+    VIEW("adam.v.w_enc", XC_ST_F32, 4, e->v_enc, 3, F, 2, d);
+    VIEW("adam.m.b_enc", XC_ST_F32, 4, e->m_benc, 1, F, 0, 0);
+    VIEW("adam.v.b_enc", XC_ST_F32, 4, e->v_benc, 1, F, 0, 0);
+    VIEW("adam.m.w_dec", XC_ST_F32, 4, e->m_dec, 3, F, 2, d);
+    VIEW("adam.v.w_dec", XC_ST_F32, 4, e->v_dec, 3, F, 2, d);
+    VIEW("adam.m.b_dec", XC_ST_F32, 4, e->m_bdec, 2, 2, d, 0);
+    VIEW("adam.v.b_dec", XC_ST_F32, 4, e->v_bdec, 2, 2, d, 0);
+    VIEW("latent.since_fired", XC_ST_U64, 8, e->since_fired, 1, F, 0, 0);
+    VIEW("latent.fired", XC_ST_U64, 8, e->fired, 1, F, 0, 0);
+    VIEW("latent.sum_act", XC_ST_F64, 8, e->sum_act, 1, F, 0, 0);
+    VIEW("latent.max_act", XC_ST_F32, 4, e->max_act, 1, F, 0, 0);
+    VIEW("latent.freq", XC_ST_F32, 4, e->freq, 1, F, 0, 0);
+    VIEW("latent.last_fired", XC_ST_I64, 8, e->last_fired, 1, F, 0, 0);
+    VIEW("scaling.sums", XC_ST_F64, 8, e->ls_run, 2, F, LS_N, 0);
+    VIEW("step", XC_ST_I64, 8, &e->step, 0, 0, 0, 0);
+    VIEW("tokens", XC_ST_U64, 8, &e->tokens, 0, 0, 0, 0);
+    VIEW("rng", XC_ST_U64, 8, e->rng.s, 1, 4, 0, 0);
+    /* theta, the selection prefilter (tau, tau_frac) and its fallback count */
+    e->scal[0] = e->theta;
+    e->scal[1] = e->tau;
+    e->scal[2] = e->tau_frac;
+    e->scal[3] = (double)e->n_full_select;
+    VIEW("scalars", XC_ST_F64, 8, e->scal, 1, 4, 0, 0);
+#undef VIEW
+    return n < max ? n : max;
+}
+
+void xc_engine_state_restored(xc_engine_t *e)
+{
+    e->theta = e->scal[0];
+    e->tau = (float)e->scal[1];
+    e->tau_frac = (float)e->scal[2];
+    e->n_full_select = (long)e->scal[3];
+    e->norms_valid = 0;
+    ensure_norms(e);
+    e->met.step = e->step;
+    e->met.tokens = e->tokens;
+    e->met.theta = e->theta;
+    int n_dead = 0;
+    for (int j = 0; j < e->F; j++) n_dead += e->since_fired[j] >= (uint64_t)e->cfg.dead_tokens;
+    e->met.n_dead = n_dead;
+    e->met.dead_fraction = (double)n_dead / e->F;
 }

@@ -176,6 +176,26 @@ long xc_scaling_step(const xc_scaling_t *s); /* training step the dictionary was
 void xc_scaling_result(const xc_scaling_t *s, xc_scaling_stats_t *out);
 void xc_scaling_destroy(xc_scaling_t **s);
 
+/* The complete training state as named views (for checkpoints): parameters in
+ * the engine's layout, Adam moments, counters, statistics, Latent Scaling sums and
+ * scalars. Writing a checkpoint copies these; restoring writes into them and
+ * then calls xc_engine_state_restored(). Resuming from a restored state gives the
+ * same next steps, bit for bit, for the same batches and thread count. */
+typedef enum { XC_ST_F32 = 0, XC_ST_F64, XC_ST_I64, XC_ST_U64 } xc_state_dtype_t;
+typedef struct {
+    const char *name;   /* stable key, e.g. "adam.m.w_dec" */
+    xc_state_dtype_t dtype;
+    int ndim;
+    long shape[3];
+    void *data;         /* live view into the engine */
+    size_t bytes;
+} xc_state_view_t;
+#define XC_ENGINE_STATE_MAX 40
+/* Fills up to max views; returns how many. */
+int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max);
+/* After writing into the views: recompute cached values (decoder norms, metrics). */
+void xc_engine_state_restored(xc_engine_t *e);
+
 /* Geometric median of n points in R^dim (Weiszfeld from the mean, as the
  * reference trainer: <= max_iter iterations, stop when the shift < tol).
  * points (n, stride) with the dim values at offset 0 of each row. */

@@ -714,6 +714,49 @@ static void test_determinism(void)
     free(x);
 }
 
+/* Copy the state out after N steps, restore it into a fresh engine, and both
+ * must continue bit-identically (the checkpoint's contract). */
+static void test_state_resume_bit_exact(void)
+{
+    int d = 16, F = 128, B = 64, d2 = 32;
+    for (int model = 0; model < 2; model++) {
+        xc_engine_config_t c;
+        xc_engine_config_default(&c, model);
+        c.d = d, c.dict_size = F, c.batch_size = B, c.k = 4, c.threads = 2, c.seed = 9;
+        c.warmup_steps = 3, c.dead_tokens = 256, c.threshold_start_step = 2, c.lr = 1e-3f;
+        xc_engine_t *a = xc_engine_new(&c, NULL);
+        c.seed = 1234; /* a different init: everything must come from the state */
+        xc_engine_t *b = xc_engine_new(&c, NULL);
+        XC_REQUIRE(a && b, "engines");
+        xc_rng_t r;
+        xc_rng_seed(&r, 5);
+        float *x = malloc(sizeof(float) * (size_t)B * d2 * 12);
+        for (long i = 0; i < (long)B * d2 * 12; i++) x[i] = (float)xc_rng_normal(&r);
+        for (int s = 0; s < 6; s++) XC_REQUIRE(xc_engine_train_step(a, x + (size_t)s * B * d2, B) == 0, "step");
+        xc_state_view_t va[XC_ENGINE_STATE_MAX], vb[XC_ENGINE_STATE_MAX];
+        int na = xc_engine_state_views(a, va, XC_ENGINE_STATE_MAX), nb = xc_engine_state_views(b, vb, XC_ENGINE_STATE_MAX);
+        XC_REQUIRE(na == nb && na > 20 && na < XC_ENGINE_STATE_MAX, "views %d %d", na, nb);
+        for (int i = 0; i < na; i++) {
+            XC_REQUIRE(strcmp(va[i].name, vb[i].name) == 0 && va[i].bytes == vb[i].bytes, "view %s", va[i].name);
+            memcpy(vb[i].data, va[i].data, va[i].bytes);
+        }
+        xc_engine_state_restored(b);
+        for (int s = 6; s < 12; s++) {
+            XC_REQUIRE(xc_engine_train_step(a, x + (size_t)s * B * d2, B) == 0, "step a");
+            XC_REQUIRE(xc_engine_train_step(b, x + (size_t)s * B * d2, B) == 0, "step b");
+        }
+        na = xc_engine_state_views(a, va, XC_ENGINE_STATE_MAX);
+        xc_engine_state_views(b, vb, XC_ENGINE_STATE_MAX);
+        int diff = 0;
+        for (int i = 0; i < na; i++) diff += memcmp(va[i].data, vb[i].data, va[i].bytes) != 0;
+        XC_CHECK(diff == 0, "model %d: %d state tensors differ after resuming", model, diff);
+        XC_CHECK(xc_engine_metrics(a)->loss == xc_engine_metrics(b)->loss, "loss differs");
+        free(x);
+        xc_engine_destroy(&a);
+        xc_engine_destroy(&b);
+    }
+}
+
 int main(void)
 {
     XC_RUN(test_grad_batchtopk_l2);
@@ -728,5 +771,6 @@ int main(void)
     XC_RUN(test_fve_metrics);
     XC_RUN(test_reject_bad_batches);
     XC_RUN(test_determinism);
+    XC_RUN(test_state_resume_bit_exact);
     XC_TEST_EXIT();
 }
