@@ -18,6 +18,7 @@ from .wire import PROTO_VERSION
 from .producer import Producer
 from .client import Client, Subscription, subscribe
 from .checkpoint import decode, decoder_stats, encode, load_checkpoint, reconstruct
+from .shm import SharedStats, Snapshot
 
 
 def stream_from_models(*args, **kwargs):
@@ -34,6 +35,7 @@ def paired_activations(*args, **kwargs):
 
 __version__ = "0.1.0"
 __all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
+           "SharedStats", "Snapshot",
            "encode", "decode", "decoder_stats", "stream_from_models", "paired_activations",
            "XcoderError", "XcoderNack", "XcoderTimeout", "CheckpointError", "CODES",
            "PROTO_VERSION"]
