@@ -92,7 +92,16 @@ def test_refusals_raise_with_code_and_reason(start_daemon):
     assert "needs" in e.reason
     refused("XC_EPROTO", lambda: p.send_raw(dict(wire.batch_header(0, 1, D, "f32"),
                                                  has_tokens=True), [b"\0" * 8 * D]))
-    refused("XC_ETOOBIG", lambda: p.send(batch(n=600)))
+    # 300 x 2 x 32 x 4 = 76800 bytes > max_msg_bytes (the daemon drops a peer whose
+    # frame exceeds twice that, so stay below)
+    e = refused("XC_ETOOBIG", lambda: p.send(batch(n=300)))
+    assert "max_msg_bytes" in e.reason
+    # the client-side limit refuses before sending anything
+    q = xcoder.Producer(dm.run_dir, max_msg_bytes=1 << 16)
+    with pytest.raises(ValueError, match="max_msg_bytes"):
+        q.send(batch(n=300))
+    assert q.stats["batches_sent"] == 0
+    q.close()
     # the producer keeps working after refusals
     p.send(batch())
     p.flush()

@@ -27,12 +27,17 @@ class Producer:
     producer: id sent with each batch (<= 64 bytes), shown in the daemon's logs.
     dtype: default wire dtype for send() (None: f16 input is sent as f16,
     anything else as f32).
+    max_msg_bytes: when set (the daemon's `max_msg_bytes`, from
+    Client.config("max_msg_bytes")), send() refuses larger batches with
+    ValueError before sending: the daemon nacks them XC_ETOOBIG, and ZeroMQ
+    drops the connection of a peer whose frame exceeds twice the limit, which
+    a producer would only see as a timeout.
 
     Use as a context manager, or call close() (which flushes first unless
     flush=False). Not thread-safe: one Producer per thread."""
 
     def __init__(self, endpoint=None, window=8, timeout=30.0, producer="", dtype=None,
-                 context=None):
+                 max_msg_bytes=None, context=None):
         if window < 1:
             raise ValueError(f"window must be >= 1; got {window}")
         if len(producer.encode()) > wire.PRODUCER_MAX:
@@ -45,6 +50,7 @@ class Producer:
         self.timeout = timeout
         self.producer = producer
         self.dtype = dtype
+        self.max_msg_bytes = max_msg_bytes
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -77,6 +83,12 @@ class Producer:
         TypeError before anything is sent."""
         frames, n, _, _ = wire.encode_batch(self._next_seq, acts, token_ids, positions,
                                             dtype or self.dtype, self.producer)
+        if self.max_msg_bytes is not None:
+            size = sum(memoryview(f).nbytes for f in frames)
+            if size > self.max_msg_bytes:
+                raise ValueError(f"batch is {size} bytes; the daemon accepts at most "
+                                 f"{self.max_msg_bytes} (max_msg_bytes): send fewer tokens "
+                                 f"per batch")
         return self._send(frames, n)
 
     def send_raw(self, header, frames=()):
