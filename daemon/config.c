@@ -72,8 +72,9 @@ static const xc_cfg_key_t g_keys[] = {
     {"mix_tokens", XC_CFG_INT, "0", 0, 1e9, NULL, F(mix_tokens), 0, "service",
      "mixing buffer size in tokens (training batches are drawn at random from it); "
      "0 = 8 x batch_size; must be >= batch_size"},
-    {"max_msg_bytes", XC_CFG_INT, "67108864", 1024, 4e9, NULL, F(max_msg_bytes), 1, "service",
-     "largest ingest message accepted (all frames); larger ones get an XC_ETOOBIG nack"},
+    {"max_msg_bytes", XC_CFG_INT, "67108864", 1024, 4e9, NULL, F(max_msg_bytes), 0, "service",
+     "largest ingest message accepted (all frames); larger ones get an XC_ETOOBIG nack, and a "
+     "single frame over twice this makes ZeroMQ drop the connection"},
     {"ingest_hwm", XC_CFG_INT, "16", 1, 1e6, NULL, F(ingest_hwm), 0, "service",
      "ZeroMQ receive high-water mark of the ingest socket (messages)"},
     {"stats_interval", XC_CFG_FLOAT, "1", 0.05, 86400, NULL, F(stats_interval), 1, "service",

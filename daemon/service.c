@@ -36,6 +36,8 @@
 #define DRAIN_BUDGET 64     /* messages per socket per drain */
 #define LOG_BUDGET 10       /* refusal log lines per class per second */
 #define TOP_MAX 100000      /* most latents in one top reply */
+#define PENDING_MAX 1024    /* deferred control requests (checkpoint, latent, top) */
+#define CONTROL_FRAME_MAX (1 << 20) /* ZMQ_MAXMSGSIZE of the control socket */
 
 /* Refusal classes, in the order of PROTOCOL.md; counters are indexed by this. */
 static const int g_refuse_codes[] = {XC_ESHUTDOWN, XC_ETOOBIG, XC_EPROTO,  XC_EVERSION, XC_EDTYPE,
@@ -121,6 +123,7 @@ struct xc_svc {
     int log_budget[N_REFUSE];
     uint64_t log_suppressed[N_REFUSE];
     pending_t *pending;
+    int n_pending;
     xc_buf_t out;       /* scratch for replies */
 };
 
@@ -652,6 +655,7 @@ static void answer_latent(xc_svc_t *s, const envelope_t *env, const xc_request_t
 static int defer(xc_svc_t *s, const envelope_t *env, xc_op_t op, uint64_t gen, const void *req,
                  size_t len)
 {
+    if (s->n_pending >= PENDING_MAX) return XC_EAGAIN;
     pending_t *p = calloc(1, sizeof *p); /* owned by s->pending */
     if (!p) return XC_ENOMEM;
     p->req = malloc(len ? len : 1);
@@ -666,6 +670,7 @@ static int defer(xc_svc_t *s, const envelope_t *env, xc_op_t op, uint64_t gen, c
     p->gen = gen;
     p->next = s->pending;
     s->pending = p;
+    s->n_pending++;
     return XC_OK;
 }
 
@@ -763,12 +768,12 @@ static void handle_control(xc_svc_t *s, mmsg_t *mm)
         if (s->stopping) { /* the final checkpoint answers it */
             uint64_t gen = xc_trainer_request_checkpoint(s->trainer, "shutdown");
             if (defer(s, &env, req.op, gen, body, blen))
-                reply_error(s, &env, &req, XC_ENOMEM, "out of memory queueing the request");
+                reply_error(s, &env, &req, XC_EAGAIN, "too many requests waiting for the trainer; retry");
             break;
         }
         uint64_t gen = xc_trainer_request_checkpoint(s->trainer, "request");
         if (defer(s, &env, req.op, gen, body, blen))
-            reply_error(s, &env, &req, XC_ENOMEM, "out of memory queueing the request");
+            reply_error(s, &env, &req, XC_EAGAIN, "too many requests waiting for the trainer; retry");
         break;
     }
     case XC_OP_LATENT:
@@ -795,7 +800,7 @@ static void handle_control(xc_svc_t *s, mmsg_t *mm)
         }
         uint64_t gen = xc_trainer_request_snapshot(s->trainer);
         if (defer(s, &env, req.op, gen, body, blen))
-            reply_error(s, &env, &req, XC_ENOMEM, "out of memory queueing the request");
+            reply_error(s, &env, &req, XC_EAGAIN, "too many requests waiting for the trainer; retry");
         break;
     }
     default:
@@ -821,6 +826,7 @@ static void answer_pending(xc_svc_t *s, const xc_ckpt_result_t *ck, int have_ck,
             continue;
         }
         *pp = p->next;
+        s->n_pending--;
         xc_request_t req;
         char why[XC_PROTO_REASON_MAX];
         if (xc_proto_request_decode(p->req, p->req_len, &req, why, sizeof why) == 0) {
@@ -1124,7 +1130,13 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
     zmq_setsockopt(z, ZMQ_LINGER, &linger, sizeof linger);
     if (type == ZMQ_ROUTER && strcmp(what, "ingest") == 0) {
         int hwm = (int)s->cfg.ingest_hwm;
+        /* hard per-frame limit: ZeroMQ drops the peer beyond it; up to it we nack XC_ETOOBIG */
+        int64_t maxf = 2 * (int64_t)s->cfg.max_msg_bytes;
         zmq_setsockopt(z, ZMQ_RCVHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
+    } else if (type == ZMQ_ROUTER) {
+        int64_t maxf = CONTROL_FRAME_MAX;
+        zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
     }
     if (zmq_bind(z, ep) < 0) {
         why_set(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));

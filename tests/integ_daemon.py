@@ -507,9 +507,9 @@ def test_sighup_reloads_safe_keys():
                  what="reload")
         check(d.ok({"op": "config", "key": "d"})["config"]["d"] == D, "d must not change on reload")
         with open(cfg, "w") as f:
-            f.write("dead_alert_jump = 0.25\nmax_msg_bytes = 100000\nqueue_size = 3\n")
+            f.write("dead_alert_jump = 0.25\ncheckpoint_interval = 77\nqueue_size = 3\n")
         d.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: d.ok({"op": "config", "key": "max_msg_bytes"})["config"]["max_msg_bytes"] == 100000,
+        wait_for(lambda: d.ok({"op": "config", "key": "checkpoint_interval"})["config"]["checkpoint_interval"] == 77,
                  what="second reload")
         check(d.ok({"op": "config", "key": "queue_size"})["config"]["queue_size"] == 64, "queue_size reloaded")
         check("need a restart to take effect: queue_size" in d.logtext(), "no restart warning in the log")
