@@ -522,6 +522,34 @@ def test_sighup_reloads_safe_keys():
         d.stop()
 
 
+def test_dead_fraction_alert():
+    """A daemon whose latents die after 64 tokens: the dead fraction jumps after
+    the first steps and an alert says so."""
+    os.makedirs(os.path.join(TMP, "dd"), exist_ok=True)
+    d = Daemon(os.path.join(TMP, "dd"), "--dead_tokens", "64", "--mix_tokens", "64", name="dd")
+    sub = d.subscriber()
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 5:  # one stats event before training sets the baseline
+            if sub.poll(300) and sub.recv_multipart()[0] == b"stats":
+                break
+        p = d.producer()
+        push_window(p, [[header(s, B), batch(RNG, B)] for s in range(4)], window=4)
+        got, t0 = None, time.time()
+        while time.time() - t0 < 5 and got is None:
+            if sub.poll(300):
+                topic, body = sub.recv_multipart()
+                ev = msgpack.unpackb(body)
+                if topic == b"alert" and ev.get("kind") == "dead_fraction":
+                    got = ev
+        check(got is not None, "no dead_fraction alert")
+        check(got["to"] - got["from"] >= 0.05 and "dead fraction rose" in got["message"], "alert %r" % got)
+        p.close(0)
+    finally:
+        sub.close(0)
+        check(d.stop() == 0, "exit code")
+
+
 def test_cli_errors_and_help():
     out = subprocess.run([XCODERD, "--help"], capture_output=True, text=True, timeout=10)
     check(out.returncode == 0, "--help exit %d" % out.returncode)
@@ -576,7 +604,7 @@ def main():
         for fn in (test_start_and_initial_checkpoint, test_batches_become_steps, test_subscriber_gets_stats,
                    test_every_nack_class_model_unchanged, test_nacks_while_training_continues,
                    test_four_producers_nothing_lost, test_backpressure_bounded_then_resumes, test_every_control_op,
-                   test_sighup_reloads_safe_keys, test_cli_errors_and_help, test_sigterm_checkpoint_exit0):
+                   test_sighup_reloads_safe_keys, test_dead_fraction_alert, test_cli_errors_and_help, test_sigterm_checkpoint_exit0):
             if DMN is None and fn is not test_start_and_initial_checkpoint:
                 print("not ok - %s: daemon did not start" % fn.__name__)
                 continue
