@@ -14,7 +14,7 @@ import time
 import zmq
 
 from . import wire
-from .errors import XcoderError, XcoderNack, XcoderTimeout
+from .errors import XcoderError, XcoderNack, XcoderTimeout, normalize_code
 
 
 class Producer:
@@ -110,7 +110,7 @@ class Producer:
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._in_flight:
-            self._wait_reply(deadline)
+            self._wait_reply(deadline, timeout)
         self._raise_nacks()
 
     def poll(self):
@@ -152,7 +152,7 @@ class Producer:
         self._drain()
         self._raise_nacks()
         while len(self._in_flight) >= self.window:
-            self._wait_reply(deadline)
+            self._wait_reply(deadline, self.timeout)
             self._raise_nacks()
         if seq is None:
             seq = self._next_seq
@@ -176,11 +176,11 @@ class Producer:
         while self._sock.poll(0, zmq.POLLIN):
             self._handle(self._sock.recv_multipart())
 
-    def _wait_reply(self, deadline):
+    def _wait_reply(self, deadline, timeout):
         ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
         if not self._sock.poll(ms, zmq.POLLIN):
             raise XcoderTimeout(
-                f"no reply from the daemon at {self.endpoint} within {self.timeout} s "
+                f"no reply from the daemon at {self.endpoint} within {timeout} s "
                 f"({len(self._in_flight)} batches in flight; daemon down, stuck, or its "
                 f"queue has been full for that long)")
         self._handle(self._sock.recv_multipart())
@@ -220,4 +220,4 @@ class Producer:
         nacks, self._nacks = self._nacks, []
         seq, code, reason, reply = nacks[0]
         raise XcoderNack(code, reason, seq=seq, reply=reply,
-                         nacks=[(s, c, r) for s, c, r, _ in nacks])
+                         nacks=[(s, normalize_code(c), r) for s, c, r, _ in nacks])
