@@ -70,11 +70,14 @@ class Client:
         return self.request("status")
 
     def latent(self, j):
-        """Statistics of latent j (PROTOCOL.md 3.3) as a dict with `j` added.
+        """Statistics of latent j (PROTOCOL.md 3.3) as a dict, with `j` and
+        `snapshot_step` (the step the values belong to) added.
         XcoderError XC_ENOTFOUND when j >= dict_size."""
         r = self.request("latent", j=int(j))
         stats = dict(r.get("stats", {}))
         stats.setdefault("j", r.get("j", j))
+        if "snapshot_step" in r:
+            stats.setdefault("snapshot_step", r["snapshot_step"])
         return stats
 
     def top(self, by="delta_norm", n=10, order="desc", alive_only=False):
