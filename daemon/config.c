@@ -83,6 +83,33 @@ static const xc_cfg_key_t g_keys[] = {
      "seconds between periodic checkpoints; 0 = only on request and at shutdown"},
     {"dead_alert_jump", XC_CFG_FLOAT, "0.05", 0, 1, NULL, F(dead_alert_jump), 1, "service",
      "publish an alert when the dead fraction rises by at least this much between stats events"},
+    /* analysis */
+    {"stats_half_life", XC_CFG_FLOAT, "1000000", 1, 1e15, NULL, F(stats_half_life), 0, "analysis",
+     "tokens; half-life of each latent's firing-frequency average"},
+    {"scaling_running", XC_CFG_ENUM, "on", 0, 0, "on|off", F(scaling_running), 0, "analysis",
+     "keep running Latent Scaling estimates during training (about 5% of a step)"},
+    {"scaling_half_life", XC_CFG_FLOAT, "1000000", 1, 1e15, NULL, F(scaling_half_life), 0, "analysis",
+     "tokens; window (exponential half-life) of the running Latent Scaling estimates"},
+    {"scaling_min_active", XC_CFG_FLOAT, "20", 0, 1e15, NULL, F(scaling_min_active), 0, "analysis",
+     "activations a latent needs before its beta and nu are defined (else NaN / null)"},
+    {"shm", XC_CFG_ENUM, "on", 0, 0, "on|off", F(shm), 0, "analysis",
+     "publish per-latent statistics in POSIX shared memory /xcoderd.NAME (proto/SHM.md)"},
+    {"shm_mode", XC_CFG_STR, "0640", 0, 0, NULL, F(shm_mode), 0, "analysis",
+     "permission bits (octal) of the shared-memory object"},
+    {"shm_interval", XC_CFG_FLOAT, "1", 0.01, 86400, NULL, F(shm_interval), 0, "analysis",
+     "seconds between shared-memory updates (taken between training steps)"},
+    {"chat_only_min", XC_CFG_FLOAT, "0.9", 0, 1, NULL, F(chat_only_min), 0, "analysis",
+     "class chat-only: relative decoder norm >= this"},
+    {"base_only_max", XC_CFG_FLOAT, "0.1", 0, 1, NULL, F(base_only_max), 0, "analysis",
+     "class base-only: relative decoder norm <= this"},
+    {"shared_lo", XC_CFG_FLOAT, "0.4", 0, 1, NULL, F(shared_lo), 0, "analysis",
+     "class shared: shared_lo <= relative decoder norm < shared_hi"},
+    {"shared_hi", XC_CFG_FLOAT, "0.6", 0, 1, NULL, F(shared_hi), 0, "analysis",
+     "upper bound of the shared class"},
+    {"nu_err_max", XC_CFG_FLOAT, "0.2", 0, 1e6, NULL, F(nu_err_max), 0, "analysis",
+     "chat-specific: chat-only and nu_err below this"},
+    {"nu_rec_max", XC_CFG_FLOAT, "0.5", 0, 1e6, NULL, F(nu_rec_max), 0, "analysis",
+     "chat-specific: chat-only and nu_rec below this"},
     {NULL, 0, NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
 };
 
@@ -441,6 +468,15 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
         why_set(why, why_len, "%s", ew);
         return XC_ECONFIG;
     }
+    unsigned mode;
+    if (xc_cfg_shm_mode(c, &mode)) {
+        why_set(why, why_len, "shm_mode must be octal permission bits such as 0640, got '%s'", c->shm_mode);
+        return XC_ECONFIG;
+    }
+    if (!(c->shared_lo < c->shared_hi)) {
+        why_set(why, why_len, "shared_lo (%g) must be below shared_hi (%g)", c->shared_lo, c->shared_hi);
+        return XC_ECONFIG;
+    }
     return XC_OK;
 }
 
@@ -463,6 +499,29 @@ void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec)
     ec->threshold_start_step = c->threshold_start_step;
     ec->seed = (uint64_t)c->seed;
     ec->threads = (int)c->threads;
+    ec->stats_half_life = c->stats_half_life;
+    ec->scaling_half_life = c->scaling_half_life;
+    ec->scaling_min_active = c->scaling_min_active;
+    ec->scaling_running = strcmp(c->scaling_running, "on") == 0;
+}
+
+int xc_cfg_shm_mode(const xc_cfg_t *c, unsigned *mode)
+{
+    char *end;
+    long v = strtol(c->shm_mode, &end, 8);
+    if (!c->shm_mode[0] || *end || v < 0 || v > 0777) return XC_ECONFIG;
+    *mode = (unsigned)v;
+    return XC_OK;
+}
+
+void xc_cfg_thresholds(const xc_cfg_t *c, xc_class_thresholds_t *t)
+{
+    t->chat_only_min = (float)c->chat_only_min;
+    t->base_only_max = (float)c->base_only_max;
+    t->shared_lo = (float)c->shared_lo;
+    t->shared_hi = (float)c->shared_hi;
+    t->nu_err_max = (float)c->nu_err_max;
+    t->nu_rec_max = (float)c->nu_rec_max;
 }
 
 static void value_text(const xc_cfg_t *c, const xc_cfg_key_t *k, char *out, size_t len)

@@ -297,6 +297,21 @@ static void render_stats(xc_svc_t *s, xc_mpw_t *w)
     xc_mpw_kv_double(w, "steps_per_s", s->steps_per_s);
     xc_mpw_kv_double(w, "step_ms", ts.last_step_ms);
     xc_mpw_kv_double(w, "uptime_s", mono_s() - s->t_start);
+    xc_mpw_str(w, "classes");
+    xc_mpw_map_begin(w);
+    for (int c = 0; c < XC_CLASS_N; c++) xc_mpw_kv_uint(w, xc_class_name(c), ts.class_counts[c]);
+    xc_mpw_kv_uint(w, "chat_specific", ts.class_counts[5]);
+    xc_mpw_map_end(w);
+    xc_mpw_str(w, "scaling");
+    xc_mpw_map_begin(w);
+    xc_mpw_kv_bool(w, "running", ts.scaling_running);
+    xc_mpw_kv_uint(w, "tokens_done", ts.scaling_done);
+    xc_mpw_kv_uint(w, "tokens_target", ts.scaling_target);
+    xc_mpw_kv_int(w, "last_step", ts.scaling_last_step);
+    xc_mpw_kv_uint(w, "last_tokens", ts.scaling_last_tokens);
+    xc_mpw_kv_uint(w, "passes", ts.scaling_passes);
+    xc_mpw_map_end(w);
+    xc_mpw_kv_bool(w, "shm", ts.shm);
     xc_mpw_str(w, "counters");
     render_counters(s, w);
 }
@@ -308,9 +323,37 @@ static void render_config(xc_svc_t *s, xc_mpw_t *w)
     xc_mpw_map_end(w);
 }
 
-/* Per-latent fields (PROTOCOL.md 3.3), into an open map. */
-static void render_latent(xc_mpw_t *w, const xc_latent_stats_t *l)
+/* One latent's record: statistics, Latent Scaling and class (snapshot lock held). */
+typedef struct {
+    const xc_latent_stats_t *st;
+    xc_trainer_extra_t x;
+} latents_t;
+
+static void kv_nullable(xc_mpw_t *w, const char *k, double v)
 {
+    /* undefined values (NaN) travel as nil, never as a number */
+    xc_mpw_str(w, k);
+    if (isnan(v)) xc_mpw_nil(w);
+    else xc_mpw_double(w, v);
+}
+
+static void render_scaling(xc_mpw_t *w, const xc_scaling_stats_t *sc)
+{
+    xc_mpw_map_begin(w);
+    kv_nullable(w, "beta_err_base", sc->beta_err[0]);
+    kv_nullable(w, "beta_err_chat", sc->beta_err[1]);
+    kv_nullable(w, "beta_rec_base", sc->beta_rec[0]);
+    kv_nullable(w, "beta_rec_chat", sc->beta_rec[1]);
+    kv_nullable(w, "nu_err", sc->nu_err);
+    kv_nullable(w, "nu_rec", sc->nu_rec);
+    xc_mpw_kv_double(w, "active", sc->active);
+    xc_mpw_map_end(w);
+}
+
+/* Per-latent fields (PROTOCOL.md 3.3), into an open map. */
+static void render_latent(xc_mpw_t *w, const latents_t *L, long j)
+{
+    const xc_latent_stats_t *l = &L->st[j];
     xc_mpw_kv_double(w, "norm_base", l->norm_base);
     xc_mpw_kv_double(w, "norm_chat", l->norm_chat);
     xc_mpw_kv_double(w, "delta_norm", l->delta_norm);
@@ -322,19 +365,37 @@ static void render_latent(xc_mpw_t *w, const xc_latent_stats_t *l)
     xc_mpw_kv_uint(w, "tokens_since_fired", l->tokens_since_fired);
     xc_mpw_kv_int(w, "last_step_fired", l->last_step_fired);
     xc_mpw_kv_bool(w, "dead", l->dead);
+    xc_mpw_kv_str(w, "class", xc_class_name(L->x.cls[j]));
+    xc_mpw_kv_bool(w, "chat_specific", (L->x.flags[j] & XC_FLAG_CHAT_SPECIFIC) != 0);
+    xc_mpw_str(w, "scaling");
+    render_scaling(w, &L->x.running[j]);
+    xc_mpw_str(w, "scaling_exact");
+    if (L->x.exact) render_scaling(w, &L->x.exact[j]);
+    else xc_mpw_nil(w);
 }
 
-typedef double (*field_fn)(const xc_latent_stats_t *);
-static double f_norm_base(const xc_latent_stats_t *l) { return l->norm_base; }
-static double f_norm_chat(const xc_latent_stats_t *l) { return l->norm_chat; }
-static double f_delta_norm(const xc_latent_stats_t *l) { return l->delta_norm; }
-static double f_cosine(const xc_latent_stats_t *l) { return l->cosine; }
-static double f_freq(const xc_latent_stats_t *l) { return l->freq; }
-static double f_mean_act(const xc_latent_stats_t *l) { return l->mean_act; }
-static double f_max_act(const xc_latent_stats_t *l) { return l->max_act; }
-static double f_fired(const xc_latent_stats_t *l) { return (double)l->fired; }
-static double f_since(const xc_latent_stats_t *l) { return (double)l->tokens_since_fired; }
-static double f_last(const xc_latent_stats_t *l) { return (double)l->last_step_fired; }
+typedef double (*field_fn)(const latents_t *, long j);
+#define LAT_FIELD(nm, expr) \
+    static double f_##nm(const latents_t *L, long j) { return (double)(expr); }
+LAT_FIELD(norm_base, L->st[j].norm_base)
+LAT_FIELD(norm_chat, L->st[j].norm_chat)
+LAT_FIELD(delta_norm, L->st[j].delta_norm)
+LAT_FIELD(cosine, L->st[j].cosine)
+LAT_FIELD(freq, L->st[j].freq)
+LAT_FIELD(mean_act, L->st[j].mean_act)
+LAT_FIELD(max_act, L->st[j].max_act)
+LAT_FIELD(fired, L->st[j].fired)
+LAT_FIELD(since, L->st[j].tokens_since_fired)
+LAT_FIELD(last, L->st[j].last_step_fired)
+LAT_FIELD(nu_err, L->x.running[j].nu_err)
+LAT_FIELD(nu_rec, L->x.running[j].nu_rec)
+LAT_FIELD(beta_err_base, L->x.running[j].beta_err[0])
+LAT_FIELD(beta_err_chat, L->x.running[j].beta_err[1])
+LAT_FIELD(beta_rec_base, L->x.running[j].beta_rec[0])
+LAT_FIELD(beta_rec_chat, L->x.running[j].beta_rec[1])
+LAT_FIELD(exact_nu_err, L->x.exact ? L->x.exact[j].nu_err : NAN)
+LAT_FIELD(exact_nu_rec, L->x.exact ? L->x.exact[j].nu_rec : NAN)
+#undef LAT_FIELD
 
 static const struct {
     const char *name;
@@ -343,7 +404,11 @@ static const struct {
                 {"delta_norm", f_delta_norm}, {"cosine", f_cosine},
                 {"freq", f_freq},           {"mean_act", f_mean_act},
                 {"max_act", f_max_act},     {"fired", f_fired},
-                {"tokens_since_fired", f_since}, {"last_step_fired", f_last}};
+                {"tokens_since_fired", f_since}, {"last_step_fired", f_last},
+                {"nu_err", f_nu_err},       {"nu_rec", f_nu_rec},
+                {"beta_err_base", f_beta_err_base}, {"beta_err_chat", f_beta_err_chat},
+                {"beta_rec_base", f_beta_rec_base}, {"beta_rec_chat", f_beta_rec_chat},
+                {"exact_nu_err", f_exact_nu_err}, {"exact_nu_rec", f_exact_nu_rec}};
 
 static field_fn field_lookup(const char *s, size_t len)
 {
@@ -555,7 +620,8 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
     a->by = field_lookup(str, sl);
     if (!a->by) {
         why_set(why, wl, "unknown field '%.*s' for top; use one of norm_base, norm_chat, delta_norm, "
-                "cosine, freq, mean_act, max_act, fired, tokens_since_fired, last_step_fired",
+                "cosine, freq, mean_act, max_act, fired, tokens_since_fired, last_step_fired, nu_err, nu_rec, "
+                "beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, exact_nu_err, exact_nu_rec",
                 (int)(sl > 40 ? 40 : sl), str);
         return XC_EINVAL;
     }
@@ -582,7 +648,7 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
 }
 
 typedef struct {
-    const xc_latent_stats_t *st;
+    const latents_t *L;
     field_fn by;
     int asc;
 } sort_ctx_t;
@@ -591,7 +657,7 @@ static int top_cmp(const void *pa, const void *pb, void *pc)
 {
     const sort_ctx_t *c = pc;
     int a = *(const int *)pa, b = *(const int *)pb;
-    double va = c->by(&c->st[a]), vb = c->by(&c->st[b]);
+    double va = c->by(c->L, a), vb = c->by(c->L, b);
     if (isnan(va)) va = -INFINITY;
     if (isnan(vb)) vb = -INFINITY;
     if (va != vb) return (va > vb) == !c->asc ? -1 : 1;
@@ -609,7 +675,10 @@ static void answer_latent(xc_svc_t *s, const envelope_t *env, const xc_request_t
         reply_error(s, env, req, rc, why);
         return;
     }
-    const xc_latent_stats_t *st = xc_trainer_snapshot_lock(s->trainer, &step, NULL);
+    latents_t L;
+    L.st = xc_trainer_snapshot_lock(s->trainer, &step, NULL);
+    xc_trainer_snapshot_extra(s->trainer, &L.x);
+    const xc_latent_stats_t *st = L.st;
     xc_mpw_t w;
     xc_buf_reset(&s->out);
     xc_mpw_init(&w, &s->out);
@@ -619,7 +688,7 @@ static void answer_latent(xc_svc_t *s, const envelope_t *env, const xc_request_t
         xc_mpw_kv_uint(&w, "j", a.j);
         xc_mpw_str(&w, "stats");
         xc_mpw_map_begin(&w);
-        render_latent(&w, &st[a.j]);
+        render_latent(&w, &L, (long)a.j);
         xc_mpw_map_end(&w);
     } else {
         long F = s->cfg.dict_size, n = 0;
@@ -631,7 +700,7 @@ static void answer_latent(xc_svc_t *s, const envelope_t *env, const xc_request_t
         }
         for (long j = 0; j < F; j++)
             if (!a.alive_only || !st[j].dead) idx[n++] = (int)j;
-        sort_ctx_t c = {st, a.by, a.asc};
+        sort_ctx_t c = {&L, a.by, a.asc};
         qsort_r(idx, (size_t)n, sizeof *idx, top_cmp, &c);
         if ((uint64_t)n > a.n) n = (long)a.n;
         xc_mpw_kv_str(&w, "by", a.by_name);
@@ -641,7 +710,7 @@ static void answer_latent(xc_svc_t *s, const envelope_t *env, const xc_request_t
         for (long i = 0; i < n; i++) {
             xc_mpw_map_begin(&w);
             xc_mpw_kv_int(&w, "j", idx[i]);
-            render_latent(&w, &st[idx[i]]);
+            render_latent(&w, &L, idx[i]);
             xc_mpw_map_end(&w);
         }
         xc_mpw_array_end(&w);
@@ -675,6 +744,26 @@ static int defer(xc_svc_t *s, const envelope_t *env, xc_op_t op, uint64_t gen, c
 }
 
 static void begin_shutdown(xc_svc_t *s, const char *why);
+
+/* "scaling" event: an exact Latent Scaling pass finished. */
+static void publish_scaling(xc_svc_t *s)
+{
+    xc_trainer_status_t ts;
+    xc_buf_t b;
+    xc_mpw_t w;
+    xc_trainer_status(s->trainer, &ts);
+    xc_buf_init(&b);
+    xc_mpw_init(&w, &b);
+    xc_mpw_map_begin(&w);
+    xc_mpw_kv_uint(&w, "v", XC_PROTO_VERSION);
+    xc_mpw_kv_int(&w, "step", ts.scaling_last_step);
+    xc_mpw_kv_uint(&w, "tokens", ts.scaling_last_tokens);
+    xc_mpw_kv_uint(&w, "chat_specific", ts.class_counts[5]);
+    xc_mpw_kv_uint(&w, "chat_only", ts.class_counts[XC_CLASS_CHAT_ONLY]);
+    xc_mpw_map_end(&w);
+    publish(s, "scaling", &b);
+    xc_buf_free(&b);
+}
 
 static void handle_control(xc_svc_t *s, mmsg_t *mm)
 {
@@ -774,6 +863,36 @@ static void handle_control(xc_svc_t *s, mmsg_t *mm)
         uint64_t gen = xc_trainer_request_checkpoint(s->trainer, "request");
         if (defer(s, &env, req.op, gen, body, blen))
             reply_error(s, &env, &req, XC_EAGAIN, "too many requests waiting for the trainer; retry");
+        break;
+    }
+    case XC_OP_SCALING: {
+        uint64_t tokens = 1000000;
+        rc = arg_u64(&req, "tokens", &tokens, why, sizeof why);
+        if (rc < 0 || tokens == 0 || tokens > (1ull << 40)) {
+            if (rc >= 0) snprintf(why, sizeof why, "argument 'tokens' must be in [1, 2^40], got %llu",
+                                  (unsigned long long)tokens);
+            reply_error(s, &env, &req, rc < 0 ? rc : XC_EINVAL, why);
+            break;
+        }
+        if (s->stopping) {
+            reply_error(s, &env, &req, XC_ESHUTDOWN, "the daemon is shutting down");
+            break;
+        }
+        if (xc_trainer_request_scaling(s->trainer, tokens)) {
+            xc_trainer_status_t ts;
+            xc_trainer_status(s->trainer, &ts);
+            snprintf(why, sizeof why, "an exact Latent Scaling pass is already under way (%llu of %llu tokens); "
+                     "wait for its 'scaling' event", (unsigned long long)ts.scaling_done,
+                     (unsigned long long)ts.scaling_target);
+            reply_error(s, &env, &req, XC_ESTATE, why);
+            break;
+        }
+        xc_log(XC_LOG_INFO, "exact Latent Scaling pass over %llu tokens requested", (unsigned long long)tokens);
+        xc_proto_reply_begin(&w, &req);
+        xc_mpw_kv_bool(&w, "started", 1);
+        xc_mpw_kv_uint(&w, "tokens", tokens);
+        xc_mpw_map_end(&w);
+        reply_buf(s, &env, &w, &req);
         break;
     }
     case XC_OP_LATENT:
@@ -1046,6 +1165,7 @@ static void async_cb(uv_async_t *h)
     uint64_t snap_gen = 0;
     int ev = xc_trainer_poll(s->trainer, &ck, &snap_gen);
     if (ev & XC_TR_EV_CKPT) publish_ckpt(s, &ck);
+    if (ev & XC_TR_EV_SCALING) publish_scaling(s);
     if (ev & (XC_TR_EV_CKPT | XC_TR_EV_SNAPSHOT)) answer_pending(s, &ck, ev & XC_TR_EV_CKPT, snap_gen, 0);
     if (ev & XC_TR_EV_STOPPED) {
         xc_trainer_status_t ts;
@@ -1230,8 +1350,21 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
         why_set(why, wl, "out of memory creating the queue");
         goto fail;
     }
-    xc_trainer_opts_t to = {s->cfg.mix_tokens, (uint64_t)s->cfg.seed, s->cfg.state_dir, s->cfg.name, cj,
-                            wake_loop, s};
+    xc_trainer_opts_t to;
+    memset(&to, 0, sizeof to);
+    to.mix_tokens = s->cfg.mix_tokens;
+    to.seed = (uint64_t)s->cfg.seed;
+    to.state_dir = s->cfg.state_dir;
+    to.name = s->cfg.name;
+    to.config_json = cj;
+    to.notify = wake_loop;
+    to.notify_ctx = s;
+    unsigned shm_mode = 0640;
+    xc_cfg_shm_mode(&s->cfg, &shm_mode);
+    to.shm_instance = strcmp(s->cfg.shm, "on") == 0 ? s->cfg.name : NULL;
+    to.shm_mode = shm_mode;
+    to.shm_interval = s->cfg.shm_interval;
+    xc_cfg_thresholds(&s->cfg, &to.thresholds);
     s->trainer = xc_trainer_new(s->engine, s->queue, &to, &rc);
     free(cj);
     cj = NULL;

@@ -15,6 +15,9 @@ struct xc_shmpub {
     xc_scaling_stats_t *sc;      /* (F) owned */
     uint8_t *cls, *flags;        /* (F) owned */
     uint32_t counts[8];
+    xc_scaling_stats_t *exact;   /* (F) owned; NULL until an exact pass completes */
+    long exact_step;
+    uint64_t exact_tokens;
 };
 
 xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode,
@@ -45,19 +48,39 @@ out:
     return NULL;
 }
 
-int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, const xc_scaling_stats_t *exact, long exact_step,
-                     uint64_t exact_tokens, double tokens_per_s)
+int xc_shmpub_set_exact(xc_shmpub_t *p, const xc_scaling_stats_t *exact, long step, uint64_t tokens)
+{
+    if (!p->exact) {
+        p->exact = malloc(sizeof(*p->exact) * (size_t)p->F);
+        if (!p->exact) return XC_ENOMEM;
+    }
+    memcpy(p->exact, exact, sizeof(*p->exact) * (size_t)p->F);
+    p->exact_step = step;
+    p->exact_tokens = tokens;
+    return XC_OK;
+}
+
+const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint64_t *tokens)
+{
+    if (step) *step = p->exact ? p->exact_step : -1;
+    if (tokens) *tokens = p->exact ? p->exact_tokens : 0;
+    return p->exact;
+}
+
+int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s)
 {
     int F = p->F;
+    const xc_scaling_stats_t *exact = p->exact;
     xc_engine_latent_stats(e, p->lat);
-    if (exact) memcpy(p->sc, exact, sizeof(*p->sc) * (size_t)F);
-    else xc_engine_scaling_running(e, p->sc);
+    xc_engine_scaling_running(e, p->sc);
     memset(p->counts, 0, sizeof p->counts);
     for (int j = 0; j < F; j++) {
         const xc_latent_stats_t *l = &p->lat[j];
+        /* the exact pass's nu, where it has one, decides chat-specificity */
+        const xc_scaling_stats_t *src = exact && !isnan(exact[j].nu_err) ? &exact[j] : &p->sc[j];
         p->cls[j] = (uint8_t)xc_latent_class(l->delta_norm, l->dead, &p->th);
-        p->flags[j] = (uint8_t)((exact ? XC_FLAG_SCALING_EXACT : 0) |
-                                (!l->dead && xc_latent_chat_specific(l->delta_norm, p->sc[j].nu_err, p->sc[j].nu_rec, &p->th)
+        p->flags[j] = (uint8_t)((src != &p->sc[j] ? XC_FLAG_SCALING_EXACT : 0) |
+                                (!l->dead && xc_latent_chat_specific(l->delta_norm, src->nu_err, src->nu_rec, &p->th)
                                      ? XC_FLAG_CHAT_SPECIFIC
                                      : 0));
         p->counts[p->cls[j]]++;
@@ -87,8 +110,8 @@ int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, const xc_scaling_stat
     h->dead_fraction = m->dead_fraction;
     h->theta = m->theta;
     h->tokens_per_s = tokens_per_s;
-    h->scaling_step = exact ? exact_step : -1;
-    h->scaling_tokens = exact ? exact_tokens : 0;
+    h->scaling_step = exact ? p->exact_step : -1;
+    h->scaling_tokens = exact ? p->exact_tokens : 0;
     memcpy(h->class_counts, p->counts, sizeof p->counts);
     float th[6] = {p->th.chat_only_min, p->th.base_only_max, p->th.shared_lo, p->th.shared_hi, p->th.nu_err_max,
                    p->th.nu_rec_max};
@@ -111,6 +134,13 @@ int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, const xc_scaling_stat
         f[XC_SHM_NU_ERR][j] = s->nu_err;
         f[XC_SHM_NU_REC][j] = s->nu_rec;
         active[j] = s->active;
+        f[XC_SHM_EXACT_BETA_ERR_BASE][j] = exact ? exact[j].beta_err[0] : NAN;
+        f[XC_SHM_EXACT_BETA_ERR_CHAT][j] = exact ? exact[j].beta_err[1] : NAN;
+        f[XC_SHM_EXACT_BETA_REC_BASE][j] = exact ? exact[j].beta_rec[0] : NAN;
+        f[XC_SHM_EXACT_BETA_REC_CHAT][j] = exact ? exact[j].beta_rec[1] : NAN;
+        f[XC_SHM_EXACT_NU_ERR][j] = exact ? exact[j].nu_err : NAN;
+        f[XC_SHM_EXACT_NU_REC][j] = exact ? exact[j].nu_rec : NAN;
+        ((double *)(void *)f[XC_SHM_EXACT_ACTIVE])[j] = exact ? exact[j].active : 0.0;
         cls[j] = p->cls[j];
         flg[j] = p->flags[j];
     }
@@ -133,6 +163,7 @@ void xc_shmpub_destroy(xc_shmpub_t **pp, int unlink_it)
     free(p->sc);
     free(p->cls);
     free(p->flags);
+    free(p->exact);
     free(p);
     *pp = NULL;
 }

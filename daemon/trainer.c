@@ -4,6 +4,7 @@
 #include "xc_error.h"
 #include "xc_log.h"
 #include "xc_rng.h"
+#include "xc_shmpub.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -36,10 +37,17 @@ struct xc_trainer {
     xc_ckpt_result_t ckpt;     /* latest result */
     xc_trainer_status_t st;
 
-    pthread_mutex_t snap_mu;   /* guards the snapshot */
-    xc_latent_stats_t *snap;   /* (F); owned */
+    uint64_t scal_req_tokens;  /* exact Latent Scaling pass asked for (0: none) */
+
+    pthread_mutex_t snap_mu;   /* guards the snapshot (pub's records) */
+    xc_shmpub_t *pub;          /* owned: per-latent records, shared memory */
     long snap_step;
     uint64_t snap_gen;
+
+    /* trainer-thread only */
+    double shm_interval_ms, next_pub_ms;
+    xc_scaling_t *pass;        /* owned; the running exact pass, NULL if none */
+    uint64_t pass_target;
 };
 
 static double now_ms(void)
@@ -67,12 +75,25 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     }
     t->mix = malloc((size_t)t->C * t->d2 * sizeof(float));
     t->batch = malloc((size_t)t->B * t->d2 * sizeof(float));
-    t->snap = calloc((size_t)c->dict_size, sizeof *t->snap);
     t->state_dir = strdup(o->state_dir ? o->state_dir : ".");
     t->name = strdup(o->name ? o->name : "xcoderd");
     t->config_json = strdup(o->config_json ? o->config_json : "{}");
-    if (!t->mix || !t->batch || !t->snap || !t->state_dir || !t->name || !t->config_json)
+    if (!t->mix || !t->batch || !t->state_dir || !t->name || !t->config_json)
         goto out_free;
+    {
+        char why[256] = "";
+        int rc;
+        t->pub = xc_shmpub_new(o->shm_instance, e, (mode_t)o->shm_mode, &o->thresholds, &rc, why, sizeof why);
+        if (!t->pub && o->shm_instance) {
+            /* no shared memory (e.g. no /dev/shm): keep training, say so */
+            xc_log(XC_LOG_WARN, "shared memory disabled: %s", why);
+            t->pub = xc_shmpub_new(NULL, e, 0, &o->thresholds, &rc, why, sizeof why);
+        } else if (o->shm_instance) {
+            t->st.shm = 1;
+        }
+        if (!t->pub) goto out_free;
+    }
+    t->shm_interval_ms = o->shm_interval > 0 ? o->shm_interval * 1e3 : 1e3;
     if (pthread_mutex_init(&t->mu, NULL)) goto out_free;
     if (pthread_mutex_init(&t->snap_mu, NULL)) goto out_destroy_mu;
     xc_rng_seed(&t->rng, o->seed ^ 0x6d69786275666672ull); /* "mixbuffr": not the init stream */
@@ -81,14 +102,15 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     t->snap_step = -1;
     t->st.m = *xc_engine_metrics(e);
     t->st.state = XC_TR_STARTING;
+    t->st.scaling_last_step = -1;
     *err = XC_OK;
     return t;
 out_destroy_mu:
     pthread_mutex_destroy(&t->mu);
 out_free:
+    xc_shmpub_destroy(&t->pub, 1);
     free(t->mix);
     free(t->batch);
-    free(t->snap);
     free(t->state_dir);
     free(t->name);
     free(t->config_json);
@@ -103,7 +125,8 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     free(t->cur.x);
     free(t->mix);
     free(t->batch);
-    free(t->snap);
+    xc_scaling_destroy(&t->pass);
+    xc_shmpub_destroy(&t->pub, 1); /* a clean exit unlinks the shared memory */
     free(t->state_dir);
     free(t->name);
     free(t->config_json);
@@ -158,9 +181,67 @@ static void draw_batch(xc_trainer_t *t)
     }
 }
 
+static void publish(xc_trainer_t *t);
+
+/* The exact Latent Scaling pass sees the batches the trainer draws, before it
+ * trains on them, with the dictionary frozen when the pass began. */
+static void scaling_feed(xc_trainer_t *t)
+{
+    if (!t->pass) return;
+    int rc = xc_scaling_add(t->pass, t->batch, t->B);
+    uint64_t done = xc_scaling_tokens(t->pass);
+    if (rc) xc_log(XC_LOG_ERROR, "exact Latent Scaling pass: %s", xc_strerror(rc));
+    pthread_mutex_lock(&t->mu);
+    t->st.scaling_done = done;
+    pthread_mutex_unlock(&t->mu);
+    if (done < t->pass_target && !rc) return;
+    const xc_engine_config_t *c = xc_engine_config(t->e);
+    xc_scaling_stats_t *res = malloc(sizeof *res * (size_t)c->dict_size); /* owned here */
+    long step = xc_scaling_step(t->pass);
+    if (res && !rc) {
+        xc_scaling_result(t->pass, res);
+        pthread_mutex_lock(&t->snap_mu);
+        rc = xc_shmpub_set_exact(t->pub, res, step, done);
+        pthread_mutex_unlock(&t->snap_mu);
+    }
+    free(res);
+    xc_scaling_destroy(&t->pass);
+    pthread_mutex_lock(&t->mu);
+    t->st.scaling_running = 0;
+    if (!rc) {
+        t->st.scaling_last_step = step;
+        t->st.scaling_last_tokens = done;
+        t->st.scaling_passes++;
+    }
+    pthread_mutex_unlock(&t->mu);
+    xc_log(rc ? XC_LOG_ERROR : XC_LOG_INFO, "exact Latent Scaling pass on the step-%ld dictionary over %llu tokens: %s",
+           step, (unsigned long long)done, rc ? xc_strerror(rc) : "done");
+    publish(t);
+    post(t, XC_TR_EV_SCALING);
+}
+
+static void scaling_start(xc_trainer_t *t, uint64_t tokens)
+{
+    int err;
+    t->pass = xc_scaling_new(t->e, &err);
+    pthread_mutex_lock(&t->mu);
+    t->st.scaling_running = t->pass != NULL;
+    t->st.scaling_done = 0;
+    t->st.scaling_target = tokens;
+    pthread_mutex_unlock(&t->mu);
+    t->pass_target = tokens;
+    if (!t->pass)
+        xc_log(XC_LOG_ERROR, "cannot start the exact Latent Scaling pass: %s (it needs a copy of the model)",
+               xc_strerror(err));
+    else
+        xc_log(XC_LOG_INFO, "exact Latent Scaling pass started: step-%ld dictionary, next %llu tokens",
+               xc_scaling_step(t->pass), (unsigned long long)tokens);
+}
+
 static void do_step(xc_trainer_t *t)
 {
     draw_batch(t);
+    scaling_feed(t);
     double t0 = now_ms();
     int rc = xc_engine_train_step(t->e, t->batch, t->B);
     double ms = now_ms() - t0;
@@ -195,11 +276,29 @@ static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason)
     post(t, XC_TR_EV_CKPT);
 }
 
+/* Recomputes the per-latent records (and writes shared memory). */
+static void publish(xc_trainer_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    double ms = t->st.last_step_ms;
+    pthread_mutex_unlock(&t->mu);
+    double tps = ms > 0 ? t->B / (ms / 1e3) : 0.0;
+    uint32_t counts[8];
+    pthread_mutex_lock(&t->snap_mu);
+    xc_shmpub_update(t->pub, t->e, tps);
+    xc_shmpub_class_counts(t->pub, counts);
+    t->snap_step = xc_engine_metrics(t->e)->step;
+    pthread_mutex_unlock(&t->snap_mu);
+    pthread_mutex_lock(&t->mu);
+    memcpy(t->st.class_counts, counts, sizeof counts);
+    pthread_mutex_unlock(&t->mu);
+    t->next_pub_ms = now_ms() + t->shm_interval_ms;
+}
+
 static void do_snapshot(xc_trainer_t *t, uint64_t gen)
 {
+    publish(t);
     pthread_mutex_lock(&t->snap_mu);
-    xc_engine_latent_stats(t->e, t->snap);
-    t->snap_step = xc_engine_metrics(t->e)->step;
     t->snap_gen = gen;
     pthread_mutex_unlock(&t->snap_mu);
     pthread_mutex_lock(&t->mu);
@@ -218,10 +317,13 @@ static void set_state(xc_trainer_t *t, xc_tr_state_t s)
 static void *trainer_main(void *arg)
 {
     xc_trainer_t *t = arg;
+    publish(t);
     set_state(t, XC_TR_RUNNING);
     for (;;) {
         pthread_mutex_lock(&t->mu);
         int stop = t->stop, paused = t->paused;
+        uint64_t scal = t->scal_req_tokens;
+        t->scal_req_tokens = 0;
         uint64_t ck = t->ckpt_req > t->ckpt_done ? t->ckpt_req : 0;
         uint64_t sn = t->snap_req > t->snap_done ? t->snap_req : 0;
         const char *reason = t->ckpt_reason;
@@ -232,6 +334,8 @@ static void *trainer_main(void *arg)
         if (sn) do_snapshot(t, sn);
         if (stop) break; /* pending checkpoint requests are answered by the final one */
         if (ck) do_checkpoint(t, ck, reason ? reason : "request");
+        if (scal && !t->pass) scaling_start(t, scal);
+        if (now_ms() >= t->next_pub_ms) publish(t);
         fill_buffer(t);
         if (!paused && t->buffered >= t->C) {
             do_step(t);
@@ -283,6 +387,22 @@ uint64_t xc_trainer_request_checkpoint(xc_trainer_t *t, const char *reason)
     return gen;
 }
 
+int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens)
+{
+    int rc = XC_OK;
+    pthread_mutex_lock(&t->mu);
+    if (t->st.scaling_running || t->scal_req_tokens) rc = XC_ESTATE;
+    else {
+        t->scal_req_tokens = tokens;
+        t->st.scaling_running = 1; /* from now on, until the pass ends */
+        t->st.scaling_done = 0;
+        t->st.scaling_target = tokens;
+    }
+    pthread_mutex_unlock(&t->mu);
+    xc_queue_kick(t->q);
+    return rc;
+}
+
 uint64_t xc_trainer_request_snapshot(xc_trainer_t *t)
 {
     pthread_mutex_lock(&t->mu);
@@ -323,7 +443,15 @@ const xc_latent_stats_t *xc_trainer_snapshot_lock(xc_trainer_t *t, long *step, u
     pthread_mutex_lock(&t->snap_mu);
     if (step) *step = t->snap_step;
     if (gen) *gen = t->snap_gen;
-    return t->snap;
+    return xc_shmpub_latents(t->pub);
+}
+
+void xc_trainer_snapshot_extra(xc_trainer_t *t, xc_trainer_extra_t *x)
+{
+    x->running = xc_shmpub_scaling(t->pub);
+    x->exact = xc_shmpub_exact(t->pub, &x->exact_step, &x->exact_tokens);
+    x->cls = xc_shmpub_classes(t->pub);
+    x->flags = xc_shmpub_flags(t->pub);
 }
 
 void xc_trainer_snapshot_unlock(xc_trainer_t *t) { pthread_mutex_unlock(&t->snap_mu); }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "xc_engine.h"
+#include "xc_shm.h"
 #include "xc_proto.h"
 
 #define XC_CFG_STR_MAX 512
@@ -38,6 +39,13 @@ typedef struct {
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     double stats_interval, checkpoint_interval, dead_alert_jump;
+    /* analysis: per-latent statistics, Latent Scaling, shared memory, classes */
+    double stats_half_life, scaling_half_life, scaling_min_active;
+    char scaling_running[8];
+    char shm[8];
+    char shm_mode[8];
+    double shm_interval;
+    double chat_only_min, base_only_max, shared_lo, shared_hi, nu_err_max, nu_rec_max;
 } xc_cfg_t;
 
 typedef enum { XC_CFG_INT, XC_CFG_FLOAT, XC_CFG_STR, XC_CFG_ENUM } xc_cfg_type_t;
@@ -85,6 +93,10 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len);
 
 /* The engine configuration for c (engine defaults for everything not a key). */
 void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec);
+/* shm_mode as permission bits (validated by finalize). */
+int xc_cfg_shm_mode(const xc_cfg_t *c, unsigned *mode);
+/* The latent-class thresholds of the analysis section. */
+void xc_cfg_thresholds(const xc_cfg_t *c, xc_class_thresholds_t *t);
 
 /* A key's value as text (as it would appear in the config file). */
 int xc_cfg_get(const xc_cfg_t *c, const char *key, char *out, size_t out_len);

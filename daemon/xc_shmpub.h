@@ -14,10 +14,15 @@ typedef struct xc_shmpub xc_shmpub_t;
  * with *err and a reason in why. */
 xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode,
                            const xc_class_thresholds_t *th, int *err, char *why, size_t why_len);
-/* Recomputes every latent's record from e. exact: results of the last exact
- * Latent Scaling pass (dict_size entries) or NULL to use the running estimates. */
-int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, const xc_scaling_stats_t *exact, long exact_step,
-                     uint64_t exact_tokens, double tokens_per_s);
+/* Stores a copy of an exact Latent Scaling pass's results (dict_size entries),
+ * published from the next update on beside the running estimates. */
+int xc_shmpub_set_exact(xc_shmpub_t *p, const xc_scaling_stats_t *exact, long step, uint64_t tokens);
+/* The stored exact results (NULL if none yet) and the step/tokens behind them. */
+const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint64_t *tokens);
+/* Recomputes every latent's record from e (running Latent Scaling estimates,
+ * classes; chat-specific from the exact nu when an exact pass exists) and, when
+ * publishing, writes the shared-memory object. */
+int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s);
 /* Last computed records (dict_size entries each); valid until the next update. */
 const xc_latent_stats_t *xc_shmpub_latents(const xc_shmpub_t *p);
 const xc_scaling_stats_t *xc_shmpub_scaling(const xc_shmpub_t *p);

@@ -12,6 +12,7 @@
 
 #include "xc_engine.h"
 #include "xc_queue.h"
+#include "xc_shm.h"
 
 typedef struct xc_trainer xc_trainer_t;
 
@@ -23,6 +24,10 @@ typedef struct {
     const char *config_json;  /* stored in checkpoints (copied) */
     void (*notify)(void *ctx);/* called from the trainer thread when results are ready */
     void *notify_ctx;
+    const char *shm_instance; /* publish shared memory /xcoderd.NAME; NULL = off */
+    unsigned shm_mode;        /* permission bits of the object */
+    double shm_interval;      /* seconds between shared-memory updates */
+    xc_class_thresholds_t thresholds;
 } xc_trainer_opts_t;
 
 typedef enum { XC_TR_STARTING = 0, XC_TR_RUNNING, XC_TR_PAUSED, XC_TR_STOPPING, XC_TR_STOPPED } xc_tr_state_t;
@@ -34,6 +39,12 @@ typedef struct {
     int paused;
     double last_step_ms;
     uint64_t step_errors;
+    int shm;                  /* shared memory is being published */
+    uint32_t class_counts[8]; /* latents per XC_CLASS_*; [5] chat-specific (last publish) */
+    int scaling_running;      /* an exact Latent Scaling pass is under way (or asked for) */
+    uint64_t scaling_done, scaling_target; /* its progress in tokens */
+    long scaling_last_step;   /* the last completed pass: dictionary step (-1 none) */
+    uint64_t scaling_last_tokens, scaling_passes;
 } xc_trainer_status_t;
 
 /* Result of the latest checkpoint. */
@@ -71,10 +82,23 @@ void xc_trainer_status(xc_trainer_t *t, xc_trainer_status_t *out);
 #define XC_TR_EV_CKPT 1
 #define XC_TR_EV_SNAPSHOT 2
 #define XC_TR_EV_STOPPED 4
+#define XC_TR_EV_SCALING 8
 int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_gen);
 
 /* The snapshot (dict_size entries): lock, read, unlock. step: when taken. */
 const xc_latent_stats_t *xc_trainer_snapshot_lock(xc_trainer_t *t, long *step, uint64_t *gen);
 void xc_trainer_snapshot_unlock(xc_trainer_t *t);
+/* Under the snapshot lock: Latent Scaling and classes of the same records. */
+typedef struct {
+    const xc_scaling_stats_t *running; /* (F) running estimates */
+    const xc_scaling_stats_t *exact;   /* (F) last exact pass, NULL if none */
+    long exact_step;
+    uint64_t exact_tokens;
+    const uint8_t *cls, *flags;        /* (F) XC_CLASS_*, XC_FLAG_* */
+} xc_trainer_extra_t;
+void xc_trainer_snapshot_extra(xc_trainer_t *t, xc_trainer_extra_t *x);
+/* Starts an exact Latent Scaling pass over the next `tokens` trained tokens
+ * (dictionary frozen at the next step). XC_ESTATE if one is under way. */
+int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens);
 
 #endif

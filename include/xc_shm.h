@@ -31,7 +31,7 @@ enum {
 };
 /* flags: bit set per latent */
 #define XC_FLAG_CHAT_SPECIFIC 0x01u /* Delta >= chat_only_min, nu_err < nu_err_max, nu_rec < nu_rec_max */
-#define XC_FLAG_SCALING_EXACT 0x02u /* beta/nu come from the last exact pass, not the running estimate */
+#define XC_FLAG_SCALING_EXACT 0x02u /* the chat-specific test used the exact pass's nu (else the running one) */
 
 /* Per-latent arrays, in this order in the object. */
 typedef enum {
@@ -50,6 +50,13 @@ typedef enum {
     XC_SHM_NU_ERR,         /* f32 nu^eps = beta_err_base / beta_err_chat */
     XC_SHM_NU_REC,         /* f32 nu^r */
     XC_SHM_ACTIVE,         /* f64 activations behind beta (EMA-weighted when running) */
+    XC_SHM_EXACT_BETA_ERR_BASE, /* f32 the last exact pass (NaN until one completes) */
+    XC_SHM_EXACT_BETA_ERR_CHAT, /* f32 */
+    XC_SHM_EXACT_BETA_REC_BASE, /* f32 */
+    XC_SHM_EXACT_BETA_REC_CHAT, /* f32 */
+    XC_SHM_EXACT_NU_ERR,   /* f32 */
+    XC_SHM_EXACT_NU_REC,   /* f32 */
+    XC_SHM_EXACT_ACTIVE,   /* f64 */
     XC_SHM_CLASS,          /* u8 XC_CLASS_* */
     XC_SHM_FLAGS,          /* u8 XC_FLAG_* */
     XC_SHM_NARRAYS
@@ -91,7 +98,7 @@ typedef struct {
     double dead_fraction;    /* 144 */
     double theta;            /* 152 */
     double tokens_per_s;     /* 160 */
-    int64_t scaling_step;    /* 168 step of the dictionary behind exact beta, -1 none */
+    int64_t scaling_step;    /* 168 step of the dictionary behind the exact_* arrays, -1 none */
     uint64_t scaling_tokens; /* 176 tokens in that exact pass */
     uint32_t class_counts[8];/* 184 latents per XC_CLASS_*; [5] = chat-specific */
     uint32_t alive;          /* 216 1 while the writer runs, 0 after a clean close */

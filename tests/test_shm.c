@@ -173,7 +173,7 @@ static void test_publisher_from_engine(void)
     int err;
     xc_shmpub_t *p = xc_shmpub_new(g_inst, e, 0640, &th, &err, why, sizeof why);
     XC_REQUIRE(p, "publisher: %s", why);
-    XC_CHECK(xc_shmpub_update(p, e, NULL, 0, 0, 123.0) == 0, "update");
+    XC_CHECK(xc_shmpub_update(p, e, 123.0) == 0, "update");
     xc_shm_reader_t *r = xc_shm_reader_open(g_inst, &err);
     XC_REQUIRE(r, "reader");
     xc_shm_snapshot_t s;
