@@ -63,7 +63,7 @@ build/xcoder: $(patsubst %.c,build/obj/%.o,$(CLI_SRC)) build/libxcoder.a build/l
 	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
 build/libxcoder.so: $(patsubst %.c,build/obj/%.o,$(CLIB_SRC) $(PROTO_SRC))
 	$(CC) -shared -Wl,-soname,libxcoder.so.0 $^ $(PKG_LIBS) -o $@
-build/bench/%: build/obj/bench/%.o build/libxcd.a
+build/bench/%: build/obj/bench/%.o build/libxcoder.a build/libxcd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
 
