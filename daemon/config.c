@@ -83,6 +83,13 @@ static const xc_cfg_key_t g_keys[] = {
      "seconds between periodic checkpoints; 0 = only on request and at shutdown"},
     {"dead_alert_jump", XC_CFG_FLOAT, "0.05", 0, 1, NULL, F(dead_alert_jump), 1, "service",
      "publish an alert when the dead fraction rises by at least this much between stats events"},
+    {"metrics_file", XC_CFG_STR, "", 0, 0, NULL, F(metrics_file), 1, "service",
+     "Prometheus metrics in the text format, rewritten atomically (temp file + rename, mode 0644) "
+     "every metrics_interval seconds, e.g. into node-exporter's textfile directory "
+     "/var/lib/prometheus/node-exporter/xcoderd-NAME.prom; empty = off; `xcoder metrics` prints the "
+     "same text"},
+    {"metrics_interval", XC_CFG_FLOAT, "15", 0.01, 86400, NULL, F(metrics_interval), 1, "service",
+     "seconds between rewrites of metrics_file"},
     /* analysis */
     {"stats_half_life", XC_CFG_FLOAT, "1000000", 1, 1e15, NULL, F(stats_half_life), 0, "analysis",
      "tokens; half-life of each latent's firing-frequency average"},

@@ -272,6 +272,17 @@ static void render_quality(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
+static void render_classes(xc_buf_t *b, const xc_metrics_t *m)
+{
+    put_header(b, "", "xcoderd_latents", "", "gauge",
+               "Latents per class (decoder-norm and Latent Scaling classes of the last analysis update).");
+    for (int i = 0; i < m->n_classes && i < XC_METRICS_MAX_COUNTERS; i++) {
+        begin_sample(b, m, "", "xcoderd_latents", "");
+        label(b, "class", m->classes[i].name);
+        end_sample_u64(b, m->classes[i].value);
+    }
+}
+
 static void render_counters(xc_buf_t *b, const xc_metrics_t *m)
 {
     put_header(b, "", "xcoderd_batches_refused_total", "", "counter",
@@ -312,6 +323,7 @@ int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out)
     render_info(out, m);
     for (size_t i = 0; i < sizeof g_metrics / sizeof g_metrics[0]; i++) render_scalar(out, m, &g_metrics[i]);
     render_quality(out, m);
+    render_classes(out, m);
     render_counters(out, m);
     return out->err ? XC_ENOMEM : XC_OK;
 }

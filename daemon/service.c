@@ -14,6 +14,7 @@
 #include "xc_service.h"
 #include "xc_ckpt.h"
 #include "xc_log.h"
+#include "xc_metrics.h"
 #include "xc_proto.h"
 #include "xc_queue.h"
 #include "xc_trainer.h"
@@ -92,6 +93,8 @@ struct xc_svc {
     uv_loop_t loop;
     uv_poll_t ingest_poll, control_poll;
     uv_timer_t stats_timer, ckpt_timer, tick_timer;
+    uv_timer_t metrics_timer;  /* rewrites metrics_file */
+    uv_timer_t watchdog_timer; /* WATCHDOG=1 to systemd, when it asks (WATCHDOG_USEC) */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_async_t async;
     uv_idle_t idle;
@@ -108,6 +111,10 @@ struct xc_svc {
     int result;         /* of xc_svc_run */
     svc_counters_t cnt;
     double t_start;
+    double t_start_unix;
+    double last_ckpt_unix;  /* 0 = no checkpoint written yet */
+    long last_ckpt_step;    /* -1 = none */
+    int metrics_failing;    /* the last metrics_file write failed (logged once) */
     /* rates over the last stats interval */
     double rate_t;
     uint64_t rate_tokens;
@@ -314,6 +321,85 @@ static void render_stats(xc_svc_t *s, xc_mpw_t *w)
     xc_mpw_kv_bool(w, "shm", ts.shm);
     xc_mpw_str(w, "counters");
     render_counters(s, w);
+}
+
+/* The Prometheus text (daemon/metrics.c renders it) from the same sources as
+ * render_stats; metrics_file and the `metrics` op both come from here. */
+static int metrics_text(xc_svc_t *s, xc_buf_t *out)
+{
+    xc_trainer_status_t ts;
+    xc_queue_counts_t qc;
+    xc_metrics_t m;
+    xc_trainer_status(s->trainer, &ts);
+    xc_queue_counts(s->queue, &qc);
+    xc_metrics_init(&m);
+    m.name = s->cfg.name;
+    m.model = s->cfg.model;
+    m.state = state_name(s, &ts);
+    m.d = s->cfg.d;
+    m.dict_size = s->cfg.dict_size;
+    m.k = s->cfg.k;
+    m.batch_size = s->cfg.batch_size;
+    m.step = ts.m.step;
+    m.tokens_trained = qc.tokens_trained;
+    m.tokens_acked = qc.tokens_acked;
+    m.tokens_buffered = qc.tokens_buffered;
+    m.tokens_queued = qc.tokens_queued;
+    m.tokens_failed = qc.tokens_failed;
+    m.batches_acked = qc.batches_acked;
+    m.queue_depth = qc.depth;
+    m.queue_capacity = qc.capacity;
+    m.tokens_per_s = s->tokens_per_s;
+    m.steps_per_s = s->steps_per_s;
+    m.step_seconds = ts.last_step_ms / 1000.0;
+    m.loss = ts.m.loss;
+    m.recon_l2 = ts.m.recon_l2;
+    m.recon_mse = ts.m.recon_mse;
+    m.aux = ts.m.aux;
+    m.l1 = ts.m.l1;
+    m.fve[0] = ts.m.fve[0];
+    m.fve[1] = ts.m.fve[1];
+    m.l0 = ts.m.l0;
+    m.dead_fraction = ts.m.dead_fraction;
+    m.theta = ts.m.theta;
+    m.grad_norm = ts.m.grad_norm;
+    m.lr = ts.m.lr;
+    m.uptime_s = mono_s() - s->t_start;
+    m.start_time_unix = s->t_start_unix;
+    m.last_checkpoint_unix = s->last_ckpt_unix;
+    m.last_checkpoint_step = s->last_ckpt_step;
+    m.checkpoint_age_s = s->last_ckpt_unix > 0 ? unix_s() - s->last_ckpt_unix : m.uptime_s;
+    for (int i = 0; i < N_REFUSE && m.n_refused < XC_METRICS_MAX_COUNTERS; i++)
+        m.refused[m.n_refused++] = (xc_metrics_counter_t){xc_errname(g_refuse_codes[i]), s->cnt.refused[i]};
+    /* every counter but the sum of the refusals (xcoderd_batches_refused_total has them by reason) */
+#define XC_SVC_CTR_METRIC(n)                                                                     \
+    if (strcmp(#n, "batches_refused") != 0 && m.n_counters < XC_METRICS_MAX_COUNTERS)            \
+        m.counters[m.n_counters++] = (xc_metrics_counter_t){#n, s->cnt.n};
+    XC_SVC_COUNTERS(XC_SVC_CTR_METRIC)
+#undef XC_SVC_CTR_METRIC
+    for (int c = 0; c < XC_CLASS_N; c++)
+        m.classes[m.n_classes++] = (xc_metrics_counter_t){xc_class_name(c), ts.class_counts[c]};
+    m.classes[m.n_classes++] = (xc_metrics_counter_t){"chat_specific", ts.class_counts[5]};
+    return xc_metrics_render(&m, out);
+}
+
+/* Rewrites metrics_file (when set). A failure is logged once until a write
+ * works again, not every interval. */
+static void write_metrics(xc_svc_t *s)
+{
+    char why[2 * XC_CFG_STR_MAX + 160];
+    xc_buf_t b;
+    if (!s->cfg.metrics_file[0]) return;
+    xc_buf_init(&b);
+    int rc = metrics_text(s, &b);
+    if (rc) why_set(why, sizeof why, "out of memory rendering the metrics");
+    else rc = xc_metrics_write_file(s->cfg.metrics_file, b.data, b.len, why, sizeof why);
+    if (rc && !s->metrics_failing)
+        xc_log(XC_LOG_WARN, "metrics_file not written (said once until it works again): %s", why);
+    else if (!rc && s->metrics_failing)
+        xc_log(XC_LOG_INFO, "metrics_file %s written again", s->cfg.metrics_file);
+    s->metrics_failing = rc != 0;
+    xc_buf_free(&b);
 }
 
 static void render_config(xc_svc_t *s, xc_mpw_t *w)
@@ -895,6 +981,21 @@ static void handle_control(xc_svc_t *s, mmsg_t *mm)
         reply_buf(s, &env, &w, &req);
         break;
     }
+    case XC_OP_METRICS: {
+        xc_buf_t text;
+        xc_buf_init(&text);
+        if (metrics_text(s, &text) || xc_buf_append(&text, "", 1)) {
+            reply_error(s, &env, &req, XC_ENOMEM, "out of memory rendering the metrics");
+        } else {
+            xc_proto_reply_begin(&w, &req);
+            xc_mpw_kv_str(&w, "format", "text/plain; version=0.0.4");
+            xc_mpw_kv_str(&w, "text", (const char *)text.data);
+            xc_mpw_map_end(&w);
+            reply_buf(s, &env, &w, &req);
+        }
+        xc_buf_free(&text);
+        break;
+    }
     case XC_OP_LATENT:
     case XC_OP_TOP: {
         latent_args_t a;
@@ -1092,6 +1193,11 @@ static void tick_cb(uv_timer_t *h)
     drain_all(s); /* safety net for a missed ZMQ_FD edge */
 }
 
+static void metrics_cb(uv_timer_t *h) { write_metrics(h->data); }
+
+/* systemd's watchdog: pinged from the loop, so a stalled loop gets restarted. */
+static void watchdog_cb(uv_timer_t *h) { sd_notify(0, "WATCHDOG=1"); }
+
 static void start_timers(xc_svc_t *s)
 {
     uint64_t st = (uint64_t)(s->cfg.stats_interval * 1000.0);
@@ -1100,6 +1206,11 @@ static void start_timers(xc_svc_t *s)
     if (s->cfg.checkpoint_interval > 0) {
         uint64_t ct = (uint64_t)(s->cfg.checkpoint_interval * 1000.0);
         uv_timer_start(&s->ckpt_timer, ckpt_cb, ct, ct);
+    }
+    uv_timer_stop(&s->metrics_timer);
+    if (s->cfg.metrics_file[0]) {
+        uint64_t mt = (uint64_t)(s->cfg.metrics_interval * 1000.0);
+        uv_timer_start(&s->metrics_timer, metrics_cb, 0, mt); /* the first file at once */
     }
 }
 
@@ -1114,7 +1225,8 @@ static void close_handles(xc_svc_t *s)
                          (uv_handle_t *)&s->stats_timer, (uv_handle_t *)&s->ckpt_timer,
                          (uv_handle_t *)&s->tick_timer,  (uv_handle_t *)&s->sig_term,
                          (uv_handle_t *)&s->sig_int,     (uv_handle_t *)&s->sig_hup,
-                         (uv_handle_t *)&s->async,       (uv_handle_t *)&s->idle};
+                         (uv_handle_t *)&s->async,       (uv_handle_t *)&s->idle,
+                         (uv_handle_t *)&s->metrics_timer, (uv_handle_t *)&s->watchdog_timer};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (!uv_is_closing(hs[i])) uv_close(hs[i], close_cb);
 }
@@ -1127,7 +1239,7 @@ static void begin_shutdown(xc_svc_t *s, const char *why)
     }
     s->stopping = 1;
     xc_log(XC_LOG_INFO, "%s: stopping intake, finishing the current step, writing a checkpoint", why);
-    sd_notify(0, "STOPPING=1");
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping: finishing the step, writing the final checkpoint");
     uv_timer_stop(&s->stats_timer);
     uv_timer_stop(&s->ckpt_timer);
     xc_trainer_stop(s->trainer);
@@ -1140,6 +1252,8 @@ static void publish_ckpt(xc_svc_t *s, const xc_ckpt_result_t *ck)
     xc_mpw_init(&w, &s->out);
     if (ck->rc == 0) {
         s->cnt.checkpoints_written++;
+        s->last_ckpt_unix = unix_s();
+        s->last_ckpt_step = ck->step;
         xc_proto_event_begin(&w, XC_EVENT_CHECKPOINT, s->cfg.name, unix_s());
         xc_mpw_kv_str(&w, "path", ck->path);
         xc_mpw_kv_int(&w, "step", ck->step);
@@ -1174,6 +1288,7 @@ static void async_cb(uv_async_t *h)
         answer_pending(s, &ck, 0, 0, XC_ESHUTDOWN);
         flush_alerts(s, 1);
         publish_stats(s);
+        write_metrics(s);
         xc_queue_counts_t qc;
         xc_queue_counts(s->queue, &qc);
         xc_log(XC_LOG_INFO, "trainer stopped at step %ld; %llu acked tokens left untrained (%llu buffered, "
@@ -1233,8 +1348,14 @@ static void reload(xc_svc_t *s)
 static void signal_cb(uv_signal_t *h, int signum)
 {
     xc_svc_t *s = h->data;
-    if (signum == SIGHUP) reload(s);
-    else begin_shutdown(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (signum == SIGHUP) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                   (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000ull);
+        reload(s);
+        sd_notify(0, "READY=1");
+    } else begin_shutdown(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 /* ------------------------------------------------------------ lifecycle -- */
@@ -1331,6 +1452,8 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->argv = argv;
     s->lock_fd = -1;
     s->t_start = s->rate_t = mono_s();
+    s->t_start_unix = unix_s();
+    s->last_ckpt_step = -1;
     xc_buf_init(&s->out);
     for (int i = 0; i < N_REFUSE; i++) s->log_budget[i] = LOG_BUDGET;
 
@@ -1404,6 +1527,8 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     uv_timer_init(&s->loop, &s->stats_timer);
     uv_timer_init(&s->loop, &s->ckpt_timer);
     uv_timer_init(&s->loop, &s->tick_timer);
+    uv_timer_init(&s->loop, &s->metrics_timer);
+    uv_timer_init(&s->loop, &s->watchdog_timer);
     uv_signal_init(&s->loop, &s->sig_term);
     uv_signal_init(&s->loop, &s->sig_int);
     uv_signal_init(&s->loop, &s->sig_hup);
@@ -1412,6 +1537,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->ingest_poll.data = s->control_poll.data = s->stats_timer.data = s->ckpt_timer.data = s;
     s->tick_timer.data = s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
     s->async.data = s->idle.data = s;
+    s->metrics_timer.data = s->watchdog_timer.data = s;
     *err = XC_OK;
     return s;
 fail:
@@ -1440,7 +1566,14 @@ int xc_svc_run(xc_svc_t *s)
            "events %s; checkpoints in %s",
            s->cfg.name, s->cfg.model, s->cfg.d, s->cfg.dict_size, s->cfg.k, s->cfg.batch_size, s->cfg.ingest,
            s->cfg.control, s->cfg.events, s->cfg.state_dir);
-    sd_notify(0, "READY=1");
+    uint64_t wd_usec = 0;
+    if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+        uint64_t ms = wd_usec / 2000 ? wd_usec / 2000 : 1; /* half of WatchdogSec */
+        uv_timer_start(&s->watchdog_timer, watchdog_cb, ms, ms);
+        xc_log(XC_LOG_INFO, "systemd watchdog: WATCHDOG=1 every %llu ms", (unsigned long long)ms);
+    }
+    /* sockets bound and model initialised (xc_svc_new): clients may connect */
+    sd_notifyf(0, "READY=1\nSTATUS=ready: step 0, waiting for activations on %s", s->cfg.ingest);
     s->result = XC_EIO;
     drain_all(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);

@@ -39,6 +39,8 @@ typedef struct {
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     double stats_interval, checkpoint_interval, dead_alert_jump;
+    char metrics_file[XC_CFG_STR_MAX];
+    double metrics_interval;
     /* analysis: per-latent statistics, Latent Scaling, shared memory, classes */
     double stats_half_life, scaling_half_life, scaling_min_active;
     char scaling_running[8];

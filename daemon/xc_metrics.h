@@ -56,6 +56,8 @@ typedef struct {
     int n_refused;
     xc_metrics_counter_t counters[XC_METRICS_MAX_COUNTERS]; /* xcoderd_NAME_total */
     int n_counters;
+    xc_metrics_counter_t classes[XC_METRICS_MAX_COUNTERS]; /* xcoderd_latents{class} (gauges) */
+    int n_classes;
 } xc_metrics_t;
 
 /* Zeroes m and sets the doubles to NaN and last_checkpoint_step to -1, so a

@@ -228,7 +228,8 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
     X(XC_OP_RESUME, "resume")         \
     X(XC_OP_SHUTDOWN, "shutdown")     \
     X(XC_OP_CONFIG, "config")         \
-    X(XC_OP_SCALING, "scaling")
+    X(XC_OP_SCALING, "scaling")       \
+    X(XC_OP_METRICS, "metrics")
 
 typedef enum {
     XC_OP_UNKNOWN = -1,

@@ -50,6 +50,8 @@ static void fill(xc_metrics_t *m)
     m->counters[0] = (xc_metrics_counter_t){"control_requests", 7};
     m->counters[1] = (xc_metrics_counter_t){"zmq_errors", 0};
     m->n_counters = 2;
+    m->classes[0] = (xc_metrics_counter_t){"chat_only", 12};
+    m->n_classes = 1;
 }
 
 static char *render(const xc_metrics_t *m)
@@ -192,6 +194,7 @@ static void test_render_valid(void)
     XC_CHECK(strstr(t, "xcoderd_state{name=\"lab-1\",state=\"running\"} 1\n"), "state running");
     XC_CHECK(strstr(t, "xcoderd_state{name=\"lab-1\",state=\"paused\"} 0\n"), "state paused");
     XC_CHECK(strstr(t, "xcoderd_queue_depth{name=\"lab-1\"} 3\n"), "queue depth");
+    XC_CHECK(strstr(t, "xcoderd_latents{name=\"lab-1\",class=\"chat_only\"} 12\n"), "classes");
     XC_CHECK(strstr(t, "xcoderd_tokens_per_second{name=\"lab-1\"} 5123.5\n"), "tokens/s");
     XC_CHECK(strstr(t, "xcoderd_checkpoint_age_seconds{name=\"lab-1\"} 12.5\n"), "checkpoint age");
     XC_CHECK(strstr(t, "xcoderd_last_checkpoint_step{name=\"lab-1\"} -1\n"), "no checkpoint yet");
