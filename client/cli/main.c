@@ -21,12 +21,25 @@ static const xc_cli_optdef_t push_opts[] = {
     {"quiet", NULL, "no progress line"},
     {NULL, NULL, NULL}};
 
+#define SOURCE_OPT {"source", "S", "auto (shared memory when local, else the control socket), shm or control"}
 static const xc_cli_optdef_t latents_opts[] = {
     {"top", "N", "how many latents (default 10)"},
-    {"by", "FIELD", "sort field: delta_norm, freq, cosine, norm_base, norm_chat, mean_act, max_act, "
-                    "fired, tokens_since_fired, last_step_fired (default delta_norm)"},
+    {"by", "FIELD", "sort field: delta_norm, freq, cosine, norm_base, norm_chat, mean_act, max_act, fired, "
+                    "tokens_since_fired, last_step_fired, nu_err, nu_rec, beta_err_base, beta_err_chat, "
+                    "beta_rec_base, beta_rec_chat, exact_nu_err, exact_nu_rec (default delta_norm)"},
     {"asc", NULL, "smallest first"},
     {"alive", NULL, "skip dead latents"},
+    {"class", "C", "only chat_only, base_only, shared, other, dead or chat_specific latents"},
+    SOURCE_OPT,
+    {NULL, NULL, NULL}};
+
+static const xc_cli_optdef_t latent_opts[] = {SOURCE_OPT, {NULL, NULL, NULL}};
+
+static const xc_cli_optdef_t scaling_opts[] = {
+    {"tokens", "N", "tokens in the exact pass (default: the daemon's, 1,000,000)"},
+    {"wait", NULL, "wait for the pass to finish, then summarise it (--timeout: longest time without progress)"},
+    {"top", "N", "chat-only latents listed after --wait (default 10)"},
+    SOURCE_OPT,
     {NULL, NULL, NULL}};
 
 static const xc_cli_optdef_t shutdown_opts[] = {
@@ -39,6 +52,7 @@ static const xc_cli_optdef_t watch_opts[] = {
     {"plain", NULL, "no ANSI codes: print frames one after another (default when stdout is not a terminal)"},
     {"ansi", NULL, "refresh in place with ANSI codes even when stdout is not a terminal"},
     {"bins", "N", "Δnorm histogram bins (default 10)"},
+    SOURCE_OPT,
     {NULL, NULL, NULL}};
 
 static const xc_cli_optdef_t events_opts[] = {
@@ -79,14 +93,25 @@ static const xc_cli_cmd_t commands[] = {
     {"ping", "", "check that the daemon answers", "Prints the instance name and uptime.", no_opts, 0, 0, 1,
      xc_cli_cmd_ping},
     {"watch", "", "live view: step, tokens/s, losses, FVE, L0, dead %, a Δnorm histogram",
-     "Polls `status` and the latents' Δnorm every --interval seconds and redraws in place.\n"
+     "Polls `status` every --interval seconds and redraws in place; the Δnorm histogram,\n"
+     "class counts and ν summary come from shared memory when local (--source), else `top`.\n"
      "Ctrl-C stops it. Use --count to run it non-interactively.",
      watch_opts, 0, 0, 0, xc_cli_cmd_watch},
     {"latents", "", "top latents by a statistic",
-     "Lists the --top N latents ordered by --by (descending unless --asc).", latents_opts, 0, 0, 1,
-     xc_cli_cmd_latents},
-    {"latent", "J", "statistics of latent J", "Decoder norms, Δnorm, cosine, firing frequency and activations.",
-     no_opts, 1, 1, 1, xc_cli_cmd_latent},
+     "Lists the --top N latents ordered by --by (descending unless --asc; undefined values\n"
+     "last), with class, chat-specific flag and running/exact Latent Scaling ν. Reads the\n"
+     "daemon's shared memory when it is on this machine (--source), else asks the daemon.",
+     latents_opts, 0, 0, 1, xc_cli_cmd_latents},
+    {"latent", "J", "statistics of latent J",
+     "Decoder norms, Δnorm, cosine, class, firing statistics, and the running and exact\n"
+     "Latent Scaling β/ν (null where undefined). Same sources as `latents`.",
+     latent_opts, 1, 1, 1, xc_cli_cmd_latent},
+    {"scaling", "", "run an exact Latent Scaling pass (and with --wait, summarise it)",
+     "Asks the daemon to freeze its dictionary and compute exact β/ν over the next --tokens\n"
+     "trained tokens. With --wait, waits for the pass (the 'scaling' event; --timeout is the\n"
+     "longest wait without progress, 0 = forever), then prints the chat-only and chat-specific\n"
+     "counts and the top chat-only latents with their exact ν^ε and ν^r.",
+     scaling_opts, 0, 0, 1, xc_cli_cmd_scaling},
     {"checkpoint", "", "write a checkpoint now and print its path",
      "Replies once the file is written (temp file, fsync, rename).", no_opts, 0, 0, 1, xc_cli_cmd_checkpoint},
     {"pause", "", "pause training (intake continues until the queue is full)", "", no_opts, 0, 0, 1,
@@ -127,6 +152,7 @@ static const xc_cli_optdef_t global_opts[] = {
     {"events", "URI", "events endpoint"},
     {"timeout", "S", "seconds to wait for the daemon (default 30; 0 = forever)"},
     {"json", NULL, "machine-readable JSON output (query commands)"},
+    {"verbose", NULL, "say on stderr where data came from (also -v)"},
     {"pretty", NULL, "indent JSON output"},
     {NULL, NULL, NULL}};
 
@@ -187,6 +213,7 @@ static int set_global(xc_cli_args_t *a, const char *name, const char *v)
     else if (!strcmp(name, "ingest")) a->ingest = v;
     else if (!strcmp(name, "events")) a->events = v;
     else if (!strcmp(name, "json")) a->json = 1;
+    else if (!strcmp(name, "verbose")) a->verbose = 1;
     else if (!strcmp(name, "pretty")) a->pretty = a->json = 1;
     else if (!strcmp(name, "timeout")) {
         char *end;
@@ -257,6 +284,10 @@ int xc_cli_parse(int argc, char **argv, xc_cli_args_t *a, int *help)
             } else {
                 a->val[idx] = v;
             }
+            continue;
+        }
+        if (!only_pos && !strcmp(arg, "-v")) {
+            a->verbose = 1;
             continue;
         }
         if (!only_pos && arg[0] == '-' && arg[1] && !(arg[1] >= '0' && arg[1] <= '9')) {

@@ -1,4 +1,4 @@
-/* Request/reply commands: status, ping, latents, latent, checkpoint, pause,
+/* Request/reply commands: status, ping, checkpoint, pause,
  * resume, shutdown, config, and the `events` printer. Each prints a short
  * human form, or the daemon's whole reply with --json. */
 #include "xc_cli.h"
@@ -81,79 +81,6 @@ static void show_ping(const xc_client_value_t *r)
            xc_cli_fmt_duration(num(r, "uptime_s"), b, sizeof b));
 }
 int xc_cli_cmd_ping(xc_cli_args_t *a) { return simple_request(a, xc_client_ping, show_ping); }
-
-/* ----------------------------------------------------------------- latents */
-
-static void latent_header(void)
-{
-    /* "Δ" is 2 bytes but 1 column: pad it by hand */
-    printf("%7s   Δnorm %7s %9s %8s %8s %8s %8s %s\n", "latent", "cosine", "freq", "mean_act", "max_act",
-           "norm_b", "norm_c", "");
-}
-
-static void latent_row(const xc_client_value_t *m, long j)
-{
-    const xc_client_value_t *dead = xc_client_value_get(m, "dead");
-    printf("%7ld %7.3f %7.3f %9.2e %8.3g %8.3g %8.3g %8.3g %s\n", j, num(m, "delta_norm"), num(m, "cosine"),
-           num(m, "freq"), num(m, "mean_act"), num(m, "max_act"), num(m, "norm_base"), num(m, "norm_chat"),
-           dead && dead->type == XC_VAL_BOOL && dead->u.b ? "dead" : "");
-}
-
-int xc_cli_cmd_latents(xc_cli_args_t *a)
-{
-    long n;
-    int rc = xc_cli_opt_long(a, "top", 10, 1, 1L << 30, &n);
-    if (rc) return rc;
-    const char *by = xc_cli_opt(a, "by");
-    if (!by) by = "delta_norm";
-    xc_client_t *c = xc_cli_client(a, 0);
-    if (!c) return XC_CLI_FAIL;
-    xc_client_value_t *r = NULL;
-    rc = xc_client_top(c, by, n, xc_cli_flag(a, "asc"), xc_cli_flag(a, "alive"), &r);
-    int out = XC_CLI_OK;
-    if (rc < 0) out = xc_cli_fail(a, c, rc);
-    else if (a->json) out = xc_cli_print_json(a, r);
-    else {
-        const xc_client_value_t *l = xc_client_value_get(r, "latents");
-        if (!l || l->type != XC_VAL_ARRAY) {
-            xc_cli_err(a, "the daemon's reply has no 'latents' array (protocol mismatch?)");
-            out = XC_CLI_FAIL;
-        } else {
-            printf("top %zu latents by %s (%s)\n", l->u.a.n, xc_client_value_getstr(r, "by", by),
-                   xc_client_value_getstr(r, "order", "desc"));
-            latent_header();
-            for (size_t i = 0; i < l->u.a.n; i++) latent_row(&l->u.a.items[i], (long)num(&l->u.a.items[i], "j"));
-        }
-    }
-    xc_client_value_free(&r);
-    xc_client_destroy(&c);
-    return out;
-}
-
-int xc_cli_cmd_latent(xc_cli_args_t *a)
-{
-    long j;
-    if (xc_cli_parse_long("latent J", a->pos[0], 0, 1L << 40, &j)) return XC_CLI_USAGE;
-    xc_client_t *c = xc_cli_client(a, 0);
-    if (!c) return XC_CLI_FAIL;
-    xc_client_value_t *r = NULL;
-    int rc = xc_client_latent(c, j, &r), out = XC_CLI_OK;
-    if (rc < 0) out = xc_cli_fail(a, c, rc);
-    else if (a->json) out = xc_cli_print_json(a, r);
-    else {
-        const xc_client_value_t *s = xc_client_value_get(r, "stats");
-        printf("latent %ld\n", j);
-        for (size_t i = 0; s && s->type == XC_VAL_MAP && i < s->u.m.n; i++) {
-            char b[64];
-            const xc_client_value_t *k = &s->u.m.kv[2 * i];
-            if (k->type != XC_VAL_STR) continue;
-            printf("  %-20s %s\n", k->u.s.ptr, xc_cli_fmt_value(&s->u.m.kv[2 * i + 1], b, sizeof b));
-        }
-    }
-    xc_client_value_free(&r);
-    xc_client_destroy(&c);
-    return out;
-}
 
 /* ------------------------------------------------- checkpoint, pause, ... */
 

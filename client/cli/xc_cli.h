@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "xc_latents.h"
 #include "xc_proto.h"
 #include "xcoder.h"
 
@@ -31,6 +32,7 @@ typedef struct {
     const char *run_dir, *name, *ingest, *control, *events;
     double timeout_s;
     int json, pretty;
+    int verbose; /* -v / --verbose: say on stderr where data came from */
     /* command options, by index in cmd->opts (NULL = not given; flags "1") */
     const char *val[XC_CLI_MAX_OPTS];
     const char *pos[XC_CLI_MAX_POS];
@@ -83,6 +85,27 @@ const char *xc_cli_fmt_bytes(double b, char *buf, size_t n);
 /* Renders one scalar value compactly (numbers with %g, strings raw). */
 const char *xc_cli_fmt_value(const xc_client_value_t *v, char *buf, size_t n);
 
+/* Where per-latent statistics come from (latents.c): the daemon's shared
+ * memory when it is on this machine, else the control socket. */
+typedef struct {
+    int kind;                 /* XC_LAT_SRC_SHM or XC_LAT_SRC_CONTROL */
+    xc_shm_reader_t *rd;      /* owned, when shm */
+    xc_shm_snapshot_t snap;   /* the snapshot taken while checking the object */
+    int have_snap;
+    char instance[208];       /* instance names are at most 200 bytes */
+    char why[1024];           /* why not shm (when control) */
+} xc_cli_source_t;
+/* --source auto|shm|control -> 0 | XC_LAT_SRC_SHM | XC_LAT_SRC_CONTROL. */
+int xc_cli_source_mode(const xc_cli_args_t *a, int *mode);
+/* Picks the source: shm when mode allows, no_shm_why is NULL and the object
+ * of the addressed daemon can be read; --source shm fails (XC_CLI_FAIL, message
+ * printed) when it cannot. -v reports the choice on stderr. */
+int xc_cli_source_open(const xc_cli_args_t *a, int mode, const char *no_shm_why, xc_cli_source_t *s);
+/* A consistent snapshot (XC_ESTATE when the writer has gone: reopen). */
+int xc_cli_source_snapshot(xc_cli_source_t *s, xc_shm_snapshot_t *out);
+void xc_cli_source_close(xc_cli_source_t *s);
+const char *xc_cli_source_name(const xc_cli_source_t *s);
+
 /* Signal flag set by SIGINT/SIGTERM while a command wants to stop gracefully. */
 extern volatile int xc_cli_stop;
 void xc_cli_trap_signals(void);
@@ -112,6 +135,7 @@ int xc_cli_cmd_status(xc_cli_args_t *a);
 int xc_cli_cmd_ping(xc_cli_args_t *a);
 int xc_cli_cmd_latents(xc_cli_args_t *a);
 int xc_cli_cmd_latent(xc_cli_args_t *a);
+int xc_cli_cmd_scaling(xc_cli_args_t *a);
 int xc_cli_cmd_checkpoint(xc_cli_args_t *a);
 int xc_cli_cmd_pause(xc_cli_args_t *a);
 int xc_cli_cmd_resume(xc_cli_args_t *a);
