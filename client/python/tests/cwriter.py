@@ -13,8 +13,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 LIB = os.environ.get("XCODER_LIB", os.path.join(ROOT, "build", "libxcoder.so"))
 
-F32_ARRAYS = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13]  # every f32 array
-LAST_STEP, ACTIVE, CLASS, FLAGS = 7, 14, 15, 16
+F32_ARRAYS = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20]  # every f32
+LAST_STEP, ACTIVE, EXACT_ACTIVE, CLASS, FLAGS = 7, 14, 21, 22, 23
 
 
 def lib():
@@ -57,8 +57,8 @@ class Writer:
 
     def array(self, idx):
         p = self.L.xc_shm_writer_array(self.w, idx)
-        ct = {LAST_STEP: ctypes.c_int64, ACTIVE: ctypes.c_double, CLASS: ctypes.c_uint8,
-              FLAGS: ctypes.c_uint8}.get(idx, ctypes.c_float)
+        ct = {LAST_STEP: ctypes.c_int64, ACTIVE: ctypes.c_double, EXACT_ACTIVE: ctypes.c_double,
+              CLASS: ctypes.c_uint8, FLAGS: ctypes.c_uint8}.get(idx, ctypes.c_float)
         return np.ctypeslib.as_array((ct * self.n).from_address(p))
 
     def update(self, g):
@@ -70,6 +70,7 @@ class Writer:
             self.array(a)[:] = g
         self.array(LAST_STEP)[:] = g
         self.array(ACTIVE)[:] = g
+        self.array(EXACT_ACTIVE)[:] = g
         self.array(CLASS)[:] = g % 5
         self.array(FLAGS)[:] = g % 4
         self.L.xc_shm_writer_end(self.w)

@@ -6,7 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from xcoder import CheckpointError, load_checkpoint, reconstruct, encode, decoder_stats
+from xcoder import (CheckpointError, load_checkpoint, reconstruct, encode, decoder_stats,
+                    latent_scaling)
 from xcoder.checkpoint import save_safetensors
 
 
@@ -198,3 +199,31 @@ def test_wrong_shapes_rejected():
     del bad["encoder.bias"]
     with pytest.raises(CheckpointError, match="encoder.bias"):
         reconstruct(bad, np.zeros((3, 2, 6), dtype=np.float32))
+
+
+def test_latent_scaling_by_hand():
+    t = _model(F=12, threshold=0.2)
+    x = np.random.default_rng(3).standard_normal((30, 2, 6)).astype(np.float32)
+    got = latent_scaling(t, x, chunk=7)  # chunking must not change the sums
+    f = encode(t, x).astype(np.float64)
+    Wd = t["decoder.weight"].astype(np.float64)
+    xh = _by_hand(t, x)
+    for j in range(12):
+        v = Wd[1, j]
+        fj = f[:, j]
+        if not (fj > 0).any():
+            assert np.isnan(got["beta_err_base"][j]) and np.isnan(got["nu_rec"][j])
+            continue
+        den = (fj ** 2).sum() * (v @ v)
+        for m, name in enumerate(["base", "chat"]):
+            y_err = x[:, m] - xh[:, m] + fj[:, None] * Wd[m, j]
+            y_rec = xh[:, m]
+            assert got[f"beta_err_{name}"][j] == pytest.approx((fj * (y_err @ v)).sum() / den,
+                                                               rel=1e-4, abs=1e-6)
+            assert got[f"beta_rec_{name}"][j] == pytest.approx((fj * (y_rec @ v)).sum() / den,
+                                                               rel=1e-4, abs=1e-6)
+        assert got["active"][j] == (fj > 0).sum()
+    np.testing.assert_allclose(got["nu_err"], got["beta_err_base"] / got["beta_err_chat"])
+    assert np.isfinite(got["nu_rec"]).sum() >= 6
+    few = latent_scaling(t, x, min_active=1000)
+    assert np.isnan(few["nu_err"]).all()

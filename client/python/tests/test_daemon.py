@@ -154,17 +154,76 @@ def test_control_ops(daemon):
     daemon.wait_status(lambda s: not s["paused"], what="resumed")
 
 
-def test_scaling_op(daemon):
-    """The exact Latent Scaling pass: started when the daemon knows the op;
-    otherwise the daemon's own error is surfaced as XcoderError."""
-    try:
-        r = daemon.client.scaling(1000)
-    except XcoderError as e:
-        assert e.code == "XC_EUNKNOWN", e
-        assert e.reply is not None and e.reply["op"] == "scaling"
-        assert "scaling" in e.message
-    else:
-        assert r["ok"] is True and r["op"] == "scaling"
+def _nan(x):
+    return np.nan if x is None else x
+
+
+def test_exact_scaling_pass_matches_numpy(start_daemon):
+    """The exact Latent Scaling pass (op "scaling"): the daemon's beta/nu over the
+    next N trained tokens, read over the control socket and from shared memory,
+    equal xcoder.latent_scaling on the checkpoint of the frozen dictionary and
+    the very tokens streamed."""
+    dm = start_daemon(mix_tokens=B, threshold_start_step=3, shm_interval=0.1,
+                      scaling_min_active=2)
+    c = dm.client
+    with xcoder.Producer(dm.run_dir) as p:
+        for i in range(10):
+            p.send(batch(seed=i))
+    dm.wait_status(lambda s: s["tokens_trained"] == 10 * B, what="10 steps")
+    c.pause()
+    ck = c.checkpoint()
+    assert ck["step"] == 10
+    with pytest.raises(XcoderError) as e:
+        c.scaling(0)
+    assert e.value.code == "XC_EINVAL"
+    with xcoder.subscribe(dm.run_dir, "scaling", timeout=10) as sub:
+        time.sleep(0.2)  # let the subscription reach the daemon
+        r = c.scaling(10 * B)
+        assert r["started"] is True and r["tokens"] == 10 * B
+        with pytest.raises(XcoderError) as e:
+            c.scaling(10 * B)
+        assert e.value.code == "XC_ESTATE"
+        assert c.status()["scaling"]["running"] is True
+        c.resume()
+        acts = np.concatenate([batch(seed=100 + i) for i in range(10)])
+        with xcoder.Producer(dm.run_dir) as p:
+            for i in range(10):
+                p.send(acts[i * B:(i + 1) * B])
+        topic, ev = next(sub)
+    assert topic == "scaling" and ev["step"] == 10 and ev["tokens"] == 10 * B
+    st = c.status()["scaling"]
+    assert (st["running"], st["last_step"], st["passes"]) == (False, 10, 1)
+
+    want = xcoder.latent_scaling(ck["path"], acts, min_active=c.config("scaling_min_active"))
+    defined = np.isfinite(want["nu_err"])
+    assert defined.sum() > F // 4, "too few latents with a defined nu to compare"
+    keys = ["beta_err_base", "beta_err_chat", "beta_rec_base", "beta_rec_chat", "nu_err",
+            "nu_rec"]
+    for j in list(range(0, F, 17)):
+        ex = c.latent(j)["scaling_exact"]
+        assert ex["active"] == pytest.approx(want["active"][j])
+        for k in keys:
+            got = _nan(ex[k])
+            if np.isnan(want[k][j]):
+                assert np.isnan(got), (j, k, got)
+            else:
+                assert got == pytest.approx(want[k][j], rel=1e-4, abs=1e-6), (j, k)
+    s = xcoder.SharedStats(dm.name)
+    deadline = time.monotonic() + 5
+    while s.snapshot(verify=False).header["scaling_step"] != 10:
+        assert time.monotonic() < deadline, "shared memory never showed the exact pass"
+        time.sleep(0.05)
+    snap = s.snapshot()
+    assert snap.header["scaling_tokens"] == 10 * B
+    for k in keys:
+        a, b = snap["exact_" + k], want[k]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=k)
+        np.testing.assert_allclose(a[~np.isnan(b)], b[~np.isnan(b)], rtol=1e-4, atol=1e-6,
+                                   err_msg=k)
+        worst = np.nanmax(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))
+        print(f"{k}: {int(np.isfinite(b).sum())} latents defined, worst relative error "
+              f"{worst:.2e}")
+    s.close()
 
 
 def test_subscribe_events(start_daemon):

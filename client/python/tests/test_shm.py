@@ -23,7 +23,7 @@ def test_header_layout_matches_c():
     assert HEADER_DTYPE.fields["class_counts"][1] == 184
     assert HEADER_DTYPE.fields["thresholds"][1] == 224
     assert HEADER_DTYPE.fields["arrays"][1] == 256
-    assert len(ARRAYS) == 17
+    assert len(ARRAYS) == 24
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000, 4099])
@@ -43,8 +43,9 @@ def test_reads_what_the_c_writer_wrote():
         w.array(0)[:] = np.linspace(0, 1, 300, dtype=np.float32)
         w.array(7)[:] = np.arange(300) - 1
         w.array(12)[:] = np.nan
-        w.array(15)[:] = np.arange(300) % 5
-        w.array(16)[:5] = 1
+        w.array(19)[:] = 0.25
+        w.array(cwriter.CLASS)[:] = np.arange(300) % 5
+        w.array(cwriter.FLAGS)[:5] = 1
         w.L.xc_shm_writer_end(w.w)
         with xcoder.SharedStats(inst) as s:
             assert (s.n_latents, s.d) == (300, 48)
@@ -57,7 +58,7 @@ def test_reads_what_the_c_writer_wrote():
             np.testing.assert_array_equal(snap.delta_norm, np.linspace(0, 1, 300,
                                                                        dtype=np.float32))
             assert snap["last_step"].dtype == np.int64 and snap.last_step[0] == -1
-            assert np.isnan(snap.nu_err).all()
+            assert np.isnan(snap.nu_err).all() and (snap.exact_nu_err == 0.25).all()
             assert snap.classes()[:5] == CLASS_NAMES
             assert snap.chat_specific().tolist() == [0, 1, 2, 3, 4]
             # zero-copy views see the next update without a new snapshot

@@ -6,7 +6,9 @@
                              scaling, config, shutdown
     subscribe(endpoint, topics)  iterator of (topic, body) events
     load_checkpoint(path)    safetensors -> (dict of numpy arrays, metadata), numpy only
-    reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy
+    reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy (encode, decode too)
+    latent_scaling(ckpt, acts)  exact Latent Scaling beta / nu of a checkpoint, in numpy
+    SharedStats(instance)    per-latent statistics from shared memory (seqlock snapshots)
 
 Endpoints are ZeroMQ URIs or the daemon's run directory (its ipc sockets
 RUN_DIR/{ingest,control,events}.sock); None means $XCODER_RUN_DIR or /run/xcoderd.
@@ -17,7 +19,8 @@ from .errors import CODES, CheckpointError, XcoderError, XcoderNack, XcoderTimeo
 from .wire import PROTO_VERSION
 from .producer import Producer
 from .client import Client, Subscription, subscribe
-from .checkpoint import decode, decoder_stats, encode, load_checkpoint, reconstruct
+from .checkpoint import (decode, decoder_stats, encode, latent_scaling, load_checkpoint,
+                         reconstruct)
 from .shm import SharedStats, Snapshot
 
 
@@ -35,7 +38,6 @@ def paired_activations(*args, **kwargs):
 
 __version__ = "0.1.0"
 __all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
-           "SharedStats", "Snapshot",
-           "encode", "decode", "decoder_stats", "stream_from_models", "paired_activations",
-           "XcoderError", "XcoderNack", "XcoderTimeout", "CheckpointError", "CODES",
-           "PROTO_VERSION"]
+           "encode", "decode", "decoder_stats", "latent_scaling", "SharedStats", "Snapshot",
+           "stream_from_models", "paired_activations", "XcoderError", "XcoderNack",
+           "XcoderTimeout", "CheckpointError", "CODES", "PROTO_VERSION"]

@@ -232,3 +232,49 @@ def decoder_stats(ckpt):
         delta = 0.5 * ((nc - nb) / mx + 1)
         cos = np.einsum("fd,fd->f", W_dec[0], W_dec[1]) / (nb * nc)
     return {"norm_base": nb, "norm_chat": nc, "delta_norm": delta, "cosine": cos}
+
+
+def latent_scaling(ckpt, acts, mode=None, min_active=0, chunk=4096):
+    """Latent Scaling (method.md section 4) of a checkpoint's dictionary over
+    acts [N, 2, d], exactly, in float64 accumulation (chunks of `chunk` tokens).
+
+    For latent j with v_j = d_j^chat and activations f_ij (encode(), threshold
+    mode for BatchTopK): beta_j = sum_i f_ij <v_j, y_i> / (sum_i f_ij^2 |v_j|^2)
+    for the targets error y = x^m - x_hat^m + f_ij d_j^m and reconstruction
+    y = x_hat^m of each model m; nu_err = beta_err_base / beta_err_chat,
+    nu_rec = beta_rec_base / beta_rec_chat. Returns a dict of [F] arrays:
+    beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, nu_err,
+    nu_rec (NaN where undefined: fewer than max(1, min_active) activations or a
+    zero denominator) and active (activation counts)."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
+    _, _, W_dec, b_dec, _, _, _ = _params(ckpt)
+    x_all = np.asarray(acts, dtype=np.float32)
+    F = W_dec.shape[1]
+    v = W_dec[1].astype(np.float64)                   # (F, d) chat decoder rows
+    vv = (v * v).sum(axis=1)                          # |v_j|^2
+    vd = (v[None] * W_dec.astype(np.float64)).sum(2)  # (2, F) <v_j, d_j^m>
+    sff = np.zeros(F)
+    active = np.zeros(F)
+    num_err = np.zeros((2, F))
+    num_rec = np.zeros((2, F))
+    for i in range(0, x_all.shape[0], chunk):
+        x = x_all[i:i + chunk]
+        f = encode(ckpt, x, mode).astype(np.float64)  # (n, F)
+        xh = np.einsum("bf,mfd->bmd", f, W_dec.astype(np.float64)) + b_dec
+        f2 = f * f
+        sff += f2.sum(0)
+        active += (f > 0).sum(0)
+        for m in range(2):
+            err = x[:, m].astype(np.float64) - xh[:, m]
+            num_err[m] += (f * (err @ v.T)).sum(0) + f2.sum(0) * vd[m]
+            num_rec[m] += (f * (xh[:, m] @ v.T)).sum(0)
+    den = sff * vv
+    ok = (active >= max(1, min_active)) & (den > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        be = np.where(ok, num_err / np.where(ok, den, 1), np.nan)
+        br = np.where(ok, num_rec / np.where(ok, den, 1), np.nan)
+        out = {"beta_err_base": be[0], "beta_err_chat": be[1],
+               "beta_rec_base": br[0], "beta_rec_chat": br[1],
+               "nu_err": be[0] / be[1], "nu_rec": br[0] / br[1], "active": active}
+    return out

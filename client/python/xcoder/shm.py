@@ -28,19 +28,24 @@ LAYOUT_VERSION = 1
 HEADER_SIZE = 1024
 MAX_ARRAYS = 32
 
-# Per-latent arrays, in the object's order, with their dtype.
+# Per-latent arrays, in the object's order, with their dtype (proto/SHM.md).
 ARRAYS = [
     ("delta_norm", "<f4"), ("cosine", "<f4"), ("norm_base", "<f4"), ("norm_chat", "<f4"),
     ("freq", "<f4"), ("mean_act", "<f4"), ("max_act", "<f4"), ("last_step", "<i8"),
+    # running Latent Scaling estimates
     ("beta_err_base", "<f4"), ("beta_err_chat", "<f4"), ("beta_rec_base", "<f4"),
     ("beta_rec_chat", "<f4"), ("nu_err", "<f4"), ("nu_rec", "<f4"), ("active", "<f8"),
+    # the last exact pass (NaN before one)
+    ("exact_beta_err_base", "<f4"), ("exact_beta_err_chat", "<f4"),
+    ("exact_beta_rec_base", "<f4"), ("exact_beta_rec_chat", "<f4"),
+    ("exact_nu_err", "<f4"), ("exact_nu_rec", "<f4"), ("exact_active", "<f8"),
     ("class", "u1"), ("flags", "u1"),
 ]
 _SHM_DTYPE_CODE = {"<f4": 1, "<f8": 2, "<i8": 3, "u1": 4}
 CLASS_NAMES = ["other", "shared", "chat_only", "base_only", "dead"]
 CLASS_OTHER, CLASS_SHARED, CLASS_CHAT_ONLY, CLASS_BASE_ONLY, CLASS_DEAD = range(5)
 FLAG_CHAT_SPECIFIC = 0x01
-FLAG_SCALING_EXACT = 0x02
+FLAG_SCALING_EXACT = 0x02  # the chat-specific test used the exact pass's nu
 
 _METRICS = ["loss", "recon_l2", "recon_mse", "aux", "fve_base", "fve_chat", "l0",
             "dead_fraction", "theta", "tokens_per_s"]
@@ -190,7 +195,9 @@ class SharedStats:
         if int(h["layout_version"]) != LAYOUT_VERSION:
             raise XcoderError("XC_ECORRUPT", f"{where}: layout version {int(h['layout_version'])}"
                                              f"; this client reads {LAYOUT_VERSION}")
-        if int(h["header_size"]) != HEADER_SIZE or int(h["n_arrays"]) != len(ARRAYS):
+        # arrays beyond the ones this client knows would be additions: ignored
+        if int(h["header_size"]) != HEADER_SIZE or not len(ARRAYS) <= int(h["n_arrays"]) \
+                <= MAX_ARRAYS:
             raise XcoderError("XC_ECORRUPT", f"{where}: header_size {int(h['header_size'])}, "
                                              f"n_arrays {int(h['n_arrays'])}: incompatible")
         total, n = int(h["total_size"]), int(h["n_latents"])
