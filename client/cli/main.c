@@ -124,6 +124,10 @@ static const xc_cli_cmd_t commands[] = {
      xc_cli_cmd_config},
     {"events", "", "print events (stats, checkpoint, alert) as they arrive",
      "One line per event; with --json one JSON object per line.", events_opts, 0, 0, 1, xc_cli_cmd_events},
+    {"metrics", "", "Prometheus metrics of the daemon (text format, as in its metrics_file)",
+     "Asks the daemon for its metrics (the `metrics` op) and prints them unchanged: the same\n"
+     "renderer writes metrics_file for node-exporter's textfile collector (xcoderd(8)).",
+     no_opts, 0, 0, 0, xc_cli_cmd_metrics},
     {"synth", "", "produce synthetic activations with planted features",
      "Generates paired base/chat activations from known sparse features (shared,\n"
      "chat-only, base-only, shrunk) and streams them to the daemon at --rate, or writes\n"
