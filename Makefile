@@ -80,3 +80,90 @@ demo: all
 
 clean:
 	rm -rf build
+
+# ================================================================ install ==
+# `make install` / `make uninstall` (issue 8). PREFIX (default /usr/local) and
+# DESTDIR (a staging root, e.g. for packaging) as usual; every directory can be
+# overridden. Installs the binaries, libxcoder (static, shared + soname links),
+# its public headers in INCLUDEDIR/xcoder with libxcoder.pc, the systemd units
+# (ExecStart and config paths rewritten to BINDIR / SYSCONFDIR), the sysusers.d
+# file, the example configuration in SYSCONFDIR/xcoderd, and the man pages.
+# Into the live system (no DESTDIR, as root) it also creates the user xcoderd
+# (systemd-sysusers), runs ldconfig and `systemctl daemon-reload`.
+PREFIX       ?= /usr/local
+BINDIR       ?= $(PREFIX)/bin
+LIBDIR       ?= $(PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR       ?= $(PREFIX)/share/man
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
+SYSCONFDIR   ?= /etc
+INSTALL      ?= install
+XC_VERSION   := 0.1.0
+XC_SOMAJOR   := 0
+
+# the public headers of libxcoder (tests/integ_install.sh checks each compiles alone)
+INSTALL_HDRS := include/xcoder.h include/xc_error.h include/xc_shm.h
+UNITS        := systemd/xcoderd.service systemd/xcoderd@.service
+SONAME       := libxcoder.so.$(XC_SOMAJOR)
+SOREAL       := libxcoder.so.$(XC_VERSION)
+UNIT_SED     := -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/xcoderd/|$(SYSCONFDIR)/xcoderd/|g'
+
+.PHONY: install uninstall FORCE
+FORCE:
+
+# regenerated on every install: it records this install's directories
+build/libxcoder.pc: FORCE
+	@mkdir -p $(dir $@)
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCLUDEDIR)' '' \
+	  'Name: libxcoder' 'Description: C client library of xcoderd, the crosscoder training daemon' \
+	  'Version: $(XC_VERSION)' 'Requires.private: libzmq msgpack' \
+	  'Cflags: -I$${includedir}/xcoder' 'Libs: -L$${libdir} -lxcoder' 'Libs.private: -lm -pthread' > $@
+
+install: build/xcoderd build/xcoder build/libxcoder.a build/libxcoder.so build/libxcoder.pc
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/xcoder \
+	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/xcoderd
+	$(INSTALL) -m 0755 build/xcoderd build/xcoder $(DESTDIR)$(BINDIR)/
+	$(INSTALL) -m 0644 build/libxcoder.a $(DESTDIR)$(LIBDIR)/libxcoder.a
+	$(INSTALL) -m 0755 build/libxcoder.so $(DESTDIR)$(LIBDIR)/$(SOREAL)
+	ln -sf $(SOREAL) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libxcoder.so
+	$(INSTALL) -m 0644 $(INSTALL_HDRS) $(DESTDIR)$(INCLUDEDIR)/xcoder/
+	$(INSTALL) -m 0644 build/libxcoder.pc $(DESTDIR)$(PKGCONFIGDIR)/libxcoder.pc
+	$(INSTALL) -m 0644 client/xcoder.1 $(DESTDIR)$(MANDIR)/man1/xcoder.1
+	$(INSTALL) -m 0644 daemon/xcoderd.8 $(DESTDIR)$(MANDIR)/man8/xcoderd.8
+	for u in $(UNITS); do sed $(UNIT_SED) $$u > $(DESTDIR)$(UNITDIR)/$${u##*/} && \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$${u##*/} || exit 1; done
+	$(INSTALL) -m 0644 systemd/xcoderd.sysusers $(DESTDIR)$(SYSUSERSDIR)/xcoderd.conf
+	$(INSTALL) -m 0644 systemd/xcoderd.conf.example $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf.example
+	@# the live configuration is the operator's: never overwritten
+	test -e $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf || \
+	  $(INSTALL) -m 0644 systemd/xcoderd.conf.example $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	  if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/xcoderd.conf; fi; \
+	  if command -v ldconfig >/dev/null; then ldconfig; fi; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
+	@echo "installed under $(DESTDIR)$(PREFIX); instances: cp $(SYSCONFDIR)/xcoderd/xcoderd.conf.example" \
+	  "$(SYSCONFDIR)/xcoderd/NAME.conf && systemctl enable --now xcoderd@NAME"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/xcoderd $(DESTDIR)$(BINDIR)/xcoder
+	rm -f $(DESTDIR)$(LIBDIR)/libxcoder.a $(DESTDIR)$(LIBDIR)/$(SOREAL) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	  $(DESTDIR)$(LIBDIR)/libxcoder.so $(DESTDIR)$(PKGCONFIGDIR)/libxcoder.pc
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/xcoder/,$(notdir $(INSTALL_HDRS)))
+	rmdir $(DESTDIR)$(INCLUDEDIR)/xcoder 2>/dev/null || true
+	rm -f $(DESTDIR)$(MANDIR)/man1/xcoder.1 $(DESTDIR)$(MANDIR)/man8/xcoderd.8
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS))) $(DESTDIR)$(SYSUSERSDIR)/xcoderd.conf
+	@# the configuration goes only if it is still the untouched example
+	if cmp -s $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf.example; \
+	  then rm -f $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf; \
+	  elif [ -e $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf (edited)"; fi
+	rm -f $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf.example
+	rmdir $(DESTDIR)$(SYSCONFDIR)/xcoderd 2>/dev/null || true
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "user xcoderd, /var/lib/xcoderd (checkpoints) and SYSCONFDIR/xcoderd/NAME.conf are left in place"
+# ============================================================ end install ==

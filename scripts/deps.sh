@@ -3,7 +3,11 @@
 # Idempotent and quiet when everything is present; `make deps` calls it.
 set -euo pipefail
 pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libuv1-dev
-      libsystemd-dev python3-numpy python3-zmq python3-msgpack python3-pytest python3-torch)
+      libsystemd-dev python3-numpy python3-zmq python3-msgpack python3-pytest python3-torch
+      # service tests (tests/integ_service.py, integ_install.sh): systemd-analyze and
+      # systemd-sysusers; the text-format parser of prometheus_client (200 kB, where the
+      # prometheus package with promtool is 96 MB); groff to lint the man pages
+      systemd python3-prometheus-client groff-base)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
