@@ -1,7 +1,10 @@
 /* `xcoder watch`: a live view of a training daemon, redrawn in place with ANSI
- * codes: step, tokens/s, losses (with sparklines), FVE, L0, dead %, and a
- * histogram of the alive latents' relative decoder norm Δ. It polls `status`
- * and `top --by delta_norm` every --interval seconds. */
+ * codes: step, tokens/s, losses (with sparklines), FVE, L0, dead %, a histogram
+ * of the alive latents' relative decoder norm Δ, the class counts (chat-specific
+ * included) and a summary of the chat-only latents' Latent Scaling ν. It polls
+ * `status` every --interval seconds; the per-latent part comes from one
+ * shared-memory snapshot per refresh when the daemon is on this machine, else
+ * from `top --by delta_norm`. */
 #include "xc_cli.h"
 
 #include <math.h>
@@ -57,42 +60,159 @@ typedef struct {
 
 static double num(const xc_client_value_t *v, const char *path) { return xc_client_value_getnum(v, path, NAN); }
 
-/* Δnorm histogram of the alive latents in a `top` reply, plus class counts. */
-static void draw_hist(FILE *f, const style_t *st, const xc_client_value_t *top, long dict_size, int bins)
+/* What the per-latent part of a frame shows, from either source. */
+typedef struct {
+    const char *source;          /* "shm" or "control" */
+    long step;                   /* of the per-latent statistics */
+    long hist[MAX_BINS], n_alive, F;
+    long counts[6];              /* XC_CLASS_*, [5] chat-specific; -1 unknown */
+    double th[4];                /* chat_only_min, base_only_max, shared_lo, shared_hi */
+    long n_co;                   /* chat-only latents seen */
+    size_t run_def, ex_def;      /* of them, with a defined running / exact nu_err */
+    double run_nu_err, run_nu_rec, ex_nu_err, ex_nu_rec; /* medians */
+    long scaling_step;           /* exact pass: dictionary step, -1 none */
+} latsum_t;
+
+static void sum_init(latsum_t *m, const char *source)
 {
-    const xc_client_value_t *l = xc_client_value_get(top, "latents");
-    long count[MAX_BINS] = {0}, n = 0, chat = 0, base = 0, shared = 0, maxc = 1;
-    for (size_t i = 0; l && l->type == XC_VAL_ARRAY && i < l->u.a.n; i++) {
-        double dn = num(&l->u.a.items[i], "delta_norm");
-        if (!isfinite(dn)) continue;
-        int b = (int)(dn * bins);
-        b = b < 0 ? 0 : b >= bins ? bins - 1 : b;
-        count[b]++;
-        n++;
-        chat += dn >= 0.9;
-        base += dn <= 0.1;
-        shared += dn >= 0.4 && dn < 0.6;
-    }
-    for (int b = 0; b < bins; b++) maxc = count[b] > maxc ? count[b] : maxc;
-    fprintf(f, "%sΔnorm of alive latents%s (%ld of %ld)   0 = base only, 1 = chat only%s\n", st->bold, st->off, n,
-            dict_size, st->eol);
-    for (int b = 0; b < bins; b++) {
-        double lo = (double)b / bins, hi = (double)(b + 1) / bins;
-        const char *col = hi <= 0.1 + 1e-9 ? st->base : lo >= 0.9 - 1e-9 ? st->chat
-                          : (lo >= 0.4 - 1e-9 && hi <= 0.6 + 1e-9) ? st->shared : "";
-        int w = (int)((double)count[b] / (double)maxc * BAR_WIDTH + 0.5);
-        if (count[b] > 0 && w == 0) w = 1;
-        fprintf(f, "  %.2f-%.2f %s", lo, hi, col);
-        for (int k = 0; k < w; k++) fputs("█", f);
-        fprintf(f, "%s %ld%s\n", st->off, count[b], st->eol);
-    }
-    fprintf(f, "  %schat-only%s (Δ≥0.9) %ld   %sbase-only%s (Δ≤0.1) %ld   %sshared%s (0.4≤Δ<0.6) %ld%s\n", st->chat,
-            st->off, chat, st->base, st->off, base, st->shared, st->off, shared, st->eol);
+    memset(m, 0, sizeof *m);
+    m->source = source;
+    for (int c = 0; c < 6; c++) m->counts[c] = -1;
+    m->th[0] = 0.9, m->th[1] = 0.1, m->th[2] = 0.4, m->th[3] = 0.6;
+    m->scaling_step = -1;
 }
 
-static void draw(FILE *f, const style_t *st, const xc_client_value_t *r, const xc_client_value_t *top,
+static void sum_hist(latsum_t *m, double dn, int bins)
+{
+    if (!isfinite(dn)) return;
+    int b = (int)(dn * bins);
+    b = b < 0 ? 0 : b >= bins ? bins - 1 : b;
+    m->hist[b]++;
+    m->n_alive++;
+}
+
+/* Medians of the chat-only latents' nu (arrays of n_co, reordered). */
+static void sum_nu(latsum_t *m, double *re, double *rr, double *ee, double *er)
+{
+    size_t d2;
+    m->run_nu_err = xc_lat_median(re, (size_t)m->n_co, &m->run_def);
+    m->run_nu_rec = xc_lat_median(rr, (size_t)m->n_co, &d2);
+    m->ex_nu_err = xc_lat_median(ee, (size_t)m->n_co, &m->ex_def);
+    m->ex_nu_rec = xc_lat_median(er, (size_t)m->n_co, &d2);
+}
+
+/* From one shared-memory snapshot. 0 or XC_ENOMEM. */
+static int sum_from_shm(latsum_t *m, const xc_shm_snapshot_t *s, int bins)
+{
+    const xc_shm_header_t *h = &s->hdr;
+    long F = h->n_latents;
+    sum_init(m, "shm");
+    m->step = (long)h->step;
+    m->F = F;
+    for (int c = 0; c < 6; c++) m->counts[c] = h->class_counts[c];
+    for (int i = 0; i < 4; i++) m->th[i] = h->thresholds[i];
+    m->scaling_step = (long)h->scaling_step;
+    const float *dn = xc_shm_snapshot_array(s, XC_SHM_DELTA_NORM);
+    const uint8_t *cl = xc_shm_snapshot_array(s, XC_SHM_CLASS);
+    const float *ne = xc_shm_snapshot_array(s, XC_SHM_NU_ERR), *nr = xc_shm_snapshot_array(s, XC_SHM_NU_REC);
+    const float *xe = xc_shm_snapshot_array(s, XC_SHM_EXACT_NU_ERR), *xr = xc_shm_snapshot_array(s, XC_SHM_EXACT_NU_REC);
+    long nco = h->class_counts[XC_CLASS_CHAT_ONLY];
+    double *v = malloc(4 * (size_t)(nco > 0 ? nco : 1) * sizeof *v);
+    if (!v) return XC_ENOMEM;
+    for (long j = 0; j < F; j++) {
+        if (cl[j] == XC_CLASS_DEAD) continue;
+        sum_hist(m, dn[j], bins);
+        if (cl[j] == XC_CLASS_CHAT_ONLY && m->n_co < nco) {
+            long k = m->n_co++;
+            v[k] = ne[j], v[nco + k] = nr[j];
+            v[2 * nco + k] = h->scaling_step >= 0 ? xe[j] : NAN;
+            v[3 * nco + k] = h->scaling_step >= 0 ? xr[j] : NAN;
+        }
+    }
+    sum_nu(m, v, v + nco, v + 2 * nco, v + 3 * nco);
+    free(v);
+    return XC_OK;
+}
+
+/* From a `top` reply (alive latents) and the `status` reply. */
+static int sum_from_top(latsum_t *m, const xc_client_value_t *top, const xc_client_value_t *st, int bins)
+{
+    const xc_client_value_t *l = xc_client_value_get(top, "latents");
+    size_t n = l && l->type == XC_VAL_ARRAY ? l->u.a.n : 0;
+    static const char *const th_keys[4] = {"config.chat_only_min", "config.base_only_max", "config.shared_lo",
+                                           "config.shared_hi"};
+    sum_init(m, "control");
+    m->step = (long)xc_client_value_getnum(top, "snapshot_step", -1);
+    m->F = (long)xc_client_value_getnum(st, "config.dict_size", 0);
+    for (int i = 0; i < 4; i++) m->th[i] = xc_client_value_getnum(st, th_keys[i], m->th[i]);
+    for (int c = 0; c < 5; c++) {
+        char path[48];
+        snprintf(path, sizeof path, "classes.%s", xc_class_name(c));
+        m->counts[c] = (long)xc_client_value_getnum(st, path, -1);
+    }
+    m->counts[5] = (long)xc_client_value_getnum(st, "classes.chat_specific", -1);
+    m->scaling_step = (long)xc_client_value_getnum(st, "scaling.last_step", -1);
+    double *v = malloc(4 * (n ? n : 1) * sizeof *v);
+    if (!v) return XC_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        xc_lat_t r;
+        if (xc_lat_from_value(&l->u.a.items[i], -1, &r) != XC_OK) continue;
+        sum_hist(m, r.delta_norm, bins);
+        if (r.cls == XC_CLASS_CHAT_ONLY) {
+            long k = m->n_co++;
+            v[k] = r.run.nu_err, v[n + k] = r.run.nu_rec;
+            v[2 * n + k] = r.has_exact ? r.exact.nu_err : NAN;
+            v[3 * n + k] = r.has_exact ? r.exact.nu_rec : NAN;
+        }
+    }
+    sum_nu(m, v, v + n, v + 2 * n, v + 3 * n);
+    free(v);
+    return XC_OK;
+}
+
+static const char *fmt_nu(double x, char *buf, size_t n)
+{
+    if (isnan(x)) snprintf(buf, n, "-");
+    else snprintf(buf, n, "%.3f", x);
+    return buf;
+}
+
+/* Δnorm histogram of the alive latents, class counts, ν of the chat-only ones. */
+static void draw_hist(FILE *f, const style_t *st, const latsum_t *m, int bins)
+{
+    long maxc = 1;
+    char b1[16], b2[16], b3[16], b4[16];
+    for (int b = 0; b < bins; b++) maxc = m->hist[b] > maxc ? m->hist[b] : maxc;
+    fprintf(f, "%sΔnorm of alive latents%s (%ld of %ld)   0 = base only, 1 = chat only   %s[%s, step %ld]%s%s\n", st->bold,
+            st->off, m->n_alive, m->F, st->dim, m->source, m->step, st->off, st->eol);
+    const double eps = 1e-9;
+    for (int b = 0; b < bins; b++) {
+        double lo = (double)b / bins, hi = (double)(b + 1) / bins;
+        const char *col = hi <= m->th[1] + eps ? st->base : lo >= m->th[0] - eps ? st->chat
+                          : (lo >= m->th[2] - eps && hi <= m->th[3] + eps) ? st->shared : "";
+        int w = (int)((double)m->hist[b] / (double)maxc * BAR_WIDTH + 0.5);
+        if (m->hist[b] > 0 && w == 0) w = 1;
+        fprintf(f, "  %.2f-%.2f %s", lo, hi, col);
+        for (int k = 0; k < w; k++) fputs("█", f);
+        fprintf(f, "%s %ld%s\n", st->off, m->hist[b], st->eol);
+    }
+    fprintf(f, "  %schat-only%s (Δ≥%g) %ld (%ld chat-specific)   %sbase-only%s (Δ≤%g) %ld   %sshared%s (%g≤Δ<%g) %ld   "
+               "other %ld   dead %ld%s\n",
+            st->chat, st->off, m->th[0], m->counts[XC_CLASS_CHAT_ONLY], m->counts[5], st->base, st->off, m->th[1],
+            m->counts[XC_CLASS_BASE_ONLY], st->shared, st->off, m->th[2], m->th[3], m->counts[XC_CLASS_SHARED],
+            m->counts[XC_CLASS_OTHER], m->counts[XC_CLASS_DEAD], st->eol);
+    fprintf(f, "ν chat-only  running: median ν^ε %s ν^r %s (%zu of %ld defined)   ", fmt_nu(m->run_nu_err, b1, sizeof b1),
+            fmt_nu(m->run_nu_rec, b2, sizeof b2), m->run_def, m->n_co);
+    if (m->scaling_step >= 0)
+        fprintf(f, "exact (step %ld): median ν^ε %s ν^r %s (%zu defined)%s\n", m->scaling_step,
+                fmt_nu(m->ex_nu_err, b3, sizeof b3), fmt_nu(m->ex_nu_rec, b4, sizeof b4), m->ex_def, st->eol);
+    else
+        fprintf(f, "%sexact: no pass yet (xcoder scaling)%s%s\n", st->dim, st->off, st->eol);
+}
+
+static void draw(FILE *f, const style_t *st, const xc_client_value_t *r, const latsum_t *top,
                  const series_t *loss, const series_t *fveb, const series_t *fvec, const series_t *tps, int bins,
-                 long frame, long count, const char *endpoint)
+                 long frame, long count, const char *endpoint, const char *note)
 {
     char b1[32], b2[32], b3[32], b4[32];
     time_t now = time(NULL);
@@ -128,15 +248,17 @@ static void draw(FILE *f, const style_t *st, const xc_client_value_t *r, const x
     fprintf(f, "sparsity L0 %.2f   dead %.1f%%   theta %.4g   |grad| %.3g   refused %.0f%s\n", num(r, "l0"),
             100.0 * num(r, "dead_fraction"), num(r, "theta"), num(r, "grad_norm"), num(r, "counters.batches_refused"),
             st->eol);
-    if (top) draw_hist(f, st, top, (long)num(r, "config.dict_size"), bins);
-    else fprintf(f, "%s(no latent statistics yet)%s%s\n", st->dim, st->off, st->eol);
+    if (top) draw_hist(f, st, top, bins);
+    else fprintf(f, "%s(no latent statistics%s%s)%s%s\n", st->dim, note && note[0] ? ": " : " yet", note ? note : "",
+                 st->off, st->eol);
 }
 
 int xc_cli_cmd_watch(xc_cli_args_t *a)
 {
     double interval;
     long count, bins;
-    int rc = xc_cli_opt_double(a, "interval", 1.0, 0.05, 3600, &interval);
+    int mode, rc = xc_cli_opt_double(a, "interval", 1.0, 0.05, 3600, &interval);
+    if (!rc) rc = xc_cli_source_mode(a, &mode);
     if (!rc) rc = xc_cli_opt_long(a, "count", 0, 0, 1L << 40, &count);
     if (!rc) rc = xc_cli_opt_long(a, "bins", 10, 2, MAX_BINS, &bins);
     if (rc) return rc;
@@ -145,9 +267,23 @@ int xc_cli_cmd_watch(xc_cli_args_t *a)
     if ((tty && !xc_cli_flag(a, "plain")) || xc_cli_flag(a, "ansi"))
         st = (style_t){1, "\033[K", "\033[1m", "\033[2m", "\033[0m", "\033[35m", "\033[36m", "\033[32m"};
 
+    /* per-latent statistics: shared memory when local (checked again on every
+     * frame that lacks it, so a daemon started or restarted later is picked up) */
+    xc_cli_source_t src;
+    xc_cli_args_t quiet = *a;
+    quiet.verbose = 0;
+    memset(&src, 0, sizeof src);
+    src.kind = XC_LAT_SRC_CONTROL;
+    snprintf(src.why, sizeof src.why, "--source control");
+    if (mode != XC_LAT_SRC_CONTROL && (rc = xc_cli_source_open(&quiet, mode, NULL, &src))) return rc;
+    int last_kind = 0;
+
     xc_cli_trap_signals();
     xc_client_t *c = xc_cli_client(a, 0);
-    if (!c) return XC_CLI_FAIL;
+    if (!c) {
+        xc_cli_source_close(&src);
+        return XC_CLI_FAIL;
+    }
     /* a request should not outlast a few frames */
     int tmo = xc_cli_timeout_ms(a);
     int cap = (int)fmax(2000.0, 3000.0 * interval);
@@ -160,6 +296,9 @@ int xc_cli_cmd_watch(xc_cli_args_t *a)
         struct timespec t0;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         xc_client_value_t *r = NULL, *top = NULL;
+        latsum_t sum;
+        int have_sum = 0;
+        const char *note = NULL;
         rc = xc_client_status(c, &r);
         if (rc == XC_OK && num(r, "step") > 0) { /* before the first step the losses are 0 */
             series_push(&loss, num(r, "loss"));
@@ -167,16 +306,36 @@ int xc_cli_cmd_watch(xc_cli_args_t *a)
             series_push(&fvec, num(r, "fve.1"));
             series_push(&tps, num(r, "tokens_per_s"));
         }
-        if (rc == XC_OK) {
-            long F = (long)xc_client_value_getnum(r, "config.dict_size", 0);
-            if (F > 0 && xc_client_top(c, "delta_norm", F > 65536 ? 65536 : F, 0, 1, &top) != XC_OK)
-                xc_client_value_free(&top);
+        if (rc == XC_OK && mode != XC_LAT_SRC_CONTROL) {
+            xc_shm_snapshot_t snap;
+            int src_rc = src.kind == XC_LAT_SRC_SHM ? xc_cli_source_snapshot(&src, &snap) : XC_ESTATE;
+            if (src_rc != XC_OK) { /* none yet, or the writer went away: look again */
+                xc_cli_source_close(&src);
+                xc_cli_source_open(&quiet, 0, NULL, &src);
+                if (src.kind == XC_LAT_SRC_SHM) src_rc = xc_cli_source_snapshot(&src, &snap);
+            }
+            if (src_rc == XC_OK) {
+                have_sum = sum_from_shm(&sum, &snap, (int)bins) == XC_OK;
+                xc_shm_snapshot_free(&snap);
+            } else if (mode == XC_LAT_SRC_SHM) {
+                note = src.why;
+            }
         }
+        if (rc == XC_OK && !have_sum && mode != XC_LAT_SRC_SHM) {
+            long F = (long)xc_client_value_getnum(r, "config.dict_size", 0);
+            if (F > 0 && xc_client_top(c, "delta_norm", F > 65536 ? 65536 : F, 0, 1, &top) == XC_OK)
+                have_sum = sum_from_top(&sum, top, r, (int)bins) == XC_OK;
+        }
+        int kind = have_sum && !strcmp(sum.source, "shm") ? XC_LAT_SRC_SHM : XC_LAT_SRC_CONTROL;
+        if (a->verbose && kind != last_kind)
+            fprintf(stderr, "xcoder watch: latent statistics from %s%s%s\n", kind == XC_LAT_SRC_SHM ? "shm /xcoderd." : "control",
+                    kind == XC_LAT_SRC_SHM ? src.instance : ": ", kind == XC_LAT_SRC_SHM ? "" : src.why);
+        last_kind = kind;
         if (st.ansi) fputs("\033[H", stdout);
         else if (frame > 1) fputs("\n", stdout);
         if (rc == XC_OK) {
-            draw(stdout, &st, r, top, &loss, &fveb, &fvec, &tps, (int)bins, frame, count,
-                 xc_client_endpoint(c, "control"));
+            draw(stdout, &st, r, have_sum ? &sum : NULL, &loss, &fveb, &fvec, &tps, (int)bins, frame, count,
+                 xc_client_endpoint(c, "control"), note);
             failed_last = 0;
         } else if (rc == XC_EAGAIN && xc_cli_stop) {
             break;
@@ -210,5 +369,6 @@ int xc_cli_cmd_watch(xc_cli_args_t *a)
     if (failed_last) out = failed_last == XC_ETIMEDOUT ? XC_CLI_TIMEOUT : XC_CLI_FAIL;
 out:
     xc_client_destroy(&c);
+    xc_cli_source_close(&src);
     return out;
 }
