@@ -17,6 +17,7 @@
 #include "xc_metrics.h"
 #include "xc_proto.h"
 #include "xc_queue.h"
+#include "xc_remote.h"
 #include "xc_trainer.h"
 
 #include <errno.h>
@@ -132,6 +133,7 @@ struct xc_svc {
     pending_t *pending;
     int n_pending;
     xc_buf_t out;       /* scratch for replies */
+    xc_remote_t *remote; /* checkpoints, fetch, table (remote.c) */
 };
 
 static double mono_s(void)
@@ -753,6 +755,13 @@ static int top_cmp(const void *pa, const void *pb, void *pc)
 /* Answers latent / top from the current snapshot. */
 static void answer_latent(xc_svc_t *s, const envelope_t *env, const xc_request_t *req)
 {
+    if (req->op == XC_OP_TABLE) { /* remote.c encodes it from the same snapshot */
+        char twhy[XC_PROTO_REASON_MAX];
+        int trc = xc_remote_table(s->trainer, s->cfg.dict_size, req, &s->out, twhy, sizeof twhy);
+        if (trc) reply_error(s, env, req, trc, twhy);
+        else send_reply(s, s->control, env, s->out.data, s->out.len);
+        return;
+    }
     latent_args_t a;
     char why[XC_PROTO_REASON_MAX];
     long step;
@@ -849,6 +858,15 @@ static void publish_scaling(xc_svc_t *s)
     xc_mpw_map_end(&w);
     publish(s, "scaling", &b);
     xc_buf_free(&b);
+}
+
+/* remote.c's fetch replies, on the loop thread; tag is the request's envelope. */
+static void remote_reply(void *ctx, const void *tag, const void *body, size_t len, int is_error)
+{
+    xc_svc_t *s = ctx;
+    if (is_error) s->cnt.control_errors++;
+    send_reply(s, s->control, tag, body, len);
+    drain_all(s); /* the send consumed the ZMQ_FD edge */
 }
 
 static void handle_control(xc_svc_t *s, mmsg_t *mm)
@@ -996,12 +1014,22 @@ static void handle_control(xc_svc_t *s, mmsg_t *mm)
         xc_buf_free(&text);
         break;
     }
+    case XC_OP_CHECKPOINTS:
+        xc_remote_checkpoints(s->remote, &req, body, blen, &s->out);
+        send_reply(s, s->control, &env, s->out.data, s->out.len);
+        break;
+    case XC_OP_FETCH: /* answered from remote.c's threadpool callback (remote_reply) */
+        if ((rc = xc_remote_fetch(s->remote, &req, body, blen, &env, why, sizeof why)))
+            reply_error(s, &env, &req, rc, why);
+        break;
     case XC_OP_LATENT:
-    case XC_OP_TOP: {
+    case XC_OP_TOP:
+    case XC_OP_TABLE: {
         latent_args_t a;
         long snap_step;
         uint64_t snap_gen;
-        rc = latent_args(s, &req, &a, why, sizeof why);
+        rc = req.op == XC_OP_TABLE ? xc_remote_table_check(&req, s->cfg.dict_size, why, sizeof why)
+                                   : latent_args(s, &req, &a, why, sizeof why);
         if (rc) {
             reply_error(s, &env, &req, rc, why);
             break;
@@ -1534,6 +1562,12 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     uv_signal_init(&s->loop, &s->sig_hup);
     uv_async_init(&s->loop, &s->async, async_cb);
     uv_idle_init(&s->loop, &s->idle);
+    s->remote = xc_remote_new(&s->loop, s->cfg.state_dir, sizeof(envelope_t), remote_reply, s);
+    if (!s->remote) {
+        rc = XC_ENOMEM;
+        why_set(why, wl, "out of memory");
+        goto fail;
+    }
     s->ingest_poll.data = s->control_poll.data = s->stats_timer.data = s->ckpt_timer.data = s;
     s->tick_timer.data = s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
     s->async.data = s->idle.data = s;
@@ -1610,6 +1644,7 @@ void xc_svc_destroy(xc_svc_t **ps)
         free(p->req);
         free(p);
     }
+    xc_remote_destroy(&s->remote);
     xc_trainer_destroy(&s->trainer);
     xc_queue_destroy(&s->queue);
     xc_engine_destroy(&s->engine);

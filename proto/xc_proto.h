@@ -229,7 +229,10 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
     X(XC_OP_SHUTDOWN, "shutdown")     \
     X(XC_OP_CONFIG, "config")         \
     X(XC_OP_SCALING, "scaling")       \
-    X(XC_OP_METRICS, "metrics")
+    X(XC_OP_METRICS, "metrics")       \
+    X(XC_OP_CHECKPOINTS, "checkpoints") \
+    X(XC_OP_FETCH, "fetch")           \
+    X(XC_OP_TABLE, "table")
 
 typedef enum {
     XC_OP_UNKNOWN = -1,
