@@ -577,6 +577,43 @@ static void test_event_json(void)
 }
 
 /* -------------------------------------------------------------- vectors -- */
+/* A value as compact JSON like xc_mp_to_json, except that a bin becomes
+ * {"$bin": "<hex>"} (so a reader can tell bytes from a string). */
+static void vec_json(xc_mp_node_t n, xc_buf_t *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    xc_mp_type_t t = xc_mp_type(n);
+    if (t == XC_MP_BIN) {
+        const uint8_t *p;
+        size_t len;
+        xc_mp_as_bin(n, (const void **)&p, &len);
+        xc_buf_append(out, "{\"$bin\":\"", 9);
+        for (size_t i = 0; i < len; i++) {
+            char e[2] = {hex[p[i] >> 4], hex[p[i] & 15]};
+            xc_buf_append(out, e, 2);
+        }
+        xc_buf_append(out, "\"}", 2);
+    } else if (t == XC_MP_MAP) {
+        xc_buf_append(out, "{", 1);
+        for (size_t i = 0; i < xc_mp_len(n); i++) {
+            if (i) xc_buf_append(out, ",", 1);
+            xc_mp_to_json(xc_mp_map_key(n, i), out, 0);
+            xc_buf_append(out, ":", 1);
+            vec_json(xc_mp_map_val(n, i), out);
+        }
+        xc_buf_append(out, "}", 1);
+    } else if (t == XC_MP_ARRAY) {
+        xc_buf_append(out, "[", 1);
+        for (size_t i = 0; i < xc_mp_len(n); i++) {
+            if (i) xc_buf_append(out, ",", 1);
+            vec_json(xc_mp_at(n, i), out);
+        }
+        xc_buf_append(out, "]", 1);
+    } else {
+        xc_mp_to_json(n, out, 0);
+    }
+}
+
 /* Each vector: encoded bytes (hex) and their meaning as JSON. */
 static void vec_emit(xc_buf_t *out, int *first, const char *name, const char *kind,
                      const char *note, const void *bytes, size_t len, int is_msgpack)
@@ -597,7 +634,7 @@ static void vec_emit(xc_buf_t *out, int *first, const char *name, const char *ki
         char why[64];
         xc_buf_append(out, ",\n     \"value\": ", 16);
         if (xc_mp_doc_parse(bytes, len, &doc, why, sizeof why) == 0)
-            xc_mp_to_json(xc_mp_root(doc), out, 0);
+            vec_json(xc_mp_root(doc), out);
         xc_mp_doc_free(&doc);
     }
     xc_buf_append(out, "}", 1);
@@ -617,6 +654,134 @@ static void vec_req(xc_buf_t *out, int *first, const char *name, const char *not
     xc_mpw_finish(&w);
     vec_emit(out, first, name, "control.request", note, b.data, b.len, 1);
     xc_buf_free(&b);
+}
+
+/* Remote access (PROTOCOL.md 2.1, 2.2): checkpoints, fetch, table. */
+static void vectors_remote(xc_buf_t *out, int *first)
+{
+    xc_buf_t b, rb;
+    xc_mpw_t w;
+    xc_request_t req;
+    char why[128];
+    xc_buf_init(&b);
+    xc_buf_init(&rb);
+
+    xc_mpw_init(&w, &b);
+    xc_proto_request_begin(&w, "checkpoints", 11);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "req_checkpoints", "control.request", "list the checkpoint files", b.data, b.len, 1);
+    xc_proto_request_decode(b.data, b.len, &req, why, sizeof why);
+    xc_mpw_init(&w, &rb);
+    xc_proto_reply_begin(&w, &req);
+    xc_mpw_str(&w, "checkpoints");
+    xc_mpw_array_begin(&w);
+    xc_mpw_map_begin(&w);
+    xc_mpw_kv_str(&w, "name", "default-000001000.safetensors");
+    xc_mpw_kv_uint(&w, "size", 2097160);
+    xc_mpw_kv_int(&w, "step", 1000);
+    xc_mpw_kv_str(&w, "kind", "checkpoint");
+    xc_mpw_kv_double(&w, "mtime", 1700000000.5);
+    xc_mpw_kv_str(&w, "checksum", "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    xc_mpw_map_end(&w);
+    xc_mpw_array_end(&w);
+    xc_mpw_kv_str(&w, "newest", "default-000001000.safetensors");
+    xc_mpw_kv_bool(&w, "truncated", 0);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "reply_checkpoints", "control.reply", "one retained checkpoint", rb.data, rb.len, 1);
+    xc_proto_request_free(&req);
+
+    xc_buf_reset(&b);
+    xc_mpw_init(&w, &b);
+    xc_proto_request_begin(&w, "fetch", 12);
+    xc_mpw_kv_str(&w, "file", "default-000001000.safetensors");
+    xc_mpw_kv_uint(&w, "offset", 2097152);
+    xc_mpw_kv_uint(&w, "length", 1048576);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "req_fetch", "control.request", "the chunk at 2 MiB of a checkpoint", b.data, b.len, 1);
+    xc_proto_request_decode(b.data, b.len, &req, why, sizeof why);
+    xc_buf_reset(&rb);
+    xc_mpw_init(&w, &rb);
+    xc_proto_reply_begin(&w, &req);
+    xc_mpw_kv_str(&w, "name", "default-000001000.safetensors");
+    xc_mpw_kv_uint(&w, "size", 2097160);
+    xc_mpw_kv_str(&w, "checksum", "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    xc_mpw_kv_int(&w, "step", 1000);
+    xc_mpw_kv_double(&w, "mtime", 1700000000.5);
+    xc_mpw_kv_uint(&w, "offset", 2097152);
+    xc_mpw_kv_bool(&w, "eof", 1);
+    const uint8_t chunk[8] = {0x20, 0x20, 0x20, 0x20, 0x00, 0x00, 0x80, 0x3f};
+    xc_mpw_str(&w, "data");
+    xc_mpw_bin(&w, chunk, sizeof chunk);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "reply_fetch", "control.reply", "the last 8 bytes of the file (eof)", rb.data, rb.len, 1);
+    xc_buf_reset(&rb);
+    xc_proto_error_encode(&rb, &req, XC_ENOTFOUND,
+                          "no checkpoint 'default-000001000.safetensors' (it may have been removed; op checkpoints "
+                          "lists the retained ones)");
+    vec_emit(out, first, "reply_fetch_ENOTFOUND", "control.reply", "the file was removed (retention)", rb.data,
+             rb.len, 1);
+    xc_proto_request_free(&req);
+
+    xc_buf_reset(&b);
+    xc_mpw_init(&w, &b);
+    xc_proto_request_begin(&w, "table", 13);
+    xc_mpw_str(&w, "fields");
+    xc_mpw_array_begin(&w);
+    xc_mpw_str(&w, "delta_norm");
+    xc_mpw_str(&w, "last_step");
+    xc_mpw_str(&w, "class");
+    xc_mpw_array_end(&w);
+    xc_mpw_kv_uint(&w, "start", 4);
+    xc_mpw_kv_uint(&w, "count", 2);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "req_table", "control.request", "three columns of latents 4 and 5", b.data, b.len, 1);
+    xc_proto_request_decode(b.data, b.len, &req, why, sizeof why);
+    xc_buf_reset(&rb);
+    xc_mpw_init(&w, &rb);
+    xc_proto_reply_begin(&w, &req);
+    xc_mpw_kv_int(&w, "snapshot_step", 1000);
+    xc_mpw_kv_int(&w, "dict_size", 512);
+    xc_mpw_kv_uint(&w, "n", 2);
+    xc_mpw_kv_uint(&w, "start", 4);
+    xc_mpw_kv_int(&w, "scaling_step", -1);
+    xc_mpw_kv_uint(&w, "scaling_tokens", 0);
+    xc_mpw_str(&w, "fields");
+    xc_mpw_array_begin(&w);
+    xc_mpw_str(&w, "delta_norm");
+    xc_mpw_str(&w, "last_step");
+    xc_mpw_str(&w, "class");
+    xc_mpw_array_end(&w);
+    xc_mpw_str(&w, "dtypes");
+    xc_mpw_map_begin(&w);
+    xc_mpw_kv_str(&w, "delta_norm", "f32");
+    xc_mpw_kv_str(&w, "last_step", "i64");
+    xc_mpw_kv_str(&w, "class", "u8");
+    xc_mpw_map_end(&w);
+    xc_mpw_str(&w, "columns");
+    xc_mpw_map_begin(&w);
+    const float dn[2] = {0.5f, 0.9375f};
+    const int64_t ls[2] = {-1, 998};
+    const uint8_t cl[2] = {1, 2};
+    xc_mpw_str(&w, "delta_norm");
+    xc_mpw_bin(&w, dn, sizeof dn);
+    xc_mpw_str(&w, "last_step");
+    xc_mpw_bin(&w, ls, sizeof ls);
+    xc_mpw_str(&w, "class");
+    xc_mpw_bin(&w, cl, sizeof cl);
+    xc_mpw_map_end(&w);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "reply_table", "control.reply",
+             "delta_norm f32 (0.5, 0.9375), last_step i64 (-1, 998), class u8 (1 shared, 2 chat-only)", rb.data,
+             rb.len, 1);
+    xc_proto_request_free(&req);
+    xc_buf_free(&b);
+    xc_buf_free(&rb);
 }
 
 /* Builds the whole vectors.json text into out (NUL-terminated). */
@@ -696,7 +861,7 @@ static void vectors_build(xc_buf_t *out)
     vec_req(out, &first, "req_config_key", "one config key", "config", 4, NULL, 0, "key", "batch_size");
 
     xc_request_t req;
-    char why[128];
+    char why[XC_PROTO_REASON_MAX];
     kv_t preq[] = {{"v", 'u', 1, 0}, {"op", 's', 0, "pause"}, {"id", 'u', 9, 0}};
     xc_buf_t rb;
     xc_buf_init(&rb);
@@ -730,6 +895,7 @@ static void vectors_build(xc_buf_t *out)
     xc_mpw_finish(&w);
     vec_emit(out, &first, "event_checkpoint", "event.body", "topic frame \\\"checkpoint\\\" (bytes 636865636b706f696e74)",
              rb.data, rb.len, 1);
+    vectors_remote(out, &first);
     xc_buf_free(&rb);
     xc_buf_free(&b);
     const char *tail = "\n  ]\n}\n";

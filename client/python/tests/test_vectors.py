@@ -19,6 +19,17 @@ for _v in VECTORS["vectors"]:
     BY_KIND.setdefault(_v["kind"], []).append(_v)
 
 
+def _value(v):
+    """A vector's JSON value with bins ({"$bin": "<hex>"}) as bytes."""
+    if isinstance(v, dict):
+        if list(v) == ["$bin"]:
+            return bytes.fromhex(v["$bin"])
+        return {k: _value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_value(x) for x in v]
+    return v
+
+
 def test_vector_file_protocol_version():
     assert VECTORS["protocol"] == wire.PROTO_VERSION
     assert len(VECTORS["vectors"]) >= 20
@@ -31,7 +42,7 @@ def test_vector_file_protocol_version():
                          ids=lambda v: v["name"])
 def test_decode_vector(vec):
     m = wire.unpack_map(bytes.fromhex(vec["hex"]))
-    assert m == vec["value"]
+    assert m == _value(vec["value"])
     # key order is the wire order, as the C codec wrote it
     assert list(m) == list(vec["value"])
     if "code" in m:
@@ -41,7 +52,7 @@ def test_decode_vector(vec):
 @pytest.mark.parametrize("vec", [v for v in VECTORS["vectors"] if "value" in v],
                          ids=lambda v: v["name"])
 def test_encode_vector_bytes(vec):
-    assert wire.pack(vec["value"]).hex() == vec["hex"]
+    assert wire.pack(_value(vec["value"])).hex() == vec["hex"]
 
 
 @pytest.mark.parametrize("vec", BY_KIND["ingest.header"], ids=lambda v: v["name"])
