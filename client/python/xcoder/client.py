@@ -114,6 +114,9 @@ class Client:
         """Asks the daemon to stop (finish the step, checkpoint, exit)."""
         return self.request("shutdown")
 
+    # remote access (remote.py; PROTOCOL.md 2.1, 2.2): checkpoint files and latent tables
+    from .remote import checkpoints, fetch_checkpoint, table
+
     def close(self):
         if self._sock is not None:
             self._sock.close(0)
