@@ -1,24 +1,34 @@
-/* safetensors writer and the crosscoder checkpoint layout (see xc_ckpt.h). */
+/* Checkpoints: the safetensors writer, the crosscoder pair layout, the writer
+ * thread, rotation, and verified loading (see xc_ckpt.h, proto/CHECKPOINT.md). */
 #include "xc_ckpt.h"
 #include "xc_error.h"
+#include "xc_log.h"
 #include "xc_proto.h"
+#include "xc_stfile.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoints are written from host memory and assume a little-endian host"
 #endif
 
-#define ST_MAX_TENSORS 32
-#define ST_MAX_META 32
+#define ST_MAX_TENSORS 64
+#define ST_MAX_META 48
 #define ST_CHUNK (1u << 20)
+#define CKPT_MAX_VIEWS (XC_ENGINE_STATE_MAX + 8)
 
 typedef struct {
     char name[64];
@@ -36,6 +46,9 @@ struct xc_st {
     int nt;
     char *meta_k[ST_MAX_META], *meta_v[ST_MAX_META]; /* owned */
     int nm;
+    int checksum;          /* write "checksum" first, fill it in at the end */
+    char sum[16];          /* "crc32:xxxxxxxx" after a write */
+    long long fault_after; /* < 0: off */
 };
 
 static void why_set(char *why, size_t why_len, const char *fmt, ...)
@@ -49,7 +62,20 @@ static void why_set(char *why, size_t why_len, const char *fmt, ...)
     va_end(ap);
 }
 
-xc_st_t *xc_st_new(void) { return calloc(1, sizeof(xc_st_t)); }
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* ---------------------------------------------------- safetensors writer -- */
+xc_st_t *xc_st_new(void)
+{
+    xc_st_t *st = calloc(1, sizeof(xc_st_t));
+    if (st) st->fault_after = -1;
+    return st;
+}
 
 void xc_st_destroy(xc_st_t **pst)
 {
@@ -63,21 +89,16 @@ void xc_st_destroy(xc_st_t **pst)
     *pst = NULL;
 }
 
-static size_t dtype_size(const char *dt)
-{
-    if (!strcmp(dt, "F32") || !strcmp(dt, "I32") || !strcmp(dt, "U32")) return 4;
-    if (!strcmp(dt, "F16") || !strcmp(dt, "BF16") || !strcmp(dt, "I16")) return 2;
-    if (!strcmp(dt, "F64") || !strcmp(dt, "I64") || !strcmp(dt, "U64")) return 8;
-    if (!strcmp(dt, "U8") || !strcmp(dt, "I8") || !strcmp(dt, "BOOL")) return 1;
-    return 0;
-}
+void xc_st_checksum(xc_st_t *st) { st->checksum = 1; }
+const char *xc_st_checksum_value(const xc_st_t *st) { return st->sum; }
+void xc_st_fault_after(xc_st_t *st, long long n) { st->fault_after = n; }
 
 static int add(xc_st_t *st, const char *name, const char *dtype, int ndim, const int64_t *shape,
                const void *data, xc_st_fill_fn fn, void *ctx)
 {
-    size_t es = dtype_size(dtype);
-    if (!st || st->nt == ST_MAX_TENSORS || !name || strlen(name) >= 64 || !es || ndim < 0 ||
-        ndim > 4 || (!data && !fn))
+    size_t es = xc_stf_dtype_size(dtype);
+    if (!st || st->nt == ST_MAX_TENSORS || !name || strlen(name) >= 64 || !es || strlen(dtype) >= 8 ||
+        ndim < 0 || ndim > 4 || (!data && !fn))
         return XC_EINVAL;
     st_tensor_t *t = &st->t[st->nt];
     memset(t, 0, sizeof *t);
@@ -145,16 +166,22 @@ static void json_str(xc_buf_t *b, const char *s)
     xc_buf_append(b, "\"", 1);
 }
 
-/* The JSON header, padded with spaces to a multiple of 8 bytes. */
-static int build_header(const xc_st_t *st, xc_buf_t *b)
+/* The JSON header, padded with spaces to a multiple of 8 bytes. With a
+ * checksum, *sum_at receives the header offset of its 8 placeholder digits. */
+static int build_header(const xc_st_t *st, xc_buf_t *b, size_t *sum_at)
 {
     char tmp[160];
     size_t off = 0;
     xc_buf_append(b, "{", 1);
-    if (st->nm) {
+    if (st->nm || st->checksum) {
         xc_buf_append(b, "\"__metadata__\":{", 16);
+        if (st->checksum) {
+            xc_buf_append(b, XC_STF_CHECKSUM_PAT, strlen(XC_STF_CHECKSUM_PAT));
+            *sum_at = b->len;
+            xc_buf_append(b, "00000000\"", 9);
+        }
         for (int i = 0; i < st->nm; i++) {
-            if (i) xc_buf_append(b, ",", 1);
+            if (i || st->checksum) xc_buf_append(b, ",", 1);
             json_str(b, st->meta_k[i]);
             xc_buf_append(b, ":", 1);
             json_str(b, st->meta_v[i]);
@@ -163,7 +190,7 @@ static int build_header(const xc_st_t *st, xc_buf_t *b)
     }
     for (int i = 0; i < st->nt; i++) {
         const st_tensor_t *t = &st->t[i];
-        if (i || st->nm) xc_buf_append(b, ",", 1);
+        if (i || st->nm || st->checksum) xc_buf_append(b, ",", 1);
         json_str(b, t->name);
         snprintf(tmp, sizeof tmp, ":{\"dtype\":\"%s\",\"shape\":[", t->dtype);
         xc_buf_append(b, tmp, strlen(tmp));
@@ -180,19 +207,34 @@ static int build_header(const xc_st_t *st, xc_buf_t *b)
     return b->err;
 }
 
-static int write_all(int fd, const void *p, size_t n)
+/* An output file: writes, the running CRC, and the fault-injection budget. */
+typedef struct {
+    int fd;
+    uint64_t written;
+    long long budget; /* < 0: none */
+    uint32_t crc;
+    int faulted;
+} out_t;
+
+static int put(out_t *o, const void *p, size_t n)
 {
     const char *c = p;
+    o->crc = xc_crc32(o->crc, p, n);
+    if (o->budget >= 0 && o->written + n > (uint64_t)o->budget) {
+        n = (size_t)((uint64_t)o->budget - o->written);
+        o->faulted = 1;
+    }
     while (n) {
-        ssize_t w = write(fd, c, n);
+        ssize_t w = write(o->fd, c, n);
         if (w < 0) {
             if (errno == EINTR) continue;
             return -1;
         }
         c += w;
         n -= (size_t)w;
+        o->written += (uint64_t)w;
     }
-    return 0;
+    return o->faulted ? -1 : 0;
 }
 
 int xc_mkdirs(const char *path, char *why, size_t why_len)
@@ -224,15 +266,26 @@ int xc_mkdirs(const char *path, char *why, size_t why_len)
     return XC_OK;
 }
 
+static void fsync_dir(const char *dir)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { /* makes renames and unlinks durable */
+        fsync(dfd);
+        close(dfd);
+    }
+}
+
 int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, size_t path_len,
                 uint64_t *bytes, char *why, size_t why_len)
 {
     char tmp[1100], fin[1100];
     xc_buf_t hdr;
     uint8_t *chunk = NULL;
-    int fd = -1, rc;
-    uint64_t total = 0;
+    size_t sum_at = 0;
+    out_t o = {-1, 0, st->fault_after, 0, 0};
+    int rc;
 
+    st->sum[0] = 0;
     xc_buf_init(&hdr);
     if ((rc = xc_mkdirs(dir, why, why_len))) return rc;
     if ((size_t)snprintf(fin, sizeof fin, "%s/%s", dir, file) >= sizeof fin ||
@@ -240,7 +293,7 @@ int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, 
         why_set(why, why_len, "checkpoint path too long");
         return XC_EINVAL;
     }
-    if (build_header(st, &hdr)) {
+    if (build_header(st, &hdr, &sum_at)) {
         why_set(why, why_len, "out of memory building the checkpoint header");
         rc = XC_ENOMEM;
         goto out_free;
@@ -251,8 +304,8 @@ int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, 
         rc = XC_ENOMEM;
         goto out_free;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
+    o.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o.fd < 0) {
         why_set(why, why_len, "cannot create %s: %s", tmp, strerror(errno));
         rc = XC_EIO;
         goto out_free;
@@ -260,46 +313,54 @@ int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, 
     uint8_t len8[8];
     uint64_t hl = hdr.len;
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(hl >> (8 * i));
-    if (write_all(fd, len8, 8) || write_all(fd, hdr.data, hdr.len)) goto io_error;
-    total = 8 + hdr.len;
+    if (put(&o, len8, 8) || put(&o, hdr.data, hdr.len)) goto io_error;
     for (int i = 0; i < st->nt; i++) {
         const st_tensor_t *t = &st->t[i];
-        if (t->data) {
-            if (write_all(fd, t->data, t->bytes)) goto io_error;
-        } else {
-            for (size_t off = 0; off < t->bytes; off += ST_CHUNK) {
-                size_t n = t->bytes - off < ST_CHUNK ? t->bytes - off : ST_CHUNK;
+        for (size_t off = 0; off < t->bytes; off += ST_CHUNK) {
+            size_t n = t->bytes - off < ST_CHUNK ? t->bytes - off : ST_CHUNK;
+            const void *src = (const uint8_t *)t->data + off;
+            if (!t->data) {
                 if ((rc = t->fill(t->ctx, off, chunk, n))) {
                     why_set(why, why_len, "cannot produce tensor %s: %s", t->name, xc_strerror(rc));
                     goto out_unlink;
                 }
-                if (write_all(fd, chunk, n)) goto io_error;
+                src = chunk;
             }
+            if (put(&o, src, n)) goto io_error;
         }
-        total += t->bytes;
     }
-    if (fsync(fd)) goto io_error;
-    if (close(fd)) {
-        fd = -1;
+    if (st->checksum) { /* the digits were written as '0': patch them in */
+        char digits[9];
+        snprintf(digits, sizeof digits, "%08x", o.crc);
+        if (pwrite(o.fd, digits, 8, (off_t)(8 + sum_at)) != 8) goto io_error;
+        snprintf(st->sum, sizeof st->sum, "crc32:%s", digits);
+    }
+    if (fsync(o.fd)) goto io_error;
+    if (close(o.fd)) {
+        o.fd = -1;
         goto io_error;
     }
-    fd = -1;
+    o.fd = -1;
     if (rename(tmp, fin)) goto io_error;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { /* make the rename durable */
-        fsync(dfd);
-        close(dfd);
-    }
+    fsync_dir(dir);
     if (path_out && path_len) snprintf(path_out, path_len, "%s", fin);
-    if (bytes) *bytes = total;
+    if (bytes) *bytes = o.written;
     rc = XC_OK;
     goto out_free;
 io_error:
+    if (o.faulted) { /* as if the process died here: leave the temp file */
+        why_set(why, why_len, "fault injection: writing %s stopped after %llu bytes", fin,
+                (unsigned long long)o.written);
+        close(o.fd);
+        st->sum[0] = 0;
+        rc = XC_EIO;
+        goto out_free;
+    }
     why_set(why, why_len, "writing checkpoint %s failed: %s", fin, strerror(errno));
     rc = XC_EIO;
 out_unlink:
-    if (fd >= 0) close(fd);
-    fd = -1;
+    st->sum[0] = 0;
+    if (o.fd >= 0) close(o.fd);
     unlink(tmp);
 out_free:
     free(chunk);
@@ -307,99 +368,914 @@ out_free:
     return rc;
 }
 
-/* ------------------------------------------------ crosscoder layout -- */
-typedef struct {
-    const float *src; /* (F, 2, d) rows */
-    long F, d;
-} xpose_t;
+/* ------------------------------------------------------- the model file -- */
+enum { MT_ENC = 0, MT_BENC, MT_DEC, MT_BDEC };
+enum { OUT_F32 = 0, OUT_F16, OUT_BF16 };
 
-/* encoder.weight [2, d, F]: element (m, i, j) = w_enc[j][m][i]. */
-static int fill_enc(void *ctx, size_t offset, void *out, size_t len)
+const char *xc_ckpt_model_name(xc_model_kind_t k) { return k == XC_MODEL_L1 ? "l1" : "batchtopk"; }
+
+/* Produces n floats of tensor `which` starting at element first, in the
+ * reference layout, into o. */
+static void model_floats(const xc_ckpt_model_t *m, int which, size_t first, size_t n, float *o)
 {
-    const xpose_t *x = ctx;
-    float *o = out;
-    size_t first = offset / 4, n = len / 4, dF = (size_t)x->d * x->F;
-    size_t m = first / dF, r = first % dF, i = r / x->F, j = r % x->F;
-    for (size_t k = 0; k < n; k++) {
-        o[k] = x->src[j * 2 * x->d + m * x->d + i];
-        if (++j == (size_t)x->F) {
-            j = 0;
-            if (++i == (size_t)x->d) {
-                i = 0;
-                m++;
+    size_t F = (size_t)m->dict_size, d = (size_t)m->d, D2 = 2 * d;
+    const float *src = which == MT_ENC ? m->w_enc : which == MT_BENC ? m->b_enc : which == MT_DEC ? m->w_dec : m->b_dec;
+    if (!m->engine_layout || which == MT_BENC || which == MT_BDEC) {
+        memcpy(o, src + first, n * sizeof(float));
+        return;
+    }
+    size_t g = first, end = first + n;
+    if (which == MT_ENC) { /* [2d rows, F cols] = transpose of the engine's (F, 2d) */
+        while (g < end) {
+            size_t r = g / F, j0 = g % F;
+            if (j0 == 0 && end - g >= F) { /* whole rows: read each engine row once */
+                size_t R = (end - g) / F;
+                for (size_t j = 0; j < F; j++) {
+                    const float *s = src + j * D2 + r;
+                    for (size_t q = 0; q < R; q++) o[q * F + j] = s[q];
+                }
+                o += R * F;
+                g += R * F;
+            } else {
+                size_t stop = (r + 1) * F < end ? (r + 1) * F : end;
+                for (size_t j = j0; g < stop; j++, g++) *o++ = src[j * D2 + r];
             }
         }
+        return;
     }
+    while (g < end) { /* decoder.weight [m, j, i] = engine row j, half m, element i */
+        size_t mm = g / (F * d), r = g % (F * d), j = r / d, i = r % d;
+        size_t run = d - i < end - g ? d - i : end - g;
+        memcpy(o, src + j * D2 + mm * d + i, run * sizeof(float));
+        o += run;
+        g += run;
+    }
+}
+
+static int model_fill(void *ctx, size_t offset, void *out, size_t len)
+{
+    const struct { const void *m; int which; int out; } *fc = ctx;
+    const xc_ckpt_model_t *m = fc->m;
+    if (fc->out == OUT_F32) {
+        model_floats(m, fc->which, offset / 4, len / 4, out);
+        return XC_OK;
+    }
+    size_t n = len / 2;
+    float *tmp = malloc(n * sizeof(float));
+    if (!tmp) return XC_ENOMEM;
+    model_floats(m, fc->which, offset / 2, n, tmp);
+    uint16_t *h = out;
+    for (size_t i = 0; i < n; i++) h[i] = fc->out == OUT_F16 ? xc_f32_to_f16(tmp[i]) : xc_f32_to_bf16(tmp[i]);
+    free(tmp);
     return XC_OK;
 }
 
-/* decoder.weight [2, F, d]: element (m, j, i) = w_dec[j][m][i]; rows copy whole. */
-static int fill_dec(void *ctx, size_t offset, void *out, size_t len)
+static int nan_fill(void *ctx, size_t offset, void *out, size_t len)
 {
-    const xpose_t *x = ctx;
     float *o = out;
-    size_t first = offset / 4, n = len / 4, Fd = (size_t)x->F * x->d;
-    for (size_t k = 0; k < n;) {
-        size_t g = first + k, m = g / Fd, r = g % Fd, j = r / x->d, i = r % x->d;
-        size_t run = (size_t)x->d - i;
-        if (run > n - k) run = n - k;
-        memcpy(o + k, x->src + j * 2 * x->d + m * x->d + i, run * 4);
-        k += run;
-    }
+    for (size_t i = 0; i < len / 4; i++) o[i] = NAN;
     return XC_OK;
+}
+
+int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
+{
+    static const int64_t one = 1;
+    static const float target_rms = 1.0f, ones[2] = {1.0f, 1.0f};
+    int out = OUT_F32;
+    const char *dt = "F32";
+    if (float_dtype && strcmp(float_dtype, "F16") == 0) out = OUT_F16, dt = "F16";
+    else if (float_dtype && strcmp(float_dtype, "BF16") == 0) out = OUT_BF16, dt = "BF16";
+    else if (float_dtype && strcmp(float_dtype, "F32") != 0) return XC_EDTYPE;
+    int64_t d = m->d, F = m->dict_size;
+    int64_t s_enc[3] = {2, d, F}, s_b[1] = {F}, s_dec[3] = {2, F, d}, s_bd[2] = {2, d}, s_two[1] = {2};
+    for (int i = 0; i < 4; i++) {
+        m->fc[i].m = m;
+        m->fc[i].which = i;
+        m->fc[i].out = out;
+    }
+    int rc = 0;
+    rc = rc ? rc : xc_st_add(st, "code_normalization_id", "I64", 0, NULL, &one);
+    rc = rc ? rc : xc_st_add_fill(st, "encoder.weight", dt, 3, s_enc, model_fill, &m->fc[MT_ENC]);
+    rc = rc ? rc : xc_st_add_fill(st, "encoder.bias", dt, 1, s_b, model_fill, &m->fc[MT_BENC]);
+    rc = rc ? rc : xc_st_add_fill(st, "decoder.weight", dt, 3, s_dec, model_fill, &m->fc[MT_DEC]);
+    rc = rc ? rc : xc_st_add_fill(st, "decoder.bias", dt, 2, s_bd, model_fill, &m->fc[MT_BDEC]);
+    if (m->model == XC_MODEL_BATCHTOPK) {
+        rc = rc ? rc : xc_st_add(st, "threshold", "F32", 0, NULL, &m->threshold);
+        rc = rc ? rc : xc_st_add(st, "k", "I32", 0, NULL, &m->k);
+    }
+    rc = rc ? rc : xc_st_add(st, "target_rms", "F32", 0, NULL, &target_rms);
+    /* no normaliser, as the reference registers these buffers without one */
+    rc = rc ? rc : xc_st_add_fill(st, "activation_mean", "F32", 2, s_bd, nan_fill, NULL);
+    rc = rc ? rc : xc_st_add_fill(st, "activation_std", "F32", 2, s_bd, nan_fill, NULL);
+    rc = rc ? rc : xc_st_add(st, "activation_global_scale", "F32", 1, s_two, ones);
+    return rc;
+}
+
+void xc_ckpt_now_rfc3339(char *out, size_t n)
+{
+    struct timespec ts;
+    struct tm tm;
+    char b[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, n, "%s.%06ldZ", b, ts.tv_nsec / 1000);
+}
+
+static void random_hex(char *out, size_t n)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) { /* no entropy yet: time and pid */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        r = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 40);
+    }
+    snprintf(out, n, "%016llx", (unsigned long long)r);
+}
+
+/* ------------------------------------------------------ directory scan -- */
+/* One step's files in the state directory. */
+typedef struct {
+    long step;
+    int has_model, has_train;
+    int known;                 /* a header could be read: serial and run_id below */
+    uint64_t serial;
+    char run_id[40];
+} entry_t;
+
+/* Parses NAME-DIGITS.safetensors / NAME-DIGITS.resume.safetensors: 1 model, 2 train, 0 other. */
+static int parse_name(const char *fn, const char *name, long *step)
+{
+    size_t nl = strlen(name);
+    if (strncmp(fn, name, nl) != 0 || fn[nl] != '-') return 0;
+    const char *p = fn + nl + 1, *q = p;
+    while (*q >= '0' && *q <= '9') q++;
+    if (q == p || q - p > 18) return 0;
+    *step = strtol(p, NULL, 10);
+    if (strcmp(q, ".safetensors") == 0) return 1;
+    if (strcmp(q, XC_STF_TRAIN_SUFFIX) == 0) return 2;
+    return 0;
+}
+
+static void pair_names(const char *dir, const char *name, long step, char *model, size_t ml, char *train, size_t tl)
+{
+    snprintf(model, ml, "%s/%s-%09ld.safetensors", dir, name, step);
+    snprintf(train, tl, "%s/%s-%09ld%s", dir, name, step, XC_STF_TRAIN_SUFFIX);
+}
+
+/* Reads serial and run_id from the model file, else the training file. */
+static void entry_meta(const char *dir, const char *name, entry_t *en)
+{
+    char m[1100], t[1100];
+    pair_names(dir, name, en->step, m, sizeof m, t, sizeof t);
+    for (int i = 0; i < 2 && !en->known; i++) {
+        if (!(i == 0 ? en->has_model : en->has_train)) continue;
+        xc_stf_t *f = xc_stf_open(i == 0 ? m : t, NULL, NULL, 0);
+        const char *s = f ? xc_stf_meta(f, "serial") : NULL, *r = f ? xc_stf_meta(f, "run_id") : NULL;
+        if (s && r) {
+            en->serial = strtoull(s, NULL, 10);
+            snprintf(en->run_id, sizeof en->run_id, "%s", r);
+            en->known = 1;
+        }
+        xc_stf_close(&f);
+    }
+}
+
+/* Every step with a checkpoint file of NAME in dir; *out owned by the caller. */
+static int list_entries(const char *dir, const char *name, entry_t **out, int *n_out)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    entry_t *v = NULL;
+    int n = 0, cap = 0;
+    *out = NULL;
+    *n_out = 0;
+    if (!dp) return errno == ENOENT ? XC_OK : XC_EIO;
+    while ((de = readdir(dp))) {
+        long step;
+        int kind = parse_name(de->d_name, name, &step);
+        if (!kind) continue;
+        int i = 0;
+        while (i < n && v[i].step != step) i++;
+        if (i == n) {
+            if (n == cap) {
+                entry_t *nv = realloc(v, sizeof *v * (size_t)(cap = cap ? 2 * cap : 16));
+                if (!nv) {
+                    free(v);
+                    closedir(dp);
+                    return XC_ENOMEM;
+                }
+                v = nv;
+            }
+            memset(&v[n], 0, sizeof v[n]);
+            v[n++].step = step;
+        }
+        if (kind == 1) v[i].has_model = 1;
+        else v[i].has_train = 1;
+    }
+    closedir(dp);
+    for (int i = 0; i < n; i++) entry_meta(dir, name, &v[i]);
+    *out = v;
+    *n_out = n;
+    return XC_OK;
+}
+
+static int newest_first(const void *a, const void *b)
+{
+    const entry_t *x = a, *y = b;
+    if (x->serial != y->serial) return x->serial > y->serial ? -1 : 1;
+    return x->step > y->step ? -1 : x->step < y->step;
+}
+
+/* Removes temp files that writers of NAME left behind when they died. */
+static void remove_stale_temps(const char *dir, const char *name)
+{
+    char pre[80], path[1100];
+    DIR *dp = opendir(dir);
+    struct dirent *de;
+    int removed = 0;
+    if (!dp) return;
+    snprintf(pre, sizeof pre, ".%s-", name);
+    while ((de = readdir(dp))) {
+        const char *t = strstr(de->d_name, ".safetensors.tmp.");
+        if (strncmp(de->d_name, pre, strlen(pre)) != 0 || !t) continue;
+        long pid = strtol(t + 17, NULL, 10);
+        if (pid != (long)getpid() && pid > 0 && !(kill((pid_t)pid, 0) && errno == ESRCH)) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (unlink(path) == 0) {
+            xc_log(XC_LOG_INFO, "removed %s, left by an interrupted checkpoint write", path);
+            removed++;
+        }
+    }
+    closedir(dp);
+    if (removed) fsync_dir(dir);
+}
+
+/* ------------------------------------------------------------ the writer -- */
+typedef struct {
+    xc_state_view_t v[CKPT_MAX_VIEWS]; /* data: the capture buffer, or live (sync) */
+    char names[CKPT_MAX_VIEWS][64];
+    int n;
+    xc_ckpt_model_t model;             /* parameter pointers into v */
+    long step;
+    uint64_t tokens;
+    char reason[16];
+    uint64_t gen;
+    double capture_ms;
+} snap_t;
+
+struct xc_ckpt_writer {
+    char *dir, *name, *config_json; /* owned */
+    int keep;
+    long long fault;
+    char run_id[40];
+    uint64_t serial;                /* of the next pair */
+    void (*done)(void *, const xc_ckpt_info_t *);
+    void *done_ctx;
+    pthread_t th;
+    int started;
+    pthread_mutex_t mu;             /* guards everything below */
+    pthread_cond_t cv;
+    int busy, has_job, quit;
+    long last_step;                 /* of the newest pair (-1 none) */
+    char last_path[1024], last_train[1024];
+    uint64_t last_bytes;
+    snap_t job;
+    uint8_t *buf;                   /* capture buffer; owned */
+    size_t buf_len;
+};
+
+static const char *st_dtype(xc_state_dtype_t t)
+{
+    static const char *n[] = {"F32", "F64", "I64", "U64"};
+    return (unsigned)t < 4 ? n[t] : "U8";
+}
+
+static size_t st_esize(xc_state_dtype_t t) { return t == XC_ST_F32 ? 4 : 8; }
+
+/* Fills s from e's views and the extras; copy = 1 copies the data into w->buf. */
+static int capture(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras,
+                   int copy, snap_t *s)
+{
+    const xc_engine_config_t *c = xc_engine_config(e);
+    const xc_engine_metrics_t *m = xc_engine_metrics(e);
+    double t0 = now_ms();
+    memset(s, 0, sizeof *s);
+    s->n = xc_engine_state_views(e, s->v, XC_ENGINE_STATE_MAX);
+    if (s->n + n_extras > CKPT_MAX_VIEWS) return XC_EINVAL;
+    for (int i = 0; i < n_extras; i++) s->v[s->n++] = extras[i];
+    size_t total = 0;
+    for (int i = 0; i < s->n; i++) {
+        snprintf(s->names[i], sizeof s->names[i], "%s", s->v[i].name);
+        s->v[i].name = s->names[i];
+        total += (s->v[i].bytes + 63) & ~(size_t)63;
+    }
+    if (copy) {
+        if (w->buf_len < total) {
+            free(w->buf);
+            w->buf_len = 0;
+            w->buf = malloc(total); /* owned by w, kept for the next checkpoint */
+            if (!w->buf) return XC_ENOMEM;
+            w->buf_len = total;
+        }
+        size_t off = 0;
+        for (int i = 0; i < s->n; i++) {
+            memcpy(w->buf + off, s->v[i].data, s->v[i].bytes);
+            s->v[i].data = w->buf + off;
+            off += (s->v[i].bytes + 63) & ~(size_t)63;
+        }
+    }
+    xc_ckpt_model_t *mo = &s->model;
+    mo->model = c->model;
+    mo->d = c->d;
+    mo->dict_size = c->dict_size;
+    mo->k = c->k;
+    mo->threshold = (float)m->theta;
+    mo->engine_layout = 1;
+    for (int i = 0; i < s->n; i++) {
+        const char *nm = s->v[i].name;
+        const float **dst = !strcmp(nm, "w_enc") ? &mo->w_enc : !strcmp(nm, "b_enc") ? &mo->b_enc
+                          : !strcmp(nm, "w_dec") ? &mo->w_dec : !strcmp(nm, "b_dec") ? &mo->b_dec : NULL;
+        if (dst) *dst = s->v[i].data;
+    }
+    if (!mo->w_enc || !mo->b_enc || !mo->w_dec || !mo->b_dec) return XC_EINVAL;
+    s->step = m->step;
+    s->tokens = m->tokens;
+    s->capture_ms = now_ms() - t0;
+    return XC_OK;
+}
+
+static int common_meta(xc_st_t *st, const xc_ckpt_writer_t *w, const snap_t *s, const char *format,
+                       const char *version, const char *created, const char *ckid)
+{
+    char v[64];
+    int rc = xc_st_meta(st, "format", format);
+    rc = rc ? rc : xc_st_meta(st, "format_version", version);
+    rc = rc ? rc : xc_st_meta(st, "model", xc_ckpt_model_name(s->model.model));
+    snprintf(v, sizeof v, "%d", s->model.d);
+    rc = rc ? rc : xc_st_meta(st, "d", v);
+    snprintf(v, sizeof v, "%d", s->model.dict_size);
+    rc = rc ? rc : xc_st_meta(st, "dict_size", v);
+    snprintf(v, sizeof v, "%d", s->model.k);
+    rc = rc ? rc : xc_st_meta(st, "k", v);
+    snprintf(v, sizeof v, "%ld", s->step);
+    rc = rc ? rc : xc_st_meta(st, "step", v);
+    snprintf(v, sizeof v, "%llu", (unsigned long long)s->tokens);
+    rc = rc ? rc : xc_st_meta(st, "tokens", v);
+    snprintf(v, sizeof v, "%.9g", (double)s->model.threshold);
+    rc = rc ? rc : xc_st_meta(st, "theta", v);
+    rc = rc ? rc : xc_st_meta(st, "created", created);
+    rc = rc ? rc : xc_st_meta(st, "run_id", w->run_id);
+    rc = rc ? rc : xc_st_meta(st, "checkpoint_id", ckid);
+    snprintf(v, sizeof v, "%llu", (unsigned long long)w->serial);
+    rc = rc ? rc : xc_st_meta(st, "serial", v);
+    rc = rc ? rc : xc_st_meta(st, "name", w->name);
+    rc = rc ? rc : xc_st_meta(st, "reason", s->reason);
+    return rc;
+}
+
+/* Removes this run's pairs beyond the newest `keep` (other runs' and unreadable
+ * files are never touched). */
+static void rotate(xc_ckpt_writer_t *w)
+{
+    entry_t *v;
+    int n, kept = 0, removed = 0;
+    if (w->keep <= 0 || list_entries(w->dir, w->name, &v, &n)) return;
+    qsort(v, (size_t)n, sizeof *v, newest_first);
+    for (int i = 0; i < n; i++) {
+        if (!v[i].known || strcmp(v[i].run_id, w->run_id) != 0) continue;
+        if (v[i].has_model && v[i].has_train && kept < w->keep) {
+            kept++;
+            continue;
+        }
+        char m[1100], t[1100];
+        pair_names(w->dir, w->name, v[i].step, m, sizeof m, t, sizeof t);
+        if ((v[i].has_model && unlink(m) == 0) | (v[i].has_train && unlink(t) == 0)) {
+            removed++;
+            xc_log(XC_LOG_DEBUG, "removed checkpoint %s (keeping the newest %d)", m, w->keep);
+        }
+    }
+    free(v);
+    if (removed) fsync_dir(w->dir);
+}
+
+/* Writes the training file, then the model file; then rotates. */
+static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
+{
+    char created[40], ckid[24], tfile[160], mfile[160];
+    uint64_t tbytes = 0, mbytes = 0;
+    xc_st_t *ts = xc_st_new(), *ms = xc_st_new(); /* owned here */
+    double t0 = now_ms();
+    int rc = XC_ENOMEM;
+
+    memset(r, 0, sizeof *r);
+    r->gen = s->gen;
+    r->step = s->step;
+    r->tokens = s->tokens;
+    r->capture_ms = s->capture_ms;
+    snprintf(r->reason, sizeof r->reason, "%s", s->reason);
+    if (!ts || !ms) {
+        why_set(r->why, sizeof r->why, "out of memory");
+        goto out;
+    }
+    xc_ckpt_now_rfc3339(created, sizeof created);
+    random_hex(ckid, sizeof ckid);
+    snprintf(tfile, sizeof tfile, "%s-%09ld%s", w->name, s->step, XC_STF_TRAIN_SUFFIX);
+    snprintf(mfile, sizeof mfile, "%s-%09ld.safetensors", w->name, s->step);
+
+    xc_st_checksum(ts);
+    rc = common_meta(ts, w, s, XC_STF_TRAIN_FORMAT, XC_CKPT_TRAIN_VERSION, created, ckid);
+    rc = rc ? rc : xc_st_meta(ts, "model_file", mfile);
+    rc = rc ? rc : xc_st_meta(ts, "config", w->config_json);
+    for (int pass = 0; pass < 2 && !rc; pass++) /* 8-byte dtypes first: every tensor stays aligned */
+        for (int i = 0; i < s->n && !rc; i++) {
+            const xc_state_view_t *v = &s->v[i];
+            if ((st_esize(v->dtype) == 8) != (pass == 0)) continue;
+            int64_t shape[4] = {v->shape[0], v->shape[1], v->shape[2], 0};
+            rc = xc_st_add(ts, v->name, st_dtype(v->dtype), v->ndim, shape, v->data);
+        }
+    if (rc) {
+        why_set(r->why, sizeof r->why, "cannot describe the training state: %s", xc_strerror(rc));
+        goto out;
+    }
+    if (w->fault >= 0) xc_st_fault_after(ts, w->fault);
+    rc = xc_st_write(ts, w->dir, tfile, r->train_path, sizeof r->train_path, &tbytes, r->why, sizeof r->why);
+    if (rc) goto out;
+
+    xc_st_checksum(ms);
+    rc = common_meta(ms, w, s, XC_STF_MODEL_FORMAT, XC_CKPT_MODEL_VERSION, created, ckid);
+    rc = rc ? rc : xc_st_meta(ms, "train_file", tfile);
+    rc = rc ? rc : xc_st_meta(ms, "train_checksum", xc_st_checksum_value(ts));
+    rc = rc ? rc : xc_st_meta(ms, "layout", "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat");
+    rc = rc ? rc : xc_st_meta(ms, "config", w->config_json);
+    rc = rc ? rc : xc_ckpt_add_model(ms, &s->model, "F32");
+    if (rc) {
+        why_set(r->why, sizeof r->why, "cannot describe the model: %s", xc_strerror(rc));
+        goto out;
+    }
+    if (w->fault >= 0) xc_st_fault_after(ms, w->fault > (long long)tbytes ? w->fault - (long long)tbytes : 0);
+    rc = xc_st_write(ms, w->dir, mfile, r->path, sizeof r->path, &mbytes, r->why, sizeof r->why);
+    if (rc) goto out;
+    w->serial++;
+    r->bytes = tbytes + mbytes;
+    rotate(w);
+out:
+    r->rc = rc;
+    r->write_ms = now_ms() - t0;
+    xc_st_destroy(&ts);
+    xc_st_destroy(&ms);
+    return rc;
+}
+
+/* Records a finished write (under w->mu). */
+static void note_result(xc_ckpt_writer_t *w, const xc_ckpt_info_t *r)
+{
+    w->busy = 0;
+    if (r->rc == 0) {
+        w->last_step = r->step;
+        snprintf(w->last_path, sizeof w->last_path, "%s", r->path);
+        snprintf(w->last_train, sizeof w->last_train, "%s", r->train_path);
+        w->last_bytes = r->bytes;
+    }
+    pthread_cond_broadcast(&w->cv);
+}
+
+static void *writer_main(void *arg)
+{
+    xc_ckpt_writer_t *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->has_job && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->has_job) break;
+        w->has_job = 0;
+        pthread_mutex_unlock(&w->mu);
+        xc_ckpt_info_t r;
+        write_pair(w, &w->job, &r); /* the job stays untouched until busy is cleared */
+        pthread_mutex_lock(&w->mu);
+        note_result(w, &r);
+        pthread_mutex_unlock(&w->mu);
+        if (w->done) w->done(w->done_ctx, &r);
+        pthread_mutex_lock(&w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+xc_ckpt_writer_t *xc_ckpt_writer_new(const xc_ckpt_writer_opts_t *o, int *err)
+{
+    xc_ckpt_writer_t *w = calloc(1, sizeof *w); /* owned by the caller; xc_ckpt_writer_destroy */
+    *err = XC_ENOMEM;
+    if (!w) return NULL;
+    w->dir = strdup(o->state_dir ? o->state_dir : ".");
+    w->name = strdup(o->name ? o->name : "xcoderd");
+    w->config_json = strdup(o->config_json ? o->config_json : "{}");
+    if (!w->dir || !w->name || !w->config_json) goto out_free;
+    w->keep = o->keep;
+    w->done = o->done;
+    w->done_ctx = o->done_ctx;
+    w->last_step = -1;
+    w->serial = 1;
+    w->fault = -1;
+    const char *fa = getenv("XC_CKPT_FAULT_AFTER");
+    if (fa && *fa) {
+        w->fault = atoll(fa);
+        xc_log(XC_LOG_WARN, "XC_CKPT_FAULT_AFTER=%lld: every checkpoint write stops after that many bytes (a test hook)",
+               w->fault);
+    }
+    random_hex(w->run_id, sizeof w->run_id);
+    if (pthread_mutex_init(&w->mu, NULL)) goto out_free;
+    if (pthread_cond_init(&w->cv, NULL)) goto out_mu;
+    if (pthread_create(&w->th, NULL, writer_main, w)) {
+        *err = XC_ESYS;
+        goto out_cv;
+    }
+    w->started = 1;
+    remove_stale_temps(w->dir, w->name);
+    *err = XC_OK;
+    return w;
+out_cv:
+    pthread_cond_destroy(&w->cv);
+out_mu:
+    pthread_mutex_destroy(&w->mu);
+out_free:
+    free(w->dir);
+    free(w->name);
+    free(w->config_json);
+    free(w);
+    return NULL;
+}
+
+void xc_ckpt_writer_destroy(xc_ckpt_writer_t **pw)
+{
+    xc_ckpt_writer_t *w = pw ? *pw : NULL;
+    if (!w) return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (w->started) pthread_join(w->th, NULL); /* finishes a job in flight first */
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w->buf);
+    free(w->dir);
+    free(w->name);
+    free(w->config_json);
+    free(w);
+    *pw = NULL;
+}
+
+void xc_ckpt_writer_set_keep(xc_ckpt_writer_t *w, int keep)
+{
+    pthread_mutex_lock(&w->mu);
+    w->keep = keep;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void xc_ckpt_writer_set_fault(xc_ckpt_writer_t *w, long long n)
+{
+    pthread_mutex_lock(&w->mu);
+    w->fault = n;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void xc_ckpt_writer_continue(xc_ckpt_writer_t *w, const char *run_id, uint64_t next_serial, long step,
+                             const char *path, const char *train_path)
+{
+    pthread_mutex_lock(&w->mu);
+    if (run_id && *run_id) snprintf(w->run_id, sizeof w->run_id, "%s", run_id);
+    if (next_serial > w->serial) w->serial = next_serial;
+    if (path && train_path) {
+        w->last_step = step;
+        snprintf(w->last_path, sizeof w->last_path, "%s", path);
+        snprintf(w->last_train, sizeof w->last_train, "%s", train_path);
+        struct stat a, b;
+        w->last_bytes = stat(path, &a) == 0 && stat(train_path, &b) == 0 ? (uint64_t)(a.st_size + b.st_size) : 0;
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+const char *xc_ckpt_writer_run_id(const xc_ckpt_writer_t *w) { return w->run_id; }
+
+int xc_ckpt_writer_busy(xc_ckpt_writer_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int b = w->busy;
+    pthread_mutex_unlock(&w->mu);
+    return b;
+}
+
+/* Under w->mu: the previous pair is the current state (same step, files present). */
+static int reuse_last(xc_ckpt_writer_t *w, xc_engine_t *e, const char *reason, uint64_t gen, xc_ckpt_info_t *out)
+{
+    long step = xc_engine_metrics(e)->step;
+    if (w->last_step != step || access(w->last_path, F_OK) || access(w->last_train, F_OK)) return 0;
+    memset(out, 0, sizeof *out);
+    out->gen = gen;
+    out->step = step;
+    out->tokens = xc_engine_metrics(e)->tokens;
+    out->bytes = w->last_bytes;
+    out->reused = 1;
+    snprintf(out->path, sizeof out->path, "%s", w->last_path);
+    snprintf(out->train_path, sizeof out->train_path, "%s", w->last_train);
+    snprintf(out->reason, sizeof out->reason, "%s", reason);
+    return 1;
+}
+
+int xc_ckpt_writer_submit(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras,
+                          const char *reason, uint64_t gen, int sync, xc_ckpt_info_t *out)
+{
+    xc_ckpt_info_t tmp;
+    int rc;
+    if (!out) out = &tmp;
+    pthread_mutex_lock(&w->mu);
+    if (w->busy && !sync) {
+        pthread_mutex_unlock(&w->mu);
+        return XC_EAGAIN;
+    }
+    while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
+    if (reuse_last(w, e, reason, gen, out)) {
+        pthread_mutex_unlock(&w->mu);
+        return 1;
+    }
+    w->busy = 1;
+    pthread_mutex_unlock(&w->mu);
+
+    snap_t *s = &w->job; /* ours while busy */
+    rc = capture(w, e, extras, n_extras, !sync, s);
+    snprintf(s->reason, sizeof s->reason, "%s", reason ? reason : "request");
+    s->gen = gen;
+    if (rc) {
+        memset(out, 0, sizeof *out);
+        out->rc = rc;
+        out->gen = gen;
+        snprintf(out->reason, sizeof out->reason, "%s", s->reason);
+        why_set(out->why, sizeof out->why, "cannot copy the training state: %s", xc_strerror(rc));
+        pthread_mutex_lock(&w->mu);
+        note_result(w, out);
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
+    if (!sync) {
+        pthread_mutex_lock(&w->mu);
+        w->has_job = 1;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        return 0;
+    }
+    rc = write_pair(w, s, out);
+    pthread_mutex_lock(&w->mu);
+    note_result(w, out);
+    pthread_mutex_unlock(&w->mu);
+    return rc ? rc : 1;
 }
 
 int xc_ckpt_write(xc_engine_t *e, const xc_ckpt_opts_t *o, char *path_out, size_t path_len,
                   uint64_t *bytes, char *why, size_t why_len)
 {
-    const xc_engine_config_t *c = xc_engine_config(e);
-    const xc_engine_metrics_t *m = xc_engine_metrics(e);
-    xc_engine_params_t p;
-    char file[160], v[64];
-    int rc = XC_ENOMEM;
+    xc_ckpt_writer_opts_t wo = {o->state_dir, o->name, o->config_json, 0, NULL, NULL};
+    xc_ckpt_info_t r;
+    int err;
+    xc_ckpt_writer_t *w = xc_ckpt_writer_new(&wo, &err);
+    if (!w) {
+        why_set(why, why_len, "cannot start a checkpoint writer: %s", xc_strerror(err));
+        return err;
+    }
+    int rc = xc_ckpt_writer_submit(w, e, NULL, 0, o->reason ? o->reason : "request", 0, 1, &r);
+    xc_ckpt_writer_destroy(&w);
+    if (rc < 0) {
+        why_set(why, why_len, "%s", r.why);
+        return rc;
+    }
+    if (path_out && path_len) snprintf(path_out, path_len, "%s", r.path);
+    if (bytes) *bytes = r.bytes;
+    return XC_OK;
+}
 
-    xc_engine_params(e, &p);
-    xc_st_t *st = xc_st_new(); /* owned here */
-    if (!st) {
-        why_set(why, why_len, "out of memory");
-        return XC_ENOMEM;
+/* ------------------------------------------------------------ loading -- */
+static int shape_str(char *out, size_t n, int ndim, const int64_t *s)
+{
+    size_t u = 0;
+    u += (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < ndim && u < n; i++) u += (size_t)snprintf(out + u, n - u, "%s%lld", i ? ", " : "", (long long)s[i]);
+    if (u < n) snprintf(out + u, n - u, "]");
+    return 0;
+}
+
+/* A tensor must exist with this dtype and shape. */
+static int expect(const xc_stf_t *f, const char *name, const char *dtype, int ndim, const int64_t *shape,
+                  int code, char *why, size_t wl)
+{
+    const xc_stf_tensor_t *t = xc_stf_find(f, name);
+    char a[96], b[96];
+    if (!t) {
+        why_set(why, wl, "%s: no tensor '%s'%s", xc_stf_path(f), name,
+                code == XC_EVERSION ? " (written by an incompatible xcoderd?)" : "");
+        return code;
     }
-    xpose_t enc = {p.w_enc, c->dict_size, c->d}, dec = {p.w_dec, c->dict_size, c->d};
-    float threshold = (float)m->theta;
-    int32_t k = c->k;
-    int64_t cnid = 1;
-    int64_t s_enc[3] = {2, c->d, c->dict_size}, s_b[1] = {c->dict_size};
-    int64_t s_dec[3] = {2, c->dict_size, c->d}, s_bd[2] = {2, c->d};
-    if (xc_st_add_fill(st, "encoder.weight", "F32", 3, s_enc, fill_enc, &enc) ||
-        xc_st_add(st, "encoder.bias", "F32", 1, s_b, p.b_enc) ||
-        xc_st_add_fill(st, "decoder.weight", "F32", 3, s_dec, fill_dec, &dec) ||
-        xc_st_add(st, "decoder.bias", "F32", 2, s_bd, p.b_dec) ||
-        xc_st_add(st, "threshold", "F32", 0, NULL, &threshold) ||
-        xc_st_add(st, "k", "I32", 0, NULL, &k) ||
-        xc_st_add(st, "code_normalization_id", "I64", 0, NULL, &cnid)) {
-        rc = XC_EINVAL;
-        goto out_destroy;
+    int same = strcmp(t->dtype, dtype) == 0 && t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        shape_str(a, sizeof a, t->ndim, t->shape);
+        shape_str(b, sizeof b, ndim, shape);
+        why_set(why, wl, "%s: tensor '%s' is %s %s, expected %s %s", xc_stf_path(f), name, t->dtype, a, dtype, b);
+        return code;
     }
-    rc = xc_st_meta(st, "format", "xcoderd-crosscoder");
-    rc = rc ? rc : xc_st_meta(st, "format_version", "1");
-    rc = rc ? rc : xc_st_meta(st, "model", c->model == XC_MODEL_L1 ? "l1" : "batchtopk");
-    snprintf(v, sizeof v, "%ld", m->step);
-    rc = rc ? rc : xc_st_meta(st, "step", v);
-    snprintf(v, sizeof v, "%llu", (unsigned long long)m->tokens);
-    rc = rc ? rc : xc_st_meta(st, "tokens", v);
-    snprintf(v, sizeof v, "%.9g", m->theta);
-    rc = rc ? rc : xc_st_meta(st, "theta", v);
-    rc = rc ? rc : xc_st_meta(st, "layout", "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat");
-    if (o->name) rc = rc ? rc : xc_st_meta(st, "name", o->name);
-    if (o->reason) rc = rc ? rc : xc_st_meta(st, "reason", o->reason);
-    if (o->config_json) rc = rc ? rc : xc_st_meta(st, "config", o->config_json);
-    if (rc) goto out_destroy;
-    snprintf(file, sizeof file, "%s-%09ld.safetensors", o->name ? o->name : "xcoderd", m->step);
-    rc = xc_st_write(st, o->state_dir, file, path_out, path_len, bytes, why, why_len);
-    xc_st_destroy(&st);
+    return XC_OK;
+}
+
+static int check_model_tensors(const xc_stf_t *f, const xc_engine_config_t *c, char *why, size_t wl)
+{
+    int64_t d = c->d, F = c->dict_size;
+    int64_t s_enc[3] = {2, d, F}, s_b[1] = {F}, s_dec[3] = {2, F, d}, s_bd[2] = {2, d}, s_two[1] = {2};
+    int btk = c->model == XC_MODEL_BATCHTOPK, rc;
+    if ((rc = expect(f, "encoder.weight", "F32", 3, s_enc, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "encoder.bias", "F32", 1, s_b, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "decoder.weight", "F32", 3, s_dec, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "decoder.bias", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "code_normalization_id", "I64", 0, NULL, XC_ECORRUPT, why, wl)) ||
+        (btk && (rc = expect(f, "threshold", "F32", 0, NULL, XC_ECORRUPT, why, wl))) ||
+        (btk && (rc = expect(f, "k", "I32", 0, NULL, XC_ECORRUPT, why, wl))) ||
+        (rc = expect(f, "target_rms", "F32", 0, NULL, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "activation_mean", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "activation_std", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
+        (rc = expect(f, "activation_global_scale", "F32", 1, s_two, XC_ECORRUPT, why, wl)))
+        return rc;
+    if (xc_stf_count(f) != (btk ? 11 : 9)) {
+        why_set(why, wl, "%s: %d tensors, a %s model file has %d", xc_stf_path(f), xc_stf_count(f),
+                xc_ckpt_model_name(c->model), btk ? 11 : 9);
+        return XC_ECORRUPT;
+    }
+    return XC_OK;
+}
+
+/* The checkpoint's model (kind, d, dict_size) against e's configuration. */
+static int check_compatible(const xc_stf_t *f, const xc_engine_config_t *c, char *why, size_t wl)
+{
+    const char *model = xc_stf_meta(f, "model"), *ds = xc_stf_meta(f, "d"), *fs = xc_stf_meta(f, "dict_size");
+    if (!model || !ds || !fs) {
+        why_set(why, wl, "%s: metadata lacks model, d or dict_size", xc_stf_path(f));
+        return XC_ECORRUPT;
+    }
+    long d = strtol(ds, NULL, 10), F = strtol(fs, NULL, 10);
+    if (strcmp(model, xc_ckpt_model_name(c->model)) != 0 || d != c->d || F != c->dict_size) {
+        why_set(why, wl,
+                "%s holds a %s crosscoder with d = %ld, dict_size = %ld, but the configuration asks for a %s "
+                "crosscoder with d = %d, dict_size = %d; start with --fresh for a new model (the old "
+                "checkpoints stay), or use another state_dir or name",
+                xc_stf_path(f), model, d, F, xc_ckpt_model_name(c->model), c->d, c->dict_size);
+        return XC_ESHAPE;
+    }
+    return XC_OK;
+}
+
+int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, const char *model_path,
+                      const char *train_path, xc_ckpt_loaded_t *info, char *why, size_t wl)
+{
+    const xc_engine_config_t *c = xc_engine_config(e);
+    xc_state_view_t v[CKPT_MAX_VIEWS];
+    int err, rc;
+    xc_stf_t *mf = xc_stf_open(model_path, &err, why, wl), *tf = NULL;
+    if (!mf) return err;
+    tf = xc_stf_open(train_path, &err, why, wl);
+    if (!tf) {
+        rc = err;
+        goto out;
+    }
+    for (int i = 0; i < 2; i++) {
+        xc_stf_t *f = i ? tf : mf;
+        if (xc_stf_kind(f) != (i ? XC_STF_TRAIN : XC_STF_MODEL)) {
+            const char *fmt = xc_stf_meta(f, "format");
+            why_set(why, wl, "%s is not an xcoderd %s file (format '%.40s')", xc_stf_path(f),
+                    i ? "training-state" : "model", fmt ? fmt : "none");
+            rc = XC_ECORRUPT;
+            goto out;
+        }
+        if ((rc = xc_stf_verify(f, why, wl))) {
+            if (rc == XC_ENOTFOUND) rc = XC_ECORRUPT;
+            goto out;
+        }
+    }
+    if ((rc = xc_stf_pair_check(mf, tf, why, wl))) goto out;
+    const char *mv = xc_stf_meta(mf, "format_version"), *tv = xc_stf_meta(tf, "format_version");
+    if (!mv || !tv || strcmp(mv, XC_CKPT_MODEL_VERSION) || strcmp(tv, XC_CKPT_TRAIN_VERSION)) {
+        why_set(why, wl, "%s: format versions %s / %s; this xcoderd reads %s / %s", model_path, mv ? mv : "?",
+                tv ? tv : "?", XC_CKPT_MODEL_VERSION, XC_CKPT_TRAIN_VERSION);
+        rc = XC_EVERSION;
+        goto out;
+    }
+    if ((rc = check_compatible(mf, c, why, wl)) || (rc = check_model_tensors(mf, c, why, wl))) goto out;
+    /* every state view, with its dtype and shape, and nothing else */
+    int n = xc_engine_state_views(e, v, XC_ENGINE_STATE_MAX);
+    for (int i = 0; i < n_extras && n < CKPT_MAX_VIEWS; i++) v[n++] = extras[i];
+    for (int i = 0; i < n; i++) {
+        int64_t shape[3] = {v[i].shape[0], v[i].shape[1], v[i].shape[2]};
+        if ((rc = expect(tf, v[i].name, st_dtype(v[i].dtype), v[i].ndim, shape, XC_EVERSION, why, wl))) goto out;
+    }
+    for (int i = 0; i < xc_stf_count(tf); i++) { /* the trainer's own state is optional to a reader */
+        const char *tn = xc_stf_at(tf, i)->name;
+        int known = strncmp(tn, "trainer.", 8) == 0;
+        for (int q = 0; q < n && !known; q++) known = strcmp(tn, v[q].name) == 0;
+        if (!known) {
+            why_set(why, wl, "%s: state tensor '%s' is unknown to this xcoderd (written by an incompatible version?)",
+                    train_path, tn);
+            rc = XC_EVERSION;
+            goto out;
+        }
+    }
+    /* everything checked: now copy */
+    for (int i = 0; i < n; i++) memcpy(v[i].data, xc_stf_find(tf, v[i].name)->data, v[i].bytes);
+    xc_engine_state_restored(e);
+    if (info) {
+        const char *s;
+        memset(info, 0, sizeof *info);
+        snprintf(info->path, sizeof info->path, "%s", model_path);
+        snprintf(info->train_path, sizeof info->train_path, "%s", train_path);
+        info->step = xc_engine_metrics(e)->step;
+        info->tokens = xc_engine_metrics(e)->tokens;
+        info->serial = (s = xc_stf_meta(mf, "serial")) ? strtoull(s, NULL, 10) : 0;
+        snprintf(info->run_id, sizeof info->run_id, "%s", (s = xc_stf_meta(mf, "run_id")) ? s : "");
+        snprintf(info->created, sizeof info->created, "%s", (s = xc_stf_meta(mf, "created")) ? s : "");
+        snprintf(info->config_json, sizeof info->config_json, "%s", (s = xc_stf_meta(mf, "config")) ? s : "");
+    }
+    rc = XC_OK;
+out:
+    xc_stf_close(&mf);
+    xc_stf_close(&tf);
     return rc;
-out_destroy:
-    why_set(why, why_len, "cannot describe the checkpoint: %s", xc_strerror(rc ? rc : XC_EINVAL));
-    xc_st_destroy(&st);
-    return rc ? rc : XC_EINVAL;
+}
+
+int xc_ckpt_pair_paths(const char *path, char *model, size_t ml, char *train, size_t tl)
+{
+    size_t n = strlen(path), ts = strlen(XC_STF_TRAIN_SUFFIX), ms = strlen(".safetensors");
+    if (n > ts && strcmp(path + n - ts, XC_STF_TRAIN_SUFFIX) == 0) {
+        snprintf(model, ml, "%.*s.safetensors", (int)(n - ts), path);
+        snprintf(train, tl, "%s", path);
+        return XC_OK;
+    }
+    if (n > ms && strcmp(path + n - ms, ".safetensors") == 0) {
+        snprintf(model, ml, "%s", path);
+        snprintf(train, tl, "%.*s%s", (int)(n - ms), path, XC_STF_TRAIN_SUFFIX);
+        return XC_OK;
+    }
+    return XC_EINVAL;
+}
+
+int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, const xc_ckpt_resume_opts_t *o,
+                   xc_ckpt_loaded_t *info, uint64_t *next_serial, char *why, size_t wl)
+{
+    char m[1100], t[1100], sub[700];
+    entry_t *v;
+    int n, rc, skipped = 0;
+    uint64_t max_serial = 0;
+    if ((rc = list_entries(o->state_dir, o->name, &v, &n))) {
+        why_set(why, wl, "cannot list %s: %s", o->state_dir, strerror(errno));
+        return rc;
+    }
+    for (int i = 0; i < n; i++)
+        if (v[i].known && v[i].serial > max_serial) max_serial = v[i].serial;
+    if (next_serial) *next_serial = max_serial + 1;
+    if (o->path) {
+        free(v);
+        if (xc_ckpt_pair_paths(o->path, m, sizeof m, t, sizeof t)) {
+            why_set(why, wl, "--resume %s: not a checkpoint file name (NAME-STEP.safetensors or NAME-STEP%s)", o->path,
+                    XC_STF_TRAIN_SUFFIX);
+            return XC_EINVAL;
+        }
+        return xc_ckpt_load_pair(e, extras, n_extras, m, t, info, why, wl);
+    }
+    if (o->fresh) {
+        free(v);
+        why_set(why, wl, "a fresh start was asked for (--fresh); %d checkpoint(s) of '%s' in %s are left as they are", n,
+                o->name, o->state_dir);
+        return XC_ENOTFOUND;
+    }
+    qsort(v, (size_t)n, sizeof *v, newest_first);
+    for (int i = 0; i < n; i++) {
+        pair_names(o->state_dir, o->name, v[i].step, m, sizeof m, t, sizeof t);
+        if (!v[i].has_model || !v[i].has_train) {
+            xc_log(XC_LOG_WARN, "skipping checkpoint at step %ld: %s is missing (an interrupted write)", v[i].step,
+                   v[i].has_model ? t : m);
+            skipped++;
+            continue;
+        }
+        rc = xc_ckpt_load_pair(e, extras, n_extras, m, t, info, sub, sizeof sub);
+        if (rc == XC_OK) {
+            free(v);
+            return XC_OK;
+        }
+        if (rc == XC_ESHAPE || rc == XC_EVERSION) {
+            why_set(why, wl, "%s", sub);
+            free(v);
+            return rc;
+        }
+        xc_log(XC_LOG_WARN, "skipping checkpoint at step %ld: %s", v[i].step, sub);
+        skipped++;
+    }
+    free(v);
+    if (skipped)
+        why_set(why, wl, "none of the %d checkpoint(s) of '%s' in %s is valid (see the lines above)", skipped, o->name,
+                o->state_dir);
+    else
+        why_set(why, wl, "no checkpoint of '%s' in %s", o->name, o->state_dir);
+    return XC_ENOTFOUND;
 }
