@@ -508,25 +508,19 @@ int xc_client_request(xc_client_t *c, const char *op, const xc_client_arg_t *arg
         xc_mp_doc_t *doc = NULL;
         char msg[XC_PROTO_REASON_MAX + 64] = "";
         rc = xc_proto_reply_decode(body, blen, &doc, msg, sizeof msg);
+        /* the parsed doc points into the frame: keep the frames until it is converted */
+        int e = XC_OK, had_doc = doc != NULL;
+        if (rc >= 0 && reply) *reply = xc_client_value_from_node(xc_mp_root(doc), &e);
+        xc_mp_doc_free(&doc);
         for (int i = 0; i < n; i++) zmq_msg_close(&m[i]);
-        if (rc == XC_EPROTO || rc == XC_EVERSION) {
-            if (!doc) return set_err(c, rc, "unreadable reply to '%s': %s", op, msg[0] ? msg : xc_strerror(rc));
-        }
+        if ((rc == XC_EPROTO || rc == XC_EVERSION) && !had_doc)
+            return set_err(c, rc, "unreadable reply to '%s': %s", op, msg[0] ? msg : xc_strerror(rc));
         if (rc < 0) {
-            xc_mp_doc_free(&doc);
             if (rc == XC_EUNKNOWN)
                 return set_err(c, rc, "the daemon does not know '%s' (is it older than this client?): %s", op, msg);
             return set_err(c, rc, "the daemon refused '%s': %s (%s)", op, msg[0] ? msg : xc_strerror(rc), xc_errname(rc));
         }
-        if (reply) {
-            int e = XC_OK;
-            *reply = xc_client_value_from_node(xc_mp_root(doc), &e);
-            if (!*reply) {
-                xc_mp_doc_free(&doc);
-                return set_err(c, e, "reply to '%s' could not be decoded: %s", op, xc_strerror(e));
-            }
-        }
-        xc_mp_doc_free(&doc);
+        if (reply && !*reply) return set_err(c, e, "reply to '%s' could not be decoded: %s", op, xc_strerror(e));
         c->err[0] = 0;
         return XC_OK;
     }
@@ -607,15 +601,13 @@ int xc_client_next_event(xc_client_t *c, int timeout_ms, xc_client_value_t **eve
         xc_mp_doc_t *doc = NULL;
         rc = xc_proto_event_decode(zmq_msg_data(&m[0]), zmq_msg_size(&m[0]), zmq_msg_data(&m[1]),
                                    zmq_msg_size(&m[1]), topic, sizeof topic, &doc, why, sizeof why);
+        /* the parsed doc points into the body frame: convert before closing it */
+        int e = XC_OK;
+        if (rc >= 0) *event = xc_client_value_from_node(xc_mp_root(doc), &e);
+        xc_mp_doc_free(&doc);
         zmq_msg_close(&m[0]);
         zmq_msg_close(&m[1]);
-        if (rc < 0) {
-            xc_mp_doc_free(&doc);
-            return set_err(c, rc, "malformed event: %s", why);
-        }
-        int e = XC_OK;
-        *event = xc_client_value_from_node(xc_mp_root(doc), &e);
-        xc_mp_doc_free(&doc);
+        if (rc < 0) return set_err(c, rc, "malformed event: %s", why);
         if (!*event) return set_err(c, e, "event could not be decoded: %s", xc_strerror(e));
         return XC_OK;
     }
