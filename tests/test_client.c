@@ -3,7 +3,9 @@
  * safetensors reader, the client against an in-process fake daemon (window
  * backpressure, nack reasons, request ids, error replies, events, timeouts),
  * and the CLI's argument errors and exit codes (build/xcoder run as a child). */
+#include "xc_latents.h"
 #include "xc_proto.h"
+#include "xc_shm.h"
 #include "xc_test.h"
 #include "xcoder.h"
 
@@ -746,6 +748,14 @@ static void test_cli_usage_errors(void)
         {{"-x", NULL}, 2, "unknown option '-x'"},
         {{"--run-dir", nodaemon, "--timeout", "0.3", "status", NULL}, 3, "does not exist"},
         {{"--run-dir", nodaemon, "--timeout", "0.3", "watch", "--count", "1", NULL}, 3, "does not exist"},
+        {{"scaling", "--tokens", "0", NULL}, 2, "not an integer in [1,"},
+        {{"scaling", "--source", "ram", NULL}, 2, "not one of auto, shm, control"},
+        {{"latents", "--class", "chatty", NULL}, 2, "not one of chat_only"},
+        {{"latents", "--by", "fired", "--source", "shm", NULL}, 2, "not in shared memory"},
+        {{"--name", "no-such-xcoderd-instance", "latents", "--source", "shm", NULL}, 1, "no shared memory"},
+        {{"--name", "no-such-xcoderd-instance", "latent", "1", "--source", "shm", NULL}, 1, "no shared memory"},
+        {{"--name", "no-such-xcoderd-instance", "watch", "--source", "shm", NULL}, 1, "no shared memory"},
+        {{"--run-dir", nodaemon, "--timeout", "0.3", "scaling", NULL}, 3, "does not exist"},
     };
     char out[8192];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -759,7 +769,7 @@ static void test_cli_usage_errors(void)
 static void test_cli_help(void)
 {
     static const char *const cmds[] = {"push", "status", "ping", "watch", "latents", "latent", "checkpoint", "pause",
-                                       "resume", "shutdown", "config", "events", "synth", "report"};
+                                       "resume", "shutdown", "config", "events", "synth", "report", "scaling"};
     char out[16384];
     const char *a0[] = {"--help", NULL};
     XC_CHECK(run_cli(out, sizeof out, a0) == 0 && strstr(out, "commands:"), "xcoder --help: %.300s", tail(out));
@@ -793,6 +803,228 @@ static void test_cli_synth_file(void)
     XC_CHECK(s > 0 && isfinite(s), "data is not all zero");
     xc_client_npy_close(&n1);
     xc_client_npy_close(&n2);
+}
+
+/* ------------------------------------------------- per-latent records, shm */
+
+/* A shared-memory object as the daemon would write it: 8 latents with known
+ * values; latent 3 dead, 5 and 6 chat-only (6 chat-specific), nu undefined
+ * (NaN) for 2 and 7, an exact pass when `exact`. */
+static xc_shm_writer_t *fake_shm(const char *inst, int exact)
+{
+    int err = 0;
+    char why[256];
+    xc_shm_writer_t *w = xc_shm_writer_open(inst, 8, 4, 0, 0600, &err, why, sizeof why);
+    if (!w) return NULL;
+    static const float dn[8] = {0.5f, 0.05f, 0.45f, 0.97f, 0.3f, 0.95f, 0.99f, 0.7f};
+    static const uint8_t cls[8] = {XC_CLASS_SHARED, XC_CLASS_BASE_ONLY, XC_CLASS_SHARED,   XC_CLASS_DEAD,
+                                   XC_CLASS_OTHER,  XC_CLASS_CHAT_ONLY, XC_CLASS_CHAT_ONLY, XC_CLASS_OTHER};
+    static const float nu[8] = {0.9f, 1.2f, NAN, 0.5f, 0.8f, 0.6f, 0.05f, NAN};
+    xc_shm_writer_begin(w);
+    xc_shm_header_t *h = xc_shm_writer_header(w);
+    h->step = 77;
+    h->tokens = 77 * 256;
+    h->class_counts[XC_CLASS_SHARED] = 2;
+    h->class_counts[XC_CLASS_BASE_ONLY] = 1;
+    h->class_counts[XC_CLASS_DEAD] = 1;
+    h->class_counts[XC_CLASS_OTHER] = 2;
+    h->class_counts[XC_CLASS_CHAT_ONLY] = 2;
+    h->class_counts[5] = 1;
+    h->thresholds[0] = 0.9f, h->thresholds[1] = 0.1f, h->thresholds[2] = 0.4f, h->thresholds[3] = 0.6f;
+    h->thresholds[4] = 0.2f, h->thresholds[5] = 0.5f;
+    h->scaling_step = exact ? 70 : -1;
+    h->scaling_tokens = exact ? 5000 : 0;
+    for (int a = 0; a < XC_SHM_NARRAYS; a++) {
+        if (a == XC_SHM_CLASS || a == XC_SHM_FLAGS || a == XC_SHM_LAST_STEP || a == XC_SHM_ACTIVE ||
+            a == XC_SHM_EXACT_ACTIVE)
+            continue;
+        float *v = xc_shm_writer_array(w, (xc_shm_array_t)a);
+        for (int j = 0; j < 8; j++) v[j] = 0.01f * (float)(a + 1) + 0.1f * (float)j;
+    }
+    float *d = xc_shm_writer_array(w, XC_SHM_DELTA_NORM), *ne = xc_shm_writer_array(w, XC_SHM_NU_ERR),
+          *xe = xc_shm_writer_array(w, XC_SHM_EXACT_NU_ERR);
+    int64_t *last = xc_shm_writer_array(w, XC_SHM_LAST_STEP);
+    double *act = xc_shm_writer_array(w, XC_SHM_ACTIVE), *xact = xc_shm_writer_array(w, XC_SHM_EXACT_ACTIVE);
+    uint8_t *c = xc_shm_writer_array(w, XC_SHM_CLASS), *fl = xc_shm_writer_array(w, XC_SHM_FLAGS);
+    for (int j = 0; j < 8; j++) {
+        d[j] = dn[j];
+        ne[j] = nu[j];
+        xe[j] = exact ? nu[j] * 0.5f : NAN;
+        last[j] = j == 3 ? -1 : 70 + j;
+        act[j] = 100.0 * j;
+        xact[j] = 10.0 * j;
+        c[j] = cls[j];
+        fl[j] = j == 6 ? (XC_FLAG_CHAT_SPECIFIC | (exact ? XC_FLAG_SCALING_EXACT : 0)) : 0;
+    }
+    xc_shm_writer_end(w);
+    return w;
+}
+
+static void test_latents_records(void)
+{
+    char inst[64];
+    snprintf(inst, sizeof inst, "xctest-rec-%d", (int)getpid());
+    xc_shm_writer_t *w = fake_shm(inst, 1);
+    XC_REQUIRE(w, "writer");
+    int err = 0;
+    xc_shm_reader_t *r = xc_shm_reader_open(inst, &err);
+    XC_REQUIRE(r, "reader: %s", xc_errname(err));
+    xc_shm_snapshot_t s;
+    XC_REQUIRE(xc_shm_reader_snapshot(r, &s, 1000) == XC_OK, "snapshot");
+
+    /* a record from shared memory */
+    xc_lat_t l;
+    xc_lat_from_shm(&s, 6, &l);
+    XC_CHECK(l.j == 6 && l.cls == XC_CLASS_CHAT_ONLY && l.chat_specific && !l.dead, "latent 6: cls %d cs %d", l.cls,
+             l.chat_specific);
+    XC_CHECK(l.delta_norm == (double)0.99f && l.run.nu_err == (double)0.05f && l.exact.nu_err == (double)0.025f,
+             "latent 6 values %g %g %g", l.delta_norm, l.run.nu_err, l.exact.nu_err);
+    XC_CHECK(l.has_exact && l.exact.active == 60.0 && l.run.active == 600.0 && l.last_step_fired == 76, "latent 6 exact");
+    XC_CHECK(isnan(l.fired) && isnan(l.tokens_since_fired), "fired is not in shared memory");
+    xc_lat_from_shm(&s, 3, &l);
+    XC_CHECK(l.dead && l.cls == XC_CLASS_DEAD && l.last_step_fired == -1, "latent 3 is dead");
+
+    /* written out and read back as the daemon's map would be: the same record */
+    for (int j = 0; j < 8; j++) {
+        xc_lat_t a, b;
+        xc_lat_from_shm(&s, j, &a);
+        xc_buf_t buf;
+        xc_mpw_t mw;
+        xc_buf_init(&buf);
+        xc_mpw_init(&mw, &buf);
+        xc_mpw_map_begin(&mw);
+        xc_lat_write(&mw, &a, 1);
+        xc_mpw_map_end(&mw);
+        XC_REQUIRE(xc_mpw_finish(&mw) == XC_OK, "write %d", j);
+        xc_client_value_t *v = xc_client_value_parse(buf.data, buf.len, NULL);
+        XC_REQUIRE(v, "parse %d", j);
+        XC_CHECK(xc_lat_from_value(v, -1, &b) == XC_OK, "from value %d", j);
+        const xc_client_value_t *nu = xc_client_value_path(v, "scaling.nu_err");
+        XC_CHECK(nu && (isnan(a.run.nu_err) ? nu->type == XC_VAL_NIL : nu->type == XC_VAL_FLOAT), "NaN travels as nil (%d)", j);
+        XC_CHECK(b.j == a.j && b.cls == a.cls && b.dead == a.dead && b.chat_specific == a.chat_specific &&
+                     b.delta_norm == a.delta_norm && b.last_step_fired == a.last_step_fired && b.has_exact == a.has_exact,
+                 "round trip %d", j);
+        for (int f = 0; f < XC_LAT_NFIELDS; f++) {
+            double x = xc_lat_value(&a, f), y = xc_lat_value(&b, f);
+            XC_CHECK((isnan(x) && isnan(y)) || x == y, "round trip %d field %s: %g vs %g", j, xc_lat_field_name(f), x, y);
+        }
+        xc_client_value_free(&v);
+        xc_buf_free(&buf);
+    }
+
+    /* selection: order (undefined last either way, ties by index), filters */
+    xc_lat_t *o = NULL;
+    size_t n = 0;
+    XC_REQUIRE(xc_lat_select_shm(&s, XC_LAT_F_NU_ERR, 0, 0, -1, 100, &o, &n) == XC_OK && n == 8, "select all");
+    long want_desc[8] = {1, 0, 4, 5, 3, 6, 2, 7};
+    for (size_t i = 0; i < n; i++) XC_CHECK(o[i].j == want_desc[i], "desc by nu_err: position %zu is %ld", i, o[i].j);
+    free(o);
+    XC_REQUIRE(xc_lat_select_shm(&s, XC_LAT_F_NU_ERR, 1, 1, -1, 5, &o, &n) == XC_OK && n == 5, "select asc alive");
+    long want_asc[5] = {6, 5, 4, 0, 1};
+    for (size_t i = 0; i < n; i++) XC_CHECK(o[i].j == want_asc[i], "asc by nu_err: position %zu is %ld", i, o[i].j);
+    free(o);
+    XC_REQUIRE(xc_lat_select_shm(&s, XC_LAT_F_DELTA_NORM, 0, 0, XC_CLASS_CHAT_ONLY, 10, &o, &n) == XC_OK, "chat-only");
+    XC_CHECK(n == 2 && o[0].j == 6 && o[1].j == 5, "chat-only by delta: n %zu", n);
+    free(o);
+    XC_REQUIRE(xc_lat_select_shm(&s, XC_LAT_F_DELTA_NORM, 0, 0, XC_LAT_CLASS_CHAT_SPECIFIC, 10, &o, &n) == XC_OK, "cs");
+    XC_CHECK(n == 1 && o[0].j == 6, "chat-specific: n %zu", n);
+    free(o);
+    XC_CHECK(xc_lat_select_shm(&s, XC_LAT_F_FIRED, 0, 0, -1, 10, &o, &n) == XC_EINVAL, "fired is not in shm");
+    /* xc_lat_sort on records in another order gives the same answer */
+    xc_lat_t all[8];
+    for (int j = 0; j < 8; j++) xc_lat_from_shm(&s, 7 - j, &all[j]);
+    xc_lat_sort(all, 8, XC_LAT_F_NU_ERR, 0);
+    for (int i = 0; i < 8; i++) XC_CHECK(all[i].j == want_desc[i], "sort desc: position %d is %ld", i, all[i].j);
+
+    /* names */
+    XC_CHECK(xc_lat_field("exact_nu_rec") == XC_LAT_F_EXACT_NU_REC && xc_lat_field("nope") < 0, "field names");
+    for (int f = 0; f < XC_LAT_NFIELDS; f++)
+        XC_CHECK(xc_lat_field(xc_lat_field_name(f)) == f && strstr(xc_lat_field_list(), xc_lat_field_name(f)),
+                 "field %d", f);
+    XC_CHECK(xc_lat_class_parse("chat_only") == XC_CLASS_CHAT_ONLY && xc_lat_class_parse("dead") == XC_CLASS_DEAD &&
+                 xc_lat_class_parse("chat-specific") == XC_LAT_CLASS_CHAT_SPECIFIC && xc_lat_class_parse("x") < 0,
+             "class names");
+    double med[5] = {3, NAN, 1, 2, 10};
+    size_t def = 0;
+    XC_CHECK(xc_lat_median(med, 5, &def) == 2.5 && def == 4, "median of the defined values");
+    XC_CHECK(isnan(xc_lat_median(med, 0, &def)) && def == 0, "median of nothing");
+
+    /* no exact pass: exact fields undefined */
+    xc_shm_snapshot_free(&s);
+    xc_shm_reader_close(&r);
+    xc_shm_writer_close(&w, 1);
+    w = fake_shm(inst, 0);
+    XC_REQUIRE(w, "writer 2");
+    r = xc_shm_reader_open(inst, &err);
+    XC_REQUIRE(r && xc_shm_reader_snapshot(r, &s, 1000) == XC_OK, "snapshot 2");
+    xc_lat_from_shm(&s, 6, &l);
+    XC_CHECK(!l.has_exact && isnan(xc_lat_value(&l, XC_LAT_F_EXACT_NU_ERR)), "no exact pass");
+    xc_shm_snapshot_free(&s);
+    xc_shm_reader_close(&r);
+    xc_shm_writer_close(&w, 1);
+}
+
+/* The CLI on a shared-memory object: same fields as from the daemon, filters,
+ * and clear errors for a missing or stale object. */
+static void test_cli_latents_shm(void)
+{
+    char inst[64], out[32768];
+    snprintf(inst, sizeof inst, "xctest-cli-%d", (int)getpid());
+    xc_shm_writer_t *w = fake_shm(inst, 1);
+    XC_REQUIRE(w, "writer");
+    const char *a1[] = {"--name", inst, "latents", "--source", "shm", "--json", "--by", "nu_err", "--top", "3", NULL};
+    XC_CHECK(run_cli(out, sizeof out, a1) == 0, "latents: %.300s", tail(out));
+    xc_client_value_t *v = xc_client_json_parse(out, strlen(out), NULL, NULL, 0);
+    XC_REQUIRE(v, "JSON: %.300s", tail(out));
+    XC_CHECK(!strcmp(xc_client_value_getstr(v, "source", ""), "shm") && xc_client_value_getnum(v, "snapshot_step", 0) == 77,
+             "source/step: %.300s", out);
+    XC_CHECK(xc_client_value_getnum(v, "latents.0.j", -1) == 1 && xc_client_value_getnum(v, "latents.2.j", -1) == 4,
+             "order: %.300s", out);
+    static const char *const keys[] = {"j", "class", "chat_specific", "delta_norm", "cosine", "norm_base", "norm_chat",
+                                       "freq", "mean_act", "max_act", "fired", "tokens_since_fired", "last_step_fired",
+                                       "dead", "scaling", "scaling_exact"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        XC_CHECK(xc_client_value_get(xc_client_value_path(v, "latents.0"), keys[k]), "field %s missing", keys[k]);
+    xc_client_value_free(&v);
+
+    const char *a2[] = {"--name", inst, "latents", "--class", "chat_specific", "--json", NULL};
+    XC_CHECK(run_cli(out, sizeof out, a2) == 0, "class filter: %.300s", tail(out));
+    v = xc_client_json_parse(out, strlen(out), NULL, NULL, 0);
+    const xc_client_value_t *arr = xc_client_value_get(v, "latents");
+    XC_CHECK(arr && arr->u.a.n == 1 && xc_client_value_getnum(v, "latents.0.j", -1) == 6 &&
+                 !strcmp(xc_client_value_getstr(v, "source", ""), "shm"),
+             "chat_specific: %.300s", out);
+    const xc_client_value_t *nu = xc_client_value_path(v, "latents.0.scaling_exact.nu_err");
+    XC_CHECK(nu && nu->type == XC_VAL_FLOAT && fabs(nu->u.f - 0.025) < 1e-6, "exact nu");
+    xc_client_value_free(&v);
+
+    const char *a3[] = {"--name", inst, "latent", "7", "--json", NULL};
+    XC_CHECK(run_cli(out, sizeof out, a3) == 0, "latent: %.300s", tail(out));
+    v = xc_client_json_parse(out, strlen(out), NULL, NULL, 0);
+    nu = xc_client_value_path(v, "stats.scaling.nu_err");
+    XC_CHECK(nu && nu->type == XC_VAL_NIL && xc_client_value_getnum(v, "j", -1) == 7, "undefined nu is null: %.300s", out);
+    xc_client_value_free(&v);
+
+    const char *a4[] = {"--name", inst, "-v", "latents", "--class", "dead", NULL};
+    XC_CHECK(run_cli(out, sizeof out, a4) == 0 && strstr(out, "source shm: /xcoderd.") && strstr(out, "from shm") &&
+                 strstr(out, "      3 ") && strstr(out, "dead"),
+             "text + -v: %.300s", tail(out));
+    const char *a5[] = {"--name", inst, "latent", "8", NULL};
+    XC_CHECK(run_cli(out, sizeof out, a5) == 1 && strstr(out, "latent 8 does not exist (dict_size = 8)"), "range: %.300s",
+             tail(out));
+
+    /* a stale object: its writer has gone */
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+    xc_shm_writer_begin(w);
+    xc_shm_writer_header(w)->writer_pid = (uint32_t)child;
+    xc_shm_writer_end(w);
+    const char *a6[] = {"--name", inst, "latents", "--source", "shm", NULL};
+    XC_CHECK(run_cli(out, sizeof out, a6) == 1 && strstr(out, "is stale"), "stale: %.300s", tail(out));
+    xc_shm_writer_close(&w, 1);
+    XC_CHECK(run_cli(out, sizeof out, a6) == 1 && strstr(out, "no shared memory /xcoderd.xctest-cli-"), "gone: %.300s",
+             tail(out));
 }
 
 /* ------------------------------------------------------------------- main */
@@ -842,6 +1074,8 @@ int main(int argc, char **argv)
     XC_RUN(test_cli_usage_errors);
     XC_RUN(test_cli_help);
     XC_RUN(test_cli_synth_file);
+    XC_RUN(test_latents_records);
+    XC_RUN(test_cli_latents_shm);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
