@@ -40,6 +40,38 @@ def test_round_trip(tmp_path):
     assert not mm["decoder.weight"].flags.writeable
 
 
+def test_checksum(tmp_path):
+    p = tmp_path / "c.safetensors"
+    save_safetensors(p, _model(), {"format": "xcoderd-crosscoder"}, checksum=True)
+    t, meta = load_checkpoint(p)
+    assert meta["checksum"].startswith("crc32:") and meta["checksum"] != "crc32:00000000"
+    good = p.read_bytes()
+    for at in (good.find(b"encoder.weight"), len(good) // 2, len(good) - 1):  # header, data
+        bad = bytearray(good)
+        bad[at] ^= 0x01
+        p.write_bytes(bytes(bad))
+        with pytest.raises(CheckpointError):
+            load_checkpoint(p)
+    bad = bytearray(good)
+    bad[-1] ^= 0x01
+    p.write_bytes(bytes(bad))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(p)
+    load_checkpoint(p, verify=False)  # still a readable safetensors file
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(p, mmap=True)
+    p.write_bytes(good.replace(meta["checksum"].encode(), b"crc32:XYZ01234"))
+    with pytest.raises(CheckpointError, match="malformed checksum"):
+        load_checkpoint(p)
+    # an xcoderd file of format version 2 or later without its checksum is refused
+    p.write_bytes(good.replace(b'"checksum"', b'"chebksum"'))
+    load_checkpoint(p)  # (format unknown here: a plain safetensors file)
+    q = tmp_path / "v2.safetensors"
+    save_safetensors(q, _model(), {"format": "xcoderd-crosscoder", "format_version": "2"})
+    with pytest.raises(CheckpointError, match="no checksum"):
+        load_checkpoint(q)
+
+
 def _write_raw(path, header, data, hlen=None):
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)

@@ -16,6 +16,8 @@ leading axis is the base model, 1 the chat model.
 import json
 import mmap as _mmap
 import os
+import re
+import zlib
 
 import numpy as np
 
@@ -92,13 +94,45 @@ def _parse(buf, size, where):
     return entries, meta, 8 + hlen
 
 
-def load_checkpoint(path, mmap=False, raw_bf16=False):
+_CRC_PAT = b'"checksum":"crc32:'
+
+
+def _verify_crc(buf, size, meta, where):
+    """xcoderd's whole-file checksum: metadata "checksum" = "crc32:" + 8 hex
+    digits, the zlib CRC-32 of the file with those 8 digits read as "00000000"."""
+    v = meta.get("checksum")
+    if v is None:
+        fv = meta.get("format_version", "")
+        if meta.get("format", "").startswith("xcoderd") and fv.isdigit() and int(fv) >= 2:
+            raise CheckpointError(f"{where}: an xcoderd file (format version {fv}) with no "
+                                  f"checksum in its metadata: corrupt")
+        return
+    if not v.startswith("crc32:"):
+        return
+    hlen = int.from_bytes(bytes(buf[:8]), "little")
+    at = bytes(buf[8:8 + hlen]).find(_CRC_PAT)
+    if not re.fullmatch(r"crc32:[0-9a-f]{8}", v) or at < 0:
+        raise CheckpointError(f"{where}: malformed checksum entry {v[:40]!r}")
+    pos = 8 + at + len(_CRC_PAT)
+    if bytes(buf[pos:pos + 9]) != v[6:].encode() + b'"':
+        raise CheckpointError(f"{where}: malformed checksum entry {v[:40]!r}")
+    crc = zlib.crc32(memoryview(buf)[:pos])
+    crc = zlib.crc32(b"00000000", crc)
+    crc = zlib.crc32(memoryview(buf)[pos + 8:size], crc)
+    if f"{crc:08x}" != v[6:]:
+        raise CheckpointError(f"{where}: checksum mismatch: the file says {v}, its content "
+                              f"gives crc32:{crc:08x} (corrupt or modified)")
+
+
+def load_checkpoint(path, mmap=False, raw_bf16=False, verify=True):
     """Reads a safetensors file with numpy alone.
 
     Returns (tensors, metadata): tensors maps each name to a numpy array of its
     shape (scalars as 0-d arrays; BF16 converted to float32 unless raw_bf16,
     then its uint16 bit pattern); metadata is the __metadata__ map of strings.
     mmap=True returns read-only views of the mapped file instead of copies.
+    verify: when the metadata carries xcoderd's "checksum" ("crc32:..."),
+    check it (files without one are read as plain safetensors).
     Raises CheckpointError naming the problem for a truncated, corrupt or
     foreign file, OSError when it cannot be read."""
     where = os.fspath(path)
@@ -110,6 +144,8 @@ def load_checkpoint(path, mmap=False, raw_bf16=False):
             buf = f.read()
             size = len(buf)
     entries, meta, base = _parse(buf, size, where)
+    if verify:
+        _verify_crc(buf, size, meta, where)
     tensors = {}
     for name, (dt, shape, off) in entries.items():
         npdt = np.dtype(ST_DTYPES[dt])
@@ -123,15 +159,19 @@ def load_checkpoint(path, mmap=False, raw_bf16=False):
     return tensors, dict(meta)
 
 
-def save_safetensors(path, tensors, metadata=None):
+def save_safetensors(path, tensors, metadata=None, checksum=False):
     """Writes a safetensors file (numpy arrays; float32/float16/float64 and
-    integer dtypes). For tests and tools; the daemon writes its own."""
+    integer dtypes). checksum: add xcoderd's "checksum" metadata entry
+    ("crc32:" + the CRC-32 of the file with its digits as "00000000"). For tests
+    and tools; the daemon writes its own."""
     rev = {"<f8": "F64", "<f4": "F32", "<f2": "F16", "<i8": "I64", "<i4": "I32",
            "<i2": "I16", "|i1": "I8", "<u8": "U64", "<u4": "U32", "<u2": "U16",
            "|u1": "U8", "|b1": "BOOL"}
     header, blobs, off = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    meta = {"checksum": "crc32:00000000"} if checksum else {}
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    if meta:
+        header["__metadata__"] = meta
     for name, a in tensors.items():
         a = np.asarray(a)
         le = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
@@ -144,8 +184,12 @@ def save_safetensors(path, tensors, metadata=None):
         off += len(b)
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
+    blob = bytearray(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+    if checksum:
+        pos = 8 + h.find(_CRC_PAT) + len(_CRC_PAT)
+        blob[pos:pos + 8] = f"{zlib.crc32(blob):08x}".encode()
     with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+        f.write(blob)
 
 
 # ---------------------------------------------------------------- model --
