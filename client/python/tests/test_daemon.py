@@ -146,6 +146,8 @@ def test_control_ops(daemon):
     with pytest.raises(XcoderError) as e:
         c.top("no_such_field")
     assert e.value.code == "XC_EINVAL"
+    text = c.metrics()
+    assert f'name="{daemon.name}"' in text and "# TYPE" in text
     with pytest.raises(XcoderError) as e:
         c.request("frobnicate")
     assert e.value.code == "XC_EUNKNOWN" and "frobnicate" in e.value.message

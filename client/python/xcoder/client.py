@@ -114,6 +114,10 @@ class Client:
         """Asks the daemon to stop (finish the step, checkpoint, exit)."""
         return self.request("shutdown")
 
+    def metrics(self):
+        """The daemon's Prometheus text exposition (op "metrics"), as a str."""
+        return self.request("metrics")["text"]
+
     # remote access (remote.py; PROTOCOL.md 2.1, 2.2): checkpoint files and latent tables
     from .remote import checkpoints, fetch_checkpoint, table
 
