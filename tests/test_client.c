@@ -488,6 +488,11 @@ static void *fake_thread(void *arg)
                 xc_proto_reply_begin(&w, &req);
                 xc_mpw_kv_int(&w, "step", 1234);
                 xc_mpw_kv_str(&w, "state", "running");
+                if (req.op == XC_OP_CONFIG) { /* a reply too big for ZeroMQ's inline messages */
+                    static char big[100001];
+                    memset(big, 'x', sizeof big - 1);
+                    xc_mpw_kv_str(&w, "big", big);
+                }
                 xc_mpw_map_end(&w);
                 xc_mpw_finish(&w);
             }
@@ -617,6 +622,13 @@ static void test_client_requests(void)
     XC_CHECK(xc_client_request(c, "an-op-name-that-is-much-too-long-x", NULL, 0, &r) == XC_EINVAL, "long op");
     /* after errors the client still works */
     XC_CHECK(xc_client_ping(c, NULL) == XC_OK, "ping: %s", xc_client_last_error(c));
+    /* a large reply: its strings outlive the received frame */
+    rc = xc_client_config(c, NULL, &r);
+    const xc_client_value_t *big = xc_client_value_get(r, "big");
+    XC_CHECK(rc == XC_OK && big && big->type == XC_VAL_STR && big->u.s.len == 100000 && big->u.s.ptr[0] == 'x' &&
+                 big->u.s.ptr[99999] == 'x',
+             "large reply: %s", xc_client_last_error(c));
+    xc_client_value_free(&r);
 
     /* events */
     XC_CHECK(xc_client_next_event(c, 10, &r) == XC_ESTATE, "next_event before subscribe");
