@@ -1,6 +1,7 @@
 /* `xcoder`: the command line client of xcoderd. This file holds the command
  * table, argument parsing, help, and the helpers every command shares. */
 #include "xc_cli.h"
+#include "xc_cli_remote.h"
 
 #include <errno.h>
 #include <math.h>
@@ -140,6 +141,7 @@ static const xc_cli_cmd_t commands[] = {
      "matches the decoder against the planted features of `xcoder synth` (same --seed\n"
      "and shape options) to say how well they were recovered.",
      report_opts, 0, 0, 1, xc_cli_cmd_report},
+    XC_CLI_REMOTE_COMMANDS /* checkpoints, fetch, table (remote.c) */
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
