@@ -639,7 +639,7 @@ struct xc_ckpt_writer {
     int busy, has_job, quit;
     long last_step;                 /* of the newest pair (-1 none) */
     char last_path[1024], last_train[1024];
-    uint64_t last_bytes;
+    uint64_t last_bytes, last_train_bytes;
     snap_t job;
     uint8_t *buf;                   /* capture buffer; owned */
     size_t buf_len;
@@ -817,7 +817,8 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
     rc = xc_st_write(ms, w->dir, mfile, r->path, sizeof r->path, &mbytes, r->why, sizeof r->why);
     if (rc) goto out;
     w->serial++;
-    r->bytes = tbytes + mbytes;
+    r->bytes = mbytes;
+    r->train_bytes = tbytes;
     rotate(w);
 out:
     r->rc = rc;
@@ -836,6 +837,7 @@ static void note_result(xc_ckpt_writer_t *w, const xc_ckpt_info_t *r)
         snprintf(w->last_path, sizeof w->last_path, "%s", r->path);
         snprintf(w->last_train, sizeof w->last_train, "%s", r->train_path);
         w->last_bytes = r->bytes;
+        w->last_train_bytes = r->train_bytes;
     }
     pthread_cond_broadcast(&w->cv);
 }
@@ -851,11 +853,11 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
         xc_ckpt_info_t r;
         write_pair(w, &w->job, &r); /* the job stays untouched until busy is cleared */
-        pthread_mutex_lock(&w->mu);
-        note_result(w, &r);
-        pthread_mutex_unlock(&w->mu);
+        /* report before clearing busy: a synchronous submit (the final
+         * checkpoint) then also waits for this report to be delivered */
         if (w->done) w->done(w->done_ctx, &r);
         pthread_mutex_lock(&w->mu);
+        note_result(w, &r);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -949,7 +951,8 @@ void xc_ckpt_writer_continue(xc_ckpt_writer_t *w, const char *run_id, uint64_t n
         snprintf(w->last_path, sizeof w->last_path, "%s", path);
         snprintf(w->last_train, sizeof w->last_train, "%s", train_path);
         struct stat a, b;
-        w->last_bytes = stat(path, &a) == 0 && stat(train_path, &b) == 0 ? (uint64_t)(a.st_size + b.st_size) : 0;
+        w->last_bytes = stat(path, &a) == 0 ? (uint64_t)a.st_size : 0;
+        w->last_train_bytes = stat(train_path, &b) == 0 ? (uint64_t)b.st_size : 0;
     }
     pthread_mutex_unlock(&w->mu);
 }
@@ -974,6 +977,7 @@ static int reuse_last(xc_ckpt_writer_t *w, xc_engine_t *e, const char *reason, u
     out->step = step;
     out->tokens = xc_engine_metrics(e)->tokens;
     out->bytes = w->last_bytes;
+    out->train_bytes = w->last_train_bytes;
     out->reused = 1;
     snprintf(out->path, sizeof out->path, "%s", w->last_path);
     snprintf(out->train_path, sizeof out->train_path, "%s", w->last_train);

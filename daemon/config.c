@@ -81,6 +81,11 @@ static const xc_cfg_key_t g_keys[] = {
      "seconds between stats events"},
     {"checkpoint_interval", XC_CFG_FLOAT, "1800", 0, 1e9, NULL, F(checkpoint_interval), 1, "service",
      "seconds between periodic checkpoints; 0 = only on request and at shutdown"},
+    {"checkpoint_steps", XC_CFG_INT, "0", 0, BIG, NULL, F(checkpoint_steps), 1, "service",
+     "also write a checkpoint every this many training steps; 0 = off"},
+    {"checkpoint_keep", XC_CFG_INT, "3", 0, 1e6, NULL, F(checkpoint_keep), 1, "service",
+     "checkpoints of the current run kept in state_dir (each a model file and its .resume "
+     "training state); older ones are removed after a new one is written; 0 = keep all"},
     {"dead_alert_jump", XC_CFG_FLOAT, "0.05", 0, 1, NULL, F(dead_alert_jump), 1, "service",
      "publish an alert when the dead fraction rises by at least this much between stats events"},
     {"metrics_file", XC_CFG_STR, "", 0, 0, NULL, F(metrics_file), 1, "service",
@@ -356,11 +361,24 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
             cli->config = argv[++i];
         } else if (strncmp(a, "--config=", 9) == 0) {
             cli->config = a + 9;
+        } else if (strcmp(a, "--fresh") == 0) {
+            c->fresh = 1;
+        } else if (strcmp(a, "--resume") == 0 || strncmp(a, "--resume=", 9) == 0) {
+            const char *p = a[8] == '=' ? a + 9 : i + 1 < argc ? argv[++i] : NULL;
+            if (!p || !*p || strlen(p) >= sizeof c->resume) {
+                why_set(why, why_len, "--resume needs a checkpoint file (NAME-STEP.safetensors or its .resume file)");
+                return XC_ECONFIG;
+            }
+            strcpy(c->resume, p);
         } else if (strncmp(a, "--", 2) == 0 && !strchr(a, '=')) {
             i++; /* skip its value in this pass */
         }
     }
     if (cli->help || cli->print_example) return XC_OK;
+    if (c->fresh && c->resume[0]) {
+        why_set(why, why_len, "--fresh and --resume exclude each other");
+        return XC_ECONFIG;
+    }
     if (cli->config && (rc = xc_cfg_load_file(c, cli->config, why, why_len))) return rc;
     /* pass 2: --KEY VALUE and --KEY=VALUE */
     for (int i = 1; i < argc; i++) {
@@ -372,7 +390,11 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
             i++;
             continue;
         }
-        if (strncmp(a, "--config=", 9) == 0) continue;
+        if (strncmp(a, "--config=", 9) == 0 || strcmp(a, "--fresh") == 0 || strncmp(a, "--resume=", 9) == 0) continue;
+        if (strcmp(a, "--resume") == 0) {
+            i++;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0) {
             why_set(why, why_len, "unexpected argument '%s' (options are --KEY VALUE; see --help)", a);
             return XC_ECONFIG;
@@ -606,15 +628,19 @@ void xc_cfg_print_help(FILE *f, const char *argv0)
 {
     const char *sec = "";
     fprintf(f,
-            "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE ...] [--print-config | --print-example]\n"
-            "       %s --help\n"
+            "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE ...] [--resume CKPT | --fresh]\n"
+            "       %s [--print-config | --print-example | --help]\n"
             "\n"
             "xcoderd trains a crosscoder on activations streamed over ZeroMQ (proto/PROTOCOL.md).\n"
             "Every key below can be set in the config file (`key = value`) or on the command line;\n"
             "the command line wins. Keys marked [reload] are re-read on SIGHUP.\n"
             "--print-config prints the effective configuration as a config file and exits;\n"
             "--print-example prints the documented default file (systemd/xcoderd.conf.example).\n"
-            "Signals: SIGTERM/SIGINT stop intake, finish the step, checkpoint, exit 0; SIGHUP reloads.\n",
+            "Signals: SIGTERM/SIGINT stop intake, finish the step, checkpoint, exit 0; SIGHUP reloads.\n"
+            "At start the newest valid checkpoint of NAME in state_dir is loaded and training goes on\n"
+            "from it (torn or corrupt ones are skipped; one of another shape or model is refused);\n"
+            "--resume CKPT loads that checkpoint (either file of its pair) instead; --fresh starts a\n"
+            "new model and leaves existing checkpoints alone (proto/CHECKPOINT.md).\n",
             argv0, argv0);
     for (const xc_cfg_key_t *k = g_keys; k->name; k++) {
         if (strcmp(sec, k->section) != 0) {

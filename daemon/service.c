@@ -277,7 +277,7 @@ static void render_stats(xc_svc_t *s, xc_mpw_t *w)
     xc_mpw_kv_str(w, "state", state_name(s, &ts));
     xc_mpw_kv_bool(w, "paused", ts.paused);
     xc_mpw_kv_int(w, "step", m->step);
-    xc_mpw_kv_uint(w, "tokens", qc.tokens_trained);
+    xc_mpw_kv_uint(w, "tokens", m->tokens); /* the model's, across resumes; tokens_trained: this process */
     xc_mpw_kv_uint(w, "tokens_acked", qc.tokens_acked);
     xc_mpw_kv_uint(w, "tokens_trained", qc.tokens_trained);
     xc_mpw_kv_uint(w, "tokens_buffered", qc.tokens_buffered);
@@ -1091,6 +1091,7 @@ static void answer_pending(xc_svc_t *s, const xc_ckpt_result_t *ck, int have_ck,
                     xc_mpw_kv_str(&w, "path", ck->path);
                     xc_mpw_kv_int(&w, "step", ck->step);
                     xc_mpw_kv_uint(&w, "bytes", ck->bytes);
+                    xc_mpw_kv_str(&w, "train_path", ck->train_path);
                     xc_mpw_map_end(&w);
                     reply_buf(s, &p->env, &w, &req);
                 }
@@ -1286,6 +1287,7 @@ static void publish_ckpt(xc_svc_t *s, const xc_ckpt_result_t *ck)
         xc_mpw_kv_str(&w, "path", ck->path);
         xc_mpw_kv_int(&w, "step", ck->step);
         xc_mpw_kv_uint(&w, "bytes", ck->bytes);
+        xc_mpw_kv_str(&w, "train_path", ck->train_path);
         xc_mpw_kv_str(&w, "reason", ck->reason);
         xc_mpw_map_end(&w);
         if (xc_mpw_finish(&w) == 0) publish(s, XC_EVENT_CHECKPOINT, &s->out);
@@ -1365,6 +1367,7 @@ static void reload(xc_svc_t *s)
         return;
     }
     int n = xc_cfg_apply_reload(&s->cfg, &next, fixed, sizeof fixed);
+    xc_trainer_set_checkpoint_policy(s->trainer, (int)s->cfg.checkpoint_keep, s->cfg.checkpoint_steps);
     if (xc_svc_open_log(s->cfg.log_file, why, sizeof why)) xc_log(XC_LOG_ERROR, "SIGHUP: %s", why);
     xc_log_level_t lvl;
     if (xc_log_parse_level(s->cfg.log_level, &lvl) == 0) xc_log_set_level(lvl);
@@ -1516,6 +1519,8 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     to.shm_mode = shm_mode;
     to.shm_interval = s->cfg.shm_interval;
     xc_cfg_thresholds(&s->cfg, &to.thresholds);
+    to.checkpoint_keep = (int)s->cfg.checkpoint_keep;
+    to.checkpoint_steps = s->cfg.checkpoint_steps;
     s->trainer = xc_trainer_new(s->engine, s->queue, &to, &rc);
     free(cj);
     cj = NULL;
@@ -1524,6 +1529,9 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
                 xc_strerror(rc));
         goto fail;
     }
+    /* continue from the newest valid checkpoint (or --resume / --fresh) */
+    if ((rc = xc_trainer_resume(s->trainer, s->cfg.resume[0] ? s->cfg.resume : NULL, s->cfg.fresh, why, wl)))
+        goto fail;
     s->zctx = zmq_ctx_new();
     if (!s->zctx) {
         rc = XC_ESYS;

@@ -48,6 +48,10 @@ struct xc_trainer {
     double shm_interval_ms, next_pub_ms;
     xc_scaling_t *pass;        /* owned; the running exact pass, NULL if none */
     uint64_t pass_target;
+
+    xc_ckpt_writer_t *ckw;     /* owned: writes checkpoints on its own thread */
+    uint64_t ckpt_started;     /* trainer thread: newest request handed to the writer */
+    long ckpt_steps;           /* under mu: a checkpoint every N steps (0: off) */
 };
 
 static double now_ms(void)
@@ -56,6 +60,8 @@ static double now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
+
+static void ckpt_written(void *ctx, const xc_ckpt_info_t *r);
 
 xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opts_t *o, int *err)
 {
@@ -80,6 +86,12 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     t->config_json = strdup(o->config_json ? o->config_json : "{}");
     if (!t->mix || !t->batch || !t->state_dir || !t->name || !t->config_json)
         goto out_free;
+    {
+        xc_ckpt_writer_opts_t wo = {t->state_dir, t->name, t->config_json, o->checkpoint_keep, ckpt_written, t};
+        t->ckw = xc_ckpt_writer_new(&wo, err);
+        if (!t->ckw) goto out_free;
+        t->ckpt_steps = o->checkpoint_steps;
+    }
     {
         char why[256] = "";
         int rc;
@@ -108,6 +120,7 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
 out_destroy_mu:
     pthread_mutex_destroy(&t->mu);
 out_free:
+    xc_ckpt_writer_destroy(&t->ckw);
     xc_shmpub_destroy(&t->pub, 1);
     free(t->mix);
     free(t->batch);
@@ -122,6 +135,7 @@ void xc_trainer_destroy(xc_trainer_t **pt)
 {
     xc_trainer_t *t = pt ? *pt : NULL;
     if (!t) return;
+    xc_ckpt_writer_destroy(&t->ckw); /* finishes a write in flight */
     free(t->cur.x);
     free(t->mix);
     free(t->batch);
@@ -254,26 +268,62 @@ static void do_step(xc_trainer_t *t)
     pthread_mutex_unlock(&t->mu);
 }
 
-static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason)
+/* The trainer's own state in the checkpoint: the mixing buffer's draws. */
+static xc_state_view_t rng_view(xc_trainer_t *t)
 {
-    xc_ckpt_result_t r;
-    xc_ckpt_opts_t o = {t->state_dir, t->name, t->config_json, reason};
-    memset(&r, 0, sizeof r);
-    r.gen = gen;
-    r.step = xc_engine_metrics(t->e)->step;
-    snprintf(r.reason, sizeof r.reason, "%s", reason);
-    double t0 = now_ms();
-    r.rc = xc_ckpt_write(t->e, &o, r.path, sizeof r.path, &r.bytes, r.why, sizeof r.why);
-    if (r.rc)
-        xc_log(XC_LOG_ERROR, "checkpoint (%s) failed: %s", reason, r.why);
+    xc_state_view_t v = {"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s};
+    return v;
+}
+
+/* A checkpoint finished (any thread): log it and report it to the loop. */
+static void ckpt_finished(xc_trainer_t *t, const xc_ckpt_info_t *r)
+{
+    xc_ckpt_result_t res;
+    memset(&res, 0, sizeof res);
+    res.gen = r->gen;
+    res.rc = r->rc;
+    res.step = r->step;
+    res.bytes = r->bytes;
+    snprintf(res.path, sizeof res.path, "%s", r->path);
+    snprintf(res.train_path, sizeof res.train_path, "%s", r->train_path);
+    snprintf(res.why, sizeof res.why, "%s", r->why);
+    snprintf(res.reason, sizeof res.reason, "%s", r->reason);
+    if (r->rc)
+        xc_log(XC_LOG_ERROR, "checkpoint (%s) failed: %s", r->reason, r->why);
+    else if (r->reused)
+        xc_log(XC_LOG_INFO, "checkpoint (%s) at step %ld: %s is current (nothing trained since)", r->reason, r->step,
+               r->path);
     else
-        xc_log(XC_LOG_INFO, "checkpoint (%s) at step %ld: %s, %llu bytes, %.0f ms", reason, r.step,
-               r.path, (unsigned long long)r.bytes, now_ms() - t0);
+        xc_log(XC_LOG_INFO, "checkpoint (%s) at step %ld: %s (%llu bytes, training state %llu bytes); copy %.0f ms, "
+               "write %.0f ms", r->reason, r->step, r->path, (unsigned long long)r->bytes,
+               (unsigned long long)r->train_bytes, r->capture_ms, r->write_ms);
     pthread_mutex_lock(&t->mu);
-    t->ckpt = r;
-    t->ckpt_done = gen;
+    if (r->gen >= t->ckpt.gen) t->ckpt = res;
+    if (r->gen > t->ckpt_done) t->ckpt_done = r->gen;
     pthread_mutex_unlock(&t->mu);
     post(t, XC_TR_EV_CKPT);
+}
+
+/* The writer thread's report of an asynchronous checkpoint. */
+static void ckpt_written(void *ctx, const xc_ckpt_info_t *r)
+{
+    xc_trainer_t *t = ctx;
+    ckpt_finished(t, r);
+    xc_queue_kick(t->q); /* a request that waited for the writer goes next */
+}
+
+/* Hands a checkpoint to the writer: the state is copied now (the only time
+ * training waits) and written on the writer's thread. sync: written here.
+ * While a write is in flight the request stays pending (coalescing). */
+static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason, int sync)
+{
+    xc_ckpt_info_t r;
+    xc_state_view_t ex = rng_view(t);
+    int rc = xc_ckpt_writer_submit(t->ckw, t->e, &ex, 1, reason, gen, sync, &r);
+    if (rc == XC_EAGAIN) return;
+    t->ckpt_started = gen;
+    if (rc == 0) return; /* the writer reports */
+    ckpt_finished(t, &r); /* written here, current already, or failed */
 }
 
 /* Recomputes the per-latent records (and writes shared memory). */
@@ -324,7 +374,7 @@ static void *trainer_main(void *arg)
         int stop = t->stop, paused = t->paused;
         uint64_t scal = t->scal_req_tokens;
         t->scal_req_tokens = 0;
-        uint64_t ck = t->ckpt_req > t->ckpt_done ? t->ckpt_req : 0;
+        uint64_t ck = t->ckpt_req > t->ckpt_started ? t->ckpt_req : 0;
         uint64_t sn = t->snap_req > t->snap_done ? t->snap_req : 0;
         const char *reason = t->ckpt_reason;
         t->st.paused = paused;
@@ -333,12 +383,16 @@ static void *trainer_main(void *arg)
         pthread_mutex_unlock(&t->mu);
         if (sn) do_snapshot(t, sn);
         if (stop) break; /* pending checkpoint requests are answered by the final one */
-        if (ck) do_checkpoint(t, ck, reason ? reason : "request");
+        if (ck) do_checkpoint(t, ck, reason ? reason : "request", 0);
         if (scal && !t->pass) scaling_start(t, scal);
         if (now_ms() >= t->next_pub_ms) publish(t);
         fill_buffer(t);
         if (!paused && t->buffered >= t->C) {
             do_step(t);
+            pthread_mutex_lock(&t->mu);
+            long every = t->ckpt_steps;
+            pthread_mutex_unlock(&t->mu);
+            if (every > 0 && xc_engine_metrics(t->e)->step % every == 0) xc_trainer_request_checkpoint(t, "steps");
             continue;
         }
         xc_queue_wait(t->q, 250, t->buffered < t->C && !t->cur.x);
@@ -347,7 +401,7 @@ static void *trainer_main(void *arg)
     pthread_mutex_lock(&t->mu);
     uint64_t gen = ++t->ckpt_req;
     pthread_mutex_unlock(&t->mu);
-    do_checkpoint(t, gen, "shutdown");
+    do_checkpoint(t, gen, "shutdown", 1); /* waits for a write in flight, then writes here */
     set_state(t, XC_TR_STOPPED);
     post(t, XC_TR_EV_STOPPED);
     return NULL;
@@ -401,6 +455,36 @@ int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens)
     pthread_mutex_unlock(&t->mu);
     xc_queue_kick(t->q);
     return rc;
+}
+
+int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, size_t why_len)
+{
+    xc_ckpt_resume_opts_t o = {t->state_dir, t->name, path, fresh};
+    xc_ckpt_loaded_t *li = calloc(1, sizeof *li); /* owned here */
+    xc_state_view_t ex = rng_view(t);
+    uint64_t next = 1;
+    if (!li) return XC_ENOMEM;
+    int rc = xc_ckpt_resume(t->e, &ex, 1, &o, li, &next, why, why_len);
+    if (rc == XC_OK) {
+        xc_ckpt_writer_continue(t->ckw, li->run_id, next, li->step, li->path, li->train_path);
+        t->st.m = *xc_engine_metrics(t->e);
+        xc_log(XC_LOG_INFO, "resumed from %s: step %ld, %llu tokens trained (run %s, written %s)", li->path, li->step,
+               (unsigned long long)li->tokens, li->run_id, li->created);
+    } else if (rc == XC_ENOTFOUND) {
+        xc_ckpt_writer_continue(t->ckw, NULL, next, -1, NULL, NULL);
+        xc_log(XC_LOG_INFO, "starting a new model (run %s): %s", xc_ckpt_writer_run_id(t->ckw), why);
+        rc = XC_OK;
+    }
+    free(li);
+    return rc;
+}
+
+void xc_trainer_set_checkpoint_policy(xc_trainer_t *t, int keep, long steps)
+{
+    xc_ckpt_writer_set_keep(t->ckw, keep);
+    pthread_mutex_lock(&t->mu);
+    t->ckpt_steps = steps;
+    pthread_mutex_unlock(&t->mu);
 }
 
 uint64_t xc_trainer_request_snapshot(xc_trainer_t *t)

@@ -104,7 +104,8 @@ typedef struct {
     char reason[16];
     long step;
     uint64_t tokens;
-    uint64_t bytes;            /* both files */
+    uint64_t bytes;            /* the model file */
+    uint64_t train_bytes;      /* the training-state file */
     double capture_ms;         /* the copy taken on the training thread */
     double write_ms;           /* serialising and writing (writer thread) */
     int reused;                /* same step as the previous checkpoint: nothing new written */

@@ -39,6 +39,7 @@ typedef struct {
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     double stats_interval, checkpoint_interval, dead_alert_jump;
+    long checkpoint_steps, checkpoint_keep;
     char metrics_file[XC_CFG_STR_MAX];
     double metrics_interval;
     /* analysis: per-latent statistics, Latent Scaling, shared memory, classes */
@@ -48,6 +49,9 @@ typedef struct {
     char shm_mode[8];
     double shm_interval;
     double chat_only_min, base_only_max, shared_lo, shared_hi, nu_err_max, nu_rec_max;
+    /* start-up only, from the command line (not keys): --resume PATH, --fresh */
+    char resume[XC_CFG_STR_MAX];
+    int fresh;
 } xc_cfg_t;
 
 typedef enum { XC_CFG_INT, XC_CFG_FLOAT, XC_CFG_STR, XC_CFG_ENUM } xc_cfg_type_t;

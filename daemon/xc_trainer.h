@@ -28,6 +28,8 @@ typedef struct {
     unsigned shm_mode;        /* permission bits of the object */
     double shm_interval;      /* seconds between shared-memory updates */
     xc_class_thresholds_t thresholds;
+    int checkpoint_keep;      /* newest checkpoints of this run kept; 0 = all */
+    long checkpoint_steps;    /* a checkpoint every N steps; 0 = off */
 } xc_trainer_opts_t;
 
 typedef enum { XC_TR_STARTING = 0, XC_TR_RUNNING, XC_TR_PAUSED, XC_TR_STOPPING, XC_TR_STOPPED } xc_tr_state_t;
@@ -51,8 +53,9 @@ typedef struct {
 typedef struct {
     uint64_t gen;             /* request generation it satisfied */
     int rc;                   /* 0 or XC_E* */
-    char path[1024];
-    char why[256];
+    char path[1024];          /* the model file */
+    char train_path[1024];    /* its training state */
+    char why[512];
     char reason[16];
     long step;
     uint64_t bytes;
@@ -66,8 +69,19 @@ int xc_trainer_start(xc_trainer_t *t);
 void xc_trainer_destroy(xc_trainer_t **t);
 
 void xc_trainer_set_paused(xc_trainer_t *t, int paused);
+/* Before xc_trainer_start: continue from a checkpoint (daemon/xc_ckpt.h,
+ * xc_ckpt_resume): path (either file of a pair), or NULL for the newest valid
+ * pair of this name in state_dir; fresh = 1 loads nothing. 0 when training can
+ * start (resumed, or a new model when there is nothing to resume); otherwise the
+ * refusal (XC_ESHAPE: a different model; XC_ECORRUPT/XC_EIO/XC_EVERSION for an
+ * explicit path), why says which and what to do. */
+int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, size_t why_len);
+/* Reloadable: keep the newest `keep` checkpoints (0 = all), one every `steps` steps (0 = off). */
+void xc_trainer_set_checkpoint_policy(xc_trainer_t *t, int keep, long steps);
 /* Asks for a checkpoint; returns its generation (answered when a result with
- * gen >= it is reported). reason: "request", "interval" (static string). */
+ * gen >= it is reported). reason: "request", "interval", "steps" (static string).
+ * Checkpoints are copied between two steps and written on a writer thread;
+ * requests made while one is written are served together by the next. */
 uint64_t xc_trainer_request_checkpoint(xc_trainer_t *t, const char *reason);
 /* Asks for a fresh latent-statistics snapshot; returns its generation. */
 uint64_t xc_trainer_request_snapshot(xc_trainer_t *t);

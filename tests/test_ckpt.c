@@ -495,7 +495,7 @@ static void test_fault_injection(void)
     XC_REQUIRE(w2 && xc_ckpt_writer_submit(w2, a, NULL, 0, "request", 1, 1, &r2) == 1, "reference: %s", r2.why);
     struct stat ts;
     stat(r2.train_path, &ts);
-    long long total = (long long)r2.bytes, tbytes = (long long)ts.st_size;
+    long long total = (long long)(r2.bytes + r2.train_bytes), tbytes = (long long)ts.st_size;
     xc_ckpt_writer_destroy(&w2);
     /* stop the writer after n bytes, for many n: the first pair must stay the one that loads */
     int tried = 0, bad = 0;
