@@ -162,6 +162,69 @@ int xc_client_st_tensor(const xc_client_st_t *st, const char *name, xc_client_te
 float *xc_client_st_read_f32(const xc_client_st_t *st, const char *name, xc_client_tensor_t *info, int *err,
                              char *why, size_t why_len);
 
+/* ------------------------------------------------------------ checkpoints */
+/* xcoderd's checkpoints (proto/CHECKPOINT.md): a model file NAME-STEP.safetensors
+ * (the reference crosscoder state dict) and its training state
+ * NAME-STEP.resume.safetensors, each with a CRC-32 of its content in the
+ * metadata. The loader maps a file, checks its whole layout at open (header,
+ * every tensor's dtype, shape and byte range, nothing missing or left over),
+ * and checks the checksum and the pairing on request. */
+typedef struct xc_client_ckpt xc_client_ckpt_t;
+typedef enum {
+    XC_CLIENT_CKPT_OTHER = 0,  /* a safetensors file not written by xcoderd */
+    XC_CLIENT_CKPT_MODEL = 1,  /* NAME-STEP.safetensors (or an exported model) */
+    XC_CLIENT_CKPT_TRAIN = 2   /* NAME-STEP.resume.safetensors */
+} xc_client_ckpt_kind_t;
+
+/* NULL on failure with *err (may be NULL) = XC_EIO / XC_ECORRUPT / XC_ENOMEM and
+ * the reason in why. The caller owns the handle: xc_client_ckpt_close(&c). */
+xc_client_ckpt_t *xc_client_ckpt_open(const char *path, int *err, char *why, size_t why_len);
+void xc_client_ckpt_close(xc_client_ckpt_t **c);
+xc_client_ckpt_kind_t xc_client_ckpt_kind(const xc_client_ckpt_t *c);
+const char *xc_client_ckpt_path(const xc_client_ckpt_t *c);
+size_t xc_client_ckpt_size(const xc_client_ckpt_t *c);        /* file bytes */
+size_t xc_client_ckpt_header_size(const xc_client_ckpt_t *c); /* JSON header bytes */
+/* The content checksum: 0 valid, XC_ENOTFOUND none (a foreign file),
+ * XC_ECORRUPT mismatch (why gives both values). */
+int xc_client_ckpt_verify(const xc_client_ckpt_t *c, char *why, size_t why_len);
+/* Do a model file and a training-state file form one checkpoint (same
+ * checkpoint id, run and step; the model names the training file's checksum)?
+ * Metadata only: verify each file's checksum too. 0 or XC_ECORRUPT. */
+int xc_client_ckpt_verify_pair(const xc_client_ckpt_t *model, const xc_client_ckpt_t *train, char *why,
+                               size_t why_len);
+/* The other file of path's pair (NAME-STEP.safetensors <-> NAME-STEP.resume.safetensors).
+ * 0 or XC_EINVAL (not a .safetensors name) / XC_ETOOBIG. */
+int xc_client_ckpt_partner(const char *path, char *out, size_t out_len);
+/* __metadata__ (values are strings; borrowed until close). */
+const char *xc_client_ckpt_meta(const xc_client_ckpt_t *c, const char *key); /* NULL if absent */
+int xc_client_ckpt_meta_count(const xc_client_ckpt_t *c);
+const char *xc_client_ckpt_meta_key(const xc_client_ckpt_t *c, int i);
+const char *xc_client_ckpt_meta_val(const xc_client_ckpt_t *c, int i);
+/* Tensors in file order; out->data views the mapping (valid until close). */
+int xc_client_ckpt_count(const xc_client_ckpt_t *c);
+int xc_client_ckpt_tensor_at(const xc_client_ckpt_t *c, int i, const char **name, xc_client_tensor_t *out);
+int xc_client_ckpt_tensor(const xc_client_ckpt_t *c, const char *name, xc_client_tensor_t *out, char *why,
+                          size_t why_len); /* 0 or XC_ENOTFOUND */
+
+/* A crosscoder's parameters in the reference layout (index 0 = base, 1 = chat),
+ * float32 copies owned by the struct (xc_client_model_free). */
+typedef struct {
+    char model[16];            /* "batchtopk" | "l1" */
+    int d, dict_size, k;       /* k: 0 for L1 */
+    float threshold;           /* BatchTopK theta (-1 until estimated); 0 for L1 */
+    long step;                 /* -1 if the file does not say */
+    unsigned long long tokens;
+    float *w_enc;              /* [2, d, F] */
+    float *b_enc;              /* [F] */
+    float *w_dec;              /* [2, F, d] */
+    float *b_dec;              /* [2, d] */
+} xc_client_model_t;
+/* From a model file (F32/F16/BF16/F64 tensors) or a training-state file (the
+ * engine's layout, transposed here). 0, XC_ECORRUPT (tensors missing or of
+ * inconsistent shapes), XC_EDTYPE, XC_ENOMEM; why says which. */
+int xc_client_ckpt_model(const xc_client_ckpt_t *c, xc_client_model_t *out, char *why, size_t why_len);
+void xc_client_model_free(xc_client_model_t *m);
+
 /* ------------------------------------------------------------------ client */
 
 typedef struct xc_client xc_client_t;

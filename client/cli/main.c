@@ -2,6 +2,7 @@
  * table, argument parsing, help, and the helpers every command shares. */
 #include "xc_cli.h"
 #include "xc_cli_remote.h"
+#include "xc_cli_ckpt.h"
 
 #include <errno.h>
 #include <math.h>
@@ -142,6 +143,7 @@ static const xc_cli_cmd_t commands[] = {
      "and shape options) to say how well they were recovered.",
      report_opts, 0, 0, 1, xc_cli_cmd_report},
     XC_CLI_REMOTE_COMMANDS /* checkpoints, fetch, table (remote.c) */
+    XC_CLI_CKPT_COMMANDS   /* inspect, export (ckpt.c) */
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -1,0 +1,333 @@
+/* Offline checkpoint commands: inspect, export (xc_cli_ckpt.h). They read
+ * files with libxcoder's checkpoint loader and need no daemon. */
+#include "xc_cli_ckpt.h"
+#include "xc_ckpt.h"
+#include "xc_stfile.h"
+
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const xc_cli_optdef_t xc_cli_inspect_opts[] = {
+    {"full", NULL, "print long metadata values (the config) in full"},
+    {"no-verify", NULL, "skip the checksums (they read the whole file)"},
+    {NULL, NULL, NULL}};
+
+const xc_cli_optdef_t xc_cli_export_opts[] = {
+    {"dtype", "T", "f32 (default), f16 or bf16 for the parameter tensors"},
+    {NULL, NULL, NULL}};
+
+static const char *kind_name(xc_client_ckpt_kind_t k)
+{
+    return k == XC_CLIENT_CKPT_MODEL ? "model" : k == XC_CLIENT_CKPT_TRAIN ? "training state" : "other";
+}
+
+static void shape_text(const xc_client_tensor_t *t, char *out, size_t n)
+{
+    size_t u = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < t->ndim && u < n; i++) u += (size_t)snprintf(out + u, n - u, "%s%ld", i ? ", " : "", t->shape[i]);
+    if (u < n) snprintf(out + u, n - u, "]");
+}
+
+/* The state of one check: verified (0), skipped, or failed with a reason. */
+typedef struct {
+    int rc;            /* 0 valid, XC_ENOTFOUND none, other: failed */
+    int checked;
+    char why[600];
+} check_t;
+
+typedef struct {
+    char path[1100];
+    int present;
+    check_t open, sum, pair;
+} partner_t;
+
+static void check_partner(const xc_client_ckpt_t *c, int verify, partner_t *p)
+{
+    memset(p, 0, sizeof *p);
+    xc_client_ckpt_kind_t k = xc_client_ckpt_kind(c);
+    if (k == XC_CLIENT_CKPT_OTHER || !xc_client_ckpt_meta(c, "checkpoint_id") || /* exported: no pair */
+        xc_client_ckpt_partner(xc_client_ckpt_path(c), p->path, sizeof p->path))
+        return;
+    int err;
+    xc_client_ckpt_t *o = xc_client_ckpt_open(p->path, &err, p->open.why, sizeof p->open.why);
+    p->open.checked = 1;
+    p->open.rc = o ? 0 : err;
+    p->present = o || err != XC_EIO;
+    if (!o) return;
+    if (verify) {
+        p->sum.checked = 1;
+        p->sum.rc = xc_client_ckpt_verify(o, p->sum.why, sizeof p->sum.why);
+    }
+    p->pair.checked = 1;
+    p->pair.rc = k == XC_CLIENT_CKPT_MODEL ? xc_client_ckpt_verify_pair(c, o, p->pair.why, sizeof p->pair.why)
+                                           : xc_client_ckpt_verify_pair(o, c, p->pair.why, sizeof p->pair.why);
+    xc_client_ckpt_close(&o);
+}
+
+static void json_check(xc_mpw_t *w, const char *key, const check_t *c)
+{
+    xc_mpw_str(w, key);
+    xc_mpw_map_begin(w);
+    xc_mpw_kv_bool(w, "checked", c->checked);
+    if (c->checked) {
+        xc_mpw_kv_bool(w, "valid", c->rc == 0);
+        if (c->rc) xc_mpw_kv_str(w, "error", c->why);
+    }
+    xc_mpw_map_end(w);
+}
+
+static int inspect_json(const xc_cli_args_t *a, const xc_client_ckpt_t *c, const check_t *sum, const partner_t *p)
+{
+    xc_buf_t b;
+    xc_mpw_t w;
+    xc_buf_init(&b);
+    xc_mpw_init(&w, &b);
+    xc_mpw_map_begin(&w);
+    xc_mpw_kv_str(&w, "path", xc_client_ckpt_path(c));
+    xc_mpw_kv_uint(&w, "size", xc_client_ckpt_size(c));
+    xc_mpw_kv_uint(&w, "header_size", xc_client_ckpt_header_size(c));
+    xc_mpw_kv_str(&w, "kind", xc_client_ckpt_kind(c) == XC_CLIENT_CKPT_MODEL   ? "model"
+                              : xc_client_ckpt_kind(c) == XC_CLIENT_CKPT_TRAIN ? "train"
+                                                                               : "other");
+    const char *cs = xc_client_ckpt_meta(c, "checksum");
+    if (cs) xc_mpw_kv_str(&w, "checksum", cs);
+    else xc_mpw_kv_nil(&w, "checksum");
+    json_check(&w, "checksum_check", sum);
+    if (p->path[0]) {
+        xc_mpw_str(&w, "pair");
+        xc_mpw_map_begin(&w);
+        xc_mpw_kv_str(&w, "path", p->path);
+        xc_mpw_kv_bool(&w, "present", p->present);
+        json_check(&w, "open", &p->open);
+        json_check(&w, "checksum_check", &p->sum);
+        json_check(&w, "pairing", &p->pair);
+        xc_mpw_map_end(&w);
+    }
+    xc_mpw_str(&w, "tensors");
+    xc_mpw_array_begin(&w);
+    for (int i = 0; i < xc_client_ckpt_count(c); i++) {
+        const char *name;
+        xc_client_tensor_t t;
+        xc_client_ckpt_tensor_at(c, i, &name, &t);
+        xc_mpw_map_begin(&w);
+        xc_mpw_kv_str(&w, "name", name);
+        xc_mpw_kv_str(&w, "dtype", t.dtype);
+        xc_mpw_str(&w, "shape");
+        xc_mpw_array_begin(&w);
+        for (int q = 0; q < t.ndim; q++) xc_mpw_int(&w, t.shape[q]);
+        xc_mpw_array_end(&w);
+        xc_mpw_kv_uint(&w, "bytes", t.bytes);
+        xc_mpw_map_end(&w);
+    }
+    xc_mpw_array_end(&w);
+    xc_mpw_str(&w, "metadata");
+    xc_mpw_map_begin(&w);
+    for (int i = 0; i < xc_client_ckpt_meta_count(c); i++)
+        xc_mpw_kv_str(&w, xc_client_ckpt_meta_key(c, i), xc_client_ckpt_meta_val(c, i));
+    xc_mpw_map_end(&w);
+    xc_mpw_map_end(&w);
+    int rc = xc_cli_print_mpw(a, &w);
+    xc_buf_free(&b);
+    return rc;
+}
+
+static const char *check_text(const check_t *c, char *buf, size_t n)
+{
+    if (!c->checked) snprintf(buf, n, "not checked");
+    else if (c->rc == 0) snprintf(buf, n, "valid");
+    else if (c->rc == XC_ENOTFOUND) snprintf(buf, n, "none (not written by xcoderd)");
+    else snprintf(buf, n, "INVALID: %s", c->why);
+    return buf;
+}
+
+static void inspect_text(const xc_cli_args_t *a, const xc_client_ckpt_t *c, const check_t *sum, const partner_t *p)
+{
+    char b1[64], b2[700];
+    const char *m;
+    int full = xc_cli_flag(a, "full");
+    xc_client_ckpt_kind_t k = xc_client_ckpt_kind(c);
+    printf("file       %s\n", xc_client_ckpt_path(c));
+    printf("size       %s (%zu bytes; header %zu bytes), %d tensors\n", xc_cli_fmt_bytes((double)xc_client_ckpt_size(c), b1, sizeof b1),
+           xc_client_ckpt_size(c), xc_client_ckpt_header_size(c), xc_client_ckpt_count(c));
+    printf("kind       %s", kind_name(k));
+    if ((m = xc_client_ckpt_meta(c, "format"))) printf(" (%s v%s)", m, xc_client_ckpt_meta(c, "format_version") ? xc_client_ckpt_meta(c, "format_version") : "?");
+    printf("\n");
+    if (k != XC_CLIENT_CKPT_OTHER) {
+        printf("model      %s  d=%s  dict_size=%s", xc_client_ckpt_meta(c, "model") ? xc_client_ckpt_meta(c, "model") : "?",
+               xc_client_ckpt_meta(c, "d") ? xc_client_ckpt_meta(c, "d") : "?",
+               xc_client_ckpt_meta(c, "dict_size") ? xc_client_ckpt_meta(c, "dict_size") : "?");
+        if ((m = xc_client_ckpt_meta(c, "model")) && strcmp(m, "l1") != 0)
+            printf("  k=%s  theta=%s", xc_client_ckpt_meta(c, "k") ? xc_client_ckpt_meta(c, "k") : "?",
+                   xc_client_ckpt_meta(c, "theta") ? xc_client_ckpt_meta(c, "theta") : "?");
+        printf("\n");
+        printf("trained    step %s, %s tokens\n", xc_client_ckpt_meta(c, "step") ? xc_client_ckpt_meta(c, "step") : "?",
+               xc_client_ckpt_meta(c, "tokens") ? xc_client_ckpt_meta(c, "tokens") : "?");
+        const char *meta[5] = {"created", "run_id", "checkpoint_id", "serial", "reason"}, *val[5];
+        for (int i = 0; i < 5; i++) val[i] = (m = xc_client_ckpt_meta(c, meta[i])) ? m : "-";
+        if (!xc_client_ckpt_meta(c, "reason") && xc_client_ckpt_meta(c, "exported_from")) val[4] = "exported";
+        printf("written    %s  run %s  checkpoint %s  serial %s  (%s)\n", val[0], val[1], val[2], val[3], val[4]);
+    }
+    printf("checksum   %s  %s\n", (m = xc_client_ckpt_meta(c, "checksum")) ? m : "-", check_text(sum, b2, sizeof b2));
+    if (p->path[0]) {
+        if (!p->present) {
+            printf("pair       %s: missing%s\n", p->path,
+                   k == XC_CLIENT_CKPT_MODEL ? " (cannot resume from this model file)" : " (the checkpoint is incomplete)");
+        } else if (p->open.rc) {
+            printf("pair       %s: UNREADABLE: %s\n", p->path, p->open.why);
+        } else {
+            printf("pair       %s: checksum %s", p->path, check_text(&p->sum, b2, sizeof b2));
+            printf(", %s\n", p->pair.rc ? p->pair.why : "belongs to this file");
+        }
+    }
+    printf("tensors\n");
+    for (int i = 0; i < xc_client_ckpt_count(c); i++) {
+        const char *name;
+        xc_client_tensor_t t;
+        char sh[96];
+        xc_client_ckpt_tensor_at(c, i, &name, &t);
+        shape_text(&t, sh, sizeof sh);
+        printf("  %-26s %-5s %-20s %10s\n", name, t.dtype, sh, xc_cli_fmt_bytes((double)t.bytes, b1, sizeof b1));
+    }
+    printf("metadata\n");
+    for (int i = 0; i < xc_client_ckpt_meta_count(c); i++) {
+        const char *v = xc_client_ckpt_meta_val(c, i);
+        int cut = !full && strlen(v) > 100;
+        printf("  %-16s %.*s%s\n", xc_client_ckpt_meta_key(c, i), cut ? 100 : (int)strlen(v), v, cut ? "... (--full)" : "");
+    }
+}
+
+int xc_cli_cmd_inspect(xc_cli_args_t *a)
+{
+    char why[700];
+    int err, verify = !xc_cli_flag(a, "no-verify");
+    xc_client_ckpt_t *c = xc_client_ckpt_open(a->pos[0], &err, why, sizeof why);
+    if (!c) {
+        xc_cli_err(a, "%s", why);
+        return XC_CLI_FAIL;
+    }
+    check_t sum = {0, 0, ""};
+    partner_t p;
+    if (verify) {
+        sum.checked = 1;
+        sum.rc = xc_client_ckpt_verify(c, sum.why, sizeof sum.why);
+    }
+    check_partner(c, verify, &p);
+    int rc = a->json ? inspect_json(a, c, &sum, &p) : (inspect_text(a, c, &sum, &p), XC_CLI_OK);
+    int bad = (sum.checked && sum.rc && sum.rc != XC_ENOTFOUND) ||
+              (p.present && (p.open.rc || (p.sum.checked && p.sum.rc) || p.pair.rc));
+    xc_client_ckpt_close(&c);
+    return rc ? rc : bad ? XC_CLI_FAIL : XC_CLI_OK;
+}
+
+/* ------------------------------------------------------------------ export */
+static int copy_meta(xc_st_t *st, const xc_client_ckpt_t *c, const char *key)
+{
+    const char *v = xc_client_ckpt_meta(c, key);
+    return v ? xc_st_meta(st, key, v) : XC_OK;
+}
+
+int xc_cli_cmd_export(xc_cli_args_t *a)
+{
+    char why[700], created[40], v[64], dirb[1100], fileb[1100], path[1200];
+    const char *dt = xc_cli_opt(a, "dtype"), *std = "F32";
+    int err, rc, out = XC_CLI_FAIL;
+    if (dt && !strcmp(dt, "f16")) std = "F16";
+    else if (dt && !strcmp(dt, "bf16")) std = "BF16";
+    else if (dt && strcmp(dt, "f32") != 0) {
+        xc_cli_err(a, "--dtype: f32, f16 or bf16, got '%s'", dt);
+        return XC_CLI_USAGE;
+    }
+    xc_client_ckpt_t *c = xc_client_ckpt_open(a->pos[0], &err, why, sizeof why);
+    if (!c) {
+        xc_cli_err(a, "%s", why);
+        return XC_CLI_FAIL;
+    }
+    xc_client_model_t m;
+    xc_st_t *st = NULL;
+    memset(&m, 0, sizeof m);
+    rc = xc_client_ckpt_verify(c, why, sizeof why);
+    if (rc == XC_ENOTFOUND) {
+        fprintf(stderr, "xcoder export: note: %s; exporting it unverified\n", why);
+    } else if (rc) {
+        xc_cli_err(a, "refusing to export: %s", why);
+        goto out;
+    }
+    if ((rc = xc_client_ckpt_model(c, &m, why, sizeof why))) {
+        xc_cli_err(a, "%s", why);
+        goto out;
+    }
+    xc_ckpt_model_t cm = {.model = strcmp(m.model, "l1") == 0 ? XC_MODEL_L1 : XC_MODEL_BATCHTOPK,
+                          .d = m.d, .dict_size = m.dict_size, .k = m.k, .threshold = m.threshold,
+                          .engine_layout = 0, .w_enc = m.w_enc, .b_enc = m.b_enc, .w_dec = m.w_dec, .b_dec = m.b_dec};
+    st = xc_st_new();
+    if (!st) {
+        xc_cli_err(a, "out of memory");
+        goto out;
+    }
+    xc_st_checksum(st);
+    xc_ckpt_now_rfc3339(created, sizeof created);
+    snprintf(fileb, sizeof fileb, "%s", a->pos[0]);
+    rc = xc_st_meta(st, "format", XC_STF_MODEL_FORMAT);
+    rc = rc ? rc : xc_st_meta(st, "format_version", XC_CKPT_MODEL_VERSION);
+    rc = rc ? rc : xc_st_meta(st, "model", m.model);
+    snprintf(v, sizeof v, "%d", m.d);
+    rc = rc ? rc : xc_st_meta(st, "d", v);
+    snprintf(v, sizeof v, "%d", m.dict_size);
+    rc = rc ? rc : xc_st_meta(st, "dict_size", v);
+    snprintf(v, sizeof v, "%d", m.k);
+    rc = rc ? rc : xc_st_meta(st, "k", v);
+    snprintf(v, sizeof v, "%ld", m.step);
+    rc = rc ? rc : xc_st_meta(st, "step", v);
+    snprintf(v, sizeof v, "%llu", m.tokens);
+    rc = rc ? rc : xc_st_meta(st, "tokens", v);
+    snprintf(v, sizeof v, "%.9g", (double)m.threshold);
+    rc = rc ? rc : xc_st_meta(st, "theta", v);
+    rc = rc ? rc : xc_st_meta(st, "created", created);
+    rc = rc ? rc : xc_st_meta(st, "exported_from", basename(fileb));
+    rc = rc ? rc : xc_st_meta(st, "exported_from_checksum", xc_client_ckpt_meta(c, "checksum") ? xc_client_ckpt_meta(c, "checksum") : "none");
+    rc = rc ? rc : xc_st_meta(st, "content", "inference only: parameters, threshold, k; no training state");
+    rc = rc ? rc : xc_st_meta(st, "layout", "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat");
+    rc = rc ? rc : copy_meta(st, c, "run_id");
+    rc = rc ? rc : copy_meta(st, c, "name");
+    rc = rc ? rc : copy_meta(st, c, "config");
+    rc = rc ? rc : xc_ckpt_add_model(st, &cm, std);
+    if (rc) {
+        xc_cli_err(a, "cannot describe the export: %s", xc_strerror(rc));
+        goto out;
+    }
+    snprintf(dirb, sizeof dirb, "%s", a->pos[1]);
+    snprintf(fileb, sizeof fileb, "%s", a->pos[1]);
+    uint64_t bytes = 0;
+    if ((rc = xc_st_write(st, dirname(dirb), basename(fileb), path, sizeof path, &bytes, why, sizeof why))) {
+        xc_cli_err(a, "%s", why);
+        goto out;
+    }
+    if (a->json) {
+        xc_buf_t b;
+        xc_mpw_t w;
+        xc_buf_init(&b);
+        xc_mpw_init(&w, &b);
+        xc_mpw_map_begin(&w);
+        xc_mpw_kv_str(&w, "path", path);
+        xc_mpw_kv_uint(&w, "bytes", bytes);
+        xc_mpw_kv_str(&w, "model", m.model);
+        xc_mpw_kv_int(&w, "step", m.step);
+        xc_mpw_kv_str(&w, "dtype", std);
+        xc_mpw_kv_str(&w, "checksum", xc_st_checksum_value(st));
+        xc_mpw_map_end(&w);
+        out = xc_cli_print_mpw(a, &w);
+        xc_buf_free(&b);
+    } else {
+        char b1[32];
+        printf("exported %s: %s crosscoder d=%d dict_size=%d, step %ld, %s parameters, %s (%s)\n", path, m.model, m.d,
+               m.dict_size, m.step, std, xc_cli_fmt_bytes((double)bytes, b1, sizeof b1), xc_st_checksum_value(st));
+        out = XC_CLI_OK;
+    }
+out:
+    xc_st_destroy(&st);
+    xc_client_model_free(&m);
+    xc_client_ckpt_close(&c);
+    return out;
+}
