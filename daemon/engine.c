@@ -689,11 +689,16 @@ static void fill_rows_task(void *ctx, int tid, int nth)
     }
 }
 
-/* Runs a pool pass that fills per-worker candidate lists, growing them when short. */
-static int collect(xc_engine_t *e, xc_pool_fn fn)
+/* Runs a pool pass that fills per-worker candidate lists, growing them when short.
+ * With limit > 0, a pass that finds more than limit entries in all returns
+ * XC_EAGAIN instead of growing (the caller has a cheaper path). */
+static int collect(xc_engine_t *e, xc_pool_fn fn, long limit)
 {
     for (;;) {
         xc_pool_run(e->pool, fn, e);
+        long total = 0;
+        for (int t = 0; t < e->nth; t++) total += e->w[t].ncand;
+        if (limit > 0 && total > limit) return XC_EAGAIN;
         int again = 0;
         for (int t = 0; t < e->nth; t++) {
             worker_t *w = &e->w[t];
@@ -740,12 +745,18 @@ static int cut_boundary(xc_engine_t *e, long need)
 
 static int select_fast(xc_engine_t *e)
 {
-    int rc = collect(e, filter_task);
+    /* a filter that lets through more than 16 k*B entries (a shift in scale)
+     * costs more than the full path: take that instead of growing the lists */
+    int rc = collect(e, filter_task, 16L * e->K);
+    if (rc == XC_EAGAIN) e->tau_frac = e->tau_frac * 1.25f < 0.95f ? e->tau_frac * 1.25f : 0.95f;
     if (rc) return rc;
     long m = 0;
     for (int t = 0; t < e->nth; t++) m += e->w[t].ncand;
     e->last_ncand = m;
-    if (m < e->K) return XC_EAGAIN;
+    if (m < e->K) {
+        e->tau_frac *= 0.7f; /* too few passed: filter more loosely next time */
+        return XC_EAGAIN;
+    }
     uint64_t *h = e->hist64;
     memset(h, 0, sizeof(uint64_t) * NBUCKET);
     for (int t = 0; t < e->nth; t++)
@@ -790,7 +801,7 @@ static int select_full(xc_engine_t *e)
     if (!e->sel_all) {
         long need = boundary(e, h);
         for (int t = 0; t < e->nth; t++) e->w[t].ncand = 0;
-        int rc = collect(e, boundary_task);
+        int rc = collect(e, boundary_task, 0);
         if (rc) return rc;
         rc = cut_boundary(e, need);
         if (rc) return rc;
@@ -813,7 +824,6 @@ static int select_topk(xc_engine_t *e)
         e->n_full_select++;
         rc = select_full(e);
         if (rc) return rc;
-        e->tau_frac *= 0.7f;
     } else if (rc) {
         return rc;
     } else if (e->last_ncand > 4L * e->K && e->tau_frac < 0.9f) {

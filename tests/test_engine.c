@@ -389,6 +389,36 @@ static void test_topk_large_threads(void)
     }
 }
 
+/* The prefilter adapts to the last step's cut-off; a batch on another scale must
+ * fall back to the full path and still select exactly. */
+static void test_topk_scale_shift(void)
+{
+    int d = 16, F = 300, B = 64, k = 7;
+    xc_engine_t *e = mk(XC_MODEL_BATCHTOPK, d, F, B, k, XC_LOSS_L2, 2);
+    XC_REQUIRE(e, "engine");
+    xc_rng_t r;
+    xc_rng_seed(&r, 19);
+    float *x = malloc(sizeof(float) * (size_t)B * 2 * d), *y = malloc(sizeof(float) * (size_t)B * 2 * d);
+    for (int s = 0; s < 3; s++) {
+        rand_batch(x, (long)B * 2 * d, &r, 1.0);
+        XC_REQUIRE(xc_engine_train_step(e, x, B) == 0, "step");
+    }
+    long full0 = xc_engine_metrics(e)->full_selects;
+    static const float scales[] = {1.0f, 100.0f, 0.01f, 1.0f, 1.0f};
+    int bad = 0;
+    for (int i = 0; i < 5; i++) {
+        rand_batch(x, (long)B * 2 * d, &r, 1.0);
+        for (int q = 0; q < B * 2 * d; q++) y[q] = x[q] * scales[i];
+        check_selection(e, y, d, F, B, k, &bad);
+        XC_CHECK(bad == 0, "scale %g: %d mismatches", scales[i], bad);
+    }
+    long full1 = xc_engine_metrics(e)->full_selects;
+    XC_CHECK(full1 - full0 >= 2, "the scale shifts should have used the full path (%ld times)", full1 - full0);
+    free(x);
+    free(y);
+    xc_engine_destroy(&e);
+}
+
 static void test_theta_update(void)
 {
     int d = 8, F = 32, B = 16, k = 3, d2 = 16;
@@ -765,6 +795,7 @@ int main(void)
     XC_RUN(test_grad_l1);
     XC_RUN(test_topk_bruteforce);
     XC_RUN(test_topk_large_threads);
+    XC_RUN(test_topk_scale_shift);
     XC_RUN(test_theta_update);
     XC_RUN(test_adam);
     XC_RUN(test_geometric_median);
