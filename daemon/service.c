@@ -746,8 +746,7 @@ static int top_cmp(const void *pa, const void *pb, void *pc)
     const sort_ctx_t *c = pc;
     int a = *(const int *)pa, b = *(const int *)pb;
     double va = c->by(c->L, a), vb = c->by(c->L, b);
-    if (isnan(va)) va = -INFINITY;
-    if (isnan(vb)) vb = -INFINITY;
+    if (isnan(va) != isnan(vb)) return isnan(va) ? 1 : -1; /* undefined values last, either order */
     if (va != vb) return (va > vb) == !c->asc ? -1 : 1;
     return a < b ? -1 : a > b; /* stable order by index */
 }
@@ -849,8 +848,7 @@ static void publish_scaling(xc_svc_t *s)
     xc_trainer_status(s->trainer, &ts);
     xc_buf_init(&b);
     xc_mpw_init(&w, &b);
-    xc_mpw_map_begin(&w);
-    xc_mpw_kv_uint(&w, "v", XC_PROTO_VERSION);
+    xc_proto_event_begin(&w, "scaling", s->cfg.name, unix_s());
     xc_mpw_kv_int(&w, "step", ts.scaling_last_step);
     xc_mpw_kv_uint(&w, "tokens", ts.scaling_last_tokens);
     xc_mpw_kv_uint(&w, "chat_specific", ts.class_counts[5]);
