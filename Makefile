@@ -67,8 +67,15 @@ build/bench/%: build/obj/bench/%.o build/libxcoder.a build/libxcd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
 
+# The JavaScript client's packages (zeromq, whose prebuilt addon ships inside the
+# package, and @msgpack/msgpack), from the npm registry as pinned by the lockfile.
+build/js.stamp: client/js/package.json client/js/package-lock.json | deps
+	@mkdir -p build
+	cd client/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Unit tests: optimised build first, then the sanitizer build.
-test: all $(ASAN_TESTS)
+test: all $(ASAN_TESTS) build/js.stamp
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  bash tests/run.sh $(TESTS) $(ASAN_TESTS) $(INTEG)
 
