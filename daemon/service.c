@@ -40,6 +40,7 @@
 #define TOP_MAX 100000      /* most latents in one top reply */
 #define PENDING_MAX 1024    /* deferred control requests (checkpoint, latent, top) */
 #define CONTROL_FRAME_MAX (1 << 20) /* ZMQ_MAXMSGSIZE of the control socket */
+#define CONTROL_SNDHWM 64   /* replies queued per client (fetch replies are up to 1 MiB) */
 
 /* Refusal classes, in the order of PROTOCOL.md; counters are indexed by this. */
 static const int g_refuse_codes[] = {XC_ESHUTDOWN, XC_ETOOBIG, XC_EPROTO,  XC_EVERSION, XC_EDTYPE,
@@ -1406,7 +1407,9 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
     } else if (type == ZMQ_ROUTER) {
         int64_t maxf = CONTROL_FRAME_MAX;
+        int sndhwm = CONTROL_SNDHWM;
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
+        zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
     }
     if (zmq_bind(z, ep) < 0) {
         why_set(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));
