@@ -791,7 +791,7 @@ static void vectors_build(xc_buf_t *out)
     int first = 1;
     const char *head = "{\n  \"protocol\": 1,\n  \"generated_by\": \"build/tests/test_proto --vectors\",\n"
                        "  \"about\": \"Encoded messages of proto/PROTOCOL.md. hex: the exact bytes the C codec "
-                       "writes (maps as map32). value: the decoded MessagePack as JSON. Payload vectors: "
+                       "writes (maps as map32). value: the decoded MessagePack as JSON (a bin as {\\\"$bin\\\": hex}). Payload vectors: "
                        "little-endian bytes and the float32 values they decode to.\",\n  \"vectors\": [";
     xc_buf_append(out, head, strlen(head));
     xc_buf_init(&b);
