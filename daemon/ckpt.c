@@ -16,8 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -501,6 +504,7 @@ typedef struct {
     int known;                 /* a header could be read: serial and run_id below */
     uint64_t serial;
     char run_id[40];
+    char why[400];             /* !known: why no header could be read */
 } entry_t;
 
 /* Parses NAME-DIGITS.safetensors / NAME-DIGITS.resume.safetensors: 1 model, 2 train, 0 other. */
@@ -530,8 +534,9 @@ static void entry_meta(const char *dir, const char *name, entry_t *en)
     pair_names(dir, name, en->step, m, sizeof m, t, sizeof t);
     for (int i = 0; i < 2 && !en->known; i++) {
         if (!(i == 0 ? en->has_model : en->has_train)) continue;
-        xc_stf_t *f = xc_stf_open(i == 0 ? m : t, NULL, NULL, 0);
+        xc_stf_t *f = xc_stf_open(i == 0 ? m : t, NULL, en->why, sizeof en->why);
         const char *s = f ? xc_stf_meta(f, "serial") : NULL, *r = f ? xc_stf_meta(f, "run_id") : NULL;
+        if (f && (!s || !r)) snprintf(en->why, sizeof en->why, "%s is not an xcoderd checkpoint", xc_stf_path(f));
         if (s && r) {
             en->serial = strtoull(s, NULL, 10);
             snprintf(en->run_id, sizeof en->run_id, "%s", r);
@@ -637,11 +642,14 @@ struct xc_ckpt_writer {
     pthread_mutex_t mu;             /* guards everything below */
     pthread_cond_t cv;
     int busy, has_job, quit;
+    int prep;                       /* the writer thread is to allocate buf (prep_len bytes) */
+    size_t prep_len;
+    int prep_failed;
     long last_step;                 /* of the newest pair (-1 none) */
     char last_path[1024], last_train[1024];
     uint64_t last_bytes, last_train_bytes;
     snap_t job;
-    uint8_t *buf;                   /* capture buffer; owned */
+    uint8_t *buf;                   /* capture buffer (mmap); owned */
     size_t buf_len;
 };
 
@@ -671,13 +679,7 @@ static int capture(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *e
         total += (s->v[i].bytes + 63) & ~(size_t)63;
     }
     if (copy) {
-        if (w->buf_len < total) {
-            free(w->buf);
-            w->buf_len = 0;
-            w->buf = malloc(total); /* owned by w, kept for the next checkpoint */
-            if (!w->buf) return XC_ENOMEM;
-            w->buf_len = total;
-        }
+        if (w->buf_len < total) return XC_ENOMEM; /* prepared by the writer thread first */
         size_t off = 0;
         for (int i = 0; i < s->n; i++) {
             memcpy(w->buf + off, s->v[i].data, s->v[i].bytes);
@@ -842,12 +844,55 @@ static void note_result(xc_ckpt_writer_t *w, const xc_ckpt_info_t *r)
     pthread_cond_broadcast(&w->cv);
 }
 
+/* The capture buffer: anonymous memory touched here (on the writer thread) so
+ * the copy on the training thread never waits for page faults (a first copy
+ * into fresh memory took 1.6 s instead of 30 ms at the reference shape).
+ * NULL on failure. */
+static uint8_t *buf_alloc(size_t n)
+{
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    for (size_t i = 0; i < n; i += 4096) ((volatile uint8_t *)p)[i] = 0;
+    return p;
+}
+
+static size_t state_bytes(xc_engine_t *e, const xc_state_view_t *extras, int n_extras)
+{
+    xc_state_view_t v[XC_ENGINE_STATE_MAX];
+    int n = xc_engine_state_views(e, v, XC_ENGINE_STATE_MAX);
+    size_t total = 0;
+    for (int i = 0; i < n + n_extras; i++) total += ((i < n ? v[i].bytes : extras[i - n].bytes) + 63) & ~(size_t)63;
+    return total;
+}
+
 static void *writer_main(void *arg)
 {
     xc_ckpt_writer_t *w = arg;
+    /* below the training threads (nice 5): at d = 768, F = 16384 on 2 cores a
+     * write then takes ~4.7 s with steps ~25 % slower meanwhile, against 3.2 s and
+     * ~50 % at nice 0 and 9 s and ~15 % at nice 10 (about 1 s of training either way) */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 5)) { /* best effort */
+    }
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->has_job && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        while (!w->has_job && !w->prep && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (w->prep) {
+            size_t len = w->prep_len;
+            pthread_mutex_unlock(&w->mu);
+            uint8_t *nb = buf_alloc(len);
+            pthread_mutex_lock(&w->mu);
+            if (nb) {
+                if (w->buf) munmap(w->buf, w->buf_len);
+                w->buf = nb;
+                w->buf_len = len;
+            } else {
+                w->prep_failed = 1;
+            }
+            w->prep = 0;
+            w->busy = 0;
+            pthread_cond_broadcast(&w->cv);
+            continue;
+        }
         if (!w->has_job) break;
         w->has_job = 0;
         pthread_mutex_unlock(&w->mu);
@@ -918,7 +963,7 @@ void xc_ckpt_writer_destroy(xc_ckpt_writer_t **pw)
     if (w->started) pthread_join(w->th, NULL); /* finishes a job in flight first */
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
-    free(w->buf);
+    if (w->buf) munmap(w->buf, w->buf_len);
     free(w->dir);
     free(w->name);
     free(w->config_json);
@@ -985,11 +1030,25 @@ static int reuse_last(xc_ckpt_writer_t *w, xc_engine_t *e, const char *reason, u
     return 1;
 }
 
+void xc_ckpt_writer_prepare(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras)
+{
+    size_t need = state_bytes(e, extras, n_extras);
+    pthread_mutex_lock(&w->mu);
+    if (!w->busy && w->buf_len < need) {
+        w->prep = 1;
+        w->prep_len = need;
+        w->busy = 1;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
 int xc_ckpt_writer_submit(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras,
                           const char *reason, uint64_t gen, int sync, xc_ckpt_info_t *out)
 {
     xc_ckpt_info_t tmp;
     int rc;
+    size_t need = sync ? 0 : state_bytes(e, extras, n_extras);
     if (!out) out = &tmp;
     pthread_mutex_lock(&w->mu);
     if (w->busy && !sync) {
@@ -1001,6 +1060,15 @@ int xc_ckpt_writer_submit(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_vi
         pthread_mutex_unlock(&w->mu);
         return 1;
     }
+    if (!sync && w->buf_len < need && !w->prep_failed) { /* first: the writer thread allocates the copy */
+        w->prep = 1;
+        w->prep_len = need;
+        w->busy = 1;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        return XC_EAGAIN;
+    }
+    w->prep_failed = 0;
     w->busy = 1;
     pthread_mutex_unlock(&w->mu);
 
@@ -1254,7 +1322,13 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
         return XC_ENOTFOUND;
     }
     qsort(v, (size_t)n, sizeof *v, newest_first);
+    for (int i = 0; i < n; i++) /* files whose header cannot even be read: no serial to order them by */
+        if (!v[i].known) {
+            xc_log(XC_LOG_WARN, "skipping checkpoint at step %ld: %s", v[i].step, v[i].why);
+            skipped++;
+        }
     for (int i = 0; i < n; i++) {
+        if (!v[i].known) continue;
         pair_names(o->state_dir, o->name, v[i].step, m, sizeof m, t, sizeof t);
         if (!v[i].has_model || !v[i].has_train) {
             xc_log(XC_LOG_WARN, "skipping checkpoint at step %ld: %s is missing (an interrupted write)", v[i].step,

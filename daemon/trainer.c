@@ -367,6 +367,8 @@ static void set_state(xc_trainer_t *t, xc_tr_state_t s)
 static void *trainer_main(void *arg)
 {
     xc_trainer_t *t = arg;
+    xc_state_view_t ex = rng_view(t);
+    xc_ckpt_writer_prepare(t->ckw, t->e, &ex, 1); /* the checkpoint copy's memory, in the background */
     publish(t);
     set_state(t, XC_TR_RUNNING);
     for (;;) {

@@ -145,13 +145,21 @@ int xc_ckpt_writer_busy(xc_ckpt_writer_t *w);
  * trainer's RNG); borrowed for the call.
  * sync = 0: copies the state (the only time spent on this thread) and returns
  *   0; the writer thread writes the pair and calls done(). XC_EAGAIN, with
- *   nothing copied, while a previous write is still in flight.
+ *   nothing copied, while a previous write is still in flight, and the first
+ *   time, while the writer thread allocates (and faults in) the copy's memory:
+ *   call again after the next step. XC_ENOMEM (out filled) if it could not.
  * sync = 1: waits for a write in flight, then writes from the live state on
  *   this thread (no copy) and fills *out; returns its rc.
  * When nothing changed since the last pair (same step), the pair is reused:
  * rc 0, out->reused = 1. */
 int xc_ckpt_writer_submit(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras,
                           const char *reason, uint64_t gen, int sync, xc_ckpt_info_t *out);
+
+/* Has the writer thread allocate and fault in the memory of the copy now (in
+ * the background), so the first asynchronous checkpoint need not wait for it.
+ * The copy is one training state (parameters, Adam moments, statistics: about
+ * 3 x the parameters) and is kept for later checkpoints. */
+void xc_ckpt_writer_prepare(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras);
 
 /* One synchronous pair for e (a temporary writer, a new run id, no rotation). */
 typedef struct {

@@ -43,6 +43,7 @@ HELPER = os.path.join(ROOT, "build", "tests", "test_ckpt")
 MIRROR = "/work/.mirror/science-of-finetuning+dictionary_learning/repo"
 TMP = tempfile.mkdtemp(prefix="xcd-ckpt-")
 FAILED = []
+PROCS = []  # every process started, killed at the end whatever happened
 
 
 class Fail(Exception):
@@ -121,6 +122,7 @@ class Daemon:
         self.log.flush()
         self.mark = os.path.getsize(self.logpath)
         self.proc = subprocess.Popen(self.args + list(extra), stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        PROCS.append(self.proc)
         if wait:
             t0 = time.time()
             while "ready:" not in self.logtext():
@@ -155,7 +157,9 @@ class Daemon:
         if wait:
             subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
             return None
-        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        PROCS.append(p)
+        return p
 
     def wait_step(self, n, timeout=30):
         t0 = time.time()
@@ -534,6 +538,10 @@ def main():
             if not isinstance(e, Fail):
                 traceback.print_exc()
         sys.stdout.flush()
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     print("# integ_ckpt: %.1f s" % (time.time() - t0))
     if not FAILED:
         shutil.rmtree(TMP, ignore_errors=True)
