@@ -738,15 +738,15 @@ static int common_meta(xc_st_t *st, const xc_ckpt_writer_t *w, const snap_t *s, 
 
 /* Removes this run's pairs beyond the newest `keep` (other runs' and unreadable
  * files are never touched). */
-static void rotate(xc_ckpt_writer_t *w)
+static void rotate(xc_ckpt_writer_t *w, int keep)
 {
     entry_t *v;
     int n, kept = 0, removed = 0;
-    if (w->keep <= 0 || list_entries(w->dir, w->name, &v, &n)) return;
+    if (keep <= 0 || list_entries(w->dir, w->name, &v, &n)) return;
     qsort(v, (size_t)n, sizeof *v, newest_first);
     for (int i = 0; i < n; i++) {
         if (!v[i].known || strcmp(v[i].run_id, w->run_id) != 0) continue;
-        if (v[i].has_model && v[i].has_train && kept < w->keep) {
+        if (v[i].has_model && v[i].has_train && kept < keep) {
             kept++;
             continue;
         }
@@ -754,7 +754,7 @@ static void rotate(xc_ckpt_writer_t *w)
         pair_names(w->dir, w->name, v[i].step, m, sizeof m, t, sizeof t);
         if ((v[i].has_model && unlink(m) == 0) | (v[i].has_train && unlink(t) == 0)) {
             removed++;
-            xc_log(XC_LOG_DEBUG, "removed checkpoint %s (keeping the newest %d)", m, w->keep);
+            xc_log(XC_LOG_DEBUG, "removed checkpoint %s (keeping the newest %d)", m, keep);
         }
     }
     free(v);
@@ -769,6 +769,10 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
     xc_st_t *ts = xc_st_new(), *ms = xc_st_new(); /* owned here */
     double t0 = now_ms();
     int rc = XC_ENOMEM;
+    pthread_mutex_lock(&w->mu); /* the settings another thread may change */
+    int keep = w->keep;
+    long long fault = w->fault;
+    pthread_mutex_unlock(&w->mu);
 
     memset(r, 0, sizeof *r);
     r->gen = s->gen;
@@ -800,7 +804,7 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
         why_set(r->why, sizeof r->why, "cannot describe the training state: %s", xc_strerror(rc));
         goto out;
     }
-    if (w->fault >= 0) xc_st_fault_after(ts, w->fault);
+    if (fault >= 0) xc_st_fault_after(ts, fault);
     rc = xc_st_write(ts, w->dir, tfile, r->train_path, sizeof r->train_path, &tbytes, r->why, sizeof r->why);
     if (rc) goto out;
 
@@ -815,13 +819,13 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
         why_set(r->why, sizeof r->why, "cannot describe the model: %s", xc_strerror(rc));
         goto out;
     }
-    if (w->fault >= 0) xc_st_fault_after(ms, w->fault > (long long)tbytes ? w->fault - (long long)tbytes : 0);
+    if (fault >= 0) xc_st_fault_after(ms, fault > (long long)tbytes ? fault - (long long)tbytes : 0);
     rc = xc_st_write(ms, w->dir, mfile, r->path, sizeof r->path, &mbytes, r->why, sizeof r->why);
     if (rc) goto out;
     w->serial++;
     r->bytes = mbytes;
     r->train_bytes = tbytes;
-    rotate(w);
+    rotate(w, keep);
 out:
     r->rc = rc;
     r->write_ms = now_ms() - t0;
