@@ -995,7 +995,9 @@ void xc_ckpt_writer_continue(xc_ckpt_writer_t *w, const char *run_id, uint64_t n
     pthread_mutex_lock(&w->mu);
     if (run_id && *run_id) snprintf(w->run_id, sizeof w->run_id, "%s", run_id);
     if (next_serial > w->serial) w->serial = next_serial;
-    if (path && train_path) {
+    size_t dl = strlen(w->dir);
+    if (path && train_path && strncmp(path, w->dir, dl) == 0 && path[dl] == '/' && !strchr(path + dl + 1, '/')) {
+        /* (a pair resumed from elsewhere is not reused: the next checkpoint goes to state_dir) */
         w->last_step = step;
         snprintf(w->last_path, sizeof w->last_path, "%s", path);
         snprintf(w->last_train, sizeof w->last_train, "%s", train_path);
