@@ -745,6 +745,59 @@ static void test_stale_temps(void)
     xc_ckpt_writer_destroy(&w);
 }
 
+
+/* ------------------------------------------------------ libxcoder loader -- */
+static void test_client_loader(void)
+{
+    char dir[400], why[600], partner[1200];
+    subdir(dir, sizeof dir, "client");
+    xc_engine_t *e = mk_engine(XC_MODEL_BATCHTOPK, 16, 64, 41);
+    XC_REQUIRE(e && train(e, 0, 4) == 0, "engine");
+    xc_engine_set_theta(e, 0.25);
+    xc_ckpt_writer_t *w = mk_writer(dir, 0);
+    xc_ckpt_info_t r;
+    XC_REQUIRE(w && xc_ckpt_writer_submit(w, e, NULL, 0, "request", 1, 1, &r) == 1, "write %s", r.why);
+    int err;
+    xc_client_ckpt_t *m = xc_client_ckpt_open(r.path, &err, why, sizeof why), *t = xc_client_ckpt_open(r.train_path, &err, why, sizeof why);
+    XC_REQUIRE(m && t, "open: %s", why);
+    XC_CHECK(xc_client_ckpt_kind(m) == XC_CLIENT_CKPT_MODEL && xc_client_ckpt_kind(t) == XC_CLIENT_CKPT_TRAIN, "kinds");
+    XC_CHECK(xc_client_ckpt_verify(m, why, sizeof why) == 0 && xc_client_ckpt_verify(t, why, sizeof why) == 0, "%s", why);
+    XC_CHECK(xc_client_ckpt_verify_pair(m, t, why, sizeof why) == 0, "pair: %s", why);
+    XC_CHECK(xc_client_ckpt_partner(r.path, partner, sizeof partner) == 0 && strcmp(partner, r.train_path) == 0, "partner");
+    XC_CHECK(xc_client_ckpt_partner(r.train_path, partner, sizeof partner) == 0 && strcmp(partner, r.path) == 0, "partner");
+    XC_CHECK(strcmp(xc_client_ckpt_meta(m, "model"), "batchtopk") == 0 && xc_client_ckpt_count(m) == 11, "meta");
+    xc_client_tensor_t ten;
+    XC_CHECK(xc_client_ckpt_tensor(m, "decoder.weight", &ten, why, sizeof why) == 0 && ten.ndim == 3 && ten.shape[1] == 64 &&
+                 xc_client_ckpt_tensor(m, "nope", &ten, why, sizeof why) == XC_ENOTFOUND, "tensor lookup");
+    xc_client_model_t a, b;
+    XC_REQUIRE(xc_client_ckpt_model(m, &a, why, sizeof why) == 0 && xc_client_ckpt_model(t, &b, why, sizeof why) == 0,
+               "model: %s", why);
+    size_t F = 64, d = 16;
+    XC_CHECK(a.d == 16 && a.dict_size == 64 && a.k == 4 && a.threshold == 0.25f && a.step == 4 && b.step == 4 &&
+                 b.threshold == 0.25f && b.k == 4 && !strcmp(b.model, "batchtopk"), "scalars");
+    XC_CHECK(!memcmp(a.w_enc, b.w_enc, 2 * d * F * 4) && !memcmp(a.w_dec, b.w_dec, 2 * d * F * 4) &&
+                 !memcmp(a.b_enc, b.b_enc, F * 4) && !memcmp(a.b_dec, b.b_dec, 2 * d * 4),
+             "the model from the training file differs from the model file");
+    xc_engine_params_t p;
+    xc_engine_params(e, &p);
+    int bad = 0;
+    for (size_t mm = 0; mm < 2; mm++)
+        for (size_t j = 0; j < F; j++)
+            for (size_t i = 0; i < d; i++)
+                bad += a.w_enc[(mm * d + i) * F + j] != p.w_enc[j * 2 * d + mm * d + i] ||
+                       a.w_dec[(mm * F + j) * d + i] != p.w_dec[j * 2 * d + mm * d + i];
+    XC_CHECK(bad == 0, "%d parameters misplaced", bad);
+    xc_client_model_free(&a);
+    xc_client_model_free(&b);
+    xc_client_ckpt_close(&m);
+    xc_client_ckpt_close(&t);
+    XC_CHECK(m == NULL, "close clears");
+    m = xc_client_ckpt_open("/nonexistent/x.safetensors", &err, why, sizeof why);
+    XC_CHECK(!m && err == XC_EIO && strstr(why, "cannot open"), "missing file: %s", why);
+    xc_ckpt_writer_destroy(&w);
+    xc_engine_destroy(&e);
+}
+
 /* -------------------------------------------------------- helper mode -- */
 /* test_ckpt --reconstruct CKPT X.npy OUT.npy: the engine, loaded from the
  * training-state file of CKPT's pair by the daemon's loader, reconstructs X
@@ -813,6 +866,7 @@ int main(int argc, char **argv)
     XC_RUN(test_refuse_bad_files);
     XC_RUN(test_rotation_and_reuse);
     XC_RUN(test_stale_temps);
+    XC_RUN(test_client_loader);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf /tmp/xc-test-ckpt-%ld", (long)getpid());
     if (system(cmd)) { /* best effort */
