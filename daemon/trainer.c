@@ -6,11 +6,15 @@
 #include "xc_rng.h"
 #include "xc_shmpub.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* trainer.scaling_exact columns: beta_err base/chat, beta_rec base/chat, nu_err, nu_rec, active */
+#define EXACT_COLS 7
 
 struct xc_trainer {
     xc_engine_t *e;   /* borrowed; used only by the thread once started */
@@ -47,6 +51,8 @@ struct xc_trainer {
     /* trainer-thread only */
     double shm_interval_ms, next_pub_ms;
     xc_scaling_t *pass;        /* owned; the running exact pass, NULL if none */
+    double *exact_state;       /* (F, EXACT_COLS) owned: last exact pass, for checkpoints */
+    int64_t exact_meta[2];     /* its dictionary step (-1: none) and tokens */
     uint64_t pass_target;
 
     xc_ckpt_writer_t *ckw;     /* owned: writes checkpoints on its own thread */
@@ -81,11 +87,15 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     }
     t->mix = malloc((size_t)t->C * t->d2 * sizeof(float));
     t->batch = malloc((size_t)t->B * t->d2 * sizeof(float));
+    t->exact_state = malloc(sizeof(double) * (size_t)c->dict_size * EXACT_COLS);
     t->state_dir = strdup(o->state_dir ? o->state_dir : ".");
     t->name = strdup(o->name ? o->name : "xcoderd");
     t->config_json = strdup(o->config_json ? o->config_json : "{}");
-    if (!t->mix || !t->batch || !t->state_dir || !t->name || !t->config_json)
+    if (!t->mix || !t->batch || !t->exact_state || !t->state_dir || !t->name || !t->config_json)
         goto out_free;
+    for (size_t i = 0; i < (size_t)c->dict_size * EXACT_COLS; i++) t->exact_state[i] = NAN;
+    t->exact_meta[0] = -1;
+    t->exact_meta[1] = 0;
     {
         xc_ckpt_writer_opts_t wo = {t->state_dir, t->name, t->config_json, o->checkpoint_keep, ckpt_written, t};
         t->ckw = xc_ckpt_writer_new(&wo, err);
@@ -123,6 +133,7 @@ out_free:
     xc_ckpt_writer_destroy(&t->ckw);
     xc_shmpub_destroy(&t->pub, 1);
     free(t->mix);
+    free(t->exact_state);
     free(t->batch);
     free(t->state_dir);
     free(t->name);
@@ -138,6 +149,7 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     xc_ckpt_writer_destroy(&t->ckw); /* finishes a write in flight */
     free(t->cur.x);
     free(t->mix);
+    free(t->exact_state);
     free(t->batch);
     xc_scaling_destroy(&t->pass);
     xc_shmpub_destroy(&t->pub, 1); /* a clean exit unlinks the shared memory */
@@ -196,6 +208,7 @@ static void draw_batch(xc_trainer_t *t)
 }
 
 static void publish(xc_trainer_t *t);
+static void exact_to_rows(xc_trainer_t *t, const xc_scaling_stats_t *r, long step, uint64_t tokens);
 
 /* The exact Latent Scaling pass sees the batches the trainer draws, before it
  * trains on them, with the dictionary frozen when the pass began. */
@@ -214,6 +227,7 @@ static void scaling_feed(xc_trainer_t *t)
     long step = xc_scaling_step(t->pass);
     if (res && !rc) {
         xc_scaling_result(t->pass, res);
+        exact_to_rows(t, res, step, done);
         pthread_mutex_lock(&t->snap_mu);
         rc = xc_shmpub_set_exact(t->pub, res, step, done);
         pthread_mutex_unlock(&t->snap_mu);
@@ -268,11 +282,52 @@ static void do_step(xc_trainer_t *t)
     pthread_mutex_unlock(&t->mu);
 }
 
-/* The trainer's own state in the checkpoint: the mixing buffer's draws. */
-static xc_state_view_t rng_view(xc_trainer_t *t)
+/* The trainer's own state in the checkpoint: the mixing buffer's draws and the
+ * last exact Latent Scaling pass (kept with the checkpoints that follow it). */
+#define N_EXTRAS 3
+static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
 {
-    xc_state_view_t v = {"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s};
-    return v;
+    long F = xc_engine_config(t->e)->dict_size;
+    v[0] = (xc_state_view_t){"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s};
+    v[1] = (xc_state_view_t){"trainer.scaling_exact", XC_ST_F64, 2, {F, EXACT_COLS, 0}, t->exact_state,
+                             sizeof(double) * (size_t)F * EXACT_COLS};
+    v[2] = (xc_state_view_t){"trainer.scaling_exact_meta", XC_ST_I64, 1, {2, 0, 0}, t->exact_meta,
+                             sizeof t->exact_meta};
+    return N_EXTRAS;
+}
+
+/* exact results <-> the rows of trainer.scaling_exact */
+static void exact_to_rows(xc_trainer_t *t, const xc_scaling_stats_t *r, long step, uint64_t tokens)
+{
+    long F = xc_engine_config(t->e)->dict_size;
+    for (long j = 0; j < F; j++) {
+        double *o = t->exact_state + (size_t)j * EXACT_COLS;
+        o[0] = r[j].beta_err[0], o[1] = r[j].beta_err[1], o[2] = r[j].beta_rec[0], o[3] = r[j].beta_rec[1];
+        o[4] = r[j].nu_err, o[5] = r[j].nu_rec, o[6] = r[j].active;
+    }
+    t->exact_meta[0] = step;
+    t->exact_meta[1] = (int64_t)tokens;
+}
+
+static int rows_to_exact(xc_trainer_t *t)
+{
+    long F = xc_engine_config(t->e)->dict_size;
+    if (t->exact_meta[0] < 0) return XC_OK;
+    xc_scaling_stats_t *r = malloc(sizeof *r * (size_t)F); /* owned here */
+    if (!r) return XC_ENOMEM;
+    for (long j = 0; j < F; j++) {
+        const double *o = t->exact_state + (size_t)j * EXACT_COLS;
+        r[j] = (xc_scaling_stats_t){{(float)o[0], (float)o[1]}, {(float)o[2], (float)o[3]}, (float)o[4], (float)o[5], o[6]};
+    }
+    pthread_mutex_lock(&t->snap_mu);
+    int rc = xc_shmpub_set_exact(t->pub, r, (long)t->exact_meta[0], (uint64_t)t->exact_meta[1]);
+    pthread_mutex_unlock(&t->snap_mu);
+    free(r);
+    pthread_mutex_lock(&t->mu);
+    t->st.scaling_last_step = (long)t->exact_meta[0];
+    t->st.scaling_last_tokens = (uint64_t)t->exact_meta[1];
+    pthread_mutex_unlock(&t->mu);
+    return rc;
 }
 
 /* A checkpoint finished (any thread): log it and report it to the loop. */
@@ -318,8 +373,8 @@ static void ckpt_written(void *ctx, const xc_ckpt_info_t *r)
 static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason, int sync)
 {
     xc_ckpt_info_t r;
-    xc_state_view_t ex = rng_view(t);
-    int rc = xc_ckpt_writer_submit(t->ckw, t->e, &ex, 1, reason, gen, sync, &r);
+    xc_state_view_t ex[N_EXTRAS];
+    int rc = xc_ckpt_writer_submit(t->ckw, t->e, ex, ckpt_extras(t, ex), reason, gen, sync, &r);
     if (rc == XC_EAGAIN) return;
     t->ckpt_started = gen;
     if (rc == 0) return; /* the writer reports */
@@ -367,8 +422,8 @@ static void set_state(xc_trainer_t *t, xc_tr_state_t s)
 static void *trainer_main(void *arg)
 {
     xc_trainer_t *t = arg;
-    xc_state_view_t ex = rng_view(t);
-    xc_ckpt_writer_prepare(t->ckw, t->e, &ex, 1); /* the checkpoint copy's memory, in the background */
+    xc_state_view_t ex[N_EXTRAS];
+    xc_ckpt_writer_prepare(t->ckw, t->e, ex, ckpt_extras(t, ex)); /* the checkpoint copy's memory, in the background */
     publish(t);
     set_state(t, XC_TR_RUNNING);
     for (;;) {
@@ -463,10 +518,11 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
 {
     xc_ckpt_resume_opts_t o = {t->state_dir, t->name, path, fresh};
     xc_ckpt_loaded_t *li = calloc(1, sizeof *li); /* owned here */
-    xc_state_view_t ex = rng_view(t);
+    xc_state_view_t ex[N_EXTRAS];
     uint64_t next = 1;
     if (!li) return XC_ENOMEM;
-    int rc = xc_ckpt_resume(t->e, &ex, 1, &o, li, &next, why, why_len);
+    int rc = xc_ckpt_resume(t->e, ex, ckpt_extras(t, ex), &o, li, &next, why, why_len);
+    if (rc == XC_OK) rc = rows_to_exact(t);
     if (rc == XC_OK) {
         xc_ckpt_writer_continue(t->ckw, li->run_id, next, li->step, li->path, li->train_path);
         t->st.m = *xc_engine_metrics(t->e);

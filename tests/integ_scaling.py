@@ -191,10 +191,57 @@ def test_exact_pass_results():
     idm.check(len(t["latents"]) == 3 and t["by"] == "exact_nu_err", "top by exact_nu_err %r" % t)
 
 
+EXACT = {}
+
+
+def test_exact_pass_kept_with_checkpoint():
+    """The next checkpoint's training-state file carries the exact pass."""
+    r = DMN.ok({"op": "checkpoint"})
+    tpath = r.get("train_path") or r["path"].replace(".safetensors", ".resume.safetensors")
+    t, meta = read_st(tpath)
+    ex, em = t["trainer.scaling_exact"], t["trainer.scaling_exact_meta"]
+    st = DMN.status()["scaling"]
+    idm.check(ex.shape == (F, 7) and int(em[0]) == st["last_step"] and int(em[1]) == st["last_tokens"],
+              "exact pass in the checkpoint: shape %s meta %s vs %r" % (ex.shape, em, st))
+    j = DMN.ok({"op": "top", "by": "fired", "n": 1})["latents"][0]["j"]
+    lat = DMN.ok({"op": "latent", "j": j})["stats"]["scaling_exact"]
+    idm.check(np.float32(ex[j, 4]) == np.float32(lat["nu_err"]), "nu_err %r vs %r" % (ex[j, 4], lat["nu_err"]))
+    EXACT.update(j=j, nu_err=lat["nu_err"], step=st["last_step"])
+
+
+def read_st(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    (hl,) = struct.unpack("<Q", raw[:8])
+    import json
+    hdr = json.loads(raw[8:8 + hl])
+    meta = hdr.pop("__metadata__", {})
+    dt = {"F32": "<f4", "F64": "<f8", "I64": "<i8", "U64": "<u8", "I32": "<i4"}
+    out = {}
+    for name, t in hdr.items():
+        a, b = t["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + hl + a:8 + hl + b], dtype=dt[t["dtype"]]).reshape(t["shape"])
+    return out, meta
+
+
 def test_clean_exit_unlinks():
     rc = DMN.stop()
     idm.check(rc == 0, "exit status %d" % rc)
     idm.check(not os.path.exists(SHM_PATH), "shared memory left behind after a clean exit")
+
+
+def test_exact_pass_survives_restart():
+    """A daemon resuming from that checkpoint publishes the same exact results."""
+    global DMN
+    DMN = idm.Daemon(idm.TMP, "--shm_interval", "0.02", "--mix_tokens", "256", "--checkpoint_interval", "0", name=NAME)
+    st = DMN.status()["scaling"]
+    idm.check(st["last_step"] == EXACT["step"], "after resume: %r, want step %d" % (st, EXACT["step"]))
+    lat = DMN.ok({"op": "latent", "j": EXACT["j"]})["stats"]["scaling_exact"]
+    idm.check(lat is not None and np.float32(lat["nu_err"]) == np.float32(EXACT["nu_err"]), "latent after resume %r" % lat)
+    data = idm.wait_for(lambda: snapshot(SHM_PATH), what="shared memory after restart")
+    h = header(data)
+    idm.check(h["scaling_step"] == EXACT["step"], "shm scaling_step %d after resume" % h["scaling_step"])
+    idm.check(DMN.stop() == 0, "second exit status")
 
 
 def main():
@@ -205,7 +252,8 @@ def main():
     t0 = time.time()
     try:
         for fn in (test_shm_object_and_header, test_reader_never_sees_torn_snapshot, test_scaling_op_arguments,
-                   test_exact_pass_results, test_clean_exit_unlinks):
+                   test_exact_pass_results, test_exact_pass_kept_with_checkpoint, test_clean_exit_unlinks,
+                   test_exact_pass_survives_restart):
             if DMN is None and fn is not test_shm_object_and_header:
                 print("not ok - %s: daemon did not start" % fn.__name__)
                 continue
