@@ -54,17 +54,6 @@ struct xc_st {
     long long fault_after; /* < 0: off */
 };
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 static double now_ms(void)
 {
     struct timespec ts;
@@ -245,7 +234,7 @@ int xc_mkdirs(const char *path, char *why, size_t why_len)
     char p[1024];
     size_t n = strlen(path);
     if (n == 0 || n >= sizeof p) {
-        why_set(why, why_len, "bad directory path '%s'", path);
+        xc_why(why, why_len, "bad directory path '%s'", path);
         return XC_EINVAL;
     }
     memcpy(p, path, n + 1);
@@ -254,7 +243,7 @@ int xc_mkdirs(const char *path, char *why, size_t why_len)
             char c = *s;
             *s = 0;
             if (mkdir(p, 0755) && errno != EEXIST) {
-                why_set(why, why_len, "cannot create directory %s: %s", p, strerror(errno));
+                xc_why(why, why_len, "cannot create directory %s: %s", p, strerror(errno));
                 return XC_EIO;
             }
             *s = c;
@@ -263,7 +252,7 @@ int xc_mkdirs(const char *path, char *why, size_t why_len)
     }
     struct stat sb;
     if (stat(path, &sb) || !S_ISDIR(sb.st_mode)) {
-        why_set(why, why_len, "%s is not a directory", path);
+        xc_why(why, why_len, "%s is not a directory", path);
         return XC_EIO;
     }
     return XC_OK;
@@ -293,23 +282,23 @@ int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, 
     if ((rc = xc_mkdirs(dir, why, why_len))) return rc;
     if ((size_t)snprintf(fin, sizeof fin, "%s/%s", dir, file) >= sizeof fin ||
         (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%ld", dir, file, (long)getpid()) >= sizeof tmp) {
-        why_set(why, why_len, "checkpoint path too long");
+        xc_why(why, why_len, "checkpoint path too long");
         return XC_EINVAL;
     }
     if (build_header(st, &hdr, &sum_at)) {
-        why_set(why, why_len, "out of memory building the checkpoint header");
+        xc_why(why, why_len, "out of memory building the checkpoint header");
         rc = XC_ENOMEM;
         goto out_free;
     }
     chunk = malloc(ST_CHUNK); /* owned here */
     if (!chunk) {
-        why_set(why, why_len, "out of memory for the checkpoint write buffer");
+        xc_why(why, why_len, "out of memory for the checkpoint write buffer");
         rc = XC_ENOMEM;
         goto out_free;
     }
     o.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (o.fd < 0) {
-        why_set(why, why_len, "cannot create %s: %s", tmp, strerror(errno));
+        xc_why(why, why_len, "cannot create %s: %s", tmp, strerror(errno));
         rc = XC_EIO;
         goto out_free;
     }
@@ -324,7 +313,7 @@ int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, 
             const void *src = (const uint8_t *)t->data + off;
             if (!t->data) {
                 if ((rc = t->fill(t->ctx, off, chunk, n))) {
-                    why_set(why, why_len, "cannot produce tensor %s: %s", t->name, xc_strerror(rc));
+                    xc_why(why, why_len, "cannot produce tensor %s: %s", t->name, xc_strerror(rc));
                     goto out_unlink;
                 }
                 src = chunk;
@@ -352,14 +341,14 @@ int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, 
     goto out_free;
 io_error:
     if (o.faulted) { /* as if the process died here: leave the temp file */
-        why_set(why, why_len, "fault injection: writing %s stopped after %llu bytes", fin,
+        xc_why(why, why_len, "fault injection: writing %s stopped after %llu bytes", fin,
                 (unsigned long long)o.written);
         close(o.fd);
         st->sum[0] = 0;
         rc = XC_EIO;
         goto out_free;
     }
-    why_set(why, why_len, "writing checkpoint %s failed: %s", fin, strerror(errno));
+    xc_why(why, why_len, "writing checkpoint %s failed: %s", fin, strerror(errno));
     rc = XC_EIO;
 out_unlink:
     st->sum[0] = 0;
@@ -781,7 +770,7 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
     r->capture_ms = s->capture_ms;
     snprintf(r->reason, sizeof r->reason, "%s", s->reason);
     if (!ts || !ms) {
-        why_set(r->why, sizeof r->why, "out of memory");
+        xc_why(r->why, sizeof r->why, "out of memory");
         goto out;
     }
     xc_ckpt_now_rfc3339(created, sizeof created);
@@ -801,7 +790,7 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
             rc = xc_st_add(ts, v->name, st_dtype(v->dtype), v->ndim, shape, v->data);
         }
     if (rc) {
-        why_set(r->why, sizeof r->why, "cannot describe the training state: %s", xc_strerror(rc));
+        xc_why(r->why, sizeof r->why, "cannot describe the training state: %s", xc_strerror(rc));
         goto out;
     }
     if (fault >= 0) xc_st_fault_after(ts, fault);
@@ -816,7 +805,7 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
     rc = rc ? rc : xc_st_meta(ms, "config", w->config_json);
     rc = rc ? rc : xc_ckpt_add_model(ms, &s->model, "F32");
     if (rc) {
-        why_set(r->why, sizeof r->why, "cannot describe the model: %s", xc_strerror(rc));
+        xc_why(r->why, sizeof r->why, "cannot describe the model: %s", xc_strerror(rc));
         goto out;
     }
     if (fault >= 0) xc_st_fault_after(ms, fault > (long long)tbytes ? fault - (long long)tbytes : 0);
@@ -1087,7 +1076,7 @@ int xc_ckpt_writer_submit(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_vi
         out->rc = rc;
         out->gen = gen;
         snprintf(out->reason, sizeof out->reason, "%s", s->reason);
-        why_set(out->why, sizeof out->why, "cannot copy the training state: %s", xc_strerror(rc));
+        xc_why(out->why, sizeof out->why, "cannot copy the training state: %s", xc_strerror(rc));
         pthread_mutex_lock(&w->mu);
         note_result(w, out);
         pthread_mutex_unlock(&w->mu);
@@ -1115,13 +1104,13 @@ int xc_ckpt_write(xc_engine_t *e, const xc_ckpt_opts_t *o, char *path_out, size_
     int err;
     xc_ckpt_writer_t *w = xc_ckpt_writer_new(&wo, &err);
     if (!w) {
-        why_set(why, why_len, "cannot start a checkpoint writer: %s", xc_strerror(err));
+        xc_why(why, why_len, "cannot start a checkpoint writer: %s", xc_strerror(err));
         return err;
     }
     int rc = xc_ckpt_writer_submit(w, e, NULL, 0, o->reason ? o->reason : "request", 0, 1, &r);
     xc_ckpt_writer_destroy(&w);
     if (rc < 0) {
-        why_set(why, why_len, "%s", r.why);
+        xc_why(why, why_len, "%s", r.why);
         return rc;
     }
     if (path_out && path_len) snprintf(path_out, path_len, "%s", r.path);
@@ -1146,7 +1135,7 @@ static int expect(const xc_stf_t *f, const char *name, const char *dtype, int nd
     const xc_stf_tensor_t *t = xc_stf_find(f, name);
     char a[96], b[96];
     if (!t) {
-        why_set(why, wl, "%s: no tensor '%s'%s", xc_stf_path(f), name,
+        xc_why(why, wl, "%s: no tensor '%s'%s", xc_stf_path(f), name,
                 code == XC_EVERSION ? " (written by an incompatible xcoderd?)" : "");
         return code;
     }
@@ -1155,7 +1144,7 @@ static int expect(const xc_stf_t *f, const char *name, const char *dtype, int nd
     if (!same) {
         shape_str(a, sizeof a, t->ndim, t->shape);
         shape_str(b, sizeof b, ndim, shape);
-        why_set(why, wl, "%s: tensor '%s' is %s %s, expected %s %s", xc_stf_path(f), name, t->dtype, a, dtype, b);
+        xc_why(why, wl, "%s: tensor '%s' is %s %s, expected %s %s", xc_stf_path(f), name, t->dtype, a, dtype, b);
         return code;
     }
     return XC_OK;
@@ -1179,7 +1168,7 @@ static int check_model_tensors(const xc_stf_t *f, const xc_engine_config_t *c, c
         (rc = expect(f, "activation_global_scale", "F32", 1, s_two, XC_ECORRUPT, why, wl)))
         return rc;
     if (xc_stf_count(f) != (btk ? 11 : 9)) {
-        why_set(why, wl, "%s: %d tensors, a %s model file has %d", xc_stf_path(f), xc_stf_count(f),
+        xc_why(why, wl, "%s: %d tensors, a %s model file has %d", xc_stf_path(f), xc_stf_count(f),
                 xc_ckpt_model_name(c->model), btk ? 11 : 9);
         return XC_ECORRUPT;
     }
@@ -1191,12 +1180,12 @@ static int check_compatible(const xc_stf_t *f, const xc_engine_config_t *c, char
 {
     const char *model = xc_stf_meta(f, "model"), *ds = xc_stf_meta(f, "d"), *fs = xc_stf_meta(f, "dict_size");
     if (!model || !ds || !fs) {
-        why_set(why, wl, "%s: metadata lacks model, d or dict_size", xc_stf_path(f));
+        xc_why(why, wl, "%s: metadata lacks model, d or dict_size", xc_stf_path(f));
         return XC_ECORRUPT;
     }
     long d = strtol(ds, NULL, 10), F = strtol(fs, NULL, 10);
     if (strcmp(model, xc_ckpt_model_name(c->model)) != 0 || d != c->d || F != c->dict_size) {
-        why_set(why, wl,
+        xc_why(why, wl,
                 "%s holds a %s crosscoder with d = %ld, dict_size = %ld, but the configuration asks for a %s "
                 "crosscoder with d = %d, dict_size = %d; start with --fresh for a new model (the old "
                 "checkpoints stay), or use another state_dir or name",
@@ -1223,7 +1212,7 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
         xc_stf_t *f = i ? tf : mf;
         if (xc_stf_kind(f) != (i ? XC_STF_TRAIN : XC_STF_MODEL)) {
             const char *fmt = xc_stf_meta(f, "format");
-            why_set(why, wl, "%s is not an xcoderd %s file (format '%.40s')", xc_stf_path(f),
+            xc_why(why, wl, "%s is not an xcoderd %s file (format '%.40s')", xc_stf_path(f),
                     i ? "training-state" : "model", fmt ? fmt : "none");
             rc = XC_ECORRUPT;
             goto out;
@@ -1236,7 +1225,7 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
     if ((rc = xc_stf_pair_check(mf, tf, why, wl))) goto out;
     const char *mv = xc_stf_meta(mf, "format_version"), *tv = xc_stf_meta(tf, "format_version");
     if (!mv || !tv || strcmp(mv, XC_CKPT_MODEL_VERSION) || strcmp(tv, XC_CKPT_TRAIN_VERSION)) {
-        why_set(why, wl, "%s: format versions %s / %s; this xcoderd reads %s / %s", model_path, mv ? mv : "?",
+        xc_why(why, wl, "%s: format versions %s / %s; this xcoderd reads %s / %s", model_path, mv ? mv : "?",
                 tv ? tv : "?", XC_CKPT_MODEL_VERSION, XC_CKPT_TRAIN_VERSION);
         rc = XC_EVERSION;
         goto out;
@@ -1254,7 +1243,7 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
         int known = strncmp(tn, "trainer.", 8) == 0;
         for (int q = 0; q < n && !known; q++) known = strcmp(tn, v[q].name) == 0;
         if (!known) {
-            why_set(why, wl, "%s: state tensor '%s' is unknown to this xcoderd (written by an incompatible version?)",
+            xc_why(why, wl, "%s: state tensor '%s' is unknown to this xcoderd (written by an incompatible version?)",
                     train_path, tn);
             rc = XC_EVERSION;
             goto out;
@@ -1306,7 +1295,7 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
     int n, rc, skipped = 0;
     uint64_t max_serial = 0;
     if ((rc = list_entries(o->state_dir, o->name, &v, &n))) {
-        why_set(why, wl, "cannot list %s: %s", o->state_dir, strerror(errno));
+        xc_why(why, wl, "cannot list %s: %s", o->state_dir, strerror(errno));
         return rc;
     }
     for (int i = 0; i < n; i++)
@@ -1315,7 +1304,7 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
     if (o->path) {
         free(v);
         if (xc_ckpt_pair_paths(o->path, m, sizeof m, t, sizeof t)) {
-            why_set(why, wl, "--resume %s: not a checkpoint file name (NAME-STEP.safetensors or NAME-STEP%s)", o->path,
+            xc_why(why, wl, "--resume %s: not a checkpoint file name (NAME-STEP.safetensors or NAME-STEP%s)", o->path,
                     XC_STF_TRAIN_SUFFIX);
             return XC_EINVAL;
         }
@@ -1323,7 +1312,7 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
     }
     if (o->fresh) {
         free(v);
-        why_set(why, wl, "a fresh start was asked for (--fresh); %d checkpoint(s) of '%s' in %s are left as they are", n,
+        xc_why(why, wl, "a fresh start was asked for (--fresh); %d checkpoint(s) of '%s' in %s are left as they are", n,
                 o->name, o->state_dir);
         return XC_ENOTFOUND;
     }
@@ -1348,7 +1337,7 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
             return XC_OK;
         }
         if (rc == XC_ESHAPE || rc == XC_EVERSION) {
-            why_set(why, wl, "%s", sub);
+            xc_why(why, wl, "%s", sub);
             free(v);
             return rc;
         }
@@ -1357,9 +1346,9 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
     }
     free(v);
     if (skipped)
-        why_set(why, wl, "none of the %d checkpoint(s) of '%s' in %s is valid (see the lines above)", skipped, o->name,
+        xc_why(why, wl, "none of the %d checkpoint(s) of '%s' in %s is valid (see the lines above)", skipped, o->name,
                 o->state_dir);
     else
-        why_set(why, wl, "no checkpoint of '%s' in %s", o->name, o->state_dir);
+        xc_why(why, wl, "no checkpoint of '%s' in %s", o->name, o->state_dir);
     return XC_ENOTFOUND;
 }

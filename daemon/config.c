@@ -125,17 +125,6 @@ static const xc_cfg_key_t g_keys[] = {
     {NULL, 0, NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
 };
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 const xc_cfg_key_t *xc_cfg_keys(void) { return g_keys; }
 
 const xc_cfg_key_t *xc_cfg_key(const char *name)
@@ -176,10 +165,10 @@ static int unknown_key(const char *key, char *why, size_t why_len)
         }
     }
     if (best)
-        why_set(why, why_len, "unknown config key '%s' (did you mean '%s'? --help lists all keys)", key,
+        xc_why(why, why_len, "unknown config key '%s' (did you mean '%s'? --help lists all keys)", key,
                 best);
     else
-        why_set(why, why_len, "unknown config key '%s' (--help lists all keys)", key);
+        xc_why(why, why_len, "unknown config key '%s' (--help lists all keys)", key);
     return XC_ENOTFOUND;
 }
 
@@ -211,13 +200,13 @@ static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *
             errno = 0;
             dv = strtod(value, &end);
             if (end == value || *end || errno || dv != floor(dv)) {
-                why_set(why, why_len, "%s must be an integer, got '%s'", k->name, value);
+                xc_why(why, why_len, "%s must be an integer, got '%s'", k->name, value);
                 return XC_ECONFIG;
             }
             v = (long long)dv;
         }
         if (dv < k->min || dv > k->max) {
-            why_set(why, why_len, "%s must be in [%.15g, %.15g], got %s", k->name, k->min, k->max, value);
+            xc_why(why, why_len, "%s must be in [%.15g, %.15g], got %s", k->name, k->min, k->max, value);
             return XC_ECONFIG;
         }
         *(long *)base = (long)v;
@@ -227,11 +216,11 @@ static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *
         errno = 0;
         double v = strtod(value, &end);
         if (end == value || *end || errno || !isfinite(v)) {
-            why_set(why, why_len, "%s must be a number, got '%s'", k->name, value);
+            xc_why(why, why_len, "%s must be a number, got '%s'", k->name, value);
             return XC_ECONFIG;
         }
         if (v < k->min || v > k->max) {
-            why_set(why, why_len, "%s must be in [%g, %g], got %s", k->name, k->min, k->max, value);
+            xc_why(why, why_len, "%s must be in [%g, %g], got %s", k->name, k->min, k->max, value);
             return XC_ECONFIG;
         }
         *(double *)base = v;
@@ -239,7 +228,7 @@ static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *
     }
     case XC_CFG_ENUM:
         if (!choice_ok(k->choices, value)) {
-            why_set(why, why_len, "%s must be one of %s, got '%s'", k->name, k->choices, value);
+            xc_why(why, why_len, "%s must be one of %s, got '%s'", k->name, k->choices, value);
             return XC_ECONFIG;
         }
         break; /* stored as a string, below */
@@ -248,7 +237,7 @@ static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *
     }
     if (k->type == XC_CFG_STR || k->type == XC_CFG_ENUM) {
         if (strlen(value) >= k->size) {
-            why_set(why, why_len, "%s is longer than %zu bytes", k->name, k->size - 1);
+            xc_why(why, why_len, "%s is longer than %zu bytes", k->name, k->size - 1);
             return XC_ECONFIG;
         }
         strcpy(base, value);
@@ -262,7 +251,7 @@ int xc_cfg_set(xc_cfg_t *c, const char *key, const char *value, char *why, size_
     const xc_cfg_key_t *k = xc_cfg_key(key);
     if (!k) return unknown_key(key ? key : "", why, why_len);
     if (!value) {
-        why_set(why, why_len, "%s needs a value", key);
+        xc_why(why, why_len, "%s needs a value", key);
         return XC_ECONFIG;
     }
     return set_key(c, k, value, why, why_len);
@@ -290,13 +279,13 @@ int xc_cfg_load_file(xc_cfg_t *c, const char *path, char *why, size_t why_len)
     int lineno = 0, rc = XC_OK;
     FILE *f = fopen(path, "r");
     if (!f) {
-        why_set(why, why_len, "cannot read config file %s: %s", path, strerror(errno));
+        xc_why(why, why_len, "cannot read config file %s: %s", path, strerror(errno));
         return XC_EIO;
     }
     while (fgets(line, sizeof line, f)) {
         lineno++;
         if (!strchr(line, '\n') && !feof(f)) {
-            why_set(why, why_len, "%s:%d: line longer than %zu bytes", path, lineno, sizeof line - 2);
+            xc_why(why, why_len, "%s:%d: line longer than %zu bytes", path, lineno, sizeof line - 2);
             rc = XC_ECONFIG;
             goto out_close;
         }
@@ -313,7 +302,7 @@ int xc_cfg_load_file(xc_cfg_t *c, const char *path, char *why, size_t why_len)
         if (!*s) continue;
         char *eq = strchr(s, '=');
         if (!eq) {
-            why_set(why, why_len, "%s:%d: expected 'key = value', got '%.60s'", path, lineno, s);
+            xc_why(why, why_len, "%s:%d: expected 'key = value', got '%.60s'", path, lineno, s);
             rc = XC_ECONFIG;
             goto out_close;
         }
@@ -326,12 +315,12 @@ int xc_cfg_load_file(xc_cfg_t *c, const char *path, char *why, size_t why_len)
         }
         rc = xc_cfg_set(c, key, val, sub, sizeof sub);
         if (rc) {
-            why_set(why, why_len, "%s:%d: %s", path, lineno, sub);
+            xc_why(why, why_len, "%s:%d: %s", path, lineno, sub);
             goto out_close;
         }
     }
     if (ferror(f)) {
-        why_set(why, why_len, "error reading %s: %s", path, strerror(errno));
+        xc_why(why, why_len, "error reading %s: %s", path, strerror(errno));
         rc = XC_EIO;
     }
 out_close:
@@ -355,7 +344,7 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
             cli->print_example = 1;
         } else if (strcmp(a, "--config") == 0) {
             if (i + 1 >= argc) {
-                why_set(why, why_len, "--config needs a file name");
+                xc_why(why, why_len, "--config needs a file name");
                 return XC_ECONFIG;
             }
             cli->config = argv[++i];
@@ -366,7 +355,7 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
         } else if (strcmp(a, "--resume") == 0 || strncmp(a, "--resume=", 9) == 0) {
             const char *p = a[8] == '=' ? a + 9 : i + 1 < argc ? argv[++i] : NULL;
             if (!p || !*p || strlen(p) >= sizeof c->resume) {
-                why_set(why, why_len, "--resume needs a checkpoint file (NAME-STEP.safetensors or its .resume file)");
+                xc_why(why, why_len, "--resume needs a checkpoint file (NAME-STEP.safetensors or its .resume file)");
                 return XC_ECONFIG;
             }
             strcpy(c->resume, p);
@@ -376,7 +365,7 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
     }
     if (cli->help || cli->print_example) return XC_OK;
     if (c->fresh && c->resume[0]) {
-        why_set(why, why_len, "--fresh and --resume exclude each other");
+        xc_why(why, why_len, "--fresh and --resume exclude each other");
         return XC_ECONFIG;
     }
     if (cli->config && (rc = xc_cfg_load_file(c, cli->config, why, why_len))) return rc;
@@ -396,7 +385,7 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
             continue;
         }
         if (strncmp(a, "--", 2) != 0) {
-            why_set(why, why_len, "unexpected argument '%s' (options are --KEY VALUE; see --help)", a);
+            xc_why(why, why_len, "unexpected argument '%s' (options are --KEY VALUE; see --help)", a);
             return XC_ECONFIG;
         }
         const char *eq = strchr(a + 2, '=');
@@ -411,7 +400,7 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
         } else {
             if (!xc_cfg_key(key)) return unknown_key(key, why, why_len);
             if (i + 1 >= argc) {
-                why_set(why, why_len, "--%s needs a value", key);
+                xc_why(why, why_len, "--%s needs a value", key);
                 return XC_ECONFIG;
             }
             val = argv[++i];
@@ -429,7 +418,7 @@ static int endpoint_default(char *dst, size_t len, const char *run_dir, const ch
     /* sun_path holds 107 bytes */
     if (n < 0 || (size_t)n >= len || strlen(run_dir) + 1 + strlen(sock) > 107) {
         dst[0] = 0;
-        why_set(why, why_len,
+        xc_why(why, why_len,
                 "run_dir '%s' is too long for an ipc:// socket path (107 bytes); choose a shorter "
                 "run_dir or set %s explicitly",
                 run_dir, key);
@@ -443,11 +432,11 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
     int rc;
     for (const char *p = c->name; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-') {
-            why_set(why, why_len, "name '%s' may only hold letters, digits, '.', '_' and '-'", c->name);
+            xc_why(why, why_len, "name '%s' may only hold letters, digits, '.', '_' and '-'", c->name);
             return XC_ECONFIG;
         }
     if (!c->name[0]) {
-        why_set(why, why_len, "name must not be empty");
+        xc_why(why, why_len, "name must not be empty");
         return XC_ECONFIG;
     }
     if (!c->run_dir[0]) {
@@ -455,14 +444,14 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
         int n = x && *x ? snprintf(c->run_dir, sizeof c->run_dir, "%s/xcoderd-%s", x, c->name)
                         : snprintf(c->run_dir, sizeof c->run_dir, "/tmp/xcoderd-%s", c->name);
         if (n < 0 || (size_t)n >= sizeof c->run_dir) {
-            why_set(why, why_len, "derived run_dir is too long; set run_dir");
+            xc_why(why, why_len, "derived run_dir is too long; set run_dir");
             return XC_ECONFIG;
         }
     }
     if (!c->state_dir[0]) {
         int n = snprintf(c->state_dir, sizeof c->state_dir, "%s/state", c->run_dir);
         if (n < 0 || (size_t)n >= sizeof c->state_dir) {
-            why_set(why, why_len, "derived state_dir is too long; set state_dir");
+            xc_why(why, why_len, "derived state_dir is too long; set state_dir");
             return XC_ECONFIG;
         }
     }
@@ -477,16 +466,16 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
         return rc;
     if (c->mix_tokens == 0) c->mix_tokens = 8 * c->batch_size;
     if (c->mix_tokens < c->batch_size) {
-        why_set(why, why_len, "mix_tokens (%ld) must be >= batch_size (%ld)", c->mix_tokens,
+        xc_why(why, why_len, "mix_tokens (%ld) must be >= batch_size (%ld)", c->mix_tokens,
                 c->batch_size);
         return XC_ECONFIG;
     }
     if (strcmp(c->model, "batchtopk") == 0 && c->k > c->dict_size) {
-        why_set(why, why_len, "k (%ld) must be <= dict_size (%ld)", c->k, c->dict_size);
+        xc_why(why, why_len, "k (%ld) must be <= dict_size (%ld)", c->k, c->dict_size);
         return XC_ECONFIG;
     }
     if (c->max_msg_bytes < 2 * c->d * 2 + 64) {
-        why_set(why, why_len, "max_msg_bytes (%ld) cannot hold even one f16 token of d = %ld",
+        xc_why(why, why_len, "max_msg_bytes (%ld) cannot hold even one f16 token of d = %ld",
                 c->max_msg_bytes, c->d);
         return XC_ECONFIG;
     }
@@ -494,16 +483,16 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
     xc_cfg_engine(c, &ec);
     char ew[200];
     if (xc_engine_config_validate(&ec, ew, sizeof ew)) {
-        why_set(why, why_len, "%s", ew);
+        xc_why(why, why_len, "%s", ew);
         return XC_ECONFIG;
     }
     unsigned mode;
     if (xc_cfg_shm_mode(c, &mode)) {
-        why_set(why, why_len, "shm_mode must be octal permission bits such as 0640, got '%s'", c->shm_mode);
+        xc_why(why, why_len, "shm_mode must be octal permission bits such as 0640, got '%s'", c->shm_mode);
         return XC_ECONFIG;
     }
     if (!(c->shared_lo < c->shared_hi)) {
-        why_set(why, why_len, "shared_lo (%g) must be below shared_hi (%g)", c->shared_lo, c->shared_hi);
+        xc_why(why, why_len, "shared_lo (%g) must be below shared_hi (%g)", c->shared_lo, c->shared_hi);
         return XC_ECONFIG;
     }
     return XC_OK;

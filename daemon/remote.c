@@ -67,16 +67,6 @@ struct xc_remote {
     int queued, running;
 };
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 xc_remote_t *xc_remote_new(uv_loop_t *loop, const char *state_dir, size_t tag_size, xc_remote_reply_fn fn,
                            void *ctx)
 {
@@ -199,7 +189,7 @@ static long list_dir(const char *dir, entry_t **out, int *truncated, char *why, 
     DIR *d = opendir(dir);
     if (!d) {
         if (errno == ENOENT) return 0;
-        why_set(why, wl, "cannot read the state directory: %s", strerror(errno));
+        xc_why(why, wl, "cannot read the state directory: %s", strerror(errno));
         return XC_EIO;
     }
     long n = 0, cap = 0;
@@ -221,7 +211,7 @@ static long list_dir(const char *dir, entry_t **out, int *truncated, char *why, 
             if (!nv) {
                 free(v);
                 closedir(d);
-                why_set(why, wl, "out of memory listing checkpoints");
+                xc_why(why, wl, "out of memory listing checkpoints");
                 return XC_ENOMEM;
             }
             v = nv;
@@ -296,7 +286,7 @@ static void fetch_work(uv_work_t *wq)
         long n = list_dir(r->state_dir, &v, &truncated, j->why, sizeof j->why);
         if (n <= 0) {
             j->rc = n < 0 ? (int)n : XC_ENOTFOUND;
-            if (n == 0) why_set(j->why, sizeof j->why, "no checkpoint has been written yet");
+            if (n == 0) xc_why(j->why, sizeof j->why, "no checkpoint has been written yet");
             free(v);
             return;
         }
@@ -306,7 +296,7 @@ static void fetch_work(uv_work_t *wq)
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/%s", r->state_dir, j->name) >= sizeof path) {
         j->rc = XC_EINVAL;
-        why_set(j->why, sizeof j->why, "state_dir path too long");
+        xc_why(j->why, sizeof j->why, "state_dir path too long");
         return;
     }
     fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -315,16 +305,16 @@ static void fetch_work(uv_work_t *wq)
         int e = errno;
         j->rc = fd < 0 && e != ENOENT && e != ELOOP ? XC_EIO : XC_ENOTFOUND;
         if (j->rc == XC_ENOTFOUND)
-            why_set(j->why, sizeof j->why, "no checkpoint '%s' (it may have been removed; op checkpoints lists "
+            xc_why(j->why, sizeof j->why, "no checkpoint '%s' (it may have been removed; op checkpoints lists "
                     "the retained ones)", j->name);
-        else why_set(j->why, sizeof j->why, "cannot open checkpoint '%s': %s", j->name, strerror(e));
+        else xc_why(j->why, sizeof j->why, "cannot open checkpoint '%s': %s", j->name, strerror(e));
         goto out;
     }
     j->size = (uint64_t)st.st_size;
     j->mtime = ts_seconds(&st.st_mtim);
     if (j->offset > j->size) {
         j->rc = XC_EINVAL;
-        why_set(j->why, sizeof j->why, "offset %llu is beyond the end of '%s' (%llu bytes)",
+        xc_why(j->why, sizeof j->why, "offset %llu is beyond the end of '%s' (%llu bytes)",
                 (unsigned long long)j->offset, j->name, (unsigned long long)j->size);
         goto out;
     }
@@ -334,7 +324,7 @@ static void fetch_work(uv_work_t *wq)
     buf = malloc(blen ? blen : 1); /* one buffer: the hash streams through it, then the chunk */
     if (!buf) {
         j->rc = XC_ENOMEM;
-        why_set(j->why, sizeof j->why, "out of memory for a %zu-byte chunk", blen);
+        xc_why(j->why, sizeof j->why, "out of memory for a %zu-byte chunk", blen);
         goto out;
     }
     if (!cached) {
@@ -346,7 +336,7 @@ static void fetch_work(uv_work_t *wq)
             int e = read_at(fd, buf, k, off);
             if (e) {
                 j->rc = XC_EIO;
-                why_set(j->why, sizeof j->why, "cannot read checkpoint '%s': %s", j->name,
+                xc_why(j->why, sizeof j->why, "cannot read checkpoint '%s': %s", j->name,
                         e == -EIO ? "file shorter than its size" : strerror(-e));
                 goto out;
             }
@@ -358,7 +348,7 @@ static void fetch_work(uv_work_t *wq)
         if (fstat(fd, &st2) || st2.st_size != st.st_size || st2.st_mtim.tv_sec != st.st_mtim.tv_sec ||
             st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
             j->rc = XC_EAGAIN;
-            why_set(j->why, sizeof j->why, "checkpoint '%s' changed while its checksum was computed; retry",
+            xc_why(j->why, sizeof j->why, "checkpoint '%s' changed while its checksum was computed; retry",
                     j->name);
             goto out;
         }
@@ -368,7 +358,7 @@ static void fetch_work(uv_work_t *wq)
         int e = read_at(fd, buf, j->n, j->offset);
         if (e) {
             j->rc = XC_EIO;
-            why_set(j->why, sizeof j->why, "cannot read checkpoint '%s' at %llu: %s", j->name,
+            xc_why(j->why, sizeof j->why, "cannot read checkpoint '%s' at %llu: %s", j->name,
                     (unsigned long long)j->offset, e == -EIO ? "file shorter than its size" : strerror(-e));
             goto out;
         }
@@ -395,7 +385,7 @@ static void fetch_done(uv_work_t *wq, int status)
     int rc = xc_proto_request_decode(j->raw, j->raw_len, &req, why, sizeof why);
     if (rc == 0 && status == UV_ECANCELED) {
         j->rc = XC_ESHUTDOWN;
-        why_set(j->why, sizeof j->why, "the daemon stopped before the chunk was read");
+        xc_why(j->why, sizeof j->why, "the daemon stopped before the chunk was read");
     }
     if (rc) {
         xc_proto_error_encode(&out, &req, rc, why);
@@ -438,7 +428,7 @@ static void start_jobs(xc_remote_t *r)
         j->work.data = j;
         if (uv_queue_work(r->loop, &j->work, fetch_work, fetch_done)) {
             j->rc = XC_ESYS; /* cannot happen with a live loop; answer rather than drop */
-            why_set(j->why, sizeof j->why, "cannot queue the read");
+            xc_why(j->why, sizeof j->why, "cannot queue the read");
             r->running++;
             fetch_done(&j->work, 0);
             continue;
@@ -452,7 +442,7 @@ static int arg_u64(const xc_request_t *req, const char *key, uint64_t *out, char
     xc_mp_node_t n = xc_mp_get(req->root, key);
     if (xc_mp_type(n) == XC_MP_NONE || xc_mp_type(n) == XC_MP_NIL) return 0;
     if (xc_mp_as_u64(n, out)) {
-        why_set(why, wl, "argument '%s' must be an unsigned integer", key);
+        xc_why(why, wl, "argument '%s' must be an unsigned integer", key);
         return XC_EINVAL;
     }
     return 1;
@@ -466,7 +456,7 @@ int xc_remote_fetch(xc_remote_t *r, const xc_request_t *req, const void *raw, si
     size_t sl;
     int rc;
     if (r->queued >= XC_REMOTE_QUEUE_MAX) {
-        why_set(why, wl, "too many fetch requests waiting (%d); retry", r->queued);
+        xc_why(why, wl, "too many fetch requests waiting (%d); retry", r->queued);
         return XC_EAGAIN;
     }
     j = calloc(1, sizeof *j); /* owned by the queue, then by the work item */
@@ -474,12 +464,12 @@ int xc_remote_fetch(xc_remote_t *r, const xc_request_t *req, const void *raw, si
     xc_mp_node_t f = xc_mp_get(req->root, "file");
     if (xc_mp_type(f) != XC_MP_NONE && xc_mp_type(f) != XC_MP_NIL) {
         if (xc_mp_as_str(f, &s, &sl)) {
-            why_set(why, wl, "argument 'file' must be a string (a name from the checkpoints op)");
+            xc_why(why, wl, "argument 'file' must be a string (a name from the checkpoints op)");
             rc = XC_EINVAL;
             goto fail;
         }
         if (!xc_ckpt_name_ok(s, sl)) {
-            why_set(why, wl, "'%.*s' is not a checkpoint file name: only NAME.safetensors files in the "
+            xc_why(why, wl, "'%.*s' is not a checkpoint file name: only NAME.safetensors files in the "
                     "daemon's state_dir are served (no paths)", (int)(sl > 100 ? 100 : sl), s);
             rc = XC_EINVAL;
             goto fail;
@@ -506,7 +496,7 @@ int xc_remote_fetch(xc_remote_t *r, const xc_request_t *req, const void *raw, si
     start_jobs(r);
     return XC_OK;
 nomem:
-    why_set(why, wl, "out of memory");
+    xc_why(why, wl, "out of memory");
     rc = XC_ENOMEM;
 fail:
     job_free(j);
@@ -541,7 +531,7 @@ static int table_args(const xc_request_t *req, long F, table_args_t *a, char *wh
             size_t sl;
             if (ft == XC_MP_ARRAY) {
                 if (xc_mp_as_str(xc_mp_at(f, i), &s, &sl)) {
-                    why_set(why, wl, "argument 'fields' must be an array of strings (or one comma-separated "
+                    xc_why(why, wl, "argument 'fields' must be an array of strings (or one comma-separated "
                             "string)");
                     return XC_EINVAL;
                 }
@@ -554,7 +544,7 @@ static int table_args(const xc_request_t *req, long F, table_args_t *a, char *wh
             }
             int c = xc_table_col_find(s, sl);
             if (c < 0) {
-                why_set(why, wl, "unknown table field '%.*s'; fields are the arrays of proto/SHM.md "
+                xc_why(why, wl, "unknown table field '%.*s'; fields are the arrays of proto/SHM.md "
                         "(delta_norm, cosine, norm_base, ..., class, flags) and fired, tokens_since_fired, "
                         "dead, j", (int)(sl > 40 ? 40 : sl), s);
                 return XC_EINVAL;
@@ -564,11 +554,11 @@ static int table_args(const xc_request_t *req, long F, table_args_t *a, char *wh
             if (!dup && a->ncols < (int)(sizeof a->cols / sizeof a->cols[0])) a->cols[a->ncols++] = c;
         }
         if (a->ncols == 0) {
-            why_set(why, wl, "argument 'fields' names no field");
+            xc_why(why, wl, "argument 'fields' names no field");
             return XC_EINVAL;
         }
     } else {
-        why_set(why, wl, "argument 'fields' must be an array of strings (or one comma-separated string)");
+        xc_why(why, wl, "argument 'fields' must be an array of strings (or one comma-separated string)");
         return XC_EINVAL;
     }
     xc_mp_node_t js = xc_mp_get(req->root, "js");
@@ -576,27 +566,27 @@ static int table_args(const xc_request_t *req, long F, table_args_t *a, char *wh
                     xc_mp_type(xc_mp_get(req->root, "count")) != XC_MP_NONE;
     if (xc_mp_type(js) != XC_MP_NONE && xc_mp_type(js) != XC_MP_NIL) {
         if (has_range) {
-            why_set(why, wl, "give either 'js' or 'start'/'count', not both");
+            xc_why(why, wl, "give either 'js' or 'start'/'count', not both");
             return XC_EINVAL;
         }
         if (xc_mp_type(js) != XC_MP_ARRAY) {
-            why_set(why, wl, "argument 'js' must be an array of latent indices");
+            xc_why(why, wl, "argument 'js' must be an array of latent indices");
             return XC_EINVAL;
         }
         size_t n = xc_mp_len(js);
         a->js_owned = malloc((n ? n : 1) * sizeof *a->js_owned); /* freed by table_args_free */
         if (!a->js_owned) {
-            why_set(why, wl, "out of memory");
+            xc_why(why, wl, "out of memory");
             return XC_ENOMEM;
         }
         for (size_t i = 0; i < n; i++) {
             uint64_t v;
             if (xc_mp_as_u64(xc_mp_at(js, i), &v)) {
-                why_set(why, wl, "argument 'js' must hold unsigned integers (item %zu does not)", i);
+                xc_why(why, wl, "argument 'js' must hold unsigned integers (item %zu does not)", i);
                 return XC_EINVAL;
             }
             if (v >= (uint64_t)F) {
-                why_set(why, wl, "latent %llu does not exist (dict_size = %ld)", (unsigned long long)v, F);
+                xc_why(why, wl, "latent %llu does not exist (dict_size = %ld)", (unsigned long long)v, F);
                 return XC_ENOTFOUND;
             }
             a->js_owned[i] = v;
@@ -610,12 +600,12 @@ static int table_args(const xc_request_t *req, long F, table_args_t *a, char *wh
     if ((rc = arg_u64(req, "start", &a->start, why, wl)) < 0) return rc;
     if ((rc = arg_u64(req, "count", &a->count, why, wl)) < 0) return rc;
     if (a->start > (uint64_t)F) {
-        why_set(why, wl, "start %llu is beyond dict_size = %ld", (unsigned long long)a->start, F);
+        xc_why(why, wl, "start %llu is beyond dict_size = %ld", (unsigned long long)a->start, F);
         return XC_ENOTFOUND;
     }
     if (a->count > (uint64_t)F - a->start) a->count = (uint64_t)F - a->start;
     if (a->count > (uint64_t)TABLE_ROWS_MAX) {
-        why_set(why, wl, "%llu rows asked for; one reply holds at most %ld: page with start/count",
+        xc_why(why, wl, "%llu rows asked for; one reply holds at most %ld: page with start/count",
                 (unsigned long long)a->count, TABLE_ROWS_MAX);
         return XC_ETOOBIG;
     }
@@ -692,7 +682,7 @@ int xc_remote_table(xc_trainer_t *t, long F, const xc_request_t *req, xc_buf_t *
     uint8_t *col = malloc(n ? n * 8 : 1); /* one column at a time */
     if (!col) {
         table_args_free(&a);
-        why_set(why, wl, "out of memory for %zu rows", n);
+        xc_why(why, wl, "out of memory for %zu rows", n);
         return XC_ENOMEM;
     }
     long step;
@@ -734,6 +724,6 @@ int xc_remote_table(xc_trainer_t *t, long F, const xc_request_t *req, xc_buf_t *
     free(col);
     table_args_free(&a);
     rc = xc_mpw_finish(&w);
-    if (rc) why_set(why, wl, "could not encode the table (%zu rows)", n);
+    if (rc) xc_why(why, wl, "could not encode the table (%zu rows)", n);
     return rc;
 }

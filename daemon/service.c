@@ -151,17 +151,6 @@ static double unix_s(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 static int refuse_index(int code)
 {
     for (int i = 0; i < N_REFUSE; i++)
@@ -395,7 +384,7 @@ static void write_metrics(xc_svc_t *s)
     if (!s->cfg.metrics_file[0]) return;
     xc_buf_init(&b);
     int rc = metrics_text(s, &b);
-    if (rc) why_set(why, sizeof why, "out of memory rendering the metrics");
+    if (rc) xc_why(why, sizeof why, "out of memory rendering the metrics");
     else rc = xc_metrics_write_file(s->cfg.metrics_file, b.data, b.len, why, sizeof why);
     if (rc && !s->metrics_failing)
         xc_log(XC_LOG_WARN, "metrics_file not written (said once until it works again): %s", why);
@@ -653,7 +642,7 @@ static int arg_u64(const xc_request_t *req, const char *key, uint64_t *out, char
     xc_mp_node_t n = xc_mp_get(req->root, key);
     if (xc_mp_type(n) == XC_MP_NONE) return 0;
     if (xc_mp_as_u64(n, out)) {
-        why_set(why, wl, "argument '%s' must be an unsigned integer", key);
+        xc_why(why, wl, "argument '%s' must be an unsigned integer", key);
         return XC_EINVAL;
     }
     return 1;
@@ -665,7 +654,7 @@ static int arg_str(const xc_request_t *req, const char *key, const char **out, s
     xc_mp_node_t n = xc_mp_get(req->root, key);
     if (xc_mp_type(n) == XC_MP_NONE) return 0;
     if (xc_mp_as_str(n, out, len)) {
-        why_set(why, wl, "argument '%s' must be a string", key);
+        xc_why(why, wl, "argument '%s' must be a string", key);
         return XC_EINVAL;
     }
     return 1;
@@ -690,11 +679,11 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
         rc = arg_u64(req, "j", &a->j, why, wl);
         if (rc < 0) return rc;
         if (rc == 0) {
-            why_set(why, wl, "latent needs argument 'j' (0 <= j < %ld)", s->cfg.dict_size);
+            xc_why(why, wl, "latent needs argument 'j' (0 <= j < %ld)", s->cfg.dict_size);
             return XC_EINVAL;
         }
         if (a->j >= (uint64_t)s->cfg.dict_size) {
-            why_set(why, wl, "latent %llu does not exist (dict_size = %ld)", (unsigned long long)a->j,
+            xc_why(why, wl, "latent %llu does not exist (dict_size = %ld)", (unsigned long long)a->j,
                     s->cfg.dict_size);
             return XC_ENOTFOUND;
         }
@@ -708,7 +697,7 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
     }
     a->by = field_lookup(str, sl);
     if (!a->by) {
-        why_set(why, wl, "unknown field '%.*s' for top; use one of norm_base, norm_chat, delta_norm, "
+        xc_why(why, wl, "unknown field '%.*s' for top; use one of norm_base, norm_chat, delta_norm, "
                 "cosine, freq, mean_act, max_act, fired, tokens_since_fired, last_step_fired, nu_err, nu_rec, "
                 "beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, exact_nu_err, exact_nu_rec",
                 (int)(sl > 40 ? 40 : sl), str);
@@ -724,13 +713,13 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
     if (rc == 1) {
         if (sl == 3 && memcmp(str, "asc", 3) == 0) a->asc = 1;
         else if (!(sl == 4 && memcmp(str, "desc", 4) == 0)) {
-            why_set(why, wl, "argument 'order' must be \"asc\" or \"desc\"");
+            xc_why(why, wl, "argument 'order' must be \"asc\" or \"desc\"");
             return XC_EINVAL;
         }
     }
     xc_mp_node_t al = xc_mp_get(req->root, "alive_only");
     if (xc_mp_type(al) != XC_MP_NONE && xc_mp_as_bool(al, &a->alive_only)) {
-        why_set(why, wl, "argument 'alive_only' must be a bool");
+        xc_why(why, wl, "argument 'alive_only' must be a bool");
         return XC_EINVAL;
     }
     return XC_OK;
@@ -1342,12 +1331,12 @@ int xc_svc_open_log(const char *path, char *why, size_t why_len)
     if (!path || !*path) return XC_OK;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
-        why_set(why, why_len, "cannot open log file %s: %s", path, strerror(errno));
+        xc_why(why, why_len, "cannot open log file %s: %s", path, strerror(errno));
         return XC_EIO;
     }
     fflush(stderr);
     if (dup2(fd, STDERR_FILENO) < 0) {
-        why_set(why, why_len, "cannot redirect stderr to %s: %s", path, strerror(errno));
+        xc_why(why, why_len, "cannot redirect stderr to %s: %s", path, strerror(errno));
         close(fd);
         return XC_EIO;
     }
@@ -1395,7 +1384,7 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
     int linger = 1000;
     void *z = zmq_socket(s->zctx, type); /* owned by s; closed in destroy */
     if (!z) {
-        why_set(why, wl, "cannot create the %s socket: %s", what, zmq_strerror(errno));
+        xc_why(why, wl, "cannot create the %s socket: %s", what, zmq_strerror(errno));
         return XC_ESYS;
     }
     zmq_setsockopt(z, ZMQ_LINGER, &linger, sizeof linger);
@@ -1412,7 +1401,7 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
         zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
     }
     if (zmq_bind(z, ep) < 0) {
-        why_set(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));
+        xc_why(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));
         zmq_close(z);
         return XC_EIO;
     }
@@ -1430,11 +1419,11 @@ static int take_lock(xc_svc_t *s, char *why, size_t wl)
     snprintf(path, sizeof path, "%s/xcoderd.lock", s->cfg.run_dir);
     s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (s->lock_fd < 0) {
-        why_set(why, wl, "cannot open lock file %s: %s", path, strerror(errno));
+        xc_why(why, wl, "cannot open lock file %s: %s", path, strerror(errno));
         return XC_EIO;
     }
     if (flock(s->lock_fd, LOCK_EX | LOCK_NB)) {
-        why_set(why, wl, "another xcoderd instance runs with run_dir %s (lock %s held); give each "
+        xc_why(why, wl, "another xcoderd instance runs with run_dir %s (lock %s held); give each "
                 "instance its own run_dir", s->cfg.run_dir, path);
         return XC_ESTATE;
     }
@@ -1476,7 +1465,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     xc_svc_t *s = calloc(1, sizeof *s); /* owned by the caller; xc_svc_destroy */
     if (!s) {
         *err = XC_ENOMEM;
-        why_set(why, wl, "out of memory");
+        xc_why(why, wl, "out of memory");
         return NULL;
     }
     s->cfg = *cfg;
@@ -1494,7 +1483,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     xc_cfg_engine(&s->cfg, &ec);
     s->engine = xc_engine_new(&ec, &rc);
     if (!s->engine) {
-        why_set(why, wl, "cannot create the model (d = %ld, dict_size = %ld): %s", s->cfg.d,
+        xc_why(why, wl, "cannot create the model (d = %ld, dict_size = %ld): %s", s->cfg.d,
                 s->cfg.dict_size, xc_strerror(rc));
         goto fail;
     }
@@ -1502,7 +1491,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->queue = xc_queue_new(s->cfg.queue_size, wake_loop, s);
     cj = config_json(&s->cfg);
     if (!s->queue || !cj) {
-        why_set(why, wl, "out of memory creating the queue");
+        xc_why(why, wl, "out of memory creating the queue");
         goto fail;
     }
     xc_trainer_opts_t to;
@@ -1526,7 +1515,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     free(cj);
     cj = NULL;
     if (!s->trainer) {
-        why_set(why, wl, "cannot create the trainer (mixing buffer of %ld tokens): %s", s->cfg.mix_tokens,
+        xc_why(why, wl, "cannot create the trainer (mixing buffer of %ld tokens): %s", s->cfg.mix_tokens,
                 xc_strerror(rc));
         goto fail;
     }
@@ -1536,7 +1525,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->zctx = zmq_ctx_new();
     if (!s->zctx) {
         rc = XC_ESYS;
-        why_set(why, wl, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
+        xc_why(why, wl, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
         goto fail;
     }
     if ((rc = open_socket(s, &s->ingest, ZMQ_ROUTER, s->cfg.ingest, "ingest", why, wl)) ||
@@ -1550,12 +1539,12 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     if (zmq_getsockopt(s->ingest, ZMQ_FD, &fd_in, &fl) ||
         zmq_getsockopt(s->control, ZMQ_FD, &fd_ctl, &(size_t){sizeof(int)})) {
         rc = XC_ESYS;
-        why_set(why, wl, "cannot get ZMQ_FD: %s", zmq_strerror(errno));
+        xc_why(why, wl, "cannot get ZMQ_FD: %s", zmq_strerror(errno));
         goto fail;
     }
     if (uv_loop_init(&s->loop)) {
         rc = XC_ESYS;
-        why_set(why, wl, "cannot create the event loop");
+        xc_why(why, wl, "cannot create the event loop");
         goto fail;
     }
     s->handles_open = 1;
@@ -1574,7 +1563,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->remote = xc_remote_new(&s->loop, s->cfg.state_dir, sizeof(envelope_t), remote_reply, s);
     if (!s->remote) {
         rc = XC_ENOMEM;
-        why_set(why, wl, "out of memory");
+        xc_why(why, wl, "out of memory");
         goto fail;
     }
     s->ingest_poll.data = s->control_poll.data = s->stats_timer.data = s->ckpt_timer.data = s;

@@ -3,6 +3,8 @@
 #ifndef XC_ERROR_H
 #define XC_ERROR_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -40,6 +42,8 @@ typedef enum {
 const char *xc_strerror(int err);
 /* Short symbolic name ("XC_ESHAPE") for logs and wire replies (never NULL). */
 const char *xc_errname(int err);
+/* printf into a caller's reason buffer (why may be NULL or why_len 0: nothing). */
+void xc_why(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #ifdef __cplusplus
 }

@@ -12,17 +12,6 @@
 
 #define MP_MAX_DEPTH 32 /* nesting accepted by the reader (msgpack-c's stack is 32) */
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 /* ------------------------------------------------------------ byte buffer -- */
 void xc_buf_init(xc_buf_t *b) { memset(b, 0, sizeof *b); }
 
@@ -131,7 +120,7 @@ static int mp_prescan(const uint8_t *p, size_t len, char *why, size_t why_len)
             case 0xdc: case 0xde: fixed = 2; break;               /* array16/map16 */
             case 0xdd: case 0xdf: fixed = 4; break;               /* array32/map32 */
             default:
-                why_set(why, why_len, "invalid MessagePack byte 0x%02x at offset %zu", b, off - 1);
+                xc_why(why, why_len, "invalid MessagePack byte 0x%02x at offset %zu", b, off - 1);
                 return XC_EPROTO;
             }
             if (fixed) {
@@ -150,19 +139,19 @@ static int mp_prescan(const uint8_t *p, size_t len, char *why, size_t why_len)
         if (count) {
             if (count > len - off) goto truncated;
             if (top == MP_MAX_DEPTH) {
-                why_set(why, why_len, "MessagePack nested deeper than %d levels", MP_MAX_DEPTH);
+                xc_why(why, why_len, "MessagePack nested deeper than %d levels", MP_MAX_DEPTH);
                 return XC_EPROTO;
             }
             rem[++top] = count;
         }
     }
     if (off != len) {
-        why_set(why, why_len, "%zu trailing bytes after the MessagePack value", len - off);
+        xc_why(why, why_len, "%zu trailing bytes after the MessagePack value", len - off);
         return XC_EPROTO;
     }
     return XC_OK;
 truncated:
-    why_set(why, why_len, "truncated MessagePack (%zu bytes)", len);
+    xc_why(why, why_len, "truncated MessagePack (%zu bytes)", len);
     return XC_EPROTO;
 }
 
@@ -171,14 +160,14 @@ int xc_mp_doc_parse(const void *buf, size_t len, xc_mp_doc_t **out, char *why, s
     int rc;
     *out = NULL;
     if (!buf || len == 0) {
-        why_set(why, why_len, "empty frame where a MessagePack value was expected");
+        xc_why(why, why_len, "empty frame where a MessagePack value was expected");
         return XC_EPROTO;
     }
     rc = mp_prescan(buf, len, why, why_len);
     if (rc) return rc;
     xc_mp_doc_t *doc = malloc(sizeof *doc); /* owned by the caller via *out */
     if (!doc) {
-        why_set(why, why_len, "out of memory parsing a %zu-byte frame", len);
+        xc_why(why, why_len, "out of memory parsing a %zu-byte frame", len);
         return XC_ENOMEM;
     }
     msgpack_unpacked_init(&doc->up);
@@ -186,7 +175,7 @@ int xc_mp_doc_parse(const void *buf, size_t len, xc_mp_doc_t **out, char *why, s
     msgpack_unpack_return ur = msgpack_unpack_next(&doc->up, buf, len, &off);
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
         rc = ur == MSGPACK_UNPACK_NOMEM_ERROR ? XC_ENOMEM : XC_EPROTO;
-        why_set(why, why_len, "MessagePack parse error (%d) in a %zu-byte frame", (int)ur, len);
+        xc_why(why, why_len, "MessagePack parse error (%d) in a %zu-byte frame", (int)ur, len);
         goto out_free_doc;
     }
     *out = doc;

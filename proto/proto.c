@@ -8,17 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 /* ----------------------------------------------------------------- errors -- */
 int xc_proto_errcode(const char *name, size_t len)
 {
@@ -145,7 +134,7 @@ static int opt_bool(xc_mp_node_t map, const char *key, int *out, char *why, size
     *out = 0;
     if (xc_mp_type(n) == XC_MP_NONE) return XC_OK;
     if (xc_mp_as_bool(n, out)) {
-        why_set(why, why_len, "header field '%s' must be a bool", key);
+        xc_why(why, why_len, "header field '%s' must be a bool", key);
         return XC_EPROTO;
     }
     return XC_OK;
@@ -156,11 +145,11 @@ static int req_uint(xc_mp_node_t map, const char *key, uint64_t *out, char *why,
 {
     int rc = xc_mp_as_u64(xc_mp_get(map, key), out);
     if (rc == XC_ENOTFOUND) {
-        why_set(why, why_len, "header field '%s' is missing", key);
+        xc_why(why, why_len, "header field '%s' is missing", key);
         return XC_EPROTO;
     }
     if (rc) {
-        why_set(why, why_len, "header field '%s' must be an unsigned integer", key);
+        xc_why(why, why_len, "header field '%s' must be an unsigned integer", key);
         return XC_EPROTO;
     }
     return XC_OK;
@@ -175,33 +164,33 @@ static int hdr_fields(xc_mp_node_t root, xc_batch_hdr_t *h, char *why, size_t wh
 
     if ((rc = req_uint(root, "v", &v, why, why_len))) return rc;
     if (v != XC_PROTO_VERSION) {
-        why_set(why, why_len, "protocol version %llu is not supported (this side speaks %d)",
+        xc_why(why, why_len, "protocol version %llu is not supported (this side speaks %d)",
                 (unsigned long long)v, XC_PROTO_VERSION);
         return XC_EVERSION;
     }
     h->v = (uint32_t)v;
     xc_mp_node_t t = xc_mp_get(root, "type");
     if (!xc_mp_str_eq(t, "batch")) {
-        why_set(why, why_len, "header field 'type' must be \"batch\"");
+        xc_why(why, why_len, "header field 'type' must be \"batch\"");
         return XC_EPROTO;
     }
     if ((rc = req_uint(root, "seq", &h->seq, why, why_len))) return rc;
     if ((rc = req_uint(root, "n", &n, why, why_len))) return rc;
     if (n == 0) {
-        why_set(why, why_len, "header field 'n' must be at least 1");
+        xc_why(why, why_len, "header field 'n' must be at least 1");
         return XC_EPROTO;
     }
     h->n = n;
     if ((rc = req_uint(root, "d", &d, why, why_len))) return rc;
     if (d == 0 || d > UINT32_MAX) {
-        why_set(why, why_len, "header field 'd' = %llu is out of range", (unsigned long long)d);
+        xc_why(why, why_len, "header field 'd' = %llu is out of range", (unsigned long long)d);
         return XC_EPROTO;
     }
     h->d = (uint32_t)d;
     xc_mp_node_t p = xc_mp_get(root, "producer");
     if (xc_mp_type(p) != XC_MP_NONE && xc_mp_type(p) != XC_MP_NIL) {
         if (xc_mp_as_str(p, &s, &sl) || sl > XC_PROTO_PRODUCER_MAX) {
-            why_set(why, why_len, "header field 'producer' must be a string of at most %d bytes",
+            xc_why(why, why_len, "header field 'producer' must be a string of at most %d bytes",
                     XC_PROTO_PRODUCER_MAX);
             return XC_EPROTO;
         }
@@ -210,22 +199,22 @@ static int hdr_fields(xc_mp_node_t root, xc_batch_hdr_t *h, char *why, size_t wh
     }
     xc_mp_node_t l = xc_mp_get(root, "layout");
     if (xc_mp_type(l) != XC_MP_NONE && !xc_mp_str_eq(l, "n2d")) {
-        why_set(why, why_len, "header field 'layout' must be \"n2d\" ([n_tokens, 2, d])");
+        xc_why(why, why_len, "header field 'layout' must be \"n2d\" ([n_tokens, 2, d])");
         return XC_EPROTO;
     }
     if ((rc = opt_bool(root, "has_tokens", &h->has_tokens, why, why_len))) return rc;
     if ((rc = opt_bool(root, "has_pos", &h->has_pos, why, why_len))) return rc;
     rc = xc_mp_as_str(xc_mp_get(root, "dtype"), &s, &sl);
     if (rc == XC_ENOTFOUND) {
-        why_set(why, why_len, "header field 'dtype' is missing");
+        xc_why(why, why_len, "header field 'dtype' is missing");
         return XC_EPROTO;
     }
     if (rc) {
-        why_set(why, why_len, "header field 'dtype' must be a string (f32, f16 or bf16)");
+        xc_why(why, why_len, "header field 'dtype' must be a string (f32, f16 or bf16)");
         return XC_EPROTO;
     }
     if (xc_dtype_parse(s, sl, &h->dtype)) {
-        why_set(why, why_len, "dtype \"%.*s\" is not supported; send f32, f16 or bf16",
+        xc_why(why, why_len, "dtype \"%.*s\" is not supported; send f32, f16 or bf16",
                 (int)(sl > 32 ? 32 : sl), s);
         return XC_EDTYPE;
     }
@@ -240,19 +229,19 @@ int xc_proto_batch_hdr_decode(const void *buf, size_t len, xc_batch_hdr_t *h, ch
 
     memset(h, 0, sizeof *h);
     if (len > XC_PROTO_HEADER_MAX) {
-        why_set(why, why_len, "header frame is %zu bytes; the limit is %d", len,
+        xc_why(why, why_len, "header frame is %zu bytes; the limit is %d", len,
                 XC_PROTO_HEADER_MAX);
         return XC_ETOOBIG;
     }
     char pwhy[160];
     rc = xc_mp_doc_parse(buf, len, &doc, pwhy, sizeof pwhy);
     if (rc) {
-        why_set(why, why_len, "header is not valid MessagePack: %s", pwhy);
+        xc_why(why, why_len, "header is not valid MessagePack: %s", pwhy);
         return rc == XC_ENOMEM ? rc : XC_EPROTO;
     }
     xc_mp_node_t root = xc_mp_root(doc);
     if (xc_mp_type(root) != XC_MP_MAP) {
-        why_set(why, why_len, "header must be a MessagePack map");
+        xc_why(why, why_len, "header must be a MessagePack map");
         rc = XC_EPROTO;
         goto out_free_doc;
     }
@@ -278,7 +267,7 @@ int xc_proto_batch_check(const xc_frame_t *frames, size_t nframes, const xc_batc
 
     memset(h, 0, sizeof *h);
     if (nframes == 0 || frames[0].len == 0) {
-        why_set(why, why_len, "no header frame: send [header][payload]");
+        xc_why(why, why_len, "no header frame: send [header][payload]");
         return XC_EPROTO;
     }
     for (size_t i = 0; i < nframes; i++) total += frames[i].len;
@@ -286,26 +275,26 @@ int xc_proto_batch_check(const xc_frame_t *frames, size_t nframes, const xc_batc
         char tmp[8];
         /* best effort: read seq for the nack; the error itself is the size */
         xc_proto_batch_hdr_decode(frames[0].data, frames[0].len, h, tmp, sizeof tmp);
-        why_set(why, why_len, "message is %zu bytes; this daemon accepts at most %zu (max_msg_bytes)",
+        xc_why(why, why_len, "message is %zu bytes; this daemon accepts at most %zu (max_msg_bytes)",
                 total, lim->max_msg_bytes);
         return XC_ETOOBIG;
     }
     rc = xc_proto_batch_hdr_decode(frames[0].data, frames[0].len, h, why, why_len);
     if (rc) return rc;
     if (h->d != lim->d) {
-        why_set(why, why_len, "batch has d = %u but this daemon trains d = %u", h->d, lim->d);
+        xc_why(why, why_len, "batch has d = %u but this daemon trains d = %u", h->d, lim->d);
         return XC_ESHAPE;
     }
     size_t want_frames = 2 + (h->has_tokens ? 1 : 0) + (h->has_pos ? 1 : 0);
     if (nframes != want_frames) {
-        why_set(why, why_len,
+        xc_why(why, why_len,
                 "expected %zu frames (header, payload%s%s) but got %zu", want_frames,
                 h->has_tokens ? ", tokens" : "", h->has_pos ? ", positions" : "", nframes);
         return XC_EPROTO;
     }
     want = xc_proto_payload_bytes(h);
     if (want == 0 || frames[1].len != want) {
-        why_set(why, why_len,
+        xc_why(why, why_len,
                 "payload is %zu bytes but n = %llu x 2 x d = %u x %zu (%s) needs %zu",
                 frames[1].len, (unsigned long long)h->n, h->d, xc_dtype_size(h->dtype),
                 xc_dtype_name(h->dtype), want);
@@ -314,7 +303,7 @@ int xc_proto_batch_check(const xc_frame_t *frames, size_t nframes, const xc_batc
     size_t fi = 2;
     if (h->has_tokens) {
         if (frames[fi].len / 4 != h->n || frames[fi].len % 4) {
-            why_set(why, why_len, "token-id frame is %zu bytes but n = %llu u32 ids need %llu",
+            xc_why(why, why_len, "token-id frame is %zu bytes but n = %llu u32 ids need %llu",
                     frames[fi].len, (unsigned long long)h->n, (unsigned long long)h->n * 4);
             return XC_ELENGTH;
         }
@@ -322,7 +311,7 @@ int xc_proto_batch_check(const xc_frame_t *frames, size_t nframes, const xc_batc
     }
     if (h->has_pos) {
         if (frames[fi].len / 8 != h->n || frames[fi].len % 8) {
-            why_set(why, why_len,
+            xc_why(why, why_len,
                     "position frame is %zu bytes but n = %llu (doc, pos) u32 pairs need %llu",
                     frames[fi].len, (unsigned long long)h->n, (unsigned long long)h->n * 8);
             return XC_ELENGTH;
@@ -334,7 +323,7 @@ int xc_proto_batch_check(const xc_frame_t *frames, size_t nframes, const xc_batc
 static int nonfinite_at(const xc_batch_hdr_t *h, size_t i, float v, char *why, size_t why_len)
 {
     size_t d = h->d;
-    why_set(why, why_len, "token %zu, %s, dim %zu: %s", i / (2 * d),
+    xc_why(why, why_len, "token %zu, %s, dim %zu: %s", i / (2 * d),
             (i / d) % 2 ? "chat" : "base", i % d, isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf"));
     return XC_ENONFINITE;
 }
@@ -369,7 +358,7 @@ int xc_proto_payload_to_f32(const xc_batch_hdr_t *h, const void *src, float *dst
         }
         break;
     default:
-        why_set(why, why_len, "unknown dtype %d", (int)h->dtype);
+        xc_why(why, why_len, "unknown dtype %d", (int)h->dtype);
         return XC_EDTYPE;
     }
     if (!bad) return XC_OK;
@@ -429,16 +418,16 @@ static int check_version(xc_mp_node_t root, const char *what, char *why, size_t 
 {
     uint64_t v;
     if (xc_mp_type(root) != XC_MP_MAP) {
-        why_set(why, why_len, "%s must be a MessagePack map", what);
+        xc_why(why, why_len, "%s must be a MessagePack map", what);
         return XC_EPROTO;
     }
     int rc = xc_mp_as_u64(xc_mp_get(root, "v"), &v);
     if (rc) {
-        why_set(why, why_len, "%s has no unsigned 'v' (protocol version)", what);
+        xc_why(why, why_len, "%s has no unsigned 'v' (protocol version)", what);
         return XC_EPROTO;
     }
     if (v != XC_PROTO_VERSION) {
-        why_set(why, why_len, "%s uses protocol version %llu; this side speaks %d", what,
+        xc_why(why, why_len, "%s uses protocol version %llu; this side speaks %d", what,
                 (unsigned long long)v, XC_PROTO_VERSION);
         return XC_EVERSION;
     }
@@ -463,7 +452,7 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
     if (xc_mp_str_eq(t, "ack")) {
         r->ack = 1;
         if (!r->has_seq || xc_mp_as_u64(xc_mp_get(root, "n"), &r->n)) {
-            why_set(why, why_len, "ack without seq or n");
+            xc_why(why, why_len, "ack without seq or n");
             rc = XC_EPROTO;
             goto out_free_doc;
         }
@@ -472,7 +461,7 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
     } else if (xc_mp_str_eq(t, "nack")) {
         r->ack = 0;
         if (xc_mp_as_str(xc_mp_get(root, "code"), &s, &sl)) {
-            why_set(why, why_len, "nack without a code");
+            xc_why(why, why_len, "nack without a code");
             rc = XC_EPROTO;
             goto out_free_doc;
         }
@@ -484,7 +473,7 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
             r->reason[sl] = 0;
         }
     } else {
-        why_set(why, why_len, "ingest reply 'type' must be \"ack\" or \"nack\"");
+        xc_why(why, why_len, "ingest reply 'type' must be \"ack\" or \"nack\"");
         rc = XC_EPROTO;
     }
 out_free_doc:
@@ -523,17 +512,17 @@ int xc_proto_request_decode(const void *buf, size_t len, xc_request_t *req, char
     memset(req, 0, sizeof *req);
     req->op = XC_OP_UNKNOWN;
     if (len > XC_PROTO_REQUEST_MAX) {
-        why_set(why, why_len, "request is %zu bytes; the limit is %d", len, XC_PROTO_REQUEST_MAX);
+        xc_why(why, why_len, "request is %zu bytes; the limit is %d", len, XC_PROTO_REQUEST_MAX);
         return XC_ETOOBIG;
     }
     rc = xc_mp_doc_parse(buf, len, &req->doc, pwhy, sizeof pwhy);
     if (rc) {
-        why_set(why, why_len, "request is not valid MessagePack: %s", pwhy);
+        xc_why(why, why_len, "request is not valid MessagePack: %s", pwhy);
         return rc == XC_ENOMEM ? rc : XC_EPROTO;
     }
     req->root = xc_mp_root(req->doc);
     if (xc_mp_type(req->root) != XC_MP_MAP) {
-        why_set(why, why_len, "request must be a MessagePack map {v, op, ...}");
+        xc_why(why, why_len, "request must be a MessagePack map {v, op, ...}");
         return XC_EPROTO;
     }
     req->id = xc_mp_get(req->root, "id");
@@ -546,7 +535,7 @@ int xc_proto_request_decode(const void *buf, size_t len, xc_request_t *req, char
     if ((rc = check_version(req->root, "request", why, why_len))) return rc;
     req->v = XC_PROTO_VERSION;
     if (xc_mp_as_str(xc_mp_get(req->root, "op"), &s, &sl)) {
-        why_set(why, why_len, "request has no string 'op'");
+        xc_why(why, why_len, "request has no string 'op'");
         return XC_EPROTO;
     }
     if (req->op == XC_OP_UNKNOWN) {
@@ -556,7 +545,7 @@ int xc_proto_request_decode(const void *buf, size_t len, xc_request_t *req, char
         for (int i = 0; i < XC_OP__COUNT && kl < sizeof known; i++)
             kl += (size_t)snprintf(known + kl, sizeof known - kl, "%s%s", i ? ", " : "",
                                    g_op_names[i]);
-        why_set(why, why_len, "unknown op \"%s\"; known ops: %s", req->op_name, known);
+        xc_why(why, why_len, "unknown op \"%s\"; known ops: %s", req->op_name, known);
         return XC_EUNKNOWN;
     }
     return XC_OK;
@@ -616,13 +605,13 @@ int xc_proto_reply_decode(const void *buf, size_t len, xc_mp_doc_t **doc, char *
     xc_mp_node_t root = xc_mp_root(*doc);
     if ((rc = check_version(root, "reply", msg, msg_len))) goto out_free_doc;
     if (xc_mp_as_bool(xc_mp_get(root, "ok"), &ok)) {
-        why_set(msg, msg_len, "reply has no bool 'ok'");
+        xc_why(msg, msg_len, "reply has no bool 'ok'");
         rc = XC_EPROTO;
         goto out_free_doc;
     }
     if (ok) return XC_OK;
     if (xc_mp_as_str(xc_mp_get(root, "code"), &s, &sl)) {
-        why_set(msg, msg_len, "error reply without a code");
+        xc_why(msg, msg_len, "error reply without a code");
         rc = XC_EPROTO;
         goto out_free_doc;
     }
@@ -656,7 +645,7 @@ int xc_proto_event_decode(const void *topic, size_t topic_len, const void *body,
     int rc;
     *doc = NULL;
     if (!topic_out || topic_len >= topic_out_len) {
-        why_set(why, why_len, "event topic of %zu bytes does not fit", topic_len);
+        xc_why(why, why_len, "event topic of %zu bytes does not fit", topic_len);
         return XC_ETOOBIG;
     }
     memcpy(topic_out, topic, topic_len);

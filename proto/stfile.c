@@ -17,16 +17,6 @@
 #error "the safetensors reader hands out little-endian data as host values"
 #endif
 
-static void why_set(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void why_set(char *why, size_t why_len, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || why_len == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
 /* ------------------------------------------------------------------ CRC-32 -- */
 /* Slice-by-8 tables for the reflected polynomial 0xEDB88320. */
 static uint32_t g_crc[8][256];
@@ -305,7 +295,7 @@ int xc_json_to_mp(const char *s, size_t len, xc_buf_t *out, char *why, size_t wh
         goto out;
     }
     rc = xc_mpw_finish(&w);
-    if (rc < 0) why_set(why, why_len, "JSON: %s", xc_strerror(rc));
+    if (rc < 0) xc_why(why, why_len, "JSON: %s", xc_strerror(rc));
 out:
     xc_buf_free(&j.str);
     return rc;
@@ -367,7 +357,7 @@ static int parse_meta(xc_stf_t *f, xc_mp_node_t m, char *why, size_t wl)
 {
     size_t n = xc_mp_len(m);
     if (xc_mp_type(m) != XC_MP_MAP) {
-        why_set(why, wl, "%s: __metadata__ is not a JSON object", f->path);
+        xc_why(why, wl, "%s: __metadata__ is not a JSON object", f->path);
         return XC_ECORRUPT;
     }
     f->mk = calloc(n + 1, sizeof *f->mk);
@@ -376,7 +366,7 @@ static int parse_meta(xc_stf_t *f, xc_mp_node_t m, char *why, size_t wl)
     for (size_t i = 0; i < n; i++) {
         xc_mp_node_t v = xc_mp_map_val(m, i);
         if (xc_mp_type(v) != XC_MP_STR) {
-            why_set(why, wl, "%s: __metadata__ values must be strings", f->path);
+            xc_why(why, wl, "%s: __metadata__ values must be strings", f->path);
             return XC_ECORRUPT;
         }
         f->mk[i] = dup_str(xc_mp_map_key(m, i));
@@ -396,24 +386,24 @@ static int parse_tensor(xc_stf_t *f, xc_mp_node_t key, xc_mp_node_t e, xc_stf_te
     xc_mp_node_t dt = xc_mp_get(e, "dtype"), sh = xc_mp_get(e, "shape"), of = xc_mp_get(e, "data_offsets");
     if (xc_mp_type(e) != XC_MP_MAP || xc_mp_type(dt) != XC_MP_STR || xc_mp_type(sh) != XC_MP_ARRAY ||
         xc_mp_type(of) != XC_MP_ARRAY || xc_mp_len(of) != 2) {
-        why_set(why, wl, "%s: tensor '%s': malformed entry (needs dtype, shape, data_offsets)", f->path, name);
+        xc_why(why, wl, "%s: tensor '%s': malformed entry (needs dtype, shape, data_offsets)", f->path, name);
         return XC_ECORRUPT;
     }
     if (xc_mp_copy_str(dt, t->dtype, sizeof t->dtype) || !xc_stf_dtype_size(t->dtype)) {
-        why_set(why, wl, "%s: tensor '%s': unknown dtype", f->path, name);
+        xc_why(why, wl, "%s: tensor '%s': unknown dtype", f->path, name);
         return XC_ECORRUPT;
     }
     size_t es = xc_stf_dtype_size(t->dtype);
     t->ndim = (int)xc_mp_len(sh);
     if (t->ndim > XC_STF_MAX_DIMS) {
-        why_set(why, wl, "%s: tensor '%s': %d dimensions (at most %d)", f->path, name, t->ndim, XC_STF_MAX_DIMS);
+        xc_why(why, wl, "%s: tensor '%s': %d dimensions (at most %d)", f->path, name, t->ndim, XC_STF_MAX_DIMS);
         return XC_ECORRUPT;
     }
     uint64_t count = 1;
     for (int i = 0; i < t->ndim; i++) {
         int64_t v;
         if (xc_mp_as_i64(xc_mp_at(sh, (size_t)i), &v) || v < 0 || (v && count > (UINT64_MAX >> 4) / (uint64_t)v)) {
-            why_set(why, wl, "%s: tensor '%s': bad shape", f->path, name);
+            xc_why(why, wl, "%s: tensor '%s': bad shape", f->path, name);
             return XC_ECORRUPT;
         }
         t->shape[i] = v;
@@ -421,16 +411,16 @@ static int parse_tensor(xc_stf_t *f, xc_mp_node_t key, xc_mp_node_t e, xc_stf_te
     }
     uint64_t a, b, data_len = f->size - 8 - f->hlen;
     if (xc_mp_as_u64(xc_mp_at(of, 0), &a) || xc_mp_as_u64(xc_mp_at(of, 1), &b) || b < a) {
-        why_set(why, wl, "%s: tensor '%s': bad data_offsets", f->path, name);
+        xc_why(why, wl, "%s: tensor '%s': bad data_offsets", f->path, name);
         return XC_ECORRUPT;
     }
     if (count > (UINT64_MAX >> 4) / es || b - a != count * es) {
-        why_set(why, wl, "%s: tensor '%s': %llu bytes but %s x shape needs %llu", f->path, name,
+        xc_why(why, wl, "%s: tensor '%s': %llu bytes but %s x shape needs %llu", f->path, name,
                 (unsigned long long)(b - a), t->dtype, (unsigned long long)(count * es));
         return XC_ECORRUPT;
     }
     if (b > data_len) {
-        why_set(why, wl, "%s: truncated: tensor '%s' ends at byte %llu of the data but the file holds %llu "
+        xc_why(why, wl, "%s: truncated: tensor '%s' ends at byte %llu of the data but the file holds %llu "
                 "(%zu bytes in all)", f->path, name, (unsigned long long)b, (unsigned long long)data_len, f->size);
         return XC_ECORRUPT;
     }
@@ -460,14 +450,14 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
     if (rc == 0) rc = xc_mp_doc_parse(mp.data, mp.len, &doc, jwhy, sizeof jwhy);
     if (rc) {
         if (rc != XC_ENOMEM) {
-            why_set(why, wl, "%s: the safetensors header is not valid JSON (%s)", f->path, jwhy);
+            xc_why(why, wl, "%s: the safetensors header is not valid JSON (%s)", f->path, jwhy);
             rc = XC_ECORRUPT;
         }
         goto out;
     }
     xc_mp_node_t root = xc_mp_root(doc);
     if (xc_mp_type(root) != XC_MP_MAP) {
-        why_set(why, wl, "%s: the safetensors header is not a JSON object", f->path);
+        xc_why(why, wl, "%s: the safetensors header is not a JSON object", f->path);
         rc = XC_ECORRUPT;
         goto out;
     }
@@ -480,13 +470,13 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
     for (size_t i = 0; i < n; i++) {
         xc_mp_node_t k = xc_mp_map_key(root, i), v = xc_mp_map_val(root, i);
         if (xc_mp_type(k) != XC_MP_STR) {
-            why_set(why, wl, "%s: a header key is not a string", f->path);
+            xc_why(why, wl, "%s: a header key is not a string", f->path);
             rc = XC_ECORRUPT;
             goto out;
         }
         if (xc_mp_str_eq(k, "__metadata__")) {
             if (f->mk) {
-                why_set(why, wl, "%s: __metadata__ appears twice", f->path);
+                xc_why(why, wl, "%s: __metadata__ appears twice", f->path);
                 rc = XC_ECORRUPT;
                 goto out;
             }
@@ -498,7 +488,7 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
         if (rc) goto out;
         for (int q = 0; q < f->nt - 1; q++)
             if (strcmp(f->t[q].name, f->t[f->nt - 1].name) == 0) {
-                why_set(why, wl, "%s: tensor '%s' appears twice", f->path, f->t[q].name);
+                xc_why(why, wl, "%s: tensor '%s' appears twice", f->path, f->t[q].name);
                 rc = XC_ECORRUPT;
                 goto out;
             }
@@ -507,7 +497,7 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
     size_t pos = 8 + f->hlen;
     for (int i = 0; i < f->nt; i++) {
         if (f->t[i].offset != pos) {
-            why_set(why, wl, "%s: tensor '%s' %s", f->path, f->t[i].name,
+            xc_why(why, wl, "%s: tensor '%s' %s", f->path, f->t[i].name,
                     f->t[i].offset < pos ? "overlaps another tensor" : "leaves a gap before it");
             rc = XC_ECORRUPT;
             goto out;
@@ -515,14 +505,14 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
         pos += f->t[i].bytes;
     }
     if (pos != f->size) {
-        why_set(why, wl, "%s: %zu bytes after the last tensor (corrupt, or not a safetensors file)", f->path,
+        xc_why(why, wl, "%s: %zu bytes after the last tensor (corrupt, or not a safetensors file)", f->path,
                 f->size - pos);
         rc = XC_ECORRUPT;
         goto out;
     }
     rc = XC_OK;
 out:
-    if (rc == XC_ENOMEM) why_set(why, wl, "%s: out of memory reading the header", f->path);
+    if (rc == XC_ENOMEM) xc_why(why, wl, "%s: out of memory reading the header", f->path);
     xc_mp_doc_free(&doc);
     xc_buf_free(&mp);
     return rc;
@@ -534,24 +524,24 @@ xc_stf_t *xc_stf_open(const char *path, int *err, char *why, size_t wl)
     int rc = XC_ENOMEM;
     xc_stf_t *f = calloc(1, sizeof *f); /* owned by the caller; xc_stf_close */
     if (!f || !(f->path = strdup(path ? path : ""))) {
-        why_set(why, wl, "out of memory");
+        xc_why(why, wl, "out of memory");
         goto fail;
     }
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        why_set(why, wl, "cannot open %s: %s", f->path, strerror(errno));
+        xc_why(why, wl, "cannot open %s: %s", f->path, strerror(errno));
         rc = XC_EIO;
         goto fail;
     }
     if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        why_set(why, wl, "%s is not a regular file", f->path);
+        xc_why(why, wl, "%s is not a regular file", f->path);
         close(fd);
         rc = XC_EIO;
         goto fail;
     }
     f->size = (size_t)sb.st_size;
     if (f->size < 10) {
-        why_set(why, wl, "%s: %zu bytes, too short for a safetensors file (truncated?)", f->path, f->size);
+        xc_why(why, wl, "%s: %zu bytes, too short for a safetensors file (truncated?)", f->path, f->size);
         close(fd);
         rc = XC_ECORRUPT;
         goto fail;
@@ -559,7 +549,7 @@ xc_stf_t *xc_stf_open(const char *path, int *err, char *why, size_t wl)
     void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) {
-        why_set(why, wl, "cannot map %s: %s", f->path, strerror(errno));
+        xc_why(why, wl, "cannot map %s: %s", f->path, strerror(errno));
         rc = XC_EIO;
         goto fail;
     }
@@ -567,13 +557,13 @@ xc_stf_t *xc_stf_open(const char *path, int *err, char *why, size_t wl)
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | f->map[i];
     if (hl < 2 || hl > XC_STF_HEADER_MAX) {
-        why_set(why, wl, "%s: header length %llu is implausible; not a safetensors file", f->path,
+        xc_why(why, wl, "%s: header length %llu is implausible; not a safetensors file", f->path,
                 (unsigned long long)hl);
         rc = XC_ECORRUPT;
         goto fail;
     }
     if (hl > f->size - 8) {
-        why_set(why, wl, "%s: truncated: the header claims %llu bytes but the file has %zu after the length",
+        xc_why(why, wl, "%s: truncated: the header claims %llu bytes but the file has %zu after the length",
                 f->path, (unsigned long long)hl, f->size - 8);
         rc = XC_ECORRUPT;
         goto fail;
@@ -625,7 +615,7 @@ int xc_stf_verify(const xc_stf_t *f, char *why, size_t wl)
 {
     const char *v = xc_stf_checksum(f);
     if (!v) {
-        why_set(why, wl, "%s: no checksum in the metadata (not written by xcoderd)", f->path);
+        xc_why(why, wl, "%s: no checksum in the metadata (not written by xcoderd)", f->path);
         return XC_ENOTFOUND;
     }
     const char *h = (const char *)f->map + 8, *p = memmem(h, f->hlen, XC_STF_CHECKSUM_PAT, strlen(XC_STF_CHECKSUM_PAT));
@@ -633,12 +623,12 @@ int xc_stf_verify(const xc_stf_t *f, char *why, size_t wl)
     char digits[9];
     if (!p || at + 9 > f->hlen || strncmp(v, "crc32:", 6) != 0 || strlen(v) != 14 ||
         memcmp(h + at, v + 6, 8) != 0 || h[at + 8] != '"') {
-        why_set(why, wl, "%s: malformed checksum entry '%.40s'", f->path, v);
+        xc_why(why, wl, "%s: malformed checksum entry '%.40s'", f->path, v);
         return XC_ECORRUPT;
     }
     for (int i = 0; i < 8; i++)
         if (!isxdigit((unsigned char)v[6 + i])) {
-            why_set(why, wl, "%s: malformed checksum entry '%.40s'", f->path, v);
+            xc_why(why, wl, "%s: malformed checksum entry '%.40s'", f->path, v);
             return XC_ECORRUPT;
         }
     size_t pos = 8 + at; /* file offset of the digits */
@@ -647,7 +637,7 @@ int xc_stf_verify(const xc_stf_t *f, char *why, size_t wl)
     crc = xc_crc32(crc, f->map + pos + 8, f->size - pos - 8);
     snprintf(digits, sizeof digits, "%08x", crc);
     if (strncmp(digits, v + 6, 8) != 0) { /* lowercase, as written: a flipped case is a flipped bit */
-        why_set(why, wl, "%s: checksum mismatch: the file says crc32:%.8s, its content gives crc32:%s "
+        xc_why(why, wl, "%s: checksum mismatch: the file says crc32:%.8s, its content gives crc32:%s "
                 "(corrupt or modified)", f->path, v + 6, digits);
         return XC_ECORRUPT;
     }
@@ -675,22 +665,22 @@ int xc_stf_pair_check(const xc_stf_t *model, const xc_stf_t *train, char *why, s
 {
     const char *a, *b;
     if (xc_stf_kind(model) != XC_STF_MODEL || xc_stf_kind(train) != XC_STF_TRAIN) {
-        why_set(why, wl, "%s and %s are not a model file and a training-state file of xcoderd", model->path,
+        xc_why(why, wl, "%s and %s are not a model file and a training-state file of xcoderd", model->path,
                 train->path);
         return XC_ECORRUPT;
     }
     if (!meta_same(model, "checkpoint_id", train, "checkpoint_id", &a, &b)) {
-        why_set(why, wl, "%s and %s belong to different checkpoints (checkpoint_id %.40s vs %.40s)", model->path,
+        xc_why(why, wl, "%s and %s belong to different checkpoints (checkpoint_id %.40s vs %.40s)", model->path,
                 train->path, a ? a : "none", b ? b : "none");
         return XC_ECORRUPT;
     }
     if (!meta_same(model, "train_checksum", train, XC_STF_CHECKSUM_KEY, &a, &b)) {
-        why_set(why, wl, "%s names training state %.40s but %s has %.40s", model->path, a ? a : "none",
+        xc_why(why, wl, "%s names training state %.40s but %s has %.40s", model->path, a ? a : "none",
                 train->path, b ? b : "none");
         return XC_ECORRUPT;
     }
     if (!meta_same(model, "run_id", train, "run_id", &a, &b) || !meta_same(model, "step", train, "step", &a, &b)) {
-        why_set(why, wl, "%s and %s disagree on run_id or step", model->path, train->path);
+        xc_why(why, wl, "%s and %s disagree on run_id or step", model->path, train->path);
         return XC_ECORRUPT;
     }
     return XC_OK;
