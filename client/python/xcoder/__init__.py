@@ -3,7 +3,8 @@
     Producer(endpoint)       stream [N, 2, d] activation batches (acks, nacks, backpressure)
     stream_from_models(...)  hook two torch models' layer and stream the paired activations
     Client(endpoint)         control: status, latent, top, checkpoint, pause, resume,
-                             scaling, config, shutdown
+                             scaling, config, shutdown; remote access: checkpoints,
+                             fetch_checkpoint, table (dict of numpy arrays)
     subscribe(endpoint, topics)  iterator of (topic, body) events
     load_checkpoint(path)    safetensors -> (dict of numpy arrays, metadata), numpy only
     reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy (encode, decode too)
