@@ -227,3 +227,41 @@ def test_table_equals_shared_memory(tcp_daemon):
         dm.client.request("table", js=[1], start=0)
     assert e.value.code == "XC_EINVAL"
     dm.client.resume()
+
+
+class FakeFiles:
+    """A fake control socket serving fetch from in-memory files; `swap_after`
+    replaces the file's content (same name) after that many chunk requests."""
+
+    def __init__(self, data, swap_to=None, swap_after=None, name="f-000000001.safetensors"):
+        self.data, self.swap_to, self.swap_after, self.name = data, swap_to, swap_after, name
+        self.chunks = 0
+
+    def request(self, op, **args):
+        assert op == "fetch"
+        if self.swap_after is not None and self.chunks >= self.swap_after and self.swap_to is not None:
+            self.data, self.swap_to = self.swap_to, None
+        off, length = args.get("offset", 0), args.get("length", 1 << 20)
+        if length:
+            self.chunks += 1
+        return {"name": self.name, "size": len(self.data),
+                "checksum": "sha256:" + hashlib.sha256(self.data).hexdigest(), "step": 1,
+                "offset": off, "eof": off + length >= len(self.data),
+                "data": self.data[off:off + length]}
+
+
+def test_fetch_detects_a_file_replaced_mid_transfer(tmp_path):
+    from xcoder.remote import fetch_checkpoint
+    old, new = os.urandom(10000), os.urandom(12000)
+    fake = FakeFiles(old, swap_to=new, swap_after=3)
+    r = fetch_checkpoint(fake, tmp_path / "x", chunk=1000)
+    assert (tmp_path / "x").read_bytes() == new and r["size"] == len(new)
+    assert r["fetched"] == 3000 + len(new)          # 3 chunks of the old file, then all of the new
+    # a file that keeps changing: XC_ECORRUPT, nothing renamed into place
+    class Flaky(FakeFiles):
+        def request(self, op, **args):
+            self.data = os.urandom(5000) if args.get("length") else self.data
+            return super().request(op, **args)
+    with pytest.raises(XcoderError) as e:
+        fetch_checkpoint(Flaky(os.urandom(5000)), tmp_path / "y", chunk=1000)
+    assert e.value.code == "XC_ECORRUPT" and not (tmp_path / "y").exists()
