@@ -59,6 +59,9 @@ deps:
 
 build/xcoderd: build/obj/daemon/main.o build/libxcd.a
 	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
+# The daemon under AddressSanitizer + UBSan, for tests/integ_asan.sh.
+build/asan/xcoderd: build/asan/obj/daemon/main.o build/asan/libxcd.a
+	$(CC) $(SANFL) -pthread $^ $(PKG_LIBS) -o $@
 build/xcoder: $(patsubst %.c,build/obj/%.o,$(CLI_SRC)) build/libxcoder.a build/libxcd.a
 	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
 build/libxcoder.so: $(patsubst %.c,build/obj/%.o,$(CLIB_SRC) $(PROTO_SRC))
@@ -75,7 +78,7 @@ build/js.stamp: client/js/package.json client/js/package-lock.json | deps
 	@touch $@
 
 # Unit tests: optimised build first, then the sanitizer build.
-test: all $(ASAN_TESTS) build/js.stamp
+test: all $(ASAN_TESTS) build/asan/xcoderd build/js.stamp
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  bash tests/run.sh $(TESTS) $(ASAN_TESTS) $(INTEG)
 

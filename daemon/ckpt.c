@@ -732,7 +732,7 @@ static void rotate(xc_ckpt_writer_t *w, int keep)
     entry_t *v;
     int n, kept = 0, removed = 0;
     if (keep <= 0 || list_entries(w->dir, w->name, &v, &n)) return;
-    qsort(v, (size_t)n, sizeof *v, newest_first);
+    if (n > 0) qsort(v, (size_t)n, sizeof *v, newest_first); /* v may be NULL when empty */
     for (int i = 0; i < n; i++) {
         if (!v[i].known || strcmp(v[i].run_id, w->run_id) != 0) continue;
         if (v[i].has_model && v[i].has_train && kept < keep) {
@@ -1316,7 +1316,7 @@ int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, 
                 o->name, o->state_dir);
         return XC_ENOTFOUND;
     }
-    qsort(v, (size_t)n, sizeof *v, newest_first);
+    if (n > 0) qsort(v, (size_t)n, sizeof *v, newest_first); /* v may be NULL when empty */
     for (int i = 0; i < n; i++) /* files whose header cannot even be read: no serial to order them by */
         if (!v[i].known) {
             xc_log(XC_LOG_WARN, "skipping checkpoint at step %ld: %s", v[i].step, v[i].why);
