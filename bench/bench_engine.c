@@ -109,30 +109,30 @@ static int run(const char *name, int d, int F, int k, int B, int steps, int last
     double *ms = malloc(sizeof(double) * (size_t)steps), *adam = malloc(sizeof(double) * (size_t)steps);
     double *ms_off = malloc(sizeof(double) * (size_t)steps);
     double ph[XC_PHASE_TOTAL + 1] = {0};
-    for (int s = 0; s < warm + steps; s++) {
+    /* timed steps alternate with the running Latent Scaling estimates on (the
+     * default) and off, so their cost is measured on the same engine and data */
+    int n_on = 0, n_off = 0;
+    for (int s = 0; s < warm + 2 * steps; s++) {
+        int on = s < warm || (s - warm) % 2 == 0;
+        xc_engine_set_scaling_running(e, on);
         double t = now_s();
         if (xc_engine_train_step(e, data + bsz * (size_t)(s % nbatch), B) != 0) {
             fprintf(stderr, "bench: step failed\n");
             return 1;
         }
         t = now_s() - t;
-        if (s >= warm) {
-            const xc_engine_metrics_t *m = xc_engine_metrics(e);
-            ms[s - warm] = t * 1e3;
-            adam[s - warm] = m->phase_ms[XC_PHASE_ADAM];
-            for (int p = 0; p <= XC_PHASE_TOTAL; p++) ph[p] += m->phase_ms[p] / steps;
+        if (s < warm) continue;
+        if (!on) {
+            ms_off[n_off++] = t * 1e3;
+            continue;
         }
-    }
-    /* the running Latent Scaling estimates' cost: the same engine, same data,
-     * the same number of steps with them switched off */
-    xc_engine_set_scaling_running(e, 0);
-    for (int s = 0; s < steps; s++) {
-        double t = now_s();
-        xc_engine_train_step(e, data + bsz * (size_t)(s % nbatch), B);
-        ms_off[s] = (now_s() - t) * 1e3;
+        const xc_engine_metrics_t *m = xc_engine_metrics(e);
+        ms[n_on] = t * 1e3;
+        adam[n_on++] = m->phase_ms[XC_PHASE_ADAM];
+        for (int p = 0; p <= XC_PHASE_TOTAL; p++) ph[p] += m->phase_ms[p] / steps;
     }
     xc_engine_set_scaling_running(e, 1);
-    double step_ms = median(ms, steps), adam_ms = median(adam, steps), off_ms = median(ms_off, steps);
+    double step_ms = median(ms, n_on), adam_ms = median(adam, n_on), off_ms = median(ms_off, n_off);
     xc_pool_t *pool = xc_pool_new(nth);
     double gf = sgemm_gflops(pool, B, 2 * d, F, 3);
     xc_pool_destroy(&pool);

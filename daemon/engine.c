@@ -109,6 +109,7 @@ struct xc_engine {
     float *gx;                  /* (B, 2d) dR/dxhat */
     float *hx;                  /* (B, 2d) d(aux term)/d ehat */
     float *ehat;                /* (B, 2d) AuxK reconstruction */
+    float *gscale;              /* (B, 2) e = gscale * dR/dxhat per token and model (Latent Scaling) */
     long *row_ptr;              /* (B+1) selected entries per token (CSR) */
     long *row_cnt;              /* (B) */
     int *col, *ent_row;         /* (K) */
@@ -362,6 +363,7 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
     e->gx = xalloc(B * d2, 4, &fail);
     e->hx = xalloc(B * d2, 4, &fail);
     e->ehat = xalloc(B * d2, 4, &fail);
+    e->gscale = xalloc(B * 2, 4, &fail);
     e->row_ptr = xalloc(B + 1, sizeof(long), &fail);
     e->row_cnt = xalloc(B, sizeof(long), &fail);
     e->col = xalloc(K, sizeof(int), &fail);
@@ -430,7 +432,7 @@ void xc_engine_destroy(xc_engine_t **pe)
                     e->resid, e->gx, e->hx, e->ehat, e->row_ptr, e->row_cnt, e->col, e->ent_row,
                     e->val, e->gval, e->aux_ptr, e->aux_col, e->aux_row, e->aux_val, e->aux_gval,
                     e->lat_ptr, e->lat_cnt, e->lat_ent, e->hist64, e->ls_run, e->ls_step,
-                    e->ls_t1, e->ls_t2};
+                    e->ls_t1, e->ls_t2, e->gscale};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(e);
     *pe = NULL;
@@ -864,6 +866,8 @@ static void residual_row(xc_engine_t *e, worker_t *w, long b)
         /* dR/dxhat = -dR/de */
         double c = e->cfg.loss == XC_LOSS_MSE ? -2.0 * inv2B : (nr > 0 ? -inv2B / nr : 0.0);
         for (int i = 0; i < d; i++) gm[i] = (float)(c * rm[i]);
+        /* g is c e: the Latent Scaling sums recover <v, e> from <v, g> (e = 0 where c = 0) */
+        e->gscale[2 * b + m] = c != 0.0 ? (float)(1.0 / c) : 0.0f;
     }
 }
 
@@ -1080,6 +1084,47 @@ static void entry_range(const xc_engine_t *e, int tid, int nth, long *lo, long *
     *hi = tid == nth - 1 ? e->F : l;
 }
 
+/* y += a x over 2d floats, and the dot products of v (d floats) with each half of
+ * x: the gradient pass streams x once for both (the running Latent Scaling sums
+ * then cost about nothing). */
+#ifdef XC_HAVE_AVX512_PATH
+__attribute__((target("avx512f"))) static void axpy_dot2_avx512(int d, float a, const float *x, float *y,
+                                                                  const float *v, double *lo, double *hi)
+{
+    __m512 va = _mm512_set1_ps(a), s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= d; i += 16) {
+        __m512 vv = _mm512_loadu_ps(v + i), x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + d + i);
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, x0, _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(y + d + i, _mm512_fmadd_ps(va, x1, _mm512_loadu_ps(y + d + i)));
+        s0 = _mm512_fmadd_ps(vv, x0, s0);
+        s1 = _mm512_fmadd_ps(vv, x1, s1);
+    }
+    double r0 = _mm512_reduce_add_ps(s0), r1 = _mm512_reduce_add_ps(s1);
+    for (; i < d; i++) {
+        y[i] += a * x[i];
+        y[d + i] += a * x[d + i];
+        r0 += (double)v[i] * x[i];
+        r1 += (double)v[i] * x[d + i];
+    }
+    *lo = r0;
+    *hi = r1;
+}
+#endif
+
+static void axpy_dot2(const xc_engine_t *e, float a, const float *x, float *y, const float *v, double *lo, double *hi)
+{
+#ifdef XC_HAVE_AVX512_PATH
+    if (e->use_avx512) {
+        axpy_dot2_avx512(e->d, a, x, y, v, lo, hi);
+        return;
+    }
+#endif
+    cblas_saxpy(e->d2, a, x, 1, y, 1);
+    *lo = cblas_sdot(e->d, v, 1, x, 1);
+    *hi = cblas_sdot(e->d, v, 1, x + e->d, 1);
+}
+
 static void grad_sparse_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
@@ -1112,17 +1157,20 @@ static void grad_sparse_task(void *ctx, int tid, int nth)
                 gf = e->gval[id];
                 gsrc = e->gx;
                 if (e->commit && e->cfg.scaling_running) {
-                    /* Latent Scaling sums with this step's residual: <v, xhat> = <v, x> - <v, e> */
-                    const float *rb = e->resid + (size_t)b * d2, *xb = e->x + (size_t)b * d2;
-                    int d = e->d;
-                    double eb = cblas_sdot(d, v, 1, rb, 1), ec = cblas_sdot(d, v, 1, rb + d, 1);
-                    double xbv = cblas_sdot(d, v, 1, xb, 1), xcv = cblas_sdot(d, v, 1, xb + d, 1);
+                    /* Latent Scaling sums with this step's residual e (from g = c e) and
+                     * <v, xhat> = <v, x> - <v, e>, fused with the two gradient updates */
+                    double gb0, gb1, xb0, xb1;
+                    axpy_dot2(e, f, e->gx + (size_t)b * d2, gd, v, &gb0, &gb1);
+                    axpy_dot2(e, gf, e->x + (size_t)b * d2, ge, v, &xb0, &xb1);
+                    double eb = gb0 * e->gscale[2 * b], ec = gb1 * e->gscale[2 * b + 1];
                     ls[LS_F2] += (double)f * f;
                     ls[LS_E0] += f * eb;
                     ls[LS_E1] += f * ec;
-                    ls[LS_R0] += f * (xbv - eb);
-                    ls[LS_R1] += f * (xcv - ec);
+                    ls[LS_R0] += f * (xb0 - eb);
+                    ls[LS_R1] += f * (xb1 - ec);
                     ls[LS_CNT] += 1;
+                    gb += gf;
+                    continue;
                 }
             } else {
                 id -= nmain;
