@@ -3,9 +3,11 @@
 #  1. starts build/xcoderd in a temporary run dir with a small demo model,
 #  2. streams `xcoder synth` (planted shared / chat-only / base-only features) into it,
 #  3. shows `xcoder watch` (live view) while it trains,
-#  4. takes a checkpoint and prints `xcoder report`: latents by Δnorm class,
+#  4. runs an exact Latent Scaling pass (`xcoder scaling`): which chat-only latents are
+#     really chat-specific (nu ~ 0) rather than artefacts of sparsity,
+#  5. takes a checkpoint and prints `xcoder report`: latents by Δnorm class,
 #     the top chat-only latents, and how well the planted features were recovered,
-#  5. shuts the daemon down cleanly (it writes a final checkpoint and exits 0).
+#  6. shuts the daemon down cleanly (it writes a final checkpoint and exits 0).
 # Environment: DEMO_SECONDS (training time, default 45), DEMO_RATE (synth tokens/s,
 # default 100000: features emerge over ~20 s), DEMO_KEEP=1 keeps the temp dir.
 set -euo pipefail
@@ -14,6 +16,9 @@ XC=build/xcoder
 XCD=build/xcoderd
 SECS=${DEMO_SECONDS:-45}
 SEED=7
+# planted features: shared, chat-only, base-only, and "shrunk" ones present in the base
+# model at 0.4 of their chat strength (Latent Scaling should give them nu ~ 0.4 x cos)
+FEATS=(--seed $SEED --shared 24 --chat-only 10 --base-only 6 --shrunk 10 --shrunk-scale 0.4)
 
 for b in "$XC" "$XCD"; do
   [ -x "$b" ] || { echo "demo: $b is missing; run make first" >&2; exit 1; }
@@ -74,8 +79,8 @@ for _ in $(seq 1 100); do
 done
 X ping
 
-bold "2. streaming synthetic activations: 40 shared, 12 chat-only, 12 base-only planted features (seed $SEED)"
-"$XC" --run-dir "$RUN" synth --seed $SEED --batch 512 --rate "${DEMO_RATE:-100000}" --quiet >"$T/synth.out" 2>&1 &
+bold "2. streaming synthetic activations: 24 shared, 10 chat-only, 6 base-only, 10 shrunk planted features (seed $SEED)"
+"$XC" --run-dir "$RUN" synth "${FEATS[@]}" --batch 512 --rate "${DEMO_RATE:-100000}" --quiet >"$T/synth.out" 2>&1 &
 SPID=$!
 
 bold "3. live view for ${SECS}s (xcoder watch)"
@@ -85,19 +90,22 @@ else # not a terminal: a few frames, one after another
   X watch --interval 5 --count $(((SECS + 4) / 5)) --plain || true
 fi
 
+bold "4. exact Latent Scaling pass over the next 200k streamed tokens (xcoder scaling)"
+X scaling --tokens 200000 --wait --top 10 || echo "demo: the Latent Scaling pass did not finish" >&2
+
 kill -TERM "$SPID" 2>/dev/null || true
 wait "$SPID" || true
 SPID=""
 cat "$T/synth.out"
 
-bold "4. checkpoint and report"
+bold "5. checkpoint and report"
 CK=$(X checkpoint --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 echo "checkpoint: $CK ($(du -h "$CK" | cut -f1))"
 X status
 echo
-X report --checkpoint "$CK" --seed $SEED --top 10
+X report --checkpoint "$CK" "${FEATS[@]}" --top 10
 
-bold "5. shutting down"
+bold "6. shutting down"
 X shutdown --wait
 rc=0
 wait "$DPID" || rc=$?
