@@ -249,8 +249,12 @@ typedef struct {
  * name as the daemon does), name NULL, window 8, timeout 30 s. */
 void xc_client_options_default(xc_client_options_t *o);
 /* The run_dir the daemon derives for instance `name` (NULL = "default") when
- * none is configured; written to out. 0 or XC_EINVAL (does not fit). */
+ * none is configured; written to out. When no daemon listens there but one run
+ * by systemd does (/run/xcoderd for "default", /run/xcoderd-NAME otherwise), that
+ * directory instead. 0 or XC_EINVAL (does not fit). */
 int xc_client_default_run_dir(const char *name, char *out, size_t out_len);
+/* "/run", or $XCODER_SYSTEM_RUN_ROOT when set (tests). */
+const char *xc_client_system_run_root(void);
 
 /* Creates a client; sockets connect lazily (ingest on the first push, control
  * on the first request, events on the first subscribe), and ZeroMQ reconnects

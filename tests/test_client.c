@@ -1061,6 +1061,33 @@ static void find_xcoder(const char *argv0)
     snprintf(g_xcoder, sizeof g_xcoder, "build/xcoder");
 }
 
+/* The default run_dir falls back to systemd's RuntimeDirectory when a daemon
+ * listens there and none in the per-user location. */
+static void test_default_run_dir_systemd(void)
+{
+    char root[600], dir[700], sock[800], out[1024];
+    /* paths stay short (g_tmp is a short mkdtemp name); precisions keep -Wformat-truncation quiet */
+    snprintf(root, sizeof root, "%.400s/sysrun", g_tmp);
+    snprintf(dir, sizeof dir, "%.500s/xcoderd-svc%d", root, (int)getpid());
+    XC_REQUIRE(mkdir(root, 0755) == 0 || errno == EEXIST, "mkdir %.200s", root);
+    XC_REQUIRE(mkdir(dir, 0755) == 0, "mkdir %.200s", dir);
+    setenv("XCODER_SYSTEM_RUN_ROOT", root, 1);
+    setenv("XDG_RUNTIME_DIR", g_tmp, 1);
+    char name[64];
+    snprintf(name, sizeof name, "svc%d", (int)getpid());
+    XC_CHECK(xc_client_default_run_dir(name, out, sizeof out) == 0, "derive");
+    XC_CHECK(strstr(out, g_tmp) == out && strstr(out, "sysrun") == NULL, "no daemon anywhere: per-user dir, got %.200s", out);
+    snprintf(sock, sizeof sock, "%.700s/control.sock", dir);
+    FILE *f = fopen(sock, "w");
+    XC_REQUIRE(f, "create %.200s", sock);
+    fclose(f);
+    XC_CHECK(xc_client_default_run_dir(name, out, sizeof out) == 0 && strcmp(out, dir) == 0,
+             "systemd's directory expected, got %.200s", out);
+    unlink(sock);
+    rmdir(dir);
+    unsetenv("XCODER_SYSTEM_RUN_ROOT");
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -1088,6 +1115,7 @@ int main(int argc, char **argv)
     XC_RUN(test_cli_synth_file);
     XC_RUN(test_latents_records);
     XC_RUN(test_cli_latents_shm);
+    XC_RUN(test_default_run_dir_systemd);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);

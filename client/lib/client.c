@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <zmq.h>
@@ -79,9 +80,25 @@ void xc_client_options_default(xc_client_options_t *o)
 int xc_client_default_run_dir(const char *name, char *out, size_t out_len)
 {
     const char *x = getenv("XDG_RUNTIME_DIR");
+    char probe[600], sys[300];
     if (!name || !*name) name = "default";
     int n = x && *x ? snprintf(out, out_len, "%s/xcoderd-%s", x, name) : snprintf(out, out_len, "/tmp/xcoderd-%s", name);
-    return n < 0 || (size_t)n >= out_len ? XC_EINVAL : XC_OK;
+    if (n < 0 || (size_t)n >= out_len) return XC_EINVAL;
+    /* nothing listening there, but a daemon run by systemd (RuntimeDirectory: xcoderd.service
+     * is /run/xcoderd, xcoderd@NAME.service /run/xcoderd-NAME) is: use that */
+    snprintf(probe, sizeof probe, "%s/control.sock", out);
+    if (access(probe, F_OK) == 0) return XC_OK;
+    if (strcmp(name, "default") == 0) snprintf(sys, sizeof sys, "%s/xcoderd", xc_client_system_run_root());
+    else snprintf(sys, sizeof sys, "%s/xcoderd-%s", xc_client_system_run_root(), name);
+    snprintf(probe, sizeof probe, "%s/control.sock", sys);
+    if (access(probe, F_OK) == 0 && strlen(sys) < out_len) snprintf(out, out_len, "%s", sys);
+    return XC_OK;
+}
+
+const char *xc_client_system_run_root(void)
+{
+    const char *r = getenv("XCODER_SYSTEM_RUN_ROOT"); /* tests point it at a temp dir */
+    return r && *r ? r : "/run";
 }
 
 static char *dup_endpoint(const char *given, const char *run_dir, const char *file)
