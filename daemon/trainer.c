@@ -1,6 +1,8 @@
 /* Trainer thread (see xc_trainer.h). */
 #include "xc_trainer.h"
 #include "xc_ckpt.h"
+#include "xc_config.h"
+#include "xc_stfile.h"
 #include "xc_error.h"
 #include "xc_log.h"
 #include "xc_rng.h"
@@ -514,6 +516,34 @@ int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens)
     return rc;
 }
 
+/* A resumed model keeps its shape (checked by the loader); other training keys may
+ * have changed on purpose, but say which, so a run's history stays readable. */
+static void warn_config_changes(const char *old_json, const char *new_json)
+{
+    xc_buf_t ob, nb, oj, nj;
+    xc_mp_doc_t *od = NULL, *nd = NULL;
+    char why[128];
+    xc_buf_init(&ob), xc_buf_init(&nb), xc_buf_init(&oj), xc_buf_init(&nj);
+    if (!old_json || !*old_json || xc_json_to_mp(old_json, strlen(old_json), &ob, why, sizeof why) ||
+        xc_json_to_mp(new_json, strlen(new_json), &nb, why, sizeof why) ||
+        xc_mp_doc_parse(ob.data, ob.len, &od, why, sizeof why) || xc_mp_doc_parse(nb.data, nb.len, &nd, why, sizeof why))
+        goto out;
+    for (const xc_cfg_key_t *k = xc_cfg_keys(); k->name; k++) {
+        if (strcmp(k->section, "model") != 0 && strcmp(k->section, "analysis") != 0) continue;
+        xc_mp_node_t a = xc_mp_get(xc_mp_root(od), k->name), b = xc_mp_get(xc_mp_root(nd), k->name);
+        if (xc_mp_type(a) == XC_MP_NONE || xc_mp_type(b) == XC_MP_NONE) continue;
+        xc_buf_reset(&oj), xc_buf_reset(&nj);
+        xc_mp_to_json(a, &oj, 0), xc_mp_to_json(b, &nj, 0);
+        if (oj.len != nj.len || memcmp(oj.data, nj.data, oj.len) != 0)
+            xc_log(XC_LOG_WARN, "resuming with %s = %.*s (the checkpoint was trained with %.*s)", k->name,
+                   (int)nj.len, (const char *)nj.data, (int)oj.len, (const char *)oj.data);
+    }
+out:
+    xc_mp_doc_free(&od);
+    xc_mp_doc_free(&nd);
+    xc_buf_free(&ob), xc_buf_free(&nb), xc_buf_free(&oj), xc_buf_free(&nj);
+}
+
 int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, size_t why_len)
 {
     xc_ckpt_resume_opts_t o = {t->state_dir, t->name, path, fresh};
@@ -523,6 +553,7 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
     if (!li) return XC_ENOMEM;
     int rc = xc_ckpt_resume(t->e, ex, ckpt_extras(t, ex), &o, li, &next, why, why_len);
     if (rc == XC_OK) rc = rows_to_exact(t);
+    if (rc == XC_OK) warn_config_changes(li->config_json, t->config_json);
     if (rc == XC_OK) {
         xc_ckpt_writer_continue(t->ckw, li->run_id, next, li->step, li->path, li->train_path);
         t->st.m = *xc_engine_metrics(t->e);

@@ -475,8 +475,10 @@ def test_corrupt_wrong_shape_fresh_resume():
     check(wide.stop() == 0, "fresh daemon exit")
     check(os.path.exists(base + ".resume.safetensors"), "--fresh removed old checkpoints")
     # --resume PATH: that pair; a corrupt one is refused
-    dm.start(["--resume", os.path.join(dm.state_dir, "bad-%09d.resume.safetensors" % steps[0])])
+    dm.start(["--resume", os.path.join(dm.state_dir, "bad-%09d.resume.safetensors" % steps[0]), "--lr", "0.003"])
     check(dm.resumed_step() == steps[0], "--resume: %r" % dm.resumed_step())
+    check("resuming with lr = 0.003 (the checkpoint was trained with 0.0001)" in dm.logtext(),
+          "a changed training key is not reported: %s" % dm.logtext()[-600:])
     dm.stop(signal.SIGKILL)
     rc, log = dm.run_to_exit(["--resume", base + ".safetensors"])
     check(rc == 2 and "checksum mismatch" in log, "--resume corrupt: rc %d %s" % (rc, log[-400:]))
