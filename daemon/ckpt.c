@@ -1232,11 +1232,18 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
     }
     if ((rc = check_compatible(mf, c, why, wl)) || (rc = check_model_tensors(mf, c, why, wl))) goto out;
     /* every state view, with its dtype and shape, and nothing else */
-    int n = xc_engine_state_views(e, v, XC_ENGINE_STATE_MAX);
+    int n = xc_engine_state_views(e, v, XC_ENGINE_STATE_MAX), n_engine = n;
     for (int i = 0; i < n_extras && n < CKPT_MAX_VIEWS; i++) v[n++] = extras[i];
     for (int i = 0; i < n; i++) {
         int64_t shape[3] = {v[i].shape[0], v[i].shape[1], v[i].shape[2]};
-        if ((rc = expect(tf, v[i].name, st_dtype(v[i].dtype), v[i].ndim, shape, XC_EVERSION, why, wl))) goto out;
+        if ((rc = expect(tf, v[i].name, st_dtype(v[i].dtype), v[i].ndim, shape, XC_EVERSION, why, wl))) {
+            if (i < n_engine) goto out;
+            /* the trainer's own state (e.g. the mixing buffer after mix_tokens changed)
+             * is optional: the model resumes without it */
+            xc_log(XC_LOG_WARN, "%s: not restoring %s: %s", train_path, v[i].name, why);
+            v[i].data = NULL;
+            rc = XC_OK;
+        }
     }
     for (int i = 0; i < xc_stf_count(tf); i++) { /* the trainer's own state is optional to a reader */
         const char *tn = xc_stf_at(tf, i)->name;
@@ -1250,7 +1257,8 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
         }
     }
     /* everything checked: now copy */
-    for (int i = 0; i < n; i++) memcpy(v[i].data, xc_stf_find(tf, v[i].name)->data, v[i].bytes);
+    for (int i = 0; i < n; i++)
+        if (v[i].data) memcpy(v[i].data, xc_stf_find(tf, v[i].name)->data, v[i].bytes);
     xc_engine_state_restored(e);
     if (info) {
         const char *s;

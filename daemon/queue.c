@@ -178,6 +178,14 @@ void xc_queue_note_trained(xc_queue_t *q, uint64_t n, int failed)
     pthread_mutex_unlock(&q->mu);
 }
 
+void xc_queue_note_restored(xc_queue_t *q, uint64_t n)
+{
+    pthread_mutex_lock(&q->mu);
+    q->c.tokens_restored += n;
+    q->c.tokens_buffered += n;
+    pthread_mutex_unlock(&q->mu);
+}
+
 void xc_queue_counts(xc_queue_t *q, xc_queue_counts_t *out)
 {
     pthread_mutex_lock(&q->mu);

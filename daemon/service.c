@@ -273,6 +273,7 @@ static void render_stats(xc_svc_t *s, xc_mpw_t *w)
     xc_mpw_kv_uint(w, "tokens_buffered", qc.tokens_buffered);
     xc_mpw_kv_uint(w, "tokens_queued", qc.tokens_queued);
     xc_mpw_kv_uint(w, "tokens_failed", qc.tokens_failed);
+    xc_mpw_kv_uint(w, "tokens_restored", qc.tokens_restored);
     xc_mpw_kv_uint(w, "batches_acked", qc.batches_acked);
     xc_mpw_kv_int(w, "mix_tokens", s->cfg.mix_tokens);
     xc_mpw_kv_int(w, "queue_depth", qc.depth);

@@ -26,6 +26,7 @@ struct xc_trainer {
     float *mix;       /* (C, 2, d) mixing buffer; owned */
     float *batch;     /* (B, 2, d) drawn batch; owned */
     long buffered;    /* tokens in mix */
+    int64_t mix_meta[2]; /* buffered and capacity, as saved in / restored from a checkpoint */
     xc_qitem_t cur;   /* popped item being moved into mix (cur.x NULL: none) */
     long cur_off;
     xc_rng_t rng;
@@ -286,10 +287,17 @@ static void do_step(xc_trainer_t *t)
 
 /* The trainer's own state in the checkpoint: the mixing buffer's draws and the
  * last exact Latent Scaling pass (kept with the checkpoints that follow it). */
-#define N_EXTRAS 3
+#define N_EXTRAS 5
 static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
 {
     long F = xc_engine_config(t->e)->dict_size;
+    /* tokens acked but not trained yet travel with the checkpoint: the buffer whole
+     * (a view's size is fixed for the writer's preallocated copy) and its fill */
+    t->mix_meta[0] = t->buffered;
+    t->mix_meta[1] = t->C;
+    v[3] = (xc_state_view_t){"trainer.mix_buffer", XC_ST_F32, 2, {t->C, t->d2, 0}, t->mix,
+                             sizeof(float) * (size_t)t->C * (size_t)t->d2};
+    v[4] = (xc_state_view_t){"trainer.mix_meta", XC_ST_I64, 1, {2, 0, 0}, t->mix_meta, sizeof t->mix_meta};
     v[0] = (xc_state_view_t){"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s};
     v[1] = (xc_state_view_t){"trainer.scaling_exact", XC_ST_F64, 2, {F, EXACT_COLS, 0}, t->exact_state,
                              sizeof(double) * (size_t)F * EXACT_COLS};
@@ -553,6 +561,13 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
     if (!li) return XC_ENOMEM;
     int rc = xc_ckpt_resume(t->e, ex, ckpt_extras(t, ex), &o, li, &next, why, why_len);
     if (rc == XC_OK) rc = rows_to_exact(t);
+    if (rc == XC_OK && t->mix_meta[1] == t->C && t->mix_meta[0] > 0 && t->mix_meta[0] <= t->C) {
+        /* tokens an earlier run acked but had not trained: train them first (a buffer of
+         * another capacity was not restored by the loader, and its meta says so) */
+        t->buffered = (long)t->mix_meta[0];
+        xc_queue_note_restored(t->q, (uint64_t)t->buffered);
+        xc_log(XC_LOG_INFO, "%ld buffered tokens restored from the checkpoint", t->buffered);
+    }
     if (rc == XC_OK) warn_config_changes(li->config_json, t->config_json);
     if (rc == XC_OK) {
         xc_ckpt_writer_continue(t->ckw, li->run_id, next, li->step, li->path, li->train_path);

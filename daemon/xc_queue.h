@@ -23,6 +23,7 @@ typedef struct {
     uint64_t tokens_buffered; /* in the mixing buffer */
     uint64_t tokens_trained;
     uint64_t tokens_failed;   /* trained on but the step failed (should stay 0) */
+    uint64_t tokens_restored; /* put back into the buffer from a checkpoint at start */
     long depth, capacity;     /* items */
 } xc_queue_counts_t;
 
@@ -52,6 +53,8 @@ void xc_queue_kick(xc_queue_t *q);
 /* Accounting moves by the consumer: queued -> buffered, buffered -> trained / failed. */
 void xc_queue_note_buffered(xc_queue_t *q, uint64_t n);
 void xc_queue_note_trained(xc_queue_t *q, uint64_t n, int failed);
+/* n tokens restored into the mixing buffer from a checkpoint (acked by an earlier run). */
+void xc_queue_note_restored(xc_queue_t *q, uint64_t n);
 void xc_queue_counts(xc_queue_t *q, xc_queue_counts_t *out);
 
 #endif

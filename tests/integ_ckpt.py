@@ -484,6 +484,30 @@ def test_corrupt_wrong_shape_fresh_resume():
     check(rc == 2 and "checksum mismatch" in log, "--resume corrupt: rc %d %s" % (rc, log[-400:]))
 
 
+def test_buffered_tokens_survive_shutdown():
+    """Tokens acked but still in the mixing buffer at SIGTERM travel with the final
+    checkpoint and are trained after the restart; a changed mix_tokens skips them."""
+    dm = Daemon("buf", 32, 256, extra=["--mix_tokens", "512"]).start()
+    dm.feed(300)  # below mix_tokens: nothing is trained yet
+    st = dm.ok({"op": "status"})
+    check(st["step"] == 0 and st["tokens_buffered"] + st["tokens_queued"] == 300, "before: %r" % st)
+    check(dm.stop() == 0, "exit")
+    dm.start()
+    st = dm.ok({"op": "status"})
+    check(st["tokens_buffered"] == 300 and st["tokens_restored"] == 300, "after restart: %r" % st)
+    check("300 buffered tokens restored" in dm.logtext(), "restore not logged")
+    dm.feed(212)  # fills the buffer: the restored tokens are trained
+    st = dm.wait_step(1)
+    check(st["tokens_acked"] + st["tokens_restored"] == st["tokens_trained"] + st["tokens_buffered"] +
+          st["tokens_queued"] + st["tokens_failed"], "accounting with restored tokens: %r" % st)
+    check(dm.stop() == 0, "second exit")
+    dm.start(["--mix_tokens", "1024"])
+    st = dm.ok({"op": "status"})
+    check(st["tokens_restored"] == 0 and "not restoring trainer.mix_buffer" in dm.logtext(),
+          "another mix_tokens: %r %s" % (st, dm.logtext()[-400:]))
+    check(dm.stop() == 0, "third exit")
+
+
 def test_cli_inspect_and_export():
     dm = Daemon("cli", 32, 256).start()
     try:
@@ -528,7 +552,7 @@ def main():
     t0 = time.time()
     tests = [test_numpy_reads_model_file_and_reproduces_reconstruction, test_reference_state_dict_strict_load,
              test_kill9_during_checkpoint_resumes_newest_valid, test_fault_injection_env_keeps_previous,
-             test_corrupt_wrong_shape_fresh_resume, test_cli_inspect_and_export]
+             test_corrupt_wrong_shape_fresh_resume, test_buffered_tokens_survive_shutdown, test_cli_inspect_and_export]
     for t in tests:
         try:
             t()
