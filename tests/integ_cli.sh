@@ -6,31 +6,10 @@
 # non-zero exit while the daemon keeps running, and a clean shutdown.
 # Prints "ok - name" / "not ok - name: why"; exits non-zero on any failure.
 set -u
-cd "$(dirname "$0")/.."
-XC=build/xcoder
-XCD=build/xcoderd
-PY=/usr/bin/python3
-fails=0
-ok() { echo "ok - $1"; }
-nok() { echo "not ok - $1: $2"; fails=$((fails + 1)); }
-
-if [ ! -f daemon/main.c ]; then
-  echo "# skip: daemon/main.c is not in the tree yet, so there is no xcoderd to test against"; exit 0
-fi
-if [ ! -x "$XC" ] || [ ! -x "$XCD" ]; then
-  echo "not ok - setup: build/xcoder and build/xcoderd must be built (make)"; exit 1
-fi
-T=$(mktemp -d /tmp/xc_integ_cli.XXXXXX)
-DPID=""
-cleanup() {
-  if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then kill -KILL "$DPID" 2>/dev/null; fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
+TEST_TMP_TAG=xc_integ_cli
+source "$(dirname "$0")/lib.sh"
 RUN="$T/run"
 X() { "$XC" --run-dir "$RUN" --timeout 20 "$@"; }
-# jq-like checks: py_json FILE EXPR -> prints EXPR evaluated on the parsed JSON as `j`
-py_json() { "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 D=16
 "$XCD" --run_dir "$RUN" --state_dir "$T/state" --name integ --d $D --dict_size 128 --k 4 --batch_size 256 \

@@ -7,34 +7,11 @@
 # times out with exit status 3 and a message, and resumes fine afterwards.
 # Prints "ok - name" / "not ok - name: why"; exits non-zero on any failure.
 set -u
-cd "$(dirname "$0")/.."
-XC=build/xcoder
-XCD=build/xcoderd
-PY=/usr/bin/python3
-fails=0
-ok() { echo "ok - $1"; }
-nok() { echo "not ok - $1: $2"; fails=$((fails + 1)); }
-
-if [ ! -f daemon/main.c ]; then
-  echo "# skip: daemon/main.c is not in the tree yet, so there is no xcoderd to test against"; exit 0
-fi
-if [ ! -x "$XC" ] || [ ! -x "$XCD" ]; then
-  echo "not ok - setup: build/xcoder and build/xcoderd must be built (make)"; exit 1
-fi
-T=$(mktemp -d /tmp/xc_integ_prod.XXXXXX)
-DPID=""
-cleanup() {
-  if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then kill -KILL "$DPID" 2>/dev/null; fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
+TEST_TMP_TAG=xc_integ_prod
+source "$(dirname "$0")/lib.sh"
 
 # free tcp ports chosen by the kernel
-read -r P1 P2 P3 < <("$PY" -c "
-import socket
-ss = [socket.socket() for _ in range(3)]
-for s in ss: s.bind(('127.0.0.1', 0))
-print(*[s.getsockname()[1] for s in ss])")
+read -r P1 P2 P3 < <(free_ports)
 EP=(--ingest "tcp://127.0.0.1:$P1" --control "tcp://127.0.0.1:$P2" --events "tcp://127.0.0.1:$P3")
 X() { "$XC" "${EP[@]}" --timeout 30 "$@"; }
 

@@ -7,38 +7,15 @@
 # pass, and clear errors when there is no shared memory.
 # Prints "ok - name" / "not ok - name: why"; exits non-zero on any failure.
 set -u
-cd "$(dirname "$0")/.."
-XC=${XCODER_BIN:-build/xcoder}
-XCD=build/xcoderd
-PY=/usr/bin/python3
-fails=0
-ok() { echo "ok - $1"; }
-nok() { echo "not ok - $1: $2"; fails=$((fails + 1)); }
-
-if [ ! -f daemon/main.c ]; then
-  echo "# skip: daemon/main.c is not in the tree yet, so there is no xcoderd to test against"; exit 0
-fi
-if [ ! -x "$XC" ] || [ ! -x "$XCD" ]; then
-  echo "not ok - setup: build/xcoder and build/xcoderd must be built (make)"; exit 1
-fi
-if [ ! -d /dev/shm ]; then
-  echo "# skip: no /dev/shm on this machine"; exit 0
-fi
-T=$(mktemp -d /tmp/xc_integ_scl.XXXXXX)
 NAME="integscl$$"
-DPID=""
-SPID=""
-cleanup() {
-  if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then kill -KILL "$SPID" 2>/dev/null; fi
-  if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then kill -KILL "$DPID" 2>/dev/null; fi
-  rm -f "/dev/shm/xcoderd.$NAME"
-  rm -rf "$T"
-}
-trap cleanup EXIT
+TEST_TMP_TAG=xc_integ_scl SHM_NAME=$NAME
+source "$(dirname "$0")/lib.sh"
+if [ ! -d /dev/shm ]; then
+  echo "not ok - setup: no /dev/shm on this machine (POSIX shared memory is needed)"; exit 1
+fi
 RUN="$T/run"
 # like a user who only knows the run_dir: the CLI finds the instance itself
 X() { "$XC" --run-dir "$RUN" --timeout 20 "$@"; }
-py_json() { "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 "$XCD" --run_dir "$RUN" --state_dir "$T/state" --name "$NAME" --d 16 --dict_size 128 --k 4 --batch_size 256 \
   --lr 1e-3 --warmup_steps 10 --threshold_start_step 20 --mix_tokens 512 --stats_interval 0.2 \

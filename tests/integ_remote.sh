@@ -7,29 +7,9 @@
 # `xcoder table` (--npy columns byte-equal to the daemon's shared memory,
 # --range, --fields, --json, text). Prints "ok - name" / "not ok - name: why".
 set -u
-cd "$(dirname "$0")/.."
-XC=build/xcoder
-XCD=build/xcoderd
-PY=/usr/bin/python3
-fails=0
-ok() { echo "ok - remote_cli $1"; }
-nok() { echo "not ok - remote_cli $1: $2"; fails=$((fails + 1)); }
-
-if [ ! -x "$XC" ] || [ ! -x "$XCD" ]; then
-  echo "not ok - remote_cli setup: build/xcoder and build/xcoderd must be built (make)"; exit 1
-fi
-T=$(mktemp -d /tmp/xc_integ_remote.XXXXXX)
-DPID=""
-cleanup() {
-  if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then kill -KILL "$DPID" 2>/dev/null; fi
-  rm -rf "$T"
-}
-trap cleanup EXIT
-read -r PI PC PE < <("$PY" -c "
-import socket
-ss = [socket.socket() for _ in range(3)]
-for s in ss: s.bind(('127.0.0.1', 0))
-print(*[s.getsockname()[1] for s in ss])")
+TEST_TMP_TAG=xc_integ_remote TEST_PREFIX="remote_cli "
+source "$(dirname "$0")/lib.sh"
+read -r PI PC PE < <(free_ports)
 ING=tcp://127.0.0.1:$PI CTL=tcp://127.0.0.1:$PC EVT=tcp://127.0.0.1:$PE
 NAME=xcrem$$
 # only sockets: no --run-dir for the client, endpoints by URI
