@@ -14,7 +14,9 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import msgpack
 import numpy as np
@@ -23,34 +25,6 @@ import zmq
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XCODERD = os.environ.get("XCODERD", os.path.join(ROOT, "build", "xcoderd"))  # override: a sanitizer build
 D, F, K, B = 32, 256, 4, 64
-FAILED = 0
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
-def run_case(fn):
-    global FAILED
-    try:
-        fn()
-        print("ok - %s" % fn.__name__, flush=True)
-    except Exception as e:  # one failing case must not hide the others
-        FAILED += 1
-        why = ("%s: %s" % (type(e).__name__, e)).replace("\n", " ")
-        print("not ok - %s: %s" % (fn.__name__, why[:400]), flush=True)
-        traceback.print_exc(file=sys.stdout)
-
-
-def wait_for(pred, timeout=10.0, step=0.02, what="condition"):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
 
 
 def read_safetensors(path):
@@ -613,13 +587,13 @@ def main():
         if DMN is not None:
             if DMN.proc.poll() is None:
                 DMN.stop(signal.SIGKILL)
-            if FAILED:
+            if failed():
                 print("---- daemon log ----\n" + DMN.logtext())
         if SUB is not None:
             SUB.close(0)
         shutil.rmtree(TMP, ignore_errors=True)
     print("# integ_daemon: %.1f s" % (time.time() - t0))
-    return 1 if FAILED else 0
+    return 1 if failed() else 0
 
 
 if __name__ == "__main__":

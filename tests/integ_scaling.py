@@ -262,13 +262,13 @@ def main():
         if DMN is not None:
             if DMN.proc.poll() is None:
                 DMN.stop(signal.SIGKILL)
-            if idm.FAILED:
+            if idm.failed():
                 print("---- daemon log ----\n" + DMN.logtext())
         shutil.rmtree(idm.TMP, ignore_errors=True)
-        if os.path.exists(SHM_PATH) and idm.FAILED:
+        if os.path.exists(SHM_PATH) and idm.failed():
             os.unlink(SHM_PATH)
     print("# integ_scaling: %.1f s" % (time.time() - t0))
-    return 1 if idm.FAILED else 0
+    return 1 if idm.failed() else 0
 
 
 if __name__ == "__main__":

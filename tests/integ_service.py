@@ -18,7 +18,6 @@ return the same series; a reader polling the file while it is rewritten every
 documented in daemon/xcoderd.8.
 
 Prints "ok - name" / "not ok - name: why"; exits non-zero on any failure."""
-import array
 import os
 import re
 import shutil
@@ -30,7 +29,9 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import msgpack
 import numpy as np
@@ -41,35 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XCODERD = os.environ.get("XCODERD", os.path.join(ROOT, "build", "xcoderd"))
 XCODER = os.environ.get("XCODER", os.path.join(ROOT, "build", "xcoder"))
 D, F, K, B = 16, 64, 4, 32
-FAILED = 0
 TMP = tempfile.mkdtemp(prefix="xcd-service-")
 
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
-def run_case(fn):
-    global FAILED
-    try:
-        fn()
-        print("ok - %s" % fn.__name__, flush=True)
-    except Exception as e:
-        FAILED += 1
-        why = ("%s: %s" % (type(e).__name__, e)).replace("\n", " ")
-        print("not ok - %s: %s" % (fn.__name__, why[:500]), flush=True)
-        traceback.print_exc(file=sys.stdout)
-
-
-def wait_for(pred, timeout=10.0, step=0.02, what="condition"):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
 
 
 class Notify:
@@ -493,4 +467,4 @@ if __name__ == "__main__":
             run_case(case)
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
-    sys.exit(1 if FAILED else 0)
+    sys.exit(1 if failed() else 0)
