@@ -233,6 +233,20 @@ static void latent_row(FILE *f, const xc_lat_t *l)
             fmt_num(l->has_exact ? l->exact.nu_rec : NAN, "%.4f", b[3], 32));
 }
 
+
+/* "latents": an array of the records' maps, into an open map. */
+static void write_latents(xc_mpw_t *w, const xc_lat_t *l, size_t n)
+{
+    xc_mpw_str(w, "latents");
+    xc_mpw_array_begin(w);
+    for (size_t i = 0; i < n; i++) {
+        xc_mpw_map_begin(w);
+        xc_lat_write(w, &l[i], 1);
+        xc_mpw_map_end(w);
+    }
+    xc_mpw_array_end(w);
+}
+
 static int print_latents(const xc_cli_args_t *a, const char *source, long step, const char *by, int asc, int alive,
                          int cls, const xc_lat_t *l, size_t n)
 {
@@ -248,14 +262,7 @@ static int print_latents(const xc_cli_args_t *a, const char *source, long step, 
         xc_mpw_kv_str(&w, "order", asc ? "asc" : "desc");
         xc_mpw_kv_bool(&w, "alive_only", alive);
         if (cls >= 0) xc_mpw_kv_str(&w, "class", cls == XC_LAT_CLASS_CHAT_SPECIFIC ? "chat_specific" : xc_class_name(cls));
-        xc_mpw_str(&w, "latents");
-        xc_mpw_array_begin(&w);
-        for (size_t i = 0; i < n; i++) {
-            xc_mpw_map_begin(&w);
-            xc_lat_write(&w, &l[i], 1);
-            xc_mpw_map_end(&w);
-        }
-        xc_mpw_array_end(&w);
+        write_latents(&w, l, n);
         xc_mpw_map_end(&w);
         int rc = xc_cli_print_mpw(a, &w);
         xc_buf_free(&b);
@@ -659,14 +666,7 @@ int xc_cli_cmd_scaling(xc_cli_args_t *a)
         xc_mpw_kv_int(&w, "chat_only", p.chat_only);
         xc_mpw_kv_int(&w, "chat_specific", p.chat_specific);
         xc_mpw_kv_str(&w, "source", source);
-        xc_mpw_str(&w, "latents");
-        xc_mpw_array_begin(&w);
-        for (size_t i = 0; i < n; i++) {
-            xc_mpw_map_begin(&w);
-            xc_lat_write(&w, &l[i], 1);
-            xc_mpw_map_end(&w);
-        }
-        xc_mpw_array_end(&w);
+        write_latents(&w, l, n);
         xc_mpw_map_end(&w);
         out = xc_cli_print_mpw(a, &w);
         xc_buf_free(&b);

@@ -9,7 +9,28 @@ from . import wire
 from .errors import XcoderError, XcoderTimeout
 
 
-class Client:
+
+class _OwnsSocket:
+    """close() / context manager / finaliser for a class holding one ZeroMQ socket in _sock."""
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+class Client(_OwnsSocket):
     """Request/reply with the daemon's control socket.
 
     endpoint: the control URI, or the daemon's run directory, or None
@@ -121,25 +142,9 @@ class Client:
     # remote access (remote.py; PROTOCOL.md 2.1, 2.2): checkpoint files and latent tables
     from .remote import checkpoints, fetch_checkpoint, table
 
-    def close(self):
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class Subscription:
+class Subscription(_OwnsSocket):
     """An iterator of (topic, body) events from the daemon's PUB socket.
 
     endpoint: the events URI, or the run directory, or None. topics: a topic
@@ -188,22 +193,6 @@ class Subscription:
     def __next__(self):
         return self.next()
 
-    def close(self):
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def subscribe(endpoint=None, topics=None, timeout=None, context=None):
