@@ -6,7 +6,7 @@ CC      ?= cc
 PY      := /usr/bin/python3
 PKGS    := libzmq msgpack openblas libuv libsystemd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread -Iinclude -Iproto -Idaemon -Iclient/lib
+BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread -Iinclude -Iproto -Idaemon -Iengine -Iclient/lib
 OPT     := -O2 -g
 SANFL   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
@@ -14,14 +14,14 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 
 PROTO_SRC  := $(wildcard proto/*.c)
-DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c engine/*.c))
 CLIB_SRC   := $(wildcard client/lib/*.c)
 CLI_SRC    := $(wildcard client/cli/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 # Integration tests (a real daemon, the CLI, Python): run after the unit tests.
 INTEG      := $(sort $(wildcard tests/integ_*.sh tests/integ_*.py))
-HDRS       := $(wildcard include/*.h proto/*.h daemon/*.h client/lib/*.h client/cli/*.h tests/*.h)
+HDRS       := $(wildcard include/*.h proto/*.h daemon/*.h engine/*.h client/lib/*.h client/cli/*.h tests/*.h)
 
 # $(call variant,DIR,FLAGS): object rules, libraries, binaries and tests for one build flavour.
 define variant
