@@ -30,7 +30,11 @@ extern "C" {
     X(XC_ECONFIG, -16, "invalid configuration")                                  \
     X(XC_ECORRUPT, -17, "corrupt or foreign file")                               \
     X(XC_ESYS, -18, "system call failed")                                        \
-    X(XC_ESHUTDOWN, -19, "daemon is shutting down")
+    X(XC_ESHUTDOWN, -19, "daemon is shutting down")                             \
+    X(XC_EPERM, -20, "permission denied: the client's key or role may not do this") \
+    X(XC_ERANGE, -21, "value out of range: finite but beyond the configured limit") \
+    X(XC_EBUSY, -22, "busy: too many requests in flight; retry later")           \
+    X(XC_ECANCELED, -23, "operation cancelled")
 
 typedef enum {
 #define XC_ERRNO_ENUM(name, val, msg) name = val,

@@ -14,7 +14,11 @@ export type ErrorCode =
   | "XC_OK" | "XC_EINVAL" | "XC_ENOMEM" | "XC_ESHAPE" | "XC_ENONFINITE" | "XC_EIO" | "XC_EPROTO"
   | "XC_EVERSION" | "XC_EDTYPE" | "XC_ELENGTH" | "XC_ETOOBIG" | "XC_EAGAIN" | "XC_ETIMEDOUT"
   | "XC_ENOTFOUND" | "XC_EUNKNOWN" | "XC_ESTATE" | "XC_ECONFIG" | "XC_ECORRUPT" | "XC_ESYS"
-  | "XC_ESHUTDOWN";
+  | "XC_ESHUTDOWN"
+  | "XC_EPERM"
+  | "XC_ERANGE"
+  | "XC_EBUSY"
+  | "XC_ECANCELED";
 
 /** An error reply from the daemon, or a failure talking to it. */
 export declare class XcoderError extends Error {

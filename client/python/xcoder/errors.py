@@ -26,6 +26,10 @@ CODES = {
     "XC_ECORRUPT": -17,
     "XC_ESYS": -18,
     "XC_ESHUTDOWN": -19,
+    "XC_EPERM": -20,
+    "XC_ERANGE": -21,
+    "XC_EBUSY": -22,
+    "XC_ECANCELED": -23,
 }
 
 
