@@ -210,7 +210,7 @@ static void draw_batch(xc_trainer_t *t)
     }
 }
 
-static void publish(xc_trainer_t *t);
+static void refresh_records(xc_trainer_t *t);
 static void exact_to_rows(xc_trainer_t *t, const xc_scaling_stats_t *r, long step, uint64_t tokens);
 
 /* The exact Latent Scaling pass sees the batches the trainer draws, before it
@@ -247,7 +247,7 @@ static void scaling_feed(xc_trainer_t *t)
     pthread_mutex_unlock(&t->mu);
     xc_log(rc ? XC_LOG_ERROR : XC_LOG_INFO, "exact Latent Scaling pass on the step-%ld dictionary over %llu tokens: %s",
            step, (unsigned long long)done, rc ? xc_strerror(rc) : "done");
-    publish(t);
+    refresh_records(t);
     post(t, XC_TR_EV_SCALING);
 }
 
@@ -392,7 +392,7 @@ static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason, int
 }
 
 /* Recomputes the per-latent records (and writes shared memory). */
-static void publish(xc_trainer_t *t)
+static void refresh_records(xc_trainer_t *t)
 {
     pthread_mutex_lock(&t->mu);
     double ms = t->st.last_step_ms;
@@ -412,7 +412,7 @@ static void publish(xc_trainer_t *t)
 
 static void do_snapshot(xc_trainer_t *t, uint64_t gen)
 {
-    publish(t);
+    refresh_records(t);
     pthread_mutex_lock(&t->snap_mu);
     t->snap_gen = gen;
     pthread_mutex_unlock(&t->snap_mu);
@@ -434,7 +434,7 @@ static void *trainer_main(void *arg)
     xc_trainer_t *t = arg;
     xc_state_view_t ex[N_EXTRAS];
     xc_ckpt_writer_prepare(t->ckw, t->e, ex, ckpt_extras(t, ex)); /* the checkpoint copy's memory, in the background */
-    publish(t);
+    refresh_records(t);
     set_state(t, XC_TR_RUNNING);
     for (;;) {
         pthread_mutex_lock(&t->mu);
@@ -452,7 +452,7 @@ static void *trainer_main(void *arg)
         if (stop) break; /* pending checkpoint requests are answered by the final one */
         if (ck) do_checkpoint(t, ck, reason ? reason : "request", 0);
         if (scal && !t->pass) scaling_start(t, scal);
-        if (now_ms() >= t->next_pub_ms) publish(t);
+        if (now_ms() >= t->next_pub_ms) refresh_records(t);
         fill_buffer(t);
         if (!paused && t->buffered >= t->C) {
             do_step(t);

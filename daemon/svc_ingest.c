@@ -1,0 +1,147 @@
+/* Ingest (xc_svc_internal.h, PROTOCOL.md 1): every batch is checked and
+ * converted on the loop thread (O(bytes), needed to ack or nack it), queued for
+ * the trainer, and answered with exactly one ack or nack. Refusals are counted
+ * per class, logged within a budget, and aggregated into alert events. */
+#include "xc_svc_internal.h"
+#include "xc_log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define XC_SVC_REFUSE_CODE(c) c,
+const int xc_svc_refuse_codes[XC_SVC_N_REFUSE] = {XC_SVC_REFUSALS(XC_SVC_REFUSE_CODE)};
+#undef XC_SVC_REFUSE_CODE
+
+/* The counter slot of a refusal code (an unlisted one counts as malformed). */
+static int refuse_index(int code)
+{
+    for (int i = 0; i < XC_SVC_N_REFUSE; i++)
+        if (xc_svc_refuse_codes[i] == code) return i;
+    return 2; /* XC_EPROTO */
+}
+
+/* ----------------------------------------------------------- refusals -- */
+/* Every refused batch gets its nack; the count, the log line (within the
+ * per-second budget, so a flood cannot fill the log) and the aggregated alert
+ * are kept per class. */
+static void refuse(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_batch_hdr_t *h, int code,
+                   const char *why)
+{
+    int i = refuse_index(code);
+    s->cnt.refused[i]++;
+    s->cnt.batches_refused++;
+    if (s->log_budget[i] > 0) {
+        s->log_budget[i]--;
+        xc_log(XC_LOG_WARN, "refused batch%s%llu from '%s': %s: %s", h && h->has_seq ? " seq " : "",
+               h && h->has_seq ? (unsigned long long)h->seq : 0ull, h ? h->producer : "",
+               xc_errname(code), why);
+    } else {
+        s->log_suppressed[i]++;
+    }
+    s->alert_count[i]++;
+    snprintf(s->alert_producer[i], sizeof s->alert_producer[i], "%s", h ? h->producer : "");
+    snprintf(s->alert_reason[i], sizeof s->alert_reason[i], "%s", why);
+    xc_buf_reset(&s->out);
+    if (xc_proto_nack_encode(&s->out, h, code, why) == 0)
+        xc_svc_send_reply(s, s->ingest, env, s->out.data, s->out.len);
+}
+
+/* Publishes aggregated refusal alerts (at most one per class per second) and
+ * the count of suppressed log lines. */
+void xc_svc_flush_alerts(xc_svc_t *s, int force)
+{
+    double now = xc_svc_mono_s();
+    for (int i = 0; i < XC_SVC_N_REFUSE; i++) {
+        s->log_budget[i] = XC_SVC_LOG_BUDGET;
+        if (s->log_suppressed[i]) {
+            xc_log(XC_LOG_WARN, "%llu more %s refusals not logged", (unsigned long long)s->log_suppressed[i],
+                   xc_errname(xc_svc_refuse_codes[i]));
+            s->log_suppressed[i] = 0;
+        }
+        if (!s->alert_count[i] || (!force && now - s->alert_last[i] < 1.0)) continue;
+        char msg[XC_PROTO_REASON_MAX + 96];
+        snprintf(msg, sizeof msg, "%llu batch(es) refused with %s; last: %s",
+                 (unsigned long long)s->alert_count[i], xc_errname(xc_svc_refuse_codes[i]), s->alert_reason[i]);
+        xc_mpw_t w;
+        xc_buf_reset(&s->out);
+        xc_mpw_init(&w, &s->out);
+        xc_proto_event_begin(&w, XC_EVENT_ALERT, s->cfg.name, xc_svc_unix_s());
+        xc_mpw_kv_str(&w, "kind", "refused");
+        xc_mpw_kv_str(&w, "code", xc_errname(xc_svc_refuse_codes[i]));
+        xc_mpw_kv_str(&w, "producer", s->alert_producer[i]);
+        xc_mpw_kv_uint(&w, "count", s->alert_count[i]);
+        xc_mpw_kv_str(&w, "message", msg);
+        xc_mpw_map_end(&w);
+        if (xc_mpw_finish(&w) == 0) xc_svc_event_send(s, XC_EVENT_ALERT, &s->out);
+        s->alert_count[i] = 0;
+        s->alert_last[i] = now;
+    }
+}
+
+/* -------------------------------------------------------------- ingest -- */
+/* One ingest message: the checks of PROTOCOL.md 1 in order (stopping, frame
+ * count, header, shape, lengths, values), the conversion to f32 into memory
+ * the queue then owns, and the ack carrying the queue's free slots as credit.
+ * The caller checked that the queue has room before reading the message. */
+void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
+{
+    xc_svc_envelope_t env;
+    xc_batch_hdr_t h;
+    xc_frame_t f[XC_SVC_MAX_FRAMES];
+    char why[XC_PROTO_REASON_MAX];
+    int b0 = xc_svc_envelope_split(mm, &env), nb = mm->n - b0, rc;
+
+    memset(&h, 0, sizeof h);
+    for (int i = 0; i < nb; i++) {
+        f[i].data = zmq_msg_data(&mm->m[b0 + i]);
+        f[i].len = zmq_msg_size(&mm->m[b0 + i]);
+    }
+    if (s->stopping) {
+        if (nb > 0) xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
+        refuse(s, &env, &h, XC_ESHUTDOWN, "the daemon is shutting down; batch not accepted");
+        return;
+    }
+    if (mm->extra || nb > 4) {
+        if (nb > 0) xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
+        snprintf(why, sizeof why, "%d body frames; a batch has at most 4 (header, payload, tokens, positions)",
+                 nb + mm->extra);
+        refuse(s, &env, &h, XC_EPROTO, why);
+        return;
+    }
+    xc_batch_limits_t lim = {(uint32_t)s->cfg.d, (size_t)s->cfg.max_msg_bytes};
+    rc = xc_proto_batch_check(f, (size_t)nb, &lim, &h, why, sizeof why);
+    if (rc) {
+        refuse(s, &env, &h, rc, why);
+        return;
+    }
+    size_t count = (size_t)h.n * 2 * h.d;
+    xc_qitem_t item;
+    memset(&item, 0, sizeof item);
+    item.x = malloc(count * sizeof(float)); /* owned by the queue after a push */
+    if (!item.x) {
+        snprintf(why, sizeof why, "out of memory for %llu tokens; retry later or send smaller batches",
+                 (unsigned long long)h.n);
+        refuse(s, &env, &h, XC_ENOMEM, why);
+        return;
+    }
+    rc = xc_proto_payload_to_f32(&h, f[1].data, item.x, why, sizeof why);
+    if (rc) {
+        free(item.x);
+        refuse(s, &env, &h, rc, why);
+        return;
+    }
+    item.n = (long)h.n;
+    item.seq = h.seq;
+    memcpy(item.producer, h.producer, sizeof item.producer);
+    if (xc_queue_push(s->queue, &item)) { /* cannot happen: room was checked before reading */
+        free(item.x);
+        refuse(s, &env, &h, XC_EAGAIN, "queue full; retry");
+        return;
+    }
+    xc_queue_counts_t qc;
+    xc_queue_counts(s->queue, &qc);
+    xc_buf_reset(&s->out);
+    if (xc_proto_ack_encode(&s->out, h.seq, h.n, qc.capacity - qc.depth) == 0)
+        xc_svc_send_reply(s, s->ingest, &env, s->out.data, s->out.len);
+}

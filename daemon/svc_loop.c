@@ -1,0 +1,566 @@
+/* The service loop and its sockets (see xc_service.h, xc_svc_internal.h and
+ * proto/PROTOCOL.md).
+ *
+ * ZMQ_FD is edge-triggered: a readable wake-up only says "something changed".
+ * So the loop drains a socket while ZMQ_EVENTS reports POLLIN, after every
+ * poll wake-up, after every send (sends also consume the edge), after every
+ * trainer notification, and from a 100 ms timer as a safety net. A drain
+ * handles at most DRAIN_BUDGET messages per socket and then yields through a
+ * uv_idle handle, so one busy producer cannot starve the control socket.
+ *
+ * Backpressure: before reading an ingest message the loop checks that the
+ * queue has a free slot. If not, it stops reading (messages wait in ZeroMQ's
+ * bounded pipes, producers wait on their window) until the trainer frees a
+ * slot and wakes the loop through uv_async_send. */
+#include "xc_svc_internal.h"
+#include "xc_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DRAIN_BUDGET 64     /* messages per socket per drain */
+#define CONTROL_FRAME_MAX (1 << 20) /* ZMQ_MAXMSGSIZE of the control socket */
+#define CONTROL_SNDHWM 64   /* replies queued per client (fetch replies are up to 1 MiB) */
+
+double xc_svc_mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double xc_svc_unix_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------ messages -- */
+static void mmsg_close(xc_svc_mmsg_t *mm)
+{
+    for (int i = 0; i < mm->n; i++) zmq_msg_close(&mm->m[i]);
+    mm->n = 0;
+    mm->extra = 0;
+}
+
+/* Receives one whole multipart message without blocking. 0, XC_EAGAIN (none
+ * waiting) or XC_EIO. */
+static int mmsg_recv(void *sock, xc_svc_mmsg_t *mm)
+{
+    int more = 1;
+    mm->n = 0;
+    mm->extra = 0;
+    while (more) {
+        zmq_msg_t tmp, *m = mm->n < XC_SVC_MAX_FRAMES ? &mm->m[mm->n] : &tmp;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, mm->n == 0 && mm->extra == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            int e = errno;
+            zmq_msg_close(m);
+            mmsg_close(mm);
+            return e == EAGAIN ? XC_EAGAIN : XC_EIO;
+        }
+        more = zmq_msg_more(m);
+        if (m == &tmp) {
+            zmq_msg_close(m);
+            mm->extra++;
+        } else {
+            mm->n++;
+        }
+    }
+    return XC_OK;
+}
+
+/* Splits off the envelope; returns the index of the first body frame. */
+int xc_svc_envelope_split(const xc_svc_mmsg_t *mm, xc_svc_envelope_t *env)
+{
+    memset(env, 0, sizeof *env);
+    size_t l = zmq_msg_size((zmq_msg_t *)&mm->m[0]);
+    env->id_len = l > sizeof env->id ? sizeof env->id : l;
+    memcpy(env->id, zmq_msg_data((zmq_msg_t *)&mm->m[0]), env->id_len);
+    if (mm->n >= 2 && zmq_msg_size((zmq_msg_t *)&mm->m[1]) == 0) {
+        env->delim = 1;
+        return 2;
+    }
+    return 1;
+}
+
+/* Sends [envelope][body] on a ROUTER socket, then drains (the send consumed
+ * the edge of ZMQ_FD). */
+void xc_svc_send_reply(xc_svc_t *s, void *sock, const xc_svc_envelope_t *env, const void *body, size_t len)
+{
+    int rc = zmq_send(sock, env->id, env->id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (rc >= 0 && env->delim) rc = zmq_send(sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (rc >= 0) rc = zmq_send(sock, body, len, ZMQ_DONTWAIT);
+    if (rc < 0) {
+        s->cnt.zmq_errors++;
+        xc_log(XC_LOG_WARN, "reply not sent: %s", zmq_strerror(errno));
+    }
+}
+
+/* ------------------------------------------------------------ draining -- */
+/* Handles up to DRAIN_BUDGET messages of one socket; 1 if more may wait. */
+static int drain_socket(xc_svc_t *s, void *sock, int is_ingest)
+{
+    xc_svc_mmsg_t mm;
+    for (int i = 0; i < DRAIN_BUDGET; i++) {
+        int ev = 0;
+        size_t el = sizeof ev;
+        if (!sock || s->closing) return 0;
+        if (zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &el) || !(ev & ZMQ_POLLIN)) return 0;
+        if (is_ingest && !s->stopping) {
+            if (s->ingest_blocked) return 0;
+            if (xc_queue_full(s->queue)) {
+                s->ingest_blocked = 1;
+                s->cnt.ingest_blocked++;
+                xc_log(XC_LOG_DEBUG, "queue full: ingest paused (backpressure)");
+                return 0;
+            }
+        }
+        int rc = mmsg_recv(sock, &mm);
+        if (rc == XC_EAGAIN) return 0;
+        if (rc) {
+            s->cnt.zmq_errors++;
+            xc_log(XC_LOG_WARN, "receive failed: %s", zmq_strerror(errno));
+            return 0;
+        }
+        if (mm.n > 0) {
+            if (is_ingest) xc_svc_handle_ingest(s, &mm);
+            else xc_svc_handle_control(s, &mm);
+        }
+        mmsg_close(&mm);
+    }
+    return 1;
+}
+
+static void idle_cb(uv_idle_t *h) { xc_svc_drain_all(h->data); }
+
+void xc_svc_drain_all(xc_svc_t *s)
+{
+    if (s->closing) return;
+    int more = drain_socket(s, s->control, 0);
+    more |= drain_socket(s, s->ingest, 1);
+    more |= drain_socket(s, s->control, 0); /* replies sent above may have eaten an edge */
+    if (more) uv_idle_start(&s->idle, idle_cb);
+    else uv_idle_stop(&s->idle);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) { xc_svc_drain_all(h->data); }
+
+/* ------------------------------------------------------------- timers -- */
+
+static void stats_cb(uv_timer_t *h)
+{
+    xc_svc_t *s = h->data;
+    xc_svc_publish_stats(s);
+    xc_svc_drain_all(s);
+}
+
+static void ckpt_cb(uv_timer_t *h)
+{
+    xc_svc_t *s = h->data;
+    if (!s->stopping) xc_trainer_request_checkpoint(s->trainer, "interval");
+}
+
+static void tick_cb(uv_timer_t *h)
+{
+    xc_svc_t *s = h->data;
+    xc_svc_flush_alerts(s, 0);
+    xc_svc_drain_all(s); /* safety net for a missed ZMQ_FD edge */
+}
+
+static void metrics_cb(uv_timer_t *h) { xc_svc_write_metrics(h->data); }
+
+/* systemd's watchdog: pinged from the loop, so a stalled loop gets restarted. */
+static void watchdog_cb(uv_timer_t *h) { sd_notify(0, "WATCHDOG=1"); }
+
+static void start_timers(xc_svc_t *s)
+{
+    uint64_t st = (uint64_t)(s->cfg.stats_interval * 1000.0);
+    uv_timer_start(&s->stats_timer, stats_cb, st, st);
+    uv_timer_stop(&s->ckpt_timer);
+    if (s->cfg.checkpoint_interval > 0) {
+        uint64_t ct = (uint64_t)(s->cfg.checkpoint_interval * 1000.0);
+        uv_timer_start(&s->ckpt_timer, ckpt_cb, ct, ct);
+    }
+    uv_timer_stop(&s->metrics_timer);
+    if (s->cfg.metrics_file[0]) {
+        uint64_t mt = (uint64_t)(s->cfg.metrics_interval * 1000.0);
+        uv_timer_start(&s->metrics_timer, metrics_cb, 0, mt); /* the first file at once */
+    }
+}
+
+/* ------------------------------------------------------------ shutdown -- */
+static void close_cb(uv_handle_t *h) {}
+
+static void close_handles(xc_svc_t *s)
+{
+    if (s->closing) return;
+    s->closing = 1;
+    uv_handle_t *hs[] = {(uv_handle_t *)&s->ingest_poll, (uv_handle_t *)&s->control_poll,
+                         (uv_handle_t *)&s->stats_timer, (uv_handle_t *)&s->ckpt_timer,
+                         (uv_handle_t *)&s->tick_timer,  (uv_handle_t *)&s->sig_term,
+                         (uv_handle_t *)&s->sig_int,     (uv_handle_t *)&s->sig_hup,
+                         (uv_handle_t *)&s->async,       (uv_handle_t *)&s->idle,
+                         (uv_handle_t *)&s->metrics_timer, (uv_handle_t *)&s->watchdog_timer};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (!uv_is_closing(hs[i])) uv_close(hs[i], close_cb);
+}
+
+void xc_svc_begin_shutdown(xc_svc_t *s, const char *why)
+{
+    if (s->stopping) {
+        xc_log(XC_LOG_INFO, "%s: already stopping (finishing the step and the final checkpoint)", why);
+        return;
+    }
+    s->stopping = 1;
+    xc_log(XC_LOG_INFO, "%s: stopping intake, finishing the current step, writing a checkpoint", why);
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping: finishing the step, writing the final checkpoint");
+    uv_timer_stop(&s->stats_timer);
+    uv_timer_stop(&s->ckpt_timer);
+    xc_trainer_stop(s->trainer);
+}
+
+
+static void async_cb(uv_async_t *h)
+{
+    xc_svc_t *s = h->data;
+    xc_ckpt_result_t ck;
+    uint64_t snap_gen = 0;
+    int ev = xc_trainer_poll(s->trainer, &ck, &snap_gen);
+    if (ev & XC_TR_EV_CKPT) xc_svc_publish_ckpt(s, &ck);
+    if (ev & XC_TR_EV_SCALING) xc_svc_publish_scaling(s);
+    if (ev & (XC_TR_EV_CKPT | XC_TR_EV_SNAPSHOT)) xc_svc_answer_pending(s, &ck, ev & XC_TR_EV_CKPT, snap_gen, 0);
+    if (ev & XC_TR_EV_STOPPED) {
+        xc_trainer_status_t ts;
+        xc_trainer_status(s->trainer, &ts);
+        s->result = (ev & XC_TR_EV_CKPT) && ck.rc == 0 ? XC_OK : (ev & XC_TR_EV_CKPT) ? ck.rc : XC_EIO;
+        xc_svc_answer_pending(s, &ck, 0, 0, XC_ESHUTDOWN);
+        xc_svc_flush_alerts(s, 1);
+        xc_svc_publish_stats(s);
+        xc_svc_write_metrics(s);
+        xc_queue_counts_t qc;
+        xc_queue_counts(s->queue, &qc);
+        xc_log(XC_LOG_INFO, "trainer stopped at step %ld; %llu acked tokens left untrained (%llu buffered, "
+               "%llu queued)", ts.m.step, (unsigned long long)(qc.tokens_buffered + qc.tokens_queued),
+               (unsigned long long)qc.tokens_buffered, (unsigned long long)qc.tokens_queued);
+        close_handles(s);
+        return;
+    }
+    if (s->ingest_blocked && !xc_queue_full(s->queue)) {
+        s->ingest_blocked = 0;
+        xc_log(XC_LOG_DEBUG, "queue has room: ingest resumed");
+    }
+    xc_svc_drain_all(s);
+}
+
+/* Trainer and queue callbacks: from the trainer thread. */
+static void wake_loop(void *ctx) { uv_async_send(&((xc_svc_t *)ctx)->async); }
+
+/* --------------------------------------------------------------- signals -- */
+int xc_svc_open_log(const char *path, char *why, size_t why_len)
+{
+    if (!path || !*path) return XC_OK;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        xc_why(why, why_len, "cannot open log file %s: %s", path, strerror(errno));
+        return XC_EIO;
+    }
+    fflush(stderr);
+    if (dup2(fd, STDERR_FILENO) < 0) {
+        xc_why(why, why_len, "cannot redirect stderr to %s: %s", path, strerror(errno));
+        close(fd);
+        return XC_EIO;
+    }
+    close(fd);
+    return XC_OK;
+}
+
+static void reload(xc_svc_t *s)
+{
+    xc_cfg_t next;
+    xc_cfg_cli_t cli;
+    char why[512], fixed[512];
+    int rc = xc_cfg_load(&next, s->argc, s->argv, &cli, why, sizeof why);
+    if (rc) {
+        xc_log(XC_LOG_ERROR, "SIGHUP: configuration not reloaded: %s", why);
+        return;
+    }
+    int n = xc_cfg_apply_reload(&s->cfg, &next, fixed, sizeof fixed);
+    xc_trainer_set_checkpoint_policy(s->trainer, (int)s->cfg.checkpoint_keep, s->cfg.checkpoint_steps);
+    if (xc_svc_open_log(s->cfg.log_file, why, sizeof why)) xc_log(XC_LOG_ERROR, "SIGHUP: %s", why);
+    xc_log_level_t lvl;
+    if (xc_log_parse_level(s->cfg.log_level, &lvl) == 0) xc_log_set_level(lvl);
+    if (!s->stopping) start_timers(s);
+    xc_log(XC_LOG_INFO, "SIGHUP: log reopened, %d key(s) reloaded", n);
+    if (fixed[0]) xc_log(XC_LOG_WARN, "SIGHUP: changed keys need a restart to take effect: %s", fixed);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    xc_svc_t *s = h->data;
+    if (signum == SIGHUP) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                   (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000ull);
+        reload(s);
+        sd_notify(0, "READY=1");
+    } else xc_svc_begin_shutdown(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ------------------------------------------------------------ lifecycle -- */
+static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const char *what, char *why,
+                       size_t wl)
+{
+    int linger = 1000;
+    void *z = zmq_socket(s->zctx, type); /* owned by s; closed in destroy */
+    if (!z) {
+        xc_why(why, wl, "cannot create the %s socket: %s", what, zmq_strerror(errno));
+        return XC_ESYS;
+    }
+    zmq_setsockopt(z, ZMQ_LINGER, &linger, sizeof linger);
+    if (type == ZMQ_ROUTER && strcmp(what, "ingest") == 0) {
+        int hwm = (int)s->cfg.ingest_hwm;
+        /* hard per-frame limit: ZeroMQ drops the peer beyond it; up to it we nack XC_ETOOBIG */
+        int64_t maxf = 2 * (int64_t)s->cfg.max_msg_bytes;
+        zmq_setsockopt(z, ZMQ_RCVHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
+    } else if (type == ZMQ_ROUTER) {
+        int64_t maxf = CONTROL_FRAME_MAX;
+        int sndhwm = CONTROL_SNDHWM;
+        zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
+        zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
+    }
+    if (zmq_bind(z, ep) < 0) {
+        xc_why(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));
+        zmq_close(z);
+        return XC_EIO;
+    }
+    *out = z;
+    return XC_OK;
+}
+
+/* One daemon per run_dir: an advisory lock on RUN_DIR/xcoderd.lock (an ipc://
+ * bind would silently steal another instance's socket files). */
+static int take_lock(xc_svc_t *s, char *why, size_t wl)
+{
+    char path[XC_CFG_STR_MAX + 80];
+    int rc = xc_mkdirs(s->cfg.run_dir, why, wl);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/xcoderd.lock", s->cfg.run_dir);
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->lock_fd < 0) {
+        xc_why(why, wl, "cannot open lock file %s: %s", path, strerror(errno));
+        return XC_EIO;
+    }
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB)) {
+        xc_why(why, wl, "another xcoderd instance runs with run_dir %s (lock %s held); give each "
+                "instance its own run_dir", s->cfg.run_dir, path);
+        return XC_ESTATE;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(s->lock_fd, 0) == 0 && write(s->lock_fd, pid, (size_t)n) < 0) { /* informative only */
+    }
+    return XC_OK;
+}
+
+
+xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char *why, size_t wl)
+{
+    xc_engine_config_t ec;
+    char *cj = NULL;
+    int rc;
+    xc_svc_t *s = calloc(1, sizeof *s); /* owned by the caller; xc_svc_destroy */
+    if (!s) {
+        *err = XC_ENOMEM;
+        xc_why(why, wl, "out of memory");
+        return NULL;
+    }
+    s->cfg = *cfg;
+    s->argc = argc;
+    s->argv = argv;
+    s->lock_fd = -1;
+    s->t_start = s->rate_t = xc_svc_mono_s();
+    s->t_start_unix = xc_svc_unix_s();
+    s->last_ckpt_step = -1;
+    xc_buf_init(&s->out);
+    for (int i = 0; i < XC_SVC_N_REFUSE; i++) s->log_budget[i] = XC_SVC_LOG_BUDGET;
+
+    if ((rc = take_lock(s, why, wl))) goto fail;
+    if ((rc = xc_mkdirs(s->cfg.state_dir, why, wl))) goto fail;
+    xc_cfg_engine(&s->cfg, &ec);
+    s->engine = xc_engine_new(&ec, &rc);
+    if (!s->engine) {
+        xc_why(why, wl, "cannot create the model (d = %ld, dict_size = %ld): %s", s->cfg.d,
+                s->cfg.dict_size, xc_strerror(rc));
+        goto fail;
+    }
+    rc = XC_ENOMEM;
+    s->queue = xc_queue_new(s->cfg.queue_size, wake_loop, s);
+    cj = xc_svc_config_json(&s->cfg);
+    if (!s->queue || !cj) {
+        xc_why(why, wl, "out of memory creating the queue");
+        goto fail;
+    }
+    xc_trainer_opts_t to;
+    memset(&to, 0, sizeof to);
+    to.mix_tokens = s->cfg.mix_tokens;
+    to.seed = (uint64_t)s->cfg.seed;
+    to.state_dir = s->cfg.state_dir;
+    to.name = s->cfg.name;
+    to.config_json = cj;
+    to.notify = wake_loop;
+    to.notify_ctx = s;
+    unsigned shm_mode = 0640;
+    xc_cfg_shm_mode(&s->cfg, &shm_mode);
+    to.shm_instance = strcmp(s->cfg.shm, "on") == 0 ? s->cfg.name : NULL;
+    to.shm_mode = shm_mode;
+    to.shm_interval = s->cfg.shm_interval;
+    xc_cfg_thresholds(&s->cfg, &to.thresholds);
+    to.checkpoint_keep = (int)s->cfg.checkpoint_keep;
+    to.checkpoint_steps = s->cfg.checkpoint_steps;
+    s->trainer = xc_trainer_new(s->engine, s->queue, &to, &rc);
+    free(cj);
+    cj = NULL;
+    if (!s->trainer) {
+        xc_why(why, wl, "cannot create the trainer (mixing buffer of %ld tokens): %s", s->cfg.mix_tokens,
+                xc_strerror(rc));
+        goto fail;
+    }
+    /* continue from the newest valid checkpoint (or --resume / --fresh) */
+    if ((rc = xc_trainer_resume(s->trainer, s->cfg.resume[0] ? s->cfg.resume : NULL, s->cfg.fresh, why, wl)))
+        goto fail;
+    s->zctx = zmq_ctx_new();
+    if (!s->zctx) {
+        rc = XC_ESYS;
+        xc_why(why, wl, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if ((rc = open_socket(s, &s->ingest, ZMQ_ROUTER, s->cfg.ingest, "ingest", why, wl)) ||
+        (rc = open_socket(s, &s->control, ZMQ_ROUTER, s->cfg.control, "control", why, wl)) ||
+        (rc = open_socket(s, &s->events, ZMQ_PUB, s->cfg.events, "events", why, wl)))
+        goto fail;
+    s->bound = 1;
+
+    int fd_in, fd_ctl;
+    size_t fl = sizeof(int);
+    if (zmq_getsockopt(s->ingest, ZMQ_FD, &fd_in, &fl) ||
+        zmq_getsockopt(s->control, ZMQ_FD, &fd_ctl, &(size_t){sizeof(int)})) {
+        rc = XC_ESYS;
+        xc_why(why, wl, "cannot get ZMQ_FD: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (uv_loop_init(&s->loop)) {
+        rc = XC_ESYS;
+        xc_why(why, wl, "cannot create the event loop");
+        goto fail;
+    }
+    s->handles_open = 1;
+    uv_poll_init(&s->loop, &s->ingest_poll, fd_in);
+    uv_poll_init(&s->loop, &s->control_poll, fd_ctl);
+    uv_timer_init(&s->loop, &s->stats_timer);
+    uv_timer_init(&s->loop, &s->ckpt_timer);
+    uv_timer_init(&s->loop, &s->tick_timer);
+    uv_timer_init(&s->loop, &s->metrics_timer);
+    uv_timer_init(&s->loop, &s->watchdog_timer);
+    uv_signal_init(&s->loop, &s->sig_term);
+    uv_signal_init(&s->loop, &s->sig_int);
+    uv_signal_init(&s->loop, &s->sig_hup);
+    uv_async_init(&s->loop, &s->async, async_cb);
+    uv_idle_init(&s->loop, &s->idle);
+    s->remote = xc_remote_new(&s->loop, s->cfg.state_dir, sizeof(xc_svc_envelope_t), xc_svc_remote_reply, s);
+    if (!s->remote) {
+        rc = XC_ENOMEM;
+        xc_why(why, wl, "out of memory");
+        goto fail;
+    }
+    s->ingest_poll.data = s->control_poll.data = s->stats_timer.data = s->ckpt_timer.data = s;
+    s->tick_timer.data = s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    s->async.data = s->idle.data = s;
+    s->metrics_timer.data = s->watchdog_timer.data = s;
+    *err = XC_OK;
+    return s;
+fail:
+    free(cj);
+    *err = rc ? rc : XC_EIO;
+    xc_svc_destroy(&s);
+    return NULL;
+}
+
+int xc_svc_run(xc_svc_t *s)
+{
+    int rc;
+    if ((rc = xc_trainer_start(s->trainer))) {
+        xc_log(XC_LOG_ERROR, "cannot start the trainer thread");
+        return rc;
+    }
+    uv_poll_start(&s->ingest_poll, UV_READABLE, poll_cb);
+    uv_poll_start(&s->control_poll, UV_READABLE, poll_cb);
+    uv_signal_start(&s->sig_term, signal_cb, SIGTERM);
+    uv_signal_start(&s->sig_int, signal_cb, SIGINT);
+    uv_signal_start(&s->sig_hup, signal_cb, SIGHUP);
+    uv_timer_start(&s->tick_timer, tick_cb, 100, 100);
+    start_timers(s);
+    xc_log(XC_LOG_INFO,
+           "xcoderd '%s' ready: %s d=%ld dict_size=%ld k=%ld batch_size=%ld; ingest %s, control %s, "
+           "events %s; checkpoints in %s",
+           s->cfg.name, s->cfg.model, s->cfg.d, s->cfg.dict_size, s->cfg.k, s->cfg.batch_size, s->cfg.ingest,
+           s->cfg.control, s->cfg.events, s->cfg.state_dir);
+    uint64_t wd_usec = 0;
+    if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+        uint64_t ms = wd_usec / 2000 ? wd_usec / 2000 : 1; /* half of WatchdogSec */
+        uv_timer_start(&s->watchdog_timer, watchdog_cb, ms, ms);
+        xc_log(XC_LOG_INFO, "systemd watchdog: WATCHDOG=1 every %llu ms", (unsigned long long)ms);
+    }
+    /* sockets bound and model initialised (xc_svc_new): clients may connect */
+    sd_notifyf(0, "READY=1\nSTATUS=ready: step 0, waiting for activations on %s", s->cfg.ingest);
+    s->result = XC_EIO;
+    xc_svc_drain_all(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    xc_trainer_join(s->trainer);
+    return s->result;
+}
+
+void xc_svc_destroy(xc_svc_t **ps)
+{
+    xc_svc_t *s = ps ? *ps : NULL;
+    if (!s) return;
+    if (s->trainer) { /* in case run was never called or returned early */
+        xc_trainer_stop(s->trainer);
+        xc_trainer_join(s->trainer);
+    }
+    if (s->handles_open) {
+        close_handles(s);
+        uv_run(&s->loop, UV_RUN_DEFAULT); /* runs the close callbacks */
+        uv_loop_close(&s->loop);
+    }
+    if (s->ingest) zmq_close(s->ingest);
+    if (s->control) zmq_close(s->control);
+    if (s->events) zmq_close(s->events);
+    if (s->zctx) zmq_ctx_term(s->zctx);
+    if (s->bound) { /* libzmq leaves ipc:// socket files behind; they are ours (we bound them) */
+        const char *eps[] = {s->cfg.ingest, s->cfg.control, s->cfg.events};
+        for (int i = 0; i < 3; i++)
+            if (strncmp(eps[i], "ipc://", 6) == 0 && eps[i][6] != '*' && eps[i][6] != '@')
+                unlink(eps[i] + 6);
+    }
+    xc_svc_pending_free_all(s);
+    xc_remote_destroy(&s->remote);
+    xc_trainer_destroy(&s->trainer);
+    xc_queue_destroy(&s->queue);
+    xc_engine_destroy(&s->engine);
+    if (s->lock_fd >= 0) close(s->lock_fd);
+    xc_buf_free(&s->out);
+    free(s);
+    *ps = NULL;
+}
+
