@@ -2,6 +2,10 @@
 # (unit tests twice: optimised, and under AddressSanitizer + UBSan); `make bench`;
 # `make demo`. Every target depends on `deps`, which apt-get installs what is missing.
 
+# `make` with no target builds everything (the rules below would otherwise make
+# the first library the default goal)
+.DEFAULT_GOAL := all
+
 CC      ?= cc
 PY      := /usr/bin/python3
 PKGS    := libzmq msgpack openblas libuv libsystemd
@@ -52,7 +56,7 @@ BINS       := $(if $(wildcard daemon/main.c),build/xcoderd) $(if $(CLI_SRC),buil
 .SECONDARY:
 
 .PHONY: all deps test bench demo clean
-all: build/libxcd.a $(BINS) $(TESTS) $(BENCHES)
+all: build/libxcd.a build/libxcoder.a $(BINS) $(TESTS) $(BENCHES)
 
 deps:
 	@bash scripts/deps.sh
