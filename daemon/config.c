@@ -32,6 +32,22 @@ static const xc_cfg_key_t g_keys[] = {
      "least severe log level written"},
     {"log_file", XC_CFG_STR, "", 0, 0, NULL, F(log_file), 1, "instance",
      "append log lines to this file instead of stderr; reopened on SIGHUP (log rotation)"},
+    /* security: CurveZMQ on tcp endpoints (README "Security") */
+    {"curve_secret_key", XC_CFG_STR, "", 0, 0, NULL, F(curve_secret_key), 0, "security",
+     "the daemon's CURVE key file (from `xcoderd --keygen BASE`: BASE.key, mode 0600); when set, "
+     "every tcp:// endpoint requires CURVE and a client key listed in an allow-list; empty = no "
+     "encryption or authentication"},
+    {"allow_producers", XC_CFG_STR, "", 0, 0, NULL, F(allow_producers), 1, "security",
+     "file of client public keys (one per line, or `cat NAME.pub >> FILE`) allowed to push batches"},
+    {"allow_readers", XC_CFG_STR, "", 0, 0, NULL, F(allow_readers), 1, "security",
+     "file of client public keys allowed to read: status, latent, top, table, events, metrics, "
+     "checkpoints, fetch of model files"},
+    {"allow_admins", XC_CFG_STR, "", 0, 0, NULL, F(allow_admins), 1, "security",
+     "file of client public keys allowed everything: pause, resume, checkpoint, scaling, shutdown, "
+     "fetch of training-state files (which hold producers' raw activations)"},
+    {"insecure_tcp", XC_CFG_ENUM, "off", 0, 0, "on|off", F(insecure_tcp), 0, "security",
+     "on: allow binding a non-loopback tcp address without curve_secret_key (anyone who reaches "
+     "it owns the daemon); the daemon refuses to start that way otherwise"},
     /* model and training */
     {"model", XC_CFG_ENUM, "batchtopk", 0, 0, "batchtopk|l1", F(model), 0, "model",
      "crosscoder kind: batchtopk (recommended) or l1 (the baseline with sparsity artefacts)"},

@@ -4,6 +4,8 @@
  * checkpoint written; 1 when the final checkpoint failed; 2 on a configuration
  * or start-up error. */
 #include "xc_config.h"
+#include "xc_error.h"
+#include "xc_keys.h"
 #include "xc_log.h"
 #include "xc_service.h"
 
@@ -19,6 +21,21 @@ int main(int argc, char **argv)
     int err;
 
     signal(SIGPIPE, SIG_IGN);
+    if (argc >= 2 && strcmp(argv[1], "--keygen") == 0) {
+        /* the daemon's CURVE key pair: BASE.key (secret, 0600) and BASE.pub */
+        xc_keypair_t kp;
+        if (argc != 3) {
+            fprintf(stderr, "usage: xcoderd --keygen BASE  (writes BASE.key and BASE.pub)\n");
+            return 2;
+        }
+        if (xc_keys_generate(&kp, why, sizeof why) || xc_keys_write(argv[2], &kp, why, sizeof why)) {
+            fprintf(stderr, "xcoderd: %s\n", why);
+            return 2;
+        }
+        printf("wrote %s.key (secret, mode 0600) and %s.pub\npublic key: %s\n", argv[2], argv[2],
+               kp.public_z85);
+        return 0;
+    }
     if (xc_cfg_load(&cfg, argc, argv, &cli, why, sizeof why)) {
         fprintf(stderr, "xcoderd: %s\n", why);
         return 2;

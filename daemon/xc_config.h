@@ -27,6 +27,10 @@ typedef struct {
     char events[XC_CFG_STR_MAX];
     char log_level[16];
     char log_file[XC_CFG_STR_MAX];
+    /* security */
+    char curve_secret_key[XC_CFG_STR_MAX];
+    char allow_producers[XC_CFG_STR_MAX], allow_readers[XC_CFG_STR_MAX], allow_admins[XC_CFG_STR_MAX];
+    char insecure_tcp[8];
     /* model and training (passed to the engine) */
     char model[16];
     long d, dict_size, k, batch_size;

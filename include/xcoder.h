@@ -243,6 +243,13 @@ typedef struct {
     int window;            /* batches in flight before push waits (default 8) */
     int timeout_ms;        /* push window wait / request reply / flush; < 0 = forever
                               (default 30000) */
+    /* CurveZMQ on tcp:// endpoints (a daemon with curve_secret_key): the server's
+     * public key (Z85 text, or the path of its .pub file) and this client's key
+     * file (BASE.key from `xcoder keygen BASE`, mode 0600). NULL = from
+     * $XCODER_SERVER_KEY / $XCODER_CLIENT_KEY; no server key = plain tcp.
+     * ipc:// endpoints never use them (file permissions protect them). */
+    const char *server_key;
+    const char *client_key;
 } xc_client_options_t;
 
 /* Defaults: run_dir from $XCODER_RUN_DIR when set (else NULL: derived from the
@@ -262,6 +269,8 @@ const char *xc_client_system_run_root(void);
  * with *err (may be NULL) = XC_EINVAL (bad option) / XC_ENOMEM / XC_ESYS. The
  * caller owns the client: xc_client_destroy(&c). */
 xc_client_t *xc_client_new(const xc_client_options_t *o, int *err);
+/* Why the last xc_client_new on this thread failed ("" if it did not). */
+const char *xc_client_new_error(void);
 /* Closes the sockets (batches not yet acked are dropped: xc_client_flush
  * first) and frees the client; sets *c = NULL. NULL-safe. */
 void xc_client_destroy(xc_client_t **c);

@@ -142,6 +142,12 @@ static const xc_cli_cmd_t commands[] = {
      "matches the decoder against the planted features of `xcoder synth` (same --seed\n"
      "and shape options) to say how well they were recovered.",
      report_opts, 0, 0, 1, xc_cli_cmd_report},
+    {"keygen", "BASE", "make a CURVE key pair: BASE.key (secret, mode 0600) and BASE.pub",
+     "For tcp endpoints of a daemon with curve_secret_key: give BASE.pub to the daemon's\n"
+     "operator (who appends it to allow_producers, allow_readers or allow_admins) and use\n"
+     "--key BASE.key (or XCODER_CLIENT_KEY) with --server-key (or XCODER_SERVER_KEY).\n"
+     "Existing files are never overwritten.",
+     no_opts, 1, 1, 0, xc_cli_cmd_keygen},
     XC_CLI_REMOTE_COMMANDS /* checkpoints, fetch, table (remote.c) */
     XC_CLI_CKPT_COMMANDS   /* inspect, export (ckpt.c) */
 };
@@ -158,6 +164,9 @@ static const xc_cli_optdef_t global_opts[] = {
     {"ingest", "URI", "ingest endpoint, e.g. tcp://127.0.0.1:5555"},
     {"control", "URI", "control endpoint"},
     {"events", "URI", "events endpoint"},
+    {"server-key", "KEY", "the daemon's CURVE public key (Z85, or its .pub file) for tcp endpoints "
+                          "(default $XCODER_SERVER_KEY)"},
+    {"key", "FILE", "this client's CURVE key file BASE.key from `xcoder keygen` (default $XCODER_CLIENT_KEY)"},
     {"timeout", "S", "seconds to wait for the daemon (default 30; 0 = forever)"},
     {"json", NULL, "machine-readable JSON output (query commands)"},
     {"verbose", NULL, "say on stderr where data came from (also -v)"},
@@ -220,6 +229,8 @@ static int set_global(xc_cli_args_t *a, const char *name, const char *v)
     else if (!strcmp(name, "endpoint") || !strcmp(name, "control")) a->control = v;
     else if (!strcmp(name, "ingest")) a->ingest = v;
     else if (!strcmp(name, "events")) a->events = v;
+    else if (!strcmp(name, "server-key")) a->server_key = v;
+    else if (!strcmp(name, "key")) a->client_key = v;
     else if (!strcmp(name, "json")) a->json = 1;
     else if (!strcmp(name, "verbose")) a->verbose = 1;
     else if (!strcmp(name, "pretty")) a->pretty = a->json = 1;
@@ -432,11 +443,14 @@ xc_client_t *xc_cli_client(const xc_cli_args_t *a, int window)
     o.ingest = a->ingest;
     o.control = a->control;
     o.events = a->events;
+    o.server_key = a->server_key;
+    o.client_key = a->client_key;
     o.timeout_ms = xc_cli_timeout_ms(a);
     if (window > 0) o.window = window;
     int err = 0;
     xc_client_t *c = xc_client_new(&o, &err);
-    if (!c) xc_cli_err(a, "cannot create a client: %s", xc_strerror(err));
+    if (!c) xc_cli_err(a, "cannot create a client: %s", xc_client_new_error()[0] ? xc_client_new_error()
+                                                                                : xc_strerror(err));
     else xc_client_set_cancel_flag(c, &xc_cli_stop);
     return c;
 }

@@ -30,6 +30,7 @@ typedef struct {
     const struct xc_cli_cmd *cmd;
     /* global options */
     const char *run_dir, *name, *ingest, *control, *events;
+    const char *server_key, *client_key; /* --server-key, --key (CurveZMQ on tcp) */
     double timeout_s;
     int json, pretty;
     int verbose; /* -v / --verbose: say on stderr where data came from */
@@ -144,6 +145,7 @@ int xc_cli_cmd_config(xc_cli_args_t *a);
 int xc_cli_cmd_watch(xc_cli_args_t *a);
 int xc_cli_cmd_events(xc_cli_args_t *a);
 int xc_cli_cmd_metrics(xc_cli_args_t *a);
+int xc_cli_cmd_keygen(xc_cli_args_t *a);
 int xc_cli_cmd_synth(xc_cli_args_t *a);
 int xc_cli_cmd_report(xc_cli_args_t *a);
 

@@ -3,6 +3,7 @@
  * and parsed only by proto/ (xc_proto_*); this file moves them. */
 #include "xcoder.h"
 #include "xc_client_internal.h"
+#include "xc_keys.h"
 #include "xc_proto.h"
 
 #include <errno.h>
@@ -46,6 +47,11 @@ struct xc_client {
     /* control */
     int64_t next_id;
 
+    /* CurveZMQ for tcp:// endpoints; curve == 0: plain */
+    int curve;
+    xc_keypair_t key;
+    char server_pub[XC_KEY_Z85_LEN + 1];
+
     xc_buf_t buf;                 /* scratch for encoding */
     char err[768];
 };
@@ -74,6 +80,35 @@ void xc_client_options_default(xc_client_options_t *o)
     o->name = NULL;
     o->window = 8;
     o->timeout_ms = 30000;
+    o->server_key = NULL;
+    o->client_key = NULL;
+}
+
+static __thread char g_new_err[600];
+
+const char *xc_client_new_error(void) { return g_new_err; }
+
+/* Loads the CurveZMQ keys named by the options or the environment. */
+static int load_curve(xc_client_t *c, const xc_client_options_t *o)
+{
+    const char *srv = o->server_key ? o->server_key : getenv("XCODER_SERVER_KEY");
+    const char *cli = o->client_key ? o->client_key : getenv("XCODER_CLIENT_KEY");
+    if (!srv || !*srv) return XC_OK;
+    int rc = xc_keys_public_from(srv, c->server_pub, g_new_err, sizeof g_new_err);
+    if (rc) return rc;
+    if (!cli || !*cli) {
+        xc_why(g_new_err, sizeof g_new_err, "a server key is set but no client key: give this client a key "
+               "file (--key BASE.key or XCODER_CLIENT_KEY; make one with `xcoder keygen BASE`)");
+        return XC_EINVAL;
+    }
+    if ((rc = xc_keys_read(cli, &c->key, g_new_err, sizeof g_new_err))) return rc;
+    if (!c->key.secret_z85[0]) {
+        xc_why(g_new_err, sizeof g_new_err, "client key %s holds no secret key (give the .key file, not the .pub)",
+               cli);
+        return XC_EINVAL;
+    }
+    c->curve = 1;
+    return XC_OK;
 }
 
 /* Mirrors the daemon's derivation (daemon/config.c, xc_cfg_finalize). */
@@ -119,6 +154,7 @@ xc_client_t *xc_client_new(const xc_client_options_t *o, int *err)
         o = &def;
     }
     char derived[512];
+    g_new_err[0] = 0;
     const char *run_dir = o->run_dir;
     if (!run_dir || !*run_dir) {
         if (xc_client_default_run_dir(o->name, derived, sizeof derived) != XC_OK) {
@@ -134,6 +170,8 @@ xc_client_t *xc_client_new(const xc_client_options_t *o, int *err)
     }
     xc_client_t *c = calloc(1, sizeof *c);
     if (!c) goto out;
+    if ((rc = load_curve(c, o))) goto out_free_client;
+    rc = XC_ENOMEM;
     c->window = o->window ? o->window : 8;
     c->timeout_ms = o->timeout_ms;
     if (o->producer) snprintf(c->producer, sizeof c->producer, "%s", o->producer);
@@ -169,6 +207,7 @@ void xc_client_destroy(xc_client_t **cp)
         free(c->endpoint[i]);
     }
     if (c->zctx) zmq_ctx_term(c->zctx);
+    explicit_bzero(&c->key, sizeof c->key); /* the secret key does not outlive the client */
     xc_buf_free(&c->buf);
     free(c);
     *cp = NULL;
@@ -201,6 +240,15 @@ static int ensure_socket(xc_client_t *c, sock_kind_t k)
     if (!s) return set_err(c, XC_ESYS, "cannot create the %s socket: %s", sock_names[k], zmq_strerror(errno));
     int linger = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    if (c->curve && strncmp(c->endpoint[k], "tcp://", 6) == 0 &&
+        (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, c->server_pub, XC_KEY_Z85_LEN) ||
+         zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->key.public_z85, XC_KEY_Z85_LEN) ||
+         zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->key.secret_z85, XC_KEY_Z85_LEN))) {
+        int e = errno;
+        zmq_close(s);
+        return set_err(c, XC_ESYS, "cannot set the CURVE keys on the %s socket: %s", sock_names[k],
+                       zmq_strerror(e));
+    }
     if (zmq_connect(s, c->endpoint[k]) != 0) {
         int e = errno;
         zmq_close(s);
