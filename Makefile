@@ -81,15 +81,22 @@ build/js.stamp: client/js/package.json client/js/package-lock.json | deps
 	cd client/js && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The web dashboard's packages (uPlot, served to the browser; playwright-core, which
+# drives Debian's Chromium in tests/integ_dashboard.sh), pinned by its own lockfile.
+build/dashboard.stamp: client/js/dashboard/package.json client/js/dashboard/package-lock.json | deps
+	@mkdir -p build
+	cd client/js/dashboard && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Unit tests: optimised build first, then the sanitizer build.
-test: all $(ASAN_TESTS) build/asan/xcoderd build/js.stamp
+test: all $(ASAN_TESTS) build/asan/xcoderd build/js.stamp build/dashboard.stamp
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  bash tests/run.sh $(TESTS) $(ASAN_TESTS) $(INTEG)
 
 bench: all
 	@for b in $(BENCHES); do $$b || exit 1; done
 
-demo: all
+demo: all build/js.stamp build/dashboard.stamp
 	@bash scripts/demo.sh
 
 clean:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: xcoderd end to end in under 3 minutes on 2 cores.
 #  1. starts build/xcoderd in a temporary run dir with a small demo model,
+#     and the web dashboard (client/js/dashboard), printing its URL,
 #  2. streams `xcoder synth` (planted shared / chat-only / base-only features) into it,
 #  3. shows `xcoder watch` (live view) while it trains,
 #  4. runs an exact Latent Scaling pass (`xcoder scaling`): which chat-only latents are
@@ -9,7 +10,9 @@
 #     the top chat-only latents, and how well the planted features were recovered,
 #  6. shuts the daemon down cleanly (it writes a final checkpoint and exits 0).
 # Environment: DEMO_SECONDS (training time, default 45), DEMO_RATE (synth tokens/s,
-# default 100000: features emerge over ~20 s), DEMO_KEEP=1 keeps the temp dir.
+# default 100000: features emerge over ~20 s), DEMO_KEEP=1 keeps the temp dir,
+# DEMO_DASHBOARD_PORT (default 0: a free port; DEMO_DASHBOARD=0: no dashboard),
+# DEMO_LINGER (seconds to keep the daemon and dashboard up after the report, default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 XC=build/xcoder
@@ -28,8 +31,10 @@ T=$(mktemp -d /tmp/xcoder-demo.XXXXXX)
 RUN="$T/run"
 DPID=""
 SPID=""
+WPID=""
 cleanup() {
   [ -n "$SPID" ] && kill "$SPID" 2>/dev/null || true
+  [ -n "$WPID" ] && kill "$WPID" 2>/dev/null || true
   if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then
     kill -TERM "$DPID" 2>/dev/null || true
     sleep 2
@@ -79,6 +84,22 @@ for _ in $(seq 1 100); do
 done
 X ping
 
+# The web dashboard: a Node.js process on the JS client, bound to 127.0.0.1.
+if [ "${DEMO_DASHBOARD:-1}" != 0 ]; then
+  if command -v node >/dev/null 2>&1 && [ -d client/js/node_modules/zeromq ] && [ -d client/js/dashboard/node_modules/uplot ]; then
+    node client/js/dashboard/server.js --run-dir "$RUN" --port "${DEMO_DASHBOARD_PORT:-0}" >"$T/dashboard.out" 2>&1 &
+    WPID=$!
+    for _ in $(seq 1 50); do grep -q '^dashboard: http' "$T/dashboard.out" 2>/dev/null && break; sleep 0.1; done
+    if URL=$(grep -m1 -o 'http://[^ ]*' "$T/dashboard.out"); then
+      bold "dashboard: $URL  (open it in a browser: it follows the run live)"
+    else
+      echo "demo: the dashboard did not start:" >&2; cat "$T/dashboard.out" >&2; WPID=""
+    fi
+  else
+    echo "demo: no dashboard (needs node and: make build/js.stamp build/dashboard.stamp)" >&2
+  fi
+fi
+
 bold "2. streaming synthetic activations: 24 shared, 10 chat-only, 6 base-only, 10 shrunk planted features (seed $SEED)"
 "$XC" --run-dir "$RUN" synth "${FEATS[@]}" --batch 512 --rate "${DEMO_RATE:-100000}" --quiet >"$T/synth.out" 2>&1 &
 SPID=$!
@@ -104,6 +125,11 @@ echo "checkpoint: $CK ($(du -h "$CK" | cut -f1))"
 X status
 echo
 X report --checkpoint "$CK" "${FEATS[@]}" --top 10
+
+if [ "${DEMO_LINGER:-0}" != 0 ]; then
+  bold "keeping the daemon${WPID:+ and the dashboard ($URL)} up for ${DEMO_LINGER}s"
+  sleep "$DEMO_LINGER"
+fi
 
 bold "6. shutting down"
 X shutdown --wait

@@ -7,7 +7,9 @@ pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libu
       # service tests (tests/integ_service.py, integ_install.sh): systemd-analyze and
       # systemd-sysusers; the text-format parser of prometheus_client (200 kB, where the
       # prometheus package with promtool is 96 MB); groff to lint the man pages
-      systemd python3-prometheus-client groff-base)
+      systemd python3-prometheus-client groff-base
+      # the web dashboard's browser test (tests/integ_dashboard.sh) drives Debian's Chromium
+      chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,240 @@
+#!/usr/bin/env node
+"use strict";
+// The dashboard in a real browser (tests/integ_dashboard.sh runs this): a
+// build/xcoderd on tcp://127.0.0.1, `build/xcoder synth` feeding it, the
+// dashboard server, and Debian's Chromium driven headless by playwright-core.
+// Prints "ok - dashboard ..." / "not ok - dashboard ...: why" lines (the
+// format tests/run.sh counts) and exits 1 if any check failed. Screenshots of
+// each page go to $DASH_ARTEFACTS (default build/dashboard).
+// Environment: CHROMIUM (default /usr/bin/chromium), XCODERD, XCODER.
+
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
+const net = require("node:net");
+const { spawn, execFileSync } = require("node:child_process");
+
+const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
+const XCODERD = process.env.XCODERD || path.join(ROOT, "build", "xcoderd");
+const XCODER = process.env.XCODER || path.join(ROOT, "build", "xcoder");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const OUT = path.resolve(ROOT, process.env.DASH_ARTEFACTS || "build/dashboard");
+
+let fails = 0;
+const ok = (name) => console.log(`ok - dashboard ${name}`);
+const nok = (name, why) => { console.log(`not ok - dashboard ${name}: ${String(why).replace(/\s+/g, " ").slice(0, 400)}`); fails++; };
+const check = (name, cond, why) => (cond ? ok(name) : nok(name, why));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+const procs = new Set();
+function start(cmd, args, logFile) {
+  const fd = fs.openSync(logFile, "a");
+  const p = spawn(cmd, args, { stdio: ["ignore", fd, fd] });
+  fs.closeSync(fd);
+  procs.add(p);
+  p.exited = new Promise((r) => p.on("exit", (code, sig) => { procs.delete(p); r(sig ? `signal ${sig}` : code); }));
+  return p;
+}
+function killAll() { for (const p of procs) try { p.kill("SIGKILL"); } catch { /* gone */ } }
+process.on("exit", killAll);
+
+async function waitFor(what, fn, timeout = 15000, every = 100) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
+    await sleep(every);
+  }
+}
+
+async function main() {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xcdash."));
+  fs.mkdirSync(OUT, { recursive: true });
+  const [pi, pc, pe] = [await freePort(), await freePort(), await freePort()];
+  const ep = { ingest: `tcp://127.0.0.1:${pi}`, control: `tcp://127.0.0.1:${pc}`, events: `tcp://127.0.0.1:${pe}` };
+  const daemonArgs = ["--run_dir", path.join(tmp, "run"), "--state_dir", path.join(tmp, "state"), "--name", `dash${process.pid}`,
+    "--ingest", ep.ingest, "--control", ep.control, "--events", ep.events, "--shm", "off",
+    "--d", "64", "--dict_size", "512", "--k", "4", "--batch_size", "256", "--lr", "4e-4", "--warmup_steps", "100",
+    "--threshold_start_step", "300", "--dead_tokens", "1000000", "--threads", "1", "--mix_tokens", "4096",
+    "--queue_size", "16", "--stats_interval", "0.25", "--checkpoint_interval", "0", "--log_level", "info"];
+  const xc = (...args) => execFileSync(XCODER, ["--control", ep.control, "--events", ep.events, "--ingest", ep.ingest, "--timeout", "20", ...args],
+    { encoding: "utf8" });
+  const xcJson = (...args) => JSON.parse(xc("--json", ...args));
+  const startDaemon = async () => {
+    const d = start(XCODERD, daemonArgs, path.join(tmp, "daemon.log"));
+    await waitFor("the daemon's ping", () => { xc("--timeout", "0.3", "ping"); return true; }, 15000, 200);
+    return d;
+  };
+  const startSynth = () => start(XCODER, ["--ingest", ep.ingest, "--control", ep.control, "synth", "--seed", "7", "--shared", "24",
+    "--chat-only", "10", "--base-only", "6", "--shrunk", "10", "--shrunk-scale", "0.4", "--batch", "512", "--rate", "0", "--quiet"],
+  path.join(tmp, "synth.log"));
+
+  let daemon = await startDaemon();
+  let synth = startSynth();
+  const tokenFile = path.join(tmp, "admin.token");
+  const token = "t" + require("node:crypto").randomBytes(20).toString("hex");
+  fs.writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
+  const dash = start(process.execPath, [path.join(__dirname, "..", "server.js"), "--control", ep.control, "--events", ep.events,
+    "--port", "0", "--poll", "0.5", "--admin-token-file", tokenFile], path.join(tmp, "dashboard.log"));
+  const url = await waitFor("the dashboard's URL", () => {
+    const m = /dashboard: (http:\/\/\S+)/.exec(fs.readFileSync(path.join(tmp, "dashboard.log"), "utf8"));
+    return m && m[1];
+  });
+  check("server prints its URL on 127.0.0.1", /^http:\/\/127\.0\.0\.1:\d+\/$/.test(url), url);
+
+  const { chromium } = require("playwright-core");
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "xcdash-chromium."));
+  const ctx = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, headless: true, viewport: { width: 1280, height: 900 },
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+  const page = ctx.pages()[0] || await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  const external = [];
+  page.on("request", (r) => { if (!r.url().startsWith(url)) external.push(r.url()); });
+  const num = async (sel) => Number(await page.getAttribute(sel, "data-value"));
+  try {
+    // ------------------------------------------------------------ overview
+    await page.goto(url);
+    await page.waitForSelector("#sum-step[data-value]:not([data-value=''])");
+    await waitFor("training to start", async () => (await num("#sum-step")) > 0);
+    const s1 = await num("#sum-step");
+    await sleep(1500);
+    const s2 = await num("#sum-step");
+    check("overview: the step advances between two reads", s2 > s1, `${s1} then ${s2}`);
+    const pts = await page.evaluate(() => window.xcDash.charts.loss && window.xcDash.charts.loss.data[0].length);
+    check("overview: loss, FVE, L0, dead, tokens/s, queue, refusals charts drawn with live points",
+      pts >= 2 && (await page.locator("#ts-charts .chart").count()) === 7, `${pts} points`);
+    check("overview: run configuration shown", (await page.textContent("#config")).includes("dict_size"), "no dict_size row");
+    check("overview: read-only without the admin token", await page.isHidden("#admin"), "admin panel visible");
+    const denied = await page.evaluate(async () => (await fetch("/api/checkpoint", { method: "POST" })).status);
+    check("admin request without the credential refused (403)", denied === 403, `HTTP ${denied}`);
+    await page.screenshot({ path: path.join(OUT, "overview.png") });
+
+    // ------------------------- features learnt, exact pass, then a paused model
+    const t0 = Date.now();
+    await waitFor("chat-only latents to appear", () => xcJson("status").classes.chat_only >= 5, 40000, 500);
+    process.stderr.write(`dashboard test: 5 chat-only latents after ${((Date.now() - t0) / 1000).toFixed(1)} s more\n`);
+    xc("scaling", "--tokens", "100000", "--wait");
+    xc("pause");
+    const st = await waitFor("a paused daemon", () => { const s = xcJson("status"); return s.paused && s.state === "paused" && s; });
+    await sleep(300);
+    const status = xcJson("status");
+    const alive = status.config.dict_size - status.classes.dead;
+
+    // ------------------------------------------------------------- latents
+    await page.keyboard.press("2");
+    await waitFor("the latents page at the paused step", async () =>
+      (await page.isVisible("#page-latents")) && (await page.textContent("#tab-step")).replace(/,/g, "") === String(status.step), 15000);
+    const histSum = await page.evaluate(() => window.xcDash.charts.hist.data[1].reduce((a, b) => a + b, 0));
+    check("latents: histogram bars sum to the alive latents of status", histSum === alive && (await num("#hist-sum")) === alive,
+      `bars ${histSum}, status ${alive} (step ${status.step} vs ${st.step})`);
+    const nPts = await page.locator("#scatter circle.pt").count();
+    check("latents: scatter has one point per chat-only latent", nPts === status.classes.chat_only && nPts > 0,
+      `${nPts} points, status chat_only ${status.classes.chat_only}`);
+    const nExact = await page.locator("#scatter circle.pt.exact").count();
+    const fills = await page.evaluate(() => ["exact", "running"].map((c) => {
+      const e = document.querySelector(`#scatter circle.pt.${c}`);
+      return e ? getComputedStyle(e).fill : null;
+    }));
+    check("latents: exact-pass points drawn distinctly from running ones",
+      nExact > 0 && fills[0] !== "rgb(255, 255, 255)" && fills[0] !== fills[1], `${nExact} exact points, fills ${fills}`);
+    check("latents: chat-specific region shaded", (await page.locator("#scatter rect.region").count()) === 1, "no region");
+    // sort by Δnorm (ascending, then descending with a second press), filter chat-only
+    await page.click("#latents thead button[data-key=delta_norm]");
+    await page.selectOption("#f-class", "chat_only");
+    const shown = await page.locator("#latents tbody tr").count();
+    check("latents: the table filters to the chat-only latents", shown === status.classes.chat_only, `${shown} rows`);
+    const ds = await page.$$eval("#latents tbody tr td:nth-child(3) .n", (els) => els.map((e) => Number(e.dataset.value)));
+    check("latents: the table sorts by Δnorm", ds.every((v, i) => i === 0 || ds[i - 1] >= v) || ds.every((v, i) => i === 0 || ds[i - 1] <= v), ds.join(","));
+    await page.screenshot({ path: path.join(OUT, "latents.png"), fullPage: true });
+
+    // -------------------------------------------------------- a latent page
+    // a latent whose ν comes from the exact pass, so both kinds are compared
+    const link = page.locator("#latents tbody tr", { has: page.locator("td:nth-child(8)", { hasText: "exact" }) }).locator("a").first();
+    const j = Number(await link.textContent());
+    await link.focus();
+    await page.keyboard.press("Enter"); // keyboard: the table's links open latent pages
+    await waitFor("latent page", async () => (await page.isVisible("#page-latent")) && (await page.locator("#lat-stats dd[data-field=delta_norm]").count()) === 1);
+    check("latent page: opened from the table", (await page.evaluate(() => location.hash)) === `#/latent/${j}`, await page.evaluate(() => location.hash));
+    const cli = xcJson("latent", String(j));
+    const close = (a, b) => (a == null || Number.isNaN(a) ? b == null : b != null && Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b)));
+    const pv = async (f) => { const v = await page.getAttribute(`#page-latent [data-field=${f}]`, "data-value"); return v === "" || v == null ? null : Number(v); };
+    const got = { d: await pv("delta_norm"), re: await pv("running_nu_err"), rr: await pv("running_nu_rec"), xe: await pv("exact_nu_err"), xr: await pv("exact_nu_rec") };
+    const want = { d: cli.stats.delta_norm, re: cli.stats.scaling.nu_err, rr: cli.stats.scaling.nu_rec,
+      xe: cli.stats.scaling_exact?.nu_err ?? null, xr: cli.stats.scaling_exact?.nu_rec ?? null };
+    check("latent page: Δnorm and ν (running and exact) equal `xcoder latent J --json`",
+      Object.keys(want).every((k) => close(got[k], want[k])) && want.xe != null, `page ${JSON.stringify(got)} cli ${JSON.stringify(want)}`);
+    const ex = await page.textContent("#lat-examples");
+    check("latent page: examples shown, or said to be unavailable", /not available|no examples|\d/.test(ex), ex);
+    await page.screenshot({ path: path.join(OUT, "latent.png"), fullPage: true });
+    await page.keyboard.press("]");
+    await waitFor("the next latent by keyboard", async () => (await page.evaluate(() => location.hash)) === `#/latent/${j + 1}`, 3000);
+    ok("keyboard: 2 opens the latents page, Enter a latent, ] the next one");
+
+    // ------------------------------------------------------------- admin
+    xc("resume");
+    await page.goto(`${url}#admin=${token}`);
+    await page.waitForSelector("#admin:not([hidden])", { timeout: 5000 }).catch(() => {});
+    const adminShown = await page.isVisible("#admin");
+    if (adminShown) {
+      await page.click("#b-checkpoint");
+      await waitFor("the checkpoint reply", async () => /checkpoint written/.test(await page.textContent("#admin-out")), 20000).catch(() => {});
+    }
+    const out = adminShown ? await page.textContent("#admin-out") : "";
+    check("admin: with the credential, the checkpoint button writes a checkpoint", adminShown && /checkpoint written/.test(out), adminShown ? out : "panel hidden");
+    await waitFor("the checkpoint listed", async () => (await page.locator("#ckpts tbody tr td.age").count()) >= 1, 5000).catch(() => {});
+    check("overview: checkpoints listed with their age", (await page.locator("#ckpts tbody tr td.age").count()) >= 1, await page.textContent("#ckpts"));
+
+    // ----------------------------------------------------- daemon restart
+    const before = await num("#sum-step");
+    daemon.kill("SIGTERM");
+    const rc = await daemon.exited;
+    await waitFor("the page to say the daemon is gone", async () => (await page.getAttribute("#conn", "data-state")) === "down", 10000)
+      .then(() => ok("restart: the page says the daemon is not answering"), (e) => nok("restart: the page says the daemon is not answering", e.message));
+    await page.screenshot({ path: path.join(OUT, "disconnected.png") });
+    daemon = await startDaemon();
+    if (synth.exitCode !== null || synth.signalCode !== null) synth = startSynth();
+    await waitFor("the page to say it reconnected", async () => (await page.getAttribute("#conn", "data-state")) === "reconnected", 15000)
+      .then(async () => check("restart: the page says it reconnected (and that the daemon restarted)",
+        /restarted/.test(await page.textContent("#conn")), await page.textContent("#conn")),
+      (e) => nok("restart: the page says it reconnected", e.message));
+    const after = await waitFor("the step to advance after the restart", async () => { const s = await num("#sum-step"); return s > before && s; }, 15000).catch((e) => e.message);
+    check("restart: live again, the step advances past the last one before it", typeof after === "number", `${after} (before ${before}, daemon exit ${rc})`);
+    await page.screenshot({ path: path.join(OUT, "reconnected.png") });
+
+    check("no script errors in the page", errors.length === 0, errors.join("; "));
+    check("nothing loaded from outside the dashboard (works offline)", external.length === 0, external.join(" "));
+    let bytes = 0;
+    for (const f of ["vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "app.js", "style.css", ""]) bytes += (await (await fetch(url + f)).arrayBuffer()).byteLength;
+    check(`page weight ${(bytes / 1024).toFixed(0)} KiB (< 300 KB)`, bytes < 300000, `${bytes} bytes`);
+  } catch (e) {
+    nok("browser session", e.stack || e.message);
+    try { await page.screenshot({ path: path.join(OUT, "failure.png"), fullPage: true }); } catch { /* closed */ }
+    process.stderr.write(fs.readFileSync(path.join(tmp, "dashboard.log"), "utf8").slice(-2000));
+  } finally {
+    await ctx.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+    dash.kill("SIGTERM");
+    synth.kill("SIGTERM");
+    daemon.kill("SIGTERM");
+    await Promise.race([daemon.exited, sleep(10000)]);
+    killAll();
+    if (fails === 0) fs.rmSync(tmp, { recursive: true, force: true });
+    else process.stderr.write(`dashboard test: files kept in ${tmp}\n`);
+  }
+  process.exit(fails ? 1 : 0);
+}
+
+main().catch((e) => { nok("setup", e.stack || e.message); killAll(); process.exit(1); });
