@@ -14,8 +14,11 @@ BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread -Iinclude -Iproto -Idaemon -Ien
 OPT     := -O2 -g
 SANFL   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
+# oneDNN (libdnnl-dev) runs the reduced-precision encoder scoring (engine/score.c);
+# without it (or with XC_NO_DNNL=1) the engine is fp32 only. It runs on OpenMP.
+DNNL       := $(if $(XC_NO_DNNL),,$(wildcard /usr/include/oneapi/dnnl/dnnl.h))
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(if $(DNNL),-DXC_HAVE_DNNL)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(if $(DNNL),-ldnnl -lgomp) -lm -pthread
 
 PROTO_SRC  := $(wildcard proto/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c engine/*.c))

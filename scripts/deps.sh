@@ -9,7 +9,9 @@ pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libu
       # prometheus package with promtool is 96 MB); groff to lint the man pages
       systemd python3-prometheus-client groff-base
       # the web dashboard's browser test (tests/integ_dashboard.sh) drives Debian's Chromium
-      chromium)
+      chromium
+      # oneDNN: int8 (VNNI) / bf16 encoder scoring (engine/score.c); optional at build time
+      libdnnl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

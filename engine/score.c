@@ -1,0 +1,936 @@
+/* Encoder scoring at reduced precision with exact selection (see xc_score.h).
+ *
+ * One call:
+ *   1. outlier dimensions: per-dimension max |x| over the batch; those above
+ *      OUT_RATIO x the median (at most OUT_MAX) stay in fp32
+ *   2. quantize X per token and W per latent (bf16, or int8 with absmax scales),
+ *      outlier dimensions zeroed, and the norms the error bound needs
+ *   3. the low-precision product (oneDNN; W passed as plain `ba`, its own layout,
+ *      so no reorder runs) into the caller's B x F scratch
+ *   4. per row: dequantize in place, add the outlier dimensions in fp32, bound each
+ *      entry, collect entries whose upper bound reaches tau (last step's lower
+ *      cut, a fraction of it); a histogram of the lower bounds when that fails
+ *   5. the K-th largest lower bound is a lower bound c_low of the exact cut: the
+ *      candidates are the entries whose upper bound reaches c_low
+ *   6. exact recompute of the candidates, latent-major (one W row per latent in
+ *      cache); measured errors check the margin
+ * Bound of one entry (outlier dims excluded from the norms of the first terms):
+ *   |P - P~| <= lambda (||x~|| ||w - w~|| + ||x - x~|| ||w||) + gamma ||x|| ||w||
+ * with gamma covering fp32 rounding in the product, the dequantization and the
+ * outlier dimensions. lambda = 1 is a proof; int8 calibrates it (xc_score.h). */
+#include "xc_score.h"
+
+#include "xc_error.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef XC_HAVE_DNNL
+#include <dnnl.h>
+/* oneDNN here runs on OpenMP: its thread count is the calling thread's */
+extern void omp_set_num_threads(int n);
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define XC_SCORE_AVX512 1
+#endif
+
+#define OUT_MAX 32        /* fp32 outlier dimensions at most */
+#define OUT_RATIO 6.0f    /* outlier: max |x| of a dimension > OUT_RATIO x the median */
+#define SAFETY 2.0        /* int8: measured errors must stay below lambda / SAFETY */
+#define NBUCKET 32768     /* top 16 bits of a positive float */
+#define TAU_FRAC 0.85f    /* next call's collect threshold, as a fraction of c_low */
+#define COLLECT_LIMIT 16  /* a collect pass may keep at most this many times K */
+#define CAND_LIMIT 48     /* candidates beyond this many times K: score in fp32 */
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static inline uint32_t fbits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float bitsf(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+const char *xc_prec_name(xc_prec_t p)
+{
+    switch (p) {
+    case XC_PREC_AUTO: return "auto";
+    case XC_PREC_FP32: return "fp32";
+    case XC_PREC_BF16: return "bf16";
+    case XC_PREC_INT8: return "int8";
+    }
+    return "?";
+}
+
+int xc_prec_parse(const char *s, xc_prec_t *out)
+{
+    static const xc_prec_t all[] = {XC_PREC_AUTO, XC_PREC_FP32, XC_PREC_BF16, XC_PREC_INT8};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (s && strcmp(s, xc_prec_name(all[i])) == 0) {
+            *out = all[i];
+            return XC_OK;
+        }
+    return XC_EINVAL;
+}
+
+#ifdef XC_HAVE_DNNL
+static int isa_has(unsigned want)
+{
+    unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    return (isa & want) == want;
+}
+#endif
+
+int xc_score_supported(xc_prec_t p, char *why, size_t why_len)
+{
+    if (p == XC_PREC_FP32) return 1;
+    if (p == XC_PREC_AUTO) return 1;
+#ifndef XC_HAVE_DNNL
+    xc_why(why, why_len, "%s needs oneDNN (libdnnl-dev) at build time; this build has fp32 only",
+           xc_prec_name(p));
+    return 0;
+#else
+    if (p == XC_PREC_INT8) {
+        if (isa_has(dnnl_cpu_isa_avx512_core_vnni) || isa_has(dnnl_cpu_isa_avx2_vnni)) return 1;
+        xc_why(why, why_len, "int8 needs AVX-512 VNNI or AVX-VNNI; this CPU (oneDNN isa %s) has neither",
+               xc_score_isa());
+        return 0;
+    }
+    if (isa_has(dnnl_cpu_isa_avx512_core_bf16)) return 1;
+    xc_why(why, why_len,
+           "bf16 needs native AVX-512 BF16 (emulated bf16 is slower than fp32); this CPU (oneDNN isa %s) lacks it",
+           xc_score_isa());
+    return 0;
+#endif
+}
+
+xc_prec_t xc_score_resolve(xc_prec_t requested)
+{
+    if (requested == XC_PREC_AUTO) {
+        if (xc_score_supported(XC_PREC_INT8, NULL, 0)) return XC_PREC_INT8;
+        if (xc_score_supported(XC_PREC_BF16, NULL, 0)) return XC_PREC_BF16;
+        return XC_PREC_FP32;
+    }
+    return xc_score_supported(requested, NULL, 0) ? requested : XC_PREC_FP32;
+}
+
+const char *xc_score_isa(void)
+{
+#ifdef XC_HAVE_DNNL
+    static const struct { unsigned isa; const char *name; } names[] = {
+        {dnnl_cpu_isa_avx512_core_amx, "avx512_core_amx"},
+        {dnnl_cpu_isa_avx512_core_bf16, "avx512_core_bf16"},
+        {dnnl_cpu_isa_avx512_core_vnni, "avx512_core_vnni"},
+        {dnnl_cpu_isa_avx512_core, "avx512_core"},
+        {dnnl_cpu_isa_avx2_vnni, "avx2_vnni"},
+        {dnnl_cpu_isa_avx2, "avx2"},
+        {dnnl_cpu_isa_avx, "avx"},
+        {dnnl_cpu_isa_sse41, "sse41"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (isa_has(names[i].isa)) return names[i].name;
+    return "generic";
+#else
+    return "none (built without oneDNN)";
+#endif
+}
+
+/* ---------------------------------------------------------------- exact dot */
+
+#ifdef XC_SCORE_AVX512
+__attribute__((target("avx512f"))) static double dot_avx512(const float *a, const float *b, int n)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i)), _mm512_cvtps_pd(_mm256_loadu_ps(b + i)), s0);
+        s1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i + 8)),
+                             _mm512_cvtps_pd(_mm256_loadu_ps(b + i + 8)), s1);
+    }
+    double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+static int have_avx512(void)
+{
+    static int v = -1;
+    if (v < 0) v = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    return v;
+}
+#endif
+
+/* Products of two floats are exact in double; the sum's error is ~1e-16
+ * relative, far below the float rounding that follows. */
+static double dot_d(const float *a, const float *b, int n)
+{
+#ifdef XC_SCORE_AVX512
+    if (have_avx512()) return dot_avx512(a, b, n);
+#endif
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+float xc_score_dot(const float *a, const float *b, int n) { return (float)dot_d(a, b, n); }
+
+/* ---------------------------------------------------------------- state */
+
+typedef struct {
+    int b, j;
+    float lo, hi;  /* bounds of the score r */
+    float pa;      /* approximate pre-activation */
+} pend_t;
+
+typedef struct {
+    pend_t *c;
+    long n, cap;
+    uint32_t *hist;    /* (NBUCKET) */
+    long npos;
+    float *amax;       /* (d2) */
+    double max_ratio;
+    int violated;
+} sworker_t;
+
+struct xc_score {
+    xc_prec_t prec;
+    int B, d2, F, nth;
+    xc_pool_t *pool;   /* borrowed */
+    sworker_t *w;      /* (nth) owned */
+    double gamma;      /* rounding bound factor */
+
+    int n_out, out_idx[OUT_MAX];
+    unsigned char *is_out;  /* (d2) */
+    float *amax;            /* (d2) merged */
+
+    void *xq;               /* (B, d2) u8 (int8, zero at 128) or bf16 */
+    float *sx, *ex, *xqn, *xa, *xo; /* (B) scale, ||x - x~||, ||x~||, ||x|| + ||e||; xo (B, OUT_MAX) */
+    void *wq;               /* (F, d2) s8 or bf16 */
+    float *sw, *ew, *wn, *wa, *wo;  /* (F) scale, ||w - w~||, ||w||, ||w|| + ||e||; wo (OUT_MAX, F) */
+    int32_t *wcomp;         /* (F) 128 * sum of the latent's int8 weights (u8 offset) */
+
+    /* the current call */
+    const float *x, *wt, *benc, *sc;
+    float *work;
+    long K;
+    int mode;               /* 0 dequantize + collect, 1 collect, 2 histogram */
+    float thr;              /* collect: upper bound >= thr */
+    long limit;             /* collect: stop storing beyond this many per worker */
+    float tau;              /* next call's collect threshold (0: histogram first) */
+    double lambda, lambda_forced;
+
+    pend_t *all;            /* merged candidates, row order */
+    long all_cap, nall;
+    int *order;             /* candidates sorted by latent */
+    long *jptr;             /* (F + 1) */
+    xc_score_cand_t *out;   /* exact candidates, row order */
+    long out_cap, nout;
+
+    xc_score_stats_t st;
+    char kernel[96];
+#ifdef XC_HAVE_DNNL
+    dnnl_engine_t eng;
+    dnnl_stream_t strm;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    dnnl_memory_t msrc, mwei, mdst;
+#endif
+};
+
+/* ---------------------------------------------------------------- quantization */
+
+static inline uint16_t to_bf16(float f)
+{
+    uint32_t u = fbits(f);
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even (inputs are finite) */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h) { return bitsf((uint32_t)h << 16); }
+
+/* Quantizes one vector (outlier dims zeroed): int8 stores q + off (off 128 for
+ * u8 activations, 0 for s8 weights). Returns the scale; norms of the residual,
+ * of the quantized vector and of the original (non-outlier dims), in double. */
+static float quant_vec(const xc_score_t *s, const float *v, void *dst, int off, double *e2, double *q2,
+                       double *v2, int32_t *qsum)
+{
+    int n = s->d2;
+    double se = 0, sq = 0, sv = 0;
+    long qs = 0;
+    if (s->prec == XC_PREC_BF16) {
+        uint16_t *h = dst;
+        for (int i = 0; i < n; i++) {
+            float x = s->is_out[i] ? 0.0f : v[i];
+            h[i] = to_bf16(x);
+            double xq = from_bf16(h[i]), r = (double)x - xq;
+            se += r * r;
+            sq += xq * xq;
+            sv += (double)x * x;
+        }
+        *e2 = se, *q2 = sq, *v2 = sv;
+        return 1.0f;
+    }
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++)
+        if (!s->is_out[i] && fabsf(v[i]) > amax) amax = fabsf(v[i]);
+    float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    unsigned char *q8 = dst;
+    for (int i = 0; i < n; i++) {
+        float x = s->is_out[i] ? 0.0f : v[i];
+        long q = lrintf(x * inv);
+        q = q > 127 ? 127 : q < -127 ? -127 : q;
+        q8[i] = (unsigned char)(q + off);
+        qs += q;
+        double xq = (double)q * scale, r = (double)x - xq;
+        se += r * r;
+        sq += xq * xq;
+        sv += (double)x * x;
+    }
+    *e2 = se, *q2 = sq, *v2 = sv;
+    if (qsum) *qsum = (int32_t)(128 * qs);
+    return scale;
+}
+
+/* Per-dimension max |x| over this worker's rows. */
+static void amax_task(void *ctx, int tid, int nth)
+{
+    xc_score_t *s = ctx;
+    long lo, hi;
+    float *a = s->w[tid].amax;
+    xc_pool_range(s->B, tid, nth, &lo, &hi);
+    memset(a, 0, sizeof(float) * (size_t)s->d2);
+    for (long b = lo; b < hi; b++) {
+        const float *x = s->x + (size_t)b * s->d2;
+        for (int i = 0; i < s->d2; i++) a[i] = fabsf(x[i]) > a[i] ? fabsf(x[i]) : a[i];
+    }
+}
+
+static int cmp_f(const void *pa, const void *pb)
+{
+    float a = *(const float *)pa, b = *(const float *)pb;
+    return (a > b) - (a < b);
+}
+
+/* Outlier dimensions: max |x| above OUT_RATIO x the median dimension's, the
+ * OUT_MAX largest at most. Decided per batch, so a shift in the data moves them. */
+static int find_outliers(xc_score_t *s)
+{
+    int d2 = s->d2;
+    xc_pool_run(s->pool, amax_task, s);
+    for (int i = 0; i < d2; i++) {
+        float m = 0.0f;
+        for (int t = 0; t < s->nth; t++) m = s->w[t].amax[i] > m ? s->w[t].amax[i] : m;
+        s->amax[i] = m;
+    }
+    float *tmp = malloc(sizeof(float) * (size_t)d2);
+    if (!tmp) return XC_ENOMEM;
+    memcpy(tmp, s->amax, sizeof(float) * (size_t)d2);
+    qsort(tmp, (size_t)d2, sizeof(float), cmp_f);
+    float med = tmp[d2 / 2];
+    free(tmp);
+    memset(s->is_out, 0, (size_t)d2);
+    s->n_out = 0;
+    if (!(med > 0.0f)) return XC_OK;
+    for (int q = 0; q < OUT_MAX; q++) {
+        int best = -1;
+        for (int i = 0; i < d2; i++)
+            if (!s->is_out[i] && s->amax[i] > OUT_RATIO * med && (best < 0 || s->amax[i] > s->amax[best]))
+                best = i;
+        if (best < 0) break;
+        s->is_out[best] = 1;
+        s->out_idx[s->n_out++] = best;
+    }
+    return XC_OK;
+}
+
+static void xquant_task(void *ctx, int tid, int nth)
+{
+    xc_score_t *s = ctx;
+    long lo, hi;
+    size_t es = s->prec == XC_PREC_BF16 ? 2 : 1;
+    xc_pool_range(s->B, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
+        const float *x = s->x + (size_t)b * s->d2;
+        double e2, q2, v2, o2 = 0;
+        s->sx[b] = quant_vec(s, x, (char *)s->xq + (size_t)b * s->d2 * es, 128, &e2, &q2, &v2, NULL);
+        for (int o = 0; o < s->n_out; o++) {
+            float v = x[s->out_idx[o]];
+            s->xo[(size_t)b * OUT_MAX + o] = v;
+            o2 += (double)v * v;
+        }
+        s->ex[b] = (float)sqrt(e2);
+        s->xqn[b] = (float)sqrt(q2);
+        s->xa[b] = (float)(sqrt(v2 + o2) + sqrt(e2));
+    }
+}
+
+static void wquant_task(void *ctx, int tid, int nth)
+{
+    xc_score_t *s = ctx;
+    long lo, hi;
+    size_t es = s->prec == XC_PREC_BF16 ? 2 : 1;
+    xc_pool_range(s->F, tid, nth, &lo, &hi);
+    for (long j = lo; j < hi; j++) {
+        const float *w = s->wt + (size_t)j * s->d2;
+        double e2, q2, v2, o2 = 0;
+        int32_t qs = 0;
+        s->sw[j] = quant_vec(s, w, (char *)s->wq + (size_t)j * s->d2 * es, 0, &e2, &q2, &v2, &qs);
+        s->wcomp[j] = qs;
+        for (int o = 0; o < s->n_out; o++) {
+            float v = w[s->out_idx[o]];
+            s->wo[(size_t)o * s->F + j] = v;
+            o2 += (double)v * v;
+        }
+        s->ew[j] = (float)sqrt(e2);
+        s->wn[j] = (float)sqrt(v2);
+        s->wa[j] = (float)(sqrt(v2 + o2) + sqrt(e2));
+    }
+}
+
+/* ---------------------------------------------------------------- candidates */
+
+static int pend_reserve(pend_t **p, long *cap, long n)
+{
+    if (n <= *cap) return XC_OK;
+    long c = n + n / 2 + 16;
+    pend_t *q = realloc(*p, sizeof(pend_t) * (size_t)c);
+    if (!q) return XC_ENOMEM;
+    *p = q;
+    *cap = c;
+    return XC_OK;
+}
+
+/* the int8 product's int32 sums share the scratch with the floats they become */
+typedef int32_t __attribute__((may_alias)) i32_alias_t;
+
+/* Row b of P~: dequantize in place (int8) and add the outlier dimensions. */
+static void dequant_row(const xc_score_t *s, long b, float *row)
+{
+    int F = s->F;
+    if (s->prec == XC_PREC_INT8) {
+        const i32_alias_t *acc = (const i32_alias_t *)row;
+        float sxb = s->sx[b];
+        for (int j = 0; j < F; j++) row[j] = (float)(acc[j] - s->wcomp[j]) * (sxb * s->sw[j]);
+    }
+    for (int o = 0; o < s->n_out; o++) {
+        float xv = s->xo[(size_t)b * OUT_MAX + o];
+        const float *wo = s->wo + (size_t)o * F;
+        for (int j = 0; j < F; j++) row[j] += xv * wo[j];
+    }
+}
+
+/* Per-row constants of the bound: delta_j = A wn_j + C ew_j + G wa_j + |v| eps. */
+typedef struct {
+    float A, C, G;
+} rowc_t;
+
+static inline rowc_t row_consts(const xc_score_t *s, long b)
+{
+    rowc_t r = {(float)(s->lambda * s->ex[b]), (float)(s->lambda * s->xqn[b]),
+                (float)(s->gamma * s->xa[b]) };
+    return r;
+}
+
+#define REL_EPS 1e-6f  /* float rounding of v, delta and the products below */
+
+static inline void bounds(const xc_score_t *s, rowc_t rc, const float *row, int j, float *lo, float *hi)
+{
+    float v = row[j] + s->benc[j];
+    float dl = rc.A * s->wn[j] + rc.C * s->ew[j] + rc.G * s->wa[j] + fabsf(v) * REL_EPS + 1e-30f;
+    float up = v + dl, dn = v - dl;
+    *hi = up > 0.0f ? up * s->sc[j] * (1.0f + REL_EPS) : 0.0f;
+    *lo = dn > 0.0f ? dn * s->sc[j] * (1.0f - REL_EPS) : 0.0f;
+}
+
+#ifdef XC_SCORE_AVX512
+__attribute__((target("avx512f"))) static long collect_row_avx512(const xc_score_t *s, long b,
+                                                                    const float *row, pend_t *out,
+                                                                    long n, long cap)
+{
+    rowc_t rc = row_consts(s, b);
+    const __m512 vA = _mm512_set1_ps(rc.A), vC = _mm512_set1_ps(rc.C), vG = _mm512_set1_ps(rc.G);
+    const __m512 veps = _mm512_set1_ps(REL_EPS), vtiny = _mm512_set1_ps(1e-30f), z = _mm512_setzero_ps();
+    const __m512 vup = _mm512_set1_ps(1.0f + REL_EPS), vdn = _mm512_set1_ps(1.0f - REL_EPS);
+    const __m512 vt = _mm512_set1_ps(s->thr);
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int F = s->F, j = 0;
+    for (; j + 16 <= F; j += 16, idx = _mm512_add_epi32(idx, step)) {
+        __m512 pa = _mm512_loadu_ps(row + j);
+        __m512 v = _mm512_add_ps(pa, _mm512_loadu_ps(s->benc + j));
+        __m512 dl = _mm512_fmadd_ps(vA, _mm512_loadu_ps(s->wn + j), vtiny);
+        dl = _mm512_fmadd_ps(vC, _mm512_loadu_ps(s->ew + j), dl);
+        dl = _mm512_fmadd_ps(vG, _mm512_loadu_ps(s->wa + j), dl);
+        dl = _mm512_fmadd_ps(_mm512_abs_ps(v), veps, dl);
+        __m512 sj = _mm512_loadu_ps(s->sc + j);
+        __m512 hi = _mm512_mul_ps(_mm512_mul_ps(_mm512_max_ps(_mm512_add_ps(v, dl), z), sj), vup);
+        __mmask16 m = _mm512_cmp_ps_mask(hi, vt, _CMP_GE_OQ) & _mm512_cmp_ps_mask(hi, z, _CMP_GT_OQ);
+        if (!m) continue;
+        __m512 lo = _mm512_mul_ps(_mm512_mul_ps(_mm512_max_ps(_mm512_sub_ps(v, dl), z), sj), vdn);
+        int jj[16];
+        float ll[16], hh[16], pp[16];
+        int c = __builtin_popcount(m);
+        _mm512_mask_compressstoreu_epi32(jj, m, idx);
+        _mm512_mask_compressstoreu_ps(ll, m, lo);
+        _mm512_mask_compressstoreu_ps(hh, m, hi);
+        _mm512_mask_compressstoreu_ps(pp, m, pa);
+        for (int q = 0; q < c; q++, n++)
+            if (n < cap) out[n] = (pend_t){(int)b, jj[q], ll[q], hh[q], pp[q]};
+    }
+    for (; j < F; j++) {
+        float lo, hi;
+        bounds(s, rc, row, j, &lo, &hi);
+        if (hi >= s->thr && hi > 0.0f) {
+            if (n < cap) out[n] = (pend_t){(int)b, j, lo, hi, row[j]};
+            n++;
+        }
+    }
+    return n;
+}
+#endif
+
+/* Appends the entries of row b whose upper bound reaches thr; returns the new
+ * count (entries past cap are counted, not stored). */
+static long collect_row(const xc_score_t *s, long b, const float *row, pend_t *out, long n, long cap)
+{
+#ifdef XC_SCORE_AVX512
+    if (have_avx512()) return collect_row_avx512(s, b, row, out, n, cap);
+#endif
+    rowc_t rc = row_consts(s, b);
+    for (int j = 0; j < s->F; j++) {
+        float lo, hi;
+        bounds(s, rc, row, j, &lo, &hi);
+        if (hi >= s->thr && hi > 0.0f) {
+            if (n < cap) out[n] = (pend_t){(int)b, j, lo, hi, row[j]};
+            n++;
+        }
+    }
+    return n;
+}
+
+static void cand_task(void *ctx, int tid, int nth)
+{
+    xc_score_t *s = ctx;
+    sworker_t *w = &s->w[tid];
+    long lo, hi, n = 0, npos = 0;
+    xc_pool_range(s->B, tid, nth, &lo, &hi);
+    if (s->mode == 2) memset(w->hist, 0, sizeof(uint32_t) * NBUCKET);
+    for (long b = lo; b < hi; b++) {
+        float *row = s->work + (size_t)b * s->F;
+        if (s->mode == 0) dequant_row(s, b, row);
+        if (s->mode == 2) {
+            rowc_t rc = row_consts(s, b);
+            for (int j = 0; j < s->F; j++) {
+                float l, h;
+                bounds(s, rc, row, j, &l, &h);
+                if (l > 0.0f) {
+                    w->hist[fbits(l) >> 16]++;
+                    npos++;
+                }
+            }
+        } else {
+            long cap = w->cap < s->limit ? w->cap : s->limit;
+            n = collect_row(s, b, row, w->c, n, cap);
+        }
+    }
+    w->n = n;
+    w->npos = npos;
+}
+
+/* Runs a collect pass at threshold thr. XC_EAGAIN when more than limit entries
+ * (in all) reach it; the lists grow as needed below that. */
+static int collect(xc_score_t *s, float thr, long limit)
+{
+    s->thr = thr;
+    s->limit = limit;
+    for (;;) {
+        xc_pool_run(s->pool, cand_task, s);
+        s->mode = 1; /* P~ is dequantized from here on */
+        long total = 0;
+        int again = 0;
+        for (int t = 0; t < s->nth; t++) total += s->w[t].n;
+        if (total > limit) return XC_EAGAIN;
+        for (int t = 0; t < s->nth; t++)
+            if (s->w[t].n > s->w[t].cap) {
+                if (pend_reserve(&s->w[t].c, &s->w[t].cap, s->w[t].n)) return XC_ENOMEM;
+                again = 1;
+            }
+        if (!again) return XC_OK;
+    }
+}
+
+/* Lower bound of the exact K-th largest score from the lower bounds of the
+ * collected entries: their K-th largest (0 when fewer than K are positive). */
+static float kth_lower(xc_score_t *s)
+{
+    long n = 0;
+    for (int t = 0; t < s->nth; t++) n += s->w[t].n;
+    if (n < s->K) return 0.0f;
+    float *v = malloc(sizeof(float) * (size_t)n);
+    if (!v) return 0.0f; /* 0 is always a valid lower bound */
+    long m = 0;
+    for (int t = 0; t < s->nth; t++)
+        for (long i = 0; i < s->w[t].n; i++) v[m++] = s->w[t].c[i].lo;
+    /* quickselect: the K-th largest */
+    long k = s->K - 1, lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float piv = v[lo + (hi - lo) / 2];
+        long i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > piv) i++;
+            while (v[j] < piv) j--;
+            if (i <= j) {
+                float tmp = v[i];
+                v[i] = v[j];
+                v[j] = tmp;
+                i++;
+                j--;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else break;
+    }
+    float r = v[k];
+    free(v);
+    return r;
+}
+
+/* Histogram of the lower bounds over the whole batch: the lower edge of the
+ * bucket holding the K-th largest (0 when fewer than K are positive). */
+static float hist_lower(xc_score_t *s)
+{
+    int saved = s->mode;
+    s->mode = 2;
+    xc_pool_run(s->pool, cand_task, s);
+    s->mode = saved;
+    long npos = 0;
+    for (int t = 0; t < s->nth; t++) npos += s->w[t].npos;
+    if (npos < s->K) return 0.0f;
+    long cum = 0;
+    for (long q = NBUCKET - 1; q > 0; q--) {
+        for (int t = 0; t < s->nth; t++) cum += s->w[t].hist[q];
+        if (cum >= s->K) return bitsf((uint32_t)q << 16);
+    }
+    return 0.0f;
+}
+
+/* ---------------------------------------------------------------- exact recompute */
+
+static void exact_task(void *ctx, int tid, int nth)
+{
+    xc_score_t *s = ctx;
+    sworker_t *w = &s->w[tid];
+    long lo, hi;
+    xc_pool_range(s->nall, tid, nth, &lo, &hi);
+    double mr = 0;
+    int bad = 0;
+    for (long q = lo; q < hi; q++) {
+        long i = s->order[q];
+        const pend_t *p = &s->all[i];
+        double P = dot_d(s->x + (size_t)p->b * s->d2, s->wt + (size_t)p->j * s->d2, s->d2);
+        float pf = (float)P;
+        double err = fabs(P - p->pa);
+        double dq = (double)s->ex[p->b] * s->wn[p->j] + (double)s->xqn[p->b] * s->ew[p->j];
+        double dr = s->gamma * s->xa[p->b] * s->wa[p->j] +
+                    fabs((double)p->pa + s->benc[p->j]) * REL_EPS + 1e-30;
+        if (err > s->lambda * dq + dr) bad = 1;
+        if (dq > 0) {
+            double ratio = (err - dr) / dq;
+            if (ratio > mr) mr = ratio;
+        }
+        float v = pf + s->benc[p->j], u = v > 0.0f ? v : 0.0f;
+        s->out[i] = (xc_score_cand_t){p->b, p->j, u * s->sc[p->j], u};
+    }
+    w->max_ratio = mr;
+    w->violated = bad;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+#ifdef XC_HAVE_DNNL
+static int dnnl_setup(xc_score_t *s, char *why, size_t why_len)
+{
+    int i8 = s->prec == XC_PREC_INT8;
+    dnnl_dims_t sd = {s->B, s->d2}, wd = {s->d2, s->F}, dd = {s->B, s->F};
+    dnnl_memory_desc_t smd, wmd, dmd;
+    dnnl_matmul_desc_t md;
+    const char *impl = NULL;
+    omp_set_num_threads(s->nth);
+    if (dnnl_engine_create(&s->eng, dnnl_cpu, 0) || dnnl_stream_create(&s->strm, s->eng, dnnl_stream_default_flags))
+        goto fail;
+    if (dnnl_memory_desc_init_by_tag(&smd, 2, sd, i8 ? dnnl_u8 : dnnl_bf16, dnnl_ab) ||
+        /* W (F, d2) row-major is the (d2, F) weights in `ba`: no reorder */
+        dnnl_memory_desc_init_by_tag(&wmd, 2, wd, i8 ? dnnl_s8 : dnnl_bf16, dnnl_ba) ||
+        dnnl_memory_desc_init_by_tag(&dmd, 2, dd, i8 ? dnnl_s32 : dnnl_f32, dnnl_ab) ||
+        dnnl_matmul_desc_init(&md, &smd, &wmd, NULL, &dmd) ||
+        dnnl_primitive_desc_create(&s->pd, &md, NULL, s->eng, NULL) || dnnl_primitive_create(&s->prim, s->pd) ||
+        dnnl_memory_create(&s->msrc, &smd, s->eng, s->xq) || dnnl_memory_create(&s->mwei, &wmd, s->eng, s->wq) ||
+        dnnl_memory_create(&s->mdst, &dmd, s->eng, DNNL_MEMORY_NONE))
+        goto fail;
+    if (dnnl_primitive_desc_query(s->pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+        snprintf(s->kernel, sizeof s->kernel, "%s", impl);
+    return XC_OK;
+fail:
+    xc_why(why, why_len, "oneDNN has no %s matmul for this shape on this CPU (isa %s)", xc_prec_name(s->prec),
+           xc_score_isa());
+    return XC_ESTATE;
+}
+#endif
+
+xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, int *err, char *why,
+                         size_t why_len)
+{
+    int rc = XC_ENOMEM;
+    xc_score_t *s = NULL;
+    if ((prec != XC_PREC_BF16 && prec != XC_PREC_INT8) || !xc_score_supported(prec, why, why_len) || B < 1 ||
+        d2 < 1 || F < 1 || !pool) {
+        if (prec != XC_PREC_BF16 && prec != XC_PREC_INT8) xc_why(why, why_len, "scorer precision must be bf16 or int8");
+        rc = XC_EINVAL;
+        goto out;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s) goto out;
+    s->prec = prec;
+    s->B = B, s->d2 = d2, s->F = F;
+    s->pool = pool;
+    s->nth = xc_pool_size(pool);
+    /* worst case of the fp32 sums after the product: d2 + OUT_MAX + 8 roundings */
+    s->gamma = (double)(d2 + OUT_MAX + 8) * ldexp(1.0, -24) * 1.01;
+    s->lambda = prec == XC_PREC_BF16 ? 1.0 : fmin(1.0, 8.0 / sqrt((double)d2));
+    size_t es = prec == XC_PREC_BF16 ? 2 : 1;
+    s->w = calloc((size_t)s->nth, sizeof *s->w);
+    s->is_out = calloc((size_t)d2, 1);
+    s->amax = calloc((size_t)d2, sizeof(float));
+    s->xq = malloc((size_t)B * d2 * es);
+    s->wq = malloc((size_t)F * d2 * es);
+    s->sx = malloc(sizeof(float) * 4 * (size_t)B);
+    s->xo = calloc((size_t)B * OUT_MAX, sizeof(float));
+    s->sw = malloc(sizeof(float) * 4 * (size_t)F);
+    s->wo = calloc((size_t)F * OUT_MAX, sizeof(float));
+    s->wcomp = calloc((size_t)F, sizeof(int32_t));
+    s->jptr = calloc((size_t)F + 1, sizeof(long));
+    if (!s->w || !s->is_out || !s->amax || !s->xq || !s->wq || !s->sx || !s->xo || !s->sw || !s->wo || !s->wcomp ||
+        !s->jptr)
+        goto out;
+    s->ex = s->sx + B, s->xqn = s->sx + 2 * (size_t)B, s->xa = s->sx + 3 * (size_t)B;
+    s->ew = s->sw + F, s->wn = s->sw + 2 * (size_t)F, s->wa = s->sw + 3 * (size_t)F;
+    for (int t = 0; t < s->nth; t++) {
+        s->w[t].hist = malloc(sizeof(uint32_t) * NBUCKET);
+        s->w[t].amax = malloc(sizeof(float) * (size_t)d2);
+        if (!s->w[t].hist || !s->w[t].amax) goto out;
+    }
+    snprintf(s->kernel, sizeof s->kernel, "unknown");
+#ifdef XC_HAVE_DNNL
+    rc = dnnl_setup(s, why, why_len);
+    if (rc) goto out;
+#endif
+    s->st.lambda = s->lambda;
+    if (err) *err = XC_OK;
+    return s;
+out:
+    if (rc == XC_ENOMEM) xc_why(why, why_len, "out of memory for the %s scorer", xc_prec_name(prec));
+    xc_score_destroy(&s);
+    if (err) *err = rc;
+    return NULL;
+}
+
+void xc_score_destroy(xc_score_t **ps)
+{
+    xc_score_t *s = ps ? *ps : NULL;
+    if (!s) return;
+#ifdef XC_HAVE_DNNL
+    if (s->msrc) dnnl_memory_destroy(s->msrc);
+    if (s->mwei) dnnl_memory_destroy(s->mwei);
+    if (s->mdst) dnnl_memory_destroy(s->mdst);
+    if (s->prim) dnnl_primitive_destroy(s->prim);
+    if (s->pd) dnnl_primitive_desc_destroy(s->pd);
+    if (s->strm) dnnl_stream_destroy(s->strm);
+    if (s->eng) dnnl_engine_destroy(s->eng);
+#endif
+    if (s->w)
+        for (int t = 0; t < s->nth; t++) {
+            free(s->w[t].c);
+            free(s->w[t].hist);
+            free(s->w[t].amax);
+        }
+    free(s->w);
+    free(s->is_out);
+    free(s->amax);
+    free(s->xq);
+    free(s->wq);
+    free(s->sx);
+    free(s->xo);
+    free(s->sw);
+    free(s->wo);
+    free(s->wcomp);
+    free(s->jptr);
+    free(s->all);
+    free(s->order);
+    free(s->out);
+    free(s);
+    *ps = NULL;
+}
+
+xc_prec_t xc_score_prec(const xc_score_t *s) { return s->prec; }
+const char *xc_score_kernel(const xc_score_t *s) { return s->kernel; }
+const xc_score_stats_t *xc_score_stats(const xc_score_t *s) { return &s->st; }
+
+void xc_score_force_lambda(xc_score_t *s, double lambda)
+{
+    s->lambda_forced = lambda;
+    if (lambda > 0) s->lambda = lambda;
+}
+
+/* ---------------------------------------------------------------- one call */
+
+static int matmul(xc_score_t *s)
+{
+#ifdef XC_HAVE_DNNL
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, s->msrc}, {DNNL_ARG_WEIGHTS, s->mwei}, {DNNL_ARG_DST, s->mdst}};
+    omp_set_num_threads(s->nth);
+    if (dnnl_memory_set_data_handle(s->mdst, s->work) ||
+        dnnl_primitive_execute(s->prim, s->strm, 3, args) || dnnl_stream_wait(s->strm))
+        return XC_ESTATE;
+    return XC_OK;
+#else
+    return XC_ESTATE;
+#endif
+}
+
+/* Merges the workers' lists (row order) keeping hi >= c_low, sorts them by
+ * latent for the exact pass. */
+static int gather(xc_score_t *s, float c_low)
+{
+    long n = 0;
+    for (int t = 0; t < s->nth; t++) n += s->w[t].n;
+    if (pend_reserve(&s->all, &s->all_cap, n)) return XC_ENOMEM;
+    if (n > s->out_cap) {
+        xc_score_cand_t *o = realloc(s->out, sizeof *o * (size_t)n);
+        int *ord = realloc(s->order, sizeof *ord * (size_t)n);
+        if (o) s->out = o;
+        if (ord) s->order = ord;
+        if (!o || !ord) return XC_ENOMEM;
+        s->out_cap = n;
+    }
+    long m = 0;
+    for (int t = 0; t < s->nth; t++)
+        for (long i = 0; i < s->w[t].n; i++)
+            if (s->w[t].c[i].hi >= c_low) s->all[m++] = s->w[t].c[i];
+    s->nall = m;
+    long *jp = s->jptr;
+    memset(jp, 0, sizeof(long) * ((size_t)s->F + 1));
+    for (long i = 0; i < m; i++) jp[s->all[i].j + 1]++;
+    for (int j = 0; j < s->F; j++) jp[j + 1] += jp[j];
+    for (long i = 0; i < m; i++) s->order[jp[s->all[i].j]++] = (int)i;
+    return XC_OK;
+}
+
+int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const float *b_enc, const float *sc,
+                        long K, float *work, const xc_score_cand_t **cand, long *ncand)
+{
+    double t0 = now_ms(), t1;
+    int rc;
+    s->x = x, s->wt = w, s->benc = b_enc, s->sc = sc, s->work = work, s->K = K;
+    s->st.steps++;
+    rc = find_outliers(s);
+    if (rc) return rc;
+    xc_pool_run(s->pool, xquant_task, s);
+    xc_pool_run(s->pool, wquant_task, s);
+    t1 = now_ms();
+    s->st.ms_quant = t1 - t0;
+    s->st.outliers = s->n_out;
+    rc = matmul(s);
+    if (rc) return rc;
+    s->st.ms_matmul = now_ms() - t1;
+    t1 = now_ms();
+
+    /* candidates: collect at last call's threshold; the histogram when that fails */
+    long limit = COLLECT_LIMIT * K;
+    float c_low = 0.0f;
+    int ok = 0;
+    s->mode = 0;
+    if (s->tau > 0.0f) {
+        rc = collect(s, s->tau, limit);
+        if (rc && rc != XC_EAGAIN) return rc;
+        if (!rc) {
+            c_low = kth_lower(s);
+            ok = c_low >= s->tau;
+        }
+    }
+    if (!ok) {
+        if (s->mode == 0) { /* nothing dequantized yet: one pass that only dequantizes */
+            s->thr = FLT_MAX;
+            s->limit = 0;
+            xc_pool_run(s->pool, cand_task, s);
+            s->mode = 1;
+        }
+        s->st.full_passes++;
+        c_low = hist_lower(s);
+        rc = collect(s, c_low > 0.0f ? c_low : FLT_TRUE_MIN, CAND_LIMIT * K);
+        if (rc == XC_EAGAIN) goto fallback;
+        if (rc) return rc;
+        float c2 = kth_lower(s);
+        if (c2 > c_low) c_low = c2;
+    }
+    rc = gather(s, c_low);
+    if (rc) return rc;
+    s->st.ms_cand = now_ms() - t1;
+    t1 = now_ms();
+
+    /* exact recompute and the margin check */
+    xc_pool_run(s->pool, exact_task, s);
+    s->st.ms_exact = now_ms() - t1;
+    double mr = 0;
+    int bad = 0;
+    for (int t = 0; t < s->nth; t++) {
+        mr = s->w[t].max_ratio > mr ? s->w[t].max_ratio : mr;
+        bad |= s->w[t].violated;
+    }
+    s->st.max_ratio = mr;
+    s->st.candidates = s->nall;
+    s->tau = c_low * TAU_FRAC;
+    if (s->lambda_forced <= 0 && s->prec == XC_PREC_INT8) {
+        /* calibration: a margin within SAFETY of the measured errors is too thin */
+        double target = SAFETY * mr;
+        if (target > s->lambda && s->lambda < 1.0) bad = 1;
+        double next = target > s->lambda ? 1.5 * target : fmax(1.25 * target, 0.95 * s->lambda);
+        s->lambda = fmin(1.0, fmax(next, 1.0 / sqrt((double)s->d2)));
+    } else if (s->lambda_forced > 0 && SAFETY * mr > s->lambda && s->lambda < 1.0) {
+        bad = 1;
+    }
+    s->st.lambda = s->lambda;
+    if (bad) goto fallback;
+    /* drop zero scores (never selected); row order is kept */
+    long m = 0;
+    for (long i = 0; i < s->nall; i++)
+        if (s->out[i].r > 0.0f) s->out[m++] = s->out[i];
+    s->nout = m;
+    *cand = s->out;
+    *ncand = m;
+    return XC_OK;
+fallback:
+    s->st.fallbacks++;
+    s->tau = 0.0f;
+    return XC_EAGAIN;
+}

@@ -1,0 +1,91 @@
+/* Encoder scoring at reduced precision with exact selection (pure compute).
+ *
+ * BatchTopK only has to *rank* the B x F pre-activations P = X W_enc^T; the k*B
+ * entries it keeps can be recomputed exactly. The scorer computes an approximate
+ * P~ with a bf16 or int8 matrix product (oneDNN, which dispatches to AVX512-BF16
+ * or VNNI at run time), bounds the error of every entry, keeps as candidates the
+ * entries whose upper bound reaches a lower bound of the k*B-th largest score,
+ * recomputes the candidates exactly (double accumulation, rounded to float) and
+ * hands them, in row order, to the engine's exact selection. Every entry of the
+ * exact top-k*B is a candidate:
+ *   - bf16: the bound |P - P~| <= ||x~|| ||e_w|| + ||e_x|| ||w|| + rounding is
+ *     proven (Cauchy-Schwarz over the actual quantization residuals).
+ *   - int8: that bound is ~sqrt(2d) times the typical error, so the margin is a
+ *     fraction lambda of it, calibrated on the candidates' measured errors each
+ *     step (hundreds of thousands of samples); a step whose measured errors come
+ *     within a factor 2 of the margin, or break it, is redone in fp32
+ *     (XC_EAGAIN) and lambda widens.
+ * Outlier dimensions (per-dimension max |x| far above the median, as in real LM
+ * residual streams) stay in fp32: they are left out of the low-precision product
+ * and added exactly, so they do not coarsen every other dimension's scale.
+ * Without oneDNN (or a CPU without the instructions) only fp32 is available. */
+#ifndef XC_SCORE_H
+#define XC_SCORE_H
+
+#include "xc_pool.h"
+
+#include <stddef.h>
+
+typedef enum { XC_PREC_AUTO = 0, XC_PREC_FP32, XC_PREC_BF16, XC_PREC_INT8 } xc_prec_t;
+
+/* "auto", "fp32", "bf16", "int8". */
+const char *xc_prec_name(xc_prec_t p);
+/* 0 or XC_EINVAL. */
+int xc_prec_parse(const char *s, xc_prec_t *out);
+/* 1 when this build and CPU run p natively (fp32 always); else 0 with the reason. */
+int xc_score_supported(xc_prec_t p, char *why, size_t why_len);
+/* The precision a request runs at: auto = int8 with VNNI, else bf16 with native
+ * BF16 (never emulated bf16), else fp32; an unsupported request = fp32. */
+xc_prec_t xc_score_resolve(xc_prec_t requested);
+/* The best ISA oneDNN dispatches to here ("avx512_core_bf16", "none" without
+ * oneDNN); static string. */
+const char *xc_score_isa(void);
+
+/* A candidate entry with its exact activation u = ReLU(P + b_enc) and score r = u s. */
+typedef struct {
+    int b, j;
+    float r, u;
+} xc_score_cand_t;
+
+typedef struct {
+    long steps;            /* scoring calls */
+    long fallbacks;        /* calls that returned XC_EAGAIN (step redone in fp32) */
+    long full_passes;      /* calls that needed the histogram pass */
+    long candidates;       /* candidates of the last call */
+    int outliers;          /* fp32 outlier dimensions of the last call */
+    double lambda;         /* margin used, as a fraction of the proven bound */
+    double max_ratio;      /* last call: max measured |P - P~| / proven bound */
+    double ms_quant, ms_matmul, ms_cand, ms_exact; /* last call's phases */
+} xc_score_stats_t;
+
+typedef struct xc_score xc_score_t;
+
+/* A scorer for fixed shapes: B tokens of d2 values, F latents, a pool of nth
+ * workers (the caller's). prec must be bf16 or int8 and supported. NULL on
+ * failure with *err set (XC_EINVAL unsupported, XC_ENOMEM, XC_ESTATE oneDNN) and
+ * a reason in why. The scorer owns its buffers; free with xc_score_destroy. */
+xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, int *err, char *why,
+                         size_t why_len);
+void xc_score_destroy(xc_score_t **s);
+xc_prec_t xc_score_prec(const xc_score_t *s);
+/* oneDNN's implementation of the product ("brg:avx512_core_vnni"); static until destroy. */
+const char *xc_score_kernel(const xc_score_t *s);
+
+/* Scores x (B, d2) against w (F, d2) (rows = encoder columns), b_enc (F), s (F,
+ * >= 0) and returns candidates (row order, b then j) that contain every entry of
+ * the exact top-K of r = ReLU(P + b_enc) s (r > 0), with exact u and r.
+ * work: caller-owned scratch of B*F floats (overwritten with P~). *cand stays
+ * valid until the next call. XC_EAGAIN: the margin check failed or too many
+ * candidates; score this batch in fp32 (nothing else changed). XC_ENOMEM. */
+int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const float *b_enc,
+                        const float *sc, long K, float *work, const xc_score_cand_t **cand,
+                        long *ncand);
+/* For tests: margin as a fixed fraction of the proven bound (0 = calibrate). A
+ * tiny value forces the fallback path. */
+void xc_score_force_lambda(xc_score_t *s, double lambda);
+const xc_score_stats_t *xc_score_stats(const xc_score_t *s);
+
+/* Exact fp32 dot product (double accumulation), the reference every path uses. */
+float xc_score_dot(const float *a, const float *b, int n);
+
+#endif

@@ -1,0 +1,299 @@
+/* Reduced-precision encoder scoring: the candidates it returns must contain the
+ * exact top-K of a brute-force fp32 scoring (every entry recomputed with the
+ * reference dot product), with the same values bit for bit, on random, planted,
+ * tied and outlier batches, over a sequence of calls (the cached threshold and
+ * the int8 margin calibration); a too-small margin must come back as XC_EAGAIN.
+ * Each precision this CPU lacks is reported with the reason, never silently. */
+#include "xc_error.h"
+#include "xc_pool.h"
+#include "xc_rng.h"
+#include "xc_score.h"
+#include "xc_test.h"
+
+#include <stdint.h>
+
+enum { D2 = 256, F = 1024, B = 128, KPT = 8 };
+#define K ((long)KPT * B)
+
+typedef struct {
+    long idx;
+    float r;
+} ent_t;
+
+static int ent_cmp(const void *pa, const void *pb)
+{
+    const ent_t *a = pa, *b = pb;
+    if (a->r != b->r) return a->r > b->r ? -1 : 1;
+    return (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+static int idx_cmp(const void *pa, const void *pb)
+{
+    long a = *(const long *)pa, b = *(const long *)pb;
+    return (a > b) - (a < b);
+}
+
+/* The exact top-K (r > 0, ties to the lower flat index) of a list, as sorted indices. */
+static long top_k(ent_t *v, long n, long *sel)
+{
+    long m = 0;
+    for (long i = 0; i < n; i++)
+        if (v[i].r > 0.0f) v[m++] = v[i];
+    qsort(v, (size_t)m, sizeof *v, ent_cmp);
+    long k = m < K ? m : K;
+    for (long i = 0; i < k; i++) sel[i] = v[i].idx;
+    qsort(sel, (size_t)k, sizeof *sel, idx_cmp);
+    return k;
+}
+
+typedef struct {
+    float *x, *w, *be, *sc, *work, *r_all;
+    ent_t *ent;
+    long *sel_a, *sel_b;
+    xc_pool_t *pool;
+    xc_rng_t rng;
+} fix_t;
+
+static int fix_init(fix_t *f, uint64_t seed)
+{
+    memset(f, 0, sizeof *f);
+    f->x = malloc(sizeof(float) * B * D2);
+    f->w = malloc(sizeof(float) * F * D2);
+    f->be = malloc(sizeof(float) * F);
+    f->sc = malloc(sizeof(float) * F);
+    f->work = malloc(sizeof(float) * B * F);
+    f->r_all = malloc(sizeof(float) * B * F);
+    f->ent = malloc(sizeof(ent_t) * B * F);
+    f->sel_a = malloc(sizeof(long) * K);
+    f->sel_b = malloc(sizeof(long) * K);
+    f->pool = xc_pool_new(2);
+    xc_rng_seed(&f->rng, seed);
+    if (!f->x || !f->w || !f->be || !f->sc || !f->work || !f->r_all || !f->ent || !f->sel_a || !f->sel_b || !f->pool)
+        return -1;
+    for (long i = 0; i < (long)F * D2; i++) f->w[i] = (float)(xc_rng_normal(&f->rng) / 16.0);
+    for (int j = 0; j < F; j++) {
+        f->be[j] = (float)(0.1 * xc_rng_normal(&f->rng));
+        f->sc[j] = (float)(0.5 + xc_rng_uniform(&f->rng));
+    }
+    for (long i = 0; i < (long)B * D2; i++) f->x[i] = (float)xc_rng_normal(&f->rng);
+    return 0;
+}
+
+static void fix_free(fix_t *f)
+{
+    free(f->x), free(f->w), free(f->be), free(f->sc), free(f->work), free(f->r_all), free(f->ent);
+    free(f->sel_a), free(f->sel_b);
+    xc_pool_destroy(&f->pool);
+}
+
+/* Brute force: every entry with the reference dot product. */
+static long brute(fix_t *f)
+{
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < F; j++) {
+            float p = xc_score_dot(f->x + (size_t)b * D2, f->w + (size_t)j * D2, D2);
+            float v = p + f->be[j], u = v > 0.0f ? v : 0.0f;
+            long i = (long)b * F + j;
+            f->r_all[i] = u * f->sc[j];
+            f->ent[i] = (ent_t){i, f->r_all[i]};
+        }
+    return top_k(f->ent, (long)B * F, f->sel_a);
+}
+
+/* One scoring call checked against the brute force. Returns 1 on XC_EAGAIN
+ * (a fallback: nothing to compare), 0 when it matched, -1 on a mismatch. */
+static int check_call(xc_score_t *s, fix_t *f, const char *what, int call)
+{
+    const xc_score_cand_t *c;
+    long n;
+    int rc = xc_score_candidates(s, f->x, f->w, f->be, f->sc, K, f->work, &c, &n);
+    if (rc == XC_EAGAIN) return 1;
+    XC_CHECK(rc == XC_OK, "%s call %d: %s", what, call, xc_strerror(rc));
+    if (rc) return -1;
+    long na = brute(f);
+    int bad = 0;
+    for (long i = 0; i < n; i++) {
+        long idx = (long)c[i].b * F + c[i].j;
+        if (i > 0 && idx <= (long)c[i - 1].b * F + c[i - 1].j) bad |= 1; /* row order */
+        if (c[i].r != f->r_all[idx]) bad |= 2;                             /* exact values */
+        f->ent[i] = (ent_t){idx, c[i].r};
+    }
+    long nb = top_k(f->ent, n, f->sel_b);
+    long diff = na == nb ? 0 : 1;
+    for (long i = 0; !diff && i < na; i++) diff += f->sel_a[i] != f->sel_b[i];
+    XC_CHECK(!bad && !diff, "%s call %d (%s): order/value flags %d, selection differs (%ld vs %ld entries)", what,
+             call, xc_prec_name(xc_score_prec(s)), bad, na, nb);
+    return bad || diff ? -1 : 0;
+}
+
+/* Precisions this machine runs; the others are named with the reason. */
+static int precs(xc_prec_t *out)
+{
+    static const xc_prec_t all[] = {XC_PREC_BF16, XC_PREC_INT8};
+    static int reported;
+    int n = 0;
+    for (int i = 0; i < 2; i++) {
+        char why[256];
+        if (xc_score_supported(all[i], why, sizeof why)) out[n++] = all[i];
+        else if (!reported) printf("# %s not run on this machine: %s\n", xc_prec_name(all[i]), why);
+    }
+    reported = 1;
+    return n;
+}
+
+/* Runs `calls` scoring calls with W drifting a little between them, as training does. */
+static void run_case(const char *what, void (*make)(fix_t *), int calls, double max_fallback_frac)
+{
+    xc_prec_t p[2];
+    int np = precs(p);
+    for (int q = 0; q < np; q++) {
+        fix_t f;
+        XC_REQUIRE(fix_init(&f, 11 + q) == 0, "out of memory");
+        char why[256] = "";
+        int err;
+        xc_score_t *s = xc_score_new(p[q], B, D2, F, f.pool, &err, why, sizeof why);
+        XC_REQUIRE(s, "%s scorer: %s (%s)", xc_prec_name(p[q]), xc_strerror(err), why);
+        int fallbacks = 0, mism = 0;
+        double cand = 0;
+        for (int call = 0; call < calls; call++) {
+            make(&f);
+            int r = check_call(s, &f, what, call);
+            fallbacks += r == 1;
+            mism += r < 0;
+            cand += (double)xc_score_stats(s)->candidates / K;
+            for (long i = 0; i < (long)F * D2; i++) f.w[i] += (float)(xc_rng_normal(&f.rng) / 1024.0);
+        }
+        const xc_score_stats_t *st = xc_score_stats(s);
+        printf("# %s %s (%s): %d calls, %d fallbacks, mean candidates %.2f K, outliers %d, lambda %.3f\n", what,
+               xc_prec_name(p[q]), xc_score_kernel(s), calls, fallbacks, cand / calls, st->outliers, st->lambda);
+        XC_CHECK(mism == 0, "%s %s: %d calls selected differently", what, xc_prec_name(p[q]), mism);
+        XC_CHECK(fallbacks <= max_fallback_frac * calls, "%s %s: %d of %d calls fell back", what,
+                 xc_prec_name(p[q]), fallbacks, calls);
+        xc_score_destroy(&s);
+        XC_CHECK(s == NULL, "destroy clears the handle");
+        fix_free(&f);
+    }
+}
+
+static void make_random(fix_t *f)
+{
+    for (long i = 0; i < (long)B * D2; i++) f->x[i] = (float)xc_rng_normal(&f->rng);
+}
+
+/* Each token = a few latents' encoder rows with large coefficients + noise:
+ * a clear top and a dense band of near-ties below it. */
+static void make_planted(fix_t *f)
+{
+    for (int b = 0; b < B; b++) {
+        float *x = f->x + (size_t)b * D2;
+        for (int i = 0; i < D2; i++) x[i] = (float)(0.3 * xc_rng_normal(&f->rng));
+        for (int a = 0; a < 4; a++) {
+            int j = (int)(xc_rng_u64(&f->rng) % F);
+            float c = (float)(2.0 + 3.0 * xc_rng_uniform(&f->rng));
+            for (int i = 0; i < D2; i++) x[i] += c * 16.0f * f->w[(size_t)j * D2 + i];
+        }
+    }
+}
+
+/* 8 dimensions 20x (and two 100x) the rest, as LM residual streams have. */
+static void make_outliers(fix_t *f)
+{
+    make_random(f);
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < 10; o++) f->x[(size_t)b * D2 + 7 + 23 * o] *= o < 8 ? 20.0f : 100.0f;
+}
+
+/* Half the tokens repeated: exact ties between rows, broken by the lower index. */
+static void make_ties(fix_t *f)
+{
+    make_random(f);
+    memcpy(f->x + (size_t)(B / 2) * D2, f->x, sizeof(float) * (size_t)(B / 2) * D2);
+}
+
+static void test_random(void) { run_case("random", make_random, 12, 0.25); }
+static void test_planted(void) { run_case("planted", make_planted, 12, 0.25); }
+static void test_outliers(void) { run_case("outliers", make_outliers, 12, 0.25); }
+static void test_ties(void) { run_case("ties", make_ties, 8, 0.25); }
+
+/* A margin far below the measured errors must be caught: XC_EAGAIN, counted. */
+static void test_fallback_forced(void)
+{
+    xc_prec_t p[2];
+    int np = precs(p);
+    for (int q = 0; q < np; q++) {
+        fix_t f;
+        XC_REQUIRE(fix_init(&f, 5) == 0, "out of memory");
+        int err;
+        xc_score_t *s = xc_score_new(p[q], B, D2, F, f.pool, &err, NULL, 0);
+        XC_REQUIRE(s, "%s scorer: %s", xc_prec_name(p[q]), xc_strerror(err));
+        xc_score_force_lambda(s, 1e-5);
+        const xc_score_cand_t *c;
+        long n;
+        int fb = 0;
+        for (int call = 0; call < 3; call++) {
+            make_random(&f);
+            fb += xc_score_candidates(s, f.x, f.w, f.be, f.sc, K, f.work, &c, &n) == XC_EAGAIN;
+        }
+        XC_CHECK(fb == 3 && xc_score_stats(s)->fallbacks == 3, "%s: %d of 3 calls fell back with a tiny margin",
+                 xc_prec_name(p[q]), fb);
+        /* and with the proven bound (lambda 1) it scores again, exactly */
+        xc_score_force_lambda(s, 1.0);
+        make_random(&f);
+        XC_CHECK(check_call(s, &f, "lambda 1", 0) == 0, "%s: proven bound did not select exactly",
+                 xc_prec_name(p[q]));
+        xc_score_destroy(&s);
+        fix_free(&f);
+    }
+}
+
+static void test_dispatch(void)
+{
+    xc_prec_t p;
+    XC_CHECK(xc_prec_parse("int8", &p) == 0 && p == XC_PREC_INT8, "parse int8");
+    XC_CHECK(xc_prec_parse("bf16", &p) == 0 && p == XC_PREC_BF16, "parse bf16");
+    XC_CHECK(xc_prec_parse("auto", &p) == 0 && p == XC_PREC_AUTO, "parse auto");
+    XC_CHECK(xc_prec_parse("fp16", &p) == XC_EINVAL, "fp16 is rejected");
+    XC_CHECK(xc_score_resolve(XC_PREC_FP32) == XC_PREC_FP32, "fp32 stays fp32");
+    xc_prec_t a = xc_score_resolve(XC_PREC_AUTO);
+    int i8 = xc_score_supported(XC_PREC_INT8, NULL, 0), bf = xc_score_supported(XC_PREC_BF16, NULL, 0);
+    XC_CHECK(a == (i8 ? XC_PREC_INT8 : bf ? XC_PREC_BF16 : XC_PREC_FP32), "auto resolved to %s", xc_prec_name(a));
+    XC_CHECK(xc_score_resolve(XC_PREC_BF16) == (bf ? XC_PREC_BF16 : XC_PREC_FP32), "bf16 request");
+    printf("# oneDNN isa %s: auto = %s\n", xc_score_isa(), xc_prec_name(a));
+    /* a scorer for an unsupported or non-reduced precision is refused with a reason */
+    xc_pool_t *pool = xc_pool_new(1);
+    char why[256] = "";
+    int err = 0;
+    xc_score_t *s = xc_score_new(XC_PREC_FP32, 4, 4, 4, pool, &err, why, sizeof why);
+    XC_CHECK(!s && err == XC_EINVAL && why[0], "fp32 scorer refused: %d '%s'", err, why);
+    if (!i8) {
+        s = xc_score_new(XC_PREC_INT8, 4, 4, 4, pool, &err, why, sizeof why);
+        XC_CHECK(!s && err == XC_EINVAL && strstr(why, "int8"), "int8 refused here: '%s'", why);
+    }
+    xc_pool_destroy(&pool);
+}
+
+/* The reference dot product against a plain double sum. */
+static void test_dot(void)
+{
+    xc_rng_t r;
+    xc_rng_seed(&r, 3);
+    float a[1000], b[1000];
+    for (int i = 0; i < 1000; i++) a[i] = (float)xc_rng_normal(&r), b[i] = (float)xc_rng_normal(&r);
+    for (int n = 1; n <= 1000; n += 37) {
+        double s = 0;
+        for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
+        XC_CHECK_CLOSE(xc_score_dot(a, b, n), (float)s, 1e-6, 1e-6);
+    }
+}
+
+int main(void)
+{
+    XC_RUN(test_dispatch);
+    XC_RUN(test_dot);
+    XC_RUN(test_random);
+    XC_RUN(test_planted);
+    XC_RUN(test_outliers);
+    XC_RUN(test_ties);
+    XC_RUN(test_fallback_forced);
+    XC_TEST_EXIT();
+}
