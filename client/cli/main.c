@@ -84,6 +84,15 @@ static const xc_cli_optdef_t report_opts[] = {
     XC_CLI_SYNTH_SHAPE_OPTS,
     {NULL, NULL, NULL}};
 
+static const xc_cli_optdef_t dashboard_opts[] = {
+    {"host", "ADDR", "address to serve on (default 127.0.0.1)"},
+    {"port", "N", "port (default 8765; 0 = any free port)"},
+    {"admin", NULL, "enable the admin buttons with a random token, printed in the URL"},
+    {"admin-token-file", "FILE", "enable them for browsers presenting the token in FILE"},
+    {"poll", "S", "seconds between health checks of the daemon (default 1)"},
+    {"history", "N", "time-series points kept (default 3600)"},
+    {NULL, NULL, NULL}};
+
 static const xc_cli_cmd_t commands[] = {
     {"push", "FILE.npy", "send a .npy file of activations [N, 2, d] (float32 or float16)",
      "Streams the array in messages of --batch tokens, keeping at most --window of them\n"
@@ -148,6 +157,12 @@ static const xc_cli_cmd_t commands[] = {
      "--key BASE.key (or XCODER_CLIENT_KEY) with --server-key (or XCODER_SERVER_KEY).\n"
      "Existing files are never overwritten.",
      no_opts, 1, 1, 0, xc_cli_cmd_keygen},
+    {"dashboard", "", "live web dashboard of the daemon (a Node.js process; prints its URL)",
+     "Runs node on client/js/dashboard/server.js (found next to this binary, or\n"
+     "$XCODER_DASHBOARD) against the endpoints the other commands use: overview curves,\n"
+     "the latents' Δnorm histogram, ν scatter and table, one page per latent. Bound to\n"
+     "127.0.0.1 by default; read-only unless --admin or --admin-token-file. Ctrl-C stops it.",
+     dashboard_opts, 0, 0, 0, xc_cli_cmd_dashboard},
     XC_CLI_REMOTE_COMMANDS /* checkpoints, fetch, table (remote.c) */
     XC_CLI_CKPT_COMMANDS   /* inspect, export (ckpt.c) */
 };

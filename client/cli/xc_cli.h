@@ -148,5 +148,6 @@ int xc_cli_cmd_metrics(xc_cli_args_t *a);
 int xc_cli_cmd_keygen(xc_cli_args_t *a);
 int xc_cli_cmd_synth(xc_cli_args_t *a);
 int xc_cli_cmd_report(xc_cli_args_t *a);
+int xc_cli_cmd_dashboard(xc_cli_args_t *a);
 
 #endif

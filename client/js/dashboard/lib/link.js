@@ -219,6 +219,8 @@ class DaemonLink extends EventEmitter {
    * the history recorded since the page was first opened, and its examples.
    */
   async latent(j) {
+    const [rec, examples] = await Promise.all([this.client.latent(j), this.examples(j)]);
+    // followed only once the daemon knows j: one bad index would fail the whole js request
     let w = this._watch.get(j);
     if (!w) {
       w = { points: [] };
@@ -230,7 +232,6 @@ class DaemonLink extends EventEmitter {
       }
     }
     w.seen = Date.now();
-    const [rec, examples] = await Promise.all([this.client.latent(j), this.examples(j)]);
     if (w.points.length === 0 || w.points[w.points.length - 1].step < rec.snapshot_step) {
       const s = rec.scaling || {}, x = rec.scaling_exact || {};
       this._pushWatch(w, { t: Date.now() / 1000, step: rec.snapshot_step, delta_norm: rec.delta_norm, cosine: rec.cosine,

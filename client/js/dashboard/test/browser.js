@@ -121,6 +121,12 @@ async function main() {
     const denied = await page.evaluate(async () => (await fetch("/api/checkpoint", { method: "POST" })).status);
     check("admin request without the credential refused (403)", denied === 403, `HTTP ${denied}`);
     await page.screenshot({ path: path.join(OUT, "overview.png") });
+    const foreign = await Promise.all([{ host: "evil.example" }, { origin: "http://evil.example" }].map((h) => new Promise((resolve) => {
+      const u = new URL(url);
+      const req = require("node:http").get({ host: u.hostname, port: u.port, path: "/api/status", headers: h }, (res) => { res.resume(); resolve(res.statusCode); });
+      req.on("error", (e) => resolve(e.message));
+    })));
+    check("foreign Host (DNS rebinding) and cross-site Origin refused (403)", foreign[0] === 403 && foreign[1] === 403, foreign.join(", "));
 
     // ------------------------- features learnt, exact pass, then a paused model
     const t0 = Date.now();
@@ -179,6 +185,11 @@ async function main() {
     const ex = await page.textContent("#lat-examples");
     check("latent page: examples shown, or said to be unavailable", /not available|no examples|\d/.test(ex), ex);
     await page.screenshot({ path: path.join(OUT, "latent.png"), fullPage: true });
+    await page.evaluate(() => { location.hash = "#/latent/999999"; });
+    await waitFor("the error for a latent out of range", async () => /XC_ENOTFOUND/.test(await page.textContent("#lat-err")), 5000)
+      .then(() => ok("latent page: an index out of range says XC_ENOTFOUND"), (e) => nok("latent page: an index out of range says XC_ENOTFOUND", e.message));
+    await page.evaluate((jj) => { location.hash = `#/latent/${jj}`; }, j);
+    await waitFor("latent page again", async () => (await page.textContent("#h-latent")) === `Latent ${j}` && !(await page.isVisible("#lat-err")), 5000);
     await page.keyboard.press("]");
     await waitFor("the next latent by keyboard", async () => (await page.evaluate(() => location.hash)) === `#/latent/${j + 1}`, 3000);
     ok("keyboard: 2 opens the latents page, Enter a latent, ] the next one");
