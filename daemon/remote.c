@@ -623,9 +623,9 @@ int xc_remote_table_check(const xc_request_t *req, long dict_size, char *why, si
 }
 
 /* One column value of latent j into dst (host order = little-endian). */
-static void col_value(int c, const xc_latent_stats_t *st, const xc_trainer_extra_t *x, long j, uint8_t *dst)
+static void col_value(int c, const xc_snapshot_t *x, long j, uint8_t *dst)
 {
-    const xc_latent_stats_t *l = &st[j];
+    const xc_latent_stats_t *l = &x->st[j];
     const xc_scaling_stats_t *s = &x->running[j], *e = x->exact ? &x->exact[j] : NULL;
     float f = 0;
     double d = 0;
@@ -670,13 +670,18 @@ static void col_value(int c, const xc_latent_stats_t *st, const xc_trainer_extra
     }
 }
 
-int xc_remote_table(xc_trainer_t *t, long F, const xc_request_t *req, xc_buf_t *out, char *why, size_t wl)
+int xc_remote_table(const xc_snapshot_t *x, long F, const xc_request_t *req, xc_buf_t *out, char *why, size_t wl)
 {
     table_args_t a;
     int rc = table_args(req, F, &a, why, wl);
     if (rc) {
         table_args_free(&a);
         return rc;
+    }
+    if (!x) {
+        table_args_free(&a);
+        xc_why(why, wl, "no latent snapshot yet; retry");
+        return XC_EAGAIN;
     }
     size_t n = (size_t)a.count;
     uint8_t *col = malloc(n ? n * 8 : 1); /* one column at a time */
@@ -685,20 +690,16 @@ int xc_remote_table(xc_trainer_t *t, long F, const xc_request_t *req, xc_buf_t *
         xc_why(why, wl, "out of memory for %zu rows", n);
         return XC_ENOMEM;
     }
-    long step;
-    xc_trainer_extra_t x;
-    const xc_latent_stats_t *st = xc_trainer_snapshot_lock(t, &step, NULL);
-    xc_trainer_snapshot_extra(t, &x);
     xc_mpw_t w;
     xc_buf_reset(out);
     xc_mpw_init(&w, out);
     xc_proto_reply_begin(&w, req);
-    xc_mpw_kv_int(&w, "snapshot_step", step);
+    xc_mpw_kv_int(&w, "snapshot_step", x->step);
     xc_mpw_kv_int(&w, "dict_size", F);
     xc_mpw_kv_uint(&w, "n", n);
     if (!a.js) xc_mpw_kv_uint(&w, "start", a.start);
-    xc_mpw_kv_int(&w, "scaling_step", x.exact ? x.exact_step : -1);
-    xc_mpw_kv_uint(&w, "scaling_tokens", x.exact ? x.exact_tokens : 0);
+    xc_mpw_kv_int(&w, "scaling_step", x->exact ? x->exact_step : -1);
+    xc_mpw_kv_uint(&w, "scaling_tokens", x->exact ? x->exact_tokens : 0);
     xc_mpw_str(&w, "fields");
     xc_mpw_array_begin(&w);
     for (int k = 0; k < a.ncols; k++) xc_mpw_str(&w, xc_table_cols[a.cols[k]].name);
@@ -714,12 +715,11 @@ int xc_remote_table(xc_trainer_t *t, long F, const xc_request_t *req, xc_buf_t *
         int c = a.cols[k];
         size_t es = xc_table_dtype_size(xc_table_cols[c].dtype);
         for (size_t i = 0; i < n; i++)
-            col_value(c, st, &x, a.js ? (long)a.js[i] : (long)(a.start + i), col + i * es);
+            col_value(c, x, a.js ? (long)a.js[i] : (long)(a.start + i), col + i * es);
         xc_mpw_str(&w, xc_table_cols[c].name);
         xc_mpw_bin(&w, col, n * es);
     }
     xc_mpw_map_end(&w);
-    xc_trainer_snapshot_unlock(t);
     xc_mpw_map_end(&w);
     free(col);
     table_args_free(&a);

@@ -172,7 +172,7 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
 }
 
 typedef struct {
-    const xc_svc_latents_t *L;
+    const xc_snapshot_t *L;
     xc_svc_field_fn by;
     int asc;
 } sort_ctx_t;
@@ -394,36 +394,36 @@ static int check_latent(xc_svc_t *s, call_t *c)
 static void op_latent(xc_svc_t *s, call_t *c)
 {
     latent_args_t a;
-    long step;
     int rc = latent_args(s, &c->req, &a, c->why, sizeof c->why);
     if (rc) {
         reply_error(s, &c->env, &c->req, rc, c->why);
         return;
     }
-    xc_svc_latents_t L;
-    L.st = xc_trainer_snapshot_lock(s->trainer, &step, NULL);
-    xc_trainer_snapshot_extra(s->trainer, &L.x);
-    const xc_latent_stats_t *st = L.st;
+    const xc_snapshot_t *L = s->snap; /* the loop's own: no lock */
+    if (!L) {
+        reply_error(s, &c->env, &c->req, XC_EAGAIN, "no latent snapshot yet; retry");
+        return;
+    }
+    const xc_latent_stats_t *st = L->st;
     xc_mpw_t *w = &c->w;
     xc_proto_reply_begin(w, &c->req);
-    xc_mpw_kv_int(w, "snapshot_step", step);
+    xc_mpw_kv_int(w, "snapshot_step", L->step);
     if (c->req.op == XC_OP_LATENT) {
         xc_mpw_kv_uint(w, "j", a.j);
         xc_mpw_str(w, "stats");
         xc_mpw_map_begin(w);
-        xc_svc_render_latent(w, &L, (long)a.j);
+        xc_svc_render_latent(w, L, (long)a.j);
         xc_mpw_map_end(w);
     } else {
         long F = s->cfg.dict_size, n = 0;
         int *idx = malloc((size_t)F * sizeof *idx); /* owned here */
         if (!idx) {
-            xc_trainer_snapshot_unlock(s->trainer);
             reply_error(s, &c->env, &c->req, XC_ENOMEM, "out of memory sorting latents");
             return;
         }
         for (long j = 0; j < F; j++)
             if (!a.alive_only || !st[j].dead) idx[n++] = (int)j;
-        sort_ctx_t sc = {&L, a.by, a.asc};
+        sort_ctx_t sc = {L, a.by, a.asc};
         qsort_r(idx, (size_t)n, sizeof *idx, top_cmp, &sc);
         if ((uint64_t)n > a.n) n = (long)a.n;
         xc_mpw_kv_str(w, "by", a.by_name);
@@ -433,13 +433,12 @@ static void op_latent(xc_svc_t *s, call_t *c)
         for (long i = 0; i < n; i++) {
             xc_mpw_map_begin(w);
             xc_mpw_kv_int(w, "j", idx[i]);
-            xc_svc_render_latent(w, &L, idx[i]);
+            xc_svc_render_latent(w, L, idx[i]);
             xc_mpw_map_end(w);
         }
         xc_mpw_array_end(w);
         free(idx);
     }
-    xc_trainer_snapshot_unlock(s->trainer);
     xc_mpw_map_end(w);
     reply_buf(s, &c->env, w, &c->req);
 }
@@ -452,7 +451,7 @@ static int check_table(xc_svc_t *s, call_t *c)
 /* table: remote.c encodes the columns from the same snapshot. */
 static void op_table(xc_svc_t *s, call_t *c)
 {
-    int rc = xc_remote_table(s->trainer, s->cfg.dict_size, &c->req, &s->out, c->why, sizeof c->why);
+    int rc = xc_remote_table(s->snap, s->cfg.dict_size, &c->req, &s->out, c->why, sizeof c->why);
     if (rc) reply_error(s, &c->env, &c->req, rc, c->why);
     else xc_svc_send_reply(s, s->control, &c->env, s->out.data, s->out.len);
 }
@@ -476,16 +475,14 @@ static const op_def_t g_ops[XC_OP__COUNT] = {
 };
 
 /* 1 when the loop's snapshot answers a query now: taken after the last step
- * (no step since), or the trainer has stopped and no other will come. */
+ * (no step since), or the trainer has stopped and no other will come. A
+ * snapshot the trainer has parked since the last notification is taken first. */
 static int snapshot_current(xc_svc_t *s)
 {
-    long snap_step;
-    uint64_t snap_gen;
     xc_trainer_status_t ts;
     xc_trainer_status(s->trainer, &ts);
-    xc_trainer_snapshot_lock(s->trainer, &snap_step, &snap_gen);
-    xc_trainer_snapshot_unlock(s->trainer);
-    if (snap_gen > 0 && snap_step == ts.m.step) return 1;
+    s->snap = xc_trainer_snapshot_swap(s->trainer, s->snap);
+    if (s->snap && s->snap->gen > 0 && s->snap->step == ts.m.step) return 1;
     return s->stopping && ts.state == XC_TR_STOPPED;
 }
 

@@ -233,11 +233,12 @@ static void async_cb(uv_async_t *h)
 {
     xc_svc_t *s = h->data;
     xc_ckpt_result_t ck;
-    uint64_t snap_gen = 0;
-    int ev = xc_trainer_poll(s->trainer, &ck, &snap_gen);
+    int ev = xc_trainer_poll(s->trainer, &ck, NULL);
+    if (ev & XC_TR_EV_SNAPSHOT) s->snap = xc_trainer_snapshot_swap(s->trainer, s->snap); /* O(1) */
     if (ev & XC_TR_EV_CKPT) xc_svc_publish_ckpt(s, &ck);
     if (ev & XC_TR_EV_SCALING) xc_svc_publish_scaling(s);
-    if (ev & (XC_TR_EV_CKPT | XC_TR_EV_SNAPSHOT)) xc_svc_answer_pending(s, &ck, ev & XC_TR_EV_CKPT, snap_gen, 0);
+    if (ev & (XC_TR_EV_CKPT | XC_TR_EV_SNAPSHOT))
+        xc_svc_answer_pending(s, &ck, ev & XC_TR_EV_CKPT, s->snap ? s->snap->gen : 0, 0);
     if (ev & XC_TR_EV_STOPPED) {
         xc_trainer_status_t ts;
         xc_trainer_status(s->trainer, &ts);
@@ -555,6 +556,7 @@ void xc_svc_destroy(xc_svc_t **ps)
     }
     xc_svc_pending_free_all(s);
     xc_remote_destroy(&s->remote);
+    xc_snapshot_free(&s->snap);
     xc_trainer_destroy(&s->trainer);
     xc_queue_destroy(&s->queue);
     xc_engine_destroy(&s->engine);

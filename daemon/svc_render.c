@@ -215,7 +215,7 @@ static void render_scaling(xc_mpw_t *w, const xc_scaling_stats_t *sc)
 }
 
 /* Per-latent fields (PROTOCOL.md 3.3), into an open map. */
-void xc_svc_render_latent(xc_mpw_t *w, const xc_svc_latents_t *L, long j)
+void xc_svc_render_latent(xc_mpw_t *w, const xc_snapshot_t *L, long j)
 {
     const xc_latent_stats_t *l = &L->st[j];
     xc_mpw_kv_double(w, "norm_base", l->norm_base);
@@ -229,17 +229,17 @@ void xc_svc_render_latent(xc_mpw_t *w, const xc_svc_latents_t *L, long j)
     xc_mpw_kv_uint(w, "tokens_since_fired", l->tokens_since_fired);
     xc_mpw_kv_int(w, "last_step_fired", l->last_step_fired);
     xc_mpw_kv_bool(w, "dead", l->dead);
-    xc_mpw_kv_str(w, "class", xc_class_name(L->x.cls[j]));
-    xc_mpw_kv_bool(w, "chat_specific", (L->x.flags[j] & XC_FLAG_CHAT_SPECIFIC) != 0);
+    xc_mpw_kv_str(w, "class", xc_class_name(L->cls[j]));
+    xc_mpw_kv_bool(w, "chat_specific", (L->flags[j] & XC_FLAG_CHAT_SPECIFIC) != 0);
     xc_mpw_str(w, "scaling");
-    render_scaling(w, &L->x.running[j]);
+    render_scaling(w, &L->running[j]);
     xc_mpw_str(w, "scaling_exact");
-    if (L->x.exact) render_scaling(w, &L->x.exact[j]);
+    if (L->exact) render_scaling(w, &L->exact[j]);
     else xc_mpw_nil(w);
 }
 
 #define LAT_FIELD(nm, expr) \
-    static double f_##nm(const xc_svc_latents_t *L, long j) { return (double)(expr); }
+    static double f_##nm(const xc_snapshot_t *L, long j) { return (double)(expr); }
 LAT_FIELD(norm_base, L->st[j].norm_base)
 LAT_FIELD(norm_chat, L->st[j].norm_chat)
 LAT_FIELD(delta_norm, L->st[j].delta_norm)
@@ -250,14 +250,14 @@ LAT_FIELD(max_act, L->st[j].max_act)
 LAT_FIELD(fired, L->st[j].fired)
 LAT_FIELD(since, L->st[j].tokens_since_fired)
 LAT_FIELD(last, L->st[j].last_step_fired)
-LAT_FIELD(nu_err, L->x.running[j].nu_err)
-LAT_FIELD(nu_rec, L->x.running[j].nu_rec)
-LAT_FIELD(beta_err_base, L->x.running[j].beta_err[0])
-LAT_FIELD(beta_err_chat, L->x.running[j].beta_err[1])
-LAT_FIELD(beta_rec_base, L->x.running[j].beta_rec[0])
-LAT_FIELD(beta_rec_chat, L->x.running[j].beta_rec[1])
-LAT_FIELD(exact_nu_err, L->x.exact ? L->x.exact[j].nu_err : NAN)
-LAT_FIELD(exact_nu_rec, L->x.exact ? L->x.exact[j].nu_rec : NAN)
+LAT_FIELD(nu_err, L->running[j].nu_err)
+LAT_FIELD(nu_rec, L->running[j].nu_rec)
+LAT_FIELD(beta_err_base, L->running[j].beta_err[0])
+LAT_FIELD(beta_err_chat, L->running[j].beta_err[1])
+LAT_FIELD(beta_rec_base, L->running[j].beta_rec[0])
+LAT_FIELD(beta_rec_chat, L->running[j].beta_rec[1])
+LAT_FIELD(exact_nu_err, L->exact ? L->exact[j].nu_err : NAN)
+LAT_FIELD(exact_nu_rec, L->exact ? L->exact[j].nu_rec : NAN)
 #undef LAT_FIELD
 
 static const struct {

@@ -46,10 +46,10 @@ struct xc_trainer {
 
     uint64_t scal_req_tokens;  /* exact Latent Scaling pass asked for (0: none) */
 
-    pthread_mutex_t snap_mu;   /* guards the snapshot (pub's records) */
-    xc_shmpub_t *pub;          /* owned: per-latent records, shared memory */
-    long snap_step;
-    uint64_t snap_gen;
+    xc_snapshot_t *snap_ready; /* under mu, owned: filled, not yet taken by the loop */
+    xc_snapshot_t *snap_spare; /* under mu, owned: given back by the loop, to refill */
+
+    xc_shmpub_t *pub;          /* owned, trainer thread only: per-latent records, shared memory */
 
     /* trainer-thread only */
     double shm_interval_ms, next_pub_ms;
@@ -120,18 +120,14 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     }
     t->shm_interval_ms = o->shm_interval > 0 ? o->shm_interval * 1e3 : 1e3;
     if (pthread_mutex_init(&t->mu, NULL)) goto out_free;
-    if (pthread_mutex_init(&t->snap_mu, NULL)) goto out_destroy_mu;
     xc_rng_seed(&t->rng, o->seed ^ 0x6d69786275666672ull); /* "mixbuffr": not the init stream */
     t->notify = o->notify;
     t->notify_ctx = o->notify_ctx;
-    t->snap_step = -1;
     t->st.m = *xc_engine_metrics(e);
     t->st.state = XC_TR_STARTING;
     t->st.scaling_last_step = -1;
     *err = XC_OK;
     return t;
-out_destroy_mu:
-    pthread_mutex_destroy(&t->mu);
 out_free:
     xc_ckpt_writer_destroy(&t->ckw);
     xc_shmpub_destroy(&t->pub, 1);
@@ -159,7 +155,8 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     free(t->state_dir);
     free(t->name);
     free(t->config_json);
-    pthread_mutex_destroy(&t->snap_mu);
+    xc_snapshot_free(&t->snap_ready);
+    xc_snapshot_free(&t->snap_spare);
     pthread_mutex_destroy(&t->mu);
     free(t);
     *pt = NULL;
@@ -210,7 +207,8 @@ static void draw_batch(xc_trainer_t *t)
     }
 }
 
-static void refresh_records(xc_trainer_t *t);
+static void refresh_records(xc_trainer_t *t, uint64_t gen);
+static uint64_t snap_gen_done(xc_trainer_t *t);
 static void exact_to_rows(xc_trainer_t *t, const xc_scaling_stats_t *r, long step, uint64_t tokens);
 
 /* The exact Latent Scaling pass sees the batches the trainer draws, before it
@@ -231,9 +229,7 @@ static void scaling_feed(xc_trainer_t *t)
     if (res && !rc) {
         xc_scaling_result(t->pass, res);
         exact_to_rows(t, res, step, done);
-        pthread_mutex_lock(&t->snap_mu);
         rc = xc_shmpub_set_exact(t->pub, res, step, done);
-        pthread_mutex_unlock(&t->snap_mu);
     }
     free(res);
     xc_scaling_destroy(&t->pass);
@@ -247,7 +243,7 @@ static void scaling_feed(xc_trainer_t *t)
     pthread_mutex_unlock(&t->mu);
     xc_log(rc ? XC_LOG_ERROR : XC_LOG_INFO, "exact Latent Scaling pass on the step-%ld dictionary over %llu tokens: %s",
            step, (unsigned long long)done, rc ? xc_strerror(rc) : "done");
-    refresh_records(t);
+    refresh_records(t, snap_gen_done(t));
     post(t, XC_TR_EV_SCALING);
 }
 
@@ -329,9 +325,7 @@ static int rows_to_exact(xc_trainer_t *t)
         const double *o = t->exact_state + (size_t)j * EXACT_COLS;
         r[j] = (xc_scaling_stats_t){{(float)o[0], (float)o[1]}, {(float)o[2], (float)o[3]}, (float)o[4], (float)o[5], o[6]};
     }
-    pthread_mutex_lock(&t->snap_mu);
     int rc = xc_shmpub_set_exact(t->pub, r, (long)t->exact_meta[0], (uint64_t)t->exact_meta[1]);
-    pthread_mutex_unlock(&t->snap_mu);
     free(r);
     pthread_mutex_lock(&t->mu);
     t->st.scaling_last_step = (long)t->exact_meta[0];
@@ -391,35 +385,95 @@ static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason, int
     ckpt_finished(t, &r); /* written here, current already, or failed */
 }
 
-/* Recomputes the per-latent records (and writes shared memory). */
-static void refresh_records(xc_trainer_t *t)
+/* One block holding a snapshot and its arrays (freed with one free). NULL
+ * when out of memory. */
+static xc_snapshot_t *snapshot_alloc(long F)
+{
+    size_t n = (size_t)F;
+    size_t sz = sizeof(xc_snapshot_t) + n * sizeof(xc_latent_stats_t) + 2 * n * sizeof(xc_scaling_stats_t) + 2 * n;
+    xc_snapshot_t *sn = calloc(1, sz); /* owned by the caller */
+    if (!sn) return NULL;
+    uint8_t *p = (uint8_t *)(sn + 1); /* the struct's size keeps the arrays aligned */
+    sn->F = F;
+    sn->st = (xc_latent_stats_t *)p;
+    p += n * sizeof(xc_latent_stats_t);
+    sn->running = (xc_scaling_stats_t *)p;
+    p += n * sizeof(xc_scaling_stats_t);
+    sn->exact = (xc_scaling_stats_t *)p; /* set to NULL in fills without an exact pass */
+    p += n * sizeof(xc_scaling_stats_t);
+    sn->cls = p;
+    sn->flags = p + n;
+    return sn;
+}
+
+void xc_snapshot_free(xc_snapshot_t **snap)
+{
+    if (!snap || !*snap) return;
+    free(*snap);
+    *snap = NULL;
+}
+
+/* Recomputes the per-latent records (and writes shared memory), then hands a
+ * copy to the loop as the ready snapshot (answering request gen). The copy is
+ * O(F) on the trainer thread, between steps; the lock is held only to swap
+ * pointers, so neither thread ever waits for the other's work. */
+static void refresh_records(xc_trainer_t *t, uint64_t gen)
 {
     pthread_mutex_lock(&t->mu);
     double ms = t->st.last_step_ms;
     pthread_mutex_unlock(&t->mu);
     double tps = ms > 0 ? t->B / (ms / 1e3) : 0.0;
     uint32_t counts[8];
-    pthread_mutex_lock(&t->snap_mu);
     xc_shmpub_update(t->pub, t->e, tps);
     xc_shmpub_class_counts(t->pub, counts);
-    t->snap_step = xc_engine_metrics(t->e)->step;
-    pthread_mutex_unlock(&t->snap_mu);
+    long F = xc_engine_config(t->e)->dict_size;
+
+    /* the buffer to fill: a ready one the loop has not taken (recalled), else the spare */
+    pthread_mutex_lock(&t->mu);
+    xc_snapshot_t *sn = t->snap_ready ? t->snap_ready : t->snap_spare;
+    if (sn == t->snap_ready) t->snap_ready = NULL;
+    else t->snap_spare = NULL;
+    pthread_mutex_unlock(&t->mu);
+    if (!sn) sn = snapshot_alloc(F); /* owned here until parked as ready */
+    if (sn) {
+        size_t n = (size_t)F;
+        const xc_scaling_stats_t *ex;
+        sn->step = xc_engine_metrics(t->e)->step;
+        sn->gen = gen;
+        memcpy(sn->st, xc_shmpub_latents(t->pub), n * sizeof *sn->st);
+        memcpy(sn->running, xc_shmpub_scaling(t->pub), n * sizeof *sn->running);
+        memcpy(sn->cls, xc_shmpub_classes(t->pub), n);
+        memcpy(sn->flags, xc_shmpub_flags(t->pub), n);
+        sn->exact = (xc_scaling_stats_t *)(sn->running + n); /* the block's slot for it */
+        ex = xc_shmpub_exact(t->pub, &sn->exact_step, &sn->exact_tokens);
+        if (ex) memcpy(sn->exact, ex, n * sizeof *sn->exact);
+        else sn->exact = NULL, sn->exact_step = -1, sn->exact_tokens = 0;
+    } else {
+        xc_log(XC_LOG_WARN, "out of memory for the latent snapshot; latent queries wait for the next one");
+    }
     pthread_mutex_lock(&t->mu);
     memcpy(t->st.class_counts, counts, sizeof counts);
+    if (sn) t->snap_ready = sn;
     pthread_mutex_unlock(&t->mu);
     t->next_pub_ms = now_ms() + t->shm_interval_ms;
+    if (sn) post(t, XC_TR_EV_SNAPSHOT);
+}
+
+/* The gen the periodic refreshes carry: the newest request already answered. */
+static uint64_t snap_gen_done(xc_trainer_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    uint64_t g = t->snap_done;
+    pthread_mutex_unlock(&t->mu);
+    return g;
 }
 
 static void do_snapshot(xc_trainer_t *t, uint64_t gen)
 {
-    refresh_records(t);
-    pthread_mutex_lock(&t->snap_mu);
-    t->snap_gen = gen;
-    pthread_mutex_unlock(&t->snap_mu);
     pthread_mutex_lock(&t->mu);
     t->snap_done = gen;
     pthread_mutex_unlock(&t->mu);
-    post(t, XC_TR_EV_SNAPSHOT);
+    refresh_records(t, gen);
 }
 
 static void set_state(xc_trainer_t *t, xc_tr_state_t s)
@@ -434,7 +488,7 @@ static void *trainer_main(void *arg)
     xc_trainer_t *t = arg;
     xc_state_view_t ex[N_EXTRAS];
     xc_ckpt_writer_prepare(t->ckw, t->e, ex, ckpt_extras(t, ex)); /* the checkpoint copy's memory, in the background */
-    refresh_records(t);
+    refresh_records(t, snap_gen_done(t));
     set_state(t, XC_TR_RUNNING);
     for (;;) {
         pthread_mutex_lock(&t->mu);
@@ -452,7 +506,7 @@ static void *trainer_main(void *arg)
         if (stop) break; /* pending checkpoint requests are answered by the final one */
         if (ck) do_checkpoint(t, ck, reason ? reason : "request", 0);
         if (scal && !t->pass) scaling_start(t, scal);
-        if (now_ms() >= t->next_pub_ms) refresh_records(t);
+        if (now_ms() >= t->next_pub_ms) refresh_records(t, snap_gen_done(t));
         fill_buffer(t);
         if (!paused && t->buffered >= t->C) {
             do_step(t);
@@ -626,20 +680,17 @@ int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_ge
     return ev;
 }
 
-const xc_latent_stats_t *xc_trainer_snapshot_lock(xc_trainer_t *t, long *step, uint64_t *gen)
+xc_snapshot_t *xc_trainer_snapshot_swap(xc_trainer_t *t, xc_snapshot_t *mine)
 {
-    pthread_mutex_lock(&t->snap_mu);
-    if (step) *step = t->snap_step;
-    if (gen) *gen = t->snap_gen;
-    return xc_shmpub_latents(t->pub);
+    xc_snapshot_t *drop = NULL;
+    pthread_mutex_lock(&t->mu);
+    xc_snapshot_t *next = t->snap_ready;
+    if (next) {
+        t->snap_ready = NULL;
+        if (!t->snap_spare) t->snap_spare = mine;
+        else drop = mine;
+    }
+    pthread_mutex_unlock(&t->mu);
+    xc_snapshot_free(&drop);
+    return next ? next : mine;
 }
-
-void xc_trainer_snapshot_extra(xc_trainer_t *t, xc_trainer_extra_t *x)
-{
-    x->running = xc_shmpub_scaling(t->pub);
-    x->exact = xc_shmpub_exact(t->pub, &x->exact_step, &x->exact_tokens);
-    x->cls = xc_shmpub_classes(t->pub);
-    x->flags = xc_shmpub_flags(t->pub);
-}
-
-void xc_trainer_snapshot_unlock(xc_trainer_t *t) { pthread_mutex_unlock(&t->snap_mu); }

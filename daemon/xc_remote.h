@@ -12,8 +12,8 @@
  *                computed once (streamed through the same 1 MiB buffer) and
  *                cached by (name, inode, size, mtime): files are immutable once
  *                renamed into state_dir.
- *   table        per-latent columns from the trainer's snapshot, encoded under
- *                its lock (the caller decides when the snapshot is fresh, as for
+ *   table        per-latent columns from the loop's immutable latent snapshot
+ *                (no lock; the caller decides when the snapshot is fresh, as for
  *                latent / top).
  *
  * The service owns the control socket; replies that are ready later (fetch)
@@ -57,9 +57,9 @@ int xc_remote_busy(const xc_remote_t *r);
 
 /* "table": argument check only (0 or XC_E* with why). */
 int xc_remote_table_check(const xc_request_t *req, long dict_size, char *why, size_t why_len);
-/* "table": the reply from the trainer's current snapshot (taken and released
- * here). 0 with a complete success reply in out, or XC_E* with why. */
-int xc_remote_table(xc_trainer_t *t, long dict_size, const xc_request_t *req, xc_buf_t *out, char *why,
+/* "table": the reply from the loop's latent snapshot (borrowed; NULL: none yet,
+ * XC_EAGAIN). 0 with a complete success reply in out, or XC_E* with why. */
+int xc_remote_table(const xc_snapshot_t *snap, long dict_size, const xc_request_t *req, xc_buf_t *out, char *why,
                     size_t why_len);
 
 #endif

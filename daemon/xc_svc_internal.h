@@ -101,6 +101,7 @@ struct xc_svc {
     xc_engine_t *engine;
     xc_queue_t *queue;
     xc_trainer_t *trainer;
+    xc_snapshot_t *snap; /* owned: the latent snapshot the loop answers from (xc_trainer.h) */
     int ingest_blocked;
     int stopping;
     int closing;
@@ -176,14 +177,9 @@ void xc_svc_publish_scaling(xc_svc_t *s);
  * when out of memory). */
 char *xc_svc_config_json(const xc_cfg_t *c);
 
-/* One latent's record as the loop reads it: statistics, Latent Scaling, class. */
-typedef struct {
-    const xc_latent_stats_t *st;
-    xc_trainer_extra_t x;
-} xc_svc_latents_t;
-typedef double (*xc_svc_field_fn)(const xc_svc_latents_t *, long j);
+typedef double (*xc_svc_field_fn)(const xc_snapshot_t *, long j);
 /* Per-latent fields (PROTOCOL.md 3.3) of latent j into an open map. */
-void xc_svc_render_latent(xc_mpw_t *w, const xc_svc_latents_t *L, long j);
+void xc_svc_render_latent(xc_mpw_t *w, const xc_snapshot_t *L, long j);
 /* The sort key named s[0, len) for top; NULL when unknown. */
 xc_svc_field_fn xc_svc_latent_field(const char *s, size_t len);
 

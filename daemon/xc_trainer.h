@@ -34,7 +34,8 @@ typedef struct {
 
 typedef enum { XC_TR_STARTING = 0, XC_TR_RUNNING, XC_TR_PAUSED, XC_TR_STOPPING, XC_TR_STOPPED } xc_tr_state_t;
 
-/* What the loop reads for status / stats events (a copy, taken under a lock). */
+/* What the loop reads for status / stats events (a copy, taken under a lock:
+ * a few hundred bytes, never per-latent data). */
 typedef struct {
     xc_engine_metrics_t m;    /* of the last completed step */
     xc_tr_state_t state;
@@ -99,18 +100,33 @@ void xc_trainer_status(xc_trainer_t *t, xc_trainer_status_t *out);
 #define XC_TR_EV_SCALING 8
 int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_gen);
 
-/* The snapshot (dict_size entries): lock, read, unlock. step: when taken. */
-const xc_latent_stats_t *xc_trainer_snapshot_lock(xc_trainer_t *t, long *step, uint64_t *gen);
-void xc_trainer_snapshot_unlock(xc_trainer_t *t);
-/* Under the snapshot lock: Latent Scaling and classes of the same records. */
+/* The latent snapshot: an immutable copy of every latent's record, which the
+ * trainer hands to the loop by pointer swap so that the loop reads, sorts and
+ * encodes it without any lock and the trainer never waits for the loop.
+ *
+ * Ownership: the trainer fills a snapshot on its thread, then parks it as
+ * "ready" (under its mutex) and notifies the loop (XC_TR_EV_SNAPSHOT). The loop
+ * takes it with xc_trainer_snapshot_swap, which in the same O(1) step gives
+ * back the loop's previous one as a "spare" for the trainer to refill. So at
+ * most three are alive: the loop's, the ready (or being filled) one, and the
+ * spare; a ready one the loop has not taken is refilled in place. */
 typedef struct {
-    const xc_scaling_stats_t *running; /* (F) running estimates */
-    const xc_scaling_stats_t *exact;   /* (F) last exact pass, NULL if none */
-    long exact_step;
+    long step;                     /* dictionary step the records describe */
+    uint64_t gen;                  /* newest snapshot request it answers (0: none yet) */
+    long F;                        /* dict_size */
+    xc_latent_stats_t *st;         /* (F) statistics */
+    xc_scaling_stats_t *running;   /* (F) running Latent Scaling estimates */
+    xc_scaling_stats_t *exact;     /* (F) last exact pass, NULL when there is none */
+    long exact_step;               /* its dictionary step (-1: none) */
     uint64_t exact_tokens;
-    const uint8_t *cls, *flags;        /* (F) XC_CLASS_*, XC_FLAG_* */
-} xc_trainer_extra_t;
-void xc_trainer_snapshot_extra(xc_trainer_t *t, xc_trainer_extra_t *x);
+    uint8_t *cls, *flags;          /* (F) XC_CLASS_*, XC_FLAG_* */
+} xc_snapshot_t;
+
+/* Loop side: the newest ready snapshot, taking ownership of it, and gives
+ * `mine` (the loop's previous one, or NULL) back to the trainer. Returns mine
+ * unchanged when no newer one is ready. Free the last with xc_snapshot_free. */
+xc_snapshot_t *xc_trainer_snapshot_swap(xc_trainer_t *t, xc_snapshot_t *mine);
+void xc_snapshot_free(xc_snapshot_t **snap);
 /* Starts an exact Latent Scaling pass over the next `tokens` trained tokens
  * (dictionary frozen at the next step). XC_ESTATE if one is under way. */
 int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens);
