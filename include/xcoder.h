@@ -75,10 +75,13 @@ double xc_client_value_getnum(const xc_client_value_t *v, const char *path, doub
 const char *xc_client_value_getstr(const xc_client_value_t *v, const char *path, const char *dflt);
 
 /* JSON rendering (RFC 8259): NaN/Inf -> null, bin -> base64 string, invalid
- * UTF-8 -> U+FFFD, non-string map keys rendered then quoted. pretty: indent by
- * 2. Returns a malloc'd string the caller frees, NULL when out of memory. */
+ * UTF-8 -> U+FFFD, non-string map keys as strings ("5"; a map or array key as
+ * "<map>" / "<array>"), linear in the value's size, capped at 32 levels and
+ * 256 MiB. pretty: indent by 2. Returns a malloc'd string the caller frees,
+ * NULL when out of memory or over a cap. */
 char *xc_client_value_to_json(const xc_client_value_t *v, int pretty);
-/* Writes the JSON and a newline to f: 0, XC_ENOMEM or XC_EIO. */
+/* Writes the JSON and a newline to f: 0, XC_ENOMEM, XC_ETOOBIG, XC_EPROTO
+ * (too deep) or XC_EIO. */
 int xc_client_value_print_json(FILE *f, const xc_client_value_t *v, int pretty);
 
 /* -------------------------------------------------------------------- .npy */

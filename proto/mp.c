@@ -354,119 +354,261 @@ int xc_mp_str_eq(xc_mp_node_t n, const char *s)
 }
 
 /* ------------------------------------------------------------------ JSON -- */
-static void json_str(xc_buf_t *out, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    xc_buf_append(out, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            xc_buf_append(out, e, 2);
-        } else if (c == '\n' || c == '\t' || c == '\r') {
-            char e[2] = {'\\', c == '\n' ? 'n' : c == '\t' ? 't' : 'r'};
-            xc_buf_append(out, e, 2);
-        } else if (c < 0x20) {
-            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            xc_buf_append(out, e, 6);
-        } else {
-            xc_buf_append(out, &c, 1);
-        }
-    }
-    xc_buf_append(out, "\"", 1);
-}
+/* The one JSON renderer of parsed MessagePack (daemon, CLI, libxcoder). Every
+ * byte of input is rendered once: map keys that are not strings are rendered
+ * without rendering anything twice (scalars as their text, bin/ext as their
+ * encoded string, containers as a "<map>" / "<array>" marker), so the output
+ * is linear in the input (at most about (6 + 2 * indent * depth) bytes per
+ * input byte). Nesting is capped at XC_JSON_MAX_DEPTH and the output at
+ * max_bytes, each with an error that says so. */
+typedef struct {
+    xc_buf_t *out;
+    size_t start, limit;   /* out->len at entry; most bytes this call may add */
+    int indent;
+    unsigned flags;
+    int err;               /* sticky: XC_ETOOBIG, XC_EPROTO, XC_ENOMEM */
+} json_ctx_t;
 
-static void json_indent(xc_buf_t *out, int pretty, int level)
+static void jput(json_ctx_t *c, const void *p, size_t n)
 {
-    if (pretty <= 0) return;
-    xc_buf_append(out, "\n", 1);
-    for (int i = 0; i < level * pretty; i++) xc_buf_append(out, " ", 1);
-}
-
-static void json_double(xc_buf_t *out, double v)
-{
-    char tmp[40];
-    if (!isfinite(v)) {
-        xc_buf_append(out, "null", 4);
+    if (c->err) return;
+    if (c->out->len - c->start + n > c->limit) {
+        c->err = XC_ETOOBIG;
         return;
     }
-    snprintf(tmp, sizeof tmp, "%.15g", v);
-    if (strtod(tmp, NULL) != v) snprintf(tmp, sizeof tmp, "%.17g", v);
-    xc_buf_append(out, tmp, strlen(tmp));
+    if (xc_buf_append(c->out, p, n)) c->err = XC_ENOMEM;
 }
 
-static void json_node(xc_buf_t *out, const msgpack_object *o, int pretty, int level)
+/* Length of a valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0], min;
+    size_t len;
+    if (c < 0x80) return 1;
+    if ((c & 0xE0) == 0xC0) len = 2, min = 0x80, c &= 0x1F;
+    else if ((c & 0xF0) == 0xE0) len = 3, min = 0x800, c &= 0x0F;
+    else if ((c & 0xF8) == 0xF0) len = 4, min = 0x10000, c &= 0x07;
+    else return 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3F);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+    return len;
+}
+
+/* A JSON string: the usual escapes, other control bytes and DEL as \u00XX,
+ * invalid UTF-8 as U+FFFD, so the output is always valid JSON. Runs of plain
+ * bytes are appended at once. */
+static void json_str(json_ctx_t *c, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, run = 0;
+    jput(c, "\"", 1);
+    while (i < n && !c->err) {
+        unsigned char ch = p[i];
+        const char *esc = NULL;
+        char u[6];
+        size_t el = 2, l = 1;
+        switch (ch) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        default:
+            if (ch < 0x20 || ch == 0x7f) {
+                u[0] = '\\', u[1] = 'u', u[2] = '0', u[3] = '0', u[4] = hex[ch >> 4], u[5] = hex[ch & 15];
+                esc = u, el = 6;
+            } else if (ch >= 0x80 && (l = utf8_seq(p + i, n - i)) == 0) {
+                esc = "\xef\xbf\xbd", el = 3, l = 1; /* U+FFFD */
+            }
+        }
+        if (!esc) { /* part of a plain run */
+            run += l;
+            i += l;
+            continue;
+        }
+        jput(c, p + i - run, run);
+        run = 0;
+        jput(c, esc, el);
+        i += l;
+    }
+    jput(c, p + i - run, run);
+    jput(c, "\"", 1);
+}
+
+static void json_indent(json_ctx_t *c, int level)
+{
+    static const char sp[] = "                                ";
+    if (c->indent <= 0) return;
+    jput(c, "\n", 1);
+    for (size_t todo = (size_t)level * (size_t)c->indent; todo && !c->err;) {
+        size_t n = todo < sizeof sp - 1 ? todo : sizeof sp - 1;
+        jput(c, sp, n);
+        todo -= n;
+    }
+}
+
+/* A double as text into tmp (>= 40 bytes); "null" when not finite (JSON has
+ * no NaN/Inf). Default: %.15g, or %.17g when that does not read back.
+ * XC_JSON_SHORTEST: the shortest %g that reads back (as the same float when x
+ * is exactly a float32, as most statistics are), with ".0" on integral values
+ * so typed readers see a float. */
+static size_t json_double_text(char *tmp, double v, unsigned flags)
+{
+    if (!isfinite(v)) return (size_t)snprintf(tmp, 40, "null");
+    if (!(flags & XC_JSON_SHORTEST)) {
+        snprintf(tmp, 40, "%.15g", v);
+        if (strtod(tmp, NULL) != v) snprintf(tmp, 40, "%.17g", v);
+        return strlen(tmp);
+    }
+    int n = 0, is_f32 = (double)(float)v == v;
+    for (int p = 1; p <= 17; p++) {
+        n = snprintf(tmp, 40, "%.*g", p, v);
+        double back = strtod(tmp, NULL);
+        if (is_f32 ? (float)back == (float)v : back == v) break;
+    }
+    if (!strpbrk(tmp, ".eE")) {
+        tmp[n++] = '.';
+        tmp[n++] = '0';
+        tmp[n] = 0;
+    }
+    return (size_t)n;
+}
+
+/* bin / ext bytes as a JSON string: lowercase hex, or base64 (XC_JSON_BASE64). */
+static void json_bytes(json_ctx_t *c, const unsigned char *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    jput(c, "\"", 1);
+    if (c->flags & XC_JSON_BASE64) {
+        for (size_t i = 0; i < n && !c->err; i += 3) {
+            unsigned v = (unsigned)p[i] << 16;
+            if (i + 1 < n) v |= (unsigned)p[i + 1] << 8;
+            if (i + 2 < n) v |= p[i + 2];
+            char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63], i + 1 < n ? b64[(v >> 6) & 63] : '=',
+                         i + 2 < n ? b64[v & 63] : '='};
+            jput(c, q, 4);
+        }
+    } else {
+        for (size_t i = 0; i < n && !c->err; i++) {
+            char e[2] = {hex[p[i] >> 4], hex[p[i] & 15]};
+            jput(c, e, 2);
+        }
+    }
+    jput(c, "\"", 1);
+}
+
+/* A scalar's text (no quotes) into tmp (>= 48 bytes): nil, bool, int, float. */
+static size_t json_scalar_text(char *tmp, const msgpack_object *o, unsigned flags)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_BOOLEAN: return (size_t)snprintf(tmp, 48, "%s", o->via.boolean ? "true" : "false");
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return (size_t)snprintf(tmp, 48, "%llu", (unsigned long long)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (size_t)snprintf(tmp, 48, "%lld", (long long)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return json_double_text(tmp, o->via.f64, flags);
+    default: return (size_t)snprintf(tmp, 48, "null");
+    }
+}
+
+static void json_node(json_ctx_t *c, const msgpack_object *o, int level);
+
+/* A map key: JSON keys are strings. A str key as itself; a scalar as its text
+ * in quotes ("5", "true"); bin / ext as its encoded string; a container as a
+ * "<map>" / "<array>" marker. Nothing is rendered twice, so nested keys cost
+ * what they weigh. */
+static void json_key(json_ctx_t *c, const msgpack_object *k)
 {
     char tmp[48];
-    switch (o->type) {
-    case MSGPACK_OBJECT_NIL: xc_buf_append(out, "null", 4); break;
-    case MSGPACK_OBJECT_BOOLEAN:
-        if (o->via.boolean) xc_buf_append(out, "true", 4);
-        else xc_buf_append(out, "false", 5);
-        break;
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)o->via.u64);
-        xc_buf_append(out, tmp, strlen(tmp));
-        break;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        snprintf(tmp, sizeof tmp, "%lld", (long long)o->via.i64);
-        xc_buf_append(out, tmp, strlen(tmp));
-        break;
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64: json_double(out, o->via.f64); break;
-    case MSGPACK_OBJECT_STR: json_str(out, o->via.str.ptr, o->via.str.size); break;
-    case MSGPACK_OBJECT_BIN:
-    case MSGPACK_OBJECT_EXT: {
-        static const char hex[] = "0123456789abcdef";
-        const char *p = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr : o->via.ext.ptr;
-        uint32_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.ext.size;
-        xc_buf_append(out, "\"", 1);
-        for (uint32_t i = 0; i < n; i++) {
-            char e[2] = {hex[(unsigned char)p[i] >> 4], hex[p[i] & 15]};
-            xc_buf_append(out, e, 2);
-        }
-        xc_buf_append(out, "\"", 1);
-        break;
+    switch (k->type) {
+    case MSGPACK_OBJECT_STR: json_str(c, k->via.str.ptr, k->via.str.size); break;
+    case MSGPACK_OBJECT_BIN: json_bytes(c, (const unsigned char *)k->via.bin.ptr, k->via.bin.size); break;
+    case MSGPACK_OBJECT_EXT: json_bytes(c, (const unsigned char *)k->via.ext.ptr, k->via.ext.size); break;
+    case MSGPACK_OBJECT_MAP: jput(c, "\"<map>\"", 7); break;
+    case MSGPACK_OBJECT_ARRAY: jput(c, "\"<array>\"", 9); break;
+    default: {
+        size_t n = json_scalar_text(tmp, k, c->flags);
+        jput(c, "\"", 1);
+        jput(c, tmp, n);
+        jput(c, "\"", 1);
     }
+    }
+}
+
+/* One value, recursively (depth bounded by XC_JSON_MAX_DEPTH). */
+static void json_node(json_ctx_t *c, const msgpack_object *o, int level)
+{
+    char tmp[48];
+    if (c->err) return;
+    if (level > XC_JSON_MAX_DEPTH) {
+        c->err = XC_EPROTO;
+        return;
+    }
+    switch (o->type) {
+    case MSGPACK_OBJECT_STR: json_str(c, o->via.str.ptr, o->via.str.size); break;
+    case MSGPACK_OBJECT_BIN: json_bytes(c, (const unsigned char *)o->via.bin.ptr, o->via.bin.size); break;
+    case MSGPACK_OBJECT_EXT: json_bytes(c, (const unsigned char *)o->via.ext.ptr, o->via.ext.size); break;
     case MSGPACK_OBJECT_ARRAY:
-        xc_buf_append(out, "[", 1);
-        for (uint32_t i = 0; i < o->via.array.size; i++) {
-            if (i) xc_buf_append(out, ",", 1);
-            json_indent(out, pretty, level + 1);
-            json_node(out, &o->via.array.ptr[i], pretty, level + 1);
+        jput(c, "[", 1);
+        for (uint32_t i = 0; i < o->via.array.size && !c->err; i++) {
+            if (i) jput(c, ",", 1);
+            json_indent(c, level + 1);
+            json_node(c, &o->via.array.ptr[i], level + 1);
         }
-        if (o->via.array.size) json_indent(out, pretty, level);
-        xc_buf_append(out, "]", 1);
+        if (o->via.array.size) json_indent(c, level);
+        jput(c, "]", 1);
         break;
     case MSGPACK_OBJECT_MAP:
-        xc_buf_append(out, "{", 1);
-        for (uint32_t i = 0; i < o->via.map.size; i++) {
-            const msgpack_object *k = &o->via.map.ptr[i].key;
-            if (i) xc_buf_append(out, ",", 1);
-            json_indent(out, pretty, level + 1);
-            if (k->type == MSGPACK_OBJECT_STR) {
-                json_str(out, k->via.str.ptr, k->via.str.size);
-            } else { /* render the key as JSON, then quote it */
-                xc_buf_t kb;
-                xc_buf_init(&kb);
-                json_node(&kb, k, 0, 0);
-                json_str(out, kb.err ? "?" : (const char *)kb.data, kb.err ? 1 : kb.len);
-                xc_buf_free(&kb);
-            }
-            xc_buf_append(out, pretty > 0 ? ": " : ":", pretty > 0 ? 2 : 1);
-            json_node(out, &o->via.map.ptr[i].val, pretty, level + 1);
+        jput(c, "{", 1);
+        for (uint32_t i = 0; i < o->via.map.size && !c->err; i++) {
+            if (i) jput(c, ",", 1);
+            json_indent(c, level + 1);
+            json_key(c, &o->via.map.ptr[i].key);
+            jput(c, c->indent > 0 ? ": " : ":", c->indent > 0 ? 2 : 1);
+            json_node(c, &o->via.map.ptr[i].val, level + 1);
         }
-        if (o->via.map.size) json_indent(out, pretty, level);
-        xc_buf_append(out, "}", 1);
+        if (o->via.map.size) json_indent(c, level);
+        jput(c, "}", 1);
         break;
+    default: jput(c, tmp, json_scalar_text(tmp, o, c->flags)); break;
     }
+}
+
+int xc_mp_json(xc_mp_node_t n, xc_buf_t *out, const xc_json_opts_t *opts, char *why, size_t why_len)
+{
+    static const xc_json_opts_t dflt = {0, 0, 0};
+    const xc_json_opts_t *o = opts ? opts : &dflt;
+    if (!O(n)) {
+        xc_why(why, why_len, "no value to render");
+        return XC_ENOTFOUND;
+    }
+    if (out->err) return out->err;
+    json_ctx_t c = {out, out->len, o->max_bytes ? o->max_bytes : XC_JSON_MAX_BYTES, o->indent, o->flags, 0};
+    json_node(&c, O(n), 0);
+    if (c.err) {
+        out->len = c.start; /* no partial JSON */
+        if (out->err == XC_ENOMEM) out->err = 0;
+        if (c.err == XC_ETOOBIG)
+            xc_why(why, why_len, "the value renders to more than %zu bytes of JSON", c.limit);
+        else if (c.err == XC_EPROTO)
+            xc_why(why, why_len, "the value nests deeper than %d levels", XC_JSON_MAX_DEPTH);
+        else
+            xc_why(why, why_len, "out of memory rendering JSON");
+    }
+    return c.err;
 }
 
 int xc_mp_to_json(xc_mp_node_t n, xc_buf_t *out, int pretty)
 {
-    if (!O(n)) return XC_ENOTFOUND;
-    json_node(out, O(n), pretty, 0);
-    return out->err;
+    xc_json_opts_t o = {pretty > 0 ? pretty : 0, 0, 0};
+    return xc_mp_json(n, out, &o, NULL, 0);
 }
 
 /* ------------------------------------------------------ MessagePack writer -- */

@@ -34,7 +34,7 @@ extern "C" {
 #define XC_PROTO_REQUEST_MAX 65536     /* bytes in a control request frame */
 #define XC_PROTO_OP_MAX 31             /* bytes in an op name */
 #define XC_PROTO_REASON_MAX 256        /* bytes in a nack reason / error message */
-#define XC_PROTO_MPW_DEPTH 16          /* nesting depth of the writer */
+#define XC_PROTO_MPW_DEPTH 32          /* nesting depth of the writer (as the reader's) */
 
 /* ------------------------------------------------------------ byte buffer -- */
 /* Growable buffer; data is heap memory owned by the buffer. err is sticky
@@ -90,8 +90,27 @@ int xc_mp_as_bin(xc_mp_node_t n, const void **p, size_t *len);
 int xc_mp_copy_str(xc_mp_node_t n, char *dst, size_t dst_len);
 /* 1 when n is a str equal to s. */
 int xc_mp_str_eq(xc_mp_node_t n, const char *s);
-/* Appends n as JSON (NaN/Inf as null, bin as base64-less hex string, map keys
- * that are not strings rendered as JSON strings). pretty > 0: indent. */
+/* JSON rendering: the one renderer of MessagePack values (daemon, CLI and
+ * libxcoder all use it). Output is always valid JSON (UTF-8 checked: invalid
+ * bytes become U+FFFD), NaN/Inf are null, and it is linear in the input: a map
+ * key that is not a string is rendered as a string without rendering anything
+ * twice (a scalar as its text, "5"; bin as its encoded string; a map or array
+ * key as the marker "<map>" / "<array>"). */
+#define XC_JSON_MAX_DEPTH 32              /* nesting rendered (the reader accepts as much) */
+#define XC_JSON_MAX_BYTES ((size_t)1 << 28) /* default cap on one rendering: 256 MiB */
+#define XC_JSON_SHORTEST 0x1u /* floats: shortest text that reads back (as float32 when exactly
+                               * one); integral values keep ".0". Default: %.15g, else %.17g */
+#define XC_JSON_BASE64 0x2u   /* bin as base64; default: lowercase hex */
+typedef struct {
+    int indent;               /* spaces per nesting level; 0 = compact, one line */
+    unsigned flags;           /* XC_JSON_* */
+    size_t max_bytes;         /* cap on the bytes this call appends; 0 = XC_JSON_MAX_BYTES */
+} xc_json_opts_t;
+/* Appends n as JSON to out (opts NULL: compact, defaults). 0, or XC_ETOOBIG
+ * (output over the cap), XC_EPROTO (deeper than XC_JSON_MAX_DEPTH), XC_ENOMEM,
+ * XC_ENOTFOUND (NONE node), with why; out is then left as it was. */
+int xc_mp_json(xc_mp_node_t n, xc_buf_t *out, const xc_json_opts_t *opts, char *why, size_t why_len);
+/* xc_mp_json with indent = pretty (when > 0) and the default flags. */
 int xc_mp_to_json(xc_mp_node_t n, xc_buf_t *out, int pretty);
 
 /* ------------------------------------------------------ MessagePack writer -- */

@@ -5,6 +5,7 @@
  * `test_proto --vectors` prints the vectors file; the normal run checks that
  * the committed proto/vectors.json matches the codec byte for byte. */
 #include "xc_proto.h"
+#include "xc_stfile.h"
 #include "xc_test.h"
 
 #include <stdint.h>
@@ -576,6 +577,86 @@ static void test_event_json(void)
     xc_buf_free(&j);
 }
 
+/* ------------------------------------------------------------- JSON -- */
+/* Map keys that are maps, nested 26 deep: 53 bytes that used to render to
+ * 134 MB (each level re-rendered and re-escaped the key below it). The
+ * rendering must be linear: a few bytes per input byte, compact or indented. */
+static void test_json_nested_keys_linear(void)
+{
+    uint8_t m[53];
+    memset(m, 0x81, 26);      /* fixmap of 1, whose key is the next map */
+    m[26] = 0xc0;             /* the innermost key: nil */
+    memset(m + 27, 0x00, 26); /* every value: 0 */
+    xc_mp_doc_t *doc = NULL;
+    char why[160];
+    XC_REQUIRE(xc_mp_doc_parse(m, sizeof m, &doc, why, sizeof why) == 0, "parse: %s", why);
+    for (int indent = 0; indent <= 2; indent += 2) {
+        xc_buf_t j, back;
+        xc_buf_init(&j);
+        xc_buf_init(&back);
+        xc_json_opts_t o = {indent, 0, 0};
+        XC_CHECK(xc_mp_json(xc_mp_root(doc), &j, &o, why, sizeof why) == 0, "render: %s", why);
+        XC_CHECK(j.len <= 8 * sizeof m, "indent %d: %zu bytes of JSON from %zu bytes", indent, j.len, sizeof m);
+        XC_CHECK(xc_json_to_mp((const char *)j.data, j.len, &back, why, sizeof why) == 0, "valid JSON: %s", why);
+        xc_buf_free(&j);
+        xc_buf_free(&back);
+    }
+    xc_buf_t j;
+    xc_buf_init(&j);
+    XC_CHECK(xc_mp_to_json(xc_mp_root(doc), &j, 0) == 0 && j.len == 11 && memcmp(j.data, "{\"<map>\":0}", 11) == 0,
+             "outer map: %.*s", (int)j.len, (const char *)j.data);
+    xc_buf_free(&j);
+    xc_mp_doc_free(&doc);
+}
+
+/* Keys that are not strings render as strings, each once; caps give errors
+ * that say which and leave the output as it was. */
+static void test_json_keys_and_caps(void)
+{
+    xc_buf_t b, j;
+    xc_mpw_t w;
+    xc_mp_doc_t *doc = NULL;
+    char why[160] = "";
+    xc_buf_init(&b);
+    xc_buf_init(&j);
+    xc_mpw_init(&w, &b);
+    xc_mpw_map_begin(&w);
+    xc_mpw_int(&w, 5), xc_mpw_str(&w, "five");
+    xc_mpw_int(&w, -2), xc_mpw_int(&w, 1);
+    xc_mpw_bool(&w, 1), xc_mpw_int(&w, 2);
+    xc_mpw_nil(&w), xc_mpw_int(&w, 3);
+    xc_mpw_double(&w, 0.5), xc_mpw_int(&w, 4);
+    xc_mpw_bin(&w, "\x01\xff", 2), xc_mpw_int(&w, 5);
+    xc_mpw_array_begin(&w), xc_mpw_int(&w, 1), xc_mpw_array_end(&w), xc_mpw_int(&w, 6);
+    xc_mpw_map_begin(&w), xc_mpw_map_end(&w), xc_mpw_int(&w, 7);
+    xc_mpw_kv_str(&w, "s", "a\x01\x7f\xff\"");
+    xc_mpw_map_end(&w);
+    XC_REQUIRE(xc_mpw_finish(&w) == 0 && xc_mp_doc_parse(b.data, b.len, &doc, why, sizeof why) == 0, "%s", why);
+    XC_REQUIRE(xc_mp_json(xc_mp_root(doc), &j, NULL, why, sizeof why) == 0, "%s", why);
+    xc_buf_append(&j, "", 1);
+    const char *want = "{\"5\":\"five\",\"-2\":1,\"true\":2,\"null\":3,\"0.5\":4,\"01ff\":5,\"<array>\":6,\"<map>\":7,"
+                       "\"s\":\"a\\u0001\\u007f\xef\xbf\xbd\\\"\"}";
+    XC_CHECK(strcmp((const char *)j.data, want) == 0, "got %s", (const char *)j.data);
+    /* the CLI's style: base64 bins, shortest floats with .0 */
+    xc_buf_reset(&j);
+    xc_json_opts_t cli = {0, XC_JSON_SHORTEST | XC_JSON_BASE64, 0};
+    XC_CHECK(xc_mp_json(xc_mp_at(xc_mp_root(doc), 0), &j, &cli, why, sizeof why) == XC_ENOTFOUND, "NONE node");
+    xc_buf_reset(&j);
+    XC_CHECK(xc_mp_json(xc_mp_root(doc), &j, &cli, why, sizeof why) == 0, "%s", why);
+    xc_buf_append(&j, "", 1);
+    XC_CHECK(strstr((const char *)j.data, "\"Af8=\":5"), "base64 key: %s", (const char *)j.data);
+    /* the size cap: an error naming it, nothing appended */
+    xc_buf_reset(&j);
+    xc_buf_append(&j, "keep", 4);
+    xc_json_opts_t small = {2, 0, 40};
+    XC_CHECK(xc_mp_json(xc_mp_root(doc), &j, &small, why, sizeof why) == XC_ETOOBIG && strstr(why, "40 bytes"),
+             "cap: %s", why);
+    XC_CHECK(j.len == 4 && !j.err, "output left as it was (%zu bytes)", j.len);
+    xc_mp_doc_free(&doc);
+    xc_buf_free(&b);
+    xc_buf_free(&j);
+}
+
 /* -------------------------------------------------------------- vectors -- */
 /* A value as compact JSON like xc_mp_to_json, except that a bin becomes
  * {"$bin": "<hex>"} (so a reader can tell bytes from a string). */
@@ -934,6 +1015,8 @@ int main(int argc, char **argv)
     XC_RUN(test_writer_errors);
     XC_RUN(test_reader_hostile);
     XC_RUN(test_fuzz_decoders);
+    XC_RUN(test_json_nested_keys_linear);
+    XC_RUN(test_json_keys_and_caps);
     XC_RUN(test_header_roundtrip);
     XC_RUN(test_header_refusals);
     XC_RUN(test_batch_check);

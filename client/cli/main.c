@@ -472,7 +472,14 @@ xc_client_t *xc_cli_client(const xc_cli_args_t *a, int window)
 
 int xc_cli_print_json(const xc_cli_args_t *a, const xc_client_value_t *v)
 {
-    int rc = xc_client_value_print_json(stdout, v, a->pretty);
+    char *j = xc_client_value_to_json(v, a->pretty); /* owned here */
+    if (!j) {
+        xc_cli_err(a, "cannot render the reply as JSON: it nests deeper than %d levels, renders to more "
+                   "than %zu bytes, or memory ran out", XC_JSON_MAX_DEPTH, (size_t)XC_JSON_MAX_BYTES);
+        return XC_CLI_FAIL;
+    }
+    int rc = printf("%s\n", j) < 0 ? XC_EIO : XC_OK;
+    free(j);
     fflush(stdout);
     if (rc < 0) {
         xc_cli_err(a, "cannot write JSON: %s", xc_strerror(rc));

@@ -6,7 +6,6 @@
 #include "xc_proto.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,218 +216,79 @@ const char *xc_client_value_getstr(const xc_client_value_t *v, const char *path,
     return s->u.s.ptr;
 }
 
-/* ---- JSON ---- */
+/* ---- JSON ----
+ * One renderer for every JSON the project prints: proto's xc_mp_json. A value
+ * tree is written back to MessagePack (linear) and rendered from there, with
+ * the CLI's style: shortest floats, bin as base64, two-space indent. */
 
-static int sb_grow(xc_client_sbuf_t *b, size_t extra)
-{
-    if (b->failed) return -1;
-    if (b->len + extra + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *p = realloc(b->buf, cap);
-    if (!p) {
-        b->failed = 1;
-        return -1;
-    }
-    b->buf = p;
-    b->cap = cap;
-    return 0;
-}
-
-void xc_client_sbuf_put(xc_client_sbuf_t *b, const char *s, size_t n)
-{
-    if (sb_grow(b, n) < 0) return;
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = 0;
-}
-
-void xc_client_sbuf_printf(xc_client_sbuf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    char tmp[256];
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if ((size_t)n < sizeof tmp) {
-        xc_client_sbuf_put(b, tmp, (size_t)n);
-        return;
-    }
-    if (sb_grow(b, (size_t)n) < 0) return;
-    va_start(ap, fmt);
-    vsnprintf(b->buf + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-/* Length of a valid UTF-8 sequence starting at s (max n bytes), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80) return 1;
-    if ((c & 0xE0) == 0xC0) { len = 2; min = 0x80; c &= 0x1F; }
-    else if ((c & 0xF0) == 0xE0) { len = 3; min = 0x800; c &= 0x0F; }
-    else if ((c & 0xF8) == 0xF0) { len = 4; min = 0x10000; c &= 0x07; }
-    else return 0;
-    if (len > n) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        c = (c << 6) | (s[i] & 0x3F);
-    }
-    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
-    return len;
-}
-
-void xc_client_json_string(xc_client_sbuf_t *b, const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    xc_client_sbuf_put(b, "\"", 1);
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        const char *esc = NULL;
-        switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        default: break;
-        }
-        if (esc) {
-            xc_client_sbuf_put(b, esc, strlen(esc));
-            i++;
-        } else if (c < 0x20 || c == 0x7f) {
-            xc_client_sbuf_printf(b, "\\u%04x", c);
-            i++;
-        } else {
-            size_t l = utf8_seq(p + i, n - i);
-            if (l == 0) {
-                xc_client_sbuf_put(b, "\xef\xbf\xbd", 3); /* invalid byte: U+FFFD */
-                i++;
-            } else {
-                xc_client_sbuf_put(b, (const char *)p + i, l);
-                i += l;
-            }
-        }
-    }
-    xc_client_sbuf_put(b, "\"", 1);
-}
-
-/* Shortest %g form that reads back as the same double (or as the same float
- * when x is exactly a float32, which most daemon statistics are). */
-void xc_client_json_number(xc_client_sbuf_t *b, double x)
-{
-    if (!isfinite(x)) {
-        xc_client_sbuf_put(b, "null", 4); /* JSON has no NaN/Inf */
-        return;
-    }
-    char tmp[40];
-    int n = 0, is_f32 = (double)(float)x == x;
-    for (int p = 1; p <= 17; p++) {
-        n = snprintf(tmp, sizeof tmp, "%.*g", p, x);
-        double back = strtod(tmp, NULL);
-        if (is_f32 ? (float)back == (float)x : back == x) break;
-    }
-    /* keep floats recognisable as floats for typed JSON readers */
-    if (!strpbrk(tmp, ".eE")) {
-        tmp[n++] = '.';
-        tmp[n++] = '0';
-        tmp[n] = 0;
-    }
-    xc_client_sbuf_put(b, tmp, (size_t)n);
-}
-
-static void json_base64(xc_client_sbuf_t *b, const unsigned char *p, size_t n)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    xc_client_sbuf_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)p[i] << 16;
-        if (i + 1 < n) v |= (unsigned)p[i + 1] << 8;
-        if (i + 2 < n) v |= p[i + 2];
-        char q[4] = {tbl[(v >> 18) & 63], tbl[(v >> 12) & 63],
-                     i + 1 < n ? tbl[(v >> 6) & 63] : '=', i + 2 < n ? tbl[v & 63] : '='};
-        xc_client_sbuf_put(b, q, 4);
-    }
-    xc_client_sbuf_put(b, "\"", 1);
-}
-
-static void json_indent(xc_client_sbuf_t *b, int pretty, int depth)
-{
-    if (!pretty) return;
-    xc_client_sbuf_put(b, "\n", 1);
-    for (int i = 0; i < depth; i++) xc_client_sbuf_put(b, "  ", 2);
-}
-
-static void json_value(xc_client_sbuf_t *b, const xc_client_value_t *v, int pretty, int depth)
+/* Writes v into an open writer position (depth bounded by the tree's, which
+ * the reader capped). */
+static void value_write(xc_mpw_t *w, const xc_client_value_t *v)
 {
     if (!v) {
-        xc_client_sbuf_put(b, "null", 4);
+        xc_mpw_nil(w);
         return;
     }
     switch (v->type) {
-    case XC_VAL_NIL: xc_client_sbuf_put(b, "null", 4); break;
-    case XC_VAL_BOOL: v->u.b ? xc_client_sbuf_put(b, "true", 4) : xc_client_sbuf_put(b, "false", 5); break;
-    case XC_VAL_INT: xc_client_sbuf_printf(b, "%lld", (long long)v->u.i); break;
-    case XC_VAL_UINT: xc_client_sbuf_printf(b, "%llu", (unsigned long long)v->u.u); break;
-    case XC_VAL_FLOAT: xc_client_json_number(b, v->u.f); break;
-    case XC_VAL_STR: xc_client_json_string(b, v->u.s.ptr, v->u.s.len); break;
-    case XC_VAL_BIN: json_base64(b, (const unsigned char *)v->u.s.ptr, v->u.s.len); break;
+    case XC_VAL_NIL: xc_mpw_nil(w); break;
+    case XC_VAL_BOOL: xc_mpw_bool(w, v->u.b); break;
+    case XC_VAL_INT: xc_mpw_int(w, v->u.i); break;
+    case XC_VAL_UINT: xc_mpw_uint(w, v->u.u); break;
+    case XC_VAL_FLOAT: xc_mpw_double(w, v->u.f); break;
+    case XC_VAL_STR: xc_mpw_strn(w, v->u.s.ptr, v->u.s.len); break;
+    case XC_VAL_BIN: xc_mpw_bin(w, v->u.s.ptr, v->u.s.len); break;
     case XC_VAL_ARRAY:
-        xc_client_sbuf_put(b, "[", 1);
-        for (size_t i = 0; i < v->u.a.n; i++) {
-            if (i) xc_client_sbuf_put(b, ",", 1);
-            json_indent(b, pretty, depth + 1);
-            json_value(b, &v->u.a.items[i], pretty, depth + 1);
-        }
-        if (v->u.a.n) json_indent(b, pretty, depth);
-        xc_client_sbuf_put(b, "]", 1);
+        xc_mpw_array_begin(w);
+        for (size_t i = 0; i < v->u.a.n && !w->err; i++) value_write(w, &v->u.a.items[i]);
+        xc_mpw_array_end(w);
         break;
     case XC_VAL_MAP:
-        xc_client_sbuf_put(b, "{", 1);
-        for (size_t i = 0; i < v->u.m.n; i++) {
-            const xc_client_value_t *k = &v->u.m.kv[2 * i];
-            if (i) xc_client_sbuf_put(b, ",", 1);
-            json_indent(b, pretty, depth + 1);
-            if (k->type == XC_VAL_STR) {
-                xc_client_json_string(b, k->u.s.ptr, k->u.s.len);
-            } else { /* JSON keys are strings: render the key, then quote it */
-                xc_client_sbuf_t kb = {0};
-                json_value(&kb, k, 0, 0);
-                xc_client_json_string(b, kb.buf ? kb.buf : "", kb.len);
-                free(kb.buf);
-            }
-            xc_client_sbuf_put(b, pretty ? ": " : ":", pretty ? 2 : 1);
-            json_value(b, &v->u.m.kv[2 * i + 1], pretty, depth + 1);
-        }
-        if (v->u.m.n) json_indent(b, pretty, depth);
-        xc_client_sbuf_put(b, "}", 1);
+        xc_mpw_map_begin(w);
+        for (size_t i = 0; i < 2 * v->u.m.n && !w->err; i++) value_write(w, &v->u.m.kv[i]);
+        xc_mpw_map_end(w);
         break;
     }
+}
+
+int xc_client_value_json(const xc_client_value_t *v, int pretty, xc_buf_t *out, char *why, size_t why_len)
+{
+    xc_buf_t mp;
+    xc_mpw_t w;
+    xc_mp_doc_t *doc = NULL;
+    xc_json_opts_t o = {pretty ? 2 : 0, XC_JSON_SHORTEST | XC_JSON_BASE64, 0};
+    xc_buf_init(&mp);
+    xc_mpw_init(&w, &mp);
+    value_write(&w, v);
+    int rc = xc_mpw_finish(&w);
+    if (rc) xc_why(why, why_len, "%s", rc == XC_ENOMEM ? "out of memory" : "the value nests too deep to render");
+    else rc = xc_mp_doc_parse(mp.data, mp.len, &doc, why, why_len);
+    if (!rc) rc = xc_mp_json(xc_mp_root(doc), out, &o, why, why_len);
+    xc_mp_doc_free(&doc);
+    xc_buf_free(&mp);
+    return rc;
 }
 
 char *xc_client_value_to_json(const xc_client_value_t *v, int pretty)
 {
-    xc_client_sbuf_t b = {0};
-    json_value(&b, v, pretty, 0);
-    if (b.failed) {
-        free(b.buf);
+    xc_buf_t b;
+    size_t len;
+    xc_buf_init(&b);
+    if (xc_client_value_json(v, pretty, &b, NULL, 0) || xc_buf_append(&b, "", 1)) {
+        xc_buf_free(&b);
         return NULL;
     }
-    return b.buf;
+    return (char *)xc_buf_take(&b, &len); /* owned by the caller */
 }
 
 int xc_client_value_print_json(FILE *f, const xc_client_value_t *v, int pretty)
 {
-    char *s = xc_client_value_to_json(v, pretty);
-    if (!s) return XC_ENOMEM;
-    int rc = fprintf(f, "%s\n", s) < 0 ? XC_EIO : XC_OK;
-    free(s);
+    xc_buf_t b;
+    xc_buf_init(&b);
+    int rc = xc_client_value_json(v, pretty, &b, NULL, 0);
+    if (!rc) {
+        xc_buf_append(&b, "\n", 1);
+        rc = fwrite(b.data, 1, b.len, f) == b.len ? XC_OK : XC_EIO;
+    }
+    xc_buf_free(&b);
     return rc;
 }

@@ -7,19 +7,9 @@
 #include "xc_proto.h"
 #include "xcoder.h"
 
-/* Growable NUL-terminated string buffer; on allocation failure sets `failed`
- * and ignores further writes. The caller owns `buf` and frees it. */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    int failed;
-} xc_client_sbuf_t;
-
-void xc_client_sbuf_put(xc_client_sbuf_t *b, const char *s, size_t n);
-void xc_client_sbuf_printf(xc_client_sbuf_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-void xc_client_json_string(xc_client_sbuf_t *b, const char *s, size_t n);
-void xc_client_json_number(xc_client_sbuf_t *b, double x);
+/* Appends v as JSON to out (proto's xc_mp_json in the CLI's style: shortest
+ * floats, bin as base64, pretty = two-space indent). 0 or XC_E* with why. */
+int xc_client_value_json(const xc_client_value_t *v, int pretty, xc_buf_t *out, char *why, size_t why_len);
 
 /* Converts a parsed MessagePack node into one value block (caller frees with
  * xc_client_value_free). NULL with *err = XC_EPROTO (nested > 64 deep) or
