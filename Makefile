@@ -10,7 +10,7 @@ CC      ?= cc
 PY      := /usr/bin/python3
 PKGS    := libzmq msgpack openblas libuv libsystemd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread -Iinclude -Iproto -Idaemon -Iengine -Iclient/lib
+BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread -Iinclude -Iproto -Iformat -Idaemon -Iengine -Iclient/lib
 OPT     := -O2 -g
 SANFL   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
@@ -21,6 +21,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(if $(DNNL),-DXC_
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(if $(DNNL),-ldnnl -lgomp) -lm -pthread
 
 PROTO_SRC  := $(wildcard proto/*.c)
+FORMAT_SRC := $(wildcard format/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c engine/*.c))
 CLIB_SRC   := $(wildcard client/lib/*.c)
 CLI_SRC    := $(wildcard client/cli/*.c)
@@ -28,17 +29,17 @@ TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 # Integration tests (a real daemon, the CLI, Python): run after the unit tests.
 INTEG      := $(sort $(wildcard tests/integ_*.sh tests/integ_*.py))
-HDRS       := $(wildcard include/*.h proto/*.h daemon/*.h engine/*.h client/lib/*.h client/cli/*.h tests/*.h)
+HDRS       := $(wildcard include/*.h proto/*.h format/*.h daemon/*.h engine/*.h client/lib/*.h client/cli/*.h tests/*.h)
 
 # $(call variant,DIR,FLAGS): object rules, libraries, binaries and tests for one build flavour.
 define variant
 $(1)/obj/%.o: %.c $(HDRS) | deps
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(BASEFL) $(2) $$(WARN) $$(PKG_CFLAGS) -c $$< -o $$@
-$(1)/libxcd.a: $(patsubst %.c,$(1)/obj/%.o,$(DAEMON_SRC) $(PROTO_SRC))
+$(1)/libxcd.a: $(patsubst %.c,$(1)/obj/%.o,$(DAEMON_SRC) $(FORMAT_SRC) $(PROTO_SRC))
 	@mkdir -p $$(dir $$@)
 	rm -f $$@ && ar rcs $$@ $$^
-$(1)/libxcoder.a: $(patsubst %.c,$(1)/obj/%.o,$(CLIB_SRC) $(PROTO_SRC))
+$(1)/libxcoder.a: $(patsubst %.c,$(1)/obj/%.o,$(CLIB_SRC) $(FORMAT_SRC) $(PROTO_SRC))
 	@mkdir -p $$(dir $$@)
 	rm -f $$@ && ar rcs $$@ $$^
 $(1)/tests/%: $(1)/obj/tests/%.o $(1)/libxcd.a $(1)/libxcoder.a
@@ -71,7 +72,7 @@ build/asan/xcoderd: build/asan/obj/daemon/main.o build/asan/libxcd.a
 	$(CC) $(SANFL) -pthread $^ $(PKG_LIBS) -o $@
 build/xcoder: $(patsubst %.c,build/obj/%.o,$(CLI_SRC)) build/libxcoder.a build/libxcd.a
 	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
-build/libxcoder.so: $(patsubst %.c,build/obj/%.o,$(CLIB_SRC) $(PROTO_SRC))
+build/libxcoder.so: $(patsubst %.c,build/obj/%.o,$(CLIB_SRC) $(FORMAT_SRC) $(PROTO_SRC))
 	$(CC) -shared -Wl,-soname,libxcoder.so.0 $^ $(PKG_LIBS) -o $@
 build/bench/%: build/obj/bench/%.o build/libxcoder.a build/libxcd.a
 	@mkdir -p $(dir $@)

@@ -1,5 +1,7 @@
-/* Checkpoints: the safetensors writer, the crosscoder pair layout, the writer
- * thread, rotation, and verified loading (see xc_ckpt.h, proto/CHECKPOINT.md). */
+/* Checkpoints of the running engine: the writer thread, rotation, and verified
+ * loading (see xc_ckpt.h, proto/CHECKPOINT.md); the file formats themselves are
+ * in format/. */
+#include "xc_afile.h"
 #include "xc_ckpt.h"
 #include "xc_error.h"
 #include "xc_log.h"
@@ -28,31 +30,7 @@
 #error "checkpoints are written from host memory and assume a little-endian host"
 #endif
 
-#define ST_MAX_TENSORS 64
-#define ST_MAX_META 48
-#define ST_CHUNK (1u << 20)
 #define CKPT_MAX_VIEWS (XC_ENGINE_STATE_MAX + 8)
-
-typedef struct {
-    char name[64];
-    char dtype[8];
-    int ndim;
-    int64_t shape[4];
-    size_t bytes;
-    const void *data;    /* borrowed, or NULL with fill */
-    xc_st_fill_fn fill;
-    void *ctx;
-} st_tensor_t;
-
-struct xc_st {
-    st_tensor_t t[ST_MAX_TENSORS];
-    int nt;
-    char *meta_k[ST_MAX_META], *meta_v[ST_MAX_META]; /* owned */
-    int nm;
-    int checksum;          /* write "checksum" first, fill it in at the end */
-    char sum[16];          /* "crc32:xxxxxxxx" after a write */
-    long long fault_after; /* < 0: off */
-};
 
 static double now_ms(void)
 {
@@ -61,418 +39,7 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* ---------------------------------------------------- safetensors writer -- */
-xc_st_t *xc_st_new(void)
-{
-    xc_st_t *st = calloc(1, sizeof(xc_st_t));
-    if (st) st->fault_after = -1;
-    return st;
-}
-
-void xc_st_destroy(xc_st_t **pst)
-{
-    xc_st_t *st = pst ? *pst : NULL;
-    if (!st) return;
-    for (int i = 0; i < st->nm; i++) {
-        free(st->meta_k[i]);
-        free(st->meta_v[i]);
-    }
-    free(st);
-    *pst = NULL;
-}
-
-void xc_st_checksum(xc_st_t *st) { st->checksum = 1; }
-const char *xc_st_checksum_value(const xc_st_t *st) { return st->sum; }
-void xc_st_fault_after(xc_st_t *st, long long n) { st->fault_after = n; }
-
-static int add(xc_st_t *st, const char *name, const char *dtype, int ndim, const int64_t *shape,
-               const void *data, xc_st_fill_fn fn, void *ctx)
-{
-    size_t es = xc_stf_dtype_size(dtype);
-    if (!st || st->nt == ST_MAX_TENSORS || !name || strlen(name) >= 64 || !es || strlen(dtype) >= 8 ||
-        ndim < 0 || ndim > 4 || (!data && !fn))
-        return XC_EINVAL;
-    st_tensor_t *t = &st->t[st->nt];
-    memset(t, 0, sizeof *t);
-    strcpy(t->name, name);
-    strcpy(t->dtype, dtype);
-    t->ndim = ndim;
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || (shape[i] && n > SIZE_MAX / (size_t)shape[i] / es)) return XC_EINVAL;
-        t->shape[i] = shape[i];
-        n *= (size_t)shape[i];
-    }
-    t->bytes = n * es;
-    t->data = data;
-    t->fill = fn;
-    t->ctx = ctx;
-    st->nt++;
-    return XC_OK;
-}
-
-int xc_st_add(xc_st_t *st, const char *name, const char *dtype, int ndim, const int64_t *shape,
-              const void *data)
-{
-    return add(st, name, dtype, ndim, shape, data, NULL, NULL);
-}
-
-int xc_st_add_fill(xc_st_t *st, const char *name, const char *dtype, int ndim,
-                   const int64_t *shape, xc_st_fill_fn fn, void *ctx)
-{
-    return add(st, name, dtype, ndim, shape, NULL, fn, ctx);
-}
-
-int xc_st_meta(xc_st_t *st, const char *key, const char *value)
-{
-    if (!st || st->nm == ST_MAX_META || !key || !value) return XC_EINVAL;
-    char *k = strdup(key), *v = strdup(value); /* owned by st */
-    if (!k || !v) {
-        free(k);
-        free(v);
-        return XC_ENOMEM;
-    }
-    st->meta_k[st->nm] = k;
-    st->meta_v[st->nm] = v;
-    st->nm++;
-    return XC_OK;
-}
-
-static void json_str(xc_buf_t *b, const char *s)
-{
-    xc_buf_append(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char e[8];
-        if (c == '"' || c == '\\') {
-            e[0] = '\\';
-            e[1] = (char)c;
-            xc_buf_append(b, e, 2);
-        } else if (c < 0x20) {
-            snprintf(e, sizeof e, "\\u%04x", c);
-            xc_buf_append(b, e, 6);
-        } else {
-            xc_buf_append(b, &c, 1);
-        }
-    }
-    xc_buf_append(b, "\"", 1);
-}
-
-/* The JSON header, padded with spaces to a multiple of 8 bytes. With a
- * checksum, *sum_at receives the header offset of its 8 placeholder digits. */
-static int build_header(const xc_st_t *st, xc_buf_t *b, size_t *sum_at)
-{
-    char tmp[160];
-    size_t off = 0;
-    xc_buf_append(b, "{", 1);
-    if (st->nm || st->checksum) {
-        xc_buf_append(b, "\"__metadata__\":{", 16);
-        if (st->checksum) {
-            xc_buf_append(b, XC_STF_CHECKSUM_PAT, strlen(XC_STF_CHECKSUM_PAT));
-            *sum_at = b->len;
-            xc_buf_append(b, "00000000\"", 9);
-        }
-        for (int i = 0; i < st->nm; i++) {
-            if (i || st->checksum) xc_buf_append(b, ",", 1);
-            json_str(b, st->meta_k[i]);
-            xc_buf_append(b, ":", 1);
-            json_str(b, st->meta_v[i]);
-        }
-        xc_buf_append(b, "}", 1);
-    }
-    for (int i = 0; i < st->nt; i++) {
-        const st_tensor_t *t = &st->t[i];
-        if (i || st->nm || st->checksum) xc_buf_append(b, ",", 1);
-        json_str(b, t->name);
-        snprintf(tmp, sizeof tmp, ":{\"dtype\":\"%s\",\"shape\":[", t->dtype);
-        xc_buf_append(b, tmp, strlen(tmp));
-        for (int k = 0; k < t->ndim; k++) {
-            snprintf(tmp, sizeof tmp, "%s%lld", k ? "," : "", (long long)t->shape[k]);
-            xc_buf_append(b, tmp, strlen(tmp));
-        }
-        snprintf(tmp, sizeof tmp, "],\"data_offsets\":[%zu,%zu]}", off, off + t->bytes);
-        xc_buf_append(b, tmp, strlen(tmp));
-        off += t->bytes;
-    }
-    xc_buf_append(b, "}", 1);
-    while (!b->err && b->len % 8) xc_buf_append(b, " ", 1);
-    return b->err;
-}
-
-/* An output file: writes, the running CRC, and the fault-injection budget. */
-typedef struct {
-    int fd;
-    uint64_t written;
-    long long budget; /* < 0: none */
-    uint32_t crc;
-    int faulted;
-} out_t;
-
-static int put(out_t *o, const void *p, size_t n)
-{
-    const char *c = p;
-    o->crc = xc_crc32(o->crc, p, n);
-    if (o->budget >= 0 && o->written + n > (uint64_t)o->budget) {
-        n = (size_t)((uint64_t)o->budget - o->written);
-        o->faulted = 1;
-    }
-    while (n) {
-        ssize_t w = write(o->fd, c, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        c += w;
-        n -= (size_t)w;
-        o->written += (uint64_t)w;
-    }
-    return o->faulted ? -1 : 0;
-}
-
-int xc_mkdirs(const char *path, char *why, size_t why_len)
-{
-    char p[1024];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof p) {
-        xc_why(why, why_len, "bad directory path '%s'", path);
-        return XC_EINVAL;
-    }
-    memcpy(p, path, n + 1);
-    for (char *s = p + 1; ; s++) {
-        if (*s == '/' || *s == 0) {
-            char c = *s;
-            *s = 0;
-            if (mkdir(p, 0755) && errno != EEXIST) {
-                xc_why(why, why_len, "cannot create directory %s: %s", p, strerror(errno));
-                return XC_EIO;
-            }
-            *s = c;
-            if (!c) break;
-        }
-    }
-    struct stat sb;
-    if (stat(path, &sb) || !S_ISDIR(sb.st_mode)) {
-        xc_why(why, why_len, "%s is not a directory", path);
-        return XC_EIO;
-    }
-    return XC_OK;
-}
-
-static void fsync_dir(const char *dir)
-{
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { /* makes renames and unlinks durable */
-        fsync(dfd);
-        close(dfd);
-    }
-}
-
-int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, size_t path_len,
-                uint64_t *bytes, char *why, size_t why_len)
-{
-    char tmp[1100], fin[1100];
-    xc_buf_t hdr;
-    uint8_t *chunk = NULL;
-    size_t sum_at = 0;
-    out_t o = {-1, 0, st->fault_after, 0, 0};
-    int rc;
-
-    st->sum[0] = 0;
-    xc_buf_init(&hdr);
-    if ((rc = xc_mkdirs(dir, why, why_len))) return rc;
-    if ((size_t)snprintf(fin, sizeof fin, "%s/%s", dir, file) >= sizeof fin ||
-        (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.tmp.%ld", dir, file, (long)getpid()) >= sizeof tmp) {
-        xc_why(why, why_len, "checkpoint path too long");
-        return XC_EINVAL;
-    }
-    if (build_header(st, &hdr, &sum_at)) {
-        xc_why(why, why_len, "out of memory building the checkpoint header");
-        rc = XC_ENOMEM;
-        goto out_free;
-    }
-    chunk = malloc(ST_CHUNK); /* owned here */
-    if (!chunk) {
-        xc_why(why, why_len, "out of memory for the checkpoint write buffer");
-        rc = XC_ENOMEM;
-        goto out_free;
-    }
-    o.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (o.fd < 0) {
-        xc_why(why, why_len, "cannot create %s: %s", tmp, strerror(errno));
-        rc = XC_EIO;
-        goto out_free;
-    }
-    uint8_t len8[8];
-    uint64_t hl = hdr.len;
-    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(hl >> (8 * i));
-    if (put(&o, len8, 8) || put(&o, hdr.data, hdr.len)) goto io_error;
-    for (int i = 0; i < st->nt; i++) {
-        const st_tensor_t *t = &st->t[i];
-        for (size_t off = 0; off < t->bytes; off += ST_CHUNK) {
-            size_t n = t->bytes - off < ST_CHUNK ? t->bytes - off : ST_CHUNK;
-            const void *src = (const uint8_t *)t->data + off;
-            if (!t->data) {
-                if ((rc = t->fill(t->ctx, off, chunk, n))) {
-                    xc_why(why, why_len, "cannot produce tensor %s: %s", t->name, xc_strerror(rc));
-                    goto out_unlink;
-                }
-                src = chunk;
-            }
-            if (put(&o, src, n)) goto io_error;
-        }
-    }
-    if (st->checksum) { /* the digits were written as '0': patch them in */
-        char digits[9];
-        snprintf(digits, sizeof digits, "%08x", o.crc);
-        if (pwrite(o.fd, digits, 8, (off_t)(8 + sum_at)) != 8) goto io_error;
-        snprintf(st->sum, sizeof st->sum, "crc32:%s", digits);
-    }
-    if (fsync(o.fd)) goto io_error;
-    if (close(o.fd)) {
-        o.fd = -1;
-        goto io_error;
-    }
-    o.fd = -1;
-    if (rename(tmp, fin)) goto io_error;
-    fsync_dir(dir);
-    if (path_out && path_len) snprintf(path_out, path_len, "%s", fin);
-    if (bytes) *bytes = o.written;
-    rc = XC_OK;
-    goto out_free;
-io_error:
-    if (o.faulted) { /* as if the process died here: leave the temp file */
-        xc_why(why, why_len, "fault injection: writing %s stopped after %llu bytes", fin,
-                (unsigned long long)o.written);
-        close(o.fd);
-        st->sum[0] = 0;
-        rc = XC_EIO;
-        goto out_free;
-    }
-    xc_why(why, why_len, "writing checkpoint %s failed: %s", fin, strerror(errno));
-    rc = XC_EIO;
-out_unlink:
-    st->sum[0] = 0;
-    if (o.fd >= 0) close(o.fd);
-    unlink(tmp);
-out_free:
-    free(chunk);
-    xc_buf_free(&hdr);
-    return rc;
-}
-
-/* ------------------------------------------------------- the model file -- */
-enum { MT_ENC = 0, MT_BENC, MT_DEC, MT_BDEC };
-enum { OUT_F32 = 0, OUT_F16, OUT_BF16 };
-
 const char *xc_ckpt_model_name(xc_model_kind_t k) { return k == XC_MODEL_L1 ? "l1" : "batchtopk"; }
-
-/* Produces n floats of tensor `which` starting at element first, in the
- * reference layout, into o. */
-static void model_floats(const xc_ckpt_model_t *m, int which, size_t first, size_t n, float *o)
-{
-    size_t F = (size_t)m->dict_size, d = (size_t)m->d, D2 = 2 * d;
-    const float *src = which == MT_ENC ? m->w_enc : which == MT_BENC ? m->b_enc : which == MT_DEC ? m->w_dec : m->b_dec;
-    if (!m->engine_layout || which == MT_BENC || which == MT_BDEC) {
-        memcpy(o, src + first, n * sizeof(float));
-        return;
-    }
-    size_t g = first, end = first + n;
-    if (which == MT_ENC) { /* [2d rows, F cols] = transpose of the engine's (F, 2d) */
-        while (g < end) {
-            size_t r = g / F, j0 = g % F;
-            if (j0 == 0 && end - g >= F) { /* whole rows: read each engine row once */
-                size_t R = (end - g) / F;
-                for (size_t j = 0; j < F; j++) {
-                    const float *s = src + j * D2 + r;
-                    for (size_t q = 0; q < R; q++) o[q * F + j] = s[q];
-                }
-                o += R * F;
-                g += R * F;
-            } else {
-                size_t stop = (r + 1) * F < end ? (r + 1) * F : end;
-                for (size_t j = j0; g < stop; j++, g++) *o++ = src[j * D2 + r];
-            }
-        }
-        return;
-    }
-    while (g < end) { /* decoder.weight [m, j, i] = engine row j, half m, element i */
-        size_t mm = g / (F * d), r = g % (F * d), j = r / d, i = r % d;
-        size_t run = d - i < end - g ? d - i : end - g;
-        memcpy(o, src + j * D2 + mm * d + i, run * sizeof(float));
-        o += run;
-        g += run;
-    }
-}
-
-static int model_fill(void *ctx, size_t offset, void *out, size_t len)
-{
-    const struct { const void *m; int which; int out; } *fc = ctx;
-    const xc_ckpt_model_t *m = fc->m;
-    if (fc->out == OUT_F32) {
-        model_floats(m, fc->which, offset / 4, len / 4, out);
-        return XC_OK;
-    }
-    size_t n = len / 2;
-    float *tmp = malloc(n * sizeof(float));
-    if (!tmp) return XC_ENOMEM;
-    model_floats(m, fc->which, offset / 2, n, tmp);
-    uint16_t *h = out;
-    for (size_t i = 0; i < n; i++) h[i] = fc->out == OUT_F16 ? xc_f32_to_f16(tmp[i]) : xc_f32_to_bf16(tmp[i]);
-    free(tmp);
-    return XC_OK;
-}
-
-static int nan_fill(void *ctx, size_t offset, void *out, size_t len)
-{
-    float *o = out;
-    for (size_t i = 0; i < len / 4; i++) o[i] = NAN;
-    return XC_OK;
-}
-
-int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
-{
-    static const int64_t one = 1;
-    static const float target_rms = 1.0f, ones[2] = {1.0f, 1.0f};
-    int out = OUT_F32;
-    const char *dt = "F32";
-    if (float_dtype && strcmp(float_dtype, "F16") == 0) out = OUT_F16, dt = "F16";
-    else if (float_dtype && strcmp(float_dtype, "BF16") == 0) out = OUT_BF16, dt = "BF16";
-    else if (float_dtype && strcmp(float_dtype, "F32") != 0) return XC_EDTYPE;
-    int64_t d = m->d, F = m->dict_size;
-    int64_t s_enc[3] = {2, d, F}, s_b[1] = {F}, s_dec[3] = {2, F, d}, s_bd[2] = {2, d}, s_two[1] = {2};
-    for (int i = 0; i < 4; i++) {
-        m->fc[i].m = m;
-        m->fc[i].which = i;
-        m->fc[i].out = out;
-    }
-    int rc = 0;
-    rc = rc ? rc : xc_st_add(st, "code_normalization_id", "I64", 0, NULL, &one);
-    rc = rc ? rc : xc_st_add_fill(st, "encoder.weight", dt, 3, s_enc, model_fill, &m->fc[MT_ENC]);
-    rc = rc ? rc : xc_st_add_fill(st, "encoder.bias", dt, 1, s_b, model_fill, &m->fc[MT_BENC]);
-    rc = rc ? rc : xc_st_add_fill(st, "decoder.weight", dt, 3, s_dec, model_fill, &m->fc[MT_DEC]);
-    rc = rc ? rc : xc_st_add_fill(st, "decoder.bias", dt, 2, s_bd, model_fill, &m->fc[MT_BDEC]);
-    if (m->model == XC_MODEL_BATCHTOPK) {
-        rc = rc ? rc : xc_st_add(st, "threshold", "F32", 0, NULL, &m->threshold);
-        rc = rc ? rc : xc_st_add(st, "k", "I32", 0, NULL, &m->k);
-    }
-    rc = rc ? rc : xc_st_add(st, "target_rms", "F32", 0, NULL, &target_rms);
-    /* no normaliser, as the reference registers these buffers without one */
-    rc = rc ? rc : xc_st_add_fill(st, "activation_mean", "F32", 2, s_bd, nan_fill, NULL);
-    rc = rc ? rc : xc_st_add_fill(st, "activation_std", "F32", 2, s_bd, nan_fill, NULL);
-    rc = rc ? rc : xc_st_add(st, "activation_global_scale", "F32", 1, s_two, ones);
-    return rc;
-}
-
-void xc_ckpt_now_rfc3339(char *out, size_t n)
-{
-    struct timespec ts;
-    struct tm tm;
-    char b[32];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, n, "%s.%06ldZ", b, ts.tv_nsec / 1000);
-}
 
 static void random_hex(char *out, size_t n)
 {
@@ -602,7 +169,7 @@ static void remove_stale_temps(const char *dir, const char *name)
         }
     }
     closedir(dp);
-    if (removed) fsync_dir(dir);
+    if (removed) xc_fsync_dir(dir);
 }
 
 /* ------------------------------------------------------------ the writer -- */
@@ -677,7 +244,7 @@ static int capture(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *e
         }
     }
     xc_ckpt_model_t *mo = &s->model;
-    mo->model = c->model;
+    mo->model = c->model == XC_MODEL_L1 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK;
     mo->d = c->d;
     mo->dict_size = c->dict_size;
     mo->k = c->k;
@@ -702,7 +269,7 @@ static int common_meta(xc_st_t *st, const xc_ckpt_writer_t *w, const snap_t *s, 
     char v[64];
     int rc = xc_st_meta(st, "format", format);
     rc = rc ? rc : xc_st_meta(st, "format_version", version);
-    rc = rc ? rc : xc_st_meta(st, "model", xc_ckpt_model_name(s->model.model));
+    rc = rc ? rc : xc_st_meta(st, "model", xc_ckpt_kind_name(s->model.model));
     snprintf(v, sizeof v, "%d", s->model.d);
     rc = rc ? rc : xc_st_meta(st, "d", v);
     snprintf(v, sizeof v, "%d", s->model.dict_size);
@@ -747,7 +314,7 @@ static void rotate(xc_ckpt_writer_t *w, int keep)
         }
     }
     free(v);
-    if (removed) fsync_dir(w->dir);
+    if (removed) xc_fsync_dir(w->dir);
 }
 
 /* Writes the training file, then the model file; then rotates. */
@@ -1119,62 +686,6 @@ int xc_ckpt_write(xc_engine_t *e, const xc_ckpt_opts_t *o, char *path_out, size_
 }
 
 /* ------------------------------------------------------------ loading -- */
-static int shape_str(char *out, size_t n, int ndim, const int64_t *s)
-{
-    size_t u = 0;
-    u += (size_t)snprintf(out, n, "[");
-    for (int i = 0; i < ndim && u < n; i++) u += (size_t)snprintf(out + u, n - u, "%s%lld", i ? ", " : "", (long long)s[i]);
-    if (u < n) snprintf(out + u, n - u, "]");
-    return 0;
-}
-
-/* A tensor must exist with this dtype and shape. */
-static int expect(const xc_stf_t *f, const char *name, const char *dtype, int ndim, const int64_t *shape,
-                  int code, char *why, size_t wl)
-{
-    const xc_stf_tensor_t *t = xc_stf_find(f, name);
-    char a[96], b[96];
-    if (!t) {
-        xc_why(why, wl, "%s: no tensor '%s'%s", xc_stf_path(f), name,
-                code == XC_EVERSION ? " (written by an incompatible xcoderd?)" : "");
-        return code;
-    }
-    int same = strcmp(t->dtype, dtype) == 0 && t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-    if (!same) {
-        shape_str(a, sizeof a, t->ndim, t->shape);
-        shape_str(b, sizeof b, ndim, shape);
-        xc_why(why, wl, "%s: tensor '%s' is %s %s, expected %s %s", xc_stf_path(f), name, t->dtype, a, dtype, b);
-        return code;
-    }
-    return XC_OK;
-}
-
-static int check_model_tensors(const xc_stf_t *f, const xc_engine_config_t *c, char *why, size_t wl)
-{
-    int64_t d = c->d, F = c->dict_size;
-    int64_t s_enc[3] = {2, d, F}, s_b[1] = {F}, s_dec[3] = {2, F, d}, s_bd[2] = {2, d}, s_two[1] = {2};
-    int btk = c->model == XC_MODEL_BATCHTOPK, rc;
-    if ((rc = expect(f, "encoder.weight", "F32", 3, s_enc, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "encoder.bias", "F32", 1, s_b, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "decoder.weight", "F32", 3, s_dec, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "decoder.bias", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "code_normalization_id", "I64", 0, NULL, XC_ECORRUPT, why, wl)) ||
-        (btk && (rc = expect(f, "threshold", "F32", 0, NULL, XC_ECORRUPT, why, wl))) ||
-        (btk && (rc = expect(f, "k", "I32", 0, NULL, XC_ECORRUPT, why, wl))) ||
-        (rc = expect(f, "target_rms", "F32", 0, NULL, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "activation_mean", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "activation_std", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
-        (rc = expect(f, "activation_global_scale", "F32", 1, s_two, XC_ECORRUPT, why, wl)))
-        return rc;
-    if (xc_stf_count(f) != (btk ? 11 : 9)) {
-        xc_why(why, wl, "%s: %d tensors, a %s model file has %d", xc_stf_path(f), xc_stf_count(f),
-                xc_ckpt_model_name(c->model), btk ? 11 : 9);
-        return XC_ECORRUPT;
-    }
-    return XC_OK;
-}
-
 /* The checkpoint's model (kind, d, dict_size) against e's configuration. */
 static int check_compatible(const xc_stf_t *f, const xc_engine_config_t *c, char *why, size_t wl)
 {
@@ -1230,13 +741,13 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
         rc = XC_EVERSION;
         goto out;
     }
-    if ((rc = check_compatible(mf, c, why, wl)) || (rc = check_model_tensors(mf, c, why, wl))) goto out;
+    if ((rc = check_compatible(mf, c, why, wl)) || (rc = xc_ckpt_check_model_tensors(mf, c->model == XC_MODEL_L1 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK, c->d, c->dict_size, why, wl))) goto out;
     /* every state view, with its dtype and shape, and nothing else */
     int n = xc_engine_state_views(e, v, XC_ENGINE_STATE_MAX), n_engine = n;
     for (int i = 0; i < n_extras && n < CKPT_MAX_VIEWS; i++) v[n++] = extras[i];
     for (int i = 0; i < n; i++) {
         int64_t shape[3] = {v[i].shape[0], v[i].shape[1], v[i].shape[2]};
-        if ((rc = expect(tf, v[i].name, st_dtype(v[i].dtype), v[i].ndim, shape, XC_EVERSION, why, wl))) {
+        if ((rc = xc_stf_expect(tf, v[i].name, st_dtype(v[i].dtype), v[i].ndim, shape, XC_EVERSION, why, wl))) {
             if (i < n_engine) goto out;
             /* the trainer's own state (e.g. the mixing buffer after mix_tokens changed)
              * is optional: the model resumes without it */
@@ -1277,22 +788,6 @@ out:
     xc_stf_close(&mf);
     xc_stf_close(&tf);
     return rc;
-}
-
-int xc_ckpt_pair_paths(const char *path, char *model, size_t ml, char *train, size_t tl)
-{
-    size_t n = strlen(path), ts = strlen(XC_STF_TRAIN_SUFFIX), ms = strlen(".safetensors");
-    if (n > ts && strcmp(path + n - ts, XC_STF_TRAIN_SUFFIX) == 0) {
-        snprintf(model, ml, "%.*s.safetensors", (int)(n - ts), path);
-        snprintf(train, tl, "%s", path);
-        return XC_OK;
-    }
-    if (n > ms && strcmp(path + n - ms, ".safetensors") == 0) {
-        snprintf(model, ml, "%s", path);
-        snprintf(train, tl, "%.*s%s", (int)(n - ms), path, XC_STF_TRAIN_SUFFIX);
-        return XC_OK;
-    }
-    return XC_EINVAL;
 }
 
 int xc_ckpt_resume(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, const xc_ckpt_resume_opts_t *o,

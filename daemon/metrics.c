@@ -1,5 +1,6 @@
 /* Prometheus text exposition of an xcoderd instance (see xc_metrics.h). */
 #include "xc_metrics.h"
+#include "xc_afile.h"
 
 #include "xc_error.h"
 
@@ -328,50 +329,20 @@ int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out)
     return out->err ? XC_ENOMEM : XC_OK;
 }
 
+/* Through the one atomic-write routine, so a scrape never sees half a file. */
 int xc_metrics_write_file(const char *path, const void *text, size_t len, char *why, size_t why_len)
 {
-    char tmp[4096];
-    int n = snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
-    if (n < 0 || (size_t)n >= sizeof tmp) {
-        snprintf(why, why_len, "metrics_file path is too long: %.100s...", path);
+    xc_afile_t f;
+    char sub[600];
+    if (xc_afile_open(&f, path, NULL, XC_AFILE_NOSYNC, 0644, sub, sizeof sub)) {
+        xc_why(why, why_len, "%s (check metrics_file and that the directory is writable)", sub);
         return XC_EIO;
-    }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(why, why_len, "cannot create %s: %s (check metrics_file and that the directory is writable)",
-                 tmp, strerror(errno));
-        return XC_EIO;
-    }
-    const char *p = text;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) {
-            snprintf(why, why_len, "cannot write %s: %s", tmp, strerror(errno));
-            goto out_unlink;
-        }
-        p += w;
-        left -= (size_t)w;
     }
     /* whatever the umask: node-exporter reads the file as another user */
-    if (fchmod(fd, 0644) < 0) {
-        snprintf(why, why_len, "cannot chmod %s: %s", tmp, strerror(errno));
-        goto out_unlink;
+    if (xc_afile_write(&f, text, len) || fchmod(f.fd, 0644) < 0) {
+        xc_why(why, why_len, "cannot write %s: %s", f.tmp, strerror(errno));
+        xc_afile_abort(&f, 0);
+        return XC_EIO;
     }
-    if (close(fd) < 0) {
-        fd = -1;
-        snprintf(why, why_len, "cannot write %s: %s", tmp, strerror(errno));
-        goto out_unlink;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        snprintf(why, why_len, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-        goto out_unlink;
-    }
-    return XC_OK;
-out_unlink:
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    return XC_EIO;
+    return xc_afile_commit(&f, why, why_len);
 }

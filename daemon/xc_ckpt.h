@@ -14,10 +14,10 @@
  * file, fsync, rename, fsync of the directory): a model file appears only once
  * its pair is complete.
  *
- * Layers, bottom up:
- *   xc_st_*        a generic safetensors writer (borrowed tensors or fill
- *                  callbacks, e.g. a transpose, so no second copy is needed)
- *   xc_ckpt_add_model  the reference state dict of a crosscoder into an xc_st
+ * The file formats live in format/: the safetensors reader and writer
+ * (xc_stfile.h), the pair layout and the reference model tensors
+ * (xc_ckptlayout.h), the atomic write (xc_afile.h). This module is the
+ * daemon's use of them:
  *   xc_ckpt_writer_*   captures an engine's state between two steps (a memcpy)
  *                  and writes the pair on its own thread; keeps the newest K
  *   xc_ckpt_load_pair / xc_ckpt_resume  verify a pair completely (sizes, header,
@@ -29,70 +29,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "xc_afile.h" /* xc_mkdirs, the atomic write */
+#include "xc_ckptlayout.h"
 #include "xc_engine.h"
 
-#define XC_CKPT_MODEL_VERSION "2" /* format_version of the model file */
-#define XC_CKPT_TRAIN_VERSION "1" /* format_version of the training-state file */
-
-/* ------------------------------------------------ generic safetensors writer -- */
-typedef struct xc_st xc_st_t;
-/* Produces bytes [offset, offset + len) of a tensor into out. offset and len
- * are multiples of the dtype size. Returns 0 or a negative XC_E*. */
-typedef int (*xc_st_fill_fn)(void *ctx, size_t offset, void *out, size_t len);
-
-xc_st_t *xc_st_new(void); /* NULL on allocation failure; free with xc_st_destroy */
-void xc_st_destroy(xc_st_t **st);
-/* dtype: "F32", "F16", "BF16", "I32", "I64", "U32" …; ndim 0..4 (0 = scalar).
- * data is borrowed until xc_st_write returns. Names are copied. */
-int xc_st_add(xc_st_t *st, const char *name, const char *dtype, int ndim, const int64_t *shape,
-              const void *data);
-int xc_st_add_fill(xc_st_t *st, const char *name, const char *dtype, int ndim,
-                   const int64_t *shape, xc_st_fill_fn fn, void *ctx);
-/* A __metadata__ entry (key and value copied). */
-int xc_st_meta(xc_st_t *st, const char *key, const char *value);
-/* Makes the file carry its content checksum: "checksum": "crc32:XXXXXXXX" as the
- * first metadata entry, the CRC-32 of the whole file with those 8 digits read as
- * '0' (computed while writing; see proto/xc_stfile.h). */
-void xc_st_checksum(xc_st_t *st);
-/* After a successful xc_st_write with a checksum: "crc32:XXXXXXXX"; else "". */
-const char *xc_st_checksum_value(const xc_st_t *st);
-/* Test hook: the write stops after n bytes as if the process had died there
- * (the temp file is left behind, nothing is renamed) and returns XC_EIO.
- * n < 0: off (the default). */
-void xc_st_fault_after(xc_st_t *st, long long n);
-/* Writes dir/file atomically. path_out gets the final path; *bytes the size.
- * XC_EIO / XC_ENOMEM / XC_EINVAL with the reason in why. */
-int xc_st_write(xc_st_t *st, const char *dir, const char *file, char *path_out, size_t path_len,
-                uint64_t *bytes, char *why, size_t why_len);
-
-/* mkdir -p; 0 or XC_EIO with the reason. */
-int xc_mkdirs(const char *path, char *why, size_t why_len);
-
-/* ------------------------------------------------------- the model file -- */
-/* A crosscoder's parameters, in the engine's layout (w_enc, w_dec (F, 2, d)
- * rows) or in the reference layout (w_enc [2, d, F], w_dec [2, F, d]). Pointers
- * are borrowed; the struct itself must outlive the xc_st_write (it is the
- * context of the fill callbacks). */
-typedef struct {
-    xc_model_kind_t model;
-    int d, dict_size, k;
-    float threshold;           /* theta; -1 until estimated */
-    int engine_layout;
-    const float *w_enc, *b_enc, *w_dec, *b_dec;
-    /* private: fill contexts */
-    struct { const void *m; int which; int out; } fc[4];
-} xc_ckpt_model_t;
-
-/* Adds the reference state dict: encoder.weight, encoder.bias, decoder.weight,
- * decoder.bias, (BatchTopK:) threshold, k, and code_normalization_id plus the
- * NormalizableMixin buffers target_rms, activation_mean, activation_std,
- * activation_global_scale (no normaliser: NaN mean/std, scale 1). float_dtype
- * "F32" (NULL), "F16" or "BF16" for the four parameter tensors. */
-int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype);
 /* "batchtopk" | "l1" */
 const char *xc_ckpt_model_name(xc_model_kind_t k);
-/* Current time as RFC 3339 UTC with microseconds ("2025-01-02T03:04:05.123456Z"). */
-void xc_ckpt_now_rfc3339(char *out, size_t n);
 
 /* ------------------------------------------------------------ the writer -- */
 typedef struct {
@@ -192,10 +134,6 @@ typedef struct {
  * XC_EIO (unreadable). why always names the file and the problem. */
 int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extras, const char *model_path,
                       const char *train_path, xc_ckpt_loaded_t *info, char *why, size_t why_len);
-
-/* Given either file of a pair, the paths of both. 0 or XC_EINVAL (not a
- * *.safetensors name). */
-int xc_ckpt_pair_paths(const char *path, char *model, size_t model_len, char *train, size_t train_len);
 
 typedef struct {
     const char *state_dir;

@@ -65,10 +65,11 @@ typedef struct {
 void xc_metrics_init(xc_metrics_t *m);
 /* Appends the exposition text of m to out (not NUL-terminated). 0 or XC_ENOMEM. */
 int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out);
-/* Writes len bytes of text to path atomically: PATH.PID.tmp in the same
- * directory, mode 0644 (node-exporter runs as another user), then rename(2).
- * Readers see the old file or the new one, never a part. No fsync: metrics are
- * rewritten every interval, and the loop thread must not wait on the disk.
+/* Writes len bytes of text to path atomically (format/xc_afile.h: a temp file
+ * in the same directory, mode 0644 (node-exporter runs as another user), then
+ * rename(2)). Readers see the old file or the new one, never a part. No fsync
+ * (XC_AFILE_NOSYNC): metrics are rewritten every interval, and the loop thread
+ * must not wait on the disk.
  * 0 or XC_EIO with why naming the file. */
 int xc_metrics_write_file(const char *path, const void *text, size_t len, char *why, size_t why_len);
 

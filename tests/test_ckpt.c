@@ -1,4 +1,4 @@
-/* Tests of checkpoints (daemon/ckpt.c, proto/stfile.c): the generic
+/* Tests of checkpoints (daemon/ckpt.c, format/): the generic
  * safetensors writer (header, alignment, offsets, fill callbacks, metadata
  * escaping, atomic replace, failure leaves no temp file), the crosscoder layout
  * (transposes checked element by element against the engine's parameters), the

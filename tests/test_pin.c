@@ -227,7 +227,7 @@ static void pin_export(const char *dtype, const char *want)
     }
     for (int i = 0; i < F; i++) b_enc[i] = (float)fill_value(3, (size_t)i);
     for (int i = 0; i < 2 * D; i++) b_dec[i] = (float)fill_value(4, (size_t)i) * 1e5f;
-    xc_ckpt_model_t m = {.model = XC_MODEL_BATCHTOPK, .d = D, .dict_size = F, .k = 2, .threshold = 0.125f,
+    xc_ckpt_model_t m = {.model = XC_CKPT_BATCHTOPK, .d = D, .dict_size = F, .k = 2, .threshold = 0.125f,
                          .engine_layout = 0, .w_enc = w_enc, .b_enc = b_enc, .w_dec = w_dec, .b_dec = b_dec};
     char file[64], path[600], why[512], dg[65];
     uint64_t bytes;

@@ -1,7 +1,7 @@
 /* Offline checkpoint commands: inspect, export (xc_cli_ckpt.h). They read
  * files with libxcoder's checkpoint loader and need no daemon. */
 #include "xc_cli_ckpt.h"
-#include "xc_ckpt.h"
+#include "xc_ckptlayout.h"
 #include "xc_stfile.h"
 
 #include <libgen.h>
@@ -258,7 +258,7 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
         xc_cli_err(a, "%s", why);
         goto out;
     }
-    xc_ckpt_model_t cm = {.model = strcmp(m.model, "l1") == 0 ? XC_MODEL_L1 : XC_MODEL_BATCHTOPK,
+    xc_ckpt_model_t cm = {.model = strcmp(m.model, "l1") == 0 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK,
                           .d = m.d, .dict_size = m.dict_size, .k = m.k, .threshold = m.threshold,
                           .engine_layout = 0, .w_enc = m.w_enc, .b_enc = m.b_enc, .w_dec = m.w_dec, .b_dec = m.b_dec};
     st = xc_st_new();

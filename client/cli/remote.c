@@ -1,6 +1,7 @@
 /* Remote access commands: checkpoints, fetch, table (xc_cli_remote.h;
  * PROTOCOL.md 2.1, 2.2). Everything goes through the control socket, so they
  * work from another host (--control tcp://HOST:PORT). */
+#include "xc_afile.h"
 #include "xc_cli_remote.h"
 #include "xc_remote_proto.h"
 
@@ -142,7 +143,8 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
     snprintf(part, plen, "%s.part", out);
     xc_cli_trap_signals();
     xc_client_t *c = xc_cli_client(a, 0);
-    int ret = XC_CLI_FAIL, fd = -1;
+    int ret = XC_CLI_FAIL;
+    xc_afile_t f = {.fd = -1}; /* OUT.part, renamed to OUT once its SHA-256 matches */
     xc_client_value_t *r = NULL;
     announce_t an;
     uint64_t resumed_from = 0, fetched = 0;
@@ -163,14 +165,18 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
         uint64_t start = 0;
         if (resume && attempt == 0 && stat(part, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= an.size)
             start = (uint64_t)st.st_size;
-        fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0 || ftruncate(fd, (off_t)start)) {
+        char why[600];
+        if (xc_afile_open(&f, out, part, XC_AFILE_KEEP, 0644, why, sizeof why)) {
+            xc_cli_err(a, "%s", why);
+            goto done;
+        }
+        if (ftruncate(f.fd, (off_t)start)) {
             xc_cli_err(a, "cannot write %s: %s", part, strerror(errno));
             goto done;
         }
         xc_sha256_t h;
         xc_sha256_init(&h);
-        if (start && (rc = hash_prefix(fd, start, &h, buf))) {
+        if (start && (rc = hash_prefix(f.fd, start, &h, buf))) {
             xc_cli_err(a, "cannot read %s: %s", part, strerror(-rc));
             goto done;
         }
@@ -184,7 +190,8 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
             if (rc < 0) {
                 if (!quiet) fputc('\n', stderr);
                 if (rc == XC_EAGAIN && xc_cli_stop) {
-                    fsync(fd);
+                    if (fsync(f.fd)) { /* best effort: --resume re-hashes what is there */
+                    }
                     xc_cli_err(a, "interrupted at byte %llu of %llu; `xcoder fetch %s %s --resume` continues",
                                (unsigned long long)off, (unsigned long long)an.size, an.name, out);
                     goto done;
@@ -204,7 +211,7 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
                 xc_cli_err(a, "bad fetch reply at byte %llu (no data or wrong offset)", (unsigned long long)off);
                 goto done;
             }
-            if ((rc = write_all(fd, d->u.s.ptr, d->u.s.len, off))) {
+            if ((rc = write_all(f.fd, d->u.s.ptr, d->u.s.len, off))) {
                 xc_cli_err(a, "cannot write %s: %s", part, strerror(-rc));
                 goto done;
             }
@@ -222,24 +229,19 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
         }
         xc_client_value_free(&r);
         if (!quiet && off > start) fputc('\n', stderr);
-        if (fsync(fd) || close(fd)) {
-            fd = -1;
-            xc_cli_err(a, "cannot write %s: %s", part, strerror(errno));
-            goto done;
-        }
-        fd = -1;
         uint8_t dg[32];
         char got[72];
         xc_sha256_final(&h, dg);
         xc_sha256_checksum(dg, got);
         if (!changed && strcmp(got, an.checksum) == 0) {
-            if (rename(part, out)) {
-                xc_cli_err(a, "cannot rename %s to %s: %s", part, out, strerror(errno));
+            if (xc_afile_commit(&f, why, sizeof why)) { /* fsync, rename to OUT, fsync the directory */
+                xc_cli_err(a, "%s", why);
                 goto done;
             }
             ret = XC_CLI_OK;
             break;
         }
+        xc_afile_abort(&f, 1); /* kept: the next attempt starts it again from byte 0 */
         if (attempt == 1) {
             xc_cli_err(a, "%s: %s", an.name,
                        changed ? "the file changed on the daemon during the transfer twice; try again"
@@ -274,7 +276,7 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
                an.checksum, resumed_from ? " resumed" : "");
     }
 done:
-    if (fd >= 0) close(fd);
+    if (f.fd >= 0) xc_afile_abort(&f, 1); /* OUT.part stays for --resume */
     xc_client_value_free(&r);
     xc_client_destroy(&c);
     free(part);

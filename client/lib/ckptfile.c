@@ -1,10 +1,10 @@
 /* xcoderd checkpoints in libxcoder (see xcoder.h): a thin layer over proto's
- * checked safetensors reader (proto/xc_stfile.h), which the daemon's resume
+ * checked safetensors reader (format/xc_stfile.h), which the daemon's resume
  * uses too, plus the crosscoder's parameters in the reference layout. */
 #include "xcoder.h"
 #include "xc_client_internal.h"
 #include "xc_proto.h"
-#include "xc_stfile.h"
+#include "xc_ckptlayout.h"
 
 #include <stdarg.h>
 #include <stdio.h>

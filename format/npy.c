@@ -1,8 +1,9 @@
-/* .npy files (NumPy format 1.0/2.0/3.0) holding activations [N, 2, d] as
+/* The one home of the .npy format (used by libxcoder, whose public xc_client_npy_*
+ * API this implements, the CLI, tests and benches). .npy files (NumPy format 1.0/2.0/3.0) holding activations [N, 2, d] as
  * float32 or float16: header parsing (a Python dict literal, parsed properly,
  * not pattern-matched), a read-only mmap of the data, and a float32 writer. */
 #include "xcoder.h"
-#include "xc_client_internal.h"
+#include "xc_error.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -311,6 +311,10 @@ struct xc_stf {
     int nt;
     char **mk, **mv;          /* metadata keys / values; owned */
     int nm;
+    /* lazy handles (xc_stf_open_lazy): the parsed header, entries checked on lookup */
+    int lazy;
+    xc_buf_t mp;              /* the header as MessagePack; owned */
+    xc_mp_doc_t *doc;         /* parsed from mp; owned */
 };
 
 size_t xc_stf_dtype_size(const char *dt)
@@ -335,6 +339,8 @@ void xc_stf_close(xc_stf_t **pf)
     free(f->t);
     free(f->mk);
     free(f->mv);
+    xc_mp_doc_free(&f->doc);
+    xc_buf_free(&f->mp);
     if (f->map) munmap((void *)f->map, f->size);
     free(f->path);
     free(f);
@@ -377,9 +383,12 @@ static int parse_meta(xc_stf_t *f, xc_mp_node_t m, char *why, size_t wl)
     return XC_OK;
 }
 
-/* One tensor entry {dtype, shape, data_offsets}; offsets relative to the data. */
-static int parse_tensor(xc_stf_t *f, xc_mp_node_t key, xc_mp_node_t e, xc_stf_tensor_t *t, char *why,
-                        size_t wl)
+/* One tensor entry {dtype, shape, data_offsets}; offsets relative to the data.
+ * With dup_name the tensor gets its own copy of the name (else name is NULL).
+ * XC_EDTYPE for a dtype this reader does not know (the strict open reports it
+ * as corruption; a lazy lookup as what it is). */
+static int parse_tensor(xc_stf_t *f, xc_mp_node_t key, xc_mp_node_t e, xc_stf_tensor_t *t, int dup_name,
+                        char *why, size_t wl)
 {
     char name[128];
     if (xc_mp_copy_str(key, name, sizeof name)) snprintf(name, sizeof name, "(a name over 127 bytes)");
@@ -391,7 +400,7 @@ static int parse_tensor(xc_stf_t *f, xc_mp_node_t key, xc_mp_node_t e, xc_stf_te
     }
     if (xc_mp_copy_str(dt, t->dtype, sizeof t->dtype) || !xc_stf_dtype_size(t->dtype)) {
         xc_why(why, wl, "%s: tensor '%s': unknown dtype", f->path, name);
-        return XC_ECORRUPT;
+        return XC_EDTYPE;
     }
     size_t es = xc_stf_dtype_size(t->dtype);
     t->ndim = (int)xc_mp_len(sh);
@@ -428,6 +437,7 @@ static int parse_tensor(xc_stf_t *f, xc_mp_node_t key, xc_mp_node_t e, xc_stf_te
     t->bytes = (size_t)(b - a);
     t->offset = 8 + f->hlen + (size_t)a;
     t->data = f->map + t->offset;
+    if (!dup_name) return XC_OK;
     t->name = dup_str(key);
     return t->name ? XC_OK : XC_ENOMEM;
 }
@@ -439,28 +449,32 @@ static int by_offset(const void *a, const void *b)
     return x->bytes < y->bytes ? -1 : x->bytes > y->bytes;
 }
 
-static int parse_header(xc_stf_t *f, char *why, size_t wl)
+/* The header as a parsed MessagePack document kept in f (f->mp, f->doc). */
+static int parse_json(xc_stf_t *f, char *why, size_t wl)
 {
-    xc_buf_t mp;
-    xc_mp_doc_t *doc = NULL;
     char jwhy[200];
-    int rc;
-    xc_buf_init(&mp);
-    rc = xc_json_to_mp((const char *)f->map + 8, f->hlen, &mp, jwhy, sizeof jwhy);
-    if (rc == 0) rc = xc_mp_doc_parse(mp.data, mp.len, &doc, jwhy, sizeof jwhy);
+    int rc = xc_json_to_mp((const char *)f->map + 8, f->hlen, &f->mp, jwhy, sizeof jwhy);
+    if (rc == 0) rc = xc_mp_doc_parse(f->mp.data, f->mp.len, &f->doc, jwhy, sizeof jwhy);
     if (rc) {
         if (rc != XC_ENOMEM) {
             xc_why(why, wl, "%s: the safetensors header is not valid JSON (%s)", f->path, jwhy);
             rc = XC_ECORRUPT;
         }
-        goto out;
+        return rc;
     }
-    xc_mp_node_t root = xc_mp_root(doc);
-    if (xc_mp_type(root) != XC_MP_MAP) {
+    if (xc_mp_type(xc_mp_root(f->doc)) != XC_MP_MAP) {
         xc_why(why, wl, "%s: the safetensors header is not a JSON object", f->path);
-        rc = XC_ECORRUPT;
-        goto out;
+        return XC_ECORRUPT;
     }
+    return XC_OK;
+}
+
+/* Every entry checked, and the data section tiled exactly by the tensors. */
+static int parse_header(xc_stf_t *f, char *why, size_t wl)
+{
+    int rc = parse_json(f, why, wl);
+    if (rc) goto out;
+    xc_mp_node_t root = xc_mp_root(f->doc);
     size_t n = xc_mp_len(root);
     f->t = calloc(n + 1, sizeof *f->t);
     if (!f->t) {
@@ -483,7 +497,8 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
             if ((rc = parse_meta(f, v, why, wl))) goto out;
             continue;
         }
-        rc = parse_tensor(f, k, v, &f->t[f->nt], why, wl);
+        rc = parse_tensor(f, k, v, &f->t[f->nt], 1, why, wl);
+        if (rc == XC_EDTYPE) rc = XC_ECORRUPT;
         if (f->t[f->nt].name) f->nt++;
         if (rc) goto out;
         for (int q = 0; q < f->nt - 1; q++)
@@ -513,16 +528,17 @@ static int parse_header(xc_stf_t *f, char *why, size_t wl)
     rc = XC_OK;
 out:
     if (rc == XC_ENOMEM) xc_why(why, wl, "%s: out of memory reading the header", f->path);
-    xc_mp_doc_free(&doc);
-    xc_buf_free(&mp);
+    xc_mp_doc_free(&f->doc); /* everything is in f->t and the metadata now */
+    xc_buf_free(&f->mp);
     return rc;
 }
 
-xc_stf_t *xc_stf_open(const char *path, int *err, char *why, size_t wl)
+static xc_stf_t *open_file(const char *path, int lazy, int *err, char *why, size_t wl)
 {
     struct stat sb;
     int rc = XC_ENOMEM;
     xc_stf_t *f = calloc(1, sizeof *f); /* owned by the caller; xc_stf_close */
+    if (f) xc_buf_init(&f->mp);
     if (!f || !(f->path = strdup(path ? path : ""))) {
         xc_why(why, wl, "out of memory");
         goto fail;
@@ -569,13 +585,49 @@ xc_stf_t *xc_stf_open(const char *path, int *err, char *why, size_t wl)
         goto fail;
     }
     f->hlen = (size_t)hl;
-    if ((rc = parse_header(f, why, wl))) goto fail;
+    f->lazy = lazy;
+    if ((rc = lazy ? parse_json(f, why, wl) : parse_header(f, why, wl))) {
+        if (rc == XC_ENOMEM) xc_why(why, wl, "%s: out of memory reading the header", f->path);
+        goto fail;
+    }
     if (err) *err = XC_OK;
     return f;
 fail:
     xc_stf_close(&f);
     if (err) *err = rc;
     return NULL;
+}
+
+xc_stf_t *xc_stf_open(const char *path, int *err, char *why, size_t wl) { return open_file(path, 0, err, why, wl); }
+xc_stf_t *xc_stf_open_lazy(const char *path, int *err, char *why, size_t wl) { return open_file(path, 1, err, why, wl); }
+
+int xc_stf_lookup(const xc_stf_t *f, const char *name, xc_stf_tensor_t *out, char *why, size_t wl)
+{
+    memset(out, 0, sizeof *out);
+    if (!f || !name) {
+        xc_why(why, wl, "no file or name");
+        return XC_EINVAL;
+    }
+    if (!f->lazy) { /* checked at open */
+        const xc_stf_tensor_t *t = xc_stf_find(f, name);
+        if (!t) {
+            xc_why(why, wl, "no tensor '%s' in the checkpoint", name);
+            return XC_ENOTFOUND;
+        }
+        *out = *t;
+        return XC_OK;
+    }
+    xc_mp_node_t root = xc_mp_root(f->doc);
+    for (size_t i = 0; i < xc_mp_len(root); i++) {
+        xc_mp_node_t k = xc_mp_map_key(root, i);
+        if (!xc_mp_str_eq(k, name) || xc_mp_str_eq(k, "__metadata__")) continue;
+        int rc = parse_tensor((xc_stf_t *)f, k, xc_mp_map_val(root, i), out, 0, why, wl);
+        if (rc) return rc;
+        out->name = name;
+        return XC_OK;
+    }
+    xc_why(why, wl, "no tensor '%s' in the checkpoint", name);
+    return XC_ENOTFOUND;
 }
 
 const char *xc_stf_path(const xc_stf_t *f) { return f->path; }
@@ -644,44 +696,34 @@ int xc_stf_verify(const xc_stf_t *f, char *why, size_t wl)
     return XC_OK;
 }
 
-/* ------------------------------------------------- xcoderd checkpoint pairs -- */
-int xc_stf_kind(const xc_stf_t *f)
+/* A tensor must exist with this dtype and shape (the error code is the caller's:
+ * a corrupt file, or one of another version). */
+static int shape_str(char *out, size_t n, int ndim, const int64_t *s)
 {
-    const char *fmt = xc_stf_meta(f, "format");
-    if (fmt && strcmp(fmt, XC_STF_MODEL_FORMAT) == 0) return XC_STF_MODEL;
-    if (fmt && strcmp(fmt, XC_STF_TRAIN_FORMAT) == 0) return XC_STF_TRAIN;
-    return XC_STF_OTHER;
+    size_t u = 0;
+    u += (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < ndim && u < n; i++) u += (size_t)snprintf(out + u, n - u, "%s%lld", i ? ", " : "", (long long)s[i]);
+    if (u < n) snprintf(out + u, n - u, "]");
+    return 0;
 }
 
-static int meta_same(const xc_stf_t *a, const char *ka, const xc_stf_t *b, const char *kb, const char **va,
-                     const char **vb)
+int xc_stf_expect(const xc_stf_t *f, const char *name, const char *dtype, int ndim, const int64_t *shape,
+                  int code, char *why, size_t wl)
 {
-    *va = xc_stf_meta(a, ka);
-    *vb = xc_stf_meta(b, kb);
-    return *va && *vb && **va && strcmp(*va, *vb) == 0;
-}
-
-int xc_stf_pair_check(const xc_stf_t *model, const xc_stf_t *train, char *why, size_t wl)
-{
-    const char *a, *b;
-    if (xc_stf_kind(model) != XC_STF_MODEL || xc_stf_kind(train) != XC_STF_TRAIN) {
-        xc_why(why, wl, "%s and %s are not a model file and a training-state file of xcoderd", model->path,
-                train->path);
-        return XC_ECORRUPT;
+    const xc_stf_tensor_t *t = xc_stf_find(f, name);
+    char a[96], b[96];
+    if (!t) {
+        xc_why(why, wl, "%s: no tensor '%s'%s", xc_stf_path(f), name,
+                code == XC_EVERSION ? " (written by an incompatible xcoderd?)" : "");
+        return code;
     }
-    if (!meta_same(model, "checkpoint_id", train, "checkpoint_id", &a, &b)) {
-        xc_why(why, wl, "%s and %s belong to different checkpoints (checkpoint_id %.40s vs %.40s)", model->path,
-                train->path, a ? a : "none", b ? b : "none");
-        return XC_ECORRUPT;
-    }
-    if (!meta_same(model, "train_checksum", train, XC_STF_CHECKSUM_KEY, &a, &b)) {
-        xc_why(why, wl, "%s names training state %.40s but %s has %.40s", model->path, a ? a : "none",
-                train->path, b ? b : "none");
-        return XC_ECORRUPT;
-    }
-    if (!meta_same(model, "run_id", train, "run_id", &a, &b) || !meta_same(model, "step", train, "step", &a, &b)) {
-        xc_why(why, wl, "%s and %s disagree on run_id or step", model->path, train->path);
-        return XC_ECORRUPT;
+    int same = strcmp(t->dtype, dtype) == 0 && t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        shape_str(a, sizeof a, t->ndim, t->shape);
+        shape_str(b, sizeof b, ndim, shape);
+        xc_why(why, wl, "%s: tensor '%s' is %s %s, expected %s %s", xc_stf_path(f), name, t->dtype, a, dtype, b);
+        return code;
     }
     return XC_OK;
 }

@@ -1,0 +1,75 @@
+/* The checkpoint layout (proto/CHECKPOINT.md), the one home of everything a
+ * reader or writer of xcoderd checkpoints must agree on, used by the daemon,
+ * the CLI (inspect, export), libxcoder, tests and benches:
+ *   - a checkpoint is a PAIR of safetensors files, NAME-STEP.safetensors (the
+ *     model: exactly the reference BatchTopKCrossCoder / CrossCoder state
+ *     dict, loadable with strict=True) and NAME-STEP.resume.safetensors (the
+ *     training state), STEP zero-padded to 9 digits;
+ *   - the metadata "format" and "format_version" of each file, the pairing
+ *     (checkpoint_id, run_id, step, and the model file naming the training
+ *     file's CRC-32, see xc_stfile.h for the checksum itself);
+ *   - the reference tensor names, dtypes and shapes of the model file, and the
+ *     transposes between the engine's row layout and the reference layout.
+ * No engine, thread or log code: the training state's tensors are whatever
+ * the writer is given (daemon/ckpt.c passes the engine's state views). */
+#ifndef XC_CKPTLAYOUT_H
+#define XC_CKPTLAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "xc_stfile.h"
+
+#define XC_CKPT_MODEL_VERSION "2" /* format_version of the model file */
+#define XC_CKPT_TRAIN_VERSION "1" /* format_version of the training-state file */
+#define XC_STF_MODEL_FORMAT "xcoderd-crosscoder"  /* metadata "format" of a model file */
+#define XC_STF_TRAIN_FORMAT "xcoderd-train-state" /* ... of a training-state file */
+#define XC_STF_TRAIN_SUFFIX ".resume.safetensors" /* NAME-STEP.resume.safetensors beside NAME-STEP.safetensors */
+
+/* The crosscoder kinds a model file can hold (metadata "model"). */
+typedef enum { XC_CKPT_BATCHTOPK = 0, XC_CKPT_L1 = 1 } xc_ckpt_kind_t;
+/* "batchtopk" | "l1" */
+const char *xc_ckpt_kind_name(xc_ckpt_kind_t k);
+
+enum { XC_STF_OTHER = 0, XC_STF_MODEL = 1, XC_STF_TRAIN = 2 };
+/* By the metadata "format": XC_STF_MODEL, XC_STF_TRAIN or XC_STF_OTHER. */
+int xc_stf_kind(const xc_stf_t *f);
+/* Do these files form one checkpoint? Same checkpoint_id, run_id and step, and
+ * the model file names the training file's checksum. Checks metadata only
+ * (xc_stf_verify checks each file's content). 0 or XC_ECORRUPT with the reason. */
+int xc_stf_pair_check(const xc_stf_t *model, const xc_stf_t *train, char *why, size_t why_len);
+/* Given either file of a pair, the paths of both. 0 or XC_EINVAL (not a
+ * *.safetensors name). */
+int xc_ckpt_pair_paths(const char *path, char *model, size_t model_len, char *train, size_t train_len);
+
+/* ------------------------------------------------------- the model file -- */
+/* A crosscoder's parameters, in the engine's layout (w_enc, w_dec (F, 2, d)
+ * rows) or in the reference layout (w_enc [2, d, F], w_dec [2, F, d]). Pointers
+ * are borrowed; the struct itself must outlive the xc_st_write (it is the
+ * context of the fill callbacks). */
+typedef struct {
+    xc_ckpt_kind_t model;
+    int d, dict_size, k;
+    float threshold;           /* theta; -1 until estimated */
+    int engine_layout;
+    const float *w_enc, *b_enc, *w_dec, *b_dec;
+    /* private: fill contexts */
+    struct { const void *m; int which; int out; } fc[4];
+} xc_ckpt_model_t;
+
+/* Adds the reference state dict: encoder.weight, encoder.bias, decoder.weight,
+ * decoder.bias, (BatchTopK:) threshold, k, and code_normalization_id plus the
+ * NormalizableMixin buffers target_rms, activation_mean, activation_std,
+ * activation_global_scale (no normaliser: NaN mean/std, scale 1). float_dtype
+ * "F32" (NULL), "F16" or "BF16" for the four parameter tensors. */
+int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype);
+/* Checks that a model file holds exactly the reference tensors of a float32
+ * model of this kind and shape (names, dtypes, shapes, nothing else).
+ * 0 or XC_ECORRUPT with the reason. */
+int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int d, int dict_size, char *why,
+                                size_t why_len);
+/* Current time as RFC 3339 UTC with microseconds ("2025-01-02T03:04:05.123456Z"),
+ * the "created" metadata. */
+void xc_ckpt_now_rfc3339(char *out, size_t n);
+
+#endif
