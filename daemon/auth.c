@@ -237,22 +237,6 @@ int xc_auth_roles_of(void *zmq_msg)
     return r & XC_ROLE_LOCAL;
 }
 
-int xc_auth_op_roles(xc_op_t op)
-{
-    switch (op) {
-    case XC_OP_PAUSE:
-    case XC_OP_RESUME:
-    case XC_OP_CHECKPOINT:
-    case XC_OP_SCALING:
-    case XC_OP_SHUTDOWN:
-        return XC_ROLE_ADMIN;
-    case XC_OP_PING:
-        return XC_ROLE_PRODUCER | XC_ROLE_READER | XC_ROLE_ADMIN;
-    default:
-        return XC_ROLE_READER | XC_ROLE_ADMIN;
-    }
-}
-
 const char *xc_auth_role_name(int roles)
 {
     static const char *const names[8] = {"none", "producer", "reader", "producer+reader", "admin",
@@ -260,13 +244,13 @@ const char *xc_auth_role_name(int roles)
     return names[roles & 7];
 }
 
-int xc_auth_op_allowed(int roles, xc_op_t op, char *why, size_t wl)
+int xc_auth_allowed(int roles, int need, const char *op_name, char *why, size_t wl)
 {
-    int need = xc_auth_op_roles(op);
     if (roles & need) return 1;
-    xc_why(why, wl, "'%s' needs the %s role; this client's key has role %s (the daemon's operator "
-           "adds keys to allow_readers / allow_admins)",
-           xc_proto_op_name(op), need == XC_ROLE_ADMIN ? "admin" : "reader", xc_auth_role_name(roles));
+    xc_why(why, wl, "'%s' needs the %s role; this client's key has role %s (the daemon's operator adds "
+           "public keys to allow_readers / allow_admins)",
+           op_name, need == XC_ROLE_ADMIN ? "admin" : (need & XC_ROLE_READER) ? "reader" : "producer",
+           xc_auth_role_name(roles));
     return 0;
 }
 

@@ -86,6 +86,7 @@ static const struct {
     {"events_published", "Events published on the events socket."},
     {"ingest_blocked", "Times the queue was full and ingest stopped reading (backpressure)."},
     {"zmq_errors", "ZeroMQ send/receive errors."},
+    {"control_denied", "Control requests refused with XC_EPERM (the key lacks the role)."},
 };
 
 static const char *const g_states[] = {"starting", "running", "paused", "stopping"};

@@ -34,6 +34,7 @@ typedef struct {
     xc_svc_envelope_t env;
     xc_request_t req;
     const void *body;            /* the raw request frame (borrowed; copied to defer) */
+    int roles;                   /* the peer's XC_ROLE_* (xc_auth.h) */
     size_t blen;
     xc_mpw_t w;                  /* over s->out, reset */
     char why[XC_PROTO_REASON_MAX];
@@ -46,8 +47,8 @@ typedef struct {
     } arg;
 } call_t;
 
-/* A row of the op table. roles is reserved for access control (0: every peer
- * may call the op; a later role check reads it beside flags). */
+/* A row of the op table. roles: the XC_ROLE_* (xc_auth.h) any one of which
+ * lets a peer call the op; ipc peers hold every role. */
 typedef struct {
     unsigned flags;              /* OP_* */
     unsigned roles;
@@ -377,6 +378,22 @@ static void op_checkpoints(xc_svc_t *s, call_t *c)
 }
 
 /* fetch: answered from remote.c's threadpool callback (xc_svc_remote_reply). */
+/* fetch: a training-state file holds the mixing buffer, i.e. producers' raw
+ * activations: admins only. */
+static int check_fetch(xc_svc_t *s, call_t *c)
+{
+    xc_mp_node_t n = xc_mp_get(c->req.root, "file");
+    const char *name;
+    size_t len;
+    if (xc_mp_as_str(n, &name, &len) == 0 && memmem(name, len, ".resume.", 8) && !(c->roles & XC_ROLE_ADMIN)) {
+        s->cnt.control_denied++;
+        snprintf(c->why, sizeof c->why, "training-state files hold producers' raw activations: fetching one "
+                 "needs the admin role (this key has %s)", xc_auth_role_name(c->roles));
+        return XC_EPERM;
+    }
+    return XC_OK;
+}
+
 static void op_fetch(xc_svc_t *s, call_t *c)
 {
     int rc = xc_remote_fetch(s->remote, &c->req, c->body, c->blen, &c->env, c->why, sizeof c->why);
@@ -457,21 +474,25 @@ static void op_table(xc_svc_t *s, call_t *c)
 }
 
 /* ----------------------------------------------------------- the table -- */
+/* Roles per op (README "Security"): readers read, admins also change things. */
+#define R_ANY (XC_ROLE_PRODUCER | XC_ROLE_READER | XC_ROLE_ADMIN)
+#define R_READ (XC_ROLE_READER | XC_ROLE_ADMIN)
+#define R_ADMIN XC_ROLE_ADMIN
 static const op_def_t g_ops[XC_OP__COUNT] = {
-    [XC_OP_PING] = {0, 0, NULL, op_ping},
-    [XC_OP_STATUS] = {0, 0, NULL, op_status},
-    [XC_OP_CONFIG] = {0, 0, check_config, op_config},
-    [XC_OP_PAUSE] = {OP_REFUSED_STOPPING, 0, NULL, op_pause},
-    [XC_OP_RESUME] = {OP_REFUSED_STOPPING, 0, NULL, op_pause},
-    [XC_OP_SHUTDOWN] = {0, 0, NULL, op_shutdown},
-    [XC_OP_CHECKPOINT] = {OP_DEFERRED, 0, NULL, op_checkpoint},
-    [XC_OP_SCALING] = {OP_REFUSED_STOPPING, 0, check_scaling, op_scaling},
-    [XC_OP_METRICS] = {0, 0, NULL, op_metrics},
-    [XC_OP_CHECKPOINTS] = {0, 0, NULL, op_checkpoints},
-    [XC_OP_FETCH] = {OP_DEFERRED, 0, NULL, op_fetch},
-    [XC_OP_LATENT] = {OP_NEEDS_SNAPSHOT, 0, check_latent, op_latent},
-    [XC_OP_TOP] = {OP_NEEDS_SNAPSHOT, 0, check_latent, op_latent},
-    [XC_OP_TABLE] = {OP_NEEDS_SNAPSHOT, 0, check_table, op_table},
+    [XC_OP_PING] = {0, R_ANY, NULL, op_ping},
+    [XC_OP_STATUS] = {0, R_READ, NULL, op_status},
+    [XC_OP_CONFIG] = {0, R_ANY, check_config, op_config}, /* producers ask d and dtype */
+    [XC_OP_PAUSE] = {OP_REFUSED_STOPPING, R_ADMIN, NULL, op_pause},
+    [XC_OP_RESUME] = {OP_REFUSED_STOPPING, R_ADMIN, NULL, op_pause},
+    [XC_OP_SHUTDOWN] = {0, R_ADMIN, NULL, op_shutdown},
+    [XC_OP_CHECKPOINT] = {OP_DEFERRED, R_ADMIN, NULL, op_checkpoint},
+    [XC_OP_SCALING] = {OP_REFUSED_STOPPING, R_ADMIN, check_scaling, op_scaling},
+    [XC_OP_METRICS] = {0, R_READ, NULL, op_metrics},
+    [XC_OP_CHECKPOINTS] = {0, R_READ, NULL, op_checkpoints},
+    [XC_OP_FETCH] = {OP_DEFERRED, R_READ, check_fetch, op_fetch},
+    [XC_OP_LATENT] = {OP_NEEDS_SNAPSHOT, R_READ, check_latent, op_latent},
+    [XC_OP_TOP] = {OP_NEEDS_SNAPSHOT, R_READ, check_latent, op_latent},
+    [XC_OP_TABLE] = {OP_NEEDS_SNAPSHOT, R_READ, check_table, op_table},
 };
 
 /* 1 when the loop's snapshot answers a query now: taken after the last step
@@ -514,6 +535,12 @@ void xc_svc_handle_control(xc_svc_t *s, xc_svc_mmsg_t *mm)
     const op_def_t *op = c.req.op >= 0 && c.req.op < XC_OP__COUNT ? &g_ops[c.req.op] : NULL;
     if (!op || !op->run) {
         reply_error(s, &c.env, &c.req, XC_EUNKNOWN, "op not implemented");
+        goto out_free_req;
+    }
+    c.roles = xc_auth_roles_of(&mm->m[b0]);
+    if (!xc_auth_allowed(c.roles, (int)op->roles, c.req.op_name, c.why, sizeof c.why)) {
+        s->cnt.control_denied++;
+        reply_error(s, &c.env, &c.req, XC_EPERM, c.why);
         goto out_free_req;
     }
     if (op->check && (rc = op->check(s, &c))) {

@@ -102,6 +102,12 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         refuse(s, &env, &h, XC_ESHUTDOWN, "the daemon is shutting down; batch not accepted");
         return;
     }
+    if (nb > 0 && !(xc_auth_roles_of(&mm->m[b0]) & (XC_ROLE_PRODUCER | XC_ROLE_ADMIN))) {
+        xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
+        refuse(s, &env, &h, XC_EPERM, "this client's key may not push batches (it needs the producer "
+               "role: the daemon's operator adds its public key to allow_producers)");
+        return;
+    }
     if (mm->extra || nb > 4) {
         if (nb > 0) xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
         snprintf(why, sizeof why, "%d body frames; a batch has at most 4 (header, payload, tokens, positions)",

@@ -284,6 +284,13 @@ int xc_svc_open_log(const char *path, char *why, size_t why_len)
     return XC_OK;
 }
 
+/* The allow-list files of the configuration. */
+static xc_auth_lists_t auth_lists(const xc_cfg_t *c)
+{
+    xc_auth_lists_t l = {c->allow_producers, c->allow_readers, c->allow_admins};
+    return l;
+}
+
 static void reload(xc_svc_t *s)
 {
     xc_cfg_t next;
@@ -295,6 +302,12 @@ static void reload(xc_svc_t *s)
         return;
     }
     int n = xc_cfg_apply_reload(&s->cfg, &next, fixed, sizeof fixed);
+    if (s->auth) {
+        xc_auth_lists_t l = auth_lists(&s->cfg);
+        if (xc_auth_reload(s->auth, &l, why, sizeof why))
+            xc_log(XC_LOG_ERROR, "SIGHUP: allow-lists not reloaded (the previous ones stay): %s", why);
+        else xc_log(XC_LOG_INFO, "SIGHUP: allow-lists reloaded");
+    }
     xc_trainer_set_checkpoint_policy(s->trainer, (int)s->cfg.checkpoint_keep, s->cfg.checkpoint_steps);
     if (xc_svc_open_log(s->cfg.log_file, why, sizeof why)) xc_log(XC_LOG_ERROR, "SIGHUP: %s", why);
     xc_log_level_t lvl;
@@ -340,6 +353,13 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
         zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
     }
+    if (s->auth && xc_auth_endpoint_tcp(ep)) {
+        int rc = xc_auth_curve_server(z, what, s->curve_secret, why, wl);
+        if (rc) {
+            zmq_close(z);
+            return rc;
+        }
+    }
     if (zmq_bind(z, ep) < 0) {
         xc_why(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));
         zmq_close(z);
@@ -374,6 +394,49 @@ static int take_lock(xc_svc_t *s, char *why, size_t wl)
     return XC_OK;
 }
 
+
+/* CurveZMQ: with curve_secret_key, load the key and start the ZAP handler
+ * (before any bind, so no client ever connects unauthenticated); without it, a
+ * tcp endpoint beyond loopback is refused unless insecure_tcp = on. */
+static int start_security(xc_svc_t *s, char *why, size_t wl)
+{
+    const char *eps[3] = {s->cfg.ingest, s->cfg.control, s->cfg.events};
+    if (s->cfg.curve_secret_key[0]) {
+        xc_keypair_t kp;
+        int rc = xc_keys_read(s->cfg.curve_secret_key, &kp, why, wl);
+        if (rc) return rc;
+        if (!kp.secret_z85[0]) {
+            xc_why(why, wl, "curve_secret_key %s holds no secret key (give the BASE.key file of "
+                   "`xcoderd --keygen BASE`)", s->cfg.curve_secret_key);
+            return XC_ECONFIG;
+        }
+        memcpy(s->curve_secret, kp.secret_z85, sizeof s->curve_secret);
+        char pub[XC_KEY_Z85_LEN + 1];
+        memcpy(pub, kp.public_z85, sizeof pub);
+        explicit_bzero(&kp, sizeof kp);
+        xc_auth_lists_t l = auth_lists(&s->cfg);
+        s->auth = xc_auth_new(s->zctx, &l, &rc, why, wl);
+        if (!s->auth) return rc;
+        xc_log(XC_LOG_INFO, "tcp endpoints require CURVE (allow-lists: producers '%s', readers '%s', admins "
+               "'%s'); server public key %s", s->cfg.allow_producers, s->cfg.allow_readers, s->cfg.allow_admins, pub);
+        return XC_OK;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (!xc_auth_endpoint_remote(eps[i])) continue;
+        if (strcmp(s->cfg.insecure_tcp, "on") != 0) {
+            xc_why(why, wl, "endpoint %s is reachable from other machines but no curve_secret_key is set: "
+                   "anyone who reaches it could push data, read checkpoints and shut the daemon down. Make "
+                   "keys (`xcoderd --keygen BASE`, set curve_secret_key and allow_* lists), bind "
+                   "tcp://127.0.0.1 instead, or set insecure_tcp = on to accept the risk", eps[i]);
+            return XC_ECONFIG;
+        }
+        s->insecure_remote = 1;
+    }
+    if (s->insecure_remote)
+        xc_log(XC_LOG_WARN, "INSECURE: a tcp endpoint beyond loopback without CURVE (insecure_tcp = on): "
+               "anyone who reaches it owns this daemon");
+    return XC_OK;
+}
 
 xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char *why, size_t wl)
 {
@@ -446,6 +509,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
         xc_why(why, wl, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
         goto fail;
     }
+    if ((rc = start_security(s, why, wl))) goto fail;
     if ((rc = open_socket(s, &s->ingest, ZMQ_ROUTER, s->cfg.ingest, "ingest", why, wl)) ||
         (rc = open_socket(s, &s->control, ZMQ_ROUTER, s->cfg.control, "control", why, wl)) ||
         (rc = open_socket(s, &s->events, ZMQ_PUB, s->cfg.events, "events", why, wl)))
@@ -547,6 +611,8 @@ void xc_svc_destroy(xc_svc_t **ps)
     if (s->ingest) zmq_close(s->ingest);
     if (s->control) zmq_close(s->control);
     if (s->events) zmq_close(s->events);
+    xc_auth_destroy(&s->auth); /* its thread and socket go before the context */
+    explicit_bzero(s->curve_secret, sizeof s->curve_secret);
     if (s->zctx) zmq_ctx_term(s->zctx);
     if (s->bound) { /* libzmq leaves ipc:// socket files behind; they are ours (we bound them) */
         const char *eps[] = {s->cfg.ingest, s->cfg.control, s->cfg.events};

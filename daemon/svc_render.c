@@ -44,6 +44,10 @@ static void render_counters(xc_svc_t *s, xc_mpw_t *w)
 #define XC_SVC_CTR_RENDER(n) xc_mpw_kv_uint(w, #n, s->cnt.n);
     XC_SVC_COUNTERS(XC_SVC_CTR_RENDER)
 #undef XC_SVC_CTR_RENDER
+    xc_auth_counts_t ac;
+    xc_auth_counts(s->auth, &ac); /* zeros without CURVE */
+    xc_mpw_kv_uint(w, "auth_accepted", ac.accepted);
+    xc_mpw_kv_uint(w, "auth_refused", ac.refused);
     xc_mpw_map_end(w);
 }
 
@@ -103,6 +107,10 @@ void xc_svc_render_stats(xc_svc_t *s, xc_mpw_t *w)
     xc_mpw_kv_uint(w, "passes", ts.scaling_passes);
     xc_mpw_map_end(w);
     xc_mpw_kv_bool(w, "shm", ts.shm);
+    /* curve: tcp endpoints need an allow-listed key; insecure_tcp: one is reachable
+     * beyond loopback without it (the operator accepted the risk) */
+    xc_mpw_kv_bool(w, "curve", s->auth != NULL);
+    xc_mpw_kv_bool(w, "insecure_tcp", s->insecure_remote);
     xc_mpw_str(w, "counters");
     render_counters(s, w);
 }

@@ -55,11 +55,9 @@ int xc_auth_curve_server(void *sock, const char *domain, const char *secret_z85,
 /* The roles of the peer that sent msg (a zmq_msg_t* of the message): the
  * User-Id the ZAP handler set, or XC_ROLE_LOCAL on a socket without CURVE. */
 int xc_auth_roles_of(void *zmq_msg);
-/* The roles a control op needs; fetch of a training-state file (".resume.")
- * needs admin, which the caller checks with xc_auth_fetch_allowed. */
-int xc_auth_op_roles(xc_op_t op);
-/* 1 if roles may run op; otherwise 0 and a reason in why. */
-int xc_auth_op_allowed(int roles, xc_op_t op, char *why, size_t wl);
+/* 1 if a peer with roles may run op_name, which needs any one of need;
+ * otherwise 0 and a reason in why naming the role to ask for. */
+int xc_auth_allowed(int roles, int need, const char *op_name, char *why, size_t wl);
 /* "producer+reader" style text of a role mask (static storage). */
 const char *xc_auth_role_name(int roles);
 /* 1 if the endpoint binds a tcp address that is not loopback (127.0.0.0/8,

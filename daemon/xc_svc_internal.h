@@ -14,8 +14,10 @@
 #ifndef XC_SVC_INTERNAL_H
 #define XC_SVC_INTERNAL_H
 
+#include "xc_auth.h"
 #include "xc_ckpt.h"
 #include "xc_config.h"
+#include "xc_keys.h"
 #include "xc_proto.h"
 #include "xc_queue.h"
 #include "xc_remote.h"
@@ -32,7 +34,7 @@
 /* Refusal classes, in the order of PROTOCOL.md; counters are indexed by this. */
 #define XC_SVC_REFUSALS(X)                                                                       \
     X(XC_ESHUTDOWN) X(XC_ETOOBIG) X(XC_EPROTO) X(XC_EVERSION) X(XC_EDTYPE) X(XC_ESHAPE)          \
-    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ENOMEM)
+    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ENOMEM) X(XC_EPERM)
 #define XC_SVC_REFUSE_COUNT(c) +1
 enum { XC_SVC_N_REFUSE = 0 XC_SVC_REFUSALS(XC_SVC_REFUSE_COUNT) };
 #undef XC_SVC_REFUSE_COUNT
@@ -47,7 +49,8 @@ extern const int xc_svc_refuse_codes[XC_SVC_N_REFUSE];
     X(checkpoints_failed)                                                       \
     X(events_published)                                                         \
     X(ingest_blocked)   /* times the queue was full and reading stopped */     \
-    X(zmq_errors)
+    X(zmq_errors)                                                               \
+    X(control_denied)   /* control requests refused with XC_EPERM (role) */
 
 typedef struct {
     uint64_t refused[XC_SVC_N_REFUSE];
@@ -84,6 +87,9 @@ typedef struct {
 
 struct xc_svc {
     xc_cfg_t cfg;
+    xc_auth_t *auth;    /* ZAP handler when curve_secret_key is set (auth.c); else NULL */
+    char curve_secret[XC_KEY_Z85_LEN + 1];
+    int insecure_remote; /* a non-loopback tcp endpoint without CURVE (insecure_tcp = on) */
     int argc;
     char **argv;        /* borrowed, for SIGHUP */
     uv_loop_t loop;

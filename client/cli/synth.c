@@ -153,6 +153,8 @@ int xc_cli_cmd_synth(xc_cli_args_t *a)
         if (a->run_dir) o.run_dir = a->run_dir;
         o.ingest = a->ingest;
         o.control = a->control;
+        o.server_key = a->server_key;
+        o.client_key = a->client_key;
         o.events = a->events;
         o.timeout_ms = xc_cli_timeout_ms(a);
         o.window = (int)window;

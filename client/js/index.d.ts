@@ -67,7 +67,7 @@ export interface ProducerStats {
   credit: number;
 }
 
-export interface ProducerOptions {
+export interface ProducerOptions extends KeyOptions {
   /** Batches in flight before send() waits (default 8). */
   window?: number;
   /** ms to wait for room in the window / for flush (default 30000; 0 = forever). */
@@ -168,7 +168,7 @@ export interface Table {
 
 /** Request/reply with the daemon's control socket. */
 export declare class Client {
-  constructor(endpoint?: Endpoint, options?: { timeout?: number });
+  constructor(endpoint?: Endpoint, options?: { timeout?: number } & KeyOptions);
   readonly endpoint: string;
   timeout: number;
   /** Any op: {v, op, id, ...args}; resolves to the success reply. */
@@ -195,7 +195,7 @@ export interface Event { topic: string; body: { v: 1; type: string; name: string
 
 /** Events from the daemon's PUB socket; `for await (const ev of sub)`, `break` closes. */
 export declare class Subscription implements AsyncIterableIterator<Event> {
-  constructor(endpoint?: Endpoint, topics?: string | string[]);
+  constructor(endpoint?: Endpoint, topics?: string | string[], options?: KeyOptions);
   readonly endpoint: string;
   /** Malformed events skipped. */
   readonly malformed: number;
@@ -207,7 +207,15 @@ export declare class Subscription implements AsyncIterableIterator<Event> {
   close(): void;
 }
 /** Subscribes to topic prefixes ("stats", "checkpoint", "alert", "scaling"; none = all). */
-export declare function subscribe(endpoint?: Endpoint, topics?: string | string[]): Subscription;
+/** CurveZMQ for tcp endpoints of a daemon with curve_secret_key (default: $XCODER_SERVER_KEY / $XCODER_CLIENT_KEY). */
+export interface KeyOptions {
+  /** The daemon's public key: Z85 text or the path of its .pub file. */
+  serverKey?: string;
+  /** This client's key file BASE.key from `xcoder keygen BASE`. */
+  clientKey?: string;
+}
+export declare function subscribe(endpoint?: Endpoint, topics?: string | string[], options?: KeyOptions): Subscription;
+export declare function readKeyFile(path: string): { publicKey: string | null; secretKey: string | null };
 
 /** The wire format without sockets. */
 export declare namespace wire {

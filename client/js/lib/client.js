@@ -7,6 +7,7 @@ const crypto = require("node:crypto");
 const path = require("node:path");
 const zmq = require("zeromq");
 const wire = require("./wire");
+const { curveOptions } = require("./keys");
 const { XcoderError, XcoderTimeout } = require("./errors");
 
 const CHUNK_MAX = 1 << 20; // the daemon's cap on one fetch reply's data
@@ -20,10 +21,10 @@ const CHUNK_MAX = 1 << 20; // the daemon's cap on one fetch reply's data
  * XcoderError (the daemon's code and message) or XcoderTimeout.
  */
 class Client {
-  constructor(endpoint, { timeout = 30000 } = {}) {
+  constructor(endpoint, { timeout = 30000, serverKey, clientKey } = {}) {
     this.endpoint = wire.endpointFor(endpoint, "control");
     this.timeout = timeout;
-    this._sock = new zmq.Dealer({ linger: 0 });
+    this._sock = new zmq.Dealer({ linger: 0, ...curveOptions(this.endpoint, { serverKey, clientKey }) });
     this._sock.connect(this.endpoint);
     this._pending = new Map();
     this._nextId = 1;

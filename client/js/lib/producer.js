@@ -4,6 +4,7 @@
 
 const zmq = require("zeromq");
 const wire = require("./wire");
+const { curveOptions } = require("./keys");
 const { XcoderError, XcoderNack, XcoderTimeout } = require("./errors");
 
 /**
@@ -17,7 +18,7 @@ const { XcoderError, XcoderNack, XcoderTimeout } = require("./errors");
  * timeout (ms, 0 = forever): longest wait for room in the window or for flush.
  */
 class Producer {
-  constructor(endpoint, { window = 8, timeout = 30000, producer = "", d, dtype } = {}) {
+  constructor(endpoint, { window = 8, timeout = 30000, producer = "", d, dtype, serverKey, clientKey } = {}) {
     if (!(window >= 1)) throw new RangeError("window must be >= 1");
     if (Buffer.byteLength(producer) > wire.PRODUCER_MAX) throw new RangeError(`producer id longer than ${wire.PRODUCER_MAX} bytes`);
     this.endpoint = wire.endpointFor(endpoint, "ingest");
@@ -27,7 +28,7 @@ class Producer {
     this.d = d;
     this.dtype = dtype;
     this.stats = { batchesSent: 0, batchesAcked: 0, batchesNacked: 0, tokensSent: 0, tokensAcked: 0, credit: -1 };
-    this._sock = new zmq.Dealer({ linger: 0 });
+    this._sock = new zmq.Dealer({ linger: 0, ...curveOptions(this.endpoint, { serverKey, clientKey }) });
     this._sock.connect(this.endpoint);
     this._seq = 0;
     this._inflight = new Map(); // seq -> {n, waiter}

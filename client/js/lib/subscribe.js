@@ -3,6 +3,7 @@
 
 const zmq = require("zeromq");
 const wire = require("./wire");
+const { curveOptions } = require("./keys");
 const { XcoderTimeout } = require("./errors");
 
 /**
@@ -14,10 +15,10 @@ const { XcoderTimeout } = require("./errors");
  * asynchronously: events in the first milliseconds may be missed.
  */
 class Subscription {
-  constructor(endpoint, topics) {
+  constructor(endpoint, topics, { serverKey, clientKey } = {}) {
     this.endpoint = wire.endpointFor(endpoint, "events");
     this.malformed = 0;
-    this._sock = new zmq.Subscriber({ linger: 0 });
+    this._sock = new zmq.Subscriber({ linger: 0, ...curveOptions(this.endpoint, { serverKey, clientKey }) });
     const list = topics == null ? [""] : Array.isArray(topics) ? topics : [topics];
     for (const t of list) this._sock.subscribe(t || "");
     this._sock.connect(this.endpoint);
@@ -69,8 +70,8 @@ class Subscription {
 }
 
 /** Subscribes to topic prefixes ("stats", "checkpoint", "alert", "scaling"; none = all). */
-function subscribe(endpoint, topics) {
-  return new Subscription(endpoint, topics);
+function subscribe(endpoint, topics, options) {
+  return new Subscription(endpoint, topics, options);
 }
 
 module.exports = { Subscription, subscribe };

@@ -10,6 +10,8 @@
     reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy (encode, decode too)
     latent_scaling(ckpt, acts)  exact Latent Scaling beta / nu of a checkpoint, in numpy
     SharedStats(instance)    per-latent statistics from shared memory (seqlock snapshots)
+    keygen(base)             a CurveZMQ key pair BASE.key / BASE.pub; every client class takes
+                             server_key= and client_key= for a daemon with curve_secret_key
 
 Endpoints are ZeroMQ URIs or the daemon's run directory (its ipc sockets
 RUN_DIR/{ingest,control,events}.sock); None means $XCODER_RUN_DIR or /run/xcoderd.
@@ -23,6 +25,7 @@ from .client import Client, Subscription, subscribe
 from .checkpoint import (decode, decoder_stats, encode, latent_scaling, load_checkpoint,
                          reconstruct)
 from .shm import SharedStats, Snapshot
+from .keys import keygen
 
 
 def stream_from_models(*args, **kwargs):

@@ -5,7 +5,7 @@ import time
 
 import zmq
 
-from . import wire
+from . import keys, wire
 from .errors import XcoderError, XcoderTimeout
 
 
@@ -42,12 +42,13 @@ class Client(_OwnsSocket):
     matters, as documented); an error reply raises XcoderError with the
     daemon's code and message."""
 
-    def __init__(self, endpoint=None, timeout=30.0, context=None):
+    def __init__(self, endpoint=None, timeout=30.0, context=None, server_key=None, client_key=None):
         self.endpoint = wire.endpoint_for(endpoint, "control")
         self.timeout = timeout
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        keys.apply_curve(self._sock, self.endpoint, server_key, client_key)
         self._sock.connect(self.endpoint)
         self._ids = itertools.count(1)
 
@@ -154,7 +155,8 @@ class Subscription(_OwnsSocket):
     (counted in `malformed`). Joining is asynchronous in ZeroMQ: events
     published in the first milliseconds after subscribing may be missed."""
 
-    def __init__(self, endpoint=None, topics=None, timeout=None, context=None):
+    def __init__(self, endpoint=None, topics=None, timeout=None, context=None, server_key=None,
+                 client_key=None):
         self.endpoint = wire.endpoint_for(endpoint, "events")
         self.timeout = timeout
         self.malformed = 0
@@ -165,6 +167,7 @@ class Subscription(_OwnsSocket):
             topics = [topics or ""]
         for t in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, t.encode() if isinstance(t, str) else t)
+        keys.apply_curve(self._sock, self.endpoint, server_key, client_key)
         self._sock.connect(self.endpoint)
 
     def next(self, timeout=None):
@@ -195,8 +198,8 @@ class Subscription(_OwnsSocket):
 
 
 
-def subscribe(endpoint=None, topics=None, timeout=None, context=None):
+def subscribe(endpoint=None, topics=None, timeout=None, context=None, server_key=None, client_key=None):
     """Subscribes to the daemon's events: an iterator of (topic, body) with
     body the decoded map (always v, type, name, time, then the topic's fields,
     PROTOCOL.md 3). See Subscription."""
-    return Subscription(endpoint, topics, timeout, context)
+    return Subscription(endpoint, topics, timeout, context, server_key, client_key)

@@ -13,7 +13,7 @@ import time
 
 import zmq
 
-from . import wire
+from . import keys, wire
 from .errors import XcoderError, XcoderNack, XcoderTimeout, normalize_code
 
 
@@ -37,7 +37,7 @@ class Producer:
     flush=False). Not thread-safe: one Producer per thread."""
 
     def __init__(self, endpoint=None, window=8, timeout=30.0, producer="", dtype=None,
-                 max_msg_bytes=None, context=None):
+                 max_msg_bytes=None, context=None, server_key=None, client_key=None):
         if window < 1:
             raise ValueError(f"window must be >= 1; got {window}")
         if len(producer.encode()) > wire.PRODUCER_MAX:
@@ -54,6 +54,7 @@ class Producer:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        keys.apply_curve(self._sock, self.endpoint, server_key, client_key)
         self._sock.connect(self.endpoint)
         self._next_seq = 0
         self._in_flight = collections.OrderedDict()  # seq -> tokens
