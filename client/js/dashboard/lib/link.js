@@ -74,6 +74,8 @@ class DaemonLink extends EventEmitter {
     this._table = null;               // {at, step, promise|value}
     this._watch = new Map();          // j -> {seen, points: []}
     this._watchBusy = false;
+    this._latentCache = new Map();
+    this._noExamples = false;        // the daemon answered XC_EUNKNOWN to `examples`
     this._closed = false;
   }
 
@@ -105,7 +107,7 @@ class DaemonLink extends EventEmitter {
     if (up === this.connected && !restarted) return;
     this.connected = up;
     this.since = Date.now() / 1000;
-    if (up) this.everConnected = true;
+    if (up) { this.everConnected = true; this._noExamples = false; } // a restarted daemon may be newer
     this.emit("conn", { connected: up, since: this.since, restarted: !!restarted, restarts: this.restarts, control: this.control });
   }
 
@@ -218,7 +220,19 @@ class DaemonLink extends EventEmitter {
    * Latent j's page: the `latent` op's record (what `xcoder latent J` shows),
    * the history recorded since the page was first opened, and its examples.
    */
-  async latent(j) {
+  latent(j) {
+    // any number of open pages of latent j share one request per ~second
+    const c = this._latentCache.get(j);
+    if (c && (c.pending || Date.now() - c.at < 900)) return c.promise;
+    const entry = { at: Date.now(), pending: true };
+    entry.promise = this._latent(j).finally(() => { entry.pending = false; entry.at = Date.now(); });
+    entry.promise.catch(() => this._latentCache.delete(j));
+    this._latentCache.set(j, entry);
+    if (this._latentCache.size > 256) this._latentCache.delete(this._latentCache.keys().next().value);
+    return entry.promise;
+  }
+
+  async _latent(j) {
     const [rec, examples] = await Promise.all([this.client.latent(j), this.examples(j)]);
     // followed only once the daemon knows j: one bad index would fail the whole js request
     let w = this._watch.get(j);
@@ -275,14 +289,15 @@ class DaemonLink extends EventEmitter {
    * it has one: {available: true, items, ...} or {available: false, reason}.
    */
   async examples(j, n = 10) {
+    const none = { available: false, reason: "this daemon has no examples op: examples are not available" };
+    if (this._noExamples) return none;
     try {
       const r = typeof this.client.examples === "function"
         ? await this.client.examples(j, { n })
         : await this.client.request("examples", { j, n });
       return { available: true, ...(Array.isArray(r) ? { examples: r } : r) };
     } catch (e) {
-      if (e instanceof XcoderError && e.code === "XC_EUNKNOWN")
-        return { available: false, reason: "this daemon has no examples op: examples are not available" };
+      if (e instanceof XcoderError && e.code === "XC_EUNKNOWN") { this._noExamples = true; return none; }
       return { available: false, reason: `examples are not available: ${e.message}` };
     }
   }

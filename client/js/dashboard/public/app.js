@@ -67,7 +67,13 @@
   }
   const yAxis = { size: 50, values: (u, vals) => vals.map(short) };
   // one point (a paused run, a page just opened): a minute around it rather than years
-  const xTime = { time: true, range: (u, lo, hi) => (lo == null ? [0, 1] : hi - lo < 1 ? [lo - 30, hi + 30] : [lo, hi]) };
+  const xTime = { time: true };
+  // WHY: uPlot stretches a time axis with a single point (a paused run, a page
+  // just opened) over years; show a minute around it instead.
+  function fitX(u) {
+    const t = u.data[0];
+    if (t.length && t[t.length - 1] - t[0] < 1) u.setScale("x", { min: t[0] - 30, max: t[t.length - 1] + 30 });
+  }
   const clock = (t) => new Date(t * 1000).toLocaleTimeString("en-GB");
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
   // a number in the page: shown rounded, kept exact in data-value
@@ -271,6 +277,7 @@
             axes: [{}, yAxis],
           }, data, box);
         } else charts[d.id].setData(data);
+        fitX(charts[d.id]);
       }
     });
   }
@@ -579,6 +586,7 @@
           axes: [{}, yAxis],
         }, data, box);
       } else charts[d.id].setData(data);
+      fitX(charts[d.id]);
     }
   }
 
