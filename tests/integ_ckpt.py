@@ -6,9 +6,10 @@
   reconstruction of a batch (build/tests/test_ckpt --reconstruct runs the C
   engine on the loaded pair); the training file holds the same parameters.
 - The model file loads with strict=True into the reference BatchTopKCrossCoder
-  and CrossCoder (science-of-finetuning/dictionary_learning, when its source is
-  found: $XC_REFERENCE_DICTIONARY or the local mirror) or else a replica of
-  their registrations, and its forward pass matches numpy.
+  and CrossCoder (science-of-finetuning/dictionary_learning: its
+  dictionary_learning/dictionary.py, read only from the path that
+  $XC_REFERENCE_DICTIONARY names) or else a replica of their registrations, and
+  its forward pass matches numpy. The test's "ok" line says which it was.
 - kill -9 during a checkpoint write (several points) and during the final
   checkpoint: the restarted daemon resumes from the newest complete pair.
 - XC_CKPT_FAULT_AFTER makes writes fail part-way: the request fails, the
@@ -40,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XCODERD = os.path.join(ROOT, "build", "xcoderd")
 XCODER = os.path.join(ROOT, "build", "xcoder")
 HELPER = os.path.join(ROOT, "build", "tests", "test_ckpt")
-MIRROR = "/work/.mirror/science-of-finetuning+dictionary_learning/repo"
+REF_ENV = "XC_REFERENCE_DICTIONARY"  # path of the reference's dictionary_learning/dictionary.py
 TMP = tempfile.mkdtemp(prefix="xcd-ckpt-")
 FAILED = []
 PROCS = []  # every process started, killed at the end whatever happened
@@ -239,18 +240,20 @@ def test_numpy_reads_model_file_and_reproduces_reconstruction():
 
 
 def reference_module():
-    """The reference dictionary.py with its hub/einops/utils imports stubbed, or None."""
+    """The reference dictionary.py (the file $XC_REFERENCE_DICTIONARY names; nothing
+    else is read) with its hub/einops/utils imports stubbed, or None when the
+    variable is unset. A path that cannot be read is a failure, never a silent
+    fallback."""
     import types
-    src = None
-    p = os.environ.get("XC_REFERENCE_DICTIONARY")
-    if p and os.path.exists(p):
-        src = open(p).read()
-    elif os.path.isdir(MIRROR):
-        r = subprocess.run(["git", "--git-dir", MIRROR, "show", "HEAD:dictionary_learning/dictionary.py"],
-                           capture_output=True, text=True)
-        src = r.stdout if r.returncode == 0 else None
-    if not src:
+    p = os.environ.get(REF_ENV)
+    if not p:
         return None
+    try:
+        with open(p) as f:
+            src = f.read()
+    except OSError as e:
+        raise Fail("%s=%s cannot be read (%s): point it at dictionary_learning/dictionary.py of "
+                   "science-of-finetuning/dictionary_learning, or unset it" % (REF_ENV, p, e.strerror))
     hub = types.ModuleType("huggingface_hub")
 
     class PyTorchModelHubMixin:
@@ -314,6 +317,28 @@ def replica(torch, d, F, k, btk):
     return CC()
 
 
+def test_reference_source_only_from_env():
+    """The reference is read from the file the variable names, and from nowhere else."""
+    saved = os.environ.pop(REF_ENV, None)
+    try:
+        check(reference_module() is None, "with %s unset a reference was found elsewhere" % REF_ENV)
+        os.environ[REF_ENV] = os.path.join(TMP, "no-such-dictionary.py")
+        try:
+            reference_module()
+            raise AssertionError("a missing %s file was not reported" % REF_ENV)
+        except Fail as e:
+            check("no-such-dictionary.py" in str(e), "message does not name the path: %s" % e)
+        fake = os.path.join(TMP, "fake_dictionary.py")
+        with open(fake, "w") as f:
+            f.write("MARK = 'read from the env path'\n")
+        os.environ[REF_ENV] = fake
+        check(getattr(reference_module(), "MARK", None) == "read from the env path", "env path not read")
+    finally:
+        os.environ.pop(REF_ENV, None)
+        if saved is not None:
+            os.environ[REF_ENV] = saved
+
+
 def test_reference_state_dict_strict_load():
     import torch
     ref = reference_module()
@@ -345,7 +370,8 @@ def test_reference_state_dict_strict_load():
             clear = margin > 1e-4
             check(np.abs(y[clear] - xn[clear]).max() < 1e-4, "%s: reference forward differs from numpy" % model)
     if ref is None:
-        print("# the reference source was not found; checked against a replica of its registrations")
+        return "against a replica of the reference's registrations: %s is unset" % REF_ENV
+    return "against the reference source %s" % os.environ[REF_ENV]
 
 
 def big_daemon(extra=(), env=None):
@@ -550,13 +576,14 @@ def main():
             print("not ok - integ_ckpt: %s not built" % exe)
             return 1
     t0 = time.time()
-    tests = [test_numpy_reads_model_file_and_reproduces_reconstruction, test_reference_state_dict_strict_load,
+    tests = [test_numpy_reads_model_file_and_reproduces_reconstruction, test_reference_source_only_from_env,
+             test_reference_state_dict_strict_load,
              test_kill9_during_checkpoint_resumes_newest_valid, test_fault_injection_env_keeps_previous,
              test_corrupt_wrong_shape_fresh_resume, test_buffered_tokens_survive_shutdown, test_cli_inspect_and_export]
     for t in tests:
         try:
-            t()
-            print("ok - %s" % t.__name__)
+            note = t()
+            print("ok - %s%s" % (t.__name__, " (%s)" % note if note else ""))
         except Exception as e:  # noqa: BLE001 - every failure is reported as a test line
             FAILED.append(t.__name__)
             why = str(e) if isinstance(e, Fail) else "%s: %s" % (type(e).__name__, e)
