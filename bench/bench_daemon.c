@@ -58,10 +58,12 @@ static pid_t start_daemon(const char *bin, const char *dir, const char *queue)
     snprintf(f, sizeof f, "%d", F);
     snprintf(k, sizeof k, "%d", K);
     snprintf(b, sizeof b, "%d", B);
+    char name[32]; /* the shared-memory name is host-wide: one per run */
+    snprintf(name, sizeof name, "bench%ld", (long)getpid());
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen("/dev/null", "w", stderr)) _exit(127);
-        execl(bin, bin, "--run_dir", dir, "--name", "bench", "--d", d, "--dict_size", f, "--k", k, "--batch_size",
+        execl(bin, bin, "--run_dir", dir, "--name", name, "--d", d, "--dict_size", f, "--k", k, "--batch_size",
               b, "--mix_tokens", b, "--queue_size", queue, "--checkpoint_interval", "0", "--warmup_steps", "10",
               "--max_msg_bytes", "268435456", (char *)NULL);
         _exit(127);

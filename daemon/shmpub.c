@@ -20,7 +20,7 @@ struct xc_shmpub {
     uint64_t exact_tokens;
 };
 
-xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode,
+xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode, const char *owner,
                            const xc_class_thresholds_t *th, int *err, char *why, size_t why_len)
 {
     const xc_engine_config_t *c = xc_engine_config(e);
@@ -35,7 +35,7 @@ xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mo
     p->flags = calloc((size_t)p->F, 1);
     if (!p->lat || !p->sc || !p->cls || !p->flags) goto out_free;
     if (instance) {
-        p->w = xc_shm_writer_open(instance, (uint32_t)p->F, (uint32_t)c->d, (uint32_t)c->model, mode, &rc, why,
+        p->w = xc_shm_writer_open(instance, (uint32_t)p->F, (uint32_t)c->d, (uint32_t)c->model, mode, owner, &rc, why,
                                   why_len);
         if (!p->w) goto out_free;
     }

@@ -488,6 +488,9 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     xc_cfg_shm_mode(&s->cfg, &shm_mode);
     to.shm_instance = strcmp(s->cfg.shm, "on") == 0 ? s->cfg.name : NULL;
     to.shm_mode = shm_mode;
+    to.shm_owner = s->cfg.run_dir;
+    to.why = why;
+    to.why_len = wl;
     to.shm_interval = s->cfg.shm_interval;
     xc_cfg_thresholds(&s->cfg, &to.thresholds);
     to.checkpoint_keep = (int)s->cfg.checkpoint_keep;
@@ -495,11 +498,12 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->trainer = xc_trainer_new(s->engine, s->queue, &to, &rc);
     free(cj);
     cj = NULL;
-    if (!s->trainer) {
+    if (!s->trainer && rc != XC_ESTATE) {
         xc_why(why, wl, "cannot create the trainer (mixing buffer of %ld tokens): %s", s->cfg.mix_tokens,
                 xc_strerror(rc));
         goto fail;
     }
+    if (!s->trainer) goto fail; /* why names the daemon that holds the shared memory */
     /* continue from the newest valid checkpoint (or --resume / --fresh) */
     if ((rc = xc_trainer_resume(s->trainer, s->cfg.resume[0] ? s->cfg.resume : NULL, s->cfg.fresh, why, wl)))
         goto fail;

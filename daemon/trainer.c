@@ -108,11 +108,18 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     {
         char why[256] = "";
         int rc;
-        t->pub = xc_shmpub_new(o->shm_instance, e, (mode_t)o->shm_mode, &o->thresholds, &rc, why, sizeof why);
+        t->pub = xc_shmpub_new(o->shm_instance, e, (mode_t)o->shm_mode, o->shm_owner, &o->thresholds, &rc, why,
+                               sizeof why);
+        if (!t->pub && rc == XC_ESTATE) {
+            /* another live daemon publishes under this name: refuse to start */
+            if (o->why) snprintf(o->why, o->why_len, "%s", why);
+            *err = rc;
+            goto out_free;
+        }
         if (!t->pub && o->shm_instance) {
             /* no shared memory (e.g. no /dev/shm): keep training, say so */
             xc_log(XC_LOG_WARN, "shared memory disabled: %s", why);
-            t->pub = xc_shmpub_new(NULL, e, 0, &o->thresholds, &rc, why, sizeof why);
+            t->pub = xc_shmpub_new(NULL, e, 0, NULL, &o->thresholds, &rc, why, sizeof why);
         } else if (o->shm_instance) {
             t->st.shm = 1;
         }

@@ -12,7 +12,7 @@ typedef struct xc_shmpub xc_shmpub_t;
 
 /* instance NULL: compute the records only (no shared memory). NULL on failure
  * with *err and a reason in why. */
-xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode,
+xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode, const char *owner,
                            const xc_class_thresholds_t *th, int *err, char *why, size_t why_len);
 /* Stores a copy of an exact Latent Scaling pass's results (dict_size entries),
  * published from the next update on beside the running estimates. */

@@ -26,6 +26,9 @@ typedef struct {
     void *notify_ctx;
     const char *shm_instance; /* publish shared memory /xcoderd.NAME; NULL = off */
     unsigned shm_mode;        /* permission bits of the object */
+    const char *shm_owner;    /* recorded in the object as its owner (the run_dir) */
+    char *why;                /* optional: why xc_trainer_new failed, when it can say */
+    size_t why_len;
     double shm_interval;      /* seconds between shared-memory updates */
     xc_class_thresholds_t thresholds;
     int checkpoint_keep;      /* newest checkpoints of this run kept; 0 = all */

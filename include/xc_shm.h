@@ -106,7 +106,7 @@ typedef struct {
     float thresholds[6];     /* 224 chat_only_min, base_only_max, shared_lo, shared_hi, nu_err_max, nu_rec_max */
     uint8_t pad0[8];         /* 248 */
     xc_shm_array_desc_t arrays[XC_SHM_MAX_ARRAYS]; /* 256 .. 768 */
-    uint8_t pad1[256];       /* 768 .. 1024 */
+    char owner[256];         /* 768 the writer's run_dir, NUL-terminated ("" unknown) */
 } xc_shm_header_t;
 
 typedef struct {
@@ -129,17 +129,22 @@ uint64_t xc_shm_checksum(const void *data, size_t len);
 
 /* ---- writer (the daemon) ---- */
 typedef struct xc_shm_writer xc_shm_writer_t;
-/* Creates (replacing any stale object of that name) and maps the object.
- * NULL on failure with *err and a reason in why. */
+/* Creates (replacing any stale object of that name) and maps the object; owner
+ * (the daemon's run_dir, may be NULL) is recorded in the header. An object whose
+ * writer is another live process (alive = 1, writer_pid running) is not stale:
+ * NULL with *err = XC_ESTATE and why naming that writer's pid and owner.
+ * Otherwise NULL on failure with *err and a reason in why. */
 xc_shm_writer_t *xc_shm_writer_open(const char *instance, uint32_t n_latents, uint32_t d, uint32_t model,
-                                    mode_t mode, int *err, char *why, size_t why_len);
+                                    mode_t mode, const char *owner, int *err, char *why, size_t why_len);
 xc_shm_header_t *xc_shm_writer_header(xc_shm_writer_t *w);
 void *xc_shm_writer_array(xc_shm_writer_t *w, xc_shm_array_t a);
 /* Bracket an update: begin makes seq odd; end stores the checksum, gen and time,
  * then makes seq even. */
 void xc_shm_writer_begin(xc_shm_writer_t *w);
 void xc_shm_writer_end(xc_shm_writer_t *w);
-/* Unmaps; with unlink_it also marks the object dead and removes its name. */
+/* Unmaps; with unlink_it also marks the object dead and removes its name, but
+ * only while the name still refers to this writer's object (never one that
+ * another writer has created since). */
 void xc_shm_writer_close(xc_shm_writer_t **w, int unlink_it);
 
 /* ---- reader (any local process) ---- */

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,10 +112,41 @@ struct xc_shm_writer {
     char name[256];
     uint8_t *map;   /* owned mapping */
     size_t size;
+    dev_t dev;      /* identity of the object this writer created, so that close */
+    ino_t ino;      /* never unlinks a newer object of the same name */
 };
 
+/* Whether the object now named `name` is held by another live writer: its
+ * header says alive and names a pid other than ours that still runs. Such an
+ * object is another daemon's (same instance name, another run_dir): replacing or
+ * unlinking it would leave that daemon publishing into a nameless object. A
+ * crashed writer's object (pid gone) or a cleanly closed one is stale.
+ * 1 with why set when busy, else 0. */
+static int held_by_other(const char *name, char *why, size_t why_len)
+{
+    int fd = shm_open(name, O_RDONLY, 0);
+    if (fd < 0) return 0;
+    struct stat st;
+    xc_shm_header_t h;
+    int busy = 0;
+    if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof h && pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h &&
+        h.magic == XC_SHM_MAGIC && h.alive && h.writer_pid > 0 && (pid_t)h.writer_pid != getpid() &&
+        (kill((pid_t)h.writer_pid, 0) == 0 || errno == EPERM)) {
+        busy = 1;
+        h.owner[sizeof h.owner - 1] = 0;
+        if (why)
+            snprintf(why, why_len,
+                     "shared-memory object %s belongs to another running xcoderd (pid %u, run_dir %s); give this "
+                     "instance another name (--name), or stop that one (if pid %u is not an xcoderd, remove "
+                     "/dev/shm%s)",
+                     name, h.writer_pid, h.owner[0] ? h.owner : "unknown", h.writer_pid, name);
+    }
+    close(fd);
+    return busy;
+}
+
 xc_shm_writer_t *xc_shm_writer_open(const char *instance, uint32_t n_latents, uint32_t d, uint32_t model,
-                                    mode_t mode, int *err, char *why, size_t why_len)
+                                    mode_t mode, const char *owner, int *err, char *why, size_t why_len)
 {
     xc_shm_writer_t *w = calloc(1, sizeof *w);
     int fd = -1, rc = XC_ENOMEM;
@@ -128,15 +160,31 @@ xc_shm_writer_t *xc_shm_writer_open(const char *instance, uint32_t n_latents, ui
     xc_shm_array_desc_t desc[XC_SHM_NARRAYS];
     w->size = layout(n_latents, desc);
     /* a stale object (a crashed earlier run) is replaced: readers that still map
-     * it see alive = 0 on it and reopen by name */
+     * it see alive = 0 on it and reopen by name; a live writer's is refused */
+    rc = XC_ESTATE;
+    if (held_by_other(w->name, why, why_len)) goto out_free;
     shm_unlink(w->name);
     fd = shm_open(w->name, O_CREAT | O_EXCL | O_RDWR, mode);
+    if (fd < 0 && errno == EEXIST) {
+        /* another writer created it between our unlink and open */
+        if (!held_by_other(w->name, why, why_len) && why)
+            snprintf(why, why_len, "shared-memory object %s was created by another process while this one "
+                     "started; is another xcoderd with this name starting?", w->name);
+        goto out_free;
+    }
     rc = XC_ESYS;
     if (fd < 0) {
         snprintf(why, why_len, "shm_open(%s): %s", w->name, strerror(errno));
         goto out_free;
     }
     fchmod(fd, mode); /* umask must not narrow the configured mode */
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        snprintf(why, why_len, "fstat(%s): %s", w->name, strerror(errno));
+        goto out_unlink;
+    }
+    w->dev = st.st_dev;
+    w->ino = st.st_ino;
     if (ftruncate(fd, (off_t)w->size) != 0) {
         snprintf(why, why_len, "ftruncate(%s, %zu): %s (is /dev/shm full?)", w->name, w->size, strerror(errno));
         goto out_unlink;
@@ -158,6 +206,7 @@ xc_shm_writer_t *xc_shm_writer_open(const char *instance, uint32_t n_latents, ui
     h->d = d;
     h->model = model;
     h->writer_pid = (uint32_t)getpid();
+    if (owner) snprintf(h->owner, sizeof h->owner, "%s", owner);
     h->scaling_step = -1;
     h->alive = 1;
     memcpy(h->arrays, desc, sizeof desc);
@@ -214,7 +263,15 @@ void xc_shm_writer_close(xc_shm_writer_t **pw, int unlink_it)
         }
         munmap(w->map, w->size);
     }
-    if (unlink_it) shm_unlink(w->name);
+    if (unlink_it) {
+        /* only our own object: the name may meanwhile belong to a newer writer */
+        struct stat st;
+        int fd = shm_open(w->name, O_RDONLY, 0);
+        if (fd >= 0) {
+            if (fstat(fd, &st) == 0 && st.st_dev == w->dev && st.st_ino == w->ino) shm_unlink(w->name);
+            close(fd);
+        }
+    }
     free(w);
     *pw = NULL;
 }

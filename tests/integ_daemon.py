@@ -48,7 +48,11 @@ def read_safetensors(path):
 
 
 class Daemon:
-    def __init__(self, tmp, *extra, name="t"):
+    def __init__(self, tmp, *extra, name=None):
+        # unique per process: the shared-memory name is host-wide, and a daemon
+        # refuses a name another live daemon publishes under
+        name = name or "t%d" % os.getpid()
+        self.name = name
         self.dir = tmp
         self.run_dir = os.path.join(tmp, "run")
         self.state_dir = os.path.join(tmp, "state")
@@ -231,7 +235,7 @@ def test_subscriber_gets_stats():
     for k in ("v", "type", "name", "time", "step", "tokens", "loss", "recon_l2", "recon_mse", "aux", "fve",
               "l0", "dead_fraction", "theta", "tokens_per_s", "queue_depth", "uptime_s", "counters"):
         check(k in got, "stats event lacks %s" % k)
-    check(got["type"] == "stats" and got["name"] == "t", "event %r" % got)
+    check(got["type"] == "stats" and got["name"] == DMN.name, "event %r" % got)
     check(all(k in got["counters"] for k in ("XC_ESHAPE", "XC_ENONFINITE", "batches_refused")), "counters")
 
 
@@ -423,7 +427,7 @@ def test_every_control_op():
     r = DMN.req({"op": "top", "by": "bogus"})
     check(r["ok"] is False and r["code"] == "XC_EINVAL" and "bogus" in r["message"], "top bogus %r" % r)
     r = DMN.ok({"op": "config"})
-    check(r["config"]["k"] == K and r["config"]["name"] == "t" and "ingest" in r["config"], "config")
+    check(r["config"]["k"] == K and r["config"]["name"] == DMN.name and "ingest" in r["config"], "config")
     r = DMN.ok({"op": "config", "key": "dict_size"})
     check(r["config"] == {"dict_size": F}, "config key %r" % r)
     r = DMN.req({"op": "config", "key": "nope"})
@@ -470,7 +474,7 @@ def test_sighup_reloads_safe_keys():
     cfg = os.path.join(TMP, "h.conf")
     with open(cfg, "w") as f:
         f.write("# test\nstats_interval = 0.3\n")
-    d = Daemon(os.path.join(TMP, "h"), "--config", cfg, name="h")
+    d = Daemon(os.path.join(TMP, "h"), "--config", cfg, name="h%d" % os.getpid())
     try:
         check(d.ok({"op": "config", "key": "stats_interval"})["config"]["stats_interval"] == 0.2,
               "command line must win over the file")
@@ -491,7 +495,7 @@ def test_sighup_reloads_safe_keys():
         check(r["shutting_down"] is True, "shutdown reply %r" % r)
         rc = d.proc.wait(20)
         check(rc == 0, "exit code %d after shutdown op" % rc)
-        check(any(f.startswith("h-") for f in os.listdir(d.state_dir)), "no checkpoint after shutdown op")
+        check(any(f.startswith(d.name + "-") for f in os.listdir(d.state_dir)), "no checkpoint after shutdown op")
     finally:
         d.stop()
 
@@ -500,7 +504,7 @@ def test_dead_fraction_alert():
     """A daemon whose latents die after 64 tokens: the dead fraction jumps after
     the first steps and an alert says so."""
     os.makedirs(os.path.join(TMP, "dd"), exist_ok=True)
-    d = Daemon(os.path.join(TMP, "dd"), "--dead_tokens", "64", "--mix_tokens", "64", name="dd")
+    d = Daemon(os.path.join(TMP, "dd"), "--dead_tokens", "64", "--mix_tokens", "64", name="dd%d" % os.getpid())
     sub = d.subscriber()
     try:
         t0 = time.time()
@@ -538,7 +542,7 @@ def test_cli_errors_and_help():
     out = subprocess.run([XCODERD, "--k", "300", "--dict_size", "256"], capture_output=True, text=True, timeout=10)
     check(out.returncode == 2 and "k (300)" in out.stderr, "k > F: %r" % out.stderr)
     # a second daemon on the same run_dir and name refuses to start
-    out = subprocess.run([XCODERD, "--run_dir", DMN.run_dir, "--name", "t", "--d", str(D)], capture_output=True,
+    out = subprocess.run([XCODERD, "--run_dir", DMN.run_dir, "--name", DMN.name, "--d", str(D)], capture_output=True,
                          text=True, timeout=20)
     check(out.returncode == 2 and "another xcoderd" in out.stderr, "second instance: %r" % out.stderr[-300:])
 
@@ -551,7 +555,7 @@ def test_sigterm_checkpoint_exit0():
     time.sleep(0.05)
     rc = DMN.stop(signal.SIGTERM)
     check(rc == 0, "exit code %d; log: %s" % (rc, DMN.logtext()[-800:]))
-    files = sorted(f for f in os.listdir(DMN.state_dir) if f.startswith("t-") and f.endswith(".safetensors"))
+    files = sorted(f for f in os.listdir(DMN.state_dir) if f.startswith(DMN.name + "-") and f.endswith(".safetensors"))
     check(files, "no checkpoint")
     t, meta = read_safetensors(os.path.join(DMN.state_dir, files[-1]))
     check(int(meta["step"]) >= st["step"] and meta["reason"] == "shutdown", "final meta %r" % meta)

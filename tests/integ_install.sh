@@ -123,14 +123,14 @@ check link_static sh -c "cc -std=c11 -Wall -Werror '$T/hello.c' \$(pkg-config --
 check shared_binary_uses_installed_lib sh -c "LD_LIBRARY_PATH='$D/usr/lib' ldd '$T/hello' | grep -q '$D/usr/lib/libxcoder.so.0'"
 
 mkdir -p "$T/run"
-"$D/usr/bin/xcoderd" --config "$D/etc/xcoderd/xcoderd.conf" --name inst --run_dir "$T/run" \
+"$D/usr/bin/xcoderd" --config "$D/etc/xcoderd/xcoderd.conf" --name inst$$ --run_dir "$T/run" \
   --state_dir "$T/state" --d 16 --dict_size 64 --k 4 --batch_size 32 --threads 1 --shm off \
   >"$T/daemon.log" 2>&1 &
 DPID=$!
 for _ in $(seq 100); do [ -S "$T/run/control.sock" ] && break; sleep 0.05; done
-check installed_daemon_answers_shared sh -c "LD_LIBRARY_PATH='$D/usr/lib' '$T/hello' '$T/run' | grep -q 'pong from inst'"
-check installed_daemon_answers_static sh -c "'$T/hello-static' '$T/run' | grep -q 'pong from inst'"
-check installed_cli_metrics sh -c "'$D/usr/bin/xcoder' --run-dir '$T/run' metrics | grep -q '^xcoderd_step{name=\"inst\"} 0$'"
+check installed_daemon_answers_shared sh -c "LD_LIBRARY_PATH='$D/usr/lib' '$T/hello' '$T/run' | grep -q 'pong from inst$$'"
+check installed_daemon_answers_static sh -c "'$T/hello-static' '$T/run' | grep -q 'pong from inst$$'"
+check installed_cli_metrics sh -c "'$D/usr/bin/xcoder' --run-dir '$T/run' metrics | grep -q '^xcoderd_step{name=\"inst$$\"} 0$'"
 kill -TERM "$DPID"
 check installed_daemon_clean_exit wait "$DPID"
 DPID=

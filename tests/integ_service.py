@@ -43,6 +43,7 @@ XCODERD = os.environ.get("XCODERD", os.path.join(ROOT, "build", "xcoderd"))
 XCODER = os.environ.get("XCODER", os.path.join(ROOT, "build", "xcoder"))
 D, F, K, B = 16, 64, 4, 32
 TMP = tempfile.mkdtemp(prefix="xcd-service-")
+SFX = str(os.getpid())  # instance names are host-wide (shared memory): unique per run
 
 
 
@@ -103,7 +104,7 @@ class Daemon:
         self.log = open(os.path.join(self.dir, "daemon.log"), "w+")
         self.ep = {k: "ipc://%s/%s.sock" % (self.run_dir, k) for k in ("ingest", "control", "events")}
         self.args = [XCODERD, "--run_dir", self.run_dir, "--state_dir", os.path.join(self.dir, "state"),
-                     "--name", name, "--d", str(D), "--dict_size", str(F), "--k", str(K),
+                     "--name", name + SFX, "--d", str(D), "--dict_size", str(F), "--k", str(K),
                      "--batch_size", str(B), "--stats_interval", "0.2", "--threads", "1",
                      "--checkpoint_interval", "0"] + list(extra)
         e = dict(os.environ)
@@ -345,7 +346,7 @@ def test_metrics_file():
         check(not left, "temp files left next to metrics_file: %r" % left)
 
         def f(name, **lab):
-            return value(fams, name, name="m1", **lab)
+            return value(fams, name, name="m1" + SFX, **lab)
 
         check(f("xcoderd_step") == st["step"], "step %r vs status %r" % (f("xcoderd_step"), st["step"]))
         check(f("xcoderd_tokens_trained_total") == st["tokens_trained"], "tokens_trained")
@@ -367,7 +368,7 @@ def test_metrics_file():
         check(f("xcoderd_uptime_seconds") > 0 and f("xcoderd_tokens_per_second") >= 0, "uptime / tokens/s")
         check(value(fams, "xcoderd_info", model="batchtopk", d=str(D), k=str(K)) == 1, "info")
         for fam, (typ, series) in fams.items():
-            check(all(dict(k).get("name") == "m1" for k in series), "%s: series without name=m1" % fam)
+            check(all(dict(k).get("name") == "m1" + SFX for k in series), "%s: series without name=m1" % fam)
 
         # the control op and the CLI print the same series (one renderer)
         op = dmn.req({"op": "metrics"})
@@ -384,7 +385,7 @@ def test_metrics_file():
             cf = families(cli.stdout)
             check(set((n, k) for n, (t, s) in cf.items() for k in s) ==
                   set((n, k) for n, (t, s) in fams.items() for k in s), "xcoder metrics series differ from the file")
-            check(value(cf, "xcoderd_step", name="m1") == st["step"], "xcoder metrics step")
+            check(value(cf, "xcoderd_step", name="m1" + SFX) == st["step"], "xcoder metrics step")
         else:
             raise AssertionError("%s not built" % XCODER)
 
@@ -397,7 +398,7 @@ def test_metrics_file():
         rc = dmn.stop()
     check(rc == 0, "exit status %d" % rc)
     fams = families(open(mf).read())  # the last file says stopping
-    check(value(fams, "xcoderd_state", name="m1", state="stopping") == 1, "final metrics not written at stop")
+    check(value(fams, "xcoderd_state", name="m1" + SFX, state="stopping") == 1, "final metrics not written at stop")
 
 
 def test_metrics_file_atomic_and_reload():

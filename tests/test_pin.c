@@ -292,7 +292,7 @@ static void test_pin_shm_layout(void)
     OFF(thresholds, 224);
     OFF(pad0, 248);
     OFF(arrays, 256);
-    OFF(pad1, 768);
+    OFF(owner, 768);
 #undef OFF
     XC_CHECK(sizeof(xc_shm_header_t) == 1024, "header %zu bytes", sizeof(xc_shm_header_t));
     XC_CHECK(sizeof(xc_shm_array_desc_t) == 16, "array descriptor %zu bytes", sizeof(xc_shm_array_desc_t));
@@ -303,7 +303,7 @@ static void test_pin_shm_layout(void)
     char inst[64], why[256], dg[65];
     int err;
     snprintf(inst, sizeof inst, "test-pin-%ld", (long)getpid());
-    xc_shm_writer_t *w = xc_shm_writer_open(inst, 37, 6, 1, 0600, &err, why, sizeof why);
+    xc_shm_writer_t *w = xc_shm_writer_open(inst, 37, 6, 1, 0600, NULL, &err, why, sizeof why);
     XC_REQUIRE(w, "shm writer: %s (needs /dev/shm)", why);
     const xc_shm_header_t *h = xc_shm_writer_header(w);
     uint8_t rec[8 + 4 * 4 + XC_SHM_MAX_ARRAYS * 16];

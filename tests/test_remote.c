@@ -99,7 +99,7 @@ static void test_table_catalogue(void)
     char inst[64];
     int err = 0;
     snprintf(inst, sizeof inst, "xctest-remote-%ld", (long)getpid());
-    xc_shm_writer_t *w = xc_shm_writer_open(inst, 8, 4, 0, 0600, &err, NULL, 0);
+    xc_shm_writer_t *w = xc_shm_writer_open(inst, 8, 4, 0, 0600, NULL, &err, NULL, 0);
     XC_REQUIRE(w, "shm writer: %d", err);
     xc_shm_header_t *h = xc_shm_writer_header(w);
     XC_CHECK(h->n_arrays == XC_SHM_NARRAYS, "n_arrays");

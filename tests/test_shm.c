@@ -48,7 +48,7 @@ static void test_round_trip(void)
 {
     char why[256];
     int err;
-    xc_shm_writer_t *w = xc_shm_writer_open(g_inst, 100, 16, 0, 0640, &err, why, sizeof why);
+    xc_shm_writer_t *w = xc_shm_writer_open(g_inst, 100, 16, 0, 0640, NULL, &err, why, sizeof why);
     XC_REQUIRE(w, "writer: %s", why);
     xc_shm_writer_begin(w);
     fill(w, 100, 42);
@@ -79,7 +79,7 @@ static void test_hammer_never_torn(void)
     char why[256];
     int err;
     uint32_t n = 4096;
-    xc_shm_writer_t *w = xc_shm_writer_open(g_inst, n, 64, 0, 0600, &err, why, sizeof why);
+    xc_shm_writer_t *w = xc_shm_writer_open(g_inst, n, 64, 0, 0600, NULL, &err, why, sizeof why);
     XC_REQUIRE(w, "writer: %s", why);
     xc_shm_writer_begin(w);
     fill(w, n, 1);
@@ -126,10 +126,10 @@ static void test_stale_object_replaced(void)
 {
     char why[256];
     int err;
-    xc_shm_writer_t *w1 = xc_shm_writer_open(g_inst, 10, 4, 0, 0640, &err, why, sizeof why);
+    xc_shm_writer_t *w1 = xc_shm_writer_open(g_inst, 10, 4, 0, 0640, NULL, &err, why, sizeof why);
     XC_REQUIRE(w1, "writer1");
     xc_shm_writer_close(&w1, 0); /* as if the daemon had crashed: object left behind */
-    xc_shm_writer_t *w2 = xc_shm_writer_open(g_inst, 20, 4, 1, 0640, &err, why, sizeof why);
+    xc_shm_writer_t *w2 = xc_shm_writer_open(g_inst, 20, 4, 1, 0640, NULL, &err, why, sizeof why);
     XC_REQUIRE(w2, "restart over a stale object: %s", why);
     xc_shm_reader_t *r = xc_shm_reader_open(g_inst, &err);
     XC_REQUIRE(r, "reader");
@@ -138,6 +138,57 @@ static void test_stale_object_replaced(void)
     xc_shm_snapshot_free(&s);
     xc_shm_reader_close(&r);
     xc_shm_writer_close(&w2, 1);
+}
+
+/* Two daemons with the same instance name (different run_dirs): the second is
+ * refused with the first's pid and run_dir, and no writer ever unlinks an object
+ * that is not its own. A killed writer's object is stale and replaced. */
+static void test_live_owner_refused(void)
+{
+    char why[512] = "", path[128];
+    int err, fds[2];
+    struct stat st;
+    snprintf(path, sizeof path, "/dev/shm/xcoderd.%s", g_inst);
+    XC_REQUIRE(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        xc_shm_writer_t *w = xc_shm_writer_open(g_inst, 10, 4, 0, 0640, "/run/first", &err, NULL, 0);
+        char c = w ? 'y' : 'n';
+        if (write(fds[1], &c, 1) != 1) _exit(1);
+        pause(); /* a live daemon: killed by the parent */
+        _exit(0);
+    }
+    char c = 0;
+    XC_REQUIRE(read(fds[0], &c, 1) == 1 && c == 'y', "child writer");
+    xc_shm_writer_t *w2 = xc_shm_writer_open(g_inst, 10, 4, 0, 0640, "/run/second", &err, why, sizeof why);
+    char want[64];
+    snprintf(want, sizeof want, "pid %d, run_dir /run/first", (int)pid);
+    XC_CHECK(!w2 && err == XC_ESTATE, "second writer of a live object: err %d", err);
+    XC_CHECK(strstr(why, want) != NULL, "message names the owner: %s", why);
+    XC_CHECK(stat(path, &st) == 0, "refused writer removed the owner's object");
+    xc_shm_writer_close(&w2, 1);
+    kill(pid, SIGKILL); /* the first daemon crashes: its object becomes stale */
+    waitpid(pid, NULL, 0);
+    close(fds[0]);
+    close(fds[1]);
+    xc_shm_writer_t *w3 = xc_shm_writer_open(g_inst, 10, 4, 0, 0640, "/run/second", &err, why, sizeof why);
+    XC_REQUIRE(w3, "replacing a dead writer's object: %s", why);
+    /* the name now belongs to a newer object: closing w3 must not unlink it */
+    xc_shm_writer_t *w4 = xc_shm_writer_open(g_inst, 12, 4, 0, 0640, "/run/third", &err, why, sizeof why);
+    XC_REQUIRE(w4, "same-process replacement: %s", why);
+    xc_shm_writer_close(&w3, 1);
+    xc_shm_reader_t *r = xc_shm_reader_open(g_inst, &err);
+    XC_CHECK(r != NULL, "an older writer's close unlinked the newer object");
+    if (r) {
+        xc_shm_snapshot_t s;
+        XC_CHECK(xc_shm_reader_snapshot(r, &s, 10) == XC_OK && s.hdr.n_latents == 12 && s.hdr.alive == 1 &&
+                     strcmp(s.hdr.owner, "/run/third") == 0,
+                 "newer object intact");
+        xc_shm_snapshot_free(&s);
+        xc_shm_reader_close(&r);
+    }
+    xc_shm_writer_close(&w4, 1);
+    XC_CHECK(stat(path, &st) != 0, "own object not unlinked");
 }
 
 static void test_classes(void)
@@ -171,7 +222,7 @@ static void test_publisher_from_engine(void)
     xc_class_thresholds_default(&th);
     char why[256];
     int err;
-    xc_shmpub_t *p = xc_shmpub_new(g_inst, e, 0640, &th, &err, why, sizeof why);
+    xc_shmpub_t *p = xc_shmpub_new(g_inst, e, 0640, NULL, &th, &err, why, sizeof why);
     XC_REQUIRE(p, "publisher: %s", why);
     XC_CHECK(xc_shmpub_update(p, e, 123.0) == 0, "update");
     xc_shm_reader_t *r = xc_shm_reader_open(g_inst, &err);
@@ -201,6 +252,7 @@ int main(void)
     XC_RUN(test_round_trip);
     XC_RUN(test_hammer_never_torn);
     XC_RUN(test_stale_object_replaced);
+    XC_RUN(test_live_owner_refused);
     XC_RUN(test_classes);
     XC_RUN(test_publisher_from_engine);
     XC_TEST_EXIT();

@@ -79,14 +79,16 @@ def spawn_daemon(tmp):
         sys.exit(f"{exe} is missing: run `make` first")
     run_dir = os.path.join(tmp, "run")
     proc = subprocess.Popen([exe, "--run_dir", run_dir, "--state_dir", os.path.join(tmp, "state"),
-                             "--name", "example", "--d", str(D), "--dict_size", "512", "--k", "8",
+                             "--name", f"example{os.getpid()}", "--d", str(D), "--dict_size", "512", "--k", "8",
                              "--batch_size", "256", "--log_level", "warn"])
     c = xcoder.Client(run_dir, timeout=0.2)
     for _ in range(100):
         try:
             c.ping()
             return proc, run_dir
-        except xcoder.XcoderTimeout:
+        except xcoder.XcoderError as e:  # not listening yet (no socket file, or no answer)
+            if e.code not in ("XC_ENOTFOUND", "XC_ETIMEDOUT"):
+                raise
             time.sleep(0.05)
     proc.kill()
     sys.exit("the daemon did not start")
