@@ -385,6 +385,7 @@ typedef struct {
     volatile int received;    /* ingest messages received */
     volatile int hold;        /* ingest: hold replies while set */
     pthread_t th;
+    int bound;                /* set by the thread once its sockets are bound */
 } fake_t;
 
 /* The fake daemon: ROUTER ingest (acks, or a nack for seq 1 in mode 1; holds
@@ -398,6 +399,7 @@ static void *fake_thread(void *arg)
     zmq_bind(ing, f->ingest);
     zmq_bind(ctl, f->control);
     zmq_bind(pub, f->events);
+    __atomic_store_n(&f->bound, 1, __ATOMIC_RELEASE);
     zmq_msg_t held_id[64];
     uint64_t held_seq[64];
     int nheld = 0;
@@ -523,6 +525,8 @@ static void fake_start(fake_t *f, const char *tag, int mode)
     snprintf(f->control, sizeof f->control, "ipc://%s/%s-control.sock", g_tmp, tag);
     snprintf(f->events, sizeof f->events, "ipc://%s/%s-events.sock", g_tmp, tag);
     pthread_create(&f->th, NULL, fake_thread, f);
+    /* clients fail at once while an ipc socket file is missing: wait for the binds */
+    while (!__atomic_load_n(&f->bound, __ATOMIC_ACQUIRE)) usleep(1000);
 }
 
 static void fake_stop(fake_t *f)
@@ -642,7 +646,9 @@ static void test_client_requests(void)
     fake_stop(&f);
 }
 
-/* No daemon: requests and pushes time out with a message that says why. */
+/* No daemon: with no socket file, requests and pushes fail at once
+ * (XC_ENOTFOUND, a message naming the missing file); with a socket file nobody
+ * answers on, they time out. */
 static void test_client_no_daemon(void)
 {
     xc_client_options_t o;
@@ -657,14 +663,23 @@ static void test_client_no_daemon(void)
              xc_client_endpoint(c, "control"));
     xc_client_value_t *r = NULL;
     int rc = xc_client_status(c, &r);
-    XC_CHECK(rc == XC_ETIMEDOUT && r == NULL, "status: %s", xc_errname(rc));
+    XC_CHECK(rc == XC_ENOTFOUND && r == NULL, "status: %s", xc_errname(rc));
     XC_CHECK(strstr(xc_client_last_error(c), "does not exist") != NULL, "message: %s", xc_client_last_error(c));
+    float x0[8] = {0};
+    XC_CHECK(xc_client_push(c, x0, XC_CLIENT_DTYPE_F32, 1, 4) == XC_ENOTFOUND, "push with no socket file");
     float x[8] = {0};
     XC_CHECK(xc_client_push(c, NULL, XC_CLIENT_DTYPE_F32, 1, 4) == XC_EINVAL, "NULL data");
     XC_CHECK(xc_client_push(c, x, XC_CLIENT_DTYPE_F32, 0, 4) == XC_EINVAL, "n = 0");
     XC_CHECK(xc_client_push(c, x, (xc_client_dtype_t)7, 1, 4) == XC_EDTYPE, "dtype 7");
     XC_CHECK(strstr(xc_client_last_error(c), "dtype") != NULL, "dtype message");
-    /* push into nothing: the first `window` succeed (queued), then a timeout */
+    /* push into a socket file nobody answers on: the first `window` succeed
+     * (queued), then a timeout */
+    char sock[400];
+    mkdir(dir, 0700);
+    snprintf(sock, sizeof sock, "%s/ingest.sock", dir);
+    FILE *f = fopen(sock, "w");
+    XC_REQUIRE(f, "create %s", sock);
+    fclose(f);
     o.window = 1;
     xc_client_destroy(&c);
     c = xc_client_new(&o, NULL);
@@ -674,6 +689,8 @@ static void test_client_no_daemon(void)
     XC_CHECK(xc_client_flush(c) == XC_ETIMEDOUT, "flush times out");
     xc_client_destroy(&c);
     xc_client_destroy(&c); /* NULL-safe */
+    unlink(sock);
+    rmdir(dir);
 
     int err = 0;
     o.window = 100000;
@@ -758,8 +775,8 @@ static void test_cli_usage_errors(void)
         {{"push", "/nonexistent/x.npy", NULL}, 1, "cannot open /nonexistent/x.npy"},
         {{"push", bad, NULL}, 1, "not a .npy file"},
         {{"-x", NULL}, 2, "unknown option '-x'"},
-        {{"--run-dir", nodaemon, "--timeout", "0.3", "status", NULL}, 3, "does not exist"},
-        {{"--run-dir", nodaemon, "--timeout", "0.3", "watch", "--count", "1", NULL}, 3, "does not exist"},
+        {{"--run-dir", nodaemon, "--timeout", "20", "status", NULL}, 1, "does not exist"},
+        {{"--run-dir", nodaemon, "--timeout", "20", "watch", "--count", "1", NULL}, 1, "does not exist"},
         {{"scaling", "--tokens", "0", NULL}, 2, "not an integer in [1,"},
         {{"scaling", "--source", "ram", NULL}, 2, "not one of auto, shm, control"},
         {{"latents", "--class", "chatty", NULL}, 2, "not one of chat_only"},
@@ -767,7 +784,7 @@ static void test_cli_usage_errors(void)
         {{"--name", "no-such-xcoderd-instance", "latents", "--source", "shm", NULL}, 1, "no shared memory"},
         {{"--name", "no-such-xcoderd-instance", "latent", "1", "--source", "shm", NULL}, 1, "no shared memory"},
         {{"--name", "no-such-xcoderd-instance", "watch", "--source", "shm", NULL}, 1, "no shared memory"},
-        {{"--run-dir", nodaemon, "--timeout", "0.3", "scaling", NULL}, 3, "does not exist"},
+        {{"--run-dir", nodaemon, "--timeout", "20", "scaling", NULL}, 1, "does not exist"},
     };
     char out[8192];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -826,7 +843,7 @@ static xc_shm_writer_t *fake_shm(const char *inst, int exact)
 {
     int err = 0;
     char why[256];
-    xc_shm_writer_t *w = xc_shm_writer_open(inst, 8, 4, 0, 0600, &err, why, sizeof why);
+    xc_shm_writer_t *w = xc_shm_writer_open(inst, 8, 4, 0, 0600, NULL, &err, why, sizeof why);
     if (!w) return NULL;
     static const float dn[8] = {0.5f, 0.05f, 0.45f, 0.97f, 0.3f, 0.95f, 0.99f, 0.7f};
     static const uint8_t cls[8] = {XC_CLASS_SHARED, XC_CLASS_BASE_ONLY, XC_CLASS_SHARED,   XC_CLASS_DEAD,

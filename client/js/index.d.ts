@@ -78,6 +78,8 @@ export interface ProducerOptions extends KeyOptions {
   d?: number;
   /** Default wire dtype. */
   dtype?: WireDtype;
+  /** Instance name when endpoint is undefined (default "default"; see wire.runDirDefault). */
+  name?: string;
 }
 
 /** Streams activation batches to the daemon's ingest socket, with backpressure. */
@@ -168,7 +170,7 @@ export interface Table {
 
 /** Request/reply with the daemon's control socket. */
 export declare class Client {
-  constructor(endpoint?: Endpoint, options?: { timeout?: number } & KeyOptions);
+  constructor(endpoint?: Endpoint, options?: { timeout?: number; name?: string } & KeyOptions);
   readonly endpoint: string;
   timeout: number;
   /** Any op: {v, op, id, ...args}; resolves to the success reply. */
@@ -227,8 +229,11 @@ export declare namespace wire {
   function unpack(buf: Uint8Array): unknown;
   /** A map carrying v = 1 (XcoderError XC_EPROTO / XC_EVERSION otherwise). */
   function unpackMap(buf: Uint8Array, what?: string): Record<string, any>;
-  function endpointFor(endpoint: Endpoint, which: "ingest" | "control" | "events"): string;
-  function runDirDefault(): string;
+  function endpointFor(endpoint: Endpoint, which: "ingest" | "control" | "events", name?: string): string;
+  /** $XCODER_RUN_DIR; else $XDG_RUNTIME_DIR/xcoderd-NAME (or /tmp/xcoderd-NAME); else the systemd /run/xcoderd[-NAME] when only it has a control socket. */
+  function runDirDefault(name?: string): string;
+  /** Throws XcoderError XC_ENOTFOUND when an ipc endpoint's socket file does not exist. */
+  function checkIpcPresent(endpoint: string): void;
   function batchHeader(seq: number, n: number, d: number, dtype: WireDtype, producer?: string, hasTokens?: boolean, hasPos?: boolean): Record<string, unknown>;
   function request(op: string, id?: number, args?: Record<string, unknown>): Record<string, unknown>;
   function asPayload(data: Activations, options?: { shape?: [number, 2, number]; d?: number; dtype?: WireDtype }): { payload: Buffer; dtype: WireDtype; n: number; d: number };

@@ -231,6 +231,20 @@ void xc_client_set_cancel_flag(xc_client_t *c, const volatile int *flag)
     if (c) c->cancel = flag;
 }
 
+/* An ipc endpoint whose socket file does not exist has no daemon behind it:
+ * say so at once instead of after the whole timeout. A tcp endpoint, or a socket
+ * file nobody answers on, still waits for the timeout. */
+static int ipc_present(xc_client_t *c, sock_kind_t k)
+{
+    const char *ep = c->endpoint[k];
+    struct stat st;
+    if (strncmp(ep, "ipc://", 6) != 0 || stat(ep + 6, &st) == 0) return XC_OK;
+    return set_err(c, XC_ENOTFOUND,
+                   "no daemon is listening: %s does not exist (start xcoderd, or pass the --run-dir or --name "
+                   "it uses)",
+                   ep + 6);
+}
+
 /* Opens socket `k` on first use. */
 static int ensure_socket(xc_client_t *c, sock_kind_t k)
 {
@@ -435,7 +449,8 @@ int xc_client_push(xc_client_t *c, const void *data, xc_client_dtype_t dtype, lo
         return set_err(c, XC_EINVAL, "push: need data and n_tokens >= 1, d >= 1 (got n_tokens %ld, d %d)", n_tokens, d);
     if (dtype != XC_CLIENT_DTYPE_F32 && dtype != XC_CLIENT_DTYPE_F16 && dtype != XC_CLIENT_DTYPE_BF16)
         return set_err(c, XC_EDTYPE, "push: unknown dtype %d (use XC_CLIENT_DTYPE_F32, _F16 or _BF16)", (int)dtype);
-    int rc = ensure_socket(c, SOCK_INGEST);
+    int rc = c->sock[SOCK_INGEST] ? XC_OK : ipc_present(c, SOCK_INGEST);
+    if (rc == XC_OK) rc = ensure_socket(c, SOCK_INGEST);
     if (rc < 0) return rc;
     int64_t deadline = deadline_of(c->timeout_ms);
 
@@ -519,7 +534,8 @@ int xc_client_request(xc_client_t *c, const char *op, const xc_client_arg_t *arg
     if (!c) return XC_EINVAL;
     if (!op || !*op || strlen(op) > XC_PROTO_OP_MAX || (nargs && !args))
         return set_err(c, XC_EINVAL, "request: need an op name of 1..%d bytes", XC_PROTO_OP_MAX);
-    int rc = ensure_socket(c, SOCK_CONTROL);
+    int rc = ipc_present(c, SOCK_CONTROL);
+    if (rc == XC_OK) rc = ensure_socket(c, SOCK_CONTROL);
     if (rc < 0) return rc;
 
     int64_t id = c->next_id++;

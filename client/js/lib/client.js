@@ -16,13 +16,15 @@ const CHUNK_MAX = 1 << 20; // the daemon's cap on one fetch reply's data
  * Request/reply with the daemon's control socket (a DEALER: several requests
  * may be in flight; replies are matched by id, a late reply to a timed-out
  * request is dropped). endpoint: a URI, the daemon's run directory, or
- * undefined ($XCODER_RUN_DIR, else /run/xcoderd). timeout: ms per request
+ * undefined (the run directory of instance `name`, found as libxcoder and the
+ * CLI find it: wire.runDirDefault); an ipc endpoint whose socket file is
+ * missing rejects at once with XC_ENOTFOUND. timeout: ms per request
  * (0 = forever). Every method resolves to the reply's fields and rejects with
  * XcoderError (the daemon's code and message) or XcoderTimeout.
  */
 class Client {
-  constructor(endpoint, { timeout = 30000, serverKey, clientKey } = {}) {
-    this.endpoint = wire.endpointFor(endpoint, "control");
+  constructor(endpoint, { timeout = 30000, serverKey, clientKey, name } = {}) {
+    this.endpoint = wire.endpointFor(endpoint, "control", name);
     this.timeout = timeout;
     this._sock = new zmq.Dealer({ linger: 0, ...curveOptions(this.endpoint, { serverKey, clientKey }) });
     this._sock.connect(this.endpoint);
@@ -60,6 +62,7 @@ class Client {
   /** Sends {v, op, id, ...args} (undefined/null args left out); resolves to the success reply map. */
   request(op, args = {}, { timeout } = {}) {
     if (this._closed) return Promise.reject(new XcoderError("XC_ESTATE", "client is closed"));
+    try { wire.checkIpcPresent(this.endpoint); } catch (e) { return Promise.reject(e); }
     const id = this._nextId++;
     const body = wire.pack(wire.request(op, id, args));
     if (body.length > wire.REQUEST_MAX) return Promise.reject(new RangeError(`request is ${body.length} bytes; at most ${wire.REQUEST_MAX}`));

@@ -18,10 +18,10 @@ const { XcoderError, XcoderNack, XcoderTimeout } = require("./errors");
  * timeout (ms, 0 = forever): longest wait for room in the window or for flush.
  */
 class Producer {
-  constructor(endpoint, { window = 8, timeout = 30000, producer = "", d, dtype, serverKey, clientKey } = {}) {
+  constructor(endpoint, { window = 8, timeout = 30000, producer = "", d, dtype, serverKey, clientKey, name } = {}) {
     if (!(window >= 1)) throw new RangeError("window must be >= 1");
     if (Buffer.byteLength(producer) > wire.PRODUCER_MAX) throw new RangeError(`producer id longer than ${wire.PRODUCER_MAX} bytes`);
-    this.endpoint = wire.endpointFor(endpoint, "ingest");
+    this.endpoint = wire.endpointFor(endpoint, "ingest", name);
     this.window = window;
     this.timeout = timeout;
     this.producer = producer;
@@ -99,6 +99,7 @@ class Producer {
 
   async _send(data, opts, waiter) {
     if (this._closed) throw new XcoderError("XC_ESTATE", "producer closed");
+    if (this.stats.batchesSent === 0) wire.checkIpcPresent(this.endpoint);
     this._throwNack();
     const seq = this._seq;
     const { frames, n } = wire.encodeBatch(seq, data, {

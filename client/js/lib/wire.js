@@ -8,6 +8,7 @@
 // str, Uint8Array/Buffer as bin. Decoding accepts any encoding and checks `v`
 // first.
 
+const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
 const { encode, decode } = require("@msgpack/msgpack");
@@ -75,19 +76,45 @@ function unpackMap(buf, what = "message") {
   return m;
 }
 
-/** The daemon's run directory when none is given: $XCODER_RUN_DIR, else /run/xcoderd. */
-function runDirDefault() {
-  return process.env.XCODER_RUN_DIR || "/run/xcoderd";
+/**
+ * The daemon's run directory when none is given; the one rule of every client
+ * (libxcoder's xc_client_default_run_dir, Python's wire.run_dir_default):
+ * $XCODER_RUN_DIR if set; else where xcoderd puts it when started without
+ * --run_dir, $XDG_RUNTIME_DIR/xcoderd-NAME (/tmp/xcoderd-NAME without
+ * XDG_RUNTIME_DIR); but when no daemon listens there and one run by systemd
+ * does, /run/xcoderd (instance "default") or /run/xcoderd-NAME.
+ */
+function runDirDefault(name) {
+  const env = process.env.XCODER_RUN_DIR;
+  if (env) return env;
+  const n = name || "default";
+  const user = path.join(process.env.XDG_RUNTIME_DIR || "/tmp", `xcoderd-${n}`);
+  if (fs.existsSync(path.join(user, "control.sock"))) return user;
+  const root = process.env.XCODER_SYSTEM_RUN_ROOT || "/run";
+  const sys = path.join(root, n === "default" ? "xcoderd" : `xcoderd-${n}`);
+  if (fs.existsSync(path.join(sys, "control.sock"))) return sys;
+  return user;
 }
 
 /**
  * A ZeroMQ endpoint for socket `which` ("ingest", "control", "events"): a URI
- * is used as is; a directory means the daemon's ipc sockets DIR/<which>.sock.
+ * is used as is; a directory means the daemon's ipc sockets DIR/<which>.sock;
+ * undefined means the run directory of instance `name` (runDirDefault).
  */
-function endpointFor(endpoint, which) {
-  const e = endpoint == null ? runDirDefault() : String(endpoint);
+function endpointFor(endpoint, which, name) {
+  const e = endpoint == null ? runDirDefault(name) : String(endpoint);
   if (e.includes("://")) return e;
   return `ipc://${path.resolve(e)}/${which}.sock`;
+}
+
+/**
+ * An ipc endpoint whose socket file does not exist has no daemon behind it:
+ * throws XcoderError XC_ENOTFOUND at once instead of waiting for the timeout
+ * (tcp endpoints, and socket files nobody answers on, still wait).
+ */
+function checkIpcPresent(endpoint) {
+  if (endpoint.startsWith("ipc://") && !fs.existsSync(endpoint.slice(6)))
+    throw new XcoderError("XC_ENOTFOUND", `no daemon is listening: ${endpoint.slice(6)} does not exist (start xcoderd, or pass the run directory or name it uses)`);
 }
 
 /** The batch header map (PROTOCOL.md 1.1), keys in the C codec's order. */
@@ -245,7 +272,7 @@ function column(bytes, dtype) {
 }
 
 module.exports = {
-  PROTO_VERSION, REQUEST_MAX, PRODUCER_MAX, pack, unpack, unpackMap, endpointFor, runDirDefault,
+  PROTO_VERSION, REQUEST_MAX, PRODUCER_MAX, pack, unpack, unpackMap, endpointFor, runDirDefault, checkIpcPresent,
   batchHeader, request, asPayload, encodeBatch, decodePayload, f32ToBf16, f32ToF16,
   TABLE_DTYPES, CLASS_NAMES, column,
 };

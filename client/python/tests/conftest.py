@@ -27,7 +27,8 @@ D, F, K, B = 32, 256, 4, 64
 class Daemon:
     """One build/xcoderd process in its own temp dir; stopped by the fixture."""
 
-    def __init__(self, name="py", **keys):
+    def __init__(self, name=None, **keys):
+        name = name or f"py{os.getpid()}"  # host-wide shared-memory name: unique per run
         if not os.access(XCODERD, os.X_OK):
             pytest.fail(f"{XCODERD} is missing: run `make build/xcoderd` first")
         # ipc:// paths must fit in sun_path (108 bytes): a short dir under /tmp
@@ -55,7 +56,10 @@ class Daemon:
             try:
                 self.client.request("ping", timeout=0.2)
                 break
-            except xcoder.XcoderTimeout:
+            except xcoder.XcoderError as e:  # no socket file yet, or no answer yet
+                if e.code not in ("XC_ENOTFOUND", "XC_ETIMEDOUT"):
+                    raise
+                time.sleep(0.02)
                 if time.monotonic() > deadline:
                     pytest.fail(f"xcoderd did not answer ping within 10 s:\n{self.log()}")
 

@@ -129,6 +129,10 @@ def test_bad_arguments_send_nothing(fake):
 
 
 def test_timeout_without_daemon(tmp_path):
+    """Socket files nobody answers on: the timeout applies (a missing file fails
+    at once, see test_wire.py)."""
+    for s in ("ingest", "control"):
+        (tmp_path / f"{s}.sock").write_text("")
     p = xcoder.Producer(str(tmp_path), timeout=0.2)
     p.send(acts())
     with pytest.raises(XcoderTimeout):

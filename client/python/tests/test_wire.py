@@ -91,7 +91,39 @@ def test_endpoints(monkeypatch):
     monkeypatch.setenv("XCODER_RUN_DIR", "/tmp/run7")
     assert wire.endpoint_for(None, "events") == "ipc:///tmp/run7/events.sock"
     monkeypatch.delenv("XCODER_RUN_DIR")
-    assert wire.endpoint_for(None, "ingest") == "ipc:///run/xcoderd/ingest.sock"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/tmp/xdg7")
+    assert wire.endpoint_for(None, "ingest") == "ipc:///tmp/xdg7/xcoderd-default/ingest.sock"
+    assert wire.endpoint_for(None, "control", name="lab") == "ipc:///tmp/xdg7/xcoderd-lab/control.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert wire.endpoint_for(None, "ingest") == "ipc:///tmp/xcoderd-default/ingest.sock"
+
+
+def test_default_run_dir_prefers_a_listening_systemd_instance(monkeypatch, tmp_path):
+    """As libxcoder: the user run dir unless only the systemd one has a socket."""
+    monkeypatch.delenv("XCODER_RUN_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XCODER_SYSTEM_RUN_ROOT", str(tmp_path / "run"))
+    (tmp_path / "run" / "xcoderd").mkdir(parents=True)
+    (tmp_path / "run" / "xcoderd" / "control.sock").write_text("")
+    assert wire.run_dir_default() == str(tmp_path / "run" / "xcoderd")
+    assert wire.run_dir_default("lab") == str(tmp_path / "xdg" / "xcoderd-lab")
+    (tmp_path / "xdg" / "xcoderd-default").mkdir(parents=True)
+    (tmp_path / "xdg" / "xcoderd-default" / "control.sock").write_text("")
+    assert wire.run_dir_default() == str(tmp_path / "xdg" / "xcoderd-default")
+
+
+def test_missing_ipc_socket_fails_at_once(tmp_path):
+    import time
+    from xcoder import Client, Producer, XcoderError
+    for make, call in ((lambda: Client(str(tmp_path), timeout=20), lambda c: c.ping()),
+                       (lambda: Producer(str(tmp_path), timeout=20), lambda p: p.send(np.zeros((1, 2, 4), np.float32)))):
+        obj = make()
+        t0 = time.monotonic()
+        with pytest.raises(XcoderError) as ei:
+            call(obj)
+        assert ei.value.code == "XC_ENOTFOUND" and "does not exist" in str(ei.value)
+        assert time.monotonic() - t0 < 5, "waited for the timeout"
+        obj.close(**({"flush": False} if isinstance(obj, Producer) else {}))
 
 
 def test_torch_tensors_accepted():

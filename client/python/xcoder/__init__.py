@@ -14,7 +14,10 @@
                              server_key= and client_key= for a daemon with curve_secret_key
 
 Endpoints are ZeroMQ URIs or the daemon's run directory (its ipc sockets
-RUN_DIR/{ingest,control,events}.sock); None means $XCODER_RUN_DIR or /run/xcoderd.
+RUN_DIR/{ingest,control,events}.sock); None means the run directory of instance
+`name` (default "default"), found as the daemon makes it and as the CLI finds it:
+$XCODER_RUN_DIR, else $XDG_RUNTIME_DIR/xcoderd-NAME (or /tmp/xcoderd-NAME), else the
+systemd service's /run/xcoderd[-NAME] when only that one has a daemon listening.
 The wire protocol is proto/PROTOCOL.md (version 1).
 """
 

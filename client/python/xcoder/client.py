@@ -33,8 +33,10 @@ class _OwnsSocket:
 class Client(_OwnsSocket):
     """Request/reply with the daemon's control socket.
 
-    endpoint: the control URI, or the daemon's run directory, or None
-    ($XCODER_RUN_DIR, else /run/xcoderd). timeout: seconds to wait for a reply
+    endpoint: the control URI, or the daemon's run directory, or None (the
+    run directory of instance `name`, found as libxcoder and the CLI find it:
+    wire.run_dir_default). An ipc endpoint whose socket file is missing fails
+    at once (XcoderError XC_ENOTFOUND). timeout: seconds to wait for a reply
     (None = forever). A DEALER socket is used, so a timed-out request never
     wedges the client: a late reply is recognised by its id and dropped.
 
@@ -42,8 +44,9 @@ class Client(_OwnsSocket):
     matters, as documented); an error reply raises XcoderError with the
     daemon's code and message."""
 
-    def __init__(self, endpoint=None, timeout=30.0, context=None, server_key=None, client_key=None):
-        self.endpoint = wire.endpoint_for(endpoint, "control")
+    def __init__(self, endpoint=None, timeout=30.0, context=None, server_key=None, client_key=None,
+                 name=None):
+        self.endpoint = wire.endpoint_for(endpoint, "control", name)
         self.timeout = timeout
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
@@ -58,6 +61,7 @@ class Client(_OwnsSocket):
         XcoderTimeout when no reply came in time."""
         if self._sock is None:
             raise XcoderError("XC_ESTATE", "client is closed")
+        wire.check_ipc_present(self.endpoint)
         rid = next(self._ids)
         body = wire.pack(wire.request(op, id=rid, **args))
         if len(body) > wire.REQUEST_MAX:
@@ -156,8 +160,8 @@ class Subscription(_OwnsSocket):
     published in the first milliseconds after subscribing may be missed."""
 
     def __init__(self, endpoint=None, topics=None, timeout=None, context=None, server_key=None,
-                 client_key=None):
-        self.endpoint = wire.endpoint_for(endpoint, "events")
+                 client_key=None, name=None):
+        self.endpoint = wire.endpoint_for(endpoint, "events", name)
         self.timeout = timeout
         self.malformed = 0
         self._ctx = context or zmq.Context.instance()
@@ -198,8 +202,9 @@ class Subscription(_OwnsSocket):
 
 
 
-def subscribe(endpoint=None, topics=None, timeout=None, context=None, server_key=None, client_key=None):
+def subscribe(endpoint=None, topics=None, timeout=None, context=None, server_key=None, client_key=None,
+              name=None):
     """Subscribes to the daemon's events: an iterator of (topic, body) with
     body the decoded map (always v, type, name, time, then the topic's fields,
     PROTOCOL.md 3). See Subscription."""
-    return Subscription(endpoint, topics, timeout, context, server_key, client_key)
+    return Subscription(endpoint, topics, timeout, context, server_key, client_key, name)

@@ -21,7 +21,9 @@ class Producer:
     """Sends [N, 2, d] activation batches to one daemon.
 
     endpoint: the ingest URI ("ipc:///run/xcoderd/ingest.sock", "tcp://..."),
-    or the daemon's run directory, or None ($XCODER_RUN_DIR, else /run/xcoderd).
+    or the daemon's run directory, or None (the run directory of instance
+    `name`: wire.run_dir_default). An ipc endpoint whose socket file is
+    missing fails at the first send (XcoderError XC_ENOTFOUND).
     window: batches in flight before send() waits (default 8, as libxcoder).
     timeout: seconds send()/flush() wait for a reply (None = forever).
     producer: id sent with each batch (<= 64 bytes), shown in the daemon's logs.
@@ -37,7 +39,7 @@ class Producer:
     flush=False). Not thread-safe: one Producer per thread."""
 
     def __init__(self, endpoint=None, window=8, timeout=30.0, producer="", dtype=None,
-                 max_msg_bytes=None, context=None, server_key=None, client_key=None):
+                 max_msg_bytes=None, context=None, server_key=None, client_key=None, name=None):
         if window < 1:
             raise ValueError(f"window must be >= 1; got {window}")
         if len(producer.encode()) > wire.PRODUCER_MAX:
@@ -45,7 +47,7 @@ class Producer:
                              f"at most {wire.PRODUCER_MAX}")
         if dtype is not None and dtype not in wire.DTYPES:
             raise ValueError(f"dtype must be one of {sorted(wire.DTYPES)}; got {dtype!r}")
-        self.endpoint = wire.endpoint_for(endpoint, "ingest")
+        self.endpoint = wire.endpoint_for(endpoint, "ingest", name)
         self.window = int(window)
         self.timeout = timeout
         self.producer = producer
@@ -149,6 +151,8 @@ class Producer:
     def _send(self, frames, n, seq=None):
         if self._sock is None:
             raise XcoderError("XC_ESTATE", "producer is closed")
+        if self.stats["batches_sent"] == 0:
+            wire.check_ipc_present(self.endpoint)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         self._drain()
         self._raise_nacks()

@@ -18,7 +18,7 @@ PROTO_VERSION = 1
 HEADER_MAX = 4096          # bytes in an ingest header frame
 REQUEST_MAX = 65536        # bytes in a control request frame
 PRODUCER_MAX = 64          # bytes in a producer id
-DEFAULT_RUN_DIR = "/run/xcoderd"
+DEFAULT_NAME = "default"    # the daemon's default instance name
 
 # Wire dtype name -> (numpy dtype of the bytes on the wire, bytes per value).
 # bf16 travels as its raw 16-bit pattern, so numpy sees it as little-endian uint16.
@@ -75,22 +75,55 @@ def unpack_map(buf, what="message"):
 
 # ------------------------------------------------------------ endpoints --
 
-def run_dir_default():
-    return os.environ.get("XCODER_RUN_DIR") or DEFAULT_RUN_DIR
+def system_run_root():
+    """Where systemd's RuntimeDirectory lives (/run; tests point
+    $XCODER_SYSTEM_RUN_ROOT elsewhere)."""
+    return os.environ.get("XCODER_SYSTEM_RUN_ROOT") or "/run"
 
 
-def endpoint_for(endpoint, which):
+def run_dir_default(name=None):
+    """The daemon's run directory when none is given; the one rule of every
+    client (libxcoder's xc_client_default_run_dir, the JS runDirDefault):
+    $XCODER_RUN_DIR if set; else where xcoderd puts it when started without
+    --run_dir, $XDG_RUNTIME_DIR/xcoderd-NAME (/tmp/xcoderd-NAME without
+    XDG_RUNTIME_DIR); but when no daemon listens there and one run by systemd
+    does, /run/xcoderd (instance "default") or /run/xcoderd-NAME."""
+    env = os.environ.get("XCODER_RUN_DIR")
+    if env:
+        return env
+    name = name or DEFAULT_NAME
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    user = os.path.join(xdg if xdg else "/tmp", "xcoderd-" + name)
+    if os.path.exists(os.path.join(user, "control.sock")):
+        return user
+    sys_dir = os.path.join(system_run_root(), "xcoderd" if name == DEFAULT_NAME else "xcoderd-" + name)
+    if os.path.exists(os.path.join(sys_dir, "control.sock")):
+        return sys_dir
+    return user
+
+
+def endpoint_for(endpoint, which, name=None):
     """A ZeroMQ endpoint for socket `which` ("ingest", "control", "events").
 
     endpoint may be a URI ("ipc://...", "tcp://..."; used as is), a run
-    directory (the daemon's ipc sockets RUN_DIR/<which>.sock), or None ($XCODER_RUN_DIR,
-    else /run/xcoderd)."""
+    directory (the daemon's ipc sockets RUN_DIR/<which>.sock), or None (the
+    run directory of instance `name`, see run_dir_default)."""
     if endpoint is None:
-        endpoint = run_dir_default()
+        endpoint = run_dir_default(name)
     endpoint = os.fspath(endpoint)
     if "://" in endpoint:
         return endpoint
     return f"ipc://{os.path.abspath(endpoint)}/{which}.sock"
+
+
+def check_ipc_present(endpoint):
+    """An ipc endpoint whose socket file does not exist has no daemon behind
+    it: raise XcoderError XC_ENOTFOUND at once instead of waiting for the
+    timeout (tcp endpoints, and socket files nobody answers on, still wait)."""
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[6:]):
+        raise XcoderError("XC_ENOTFOUND",
+                          f"no daemon is listening: {endpoint[6:]} does not exist (start xcoderd, "
+                          f"or pass the run directory or name it uses)")
 
 
 # ---------------------------------------------------------------- ingest --
