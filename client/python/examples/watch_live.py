@@ -35,7 +35,7 @@ def latent_table(client, shm, dict_size):
     """Δ, ν^ε, ν^r, class per latent (ν NaN where unknown)."""
     if shm is not None:
         s = shm.snapshot(verify=False)
-        return s.delta_norm, s.nu_err, s.nu_rec, s["class"], s.header["step"]
+        return s.delta_norm, s.nu_err, s.nu_rec, s.class_code, s.header["step"]
     rows = client.top("delta_norm", n=dict_size)
     delta = np.full(dict_size, np.nan)
     dead = np.zeros(dict_size, bool)

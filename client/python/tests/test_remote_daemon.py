@@ -203,7 +203,7 @@ def test_table_equals_shared_memory(tcp_daemon):
         assert t["delta_norm"][j] == np.float32(lat["delta_norm"])
         assert t["last_step"][j] == lat["last_step_fired"]
         assert t["fired"][j] == lat["fired"] and bool(t["dead"][j]) == lat["dead"]
-        assert xcoder.remote.CLASS_NAMES[t["class"][j]] == lat["class"]
+        assert t["class"][j] == lat["class"] == xcoder.remote.CLASS_NAMES[t.class_code[j]]
         nu = lat["scaling"]["nu_err"]
         assert (nu is None and math.isnan(t["nu_err"][j])) or t["nu_err"][j] == np.float32(nu)
 

@@ -109,7 +109,7 @@ def test_never_torn_while_c_writer_hammers():
             retries += snap.retries
             gens.add(g)
             for name, _ in ARRAYS:
-                a = snap[name]
+                a = snap.arrays[name]
                 if name == "class":
                     assert (a == g % 5).all(), f"torn class array at gen {g}"
                 elif name == "flags":

@@ -48,7 +48,8 @@ def test_daemon_shared_memory(start_daemon):
             assert snap[key][j] == pytest.approx(lat[key], rel=1e-5, abs=1e-6), (j, key)
         assert snap.last_step[j] == lat["last_step_fired"]
     assert sum(snap.header["class_counts"][c] for c in xcoder.shm.CLASS_NAMES) == F
-    counts = np.bincount(snap["class"], minlength=5)
+    counts = np.bincount(snap.class_code, minlength=5)
+    assert snap["class"].tolist() == snap.classes()  # names, as latent() and top() give them
     assert [snap.header["class_counts"][c] for c in xcoder.shm.CLASS_NAMES] == counts.tolist()
     dm.client.resume()
     # a clean exit marks the object dead and removes its name

@@ -107,10 +107,21 @@ def fetch_checkpoint(self, out_path, name=None, resume=True, chunk=CHUNK_MAX, pr
                              f"SHA-256 of the download is {got}, the daemon announced {checksum}"))
 
 
+def class_names(codes):
+    """Class codes (SHM.md's u8 `class`) as a numpy array of names ("other",
+    "shared", "chat_only", "base_only", "dead"; "unknown" for any other code):
+    in this client `class` is always the name, as in latent() and top()."""
+    names = np.array(CLASS_NAMES + ("unknown",))
+    codes = np.asarray(codes)
+    return names[np.where(codes < len(CLASS_NAMES), codes, len(CLASS_NAMES))]
+
+
 class Table(dict):
     """Column name -> numpy array (one row per latent), plus the reply's
     snapshot_step, dict_size, start (None for a js selection), n,
-    scaling_step and scaling_tokens as attributes."""
+    scaling_step and scaling_tokens as attributes. The `class` column holds
+    class names, as latent() and top() do; its u8 codes (SHM.md) are the
+    attribute class_code."""
 
     def __repr__(self):
         return (f"Table(n={self.n}, snapshot_step={self.snapshot_step}, "
@@ -121,7 +132,7 @@ def table(self, fields=None, start=0, count=None, js=None):
     """Per-latent columns from the daemon's snapshot (op "table"): a Table
     (dict) of numpy arrays with SHM.md's names and dtypes (float32 statistics,
     int64 last_step/fired/tokens_since_fired, float64 active, uint8
-    class/flags/dead, int64 j on request). fields: names (default all but
+    flags/dead, int64 j on request; `class` as names, codes in .class_code). fields: names (default all but
     j); rows: start/count (default all latents) or js, a list of indices.
     Undefined beta/nu are NaN. Equal, for the same snapshot_step, to the
     shared-memory arrays."""
@@ -144,6 +155,10 @@ def table(self, fields=None, start=0, count=None, js=None):
         if dt is None:
             raise XcoderError("XC_EPROTO", f"table column {f!r} has unknown dtype {dtypes.get(f)!r}")
         out[f] = np.frombuffer(cols[f], dtype=dt).copy()
+    out.class_code = None
+    if "class" in out:
+        out.class_code = out["class"]
+        out["class"] = class_names(out.class_code)
     out.snapshot_step = r.get("snapshot_step")
     out.dict_size = r.get("dict_size")
     out.start = r.get("start")

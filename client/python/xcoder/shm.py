@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from .remote import class_names
+
 from .errors import XcoderError
 
 MAGIC = 0x4D485358  # "XSHM"
@@ -107,8 +109,10 @@ def _header_dict(h):
 
 class Snapshot:
     """A consistent copy of the object: header (dict) and arrays (name ->
-    numpy array of n_latents, owned). Arrays are also attributes and items:
-    snap.delta_norm, snap["class"]. retries: seqlock retries it needed."""
+    numpy array of n_latents, owned; SHM.md's raw layout). Arrays are also
+    attributes and items: snap.delta_norm, snap["nu_err"]; snap["class"] is the
+    class names (as Client.latent/top/table give them), snap.class_code the
+    u8 codes. retries: seqlock retries it needed."""
 
     def __init__(self, header, arrays, retries):
         self.header = header
@@ -116,10 +120,16 @@ class Snapshot:
         self.retries = retries
 
     def __getitem__(self, name):
+        if name == "class":
+            return class_names(self.arrays["class"])
+        if name == "class_code":
+            return self.arrays["class"]
         return self.arrays[name]
 
     def __getattr__(self, name):
         try:
+            if name == "class_code":
+                return self.__dict__["arrays"]["class"]
             return self.__dict__["arrays"][name]
         except KeyError:
             raise AttributeError(name) from None
