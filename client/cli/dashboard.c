@@ -1,8 +1,8 @@
 /* `xcoder dashboard`: starts the web dashboard (client/js/dashboard/server.js,
  * a Node.js process on the JS client) against the daemon this CLI would talk
  * to, so `--name`, `--run-dir` and the endpoint options mean what they mean
- * for every other command. The process is replaced by node (exec): its output,
- * exit status and signals are the dashboard's. */
+ * for every other command, CURVE keys included. The process is replaced by
+ * node (exec): its output, exit status and signals are the dashboard's. */
 #include "xc_cli.h"
 
 #include <errno.h>
@@ -37,8 +37,6 @@ static int find_script(char *out, size_t n)
     return access(out, R_OK) == 0 ? 0 : -1;
 }
 
-static int is_tcp(const char *ep) { return ep && strncmp(ep, "tcp://", 6) == 0; }
-
 int xc_cli_cmd_dashboard(xc_cli_args_t *a)
 {
     char script[PATH_MAX + 64];
@@ -54,12 +52,6 @@ int xc_cli_cmd_dashboard(xc_cli_args_t *a)
     snprintf(control, sizeof control, "%s", xc_client_endpoint(c, "control"));
     snprintf(events, sizeof events, "%s", xc_client_endpoint(c, "events"));
     xc_client_destroy(&c);
-    const char *server_key = a->server_key ? a->server_key : getenv("XCODER_SERVER_KEY");
-    if ((is_tcp(control) || is_tcp(events)) && server_key && server_key[0]) {
-        xc_cli_err(a, "the dashboard's JS client cannot use CURVE keys yet: reach the daemon over its ipc "
-                      "sockets (--run-dir) or a tcp endpoint without keys");
-        return XC_CLI_FAIL;
-    }
     const char *node = getenv("XCODER_NODE");
     if (!node || !node[0]) node = "node";
     const char *argv[32];
@@ -70,6 +62,15 @@ int xc_cli_cmd_dashboard(xc_cli_args_t *a)
     argv[k++] = control;
     argv[k++] = "--events";
     argv[k++] = events;
+    /* CURVE keys: the options given here; from the environment node reads them itself */
+    if (a->server_key) {
+        argv[k++] = "--server-key";
+        argv[k++] = a->server_key;
+    }
+    if (a->client_key) {
+        argv[k++] = "--key";
+        argv[k++] = a->client_key;
+    }
     static const char *const pass[] = {"host", "port", "admin-token-file", "poll", "history"};
     char flags[sizeof pass / sizeof pass[0]][40];
     for (size_t i = 0; i < sizeof pass / sizeof pass[0]; i++) {

@@ -159,7 +159,7 @@ static const xc_cli_cmd_t commands[] = {
      no_opts, 1, 1, 0, xc_cli_cmd_keygen},
     {"dashboard", "", "live web dashboard of the daemon (a Node.js process; prints its URL)",
      "Runs node on client/js/dashboard/server.js (found next to this binary, or\n"
-     "$XCODER_DASHBOARD) against the endpoints the other commands use: overview curves,\n"
+     "$XCODER_DASHBOARD) with the endpoints and keys the other commands use: overview curves,\n"
      "the latents' Δnorm histogram, ν scatter and table, one page per latent. Bound to\n"
      "127.0.0.1 by default; read-only unless --admin or --admin-token-file. Ctrl-C stops it.",
      dashboard_opts, 0, 0, 0, xc_cli_cmd_dashboard},

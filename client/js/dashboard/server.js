@@ -20,6 +20,11 @@ Serves a live dashboard of one xcoderd (overview, latents, latent pages).
                        $XCODER_RUN_DIR, else /run/xcoderd
   --control EP         control endpoint (tcp://host:port, ipc://path); overrides --run-dir
   --events EP          events endpoint (default: the run directory's, or needed with --control tcp://)
+  --server-key KEY     the daemon's CURVE public key (Z85, or its .pub file) for tcp
+                       endpoints (default $XCODER_SERVER_KEY)
+  --key FILE           this dashboard's key file BASE.key from \`xcoder keygen\` (default
+                       $XCODER_CLIENT_KEY); the daemon's role for it (reader, admin) bounds
+                       what the dashboard can do
   --host ADDR          address to serve on (default 127.0.0.1)
   --port N             port (default 8765; 0 = any free port)
   --admin-token-file F enable the admin buttons (exact Latent Scaling pass, checkpoint) for
@@ -47,6 +52,8 @@ function parseArgs(argv) {
       case "--run-dir": o.runDir = need(i); i++; break;
       case "--control": o.control = need(i); i++; break;
       case "--events": o.events = need(i); i++; break;
+      case "--server-key": o.serverKey = need(i); i++; break;
+      case "--key": o.clientKey = need(i); i++; break;
       case "--host": o.host = need(i); i++; break;
       case "--port": o.port = Number(need(i)); i++; break;
       case "--admin-token-file": o.adminTokenFile = need(i); i++; break;
@@ -90,8 +97,9 @@ class Dashboard {
     }
     const control = opts.control ?? opts.runDir;
     const events = opts.events ?? opts.runDir;
-    // Options for the JS client (Client and subscribe) pass through unchanged.
-    const clientOptions = { timeout: opts.timeout };
+    // Options for the JS client (Client and subscribe) pass through unchanged;
+    // keys left undefined fall back to $XCODER_SERVER_KEY / $XCODER_CLIENT_KEY there.
+    const clientOptions = { timeout: opts.timeout, serverKey: opts.serverKey, clientKey: opts.clientKey };
     this.link = new DaemonLink({ control, events, clientOptions, poll: opts.poll, history: opts.history });
     this.clients = new Set();
     this.files = new Map();
@@ -192,6 +200,8 @@ class Dashboard {
 
   /** Runs a daemon request; its failure becomes {ok: false, error, code} (HTTP 200: the page shows it). */
   async guard(fn) {
+    if (!this.link.connected) // answer now rather than after a request's timeout
+      return { ok: false, code: "XC_ETIMEDOUT", error: `the daemon at ${this.link.control} is not answering` };
     try {
       return { ok: true, ...(await fn()) };
     } catch (e) {
@@ -234,12 +244,17 @@ async function main() {
   if (opts.help) { process.stdout.write(USAGE + "\n"); return; }
   if (!isLoopback(opts.host))
     process.stderr.write(`dashboard: serving on ${opts.host}: anyone who reaches it reads the run's statistics (plain HTTP)\n`);
-  const d = new Dashboard(opts);
-  let url;
+  let d, url;
+  try {
+    d = new Dashboard(opts);
+  } catch (e) {
+    process.stderr.write(`dashboard: ${e.reason || e.message}\n`); // a bad key or token file
+    process.exit(2);
+  }
   try {
     url = await d.listen();
   } catch (e) {
-    process.stderr.write(`dashboard: cannot listen on ${opts.host}:${opts.port}: ${e.message}\n`);
+    process.stderr.write(`dashboard: cannot start on ${opts.host}:${opts.port}: ${e.reason || e.message}\n`);
     process.exit(1);
   }
   process.stdout.write(`dashboard: ${url}${d.adminToken && opts.admin ? `#admin=${d.adminToken}` : ""}\n`);

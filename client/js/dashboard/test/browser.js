@@ -11,50 +11,11 @@
 const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
-const net = require("node:net");
-const { spawn, execFileSync } = require("node:child_process");
+const { execFileSync } = require("node:child_process");
+const { ROOT, XCODERD, XCODER, T, ok, nok, check, sleep, freePort, start, killAll, waitFor, dashboardUrl } = require("./util");
 
-const ROOT = path.resolve(__dirname, "..", "..", "..", "..");
-const XCODERD = process.env.XCODERD || path.join(ROOT, "build", "xcoderd");
-const XCODER = process.env.XCODER || path.join(ROOT, "build", "xcoder");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const OUT = path.resolve(ROOT, process.env.DASH_ARTEFACTS || "build/dashboard");
-
-let fails = 0;
-const ok = (name) => console.log(`ok - dashboard ${name}`);
-const nok = (name, why) => { console.log(`not ok - dashboard ${name}: ${String(why).replace(/\s+/g, " ").slice(0, 400)}`); fails++; };
-const check = (name, cond, why) => (cond ? ok(name) : nok(name, why));
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
-}
-
-const procs = new Set();
-function start(cmd, args, logFile) {
-  const fd = fs.openSync(logFile, "a");
-  const p = spawn(cmd, args, { stdio: ["ignore", fd, fd] });
-  fs.closeSync(fd);
-  procs.add(p);
-  p.exited = new Promise((r) => p.on("exit", (code, sig) => { procs.delete(p); r(sig ? `signal ${sig}` : code); }));
-  return p;
-}
-function killAll() { for (const p of procs) try { p.kill("SIGKILL"); } catch { /* gone */ } }
-process.on("exit", killAll);
-
-async function waitFor(what, fn, timeout = 15000, every = 100) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
-    await sleep(every);
-  }
-}
 
 async function main() {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xcdash."));
@@ -85,10 +46,7 @@ async function main() {
   fs.writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
   const dash = start(process.execPath, [path.join(__dirname, "..", "server.js"), "--control", ep.control, "--events", ep.events,
     "--port", "0", "--poll", "0.5", "--admin-token-file", tokenFile], path.join(tmp, "dashboard.log"));
-  const url = await waitFor("the dashboard's URL", () => {
-    const m = /dashboard: (http:\/\/\S+)/.exec(fs.readFileSync(path.join(tmp, "dashboard.log"), "utf8"));
-    return m && m[1];
-  });
+  const url = await dashboardUrl(path.join(tmp, "dashboard.log"));
   check("server prints its URL on 127.0.0.1", /^http:\/\/127\.0\.0\.1:\d+\/$/.test(url), url);
 
   const { chromium } = require("playwright-core");
@@ -242,10 +200,10 @@ async function main() {
     daemon.kill("SIGTERM");
     await Promise.race([daemon.exited, sleep(10000)]);
     killAll();
-    if (fails === 0) fs.rmSync(tmp, { recursive: true, force: true });
+    if (T.fails === 0) fs.rmSync(tmp, { recursive: true, force: true });
     else process.stderr.write(`dashboard test: files kept in ${tmp}\n`);
   }
-  process.exit(fails ? 1 : 0);
+  process.exit(T.fails ? 1 : 0);
 }
 
 main().catch((e) => { nok("setup", e.stack || e.message); killAll(); process.exit(1); });
