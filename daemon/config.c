@@ -138,6 +138,21 @@ static const xc_cfg_key_t g_keys[] = {
      "chat-specific: chat-only and nu_err below this"},
     {"nu_rec_max", XC_CFG_FLOAT, "0.5", 0, 1e6, NULL, F(nu_rec_max), 0, "analysis",
      "chat-specific: chat-only and nu_rec below this"},
+    /* examples (daemon/xc_examples.h) */
+    {"examples_top", XC_CFG_INT, "20", 0, 255, NULL, F(examples_top), 0, "analysis",
+     "max-activating examples kept per latent (the `examples` op); 0 with examples_random 0 = off"},
+    {"examples_random", XC_CFG_INT, "5", 0, 255, NULL, F(examples_random), 0, "analysis",
+     "random activating examples kept per latent (a uniform reservoir sample)"},
+    {"examples_window", XC_CFG_INT, "16", 0, 1024, NULL, F(examples_window), 0, "analysis",
+     "token ids kept each side of an example (its context window)"},
+    {"examples_store_tokens", XC_CFG_INT, "0", 0, 1073741824, NULL, F(examples_store_tokens), 0, "analysis",
+     "recent tokens (ids, documents, positions) kept to cut windows from, 24 bytes each; "
+     "0 = 16 x mix_tokens, at least 65536"},
+    {"examples_vocab_bytes", XC_CFG_INT, "8388608", 8, 2147483648.0, NULL, F(examples_vocab_bytes), 0, "analysis",
+     "bytes for the vocabularies producers register (every stream together)"},
+    {"vocab_file", XC_CFG_STR, "", 0, 0, NULL, F(vocab_file), 0, "analysis",
+     "default vocabulary (token id -> text) for streams without their own: a JSON array of strings, a "
+     "{piece: id} object or a tokenizer.json; empty = none"},
     {NULL, 0, NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
 };
 
@@ -484,6 +499,16 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
     if (c->mix_tokens < c->batch_size) {
         xc_why(why, why_len, "mix_tokens (%ld) must be >= batch_size (%ld)", c->mix_tokens,
                 c->batch_size);
+        return XC_ECONFIG;
+    }
+    if (c->examples_top + c->examples_random > 255) {
+        xc_why(why, why_len, "examples_top + examples_random (%ld) must be at most 255",
+                c->examples_top + c->examples_random);
+        return XC_ECONFIG;
+    }
+    if (c->examples_store_tokens && c->examples_store_tokens < 2 * c->examples_window + 1) {
+        xc_why(why, why_len, "examples_store_tokens (%ld) must hold a window (2 x examples_window + 1)",
+                c->examples_store_tokens);
         return XC_ECONFIG;
     }
     if (strcmp(c->model, "batchtopk") == 0 && c->k > c->dict_size) {

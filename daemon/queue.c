@@ -52,7 +52,10 @@ void xc_queue_destroy(xc_queue_t **pq)
 {
     xc_queue_t *q = pq ? *pq : NULL;
     if (!q) return;
-    for (long i = 0; i < q->count; i++) free(q->ring[(q->head + i) % q->cap].x);
+    for (long i = 0; i < q->count; i++) {
+        free(q->ring[(q->head + i) % q->cap].x);
+        free(q->ring[(q->head + i) % q->cap].meta);
+    }
     pthread_cond_destroy(&q->cv);
     pthread_mutex_destroy(&q->mu);
     free(q->ring);

@@ -44,6 +44,9 @@ typedef struct {
             int has;
             char name[64];
         } key;                   /* config */
+        struct {
+            long j, n;           /* latent (-1: every one), cap per kind (-1: all) */
+        } ex;                    /* examples, examples_reset */
     } arg;
 } call_t;
 
@@ -473,6 +476,78 @@ static void op_table(xc_svc_t *s, call_t *c)
     else xc_svc_send_reply(s, s->control, &c->env, s->out.data, s->out.len);
 }
 
+/* ----------------------------------------------------------- examples -- */
+/* examples: j (required, < dict_size), n (optional cap per kind). */
+static int check_examples(xc_svc_t *s, call_t *c)
+{
+    uint64_t j = 0, n = 0;
+    int rc = arg_u64(&c->req, "j", &j, c->why, sizeof c->why);
+    if (rc < 0) return rc;
+    if (rc == 0) {
+        xc_why(c->why, sizeof c->why, "%s needs argument 'j' (0 <= j < %ld)", c->req.op_name, s->cfg.dict_size);
+        return XC_EINVAL;
+    }
+    if (j >= (uint64_t)s->cfg.dict_size) {
+        xc_why(c->why, sizeof c->why, "latent %llu does not exist (dict_size = %ld)", (unsigned long long)j,
+               s->cfg.dict_size);
+        return XC_ENOTFOUND;
+    }
+    if ((rc = arg_u64(&c->req, "n", &n, c->why, sizeof c->why)) < 0) return rc;
+    c->arg.ex.j = (long)j;
+    c->arg.ex.n = rc ? (long)(n > 255 ? 255 : n) : -1;
+    return XC_OK;
+}
+
+/* The latent's live examples straight from the store (its own short lock; the
+ * trainer holds it for one step's update, about a millisecond). */
+static void op_examples(xc_svc_t *s, call_t *c)
+{
+    xc_mpw_t *w = &c->w;
+    xc_proto_reply_begin(w, &c->req);
+    int rc = xc_examples_encode(xc_trainer_examples(s->trainer), c->arg.ex.j, c->arg.ex.n, w);
+    xc_mpw_map_end(w);
+    if (rc) reply_error(s, &c->env, &c->req, rc, "no such latent");
+    else reply_buf(s, &c->env, w, &c->req);
+}
+
+/* examples_reset: j (one latent) or all: true (every latent). */
+static int check_examples_reset(xc_svc_t *s, call_t *c)
+{
+    int all = 0;
+    xc_mp_node_t a = xc_mp_get(c->req.root, "all");
+    if (xc_mp_type(a) != XC_MP_NONE && xc_mp_as_bool(a, &all)) {
+        xc_why(c->why, sizeof c->why, "argument 'all' must be a bool");
+        return XC_EINVAL;
+    }
+    if (all) {
+        if (xc_mp_type(xc_mp_get(c->req.root, "j")) != XC_MP_NONE) {
+            xc_why(c->why, sizeof c->why, "give 'j' or 'all: true', not both");
+            return XC_EINVAL;
+        }
+        c->arg.ex.j = -1;
+        return XC_OK;
+    }
+    return check_examples(s, c);
+}
+
+static void op_examples_reset(xc_svc_t *s, call_t *c)
+{
+    int rc = xc_examples_request_reset(xc_trainer_examples(s->trainer), c->arg.ex.j);
+    if (rc) {
+        reply_error(s, &c->env, &c->req, rc, "too many resets waiting for the trainer; retry");
+        return;
+    }
+    xc_log(XC_LOG_INFO, "examples reset for %s%ld", c->arg.ex.j < 0 ? "every latent" : "latent ",
+           c->arg.ex.j < 0 ? 0 : c->arg.ex.j);
+    xc_mpw_t *w = &c->w;
+    xc_proto_reply_begin(w, &c->req);
+    if (c->arg.ex.j < 0) xc_mpw_kv_bool(w, "all", 1);
+    else xc_mpw_kv_int(w, "j", c->arg.ex.j);
+    xc_mpw_kv_bool(w, "reset", 1);
+    xc_mpw_map_end(w);
+    reply_buf(s, &c->env, w, &c->req);
+}
+
 /* ----------------------------------------------------------- the table -- */
 /* Roles per op (README "Security"): readers read, admins also change things. */
 #define R_ANY (XC_ROLE_PRODUCER | XC_ROLE_READER | XC_ROLE_ADMIN)
@@ -493,6 +568,8 @@ static const op_def_t g_ops[XC_OP__COUNT] = {
     [XC_OP_LATENT] = {OP_NEEDS_SNAPSHOT, R_READ, check_latent, op_latent},
     [XC_OP_TOP] = {OP_NEEDS_SNAPSHOT, R_READ, check_latent, op_latent},
     [XC_OP_TABLE] = {OP_NEEDS_SNAPSHOT, R_READ, check_table, op_table},
+    [XC_OP_EXAMPLES] = {0, R_READ, check_examples, op_examples},
+    [XC_OP_EXAMPLES_RESET] = {OP_REFUSED_STOPPING, R_ADMIN, check_examples_reset, op_examples_reset},
 };
 
 /* 1 when the loop's snapshot answers a query now: taken after the last step

@@ -79,6 +79,43 @@ void xc_svc_flush_alerts(xc_svc_t *s, int force)
     }
 }
 
+/* ------------------------------------------------------- vocabularies -- */
+/* A vocabulary message (PROTOCOL.md 1.5): checked like a batch, handed to the
+ * examples store (copied; the trainer applies it between steps) and acked
+ * with its piece count, or nacked (a full arena says which key to raise). */
+static void handle_vocab(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_frame_t *f, int nb)
+{
+    xc_batch_hdr_t h;
+    char why[XC_PROTO_REASON_MAX];
+    int rc = xc_proto_vocab_check(f, (size_t)nb, (size_t)s->cfg.max_msg_bytes, &h, why, sizeof why);
+    if (!rc) {
+        uint32_t *lens = malloc(sizeof *lens * (size_t)h.n); /* owned here: the frame need not be aligned */
+        if (!lens) {
+            rc = XC_ENOMEM;
+            snprintf(why, sizeof why, "out of memory for %llu piece lengths", (unsigned long long)h.n);
+        } else {
+            const uint8_t *b = f[1].data;
+            for (uint64_t i = 0; i < h.n; i++)
+                lens[i] = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 | (uint32_t)b[4 * i + 2] << 16 |
+                          (uint32_t)b[4 * i + 3] << 24;
+            rc = xc_examples_submit_vocab(xc_trainer_examples(s->trainer), h.stream, h.first, (uint32_t)h.n, lens,
+                                          f[2].data, f[2].len, why, sizeof why);
+            free(lens);
+        }
+    }
+    if (rc) {
+        refuse(s, env, &h, rc, why);
+        return;
+    }
+    xc_log(XC_LOG_INFO, "vocabulary of stream '%s' from '%s': %llu pieces from id %u", h.stream, h.producer,
+           (unsigned long long)h.n, h.first);
+    xc_queue_counts_t qc;
+    xc_queue_counts(s->queue, &qc);
+    xc_buf_reset(&s->out);
+    if (xc_proto_ack_encode(&s->out, h.seq, h.n, qc.capacity - qc.depth) == 0)
+        xc_svc_send_reply(s, s->ingest, env, s->out.data, s->out.len);
+}
+
 /* -------------------------------------------------------------- ingest -- */
 /* One ingest message: the checks of PROTOCOL.md 1 in order (stopping, frame
  * count, header, shape, lengths, values), the conversion to f32 into memory
@@ -106,6 +143,10 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
         refuse(s, &env, &h, XC_EPERM, "this client's key may not push batches (it needs the producer "
                "role: the daemon's operator adds its public key to allow_producers)");
+        return;
+    }
+    if (!mm->extra && nb > 0 && nb <= 4 && xc_proto_ingest_is_vocab(f[0].data, f[0].len)) {
+        handle_vocab(s, &env, f, nb);
         return;
     }
     if (mm->extra || nb > 4) {
@@ -137,11 +178,23 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         refuse(s, &env, &h, rc, why);
         return;
     }
+    if (h.has_tokens || h.has_pos) { /* the tokens' context travels with them (examples) */
+        item.meta = malloc((size_t)h.n * sizeof *item.meta); /* owned with item.x */
+        if (!item.meta) {
+            free(item.x);
+            refuse(s, &env, &h, XC_ENOMEM, "out of memory for the token ids; retry later");
+            return;
+        }
+        xc_tokmeta_fill(item.meta, (long)h.n, h.has_tokens ? f[2].data : NULL,
+                        h.has_pos ? f[h.has_tokens ? 3 : 2].data : NULL);
+    }
     item.n = (long)h.n;
     item.seq = h.seq;
     memcpy(item.producer, h.producer, sizeof item.producer);
+    memcpy(item.stream, h.stream, sizeof item.stream);
     if (xc_queue_push(s->queue, &item)) { /* cannot happen: room was checked before reading */
         free(item.x);
+        free(item.meta);
         refuse(s, &env, &h, XC_EAGAIN, "queue full; retry");
         return;
     }

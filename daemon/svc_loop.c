@@ -495,6 +495,14 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     xc_cfg_thresholds(&s->cfg, &to.thresholds);
     to.checkpoint_keep = (int)s->cfg.checkpoint_keep;
     to.checkpoint_steps = s->cfg.checkpoint_steps;
+    xc_examples_config_default(&to.examples);
+    to.examples.top_n = (int)s->cfg.examples_top;
+    to.examples.random_n = (int)s->cfg.examples_random;
+    to.examples.window = (int)s->cfg.examples_window;
+    to.examples.store_tokens = s->cfg.examples_store_tokens;
+    to.examples.vocab_bytes = ((size_t)s->cfg.examples_vocab_bytes + 7) & ~(size_t)7;
+    to.examples.seed = (uint64_t)s->cfg.seed;
+    to.vocab_file = s->cfg.vocab_file;
     s->trainer = xc_trainer_new(s->engine, s->queue, &to, &rc);
     free(cj);
     cj = NULL;

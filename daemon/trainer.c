@@ -25,6 +25,8 @@ struct xc_trainer {
     long B, C;        /* batch size, mixing buffer capacity */
     float *mix;       /* (C, 2, d) mixing buffer; owned */
     float *batch;     /* (B, 2, d) drawn batch; owned */
+    xc_tokmeta_t *mix_tm, *batch_tm; /* (C), (B): each token's context beside it; owned */
+    xc_examples_t *ex; /* owned: live examples (xc_examples.h) */
     long buffered;    /* tokens in mix */
     int64_t mix_meta[2]; /* buffered and capacity, as saved in / restored from a checkpoint */
     xc_qitem_t cur;   /* popped item being moved into mix (cur.x NULL: none) */
@@ -90,12 +92,30 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     }
     t->mix = malloc((size_t)t->C * t->d2 * sizeof(float));
     t->batch = malloc((size_t)t->B * t->d2 * sizeof(float));
+    t->mix_tm = malloc((size_t)t->C * sizeof *t->mix_tm);
+    t->batch_tm = malloc((size_t)t->B * sizeof *t->batch_tm);
     t->exact_state = malloc(sizeof(double) * (size_t)c->dict_size * EXACT_COLS);
     t->state_dir = strdup(o->state_dir ? o->state_dir : ".");
     t->name = strdup(o->name ? o->name : "xcoderd");
     t->config_json = strdup(o->config_json ? o->config_json : "{}");
-    if (!t->mix || !t->batch || !t->exact_state || !t->state_dir || !t->name || !t->config_json)
+    if (!t->mix || !t->batch || !t->mix_tm || !t->batch_tm || !t->exact_state || !t->state_dir || !t->name ||
+        !t->config_json)
         goto out_free;
+    for (long i = 0; i < t->C; i++) t->mix_tm[i] = (xc_tokmeta_t){XC_EX_NONE, 0, 0, XC_EX_NOSRC, 0};
+    {
+        xc_examples_config_t xcfg = o->examples;
+        if (xcfg.store_tokens <= 0) xcfg.store_tokens = 16 * t->C > 65536 ? 16 * t->C : 65536;
+        t->ex = xc_examples_new(&xcfg, c->dict_size, err);
+        if (!t->ex) goto out_free;
+        if (o->vocab_file && *o->vocab_file) {
+            char why[512];
+            int vrc = xc_examples_load_vocab_file(t->ex, o->vocab_file, why, sizeof why);
+            if (vrc) xc_log(XC_LOG_WARN, "vocab_file: %s; examples show token ids", why);
+        }
+        xc_log(XC_LOG_INFO, "examples: top %d + random %d per latent, window +-%d, store of %ld tokens: %.1f MB",
+               xcfg.top_n, xcfg.random_n, xcfg.window, xcfg.store_tokens,
+               xc_examples_memory(&xcfg, c->dict_size) / 1e6);
+    }
     for (size_t i = 0; i < (size_t)c->dict_size * EXACT_COLS; i++) t->exact_state[i] = NAN;
     t->exact_meta[0] = -1;
     t->exact_meta[1] = 0;
@@ -141,6 +161,9 @@ out_free:
     free(t->mix);
     free(t->exact_state);
     free(t->batch);
+    free(t->mix_tm);
+    free(t->batch_tm);
+    xc_examples_destroy(&t->ex);
     free(t->state_dir);
     free(t->name);
     free(t->config_json);
@@ -154,6 +177,10 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     if (!t) return;
     xc_ckpt_writer_destroy(&t->ckw); /* finishes a write in flight */
     free(t->cur.x);
+    free(t->cur.meta);
+    free(t->mix_tm);
+    free(t->batch_tm);
+    xc_examples_destroy(&t->ex);
     free(t->mix);
     free(t->exact_state);
     free(t->batch);
@@ -177,6 +204,26 @@ static void post(xc_trainer_t *t, int ev)
     if (t->notify) t->notify(t->notify_ctx);
 }
 
+/* A popped batch's token context: its source (producer, stream) interned, and
+ * every token with a document position into the examples' document store now,
+ * before any of them is drawn, so a window's right side is usually there when
+ * the token is trained. A batch sent without ids or positions gets context
+ * "none" (its examples carry the stream only). */
+static void item_context(xc_trainer_t *t, xc_qitem_t *it)
+{
+    uint16_t src = xc_examples_source(t->ex, it->producer, it->stream);
+    if (!it->meta) {
+        it->meta = malloc((size_t)it->n * sizeof *it->meta); /* owned with it->x */
+        if (!it->meta) { /* no context for this batch (fill_buffer copes): train it anyway */
+            xc_log(XC_LOG_WARN, "out of memory for the context of %ld tokens; they give no examples", it->n);
+            return;
+        }
+        xc_tokmeta_fill(it->meta, it->n, NULL, NULL);
+    }
+    for (long i = 0; i < it->n; i++) it->meta[i].src = src;
+    xc_examples_store(t->ex, it->meta, it->n);
+}
+
 /* Moves tokens from the queue into the mixing buffer until it is full or the
  * queue is empty. */
 static void fill_buffer(xc_trainer_t *t)
@@ -185,32 +232,39 @@ static void fill_buffer(xc_trainer_t *t)
         if (!t->cur.x) {
             if (xc_queue_try_pop(t->q, &t->cur)) return;
             t->cur_off = 0;
+            item_context(t, &t->cur);
         }
         long take = t->cur.n - t->cur_off;
         if (take > t->C - t->buffered) take = t->C - t->buffered;
         memcpy(t->mix + (size_t)t->buffered * t->d2, t->cur.x + (size_t)t->cur_off * t->d2,
                (size_t)take * t->d2 * sizeof(float));
+        if (t->cur.meta) memcpy(t->mix_tm + t->buffered, t->cur.meta + t->cur_off, (size_t)take * sizeof *t->mix_tm);
+        else xc_tokmeta_fill(t->mix_tm + t->buffered, take, NULL, NULL);
         t->buffered += take;
         t->cur_off += take;
         xc_queue_note_buffered(t->q, (uint64_t)take);
         if (t->cur_off == t->cur.n) {
             free(t->cur.x);
+            free(t->cur.meta);
             memset(&t->cur, 0, sizeof t->cur);
         }
     }
 }
 
 /* Draws B tokens uniformly without replacement: pick a slot, copy it out, move
- * the last buffered token into the hole. */
+ * the last buffered token into the hole; each token's context moves with it. */
 static void draw_batch(xc_trainer_t *t)
 {
     size_t row = (size_t)t->d2 * sizeof(float);
     for (long i = 0; i < t->B; i++) {
         long j = (long)xc_rng_below(&t->rng, (uint64_t)t->buffered);
         memcpy(t->batch + (size_t)i * t->d2, t->mix + (size_t)j * t->d2, row);
+        t->batch_tm[i] = t->mix_tm[j];
         t->buffered--;
-        if (j != t->buffered)
+        if (j != t->buffered) {
             memcpy(t->mix + (size_t)j * t->d2, t->mix + (size_t)t->buffered * t->d2, row);
+            t->mix_tm[j] = t->mix_tm[t->buffered];
+        }
     }
 }
 
@@ -281,6 +335,13 @@ static void do_step(xc_trainer_t *t)
     double ms = now_ms() - t0;
     xc_queue_note_trained(t->q, (uint64_t)t->B, rc != 0);
     if (rc) xc_log(XC_LOG_ERROR, "training step failed: %s; %ld tokens discarded", xc_strerror(rc), t->B);
+    if (!rc) { /* the step's selected entries feed the examples (BatchTopK; L1 selects none) */
+        const long *rp;
+        const int *col;
+        const float *val;
+        if (xc_engine_selection(t->e, &rp, &col, &val) > 0)
+            xc_examples_update(t->ex, t->batch_tm, t->B, rp, col, val, xc_engine_metrics(t->e)->step);
+    }
     pthread_mutex_lock(&t->mu);
     t->st.m = *xc_engine_metrics(t->e);
     t->st.last_step_ms = ms;
@@ -290,7 +351,7 @@ static void do_step(xc_trainer_t *t)
 
 /* The trainer's own state in the checkpoint: the mixing buffer's draws and the
  * last exact Latent Scaling pass (kept with the checkpoints that follow it). */
-#define N_EXTRAS 5
+#define N_EXTRAS (6 + XC_EXAMPLES_VIEWS)
 static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
 {
     long F = xc_engine_config(t->e)->dict_size;
@@ -306,7 +367,9 @@ static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
                              sizeof(double) * (size_t)F * EXACT_COLS};
     v[2] = (xc_state_view_t){"trainer.scaling_exact_meta", XC_ST_I64, 1, {2, 0, 0}, t->exact_meta,
                              sizeof t->exact_meta};
-    return N_EXTRAS;
+    v[5] = (xc_state_view_t){"trainer.mix_context", XC_ST_U64, 2, {t->C, 2, 0}, t->mix_tm,
+                             sizeof *t->mix_tm * (size_t)t->C};
+    return 6 + xc_examples_state_views(t->ex, v + 6, XC_EXAMPLES_VIEWS);
 }
 
 /* exact results <-> the rows of trainer.scaling_exact */
@@ -514,6 +577,7 @@ static void *trainer_main(void *arg)
         if (ck) do_checkpoint(t, ck, reason ? reason : "request", 0);
         if (scal && !t->pass) scaling_start(t, scal);
         if (now_ms() >= t->next_pub_ms) refresh_records(t, snap_gen_done(t));
+        xc_examples_apply(t->ex); /* vocabularies and resets asked for meanwhile */
         fill_buffer(t);
         if (!paused && t->buffered >= t->C) {
             do_step(t);
@@ -622,6 +686,7 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
     if (!li) return XC_ENOMEM;
     int rc = xc_ckpt_resume(t->e, ex, ckpt_extras(t, ex), &o, li, &next, why, why_len);
     if (rc == XC_OK) rc = rows_to_exact(t);
+    if (rc == XC_OK) xc_examples_state_restored(t->ex);
     if (rc == XC_OK && t->mix_meta[1] == t->C && t->mix_meta[0] > 0 && t->mix_meta[0] <= t->C) {
         /* tokens an earlier run acked but had not trained: train them first (a buffer of
          * another capacity was not restored by the loader, and its meta says so) */
@@ -701,3 +766,5 @@ xc_snapshot_t *xc_trainer_snapshot_swap(xc_trainer_t *t, xc_snapshot_t *mine)
     xc_snapshot_free(&drop);
     return next ? next : mine;
 }
+
+xc_examples_t *xc_trainer_examples(xc_trainer_t *t) { return t->ex; }

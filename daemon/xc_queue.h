@@ -9,12 +9,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One accepted batch: n tokens of [2, d] float32, x heap-allocated. */
+#include "xc_examples.h"
+
+/* One accepted batch: n tokens of [2, d] float32, x heap-allocated, and the
+ * tokens' context (ids, documents, positions) when the producer sent any. */
 typedef struct {
     float *x;          /* (n, 2, d); owned by whoever holds the item */
+    xc_tokmeta_t *meta;/* (n) or NULL; owned like x */
     long n;
     uint64_t seq;
     char producer[65];
+    char stream[XC_PROTO_STREAM_MAX + 1];
 } xc_qitem_t;
 
 typedef struct {
@@ -37,9 +42,9 @@ void xc_queue_destroy(xc_queue_t **q);
 
 /* 1 when a push would fail; arms on_space so the caller hears about room. */
 int xc_queue_full(xc_queue_t *q);
-/* Takes ownership of item->x on success (0); XC_EAGAIN when full (item untouched). */
+/* Takes ownership of item->x and item->meta on success (0); XC_EAGAIN when full (item untouched). */
 int xc_queue_push(xc_queue_t *q, const xc_qitem_t *item);
-/* Waits up to timeout_ms for an item; 0 and *out (caller owns out->x), or
+/* Waits up to timeout_ms for an item; 0 and *out (caller owns out->x, out->meta), or
  * XC_EAGAIN on timeout or after xc_queue_kick. */
 int xc_queue_pop(xc_queue_t *q, xc_qitem_t *out, int timeout_ms);
 /* Non-blocking pop. */

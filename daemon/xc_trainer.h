@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "xc_engine.h"
+#include "xc_examples.h"
 #include "xc_queue.h"
 #include "xc_shm.h"
 
@@ -33,6 +34,8 @@ typedef struct {
     xc_class_thresholds_t thresholds;
     int checkpoint_keep;      /* newest checkpoints of this run kept; 0 = all */
     long checkpoint_steps;    /* a checkpoint every N steps; 0 = off */
+    xc_examples_config_t examples; /* store_tokens 0: 16 x mix_tokens, at least 65536 */
+    const char *vocab_file;   /* the default vocabulary (xc_examples_load_vocab_file); NULL/"" none */
 } xc_trainer_opts_t;
 
 typedef enum { XC_TR_STARTING = 0, XC_TR_RUNNING, XC_TR_PAUSED, XC_TR_STOPPING, XC_TR_STOPPED } xc_tr_state_t;
@@ -133,5 +136,9 @@ void xc_snapshot_free(xc_snapshot_t **snap);
 /* Starts an exact Latent Scaling pass over the next `tokens` trained tokens
  * (dictionary frozen at the next step). XC_ESTATE if one is under way. */
 int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens);
+
+/* The live examples (owned by the trainer; its queries and requests are
+ * thread-safe, see xc_examples.h). */
+xc_examples_t *xc_trainer_examples(xc_trainer_t *t);
 
 #endif

@@ -123,6 +123,7 @@ int xc_proto_batch_hdr_encode(xc_buf_t *out, const xc_batch_hdr_t *h)
     xc_mpw_kv_str(&w, "layout", "n2d");
     xc_mpw_kv_bool(&w, "has_tokens", h->has_tokens);
     xc_mpw_kv_bool(&w, "has_pos", h->has_pos);
+    if (h->stream[0]) xc_mpw_kv_str(&w, "stream", h->stream); /* absent = "" (older producers) */
     xc_mpw_map_end(&w);
     return xc_mpw_finish(&w);
 }
@@ -151,6 +152,47 @@ static int req_uint(xc_mp_node_t map, const char *key, uint64_t *out, char *why,
     if (rc) {
         xc_why(why, why_len, "header field '%s' must be an unsigned integer", key);
         return XC_EPROTO;
+    }
+    return XC_OK;
+}
+
+/* 1 when s[0, n) is a valid stream tag: 1..XC_PROTO_STREAM_MAX bytes of
+ * [A-Za-z0-9._:/-] (printable in logs and file names, no escaping anywhere). */
+static int stream_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > XC_PROTO_STREAM_MAX) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("._:/-", c)))
+            return 0;
+    }
+    return 1;
+}
+
+/* The optional producer and stream keys shared by batch and vocab headers. */
+static int names_fields(xc_mp_node_t root, xc_batch_hdr_t *h, char *why, size_t why_len)
+{
+    const char *s;
+    size_t sl;
+    xc_mp_node_t p = xc_mp_get(root, "producer");
+    if (xc_mp_type(p) != XC_MP_NONE && xc_mp_type(p) != XC_MP_NIL) {
+        if (xc_mp_as_str(p, &s, &sl) || sl > XC_PROTO_PRODUCER_MAX) {
+            xc_why(why, why_len, "header field 'producer' must be a string of at most %d bytes",
+                    XC_PROTO_PRODUCER_MAX);
+            return XC_EPROTO;
+        }
+        memcpy(h->producer, s, sl);
+        h->producer[sl] = 0;
+    }
+    xc_mp_node_t st = xc_mp_get(root, "stream");
+    if (xc_mp_type(st) != XC_MP_NONE && xc_mp_type(st) != XC_MP_NIL) {
+        if (xc_mp_as_str(st, &s, &sl) || (sl > 0 && !stream_ok(s, sl))) {
+            xc_why(why, why_len, "header field 'stream' must be a tag of at most %d bytes of "
+                    "[A-Za-z0-9._:/-] (e.g. \"web\", \"chat\")", XC_PROTO_STREAM_MAX);
+            return XC_EPROTO;
+        }
+        memcpy(h->stream, s, sl);
+        h->stream[sl] = 0;
     }
     return XC_OK;
 }
@@ -187,16 +229,7 @@ static int hdr_fields(xc_mp_node_t root, xc_batch_hdr_t *h, char *why, size_t wh
         return XC_EPROTO;
     }
     h->d = (uint32_t)d;
-    xc_mp_node_t p = xc_mp_get(root, "producer");
-    if (xc_mp_type(p) != XC_MP_NONE && xc_mp_type(p) != XC_MP_NIL) {
-        if (xc_mp_as_str(p, &s, &sl) || sl > XC_PROTO_PRODUCER_MAX) {
-            xc_why(why, why_len, "header field 'producer' must be a string of at most %d bytes",
-                    XC_PROTO_PRODUCER_MAX);
-            return XC_EPROTO;
-        }
-        memcpy(h->producer, s, sl);
-        h->producer[sl] = 0;
-    }
+    if ((rc = names_fields(root, h, why, why_len))) return rc;
     xc_mp_node_t l = xc_mp_get(root, "layout");
     if (xc_mp_type(l) != XC_MP_NONE && !xc_mp_str_eq(l, "n2d")) {
         xc_why(why, why_len, "header field 'layout' must be \"n2d\" ([n_tokens, 2, d])");
@@ -250,6 +283,117 @@ int xc_proto_batch_hdr_decode(const void *buf, size_t len, xc_batch_hdr_t *h, ch
 out_free_doc:
     xc_mp_doc_free(&doc);
     return rc;
+}
+
+/* ------------------------------------------------------- vocabularies -- */
+int xc_proto_ingest_is_vocab(const void *buf, size_t len)
+{
+    xc_mp_doc_t *doc = NULL;
+    char why[8];
+    if (len > XC_PROTO_HEADER_MAX || xc_mp_doc_parse(buf, len, &doc, why, sizeof why)) return 0;
+    int is = xc_mp_str_eq(xc_mp_get(xc_mp_root(doc), "type"), "vocab");
+    xc_mp_doc_free(&doc);
+    return is;
+}
+
+int xc_proto_vocab_hdr_encode(xc_buf_t *out, const xc_batch_hdr_t *h)
+{
+    xc_mpw_t w;
+    size_t sl = h ? strnlen(h->stream, sizeof h->stream) : 0;
+    if (!h || strnlen(h->producer, sizeof h->producer) > XC_PROTO_PRODUCER_MAX || (sl && !stream_ok(h->stream, sl)))
+        return XC_EINVAL;
+    xc_mpw_init(&w, out);
+    xc_mpw_map_begin(&w);
+    xc_mpw_kv_uint(&w, "v", XC_PROTO_VERSION);
+    xc_mpw_kv_str(&w, "type", "vocab");
+    xc_mpw_kv_str(&w, "producer", h->producer);
+    xc_mpw_kv_uint(&w, "seq", h->seq);
+    xc_mpw_kv_str(&w, "stream", h->stream);
+    xc_mpw_kv_uint(&w, "first", h->first);
+    xc_mpw_kv_uint(&w, "n", h->n);
+    xc_mpw_map_end(&w);
+    return xc_mpw_finish(&w);
+}
+
+/* The header of a vocab message: v first, then type, seq, first, n, names. */
+static int vocab_hdr_decode(const void *buf, size_t len, xc_batch_hdr_t *h, char *why, size_t why_len)
+{
+    xc_mp_doc_t *doc = NULL;
+    uint64_t v, first, n;
+    char pwhy[160];
+    int rc;
+    if (len > XC_PROTO_HEADER_MAX) {
+        xc_why(why, why_len, "header frame is %zu bytes; the limit is %d", len, XC_PROTO_HEADER_MAX);
+        return XC_ETOOBIG;
+    }
+    if ((rc = xc_mp_doc_parse(buf, len, &doc, pwhy, sizeof pwhy))) {
+        xc_why(why, why_len, "header is not valid MessagePack: %s", pwhy);
+        return rc == XC_ENOMEM ? rc : XC_EPROTO;
+    }
+    xc_mp_node_t root = xc_mp_root(doc);
+    h->has_seq = xc_mp_as_u64(xc_mp_get(root, "seq"), &h->seq) == XC_OK;
+    if ((rc = req_uint(root, "v", &v, why, why_len))) goto out;
+    if (v != XC_PROTO_VERSION) {
+        xc_why(why, why_len, "protocol version %llu is not supported (this side speaks %d)", (unsigned long long)v,
+                XC_PROTO_VERSION);
+        rc = XC_EVERSION;
+        goto out;
+    }
+    h->v = (uint32_t)v;
+    if ((rc = req_uint(root, "seq", &h->seq, why, why_len)) || (rc = req_uint(root, "n", &n, why, why_len)))
+        goto out;
+    first = 0;
+    if (xc_mp_type(xc_mp_get(root, "first")) != XC_MP_NONE && (rc = req_uint(root, "first", &first, why, why_len)))
+        goto out;
+    if (n == 0 || n > UINT32_MAX || first > UINT32_MAX - n) {
+        xc_why(why, why_len, "vocab header: n = %llu pieces from id %llu is out of range (1 <= n, first + n < 2^32)",
+                (unsigned long long)n, (unsigned long long)first);
+        rc = XC_EPROTO;
+        goto out;
+    }
+    h->n = n;
+    h->first = (uint32_t)first;
+    rc = names_fields(root, h, why, why_len);
+out:
+    xc_mp_doc_free(&doc);
+    return rc;
+}
+
+int xc_proto_vocab_check(const xc_frame_t *frames, size_t nframes, size_t max_msg_bytes, xc_batch_hdr_t *h,
+                         char *why, size_t why_len)
+{
+    size_t total = 0;
+    int rc;
+    memset(h, 0, sizeof *h);
+    if (nframes == 0 || frames[0].len == 0) {
+        xc_why(why, why_len, "no header frame: send [header][lengths][bytes]");
+        return XC_EPROTO;
+    }
+    for (size_t i = 0; i < nframes; i++) total += frames[i].len;
+    if (total > max_msg_bytes) {
+        char tmp[8];
+        vocab_hdr_decode(frames[0].data, frames[0].len, h, tmp, sizeof tmp);
+        xc_why(why, why_len, "message is %zu bytes; this daemon accepts at most %zu (max_msg_bytes): send the "
+                "vocabulary in chunks (first = the id of a chunk's first piece)", total, max_msg_bytes);
+        return XC_ETOOBIG;
+    }
+    if ((rc = vocab_hdr_decode(frames[0].data, frames[0].len, h, why, why_len))) return rc;
+    if (nframes != 3) {
+        xc_why(why, why_len, "a vocab message has 3 frames (header, lengths, bytes) but got %zu", nframes);
+        return XC_EPROTO;
+    }
+    if (frames[1].len != 4 * (size_t)h->n) {
+        xc_why(why, why_len, "lengths frame is %zu bytes but n = %llu pieces need %llu", frames[1].len,
+                (unsigned long long)h->n, 4ull * h->n);
+        return XC_ELENGTH;
+    }
+    size_t sum = 0;
+    for (uint64_t i = 0; i < h->n; i++) sum += rd_le32((const uint8_t *)frames[1].data + 4 * i);
+    if (sum != frames[2].len) {
+        xc_why(why, why_len, "the piece lengths add up to %zu bytes but the bytes frame has %zu", sum, frames[2].len);
+        return XC_ELENGTH;
+    }
+    return XC_OK;
 }
 
 size_t xc_proto_payload_bytes(const xc_batch_hdr_t *h)

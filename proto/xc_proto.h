@@ -30,6 +30,7 @@ extern "C" {
 /* ---------------------------------------------------------------- limits -- */
 #define XC_PROTO_VERSION 1
 #define XC_PROTO_PRODUCER_MAX 64       /* bytes in a producer id */
+#define XC_PROTO_STREAM_MAX 31         /* bytes in a stream tag ([A-Za-z0-9._:/-]) */
 #define XC_PROTO_HEADER_MAX 4096       /* bytes in an ingest header frame */
 #define XC_PROTO_REQUEST_MAX 65536     /* bytes in a control request frame */
 #define XC_PROTO_OP_MAX 31             /* bytes in an op name */
@@ -180,6 +181,8 @@ typedef struct {
     xc_dtype_t dtype;
     int has_tokens;                            /* a u32 token-id frame follows */
     int has_pos;                               /* a (doc, pos) u32 pair frame follows */
+    char stream[XC_PROTO_STREAM_MAX + 1];      /* stream tag, "" when absent */
+    uint32_t first;                            /* vocab messages: id of the first piece */
 } xc_batch_hdr_t;
 
 /* Appends the header map to out. XC_EINVAL for n = 0, d = 0 or a producer id
@@ -199,6 +202,18 @@ typedef struct {
     uint32_t d;            /* the daemon's d */
     size_t max_msg_bytes;  /* sum of all body frames */
 } xc_batch_limits_t;
+
+/* Vocabulary messages (PROTOCOL.md 1.5): [header {v, type: "vocab", producer,
+ * seq, stream, first, n}][n u32 LE piece lengths][the pieces' UTF-8 bytes].
+ * xc_proto_ingest_is_vocab: 1 when a header frame says type "vocab" (anything
+ * else goes down the batch path, which reports what is wrong with it).
+ * xc_proto_vocab_check: size, header, frame count and lengths, in the order of
+ * a batch's checks; fills h (n, first, stream, seq, producer). The encoder
+ * writes h's n, first, stream, seq and producer. */
+int xc_proto_ingest_is_vocab(const void *buf, size_t len);
+int xc_proto_vocab_hdr_encode(xc_buf_t *out, const xc_batch_hdr_t *h);
+int xc_proto_vocab_check(const xc_frame_t *frames, size_t nframes, size_t max_msg_bytes, xc_batch_hdr_t *h,
+                         char *why, size_t why_len);
 
 /* Checks the body frames of an ingest message (envelope removed: frames[0] is
  * the header) in the order of PROTOCOL.md: size, header, version, dtype,
@@ -251,7 +266,9 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
     X(XC_OP_METRICS, "metrics")       \
     X(XC_OP_CHECKPOINTS, "checkpoints") \
     X(XC_OP_FETCH, "fetch")           \
-    X(XC_OP_TABLE, "table")
+    X(XC_OP_TABLE, "table")           \
+    X(XC_OP_EXAMPLES, "examples")     \
+    X(XC_OP_EXAMPLES_RESET, "examples_reset")
 
 typedef enum {
     XC_OP_UNKNOWN = -1,

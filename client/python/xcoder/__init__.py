@@ -1,9 +1,11 @@
 """xcoder: the Python client of xcoderd (a daemon that trains a crosscoder online).
 
-    Producer(endpoint)       stream [N, 2, d] activation batches (acks, nacks, backpressure)
+    Producer(endpoint)       stream [N, 2, d] activation batches (acks, nacks, backpressure),
+                             with token ids, documents, a stream tag; send_vocab(pieces)
     stream_from_models(...)  hook two torch models' layer and stream the paired activations
     Client(endpoint)         control: status, latent, top, checkpoint, pause, resume,
-                             scaling, config, shutdown; remote access: checkpoints,
+                             scaling, config, shutdown, examples (max-activating token
+                             contexts; render_example); remote access: checkpoints,
                              fetch_checkpoint, table (dict of numpy arrays)
     subscribe(endpoint, topics)  iterator of (topic, body) events
     load_checkpoint(path)    safetensors -> (dict of numpy arrays, metadata), numpy only
@@ -22,7 +24,7 @@ The wire protocol is proto/PROTOCOL.md (version 1).
 """
 
 from .errors import CODES, CheckpointError, XcoderError, XcoderNack, XcoderTimeout
-from .wire import PROTO_VERSION
+from .wire import PROTO_VERSION, render_example
 from .producer import Producer
 from .client import Client, Subscription, subscribe
 from .checkpoint import (decode, decoder_stats, encode, latent_scaling, load_checkpoint,
@@ -37,6 +39,12 @@ def stream_from_models(*args, **kwargs):
     return f(*args, **kwargs)
 
 
+def vocab_from_tokenizer(*args, **kwargs):
+    """See xcoder.torch_stream.vocab_from_tokenizer (the text of every token id)."""
+    from .torch_stream import vocab_from_tokenizer as f
+    return f(*args, **kwargs)
+
+
 def paired_activations(*args, **kwargs):
     """See xcoder.torch_stream.paired_activations (imports torch on first use)."""
     from .torch_stream import paired_activations as f
@@ -46,5 +54,5 @@ def paired_activations(*args, **kwargs):
 __version__ = "0.1.0"
 __all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
            "encode", "decode", "decoder_stats", "latent_scaling", "SharedStats", "Snapshot",
-           "stream_from_models", "paired_activations", "XcoderError", "XcoderNack",
+           "stream_from_models", "paired_activations", "vocab_from_tokenizer", "render_example", "XcoderError", "XcoderNack",
            "XcoderTimeout", "CheckpointError", "CODES", "PROTO_VERSION"]

@@ -113,6 +113,24 @@ class Client(_OwnsSocket):
         return self.request("top", by=by, n=int(n), order=order,
                             alive_only=bool(alive_only)).get("latents", [])
 
+    def examples(self, j, n=None):
+        """Latent j's live examples (op "examples", PROTOCOL.md 2.3): a dict
+        with `top` (the most activating token occurrences seen in training,
+        best first) and `random` (a uniform sample of its activations), each a
+        list of {act, step, producer, stream, doc, pos, token, tokens, at,
+        pieces?}: `tokens` is the window of token ids around the occurrence
+        (`at` indexes it), `pieces` their text when the stream has a
+        vocabulary; plus `seen` (activations counted), `window`, `top_n`,
+        `random_n`. n caps each list. xcoder.render_example(ex) gives the
+        one-line text view."""
+        return self.request("examples", j=int(j), n=None if n is None else int(n))
+
+    def reset_examples(self, j=None):
+        """Forgets latent j's examples (every latent's when j is None)."""
+        if j is None:
+            return self.request("examples_reset", all=True)
+        return self.request("examples_reset", j=int(j))
+
     def checkpoint(self, timeout=None):
         """Writes a checkpoint now; returns {path, step, bytes} once written.
         XcoderError XC_EIO with the reason if it could not be written."""

@@ -27,6 +27,9 @@ class Producer:
     window: batches in flight before send() waits (default 8, as libxcoder).
     timeout: seconds send()/flush() wait for a reply (None = forever).
     producer: id sent with each batch (<= 64 bytes), shown in the daemon's logs.
+    stream: tag of the text this producer streams ("web", "chat", ...; <= 31
+    bytes of [A-Za-z0-9._:/-]), sent with every batch; the daemon's examples
+    name it, and a vocabulary registered for it (send_vocab) renders them.
     dtype: default wire dtype for send() (None: f16 input is sent as f16,
     anything else as f32).
     max_msg_bytes: when set (the daemon's `max_msg_bytes`, from
@@ -39,7 +42,7 @@ class Producer:
     flush=False). Not thread-safe: one Producer per thread."""
 
     def __init__(self, endpoint=None, window=8, timeout=30.0, producer="", dtype=None,
-                 max_msg_bytes=None, context=None, server_key=None, client_key=None, name=None):
+                 max_msg_bytes=None, context=None, server_key=None, client_key=None, name=None, stream=""):
         if window < 1:
             raise ValueError(f"window must be >= 1; got {window}")
         if len(producer.encode()) > wire.PRODUCER_MAX:
@@ -47,6 +50,7 @@ class Producer:
                              f"at most {wire.PRODUCER_MAX}")
         if dtype is not None and dtype not in wire.DTYPES:
             raise ValueError(f"dtype must be one of {sorted(wire.DTYPES)}; got {dtype!r}")
+        self.stream = wire.check_stream(stream)
         self.endpoint = wire.endpoint_for(endpoint, "ingest", name)
         self.window = int(window)
         self.timeout = timeout
@@ -71,21 +75,24 @@ class Producer:
         """Batches sent and not yet acked or nacked."""
         return len(self._in_flight)
 
-    def send(self, acts, token_ids=None, positions=None, dtype=None):
+    def send(self, acts, token_ids=None, positions=None, dtype=None, stream=None):
         """Sends one batch; returns its sequence number.
 
         acts: [N, 2, d] (per token: base model's d values, then chat model's)
         as a numpy array or torch tensor, float32 / float16, or bfloat16 (a
         torch bfloat16 tensor, or a uint16 view with dtype="bf16").
         token_ids: optional [N] integer ids; positions: optional [N, 2]
-        (doc id, position in doc); both sent as uint32.
+        (doc id, position in doc); both sent as uint32. With them the daemon
+        collects each latent's max-activating examples with their context.
+        stream: this batch's stream tag (default: the Producer's).
 
         Waits first while `window` batches are in flight. If a reply to an
         earlier batch is a nack, raises XcoderNack with the daemon's code and
         reason and does NOT send this batch. Bad arguments raise ValueError /
         TypeError before anything is sent."""
         frames, n, _, _ = wire.encode_batch(self._next_seq, acts, token_ids, positions,
-                                            dtype or self.dtype, self.producer)
+                                            dtype or self.dtype, self.producer,
+                                            self.stream if stream is None else stream)
         if self.max_msg_bytes is not None:
             size = sum(memoryview(f).nbytes for f in frames)
             if size > self.max_msg_bytes:
@@ -93,6 +100,38 @@ class Producer:
                                  f"{self.max_msg_bytes} (max_msg_bytes): send fewer tokens "
                                  f"per batch")
         return self._send(frames, n)
+
+    def send_vocab(self, pieces, stream=None, chunk=None, flush=True):
+        """Registers the vocabulary of a stream (default: the Producer's) with
+        the daemon: pieces[i] is the text of token id i (a list of str, e.g.
+        xcoder.vocab_from_tokenizer(tok)). Examples of that stream are then
+        rendered as text; the stream "" holds the default vocabulary, used by
+        streams without their own. Sent in messages of at most `chunk` pieces
+        (default: as many as fit in max_msg_bytes, else 65536) under the same
+        window as batches; flush: wait for the acks (a refusal, e.g. a full
+        vocabulary arena, raises XcoderNack). Returns the number of pieces."""
+        stream = self.stream if stream is None else wire.check_stream(stream)
+        pieces = list(pieces)
+        if not pieces:
+            raise ValueError("the vocabulary is empty")
+        limit = self.max_msg_bytes or (64 << 20)
+        i = 0
+        while i < len(pieces):
+            # as many pieces as fit (UTF-8 may take 4 bytes a char), at most `chunk`
+            j, size = i, 512
+            while j < len(pieces) and (chunk is None or j - i < chunk):
+                b = 4 + len(pieces[j].encode("utf-8", "replace")) if pieces[j] is not None else 4
+                if j > i and size + b > limit:
+                    break
+                size += b
+                j += 1
+            frames, n = wire.encode_vocab(self._next_seq, pieces[i:j], first=i, stream=stream,
+                                          producer=self.producer)
+            self._send(frames, 0)
+            i = j
+        if flush:
+            self.flush()
+        return len(pieces)
 
     def send_raw(self, header, frames=()):
         """Low-level: sends a batch message with the given header map (its seq
@@ -209,7 +248,8 @@ class Producer:
         n = self._in_flight.pop(seq)
         if m.get("type") == "ack":
             self.stats["batches_acked"] += 1
-            self.stats["tokens_acked"] += int(m.get("n", n))
+            if n:  # a vocabulary chunk (n = 0 here) acks pieces, not tokens
+                self.stats["tokens_acked"] += int(m.get("n", n))
             if "credit" in m:
                 self.stats["credit"] = m["credit"]
         elif m.get("type") == "nack":

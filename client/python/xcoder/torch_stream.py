@@ -125,8 +125,42 @@ def paired_activations(base_model, chat_model, layer_name, batch, stop_at_layer=
     return acts, tok, pos
 
 
+def vocab_from_tokenizer(tokenizer, size=None):
+    """The text of every token id of a tokenizer, as a list of str (index =
+    id), for Producer.send_vocab: a Hugging Face tokenizer (each id decoded
+    alone, so byte-level BPE pieces read as text; SentencePiece's word
+    boundary U+2581 becomes a space), a sentencepiece.SentencePieceProcessor,
+    a list of str (returned as is) or a dict {piece: id}."""
+    if isinstance(tokenizer, (list, tuple)):
+        return [None if p is None else str(p) for p in tokenizer]
+    if isinstance(tokenizer, dict):
+        n = max(tokenizer.values()) + 1 if tokenizer else 0
+        out = [None] * n
+        for piece, i in tokenizer.items():
+            out[int(i)] = str(piece).replace("\u2581", " ")
+        return out
+    if hasattr(tokenizer, "id_to_piece") and hasattr(tokenizer, "get_piece_size"):
+        n = size or tokenizer.get_piece_size()
+        return [tokenizer.id_to_piece(i).replace("\u2581", " ") for i in range(n)]
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        n = size or len(tokenizer)
+        raw = tokenizer.convert_ids_to_tokens(list(range(n)))
+        if any(isinstance(p, str) and p.startswith("\u2581") for p in raw[:1000]):
+            return [None if p is None else p.replace("\u2581", " ") for p in raw]
+        out = []
+        for i, p in enumerate(raw):
+            try:
+                out.append(tokenizer.decode([i], clean_up_tokenization_spaces=False))
+            except Exception:
+                out.append(p)
+        return out
+    raise TypeError(f"cannot read a vocabulary from {type(tokenizer).__name__}: pass a Hugging Face "
+                    f"tokenizer, a SentencePieceProcessor, a list of str or a dict {{piece: id}}")
+
+
 def stream_from_models(base_model, chat_model, layer_name, token_batches, producer,
-                       chunk_tokens=4096, dtype=None, stop_at_layer=True, flush=True):
+                       chunk_tokens=4096, dtype=None, stop_at_layer=True, flush=True,
+                       stream=None, tokenizer=None, first_doc=0):
     """For every batch of token_batches: runs base_model and chat_model on it,
     pairs the outputs of their submodule `layer_name` into [tokens, 2, d] and
     sends them through producer (a Producer), with token ids and positions
@@ -136,11 +170,18 @@ def stream_from_models(base_model, chat_model, layer_name, token_batches, produc
     stream bf16). Backpressure from the daemon slows this loop down; a refusal
     raises XcoderNack. flush: wait for every ack before returning.
 
+    stream: the stream tag of these batches ("web", "chat"; default the
+    producer's). tokenizer: when given, its vocabulary is registered for that
+    stream first (vocab_from_tokenizer), so the daemon's examples read as
+    text. Document ids are the sequences' indices counted from first_doc.
+
     Both models are used as they are (put them in eval mode yourself); the
     forward passes run under torch.no_grad(). Returns {"batches", "tokens",
     "messages"}."""
     sent = {"batches": 0, "tokens": 0, "messages": 0}
-    seq_base = 0
+    seq_base = int(first_doc)
+    if tokenizer is not None:
+        producer.send_vocab(vocab_from_tokenizer(tokenizer), stream=stream)
     for batch in token_batches:
         acts, tok, pos = paired_activations(base_model, chat_model, layer_name, batch,
                                             stop_at_layer)
@@ -155,7 +196,7 @@ def stream_from_models(base_model, chat_model, layer_name, token_batches, produc
             producer.send(acts[i:j],
                           token_ids=None if tok is None else tok[i:j].numpy(),
                           positions=None if pos is None else pos[i:j].numpy(),
-                          dtype=dtype)
+                          dtype=dtype, stream=stream)
             sent["messages"] += 1
         sent["batches"] += 1
         sent["tokens"] += n

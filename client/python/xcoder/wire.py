@@ -19,6 +19,8 @@ HEADER_MAX = 4096          # bytes in an ingest header frame
 REQUEST_MAX = 65536        # bytes in a control request frame
 PRODUCER_MAX = 64          # bytes in a producer id
 DEFAULT_NAME = "default"    # the daemon's default instance name
+STREAM_MAX = 31            # bytes in a stream tag ([A-Za-z0-9._:/-])
+PIECE_MAX = 1024           # bytes in one vocabulary piece
 
 # Wire dtype name -> (numpy dtype of the bytes on the wire, bytes per value).
 # bf16 travels as its raw 16-bit pattern, so numpy sees it as little-endian uint16.
@@ -128,11 +130,27 @@ def check_ipc_present(endpoint):
 
 # ---------------------------------------------------------------- ingest --
 
-def batch_header(seq, n, d, dtype, producer="", has_tokens=False, has_pos=False):
-    """The batch header map (PROTOCOL.md 1.1), keys in the C codec's order."""
-    return {"v": PROTO_VERSION, "type": "batch", "producer": producer, "seq": int(seq),
-            "n": int(n), "d": int(d), "dtype": dtype, "layout": "n2d",
-            "has_tokens": bool(has_tokens), "has_pos": bool(has_pos)}
+def check_stream(stream):
+    """A stream tag ("web", "chat", ...): "" or None for none, else 1-31 bytes of
+    [A-Za-z0-9._:/-] (PROTOCOL.md 1.1). Returns it as str; ValueError otherwise."""
+    if stream is None or stream == "":
+        return ""
+    if (not isinstance(stream, str) or len(stream.encode()) > STREAM_MAX
+            or any(not (c.isascii() and (c.isalnum() or c in "._:/-")) for c in stream)):
+        raise ValueError(f"stream tag must be at most {STREAM_MAX} bytes of [A-Za-z0-9._:/-] "
+                         f"(e.g. 'web', 'chat'); got {stream!r}")
+    return stream
+
+
+def batch_header(seq, n, d, dtype, producer="", has_tokens=False, has_pos=False, stream=""):
+    """The batch header map (PROTOCOL.md 1.1), keys in the C codec's order
+    (`stream` last and only when set, as the C codec writes it)."""
+    h = {"v": PROTO_VERSION, "type": "batch", "producer": producer, "seq": int(seq),
+         "n": int(n), "d": int(d), "dtype": dtype, "layout": "n2d",
+         "has_tokens": bool(has_tokens), "has_pos": bool(has_pos)}
+    if stream:
+        h["stream"] = check_stream(stream)
+    return h
 
 
 def _torch_to_numpy(x):
@@ -237,9 +255,10 @@ def position_frame(positions, n):
     return np.ascontiguousarray(p, dtype="<u4")
 
 
-def encode_batch(seq, acts, token_ids=None, positions=None, dtype=None, producer=""):
+def encode_batch(seq, acts, token_ids=None, positions=None, dtype=None, producer="", stream=""):
     """The frames of one batch message: [header, payload, (tokens), (positions)]
     as bytes-like objects; returns (frames, n, d, wire dtype)."""
+    stream = check_stream(stream)
     payload, wire, n, d = as_payload(acts, dtype)
     frames = [None, payload]
     if token_ids is not None:
@@ -247,8 +266,71 @@ def encode_batch(seq, acts, token_ids=None, positions=None, dtype=None, producer
     if positions is not None:
         frames.append(position_frame(positions, n))
     frames[0] = pack(batch_header(seq, n, d, wire, producer,
-                                  token_ids is not None, positions is not None))
+                                  token_ids is not None, positions is not None, stream))
     return frames, n, d, wire
+
+
+# ----------------------------------------------------------- vocabularies --
+
+def vocab_header(seq, n, first=0, stream="", producer=""):
+    """The vocab message header (PROTOCOL.md 1.5), keys in the C codec's order."""
+    return {"v": PROTO_VERSION, "type": "vocab", "producer": producer, "seq": int(seq),
+            "stream": check_stream(stream), "first": int(first), "n": int(n)}
+
+
+def encode_vocab(seq, pieces, first=0, stream="", producer=""):
+    """The frames of one vocab message: [header, lengths (n u32 LE), bytes]
+    for pieces (a list of str; None counts as no piece, sent as "") standing
+    for token ids first, first + 1, ...; returns (frames, n)."""
+    raw = [b"" if p is None else (p.encode("utf-8", "replace") if isinstance(p, str) else bytes(p))
+           for p in pieces]
+    if not raw:
+        raise ValueError("a vocabulary needs at least one piece")
+    for i, b in enumerate(raw):
+        if len(b) > PIECE_MAX:
+            raise ValueError(f"piece {first + i} is {len(b)} bytes; at most {PIECE_MAX}")
+    lens = np.array([len(b) for b in raw], dtype="<u4")
+    return [pack(vocab_header(seq, len(raw), first, stream, producer)), lens.tobytes(),
+            b"".join(raw)], len(raw)
+
+
+# --------------------------------------------------------------- examples --
+
+def _escape_piece(p):
+    out = []
+    for ch in p:
+        o = ord(ch)
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif o < 0x20 or o == 0x7F:
+            out.append("\\x%02x" % o)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def render_example(ex):
+    """One example of the `examples` reply (PROTOCOL.md 2.3) as one line of
+    text: its window's pieces joined, the activating token in [[ ]], a token
+    without a piece as <id> (<?> when its id is unknown), control characters
+    escaped (\\n, \\r, \\t, \\xHH). Every client renders it the same way
+    (proto/vectors.json)."""
+    tokens = ex.get("tokens") or []
+    pieces = ex.get("pieces")
+    at = ex.get("at", -1)
+    parts = []
+    for i, t in enumerate(tokens):
+        p = pieces[i] if pieces is not None and i < len(pieces) else None
+        if p is None:
+            p = "<?>" if t is None else f"<{t}>"
+        else:
+            p = _escape_piece(p)
+        parts.append(f"[[{p}]]" if i == at else p)
+    return "".join(parts)
 
 
 def request(op, id=None, **args):
