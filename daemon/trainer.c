@@ -335,6 +335,11 @@ static void do_step(xc_trainer_t *t)
     double ms = now_ms() - t0;
     xc_queue_note_trained(t->q, (uint64_t)t->B, rc != 0);
     if (rc) xc_log(XC_LOG_ERROR, "training step failed: %s; %ld tokens discarded", xc_strerror(rc), t->B);
+    pthread_mutex_lock(&t->mu);
+    t->st.m = *xc_engine_metrics(t->e);
+    t->st.last_step_ms = ms;
+    if (rc) t->st.step_errors++;
+    pthread_mutex_unlock(&t->mu);
     if (!rc) { /* the step's selected entries feed the examples (BatchTopK; L1 selects none) */
         const long *rp;
         const int *col;
@@ -342,15 +347,11 @@ static void do_step(xc_trainer_t *t)
         if (xc_engine_selection(t->e, &rp, &col, &val) > 0)
             xc_examples_update(t->ex, t->batch_tm, t->B, rp, col, val, xc_engine_metrics(t->e)->step);
     }
-    pthread_mutex_lock(&t->mu);
-    t->st.m = *xc_engine_metrics(t->e);
-    t->st.last_step_ms = ms;
-    if (rc) t->st.step_errors++;
-    pthread_mutex_unlock(&t->mu);
 }
 
 /* The trainer's own state in the checkpoint: the mixing buffer's draws and the
- * last exact Latent Scaling pass (kept with the checkpoints that follow it). */
+ * last exact Latent Scaling pass (kept with the checkpoints that follow it),
+ * the buffered tokens' context and the live examples. */
 #define N_EXTRAS (6 + XC_EXAMPLES_VIEWS)
 static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
 {
