@@ -16,8 +16,10 @@ const USAGE = `usage: node client/js/dashboard/server.js [options]
 
 Serves a live dashboard of one xcoderd (overview, latents, latent pages).
 
-  --run-dir DIR        the daemon's run directory (its ipc sockets); default
-                       $XCODER_RUN_DIR, else /run/xcoderd
+  --run-dir DIR        the daemon's run directory (its ipc sockets); default: that of
+                       instance --name, found as the CLI finds it ($XCODER_RUN_DIR, else
+                       $XDG_RUNTIME_DIR/xcoderd-NAME or /tmp/xcoderd-NAME, else /run/xcoderd[-NAME])
+  --name NAME          the daemon's instance name (default "default")
   --control EP         control endpoint (tcp://host:port, ipc://path); overrides --run-dir
   --events EP          events endpoint (default: the run directory's, or needed with --control tcp://)
   --server-key KEY     the daemon's CURVE public key (Z85, or its .pub file) for tcp
@@ -50,6 +52,7 @@ function parseArgs(argv) {
     switch (a) {
       case "-h": case "--help": o.help = true; break;
       case "--run-dir": o.runDir = need(i); i++; break;
+      case "--name": o.name = need(i); i++; break;
       case "--control": o.control = need(i); i++; break;
       case "--events": o.events = need(i); i++; break;
       case "--server-key": o.serverKey = need(i); i++; break;
@@ -99,7 +102,7 @@ class Dashboard {
     const events = opts.events ?? opts.runDir;
     // Options for the JS client (Client and subscribe) pass through unchanged;
     // keys left undefined fall back to $XCODER_SERVER_KEY / $XCODER_CLIENT_KEY there.
-    const clientOptions = { timeout: opts.timeout, serverKey: opts.serverKey, clientKey: opts.clientKey };
+    const clientOptions = { timeout: opts.timeout, name: opts.name, serverKey: opts.serverKey, clientKey: opts.clientKey };
     this.link = new DaemonLink({ control, events, clientOptions, poll: opts.poll, history: opts.history });
     this.clients = new Set();
     this.files = new Map();

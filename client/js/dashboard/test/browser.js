@@ -94,13 +94,16 @@ async function main() {
     xc("pause");
     const st = await waitFor("a paused daemon", () => { const s = xcJson("status"); return s.paused && s.state === "paused" && s; });
     await sleep(300);
-    const status = xcJson("status");
-    const alive = status.config.dict_size - status.classes.dead;
+    const paused = xcJson("status");
 
     // ------------------------------------------------------------- latents
     await page.keyboard.press("2");
     await waitFor("the latents page at the paused step", async () =>
-      (await page.isVisible("#page-latents")) && (await page.textContent("#tab-step")).replace(/,/g, "") === String(status.step), 15000);
+      (await page.isVisible("#page-latents")) && (await page.textContent("#tab-step")).replace(/,/g, "") === String(paused.step), 15000);
+    // status's class counts come from the last per-latent refresh, which the
+    // dashboard's table request brought to the paused step: read them now
+    const status = xcJson("status");
+    const alive = status.config.dict_size - status.classes.dead;
     const histSum = await page.evaluate(() => window.xcDash.charts.hist.data[1].reduce((a, b) => a + b, 0));
     check("latents: histogram bars sum to the alive latents of status", histSum === alive && (await num("#hist-sum")) === alive,
       `bars ${histSum}, status ${alive} (step ${status.step} vs ${st.step})`);
