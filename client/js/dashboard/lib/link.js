@@ -288,14 +288,15 @@ class DaemonLink extends EventEmitter {
    * Max-activating examples of latent j from the daemon's `examples` op when
    * it has one: {available: true, items, ...} or {available: false, reason}.
    */
-  async examples(j, n = 10) {
+  async examples(j, n) {
     const none = { available: false, reason: "this daemon has no examples op: examples are not available" };
     if (this._noExamples) return none;
     try {
-      const r = typeof this.client.examples === "function"
-        ? await this.client.examples(j, { n })
-        : await this.client.request("examples", { j, n });
-      return { available: true, ...(Array.isArray(r) ? { examples: r } : r) };
+      // PROTOCOL.md 2.3: {top, random, seen, window, top_n, random_n}, each
+      // example {act, step, producer, stream, doc, pos, token, tokens, at, pieces?}
+      const r = await this.client.request("examples", { j, n });
+      return { available: true, top: r.top || [], random: r.random || [], seen: r.seen, window: r.window,
+        top_n: r.top_n, random_n: r.random_n };
     } catch (e) {
       if (e instanceof XcoderError && e.code === "XC_EUNKNOWN") { this._noExamples = true; return none; }
       return { available: false, reason: `examples are not available: ${e.message}` };

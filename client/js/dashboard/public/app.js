@@ -590,20 +590,31 @@
     }
   }
 
-  // Examples: rendered from whatever the daemon's `examples` op returns
-  // (token windows with the activating token marked), or why there are none.
+  // Examples (the daemon's `examples` op): each window rendered as
+  // xcoder.render_example does (pieces joined, a token without a piece as
+  // <id>, <?> when its id is unknown, control characters escaped), the
+  // activating token marked.
+  const escPiece = (p) => p.replace(/[\x00-\x1f\x7f]/g, (c) =>
+    c === "\n" ? "\\n" : c === "\r" ? "\\r" : c === "\t" ? "\\t" : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+  function exampleHtml(x) {
+    const toks = x.tokens || [], pieces = x.pieces;
+    const body = toks.map((t, i) => {
+      const p = pieces && i < pieces.length && pieces[i] != null ? escPiece(String(pieces[i])) : t == null ? "<?>" : `<${t}>`;
+      return i === x.at ? `<mark>${esc(p)}</mark>` : esc(p);
+    }).join("");
+    const where = [x.stream ? `stream ${x.stream}` : "", x.doc != null ? `doc ${x.doc}${x.pos != null ? `:${x.pos}` : ""}` : "",
+      x.step != null ? `step ${x.step}` : "", x.producer ? x.producer : ""].filter(Boolean).join(" · ");
+    return `<li><span class="act n" data-value="${isNum(x.act) ? x.act : ""}">${fmt(x.act)}</span> <span class="ctx">${body}</span> <span class="muted">${esc(where)}</span></li>`;
+  }
   function renderExamples(e) {
     const el = $("#lat-examples");
     if (!e || !e.available) { el.innerHTML = `<p class="muted" id="examples-na">${esc(e ? e.reason : "examples are not available")}</p>`; return; }
-    const items = e.examples || e.top || e.items || [];
-    if (!items.length) { el.innerHTML = `<p class="muted">no examples recorded for this latent yet</p>`; return; }
-    el.innerHTML = `<ol class="examples">${items.map((x) => {
-      const toks = x.tokens || x.pieces || x.text_tokens || (x.window || []).map(String);
-      const at = x.index ?? x.center ?? x.offset ?? x.pos_in_window ?? -1;
-      const act = x.activation ?? x.act ?? x.value;
-      const body = toks.length ? toks.map((tk, i) => (i === at ? `<mark>${esc(tk)}</mark>` : esc(tk))).join("") : esc(x.text ?? JSON.stringify(x));
-      return `<li><span class="act">${fmt(act)}</span> <span class="ctx">${body}</span>${x.stream ? ` <span class="muted">${esc(x.stream)}</span>` : ""}</li>`;
-    }).join("")}</ol>`;
+    const top = e.top || [], rnd = e.random || [];
+    const noIds = [...top, ...rnd].every((x) => (x.tokens || []).every((t) => t == null));
+    el.innerHTML = `<p class="muted">${fmt(e.seen)} activations seen; the ${top.length} largest and a uniform sample of ${rnd.length}` +
+      `${e.window != null ? `, each with ±${e.window} tokens of context` : ""}${noIds && (top.length || rnd.length) ? " (the producer sent no token ids: &lt;?&gt; marks the token)" : ""}.</p>` +
+      (top.length ? `<h3>Most activating</h3><ol class="examples" id="ex-top">${top.map(exampleHtml).join("")}</ol>` : `<p class="muted">no examples recorded for this latent yet</p>`) +
+      (rnd.length ? `<h3>Random sample</h3><ol class="examples" id="ex-random">${rnd.map(exampleHtml).join("")}</ol>` : "");
   }
 
   // ---------------------------------------------------------------------- admin

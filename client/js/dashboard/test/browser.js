@@ -143,8 +143,24 @@ async function main() {
       xe: cli.stats.scaling_exact?.nu_err ?? null, xr: cli.stats.scaling_exact?.nu_rec ?? null };
     check("latent page: Δnorm and ν (running and exact) equal `xcoder latent J --json`",
       Object.keys(want).every((k) => close(got[k], want[k])) && want.xe != null, `page ${JSON.stringify(got)} cli ${JSON.stringify(want)}`);
-    const ex = await page.textContent("#lat-examples");
-    check("latent page: examples shown, or said to be unavailable", /not available|no examples|\d/.test(ex), ex);
+    // the daemon's examples of j (training is paused: they stay as they are)
+    const { Client } = require("../..");
+    const cl = new Client(ep.control, { timeout: 10000 });
+    const exOp = await cl.request("examples", { j }).catch((e) => e);
+    cl.close();
+    if (exOp.code === "XC_EUNKNOWN") {
+      check("latent page: says examples are not available (a daemon without the examples op)",
+        /not available/.test(await page.textContent("#lat-examples")), await page.textContent("#lat-examples"));
+    } else {
+      await waitFor("the examples", async () => (await page.locator("#ex-top li").count()) > 0, 5000).catch(() => {});
+      const acts = await page.$$eval("#ex-top li .act", (els) => els.map((e) => Number(e.dataset.value)));
+      const marks = await page.locator("#ex-top li mark").count();
+      check("latent page: max-activating examples as the examples op gives them, activating token marked",
+        exOp.ok && exOp.top.length > 0 && acts.length === exOp.top.length && marks === acts.length &&
+        acts.every((a, i) => Math.abs(a - exOp.top[i].act) <= 1e-6 * Math.max(1, Math.abs(a))) &&
+        (await page.locator("#ex-random li").count()) === exOp.random.length,
+        `page ${acts.length} top (${marks} marked) ${acts.slice(0, 3)}, op ${exOp.top?.length} top ${exOp.top?.slice(0, 3).map((x) => x.act)}, ${exOp.message ?? ""}`);
+    }
     await page.screenshot({ path: path.join(OUT, "latent.png"), fullPage: true });
     await page.evaluate(() => { location.hash = "#/latent/999999"; });
     await waitFor("the error for a latent out of range", async () => /XC_ENOTFOUND/.test(await page.textContent("#lat-err")), 5000)
