@@ -566,14 +566,6 @@ void xc_ckpt_writer_continue(xc_ckpt_writer_t *w, const char *run_id, uint64_t n
 
 const char *xc_ckpt_writer_run_id(const xc_ckpt_writer_t *w) { return w->run_id; }
 
-int xc_ckpt_writer_busy(xc_ckpt_writer_t *w)
-{
-    pthread_mutex_lock(&w->mu);
-    int b = w->busy;
-    pthread_mutex_unlock(&w->mu);
-    return b;
-}
-
 /* Under w->mu: the previous pair is the current state (same step, files present). */
 static int reuse_last(xc_ckpt_writer_t *w, xc_engine_t *e, const char *reason, uint64_t gen, xc_ckpt_info_t *out)
 {

@@ -80,7 +80,6 @@ void xc_ckpt_writer_set_fault(xc_ckpt_writer_t *w, long long n);
 void xc_ckpt_writer_continue(xc_ckpt_writer_t *w, const char *run_id, uint64_t next_serial, long step,
                              const char *path, const char *train_path);
 const char *xc_ckpt_writer_run_id(const xc_ckpt_writer_t *w);
-int xc_ckpt_writer_busy(xc_ckpt_writer_t *w);
 
 /* Checkpoints e, which the calling thread owns, between two steps. extras:
  * further state saved in the training file under their names (e.g. the

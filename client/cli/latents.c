@@ -205,7 +205,6 @@ void xc_cli_source_close(xc_cli_source_t *s)
     xc_shm_reader_close(&s->rd);
 }
 
-const char *xc_cli_source_name(const xc_cli_source_t *s) { return s->kind == XC_LAT_SRC_SHM ? "shm" : "control"; }
 
 /* ------------------------------------------------------------- output */
 

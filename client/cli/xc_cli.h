@@ -105,7 +105,6 @@ int xc_cli_source_open(const xc_cli_args_t *a, int mode, const char *no_shm_why,
 /* A consistent snapshot (XC_ESTATE when the writer has gone: reopen). */
 int xc_cli_source_snapshot(xc_cli_source_t *s, xc_shm_snapshot_t *out);
 void xc_cli_source_close(xc_cli_source_t *s);
-const char *xc_cli_source_name(const xc_cli_source_t *s);
 
 /* Signal flag set by SIGINT/SIGTERM while a command wants to stop gracefully. */
 extern volatile int xc_cli_stop;
