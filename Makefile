@@ -8,43 +8,91 @@
 
 CC      ?= cc
 PY      := /usr/bin/python3
-PKGS    := libzmq msgpack openblas libuv libsystemd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread -Iinclude -Iproto -Iformat -Idaemon -Iengine -Iclient/lib
+BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread
 OPT     := -O2 -g
 SANFL   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # oneDNN (libdnnl-dev) runs the reduced-precision encoder scoring (engine/score.c);
 # without it (or with XC_NO_DNNL=1) the engine is fp32 only. It runs on OpenMP.
 DNNL       := $(if $(XC_NO_DNNL),,$(wildcard /usr/include/oneapi/dnnl/dnnl.h))
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(if $(DNNL),-DXC_HAVE_DNNL)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(if $(DNNL),-ldnnl -lgomp) -lm -pthread
+pkgcf = $(shell pkg-config --cflags $(1) 2>/dev/null)
+pkglib = $(shell pkg-config --libs $(1) 2>/dev/null)
+
+# ------------------------------------------------------------------ walls --
+# Each part is compiled with its own include path (CF_<dir>, chosen by the
+# object's source directory) and packaged as its own library, so a breach of a
+# wall fails to compile or to link (ARCHITECTURE.md; tests/integ_walls.sh checks
+# the include graph and the binaries' symbols):
+#   include/     public headers, no implementation
+#   proto/       the wire codec, shared memory, keys: include/ and proto/ only
+#   format/      file formats (safetensors, checkpoint layout, .npy, atomic write)
+#   engine/      pure compute: no socket, file, libuv, ZeroMQ or msgpack header
+#   synth/       the planted-feature generator (the engine's PRNG, engine/xc_rng.h)
+#   daemon/      the service: everything above
+#   client/lib   libxcoder: include/ proto/ format/; never daemon/ or engine/
+#   client/cli   the xcoder CLI: libxcoder, format/, synth/; never daemon/ or engine/
+# A directory without a CF_ line compiles with no include path at all.
+CF_proto      := -Iinclude -Iproto $(call pkgcf,libzmq msgpack)
+CF_format     := -Iinclude -Iproto -Iformat
+CF_engine     := -Iinclude -Iengine $(call pkgcf,openblas) $(if $(DNNL),-DXC_HAVE_DNNL)
+CF_synth      := -Iinclude -Isynth -Iengine $(call pkgcf,openblas)
+CF_daemon     := -Iinclude -Iproto -Iformat -Iengine -Idaemon $(call pkgcf,libzmq msgpack libuv libsystemd)
+CF_client/lib := -Iinclude -Iproto -Iformat -Iclient/lib $(call pkgcf,libzmq msgpack)
+CF_client/cli := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Isynth $(call pkgcf,libzmq msgpack)
+CF_tests      := -Iinclude -Iproto -Iformat -Iengine -Isynth -Idaemon -Iclient/lib -Itests \
+                 $(call pkgcf,libzmq msgpack openblas libuv libsystemd) $(if $(DNNL),-DXC_HAVE_DNNL)
+CF_bench      := $(CF_tests)
+
+# What each part links against (system libraries).
+LIBS_PROTO  = $(call pkglib,libzmq msgpack) -lm -pthread
+LIBS_BLAS   = $(call pkglib,openblas)
+LIBS_ENGINE = $(LIBS_BLAS) $(if $(DNNL),-ldnnl -lgomp) -lm -pthread
+LIBS_DAEMON = $(call pkglib,libuv libsystemd) $(LIBS_ENGINE) $(LIBS_PROTO)
+LIBS_CLI    = $(LIBS_BLAS) $(LIBS_PROTO)
 
 PROTO_SRC  := $(wildcard proto/*.c)
 FORMAT_SRC := $(wildcard format/*.c)
-DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c engine/*.c))
+RNG_SRC    := engine/rng.c
+ENGINE_SRC := $(filter-out $(RNG_SRC),$(wildcard engine/*.c))
+SYNTH_SRC  := $(wildcard synth/*.c)
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIB_SRC   := $(wildcard client/lib/*.c)
 CLI_SRC    := $(wildcard client/cli/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 # Integration tests (a real daemon, the CLI, Python): run after the unit tests.
 INTEG      := $(sort $(wildcard tests/integ_*.sh tests/integ_*.py))
-HDRS       := $(wildcard include/*.h proto/*.h format/*.h daemon/*.h engine/*.h client/lib/*.h client/cli/*.h tests/*.h)
+HDRS       := $(wildcard include/*.h proto/*.h format/*.h daemon/*.h engine/*.h synth/*.h client/lib/*.h \
+                client/cli/*.h tests/*.h)
 
 # $(call variant,DIR,FLAGS): object rules, libraries, binaries and tests for one build flavour.
+#   libxcproto  proto/              libxcformat  format/
+#   libxcrng    engine/rng.c (the engine's pure PRNG, shared with synth/)
+#   libxcengine engine/ (but rng)   libxcsynth   synth/
+#   libxcd      daemon/ (but main)  libxcoder    client/lib + format/ + proto/ (installed)
+# Tests and benches link every library; the binaries only their own (below).
 define variant
 $(1)/obj/%.o: %.c $(HDRS) | deps
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(BASEFL) $(2) $$(WARN) $$(PKG_CFLAGS) -c $$< -o $$@
-$(1)/libxcd.a: $(patsubst %.c,$(1)/obj/%.o,$(DAEMON_SRC) $(FORMAT_SRC) $(PROTO_SRC))
-	@mkdir -p $$(dir $$@)
-	rm -f $$@ && ar rcs $$@ $$^
+	$$(CC) $$(BASEFL) $$(CF_$$(patsubst %/,%,$$(dir $$*))) $(2) $$(WARN) -c $$< -o $$@
+$(1)/libxcproto.a: $(patsubst %.c,$(1)/obj/%.o,$(PROTO_SRC))
+$(1)/libxcformat.a: $(patsubst %.c,$(1)/obj/%.o,$(FORMAT_SRC))
+$(1)/libxcrng.a: $(patsubst %.c,$(1)/obj/%.o,$(RNG_SRC))
+$(1)/libxcengine.a: $(patsubst %.c,$(1)/obj/%.o,$(ENGINE_SRC))
+$(1)/libxcsynth.a: $(patsubst %.c,$(1)/obj/%.o,$(SYNTH_SRC))
+$(1)/libxcd.a: $(patsubst %.c,$(1)/obj/%.o,$(DAEMON_SRC))
 $(1)/libxcoder.a: $(patsubst %.c,$(1)/obj/%.o,$(CLIB_SRC) $(FORMAT_SRC) $(PROTO_SRC))
+$(1)/%.a:
 	@mkdir -p $$(dir $$@)
 	rm -f $$@ && ar rcs $$@ $$^
-$(1)/tests/%: $(1)/obj/tests/%.o $(1)/libxcd.a $(1)/libxcoder.a
+$(1)/DAEMON_LIBS := $(addprefix $(1)/,libxcd.a libxcengine.a libxcrng.a libxcformat.a libxcproto.a)
+$(1)/ALL_LIBS := $(addprefix $(1)/,libxcd.a libxcsynth.a libxcengine.a libxcrng.a libxcoder.a libxcformat.a libxcproto.a)
+$(1)/tests/%: $(1)/obj/tests/%.o $$($(1)/ALL_LIBS)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $(2) -pthread $$< $(1)/libxcoder.a $(1)/libxcd.a $$(PKG_LIBS) -o $$@
+	$$(CC) $(2) -pthread $$^ $$(LIBS_DAEMON) -o $$@
+$(1)/xcoderd: $(1)/obj/daemon/main.o $$($(1)/DAEMON_LIBS)
+	$$(CC) $(2) -pthread $$^ $$(LIBS_DAEMON) -o $$@
 endef
 
 $(eval $(call variant,build,$(OPT)))
@@ -65,18 +113,15 @@ all: build/libxcd.a build/libxcoder.a $(BINS) $(TESTS) $(BENCHES)
 deps:
 	@bash scripts/deps.sh
 
-build/xcoderd: build/obj/daemon/main.o build/libxcd.a
-	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
-# The daemon under AddressSanitizer + UBSan, for tests/integ_asan.sh.
-build/asan/xcoderd: build/asan/obj/daemon/main.o build/asan/libxcd.a
-	$(CC) $(SANFL) -pthread $^ $(PKG_LIBS) -o $@
-build/xcoder: $(patsubst %.c,build/obj/%.o,$(CLI_SRC)) build/libxcoder.a build/libxcd.a
-	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
+# The CLI: libxcoder, the planted-feature generator (and its PRNG and BLAS) for
+# `xcoder synth` / `report`; no daemon or engine code.
+build/xcoder: $(patsubst %.c,build/obj/%.o,$(CLI_SRC)) build/libxcoder.a build/libxcsynth.a build/libxcrng.a
+	$(CC) $(OPT) -pthread $^ $(LIBS_CLI) -o $@
 build/libxcoder.so: $(patsubst %.c,build/obj/%.o,$(CLIB_SRC) $(FORMAT_SRC) $(PROTO_SRC))
-	$(CC) -shared -Wl,-soname,libxcoder.so.0 $^ $(PKG_LIBS) -o $@
-build/bench/%: build/obj/bench/%.o build/libxcoder.a build/libxcd.a
+	$(CC) -shared -Wl,-soname,libxcoder.so.0 -Wl,--as-needed $^ $(LIBS_PROTO) -o $@
+build/bench/%: build/obj/bench/%.o $(build/ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(OPT) -pthread $^ $(PKG_LIBS) -o $@
+	$(CC) $(OPT) -pthread $^ $(LIBS_DAEMON) -o $@
 
 # The JavaScript client's packages (zeromq, whose prebuilt addon ships inside the
 # package, and @msgpack/msgpack), from the npm registry as pinned by the lockfile.

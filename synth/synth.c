@@ -507,7 +507,6 @@ int xc_synth_generate(xc_synth_t *s, long n_tokens, float *out, float *codes)
     return 0;
 }
 
-const xc_synth_config_t *xc_synth_config(const xc_synth_t *s) { return &s->cfg; }
 int xc_synth_n_features(const xc_synth_t *s) { return s ? s->nf : 0; }
 const float *xc_synth_bias(const xc_synth_t *s) { return s->bias; }
 int xc_synth_orthonormal(const xc_synth_t *s) { return s->ortho; }

@@ -99,7 +99,6 @@ void xc_synth_reseed_stream(xc_synth_t *s, uint64_t stream_seed);
 /* Tokens generated since creation or the last reseed. */
 uint64_t xc_synth_tokens(const xc_synth_t *s);
 
-const xc_synth_config_t *xc_synth_config(const xc_synth_t *s);
 /* Features are ordered by kind: shared, chat-only, base-only, shrunk. */
 int xc_synth_n_features(const xc_synth_t *s);
 /* 0 or XC_EINVAL (i out of range, NULL). */

@@ -1,4 +1,4 @@
-/* Tests for the planted-feature generator (daemon/synth.c): determinism, firing
+/* Tests for the planted-feature generator (synth/synth.c): determinism, firing
  * statistics, the structure of the directions and of the activations, matching
  * a dictionary against the planted features, and config validation. */
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* `xcoder synth`: the planted-feature generator (daemon/xc_synth.h) as a
+/* `xcoder synth`: the planted-feature generator (synth/xc_synth.h) as a
  * producer. It streams paired activations to the daemon at a chosen rate, or
  * writes them to a .npy file; the generator's options are shared with
  * `xcoder report`, which rebuilds the same features to score recovery. */
