@@ -317,6 +317,13 @@ int xc_proto_error_encode(xc_buf_t *out, const xc_request_t *req, int code, cons
 int xc_proto_reply_decode(const void *buf, size_t len, xc_mp_doc_t **doc, char *msg,
                           size_t msg_len);
 
+/* --------------------------------------------------------------- examples -- */
+/* Appends the one-line text of one example map of an `examples` reply
+ * (PROTOCOL.md 2.3): its window's pieces joined, the activating token (index
+ * `at`) in [[ ]], a token without a piece as <id> (<?> for a nil id), control
+ * characters escaped (\n, \r, \t, \xHH). XC_EINVAL without a tokens array. */
+int xc_proto_example_render(xc_mp_node_t ex, xc_buf_t *out);
+
 /* ----------------------------------------------------------------- events -- */
 #define XC_EVENT_STATS "stats"
 #define XC_EVENT_CHECKPOINT "checkpoint"

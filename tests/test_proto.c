@@ -865,6 +865,213 @@ static void vectors_remote(xc_buf_t *out, int *first)
     xc_buf_free(&rb);
 }
 
+/* --------------------------------------------------------------- examples -- */
+/* One example map, keys in the daemon's order (daemon/examples.c encode_one). */
+static void ex_map(xc_mpw_t *w, double act, int64_t step, const char *stream, uint32_t doc, uint32_t pos,
+                   uint32_t token, const int64_t *toks, int nt, int at, const char *const *pieces)
+{
+    xc_mpw_map_begin(w);
+    xc_mpw_kv_double(w, "act", act);
+    xc_mpw_kv_int(w, "step", step);
+    xc_mpw_kv_str(w, "producer", "lm");
+    xc_mpw_kv_str(w, "stream", stream);
+    xc_mpw_kv_uint(w, "doc", doc);
+    xc_mpw_kv_uint(w, "pos", pos);
+    xc_mpw_kv_uint(w, "token", token);
+    xc_mpw_str(w, "tokens");
+    xc_mpw_array_begin(w);
+    for (int i = 0; i < nt; i++) {
+        if (toks[i] < 0) xc_mpw_nil(w);
+        else xc_mpw_uint(w, (uint64_t)toks[i]);
+    }
+    xc_mpw_array_end(w);
+    xc_mpw_kv_int(w, "at", at);
+    if (pieces) {
+        xc_mpw_str(w, "pieces");
+        xc_mpw_array_begin(w);
+        for (int i = 0; i < nt; i++) xc_mpw_str(w, pieces[i]); /* NULL: nil */
+        xc_mpw_array_end(w);
+    }
+    xc_mpw_map_end(w);
+}
+
+/* The examples reply of the vectors: latent 7 with W = 2, two top examples
+ * (a chat one with a vocabulary, a web one without, whose right neighbour's id
+ * was not sent) and one random example. tests/test_examples.c checks that the
+ * daemon's encoder writes exactly these bytes for the same stream. */
+static const char *const EX_RENDERED[3] = {"<start_of_turn>Hello[[,]] world\\n", "[[<7>]]<?>", "\\n\\t[[<9>]]"};
+
+static void examples_reply(xc_buf_t *rb, int64_t id)
+{
+    xc_buf_t b;
+    xc_mpw_t w;
+    xc_request_t req;
+    char why[64];
+    xc_buf_init(&b);
+    xc_mpw_init(&w, &b);
+    xc_proto_request_begin(&w, "examples", id);
+    xc_mpw_kv_uint(&w, "j", 7);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    xc_proto_request_decode(b.data, b.len, &req, why, sizeof why);
+    xc_mpw_init(&w, rb);
+    xc_proto_reply_begin(&w, &req);
+    xc_mpw_kv_int(&w, "j", 7);
+    xc_mpw_kv_int(&w, "window", 2);
+    xc_mpw_kv_int(&w, "top_n", 2);
+    xc_mpw_kv_int(&w, "random_n", 1);
+    xc_mpw_kv_uint(&w, "seen", 3);
+    static const int64_t t0[] = {5, 0, 1, 2, 3}, t1[] = {7, -1}, t2[] = {3, 4, 9};
+    static const char *const p0[] = {"<start_of_turn>", "Hello", ",", " world", "\n"}, *const p2[] = {"\n", "\t", NULL};
+    xc_mpw_str(&w, "top");
+    xc_mpw_array_begin(&w);
+    ex_map(&w, 3.5, 12, "chat", 0, 2, 1, t0, 5, 2, p0);
+    ex_map(&w, 2.25, 12, "web", 1, 0, 7, t1, 2, 0, NULL);
+    xc_mpw_array_end(&w);
+    xc_mpw_str(&w, "random");
+    xc_mpw_array_begin(&w);
+    ex_map(&w, 0.25, 11, "chat", 0, 6, 9, t2, 3, 2, p2);
+    xc_mpw_array_end(&w);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    xc_proto_request_free(&req);
+    xc_buf_free(&b);
+}
+
+/* Reopens the object vec_emit just closed and appends extra JSON fields. */
+static void vec_extra(xc_buf_t *out, const char *json)
+{
+    out->len--;
+    xc_buf_append(out, json, strlen(json));
+    xc_buf_append(out, "}", 1);
+}
+
+/* Context for examples (PROTOCOL.md 1.1 stream, 1.5 vocab, 2.3 examples). */
+static void vectors_examples(xc_buf_t *out, int *first)
+{
+    xc_buf_t b;
+    xc_mpw_t w;
+    xc_buf_init(&b);
+    xc_batch_hdr_t h = hdr_make(3, 4, 2, XC_DTYPE_F32);
+    strcpy(h.producer, "lm-server");
+    strcpy(h.stream, "chat");
+    h.has_tokens = h.has_pos = 1;
+    xc_proto_batch_hdr_encode(&b, &h);
+    vec_emit(out, first, "batch_header_stream", "ingest.header",
+             "4 tokens, d = 2, f32, token ids and positions, stream tag chat", b.data, b.len, 1);
+
+    xc_buf_reset(&b);
+    memset(&h, 0, sizeof h);
+    strcpy(h.producer, "lm-server");
+    strcpy(h.stream, "chat");
+    h.seq = 4;
+    h.n = 6;
+    xc_proto_vocab_hdr_encode(&b, &h);
+    vec_emit(out, first, "vocab_header", "ingest.vocab",
+             "the vocabulary of stream chat, ids 0..5; frames: header, lengths, bytes", b.data, b.len, 1);
+    vec_extra(out, ",\n     \"pieces\": [\"Hello\", \",\", \" world\", \"\\n\", \"\\t\", \"<start_of_turn>\"],"
+                   "\n     \"lengths_hex\": \"05000000010000000600000001000000010000000f000000\","
+                   "\n     \"bytes_hex\": \"48656c6c6f2c20776f726c640a093c73746172745f6f665f7475726e3e\"");
+
+    xc_buf_reset(&b);
+    xc_mpw_init(&w, &b);
+    xc_proto_request_begin(&w, "examples", 13);
+    xc_mpw_kv_uint(&w, "j", 7);
+    xc_mpw_kv_uint(&w, "n", 5);
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    vec_emit(out, first, "req_examples", "control.request", "latent 7's examples, at most 5 of each kind", b.data,
+             b.len, 1);
+    xc_buf_reset(&b);
+    examples_reply(&b, 13);
+    vec_emit(out, first, "reply_examples", "control.reply",
+             "two top examples and one random one; rendered: each example's text line (top, then random)", b.data,
+             b.len, 1);
+    char json[256];
+    snprintf(json, sizeof json, ",\n     \"rendered\": [\"%s\", \"%s\", \"%s\"]", "<start_of_turn>Hello[[,]] world\\\\n",
+             "[[<7>]]<?>", "\\\\n\\\\t[[<9>]]");
+    vec_extra(out, json);
+    vec_req(out, first, "req_examples_reset", "forget latent 7's examples", "examples_reset", 14, "j", 7, NULL, NULL);
+    xc_buf_free(&b);
+}
+
+/* The C renderer gives the vectors' lines; a reply without pieces renders ids. */
+static void test_examples_render(void)
+{
+    xc_buf_t b, t;
+    xc_mp_doc_t *doc = NULL;
+    char why[64];
+    xc_buf_init(&b);
+    xc_buf_init(&t);
+    examples_reply(&b, 1);
+    XC_REQUIRE(xc_mp_doc_parse(b.data, b.len, &doc, why, sizeof why) == 0, "parse: %s", why);
+    xc_mp_node_t r = xc_mp_root(doc);
+    xc_mp_node_t exs[3] = {xc_mp_at(xc_mp_get(r, "top"), 0), xc_mp_at(xc_mp_get(r, "top"), 1),
+                           xc_mp_at(xc_mp_get(r, "random"), 0)};
+    for (int i = 0; i < 3; i++) {
+        xc_buf_reset(&t);
+        XC_CHECK(xc_proto_example_render(exs[i], &t) == 0, "render %d", i);
+        xc_buf_append(&t, "", 1);
+        XC_CHECK(strcmp((const char *)t.data, EX_RENDERED[i]) == 0, "example %d: '%s' vs '%s'", i, (const char *)t.data,
+                 EX_RENDERED[i]);
+    }
+    XC_CHECK(xc_proto_example_render(r, &t) == XC_EINVAL, "not an example");
+    xc_mp_doc_free(&doc);
+    xc_buf_free(&b);
+    xc_buf_free(&t);
+}
+
+/* Stream tags and vocab messages: what is refused, and why. */
+static void test_stream_and_vocab(void)
+{
+    xc_buf_t b;
+    char why[256];
+    xc_batch_hdr_t h = hdr_make(1, 2, 3, XC_DTYPE_F32), g;
+    xc_buf_init(&b);
+    strcpy(h.stream, "chat");
+    XC_REQUIRE(xc_proto_batch_hdr_encode(&b, &h) == 0, "encode");
+    XC_CHECK(xc_proto_batch_hdr_decode(b.data, b.len, &g, why, sizeof why) == 0 && strcmp(g.stream, "chat") == 0,
+             "stream read back: %s", why);
+    XC_CHECK(!xc_proto_ingest_is_vocab(b.data, b.len), "a batch is not a vocab");
+    /* a bad tag */
+    xc_mpw_t w;
+    xc_buf_reset(&b);
+    xc_mpw_init(&w, &b);
+    xc_mpw_map_begin(&w);
+    xc_mpw_kv_uint(&w, "v", 1);
+    xc_mpw_kv_str(&w, "type", "batch");
+    xc_mpw_kv_uint(&w, "seq", 1);
+    xc_mpw_kv_uint(&w, "n", 2);
+    xc_mpw_kv_uint(&w, "d", 3);
+    xc_mpw_kv_str(&w, "dtype", "f32");
+    xc_mpw_kv_str(&w, "stream", "no spaces");
+    xc_mpw_map_end(&w);
+    xc_mpw_finish(&w);
+    XC_CHECK(xc_proto_batch_hdr_decode(b.data, b.len, &g, why, sizeof why) == XC_EPROTO && strstr(why, "stream"),
+             "bad tag: %s", why);
+    /* vocab: lengths must match */
+    memset(&h, 0, sizeof h);
+    h.n = 2;
+    h.first = 10;
+    strcpy(h.stream, "web");
+    xc_buf_reset(&b);
+    XC_REQUIRE(xc_proto_vocab_hdr_encode(&b, &h) == 0, "vocab encode");
+    XC_CHECK(xc_proto_ingest_is_vocab(b.data, b.len), "is vocab");
+    uint8_t lens[8] = {1, 0, 0, 0, 2, 0, 0, 0};
+    xc_frame_t f[3] = {{b.data, b.len}, {lens, 8}, {"abc", 3}};
+    XC_CHECK(xc_proto_vocab_check(f, 3, 1 << 20, &g, why, sizeof why) == 0 && g.n == 2 && g.first == 10 &&
+                 strcmp(g.stream, "web") == 0, "valid vocab: %s", why);
+    f[2].len = 2;
+    XC_CHECK(xc_proto_vocab_check(f, 3, 1 << 20, &g, why, sizeof why) == XC_ELENGTH && strstr(why, "add up"),
+             "short bytes: %s", why);
+    f[1].len = 4;
+    XC_CHECK(xc_proto_vocab_check(f, 3, 1 << 20, &g, why, sizeof why) == XC_ELENGTH, "short lengths");
+    XC_CHECK(xc_proto_vocab_check(f, 2, 1 << 20, &g, why, sizeof why) == XC_EPROTO, "two frames");
+    f[1].len = 8, f[2].len = 3;
+    XC_CHECK(xc_proto_vocab_check(f, 3, 16, &g, why, sizeof why) == XC_ETOOBIG && g.has_seq, "too big: %s", why);
+    xc_buf_free(&b);
+}
+
 /* Builds the whole vectors.json text into out (NUL-terminated). */
 static void vectors_build(xc_buf_t *out)
 {
@@ -977,6 +1184,7 @@ static void vectors_build(xc_buf_t *out)
     vec_emit(out, &first, "event_checkpoint", "event.body", "topic frame \\\"checkpoint\\\" (bytes 636865636b706f696e74)",
              rb.data, rb.len, 1);
     vectors_remote(out, &first);
+    vectors_examples(out, &first);
     xc_buf_free(&rb);
     xc_buf_free(&b);
     const char *tail = "\n  ]\n}\n";
@@ -1026,6 +1234,8 @@ int main(int argc, char **argv)
     XC_RUN(test_ack_nack);
     XC_RUN(test_request_reply);
     XC_RUN(test_event_json);
+    XC_RUN(test_examples_render);
+    XC_RUN(test_stream_and_vocab);
     XC_RUN(test_vectors_file);
     XC_TEST_EXIT();
 }

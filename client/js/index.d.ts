@@ -56,6 +56,24 @@ export interface BatchOptions {
   tokenIds?: ArrayLike<number>;
   /** n (doc id, position) pairs (u32). */
   positions?: ArrayLike<number> | Array<[number, number]>;
+  /** Stream tag of this batch (default: the producer's). */
+  stream?: string;
+}
+
+/** One example of the `examples` reply (PROTOCOL.md 2.3). */
+export interface Example {
+  act: number; step: number; producer: string; stream: string;
+  doc: number | null; pos: number | null; token: number | null;
+  /** The window of token ids around the occurrence (null: id not sent). */
+  tokens: Array<number | null>;
+  /** Index of the activating token in tokens. */
+  at: number;
+  /** Text of each window token, when the stream has a vocabulary. */
+  pieces?: Array<string | null>;
+}
+export interface ExamplesReply extends Reply {
+  j: number; window: number; top_n: number; random_n: number; seen: number;
+  top: Example[]; random: Example[];
 }
 
 export interface Ack { seq: number; n: number; credit: number; }
@@ -70,6 +88,8 @@ export interface ProducerStats {
 export interface ProducerOptions extends KeyOptions {
   /** Batches in flight before send() waits (default 8). */
   window?: number;
+  /** Stream tag sent with every batch ("web", "chat"; <= 31 bytes of [A-Za-z0-9._:/-]). */
+  stream?: string;
   /** ms to wait for room in the window / for flush (default 30000; 0 = forever). */
   timeout?: number;
   /** Producer id (<= 64 bytes) for the daemon's logs and alerts. */
@@ -96,6 +116,8 @@ export declare class Producer {
    * TypeError/RangeError for bad data.
    */
   send(data: Activations, options?: BatchOptions): Promise<number>;
+  /** Registers the vocabulary of a stream (pieces[i] = text of token id i); resolves to the piece count once acked. */
+  sendVocab(pieces: Array<string | null>, options?: { stream?: string; chunk?: number }): Promise<number>;
   /** Sends a batch and resolves to its ack; rejects with its XcoderNack. */
   sendAndWait(data: Activations, options?: BatchOptions): Promise<Ack>;
   /** Resolves when every batch in flight is acked; rejects with the first unreported nack. */
@@ -186,6 +208,10 @@ export declare class Client {
   config(): Promise<Record<string, number | string>>;
   config(key: string): Promise<number | string>;
   scaling(tokens: number): Promise<Reply>;
+  /** Latent j's live examples. */
+  examples(j: number, options?: { n?: number }): Promise<ExamplesReply>;
+  /** Forgets latent j's examples (every latent's without j). */
+  resetExamples(j?: number): Promise<Reply>;
   metrics(): Promise<string>;
   checkpoints(): Promise<CheckpointFile[]>;
   fetchCheckpoint(outPath: string, options?: FetchOptions): Promise<FetchResult>;
@@ -234,7 +260,11 @@ export declare namespace wire {
   function runDirDefault(name?: string): string;
   /** Throws XcoderError XC_ENOTFOUND when an ipc endpoint's socket file does not exist. */
   function checkIpcPresent(endpoint: string): void;
-  function batchHeader(seq: number, n: number, d: number, dtype: WireDtype, producer?: string, hasTokens?: boolean, hasPos?: boolean): Record<string, unknown>;
+  function batchHeader(seq: number, n: number, d: number, dtype: WireDtype, producer?: string, hasTokens?: boolean, hasPos?: boolean, stream?: string): Record<string, unknown>;
+  function checkStream(stream?: string): string;
+  function encodeVocab(seq: number, pieces: Array<string | null>, options?: { first?: number; stream?: string; producer?: string }): { frames: Buffer[]; n: number };
+  /** The one-line text of an example (the same in every client). */
+  function renderExample(ex: Example): string;
   function request(op: string, id?: number, args?: Record<string, unknown>): Record<string, unknown>;
   function asPayload(data: Activations, options?: { shape?: [number, 2, number]; d?: number; dtype?: WireDtype }): { payload: Buffer; dtype: WireDtype; n: number; d: number };
   function encodeBatch(seq: number, data: Activations, options?: BatchOptions & { producer?: string }): { frames: Buffer[]; n: number; d: number; dtype: WireDtype };

@@ -93,6 +93,14 @@ class Client {
   async top({ by = "delta_norm", n = 10, order = "desc", aliveOnly = false } = {}) {
     return (await this.request("top", { by, n, order, alive_only: aliveOnly })).latents;
   }
+  /**
+   * Latent j's live examples (PROTOCOL.md 2.3): {top, random, seen, window, ...};
+   * each example {act, step, producer, stream, doc, pos, token, tokens, at, pieces?}.
+   * wire.renderExample(ex) gives its one-line text.
+   */
+  examples(j, { n } = {}) { return this.request("examples", n == null ? { j } : { j, n }); }
+  /** Forgets latent j's examples (every latent's when j is null). */
+  resetExamples(j) { return this.request("examples_reset", j == null ? { all: true } : { j }); }
   /** Writes a checkpoint now: {path, step, bytes}. */
   checkpoint({ timeout } = {}) { return this.request("checkpoint", {}, { timeout }); }
   pause() { return this.request("pause"); }

@@ -18,7 +18,8 @@ const { XcoderError, XcoderNack, XcoderTimeout } = require("./errors");
  * timeout (ms, 0 = forever): longest wait for room in the window or for flush.
  */
 class Producer {
-  constructor(endpoint, { window = 8, timeout = 30000, producer = "", d, dtype, serverKey, clientKey, name } = {}) {
+  constructor(endpoint, { window = 8, timeout = 30000, producer = "", d, dtype, serverKey, clientKey, name, stream = "" } = {}) {
+    this.stream = wire.checkStream(stream);
     if (!(window >= 1)) throw new RangeError("window must be >= 1");
     if (Buffer.byteLength(producer) > wire.PRODUCER_MAX) throw new RangeError(`producer id longer than ${wire.PRODUCER_MAX} bytes`);
     this.endpoint = wire.endpointFor(endpoint, "ingest", name);
@@ -105,6 +106,7 @@ class Producer {
     const { frames, n } = wire.encodeBatch(seq, data, {
       shape: opts.shape, d: opts.shape ? undefined : opts.d ?? this.d, dtype: opts.dtype ?? this.dtype,
       producer: this.producer, tokenIds: opts.tokenIds, positions: opts.positions,
+      stream: opts.stream ?? this.stream,
     });
     await this._waitFor(() => this._inflight.size < this.window, "window full");
     this._throwNack();
@@ -131,6 +133,29 @@ class Producer {
    * opts: {shape: [n, 2, d]} or {d}, dtype ("f32" | "f16" | "bf16"), tokenIds, positions.
    */
   send(data, opts = {}) { return this._send(data, opts, null); }
+
+  /**
+   * Registers the vocabulary of a stream (default: the producer's): pieces[i] is
+   * the text of token id i. Sent in chunks of at most `chunk` pieces under the
+   * same window; resolves to the number of pieces once every chunk is acked.
+   */
+  async sendVocab(pieces, { stream, chunk = 65536 } = {}) {
+    if (this._closed) throw new XcoderError("XC_ESTATE", "producer closed");
+    const tag = wire.checkStream(stream ?? this.stream);
+    for (let i = 0; i < pieces.length; i += chunk) {
+      const seq = this._seq;
+      const { frames } = wire.encodeVocab(seq, pieces.slice(i, i + chunk), { first: i, stream: tag, producer: this.producer });
+      await this._waitFor(() => this._inflight.size < this.window, "window full");
+      this._throwNack();
+      this._seq++;
+      this._inflight.set(seq, { n: 0, waiter: null });
+      const p = this._sendChain.then(() => this._sock.send(frames));
+      this._sendChain = p.catch(() => {});
+      await p;
+    }
+    await this.flush();
+    return pieces.length;
+  }
 
   /** Sends one batch and resolves to its ack {seq, n, credit}; rejects with its XcoderNack. */
   sendAndWait(data, opts = {}) {

@@ -118,8 +118,21 @@ function checkIpcPresent(endpoint) {
 }
 
 /** The batch header map (PROTOCOL.md 1.1), keys in the C codec's order. */
-function batchHeader(seq, n, d, dtype, producer = "", hasTokens = false, hasPos = false) {
-  return { v: PROTO_VERSION, type: "batch", producer, seq, n, d, dtype, layout: "n2d", has_tokens: !!hasTokens, has_pos: !!hasPos };
+const STREAM_MAX = 31;   // bytes in a stream tag ([A-Za-z0-9._:/-])
+const PIECE_MAX = 1024;  // bytes in one vocabulary piece
+
+/** A stream tag ("web", "chat"): "" for none, else 1-31 bytes of [A-Za-z0-9._:/-]. */
+function checkStream(stream) {
+  if (stream == null || stream === "") return "";
+  if (typeof stream !== "string" || !/^[A-Za-z0-9._:/-]{1,31}$/.test(stream))
+    throw new RangeError(`stream tag must be at most ${STREAM_MAX} bytes of [A-Za-z0-9._:/-]; got ${JSON.stringify(stream)}`);
+  return stream;
+}
+
+function batchHeader(seq, n, d, dtype, producer = "", hasTokens = false, hasPos = false, stream = "") {
+  const h = { v: PROTO_VERSION, type: "batch", producer, seq, n, d, dtype, layout: "n2d", has_tokens: !!hasTokens, has_pos: !!hasPos };
+  if (stream) h.stream = checkStream(stream); // last and only when set, as the C codec writes it
+  return h;
 }
 
 /** A control request map: v, op, id, then the arguments (undefined/null ones left out). */
@@ -217,7 +230,8 @@ function toLE(ta, size) {
 }
 
 /** The frames of one batch message: [header, payload, (tokens), (positions)]. */
-function encodeBatch(seq, data, { shape, d, dtype, producer = "", tokenIds, positions } = {}) {
+function encodeBatch(seq, data, { shape, d, dtype, producer = "", tokenIds, positions, stream = "" } = {}) {
+  checkStream(stream);
   const p = asPayload(data, { shape, d, dtype });
   const frames = [null, p.payload];
   if (tokenIds != null) {
@@ -230,8 +244,52 @@ function encodeBatch(seq, data, { shape, d, dtype, producer = "", tokenIds, posi
     if (q.length !== 2 * p.n) throw new RangeError(`positions must have ${p.n} (doc, pos) pairs`);
     frames.push(toLE(q, 4));
   }
-  frames[0] = pack(batchHeader(seq, p.n, p.d, p.dtype, producer, tokenIds != null, positions != null));
+  frames[0] = pack(batchHeader(seq, p.n, p.d, p.dtype, producer, tokenIds != null, positions != null, stream));
   return { frames, n: p.n, d: p.d, dtype: p.dtype };
+}
+
+/** The vocab message header (PROTOCOL.md 1.5), keys in the C codec's order. */
+function vocabHeader(seq, n, { first = 0, stream = "", producer = "" } = {}) {
+  return { v: PROTO_VERSION, type: "vocab", producer, seq, stream: checkStream(stream), first, n };
+}
+
+/** The frames of one vocab message: [header, lengths (n u32 LE), bytes]; pieces[i] is the text of id first + i. */
+function encodeVocab(seq, pieces, { first = 0, stream = "", producer = "" } = {}) {
+  if (!pieces.length) throw new RangeError("a vocabulary needs at least one piece");
+  const raw = pieces.map((p) => Buffer.from(p == null ? "" : String(p), "utf8"));
+  raw.forEach((b, i) => { if (b.length > PIECE_MAX) throw new RangeError(`piece ${first + i} is ${b.length} bytes; at most ${PIECE_MAX}`); });
+  const lens = Buffer.alloc(4 * raw.length);
+  raw.forEach((b, i) => lens.writeUInt32LE(b.length, 4 * i));
+  return { frames: [pack(vocabHeader(seq, raw.length, { first, stream, producer })), lens, Buffer.concat(raw)], n: raw.length };
+}
+
+function escapePiece(p) {
+  let out = "";
+  for (const ch of p) {
+    const o = ch.codePointAt(0);
+    if (ch === "\n") out += "\\n";
+    else if (ch === "\r") out += "\\r";
+    else if (ch === "\t") out += "\\t";
+    else if (o < 0x20 || o === 0x7f) out += "\\x" + o.toString(16).padStart(2, "0");
+    else out += ch;
+  }
+  return out;
+}
+
+/**
+ * One example of an `examples` reply (PROTOCOL.md 2.3) as one line: its window's
+ * pieces joined, the activating token in [[ ]], a token without a piece as <id>
+ * (<?> for an unknown id), control characters escaped. The same in every client.
+ */
+function renderExample(ex) {
+  const tokens = ex.tokens || [], pieces = ex.pieces, at = ex.at ?? -1;
+  let s = "";
+  tokens.forEach((t, i) => {
+    let p = pieces && i < pieces.length ? pieces[i] : null;
+    p = p == null ? (t == null ? "<?>" : `<${t}>`) : escapePiece(p);
+    s += i === at ? `[[${p}]]` : p;
+  });
+  return s;
 }
 
 /** Wire payload bytes -> Float32Array. */
@@ -274,5 +332,6 @@ function column(bytes, dtype) {
 module.exports = {
   PROTO_VERSION, REQUEST_MAX, PRODUCER_MAX, pack, unpack, unpackMap, endpointFor, runDirDefault, checkIpcPresent,
   batchHeader, request, asPayload, encodeBatch, decodePayload, f32ToBf16, f32ToF16,
+  STREAM_MAX, PIECE_MAX, checkStream, vocabHeader, encodeVocab, renderExample,
   TABLE_DTYPES, CLASS_NAMES, column,
 };

@@ -55,7 +55,7 @@ for (const vec of VECTORS.vectors.filter((v) => "value" in v)) {
 for (const vec of VECTORS.vectors.filter((v) => v.kind === "ingest.header")) {
   test(`vector ${vec.name}: batchHeader builds it`, () => {
     const v = vec.value;
-    const h = wire.batchHeader(v.seq, v.n, v.d, v.dtype, v.producer, v.has_tokens, v.has_pos);
+    const h = wire.batchHeader(v.seq, v.n, v.d, v.dtype, v.producer, v.has_tokens, v.has_pos, v.stream);
     assert.equal(wire.pack(h).toString("hex"), vec.hex);
   });
 }
@@ -112,3 +112,20 @@ test("wrong version and malformed frames are refused", () => {
   assert.throws(() => wire.unpackMap(Buffer.from("df000000", "hex")), (e) => e.code === "XC_EPROTO");
   assert.throws(() => wire.unpackMap(wire.pack([1, 2])), (e) => e.code === "XC_EPROTO");
 });
+
+test("vocab vector: encodeVocab writes its three frames", () => {
+  const vec = byName.vocab_header, h = vec.value;
+  const { frames, n } = wire.encodeVocab(h.seq, vec.pieces, { first: h.first, stream: h.stream, producer: h.producer });
+  assert.equal(n, h.n);
+  assert.equal(frames[0].toString("hex"), vec.hex);
+  assert.equal(frames[1].toString("hex"), vec.lengths_hex);
+  assert.equal(frames[2].toString("hex"), vec.bytes_hex);
+  assert.throws(() => wire.checkStream("with space"), RangeError);
+});
+
+for (const vec of VECTORS.vectors.filter((v) => "rendered" in v)) {
+  test(`vector ${vec.name}: renderExample gives the same lines as C and Python`, () => {
+    const m = wire.unpackMap(Buffer.from(vec.hex, "hex"));
+    assert.deepEqual([...m.top, ...m.random].map(wire.renderExample), vec.rendered);
+  });
+}

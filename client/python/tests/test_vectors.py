@@ -59,7 +59,7 @@ def test_encode_vector_bytes(vec):
 def test_batch_header_builder(vec):
     v = vec["value"]
     h = wire.batch_header(v["seq"], v["n"], v["d"], v["dtype"], v["producer"],
-                          v["has_tokens"], v["has_pos"])
+                          v["has_tokens"], v["has_pos"], v.get("stream", ""))
     assert wire.pack(h).hex() == vec["hex"]
 
 
@@ -121,3 +121,33 @@ def test_wrong_version_rejected():
     with pytest.raises(XcoderError) as e:
         wire.unpack_map(wire.pack([1, 2]))
     assert e.value.code == "XC_EPROTO"
+
+
+def test_vocab_vector_frames():
+    vec = {v["name"]: v for v in VECTORS["vectors"]}["vocab_header"]
+    h = vec["value"]
+    frames, n = wire.encode_vocab(h["seq"], vec["pieces"], first=h["first"], stream=h["stream"],
+                                  producer=h["producer"])
+    assert n == h["n"] == len(vec["pieces"])
+    assert bytes(frames[0]).hex() == vec["hex"]
+    assert bytes(frames[1]).hex() == vec["lengths_hex"]
+    assert bytes(frames[2]).hex() == vec["bytes_hex"]
+
+
+def test_stream_tag_rules():
+    vec = {v["name"]: v for v in VECTORS["vectors"]}["batch_header_stream"]
+    acts = np.zeros((4, 2, 2), np.float32)
+    frames, *_ = wire.encode_batch(3, acts, token_ids=[1, 2, 3, 4], positions=[[0, i] for i in range(4)],
+                                   producer="lm-server", stream="chat")
+    assert bytes(frames[0]).hex() == vec["hex"]
+    for bad in ("with space", "x" * 32, "é"):
+        with pytest.raises(ValueError):
+            wire.check_stream(bad)
+
+
+@pytest.mark.parametrize("vec", [v for v in VECTORS["vectors"] if "rendered" in v],
+                         ids=lambda v: v["name"])
+def test_render_examples_vector(vec):
+    m = wire.unpack_map(bytes.fromhex(vec["hex"]))
+    got = [wire.render_example(ex) for ex in m["top"] + m["random"]]
+    assert got == vec["rendered"]
