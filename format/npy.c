@@ -8,7 +8,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,19 +17,6 @@
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAX_HEADER (1u << 20)
-
-static int fail(char *why, size_t n, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *why, size_t n, int err, const char *fmt, ...)
-{
-    if (why && n) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, n, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
 
 /* ---- a tiny parser for the header dict: {'key': value, ...} ---- */
 
@@ -113,58 +99,84 @@ int xc_client_npy_parse_header(const void *buf, size_t len, xc_client_npy_t *out
 
     memset(out, 0, sizeof *out);
     out->fd = -1;
-    if (len < 10 || memcmp(b, NPY_MAGIC, 6) != 0)
-        return fail(why, why_len, XC_ECORRUPT, "not a .npy file (no \\x93NUMPY magic); save the array with numpy.save()");
+    if (len < 10 || memcmp(b, NPY_MAGIC, 6) != 0) {
+        xc_why(why, why_len, "not a .npy file (no \\x93NUMPY magic); save the array with numpy.save()");
+        return XC_ECORRUPT;
+    }
     unsigned major = b[6];
     size_t hlen, hoff;
     if (major == 1) {
         hlen = (size_t)b[8] | (size_t)b[9] << 8;
         hoff = 10;
     } else if (major == 2 || major == 3) {
-        if (len < 12) return fail(why, why_len, XC_ECORRUPT, "truncated .npy header");
+        if (len < 12) {
+            xc_why(why, why_len, "truncated .npy header");
+            return XC_ECORRUPT;
+        }
         hlen = (size_t)b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24;
         hoff = 12;
     } else {
-        return fail(why, why_len, XC_ECORRUPT, ".npy format version %u.%u is not supported (1.0, 2.0 and 3.0 are)", major, b[7]);
+        xc_why(why, why_len, ".npy format version %u.%u is not supported (1.0, 2.0 and 3.0 are)", major, b[7]);
+        return XC_ECORRUPT;
     }
-    if (hlen > NPY_MAX_HEADER || hoff + hlen > len)
-        return fail(why, why_len, XC_ECORRUPT, "truncated .npy header (%zu bytes announced)", hlen);
+    if (hlen > NPY_MAX_HEADER || hoff + hlen > len) {
+        xc_why(why, why_len, "truncated .npy header (%zu bytes announced)", hlen);
+        return XC_ECORRUPT;
+    }
 
     npy_lex_t l = {(const char *)b + hoff, (const char *)b + hoff + hlen};
-    if (!eat(&l, '{')) return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: expected a dict");
+    if (!eat(&l, '{')) {
+        xc_why(why, why_len, "malformed .npy header: expected a dict");
+        return XC_ECORRUPT;
+    }
     for (;;) {
         char key[32];
         if (eat(&l, '}')) break;
-        if (parse_str(&l, key, sizeof key) < 0 || !eat(&l, ':'))
-            return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: bad key");
+        if (parse_str(&l, key, sizeof key) < 0 || !eat(&l, ':')) {
+            xc_why(why, why_len, "malformed .npy header: bad key");
+            return XC_ECORRUPT;
+        }
         if (strcmp(key, "descr") == 0) {
-            if (parse_str(&l, descr, sizeof descr) < 0)
-                return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: 'descr' is not a simple dtype string (structured arrays are not supported)");
+            if (parse_str(&l, descr, sizeof descr) < 0) {
+                xc_why(why, why_len, "malformed .npy header: 'descr' is not a simple dtype string (structured arrays are not supported)");
+                return XC_ECORRUPT;
+            }
             have_descr = 1;
         } else if (strcmp(key, "fortran_order") == 0) {
             if (parse_word(&l, "True")) fortran = 1;
             else if (parse_word(&l, "False")) fortran = 0;
-            else return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: bad fortran_order");
+            else {
+                xc_why(why, why_len, "malformed .npy header: bad fortran_order");
+                return XC_ECORRUPT;
+            }
             have_order = 1;
         } else if (strcmp(key, "shape") == 0) {
-            if (parse_shape(&l, out->shape, &out->ndim) < 0)
-                return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: bad shape tuple");
+            if (parse_shape(&l, out->shape, &out->ndim) < 0) {
+                xc_why(why, why_len, "malformed .npy header: bad shape tuple");
+                return XC_ECORRUPT;
+            }
             have_shape = 1;
         } else {
-            return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: unknown key '%s'", key);
+            xc_why(why, why_len, "malformed .npy header: unknown key '%s'", key);
+            return XC_ECORRUPT;
         }
         if (eat(&l, ',')) continue;
         if (eat(&l, '}')) break;
-        return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: expected ',' or '}'");
+        xc_why(why, why_len, "malformed .npy header: expected ',' or '}'");
+        return XC_ECORRUPT;
     }
-    if (!have_descr || !have_order || !have_shape)
-        return fail(why, why_len, XC_ECORRUPT, "malformed .npy header: needs descr, fortran_order and shape");
+    if (!have_descr || !have_order || !have_shape) {
+        xc_why(why, why_len, "malformed .npy header: needs descr, fortran_order and shape");
+        return XC_ECORRUPT;
+    }
 
     /* dtype: float32 or float16, either byte order ('|' only for 1-byte types) */
     char order = descr[0];
     const char *t = descr + 1;
-    if (order != '<' && order != '>' && order != '=')
-        return fail(why, why_len, XC_EDTYPE, "unsupported dtype '%s': need float32 or float16", descr);
+    if (order != '<' && order != '>' && order != '=') {
+        xc_why(why, why_len, "unsupported dtype '%s': need float32 or float16", descr);
+        return XC_EDTYPE;
+    }
     if (strcmp(t, "f4") == 0) {
         out->dtype = XC_CLIENT_DTYPE_F32;
         out->itemsize = 4;
@@ -172,18 +184,22 @@ int xc_client_npy_parse_header(const void *buf, size_t len, xc_client_npy_t *out
         out->dtype = XC_CLIENT_DTYPE_F16;
         out->itemsize = 2;
     } else {
-        return fail(why, why_len, XC_EDTYPE,
-                    "unsupported dtype '%s': need float32 ('<f4') or float16 ('<f2'); convert with arr.astype(np.float32)",
-                    descr);
+        xc_why(why, why_len, "unsupported dtype '%s': need float32 ('<f4') or float16 ('<f2'); convert with arr.astype(np.float32)", descr);
+        return XC_EDTYPE;
     }
     out->swap = (order == '>'); /* this client runs little-endian only */
-    if (fortran)
-        return fail(why, why_len, XC_ESHAPE, "array is in Fortran order; save np.ascontiguousarray(arr) instead");
-    if (out->ndim != 3 || out->shape[1] != 2)
-        return fail(why, why_len, XC_ESHAPE, "array has shape %s; need [N, 2, d] (base then chat activations per token)",
-                    xc_client_npy_shape_str(out));
-    if (out->shape[0] < 1 || out->shape[2] < 1)
-        return fail(why, why_len, XC_ESHAPE, "array has shape %s; N and d must be positive", xc_client_npy_shape_str(out));
+    if (fortran) {
+        xc_why(why, why_len, "array is in Fortran order; save np.ascontiguousarray(arr) instead");
+        return XC_ESHAPE;
+    }
+    if (out->ndim != 3 || out->shape[1] != 2) {
+        xc_why(why, why_len, "array has shape %s; need [N, 2, d] (base then chat activations per token)", xc_client_npy_shape_str(out));
+        return XC_ESHAPE;
+    }
+    if (out->shape[0] < 1 || out->shape[2] < 1) {
+        xc_why(why, why_len, "array has shape %s; N and d must be positive", xc_client_npy_shape_str(out));
+        return XC_ESHAPE;
+    }
     out->n_tokens = out->shape[0];
     out->d = out->shape[2];
     out->data_offset = hoff + hlen;
@@ -209,32 +225,41 @@ int xc_client_npy_open(const char *path, xc_client_npy_t *out, char *why, size_t
     memset(out, 0, sizeof *out);
     out->fd = -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(why, why_len, XC_EIO, "cannot open %s: %s", path, strerror(errno));
+    if (fd < 0) {
+        xc_why(why, why_len, "cannot open %s: %s", path, strerror(errno));
+        return XC_EIO;
+    }
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(why, why_len, XC_EIO, "%s is not a regular file", path);
+        xc_why(why, why_len, "%s is not a regular file", path);
+        return XC_EIO;
     }
     if (st.st_size < 10) {
         close(fd);
-        return fail(why, why_len, XC_ECORRUPT, "%s is too short to be a .npy file (%lld bytes)", path, (long long)st.st_size);
+        xc_why(why, why_len, "%s is too short to be a .npy file (%lld bytes)", path, (long long)st.st_size);
+        return XC_ECORRUPT;
     }
     void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) {
         int e = errno;
         close(fd);
-        return fail(why, why_len, XC_EIO, "cannot map %s: %s", path, strerror(e));
+        xc_why(why, why_len, "cannot map %s: %s", path, strerror(e));
+        return XC_EIO;
     }
     char msg[256];
     int rc = xc_client_npy_parse_header(map, (size_t)st.st_size, out, msg, sizeof msg);
-    if (rc == XC_OK && out->data_offset + out->data_bytes != (size_t)st.st_size)
-        rc = fail(msg, sizeof msg, XC_ELENGTH, "data is %zu bytes but shape %s needs %zu; the file is truncated or corrupt",
-                  (size_t)st.st_size - out->data_offset, xc_client_npy_shape_str(out), out->data_bytes);
+    if (rc == XC_OK && out->data_offset + out->data_bytes != (size_t)st.st_size) {
+        xc_why(msg, sizeof msg, "data is %zu bytes but shape %s needs %zu; the file is truncated or corrupt",
+               (size_t)st.st_size - out->data_offset, xc_client_npy_shape_str(out), out->data_bytes);
+        rc = XC_ELENGTH;
+    }
     if (rc != XC_OK) {
         munmap(map, (size_t)st.st_size);
         close(fd);
         memset(out, 0, sizeof *out);
         out->fd = -1;
-        return fail(why, why_len, rc, "%s: %s", path, msg);
+        xc_why(why, why_len, "%s: %s", path, msg);
+        return rc;
     }
     out->fd = fd;
     out->map = map;
@@ -257,11 +282,17 @@ void xc_client_npy_close(xc_client_npy_t *n)
 int xc_client_npy_write_f32(const char *path, const float *x, long n, long d, char *why, size_t why_len)
 {
     char hdr[128];
-    if (!path || !x || n < 1 || d < 1) return fail(why, why_len, XC_EINVAL, "npy write: empty array");
+    if (!path || !x || n < 1 || d < 1) {
+        xc_why(why, why_len, "npy write: empty array");
+        return XC_EINVAL;
+    }
     int h = snprintf(hdr + 10, sizeof hdr - 10, "{'descr': '<f4', 'fortran_order': False, 'shape': (%ld, 2, %ld), }", n, d);
     size_t total = 10 + (size_t)h + 1;
     size_t padded = (total + 63) / 64 * 64;
-    if (padded > sizeof hdr) return fail(why, why_len, XC_EINVAL, "npy write: shape too large");
+    if (padded > sizeof hdr) {
+        xc_why(why, why_len, "npy write: shape too large");
+        return XC_EINVAL;
+    }
     memset(hdr + 10 + h, ' ', padded - 10 - (size_t)h - 1);
     hdr[padded - 1] = '\n';
     memcpy(hdr, NPY_MAGIC, 6);
@@ -270,10 +301,16 @@ int xc_client_npy_write_f32(const char *path, const float *x, long n, long d, ch
     hdr[8] = (char)((padded - 10) & 0xff);
     hdr[9] = (char)((padded - 10) >> 8);
     FILE *f = fopen(path, "wb");
-    if (!f) return fail(why, why_len, XC_EIO, "cannot create %s: %s", path, strerror(errno));
+    if (!f) {
+        xc_why(why, why_len, "cannot create %s: %s", path, strerror(errno));
+        return XC_EIO;
+    }
     size_t cnt = (size_t)n * 2u * (size_t)d;
     int ok = fwrite(hdr, 1, padded, f) == padded && fwrite(x, sizeof(float), cnt, f) == cnt;
     ok = (fclose(f) == 0) && ok;
-    if (!ok) return fail(why, why_len, XC_EIO, "cannot write %s: %s", path, strerror(errno));
+    if (!ok) {
+        xc_why(why, why_len, "cannot write %s: %s", path, strerror(errno));
+        return XC_EIO;
+    }
     return XC_OK;
 }

@@ -63,47 +63,67 @@ void xc_synth_config_default(xc_synth_config_t *c, int d)
     c->seed = 1;
 }
 
-static int fail(char *why, size_t why_len, const char *msg)
-{
-    if (why && why_len) snprintf(why, why_len, "%s", msg);
-    return XC_ECONFIG;
-}
-
 int xc_synth_config_validate(const xc_synth_config_t *c, char *why, size_t why_len)
 {
     if (!c) return XC_EINVAL;
-    if (c->d <= 0 || c->d > SYNTH_MAX_D)
-        return fail(why, why_len, "d must be between 1 and 1048576");
-    if (c->n_shared < 0 || c->n_chat_only < 0 || c->n_base_only < 0 || c->n_shrunk < 0)
-        return fail(why, why_len, "feature counts must be >= 0");
+    if (c->d <= 0 || c->d > SYNTH_MAX_D) {
+        xc_why(why, why_len, "d must be between 1 and 1048576");
+        return XC_ECONFIG;
+    }
+    if (c->n_shared < 0 || c->n_chat_only < 0 || c->n_base_only < 0 || c->n_shrunk < 0) {
+        xc_why(why, why_len, "feature counts must be >= 0");
+        return XC_ECONFIG;
+    }
     long nf = (long)c->n_shared + c->n_chat_only + c->n_base_only + c->n_shrunk;
-    if (nf < 1 || nf > SYNTH_MAX_FEATURES)
-        return fail(why, why_len, "total feature count must be between 1 and 16777216");
+    if (nf < 1 || nf > SYNTH_MAX_FEATURES) {
+        xc_why(why, why_len, "total feature count must be between 1 and 16777216");
+        return XC_ECONFIG;
+    }
     /* !(x >= lo && x <= hi) also rejects NaN. */
-    if (c->d < 2 && c->n_shared + c->n_shrunk > 0)
-        return fail(why, why_len,
-            "d must be >= 2 for shared or shrunk features (they need a second direction)");
-    if (!(c->shared_cos >= -1.0f && c->shared_cos <= 1.0f))
-        return fail(why, why_len, "shared_cos must be in [-1, 1]");
-    if (!(c->shrunk_cos >= -1.0f && c->shrunk_cos <= 1.0f))
-        return fail(why, why_len, "shrunk_cos must be in [-1, 1]");
-    if (!(c->shrunk_scale >= 0.0f && isfinite(c->shrunk_scale)))
-        return fail(why, why_len, "shrunk_scale must be finite and >= 0");
-    if (!(c->max_prob > 0.0f && c->max_prob < 1.0f))
-        return fail(why, why_len, "max_prob must be in (0, 1)");
-    if (!(c->mean_active > 0.0f && isfinite(c->mean_active)))
-        return fail(why, why_len, "mean_active must be finite and > 0");
-    if ((double)c->mean_active > (double)c->max_prob * (double)nf)
-        return fail(why, why_len,
-            "mean_active exceeds max_prob * feature count; add features or raise max_prob");
-    if (!(c->prob_exponent >= 0.0f && c->prob_exponent <= 16.0f))
-        return fail(why, why_len, "prob_exponent must be in [0, 16]");
-    if (!(c->scale_min > 0.0f && c->scale_max >= c->scale_min && isfinite(c->scale_max)))
-        return fail(why, why_len, "need 0 < scale_min <= scale_max, finite");
-    if (!(c->bias_norm >= 0.0f && isfinite(c->bias_norm)))
-        return fail(why, why_len, "bias_norm must be finite and >= 0");
-    if (!(c->noise_std >= 0.0f && isfinite(c->noise_std)))
-        return fail(why, why_len, "noise_std must be finite and >= 0");
+    if (c->d < 2 && c->n_shared + c->n_shrunk > 0) {
+        xc_why(why, why_len, "d must be >= 2 for shared or shrunk features (they need a second direction)");
+        return XC_ECONFIG;
+    }
+    if (!(c->shared_cos >= -1.0f && c->shared_cos <= 1.0f)) {
+        xc_why(why, why_len, "shared_cos must be in [-1, 1]");
+        return XC_ECONFIG;
+    }
+    if (!(c->shrunk_cos >= -1.0f && c->shrunk_cos <= 1.0f)) {
+        xc_why(why, why_len, "shrunk_cos must be in [-1, 1]");
+        return XC_ECONFIG;
+    }
+    if (!(c->shrunk_scale >= 0.0f && isfinite(c->shrunk_scale))) {
+        xc_why(why, why_len, "shrunk_scale must be finite and >= 0");
+        return XC_ECONFIG;
+    }
+    if (!(c->max_prob > 0.0f && c->max_prob < 1.0f)) {
+        xc_why(why, why_len, "max_prob must be in (0, 1)");
+        return XC_ECONFIG;
+    }
+    if (!(c->mean_active > 0.0f && isfinite(c->mean_active))) {
+        xc_why(why, why_len, "mean_active must be finite and > 0");
+        return XC_ECONFIG;
+    }
+    if ((double)c->mean_active > (double)c->max_prob * (double)nf) {
+        xc_why(why, why_len, "mean_active exceeds max_prob * feature count; add features or raise max_prob");
+        return XC_ECONFIG;
+    }
+    if (!(c->prob_exponent >= 0.0f && c->prob_exponent <= 16.0f)) {
+        xc_why(why, why_len, "prob_exponent must be in [0, 16]");
+        return XC_ECONFIG;
+    }
+    if (!(c->scale_min > 0.0f && c->scale_max >= c->scale_min && isfinite(c->scale_max))) {
+        xc_why(why, why_len, "need 0 < scale_min <= scale_max, finite");
+        return XC_ECONFIG;
+    }
+    if (!(c->bias_norm >= 0.0f && isfinite(c->bias_norm))) {
+        xc_why(why, why_len, "bias_norm must be finite and >= 0");
+        return XC_ECONFIG;
+    }
+    if (!(c->noise_std >= 0.0f && isfinite(c->noise_std))) {
+        xc_why(why, why_len, "noise_std must be finite and >= 0");
+        return XC_ECONFIG;
+    }
     return 0;
 }
 

@@ -6,7 +6,6 @@
 #include "xc_proto.h"
 #include "xc_ckptlayout.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,23 +14,12 @@ struct xc_client_ckpt {
     xc_stf_t *f; /* owned */
 };
 
-static int fail(char *why, size_t n, int err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int fail(char *why, size_t n, int err, const char *fmt, ...)
-{
-    if (why && n) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, n, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
-
 xc_client_ckpt_t *xc_client_ckpt_open(const char *path, int *err, char *why, size_t why_len)
 {
     xc_client_ckpt_t *c = calloc(1, sizeof *c); /* owned by the caller */
     if (!c) {
-        if (err) *err = fail(why, why_len, XC_ENOMEM, "out of memory");
+        xc_why(why, why_len, "out of memory");
+        if (err) *err = XC_ENOMEM;
         return NULL;
     }
     c->f = xc_stf_open(path, err, why, why_len);
@@ -114,7 +102,10 @@ int xc_client_ckpt_tensor(const xc_client_ckpt_t *c, const char *name, xc_client
                           size_t why_len)
 {
     const xc_stf_tensor_t *t = xc_stf_find(c->f, name);
-    if (!t) return fail(why, why_len, XC_ENOTFOUND, "%s: no tensor '%s'", xc_stf_path(c->f), name ? name : "");
+    if (!t) {
+        xc_why(why, why_len, "%s: no tensor '%s'", xc_stf_path(c->f), name ? name : "");
+        return XC_ENOTFOUND;
+    }
     if (out) to_client(t, out);
     return XC_OK;
 }
@@ -136,20 +127,22 @@ static float *floats(const xc_stf_t *f, const char *name, int ndim, const int64_
 {
     const xc_stf_tensor_t *t = xc_stf_find(f, name);
     if (!t) {
-        *rc = fail(why, wl, XC_ECORRUPT, "%s: no tensor '%s'", xc_stf_path(f), name);
+        xc_why(why, wl, "%s: no tensor '%s'", xc_stf_path(f), name);
+        *rc = XC_ECORRUPT;
         return NULL;
     }
     int same = t->ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
     if (!same) {
-        *rc = fail(why, wl, XC_ECORRUPT, "%s: tensor '%s' has a shape inconsistent with the others", xc_stf_path(f),
-                   name);
+        xc_why(why, wl, "%s: tensor '%s' has a shape inconsistent with the others", xc_stf_path(f), name);
+        *rc = XC_ECORRUPT;
         return NULL;
     }
     size_t n = (size_t)t->count;
     float *o = malloc((n ? n : 1) * sizeof(float));
     if (!o) {
-        *rc = fail(why, wl, XC_ENOMEM, "out of memory reading '%s'", name);
+        xc_why(why, wl, "out of memory reading '%s'", name);
+        *rc = XC_ENOMEM;
         return NULL;
     }
     const uint8_t *p = t->data; /* copied element by element: may be unaligned in a foreign file */
@@ -170,7 +163,8 @@ static float *floats(const xc_stf_t *f, const char *name, int ndim, const int64_
         }
     } else {
         free(o);
-        *rc = fail(why, wl, XC_EDTYPE, "%s: tensor '%s' is %s, not a float type", xc_stf_path(f), name, t->dtype);
+        xc_why(why, wl, "%s: tensor '%s' is %s, not a float type", xc_stf_path(f), name, t->dtype);
+        *rc = XC_EDTYPE;
         return NULL;
     }
     return o;
@@ -187,8 +181,10 @@ static int model_from_model_file(const xc_stf_t *f, xc_client_model_t *m, char *
     const xc_stf_tensor_t *e = xc_stf_find(f, "encoder.weight"), *t;
     int rc = XC_OK;
     if (!e || e->ndim != 3 || e->shape[0] != 2 || e->shape[1] <= 0 || e->shape[2] <= 0 || e->shape[1] > (1 << 24) ||
-        e->shape[2] > (1 << 28))
-        return fail(why, wl, XC_ECORRUPT, "%s: no crosscoder encoder.weight [2, d, F]", xc_stf_path(f));
+        e->shape[2] > (1 << 28)) {
+        xc_why(why, wl, "%s: no crosscoder encoder.weight [2, d, F]", xc_stf_path(f));
+        return XC_ECORRUPT;
+    }
     m->d = (int)e->shape[1];
     m->dict_size = (int)e->shape[2];
     int64_t d = m->d, F = m->dict_size, s_enc[3] = {2, d, F}, s_b[1] = {F}, s_dec[3] = {2, F, d}, s_bd[2] = {2, d};
@@ -217,8 +213,10 @@ static int model_from_train_file(const xc_stf_t *f, xc_client_model_t *m, char *
     float *we = NULL, *wd = NULL;
     int rc = XC_OK;
     if (!e || e->ndim != 3 || e->shape[1] != 2 || e->shape[0] <= 0 || e->shape[2] <= 0 || e->shape[0] > (1 << 28) ||
-        e->shape[2] > (1 << 24))
-        return fail(why, wl, XC_ECORRUPT, "%s: no engine parameters w_enc (F, 2, d)", xc_stf_path(f));
+        e->shape[2] > (1 << 24)) {
+        xc_why(why, wl, "%s: no engine parameters w_enc (F, 2, d)", xc_stf_path(f));
+        return XC_ECORRUPT;
+    }
     m->dict_size = (int)e->shape[0];
     m->d = (int)e->shape[2];
     size_t d = (size_t)m->d, F = (size_t)m->dict_size, D2 = 2 * d;
@@ -229,7 +227,8 @@ static int model_from_train_file(const xc_stf_t *f, xc_client_model_t *m, char *
     m->w_enc = malloc(F * D2 * sizeof(float));
     m->w_dec = malloc(F * D2 * sizeof(float));
     if (!m->w_enc || !m->w_dec) {
-        rc = fail(why, wl, XC_ENOMEM, "out of memory");
+        xc_why(why, wl, "out of memory");
+        rc = XC_ENOMEM;
         goto out;
     }
     for (size_t j = 0; j < F; j++)
