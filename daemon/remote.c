@@ -299,8 +299,19 @@ static void fetch_work(uv_work_t *wq)
         xc_why(j->why, sizeof j->why, "state_dir path too long");
         return;
     }
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO or device planted under a checkpoint's name must not
+     * block the worker (and with it every later fetch and the shutdown); only
+     * regular files with one link, owned by this user, are served (a hard link
+     * could name any file the daemon can read) */
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     struct stat st, st2;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_nlink != 1 || st.st_uid != geteuid())) {
+        j->rc = XC_EPERM;
+        xc_why(j->why, sizeof j->why, "'%s' is not served: a checkpoint file has exactly one link and belongs "
+               "to the daemon's user (this one has %lu links, owner uid %lu)", j->name,
+               (unsigned long)st.st_nlink, (unsigned long)st.st_uid);
+        goto out;
+    }
     if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         int e = errno;
         j->rc = fd < 0 && e != ENOENT && e != ELOOP ? XC_EIO : XC_ENOTFOUND;

@@ -10,6 +10,7 @@
 #include "xc_test.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -383,13 +384,54 @@ static void test_fetch_queue(void)
     fx_close(&fx);
 }
 
+/* A FIFO planted under a checkpoint's name is answered (not served) at once,
+ * even by more requests than there are workers; a hard link is refused. */
+static void test_fetch_special_files(void)
+{
+    fx_t fx;
+    fx_open(&fx);
+    XC_REQUIRE(fx.dir[0] && fx.r, "fixture");
+    char p[256], q[256];
+    snprintf(p, sizeof p, "%s/f-000000001.safetensors", fx.dir);
+    XC_REQUIRE(mkfifo(p, 0600) == 0, "mkfifo");
+    uint8_t bytes[64] = {1, 2, 3};
+    write_file(fx.dir, "secret.txt", bytes, sizeof bytes);
+    snprintf(p, sizeof p, "%s/secret.txt", fx.dir);
+    snprintf(q, sizeof q, "%s/h-000000002.safetensors", fx.dir);
+    XC_REQUIRE(link(p, q) == 0, "link");
+    xc_mp_doc_t *doc;
+    int code;
+    for (int i = 0; i < 6; i++) {
+        XC_REQUIRE(fetch_one(&fx, "f-000000001.safetensors", 0, 64, &doc, &code) == 0, "fifo %d", i);
+        XC_CHECK(code == XC_ENOTFOUND, "fifo %d: code %d", i, code);
+        xc_mp_doc_free(&doc);
+    }
+    XC_REQUIRE(fetch_one(&fx, "h-000000002.safetensors", 0, 64, &doc, &code) == 0, "hard link");
+    XC_CHECK(code == XC_EPERM, "hard link served: code %d", code);
+    xc_mp_doc_free(&doc);
+    XC_CHECK(xc_remote_busy(fx.r) == 0, "workers stuck: %d", xc_remote_busy(fx.r));
+    fx_close(&fx);
+}
+
+/* A test that would hang (a blocked worker) fails instead. */
+static void on_alarm(int sig)
+{
+    static const char m[] = "not ok - timeout: a fetch worker blocked\n";
+    if (write(1, m, sizeof m - 1)) {
+    }
+    _exit(1);
+}
+
 int main(void)
 {
+    signal(SIGALRM, on_alarm);
+    alarm(60);
     XC_RUN(test_sha256_vectors);
     XC_RUN(test_names);
     XC_RUN(test_table_catalogue);
     XC_RUN(test_fetch_chunks);
     XC_RUN(test_checkpoints_listing);
     XC_RUN(test_fetch_queue);
+    XC_RUN(test_fetch_special_files);
     XC_TEST_EXIT();
 }
