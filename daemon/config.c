@@ -102,6 +102,9 @@ static const xc_cfg_key_t g_keys[] = {
     {"checkpoint_keep", XC_CFG_INT, "3", 0, 1e6, NULL, F(checkpoint_keep), 1, "service",
      "checkpoints of the current run kept in state_dir (each a model file and its .resume "
      "training state); older ones are removed after a new one is written; 0 = keep all"},
+    {"max_abs_value", XC_CFG_FLOAT, "1e6", 0, 3e38, NULL, F(max_abs_value), 1, "service",
+     "batches holding a value of larger magnitude are refused with XC_ERANGE (finite values near the "
+     "float range, e.g. bf16 0x7f7f, overflow the training step); 0 = no limit"},
     {"dead_alert_jump", XC_CFG_FLOAT, "0.05", 0, 1, NULL, F(dead_alert_jump), 1, "service",
      "publish an alert when the dead fraction rises by at least this much between stats events"},
     {"metrics_file", XC_CFG_STR, "", 0, 0, NULL, F(metrics_file), 1, "service",

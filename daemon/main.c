@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int main(int argc, char **argv)
 {
@@ -21,6 +22,9 @@ int main(int argc, char **argv)
     int err;
 
     signal(SIGPIPE, SIG_IGN);
+    /* whatever the caller's umask: run_dir, sockets, checkpoints and log are
+     * 0750/0640 at most (shm_mode and the metrics file set their modes) */
+    umask(umask(0) | 027);
     if (argc >= 2 && strcmp(argv[1], "--keygen") == 0) {
         /* the daemon's CURVE key pair: BASE.key (secret, 0600) and BASE.pub */
         xc_keypair_t kp;

@@ -65,7 +65,7 @@ static void reply_error(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_requ
                         const char *why)
 {
     s->cnt.control_errors++;
-    xc_log(XC_LOG_WARN, "control request%s%s refused: %s: %s", req && req->op_name[0] ? " " : "",
+    xc_log_rl(&s->rl_control, XC_LOG_WARN, "control request%s%s refused: %s: %s", req && req->op_name[0] ? " " : "",
            req ? req->op_name : "", xc_errname(code), why);
     xc_buf_reset(&s->out);
     if (xc_proto_error_encode(&s->out, req, code, why) == 0)

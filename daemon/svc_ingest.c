@@ -173,6 +173,7 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         return;
     }
     rc = xc_proto_payload_to_f32(&h, f[1].data, item.x, why, sizeof why);
+    if (!rc) rc = xc_proto_payload_check_range(&h, item.x, (float)s->cfg.max_abs_value, why, sizeof why);
     if (rc) {
         free(item.x);
         refuse(s, &env, &h, rc, why);

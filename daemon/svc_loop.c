@@ -21,13 +21,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #define DRAIN_BUDGET 64     /* messages per socket per drain */
 #define CONTROL_FRAME_MAX (1 << 20) /* ZMQ_MAXMSGSIZE of the control socket */
-#define CONTROL_SNDHWM 64   /* replies queued per client (fetch replies are up to 1 MiB) */
+#define CONTROL_SNDHWM 8    /* replies in a client's pipe (fetch replies are up to 1 MiB) */
+/* Control replies a client's pipe could not take wait in the daemon's backlog:
+ * at most BACKLOG_BYTES in all clients together (beyond, a reply becomes a
+ * small XC_EBUSY error) and BACKLOG_ITEMS (beyond, the reply is dropped and
+ * counted: that client has not read thousands of replies). */
+#define BACKLOG_BYTES ((size_t)64 << 20)
+#define BACKLOG_ITEMS 65536
 
 double xc_svc_mono_s(void)
 {
@@ -92,16 +99,132 @@ int xc_svc_envelope_split(const xc_svc_mmsg_t *mm, xc_svc_envelope_t *env)
     return 1;
 }
 
-/* Sends [envelope][body] on a ROUTER socket, then drains (the send consumed
- * the edge of ZMQ_FD). */
-void xc_svc_send_reply(xc_svc_t *s, void *sock, const xc_svc_envelope_t *env, const void *body, size_t len)
+/* One send of [envelope][body]: 0, or the errno (EAGAIN: the peer's pipe is
+ * full, EHOSTUNREACH: the peer is gone — both only with ROUTER_MANDATORY,
+ * before any frame went out). */
+static int send_frames(void *sock, const xc_svc_envelope_t *env, const void *body, size_t len)
 {
     int rc = zmq_send(sock, env->id, env->id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
     if (rc >= 0 && env->delim) rc = zmq_send(sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
     if (rc >= 0) rc = zmq_send(sock, body, len, ZMQ_DONTWAIT);
-    if (rc < 0) {
+    return rc < 0 ? errno : 0;
+}
+
+static int same_peer(const xc_svc_envelope_t *a, const xc_svc_envelope_t *b)
+{
+    return a->id_len == b->id_len && memcmp(a->id, b->id, a->id_len) == 0;
+}
+
+/* A small XC_EBUSY error for the request a reply body answers (its op and id
+ * read back from the reply); 0 or -1 when the body is not a reply map. */
+static int busy_reply(const void *body, size_t len, xc_buf_t *out)
+{
+    xc_request_t req;
+    char why[160];
+    int rc = xc_proto_request_decode(body, len, &req, why, sizeof why);
+    if (rc == 0 || rc == XC_EUNKNOWN)
+        rc = xc_proto_error_encode(out, &req, XC_EBUSY, "this reply did not fit the daemon's reply budget "
+                                   "(64 MiB for all clients): read replies before sending more requests, "
+                                   "then retry");
+    xc_proto_request_free(&req);
+    return rc ? -1 : 0;
+}
+
+/* Appends a reply to the backlog (copied): within the byte budget as it is,
+ * beyond it as XC_EBUSY, beyond the item cap not at all (counted, logged). */
+static void backlog_push(xc_svc_t *s, const xc_svc_envelope_t *env, const void *body, size_t len)
+{
+    xc_buf_t busy;
+    xc_buf_init(&busy);
+    if (s->backlog_bytes + len > BACKLOG_BYTES && busy_reply(body, len, &busy) == 0) {
+        s->cnt.replies_busy++;
+        body = busy.data;
+        len = busy.len;
+    }
+    xc_svc_backlog_t *b = NULL;
+    if (s->backlog_n < BACKLOG_ITEMS && s->backlog_bytes + len <= BACKLOG_BYTES + ((size_t)1 << 20))
+        b = malloc(sizeof *b + len); /* owned by the backlog; freed when sent */
+    if (!b) {
+        s->cnt.replies_dropped++;
+        xc_log_rl(&s->rl_reply, XC_LOG_WARN, "a control reply was dropped: the client has %zu unread "
+                  "replies waiting (it does not read its socket)", s->backlog_n);
+        xc_buf_free(&busy);
+        return;
+    }
+    b->next = NULL;
+    b->env = *env;
+    b->len = len;
+    memcpy(b->body, body, len);
+    if (s->backlog_tail) s->backlog_tail->next = b;
+    else s->backlog = b;
+    s->backlog_tail = b;
+    s->backlog_bytes += len;
+    s->backlog_n++;
+    s->cnt.replies_deferred++;
+    xc_buf_free(&busy);
+}
+
+/* Sends what the clients' pipes take now, in order per client: a client
+ * whose pipe is still full keeps its remaining replies. */
+static void backlog_flush(xc_svc_t *s)
+{
+    enum { MAX_BLOCKED = 32 };
+    xc_svc_envelope_t blocked[MAX_BLOCKED];
+    int nb = 0;
+    xc_svc_backlog_t **pp = &s->backlog, *prev = NULL;
+    while (*pp) {
+        xc_svc_backlog_t *b = *pp;
+        int skip = 0;
+        for (int i = 0; i < nb && !skip; i++) skip = same_peer(&blocked[i], &b->env);
+        int e = skip ? EAGAIN : send_frames(s->control, &b->env, b->body, b->len);
+        if (e == EAGAIN) {
+            if (!skip && nb < MAX_BLOCKED) blocked[nb++] = b->env;
+            if (nb == MAX_BLOCKED) break; /* the rest waits for the next flush */
+            prev = b;
+            pp = &b->next;
+            continue;
+        }
+        if (e) s->cnt.replies_dropped++; /* EHOSTUNREACH: the client left */
+        *pp = b->next;
+        if (s->backlog_tail == b) s->backlog_tail = prev;
+        s->backlog_bytes -= b->len;
+        s->backlog_n--;
+        free(b);
+    }
+}
+
+void xc_svc_backlog_free(xc_svc_t *s)
+{
+    while (s->backlog) {
+        xc_svc_backlog_t *b = s->backlog;
+        s->backlog = b->next;
+        free(b);
+    }
+    s->backlog_tail = NULL;
+    s->backlog_bytes = s->backlog_n = 0;
+}
+
+/* Sends [envelope][body] on a ROUTER socket. Control replies are never lost
+ * to a full pipe: they wait in the backlog, behind any older reply for the
+ * same client. The caller drains afterwards (a send consumes the ZMQ_FD edge). */
+void xc_svc_send_reply(xc_svc_t *s, void *sock, const xc_svc_envelope_t *env, const void *body, size_t len)
+{
+    if (sock == s->control) {
+        for (xc_svc_backlog_t *b = s->backlog; b; b = b->next)
+            if (same_peer(&b->env, env)) {
+                backlog_push(s, env, body, len);
+                return;
+            }
+    }
+    int e = send_frames(sock, env, body, len);
+    if (!e) return;
+    if (sock == s->control && e == EAGAIN) {
+        backlog_push(s, env, body, len);
+    } else if (sock == s->control && e == EHOSTUNREACH) {
+        s->cnt.replies_dropped++; /* the client disconnected before its reply */
+    } else {
         s->cnt.zmq_errors++;
-        xc_log(XC_LOG_WARN, "reply not sent: %s", zmq_strerror(errno));
+        xc_log_rl(&s->rl_reply, XC_LOG_WARN, "reply not sent: %s", zmq_strerror(e));
     }
 }
 
@@ -145,6 +268,7 @@ static void idle_cb(uv_idle_t *h) { xc_svc_drain_all(h->data); }
 void xc_svc_drain_all(xc_svc_t *s)
 {
     if (s->closing) return;
+    if (s->backlog) backlog_flush(s);
     int more = drain_socket(s, s->control, 0);
     more |= drain_socket(s, s->ingest, 1);
     more |= drain_socket(s, s->control, 0); /* replies sent above may have eaten an edge */
@@ -349,9 +473,11 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
     } else if (type == ZMQ_ROUTER) {
         int64_t maxf = CONTROL_FRAME_MAX;
-        int sndhwm = CONTROL_SNDHWM;
+        int sndhwm = CONTROL_SNDHWM, mandatory = 1;
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
         zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
+        /* a full pipe says EAGAIN instead of dropping the reply (backlog) */
+        zmq_setsockopt(z, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
     }
     if (s->auth && xc_auth_endpoint_tcp(ep)) {
         int rc = xc_auth_curve_server(z, what, s->curve_secret, why, wl);
@@ -369,18 +495,46 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
     return XC_OK;
 }
 
+/* Creates dir if missing and checks that it is ours: a directory owned by
+ * this user and not writable by others. A run_dir under /tmp that another
+ * user made first (with a planted lock link or socket) is refused, never used. */
+static int private_dir(const char *key, const char *dir, char *why, size_t wl)
+{
+    struct stat st;
+    int rc = xc_mkdirs(dir, why, wl);
+    if (rc) return rc;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        xc_why(why, wl, "%s %s is not a directory", key, dir);
+        return XC_ECONFIG;
+    }
+    if (st.st_uid != geteuid() || (st.st_mode & S_IWOTH)) {
+        xc_why(why, wl, "%s %s is %s (owner uid %lu, mode %03o): another user could plant files there; "
+               "remove it or choose another %s", key, dir, st.st_uid != geteuid() ? "not owned by this user"
+               : "writable by others", (unsigned long)st.st_uid, (unsigned)(st.st_mode & 0777), key);
+        return XC_ECONFIG;
+    }
+    return XC_OK;
+}
+
 /* One daemon per run_dir: an advisory lock on RUN_DIR/xcoderd.lock (an ipc://
- * bind would silently steal another instance's socket files). */
+ * bind would silently steal another instance's socket files). The lock file
+ * is never opened through a link. */
 static int take_lock(xc_svc_t *s, char *why, size_t wl)
 {
     char path[XC_CFG_STR_MAX + 80];
-    int rc = xc_mkdirs(s->cfg.run_dir, why, wl);
+    int rc = private_dir("run_dir", s->cfg.run_dir, why, wl);
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/xcoderd.lock", s->cfg.run_dir);
-    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0640);
+    struct stat st;
+    if (s->lock_fd >= 0 && (fstat(s->lock_fd, &st) || !S_ISREG(st.st_mode) || st.st_uid != geteuid())) {
+        xc_why(why, wl, "lock file %s is not a regular file of this user; remove it", path);
+        return XC_ECONFIG;
+    }
     if (s->lock_fd < 0) {
-        xc_why(why, wl, "cannot open lock file %s: %s", path, strerror(errno));
-        return XC_EIO;
+        xc_why(why, wl, "cannot open lock file %s: %s%s", path, strerror(errno),
+               errno == ELOOP ? " (a symbolic link: remove it)" : "");
+        return errno == ELOOP ? XC_ECONFIG : XC_EIO;
     }
     if (flock(s->lock_fd, LOCK_EX | LOCK_NB)) {
         xc_why(why, wl, "another xcoderd instance runs with run_dir %s (lock %s held); give each "
@@ -458,9 +612,11 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->last_ckpt_step = -1;
     xc_buf_init(&s->out);
     for (int i = 0; i < XC_SVC_N_REFUSE; i++) s->log_budget[i] = XC_SVC_LOG_BUDGET;
+    s->rl_reply = (xc_ratelimit_t)XC_RATELIMIT_INIT(5, 10.0);
+    s->rl_control = (xc_ratelimit_t)XC_RATELIMIT_INIT(10, 1.0);
 
     if ((rc = take_lock(s, why, wl))) goto fail;
-    if ((rc = xc_mkdirs(s->cfg.state_dir, why, wl))) goto fail;
+    if ((rc = private_dir("state_dir", s->cfg.state_dir, why, wl))) goto fail;
     xc_cfg_engine(&s->cfg, &ec);
     s->engine = xc_engine_new(&ec, &rc);
     if (!s->engine) {
@@ -633,6 +789,7 @@ void xc_svc_destroy(xc_svc_t **ps)
                 unlink(eps[i] + 6);
     }
     xc_svc_pending_free_all(s);
+    xc_svc_backlog_free(s);
     xc_remote_destroy(&s->remote);
     xc_snapshot_free(&s->snap);
     xc_trainer_destroy(&s->trainer);

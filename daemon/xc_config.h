@@ -42,6 +42,7 @@ typedef struct {
     long seed, threads;
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
+    double max_abs_value;
     double stats_interval, checkpoint_interval, dead_alert_jump;
     long checkpoint_steps, checkpoint_keep;
     char metrics_file[XC_CFG_STR_MAX];

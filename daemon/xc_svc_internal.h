@@ -18,6 +18,7 @@
 #include "xc_ckpt.h"
 #include "xc_config.h"
 #include "xc_keys.h"
+#include "xc_log.h"
 #include "xc_proto.h"
 #include "xc_queue.h"
 #include "xc_remote.h"
@@ -34,7 +35,7 @@
 /* Refusal classes, in the order of PROTOCOL.md; counters are indexed by this. */
 #define XC_SVC_REFUSALS(X)                                                                       \
     X(XC_ESHUTDOWN) X(XC_ETOOBIG) X(XC_EPROTO) X(XC_EVERSION) X(XC_EDTYPE) X(XC_ESHAPE)          \
-    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ENOMEM) X(XC_EPERM)
+    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ERANGE) X(XC_ENOMEM) X(XC_EPERM)
 #define XC_SVC_REFUSE_COUNT(c) +1
 enum { XC_SVC_N_REFUSE = 0 XC_SVC_REFUSALS(XC_SVC_REFUSE_COUNT) };
 #undef XC_SVC_REFUSE_COUNT
@@ -50,7 +51,10 @@ extern const int xc_svc_refuse_codes[XC_SVC_N_REFUSE];
     X(events_published)                                                         \
     X(ingest_blocked)   /* times the queue was full and reading stopped */     \
     X(zmq_errors)                                                               \
-    X(control_denied)   /* control requests refused with XC_EPERM (role) */
+    X(control_denied)   /* control requests refused with XC_EPERM (role) */      \
+    X(replies_deferred) /* control replies held back until the client read more */ \
+    X(replies_busy)     /* replies replaced by XC_EBUSY: the reply budget was full */ \
+    X(replies_dropped)  /* replies lost: the client left, or never reads at all */
 
 typedef struct {
     uint64_t refused[XC_SVC_N_REFUSE];
@@ -77,6 +81,16 @@ typedef struct xc_svc_pending {
     uint8_t *req;       /* raw request frame; owned */
     size_t req_len;
 } xc_svc_pending_t;
+
+/* A control reply that the client's pipe could not take yet (ROUTER_MANDATORY
+ * said EAGAIN: the client is not reading). Kept in order per client and sent
+ * when its pipe has room; the backlog's bytes are bounded globally. */
+typedef struct xc_svc_backlog {
+    struct xc_svc_backlog *next;
+    xc_svc_envelope_t env;
+    size_t len;
+    uint8_t body[]; /* owned with the item */
+} xc_svc_backlog_t;
 
 /* One multipart message as received (frames beyond XC_SVC_MAX_FRAMES counted). */
 typedef struct {
@@ -134,6 +148,10 @@ struct xc_svc {
     uint64_t log_suppressed[XC_SVC_N_REFUSE];
     xc_svc_pending_t *pending;
     int n_pending;
+    xc_svc_backlog_t *backlog, *backlog_tail; /* control replies waiting for room (svc_loop.c) */
+    size_t backlog_bytes, backlog_n;
+    xc_ratelimit_t rl_reply;  /* log lines about replies that could not be delivered */
+    xc_ratelimit_t rl_control; /* log lines about refused control requests (peer-triggered) */
     xc_buf_t out;       /* scratch for replies */
     xc_remote_t *remote; /* checkpoints, fetch, table (remote.c) */
 };
@@ -158,6 +176,7 @@ void xc_svc_flush_alerts(xc_svc_t *s, int force);
 void xc_svc_handle_control(xc_svc_t *s, xc_svc_mmsg_t *mm);
 /* Answers deferred requests the trainer's results satisfy; fail_code != 0
  * answers all that remain with that error. */
+void xc_svc_backlog_free(xc_svc_t *s);
 void xc_svc_answer_pending(xc_svc_t *s, const xc_ckpt_result_t *ck, int have_ck, uint64_t snap_gen,
                            int fail_code);
 void xc_svc_pending_free_all(xc_svc_t *s);

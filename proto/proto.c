@@ -8,6 +8,25 @@
 #include <stdio.h>
 #include <string.h>
 
+/* 1 if s[0..len) is valid UTF-8 without control bytes: a producer id is echoed
+ * into logs, alert events and JSON, where anything else would be injected or
+ * dropped by a strict decoder. */
+static int id_text_ok(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + len;
+    while (p < e) {
+        unsigned c = *p;
+        int n = c < 0x80 ? 1 : (c >= 0xc2 && c < 0xe0) ? 2 : (c >= 0xe0 && c < 0xf0) ? 3 : (c >= 0xf0 && c < 0xf5) ? 4 : 0;
+        if (!n || p + n > e || (n == 1 && (c < 0x20 || c == 0x7f))) return 0;
+        for (int i = 1; i < n; i++)
+            if ((p[i] & 0xc0) != 0x80) return 0;
+        if (n == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))) return 0; /* overlong, surrogate */
+        if (n == 4 && ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))) return 0;
+        p += n;
+    }
+    return 1;
+}
+
 /* ----------------------------------------------------------------- errors -- */
 int xc_proto_errcode(const char *name, size_t len)
 {
@@ -179,6 +198,10 @@ static int names_fields(xc_mp_node_t root, xc_batch_hdr_t *h, char *why, size_t 
         if (xc_mp_as_str(p, &s, &sl) || sl > XC_PROTO_PRODUCER_MAX) {
             xc_why(why, why_len, "header field 'producer' must be a string of at most %d bytes",
                     XC_PROTO_PRODUCER_MAX);
+            return XC_EPROTO;
+        }
+        if (!id_text_ok(s, sl)) {
+            xc_why(why, why_len, "header field 'producer' must be printable UTF-8 text (no control bytes)");
             return XC_EPROTO;
         }
         memcpy(h->producer, s, sl);
@@ -509,6 +532,25 @@ int xc_proto_payload_to_f32(const xc_batch_hdr_t *h, const void *src, float *dst
     for (size_t i = 0; i < count; i++) /* rare path: find the first one for the reason */
         if (!isfinite(dst[i])) return nonfinite_at(h, i, dst[i], why, why_len);
     return XC_OK;
+}
+
+int xc_proto_payload_check_range(const xc_batch_hdr_t *h, const float *x, float max_abs, char *why,
+                                 size_t why_len)
+{
+    size_t count = (size_t)h->n * 2 * h->d;
+    float m = 0.f;
+    if (!(max_abs > 0.f)) return XC_OK;
+    for (size_t i = 0; i < count; i++) m = fmaxf(m, fabsf(x[i]));
+    if (m <= max_abs) return XC_OK;
+    size_t d = h->d;
+    for (size_t i = 0; i < count; i++) /* rare path: name the first one */
+        if (fabsf(x[i]) > max_abs) {
+            xc_why(why, why_len, "token %zu, %s, dim %zu: |%g| exceeds max_abs_value %g (finite, but it "
+                   "would overflow the training step; scale the activations or raise max_abs_value)",
+                   i / (2 * d), (i / d) % 2 ? "chat" : "base", i % d, (double)x[i], (double)max_abs);
+            break;
+        }
+    return XC_ERANGE;
 }
 
 void xc_proto_f32_to_payload(const float *src, size_t count, xc_dtype_t t, void *dst)

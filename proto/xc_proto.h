@@ -232,6 +232,11 @@ int xc_proto_payload_to_f32(const xc_batch_hdr_t *h, const void *src, float *dst
                             char *why, size_t why_len);
 /* The reverse, for producers: count f32 values to little-endian dtype into dst
  * (count * xc_dtype_size(t) bytes, caller-owned). */
+/* XC_ERANGE when a converted value's magnitude exceeds max_abs (finite values
+ * whose squares and products overflow the step: bf16 0x7f7f, f32 3e38), naming
+ * the first one in why; max_abs <= 0 turns the check off. */
+int xc_proto_payload_check_range(const xc_batch_hdr_t *h, const float *x, float max_abs, char *why,
+                                 size_t why_len);
 void xc_proto_f32_to_payload(const float *src, size_t count, xc_dtype_t t, void *dst);
 
 /* The reply to one ingest message. */
