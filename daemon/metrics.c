@@ -87,6 +87,9 @@ static const struct {
     {"ingest_blocked", "Times the queue was full and ingest stopped reading (backpressure)."},
     {"zmq_errors", "ZeroMQ send/receive errors."},
     {"control_denied", "Control requests refused with XC_EPERM (the key lacks the role)."},
+    {"replies_deferred", "Control replies held in the backlog until the client read more."},
+    {"replies_busy", "Control replies replaced by XC_EBUSY (the 64 MiB reply backlog was full)."},
+    {"replies_dropped", "Control replies lost: the client left, or never read 65,536 replies."},
 };
 
 static const char *const g_states[] = {"starting", "running", "paused", "stopping"};
