@@ -1,28 +1,25 @@
-/* The crosscoder engine (shared/method.md sections 1-3).
- *
- * One BatchTopK step:
- *   1. PRE = X W_enc^T             dense sgemm, split by latent columns over the pool
- *   2. u = ReLU(PRE + b_enc), r = u s; histogram of r's top 16 bits      (pass A)
- *   3. boundary bucket of the k*B-th largest r; rows count the entries above it and
- *      collect the boundary candidates                                    (pass B)
- *   4. candidates sorted by (r desc, flat index asc): exact top-k*B with ties
- *      broken towards the lower flat index b*F + j
- *   5. CSR of the selected entries per token                              (pass C)
- *   6. decoder forward, residual, loss, dL/dxhat and dL/df per entry      (token-major)
- *   7. AuxK over the dead latents                                         (token-major)
- *   8. encoder/decoder gradients                                          (latent-major)
- *   9. clip, Adam (all parameters) fused with the decoder norms for the next step
+/* The crosscoder engine (shared/method.md sections 1-3): the training step and
+ * everything around it. One BatchTopK step (forward_backward, then
+ * xc_engine_train_step):
+ *   1. PRE = X W_enc^T         dense sgemm, split by latent columns over the pool
+ *   2. exact top k*B of r = u s, u = ReLU(PRE + b_enc)        (select.c, xc_select_topk)
+ *   3. decoder forward, residual, loss, dL/dxhat and dL/df per entry (token-major)
+ *   4. AuxK over the dead latents                             (auxk.c, token-major)
+ *   5. encoder/decoder gradients, with the running Latent Scaling sums fused in
+ *                                                             (latent-major)
+ *   6. clip, Adam (all parameters) fused with the decoder norms for the next step,
+ *      then the per-latent statistics and theta               (commit_stats)
  * Only step 1 (and Adam) touch every parameter; everything else is O(B k 2d).
- * The L1 baseline is dense (its codes are dense), using four sgemms.
+ * The L1 baseline is dense (its codes are dense), using four sgemms (l1.c).
+ * The tensors all live in one block described by one table (xc_engine_internal.h,
+ * tensors.c).
  *
  * OpenBLAS runs single-threaded inside our pool's workers: the pool owns both
  * cores, no BLAS thread spins against our sparse passes, and results are
  * deterministic for a given thread count. */
-#include "xc_engine.h"
+#include "xc_engine_internal.h"
 
 #include "xc_error.h"
-#include "xc_pool.h"
-#include "xc_rng.h"
 
 #include <cblas.h>
 #include <float.h>
@@ -33,9 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef XC_HAVE_AVX512_PATH
 #include <immintrin.h>
-#define XC_HAVE_AVX512_PATH 1
 #endif
 
 static double now_ms(void)
@@ -44,108 +40,6 @@ static double now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
-
-#define NBUCKET 32768 /* top 16 bits of a positive float */
-/* Latent Scaling sums per latent: sum f^2, sum f<v,e^base>, sum f<v,e^chat>,
- * sum f<v,xhat^base>, sum f<v,xhat^chat>, count */
-enum { LS_F2 = 0, LS_E0, LS_E1, LS_R0, LS_R1, LS_CNT, LS_N };
-#define XC_ENGINE_MAX_KEEP_D 8192 /* b_dec restored on a skipped first step up to this d */
-
-typedef struct {
-    int b, j;    /* token, latent */
-    float r, u;  /* score u s, activation u */
-} cand_t;
-
-typedef struct {
-    float r;
-    int j;
-} scored_t;
-
-/* Per-worker scratch, allocated once. */
-typedef struct {
-    uint32_t *hist;       /* (NBUCKET) */
-    cand_t *cand;         /* boundary candidates; grows on demand */
-    long ncand, cand_cap;
-    scored_t *dead_sc;    /* (F) AuxK candidates of one token */
-    double *acc;          /* (4, 2d): sum e, sum e^2, sum x, sum x^2 */
-    double l2, mse, aux_num, sq, l1;
-    long npos;
-    float rmin;
-} worker_t;
-
-struct xc_engine {
-    xc_engine_config_t cfg;
-    int d, d2, F, B, K, kaux_max, nth;
-    xc_pool_t *pool;            /* owned */
-    worker_t *w;                /* (nth) owned */
-
-    /* parameters and their Adam moments: one block each, with views */
-    float *w_enc, *b_enc, *w_dec, *b_dec;          /* (F,2d) (F) (F,2d) (2d) */
-    float *m_enc, *v_enc, *m_benc, *v_benc, *m_dec, *v_dec, *m_bdec, *v_bdec;
-    float *g_enc, *g_benc, *g_dec, *g_bdec;        /* gradients (rows valid where has_grad) */
-    unsigned char *has_grad;                       /* (F) */
-
-    float *nrm;                 /* (F, 2) decoder row norms */
-    float *s;                   /* (F) code normalisation ||d_base|| + ||d_chat|| */
-    int norms_valid;
-
-    /* per-latent state */
-    uint64_t *since_fired;      /* (F) tokens since last fired */
-    unsigned char *dead;        /* (F) AuxK mask for the current step */
-    int *dead_list, n_dead_list;
-    uint64_t *fired;            /* (F) cumulative token-activations */
-    double *sum_act;            /* (F) */
-    float *max_act;             /* (F) */
-    float *freq;                /* (F) EMA of fires per token */
-    long *last_fired;           /* (F) */
-    double *ls_run;             /* (F, LS_N) running Latent Scaling sums (EMA) */
-    double *ls_step;            /* (F, LS_N) this step's sums */
-    float *ls_t1, *ls_t2;       /* (F, 2d) L1 only: U^T E and U^T X */
-
-    /* step scratch */
-    float *pre;                 /* (B, F) pre-activations, then u in place */
-    float *dpre;                /* (B, F) L1 only */
-    float *resid;               /* (B, 2d) e = x - xhat */
-    float *gx;                  /* (B, 2d) dR/dxhat */
-    float *hx;                  /* (B, 2d) d(aux term)/d ehat */
-    float *ehat;                /* (B, 2d) AuxK reconstruction */
-    float *gscale;              /* (B, 2) e = gscale * dR/dxhat per token and model (Latent Scaling) */
-    long *row_ptr;              /* (B+1) selected entries per token (CSR) */
-    long *row_cnt;              /* (B) */
-    int *col, *ent_row;         /* (K) */
-    float *val, *gval;          /* (K) f and dL/df */
-    long nnz;
-    long *aux_ptr;              /* (B+1): aux_ptr[b+1] = AuxK entries of token b, stored at b*kaux_max */
-    int *aux_col, *aux_row;     /* (B * kaux_max) */
-    float *aux_val, *aux_gval;
-    long aux_nnz;
-    int k_aux;
-    long *lat_ptr;              /* (F+1) entries per latent (CSC over main + aux) */
-    int *lat_cnt;               /* (F) main entries per latent this step */
-    int *lat_ent;               /* (K + B*kaux_max) */
-
-    /* selection state */
-    uint64_t *hist64;           /* (NBUCKET) merged histogram */
-    float tau, tau_frac;        /* fast-path filter: tau = tau_frac * last cut-off */
-    long last_ncand, n_full_select;
-    int fill_phase;
-    int use_avx512;             /* the CPU runs the AVX-512 prefilter */
-    int sel_all;                /* fewer positives than K: take every positive */
-    long bucket_t;              /* boundary bucket */
-    float cut_r;                /* boundary candidates kept: r > cut_r or r == cut_r && idx <= cut_idx */
-    long cut_idx;
-
-    const float *x;             /* borrowed batch during a step */
-    long n;                     /* rows in the current pass (B, or an encode chunk) */
-    int commit;
-    double aux_denom, grad_scale, lr_t, bc1, bc2;
-    double theta;
-    long step;
-    uint64_t tokens;
-    xc_engine_metrics_t met;
-    xc_rng_t rng;
-    double scal[4];             /* theta, tau, tau_frac, full selects: saved with the state */
-};
 
 /* ---------------------------------------------------------------- config */
 
@@ -213,28 +107,9 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
     return XC_OK;
 }
 
-/* ---------------------------------------------------------------- helpers */
 
-static inline uint32_t fbits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static void *xalloc(size_t n, size_t size, int *fail)
-{
-    void *p = NULL;
-    if (n == 0) n = 1;
-    if (posix_memalign(&p, 64, n * size) != 0) {
-        *fail = 1;
-        return NULL;
-    }
-    memset(p, 0, n * size);
-    return p;
-}
-
-/* Decoder norms of rows [lo, hi) and s = their sum. */
+/* Decoder norms of rows [lo, hi) and s = their sum: the code normalisation
+ * every score r = u s uses, cached until the decoder changes. */
 static void norms_rows(xc_engine_t *e, long lo, long hi)
 {
     int d = e->d;
@@ -255,7 +130,9 @@ static void norms_task(void *ctx, int tid, int nth)
     norms_rows(e, lo, hi);
 }
 
-static void ensure_norms(xc_engine_t *e)
+/* Recomputes the cached norms only when something wrote the decoder outside
+ * Adam (which refreshes them itself, fused into its pass). */
+void xc_engine_ensure_norms(xc_engine_t *e)
 {
     if (!e->norms_valid) {
         xc_pool_run(e->pool, norms_task, e);
@@ -265,7 +142,10 @@ static void ensure_norms(xc_engine_t *e)
 
 /* ---------------------------------------------------------------- lifecycle */
 
-static void init_params(xc_engine_t *e)
+/* method.md 1: encoder columns of norm init_norm, decoder = encoder transposed,
+ * base and chat identical; drawn from the engine's RNG so a seed fixes the model.
+ * XC_ENOMEM when the temporary (d, F) matrix does not fit. */
+static int init_params(xc_engine_t *e)
 {
     int d = e->d, F = e->F;
     /* One Kaiming-uniform (d, F) matrix (bound sqrt(6 / fan_in), fan_in = F as torch
@@ -277,7 +157,7 @@ static void init_params(xc_engine_t *e)
     if (!col || !tmp) {
         free(col);
         free(tmp);
-        return; /* caller checked allocation before; unreachable in practice */
+        return XC_ENOMEM;
     }
     for (long i = 0; i < (long)d * F; i++) tmp[i] = (float)((2.0 * xc_rng_uniform(&e->rng) - 1.0) * bound);
     for (int j = 0; j < F; j++) {
@@ -296,17 +176,21 @@ static void init_params(xc_engine_t *e)
     }
     free(col);
     free(tmp);
+    return XC_OK;
 }
 
+/* Creates the engine: validates cfg, derives the sizes, starts the pool, lays
+ * out every tensor in one block (tensors.c), then initialises the parameters
+ * from the seed. On any failure everything made so far is released. */
 xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
 {
     char why[256];
-    int fail = 0, rc = xc_engine_config_validate(cfg, why, sizeof why);
+    int rc = xc_engine_config_validate(cfg, why, sizeof why);
     xc_engine_t *e = NULL;
 
     if (rc) goto out_err;
     rc = XC_ENOMEM;
-    e = calloc(1, sizeof *e);
+    e = calloc(1, sizeof *e); /* owned by the caller; xc_engine_destroy */
     if (!e) goto out_err;
     e->cfg = *cfg;
     e->d = cfg->d;
@@ -320,88 +204,17 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
     e->cfg.threads = e->nth;
     openblas_set_num_threads(1);
     e->pool = xc_pool_new(e->nth);
-    if (!e->pool) goto out_free;
+    e->w = calloc((size_t)e->nth, sizeof *e->w); /* owned by e */
+    if (!e->pool || !e->w) goto out_free;
+    if ((rc = xc_engine_alloc_tensors(e)) || (rc = xc_select_init(e))) goto out_free;
 
-    size_t F = (size_t)e->F, d2 = (size_t)e->d2, B = (size_t)e->B, K = (size_t)e->K;
-    size_t KA = B * (size_t)e->kaux_max;
-    e->w_enc = xalloc(F * d2, 4, &fail);
-    e->b_enc = xalloc(F, 4, &fail);
-    e->w_dec = xalloc(F * d2, 4, &fail);
-    e->b_dec = xalloc(d2, 4, &fail);
-    e->m_enc = xalloc(F * d2, 4, &fail);
-    e->v_enc = xalloc(F * d2, 4, &fail);
-    e->m_dec = xalloc(F * d2, 4, &fail);
-    e->v_dec = xalloc(F * d2, 4, &fail);
-    e->m_benc = xalloc(F, 4, &fail);
-    e->v_benc = xalloc(F, 4, &fail);
-    e->m_bdec = xalloc(d2, 4, &fail);
-    e->v_bdec = xalloc(d2, 4, &fail);
-    e->g_enc = xalloc(F * d2, 4, &fail);
-    e->g_dec = xalloc(F * d2, 4, &fail);
-    e->g_benc = xalloc(F, 4, &fail);
-    e->g_bdec = xalloc(d2, 4, &fail);
-    e->has_grad = xalloc(F, 1, &fail);
-    e->nrm = xalloc(2 * F, 4, &fail);
-    e->s = xalloc(F, 4, &fail);
-    e->since_fired = xalloc(F, 8, &fail);
-    e->dead = xalloc(F, 1, &fail);
-    e->dead_list = xalloc(F, sizeof(int), &fail);
-    e->fired = xalloc(F, 8, &fail);
-    e->sum_act = xalloc(F, 8, &fail);
-    e->max_act = xalloc(F, 4, &fail);
-    e->freq = xalloc(F, 4, &fail);
-    e->last_fired = xalloc(F, sizeof(long), &fail);
-    e->ls_run = xalloc(F * LS_N, sizeof(double), &fail);
-    e->ls_step = xalloc(F * LS_N, sizeof(double), &fail);
-    if (cfg->model == XC_MODEL_L1) {
-        e->ls_t1 = xalloc(F * d2, 4, &fail);
-        e->ls_t2 = xalloc(F * d2, 4, &fail);
-    }
-    e->pre = xalloc(B * F, 4, &fail);
-    if (cfg->model == XC_MODEL_L1) e->dpre = xalloc(B * F, 4, &fail);
-    e->resid = xalloc(B * d2, 4, &fail);
-    e->gx = xalloc(B * d2, 4, &fail);
-    e->hx = xalloc(B * d2, 4, &fail);
-    e->ehat = xalloc(B * d2, 4, &fail);
-    e->gscale = xalloc(B * 2, 4, &fail);
-    e->row_ptr = xalloc(B + 1, sizeof(long), &fail);
-    e->row_cnt = xalloc(B, sizeof(long), &fail);
-    e->col = xalloc(K, sizeof(int), &fail);
-    e->ent_row = xalloc(K, sizeof(int), &fail);
-    e->val = xalloc(K, 4, &fail);
-    e->gval = xalloc(K, 4, &fail);
-    e->aux_ptr = xalloc(B + 1, sizeof(long), &fail);
-    e->aux_col = xalloc(KA, sizeof(int), &fail);
-    e->aux_row = xalloc(KA, sizeof(int), &fail);
-    e->aux_val = xalloc(KA, 4, &fail);
-    e->aux_gval = xalloc(KA, 4, &fail);
-    e->lat_ptr = xalloc(F + 1, sizeof(long), &fail);
-    e->lat_cnt = xalloc(F, sizeof(int), &fail);
-    e->lat_ent = xalloc(K + KA, sizeof(int), &fail);
-    e->hist64 = xalloc(NBUCKET, sizeof(uint64_t), &fail);
-    e->w = calloc((size_t)e->nth, sizeof *e->w);
-    if (!e->w) fail = 1;
-    for (int t = 0; !fail && t < e->nth; t++) {
-        e->w[t].hist = xalloc(NBUCKET, 4, &fail);
-        e->w[t].dead_sc = xalloc(F, sizeof(scored_t), &fail);
-        e->w[t].acc = xalloc(4 * d2, 8, &fail);
-        e->w[t].cand_cap = 1024;
-        e->w[t].cand = xalloc(1024, sizeof(cand_t), &fail);
-    }
-    if (fail) goto out_free;
-
-    for (size_t j = 0; j < F; j++) e->last_fired[j] = -1;
+    for (int j = 0; j < e->F; j++) e->last_fired[j] = -1;
     xc_rng_seed(&e->rng, cfg->seed);
-    init_params(e);
+    if ((rc = init_params(e))) goto out_free;
     e->theta = -1.0;
     e->met.theta = -1.0;
-    e->tau = 0.0f;
-    e->tau_frac = 0.6f;
-#ifdef XC_HAVE_AVX512_PATH
-    e->use_avx512 = __builtin_cpu_supports("avx512f") && !getenv("XC_NO_AVX512");
-#endif
     e->norms_valid = 0;
-    ensure_norms(e);
+    xc_engine_ensure_norms(e);
     if (err) *err = XC_OK;
     return e;
 
@@ -417,80 +230,34 @@ void xc_engine_destroy(xc_engine_t **pe)
     xc_engine_t *e = pe ? *pe : NULL;
     if (!e) return;
     xc_pool_destroy(&e->pool);
-    if (e->w)
-        for (int t = 0; t < e->nth; t++) {
-            free(e->w[t].hist);
-            free(e->w[t].dead_sc);
-            free(e->w[t].acc);
-            free(e->w[t].cand);
-        }
+    xc_select_free(e);
     free(e->w);
-    void *bufs[] = {e->w_enc, e->b_enc, e->w_dec, e->b_dec, e->m_enc, e->v_enc, e->m_dec, e->v_dec,
-                    e->m_benc, e->v_benc, e->m_bdec, e->v_bdec, e->g_enc, e->g_dec, e->g_benc,
-                    e->g_bdec, e->has_grad, e->nrm, e->s, e->since_fired, e->dead, e->dead_list,
-                    e->fired, e->sum_act, e->max_act, e->freq, e->last_fired, e->pre, e->dpre,
-                    e->resid, e->gx, e->hx, e->ehat, e->row_ptr, e->row_cnt, e->col, e->ent_row,
-                    e->val, e->gval, e->aux_ptr, e->aux_col, e->aux_row, e->aux_val, e->aux_gval,
-                    e->lat_ptr, e->lat_cnt, e->lat_ent, e->hist64, e->ls_run, e->ls_step,
-                    e->ls_t1, e->ls_t2, e->gscale};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    xc_engine_free_tensors(e);
     free(e);
     *pe = NULL;
 }
-
 const xc_engine_config_t *xc_engine_config(const xc_engine_t *e) { return &e->cfg; }
 
 /* ---------------------------------------------------------------- batch check */
 
+/* The one check a batch gets before it can touch the model: shape, and no
+ * Inf/NaN (a single one would poison every parameter through Adam). */
 int xc_engine_check_batch(const xc_engine_t *e, const float *x, long n_tokens)
 {
     if (!x || n_tokens != e->B) return XC_ESHAPE;
     size_t n = (size_t)n_tokens * e->d2;
     uint32_t bad = 0;
     /* exponent all ones = Inf or NaN; OR-reduce so the loop vectorises */
-    for (size_t i = 0; i < n; i++) bad |= ((fbits(x[i]) & 0x7f800000u) == 0x7f800000u);
+    for (size_t i = 0; i < n; i++) bad |= ((xc_fbits(x[i]) & 0x7f800000u) == 0x7f800000u);
     return bad ? XC_ENONFINITE : XC_OK;
-}
-
-/* ---------------------------------------------------------------- geometric median */
-
-void xc_geometric_median(const float *pts, long n, int dim, long stride, int max_iter, double tol,
-                         float *out)
-{
-    double *g = calloc((size_t)dim, sizeof *g), *ng = calloc((size_t)dim, sizeof *ng);
-    if (!g || !ng) goto out;
-    for (long b = 0; b < n; b++)
-        for (int i = 0; i < dim; i++) g[i] += pts[b * stride + i];
-    for (int i = 0; i < dim; i++) g[i] /= (double)n;
-    for (int it = 0; it < max_iter; it++) {
-        double wsum = 0, shift = 0;
-        memset(ng, 0, sizeof(double) * (size_t)dim);
-        for (long b = 0; b < n; b++) {
-            const float *p = pts + b * stride;
-            double dd = 0;
-            for (int i = 0; i < dim; i++) dd += (p[i] - g[i]) * (p[i] - g[i]);
-            /* a point on the current guess would get weight 1/0: clamp the distance */
-            double w = 1.0 / fmax(sqrt(dd), 1e-12);
-            wsum += w;
-            for (int i = 0; i < dim; i++) ng[i] += w * p[i];
-        }
-        for (int i = 0; i < dim; i++) {
-            ng[i] /= wsum;
-            shift += (ng[i] - g[i]) * (ng[i] - g[i]);
-            g[i] = ng[i];
-        }
-        if (sqrt(shift) < tol) break;
-    }
-    for (int i = 0; i < dim; i++) out[i] = (float)g[i];
-out:
-    free(g);
-    free(ng);
 }
 
 /* ---------------------------------------------------------------- encoder */
 
-/* PRE[0:n] = X W_enc^T, split by latent columns. */
-static void enc_gemm_task(void *ctx, int tid, int nth)
+/* PRE[0:n] = X W_enc^T, split by latent columns: each worker's slice of W_enc
+ * streams through its cache once, and the product is the step's only dense
+ * O(B F 2d) pass (the scorer of the selection boundary). */
+void xc_engine_enc_gemm_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
     long lo, hi;
@@ -500,12 +267,6 @@ static void enc_gemm_task(void *ctx, int tid, int nth)
                     e->x, e->d2, e->w_enc + (size_t)lo * e->d2, e->d2, 0.0f, e->pre + lo, e->F);
 }
 
-/* u = ReLU(pre + b_enc): one expression everywhere, so every pass sees the same float. */
-static inline float relu_u(const xc_engine_t *e, const float *pre_row, int j)
-{
-    float v = pre_row[j] + e->b_enc[j];
-    return v > 0.0f ? v : 0.0f;
-}
 
 /* L1: u = ReLU(pre + b_enc) in place (its codes are dense and used by sgemms). */
 static void relu_task(void *ctx, int tid, int nth)
@@ -516,332 +277,14 @@ static void relu_task(void *ctx, int tid, int nth)
     xc_pool_range(e->n, tid, nth, &lo, &hi);
     for (long b = lo; b < hi; b++) {
         float *u = e->pre + (size_t)b * F;
-        for (int j = 0; j < F; j++) u[j] = relu_u(e, u, j);
+        for (int j = 0; j < F; j++) u[j] = xc_relu_u(e, u, j);
     }
-}
-
-/* ---------------------------------------------------------------- BatchTopK selection
- * Exact top-k*B of r = u s with ties broken towards the lower flat index b*F + j.
- * Fast path: one pass keeps the entries with r >= tau, tau a fraction of the last
- * step's cut-off (a rarely-taken, well-predicted branch), and the exact selection
- * runs on that short list. When fewer than k*B entries pass (first step, a shift in
- * scale), the full path histograms r over the whole batch instead. Both end in the
- * same selection rule, so the result does not depend on which path ran. */
-
-static int cand_cmp(const void *pa, const void *pb)
-{
-    const cand_t *a = pa, *b = pb;
-    if (a->r != b->r) return a->r > b->r ? -1 : 1;
-    if (a->b != b->b) return a->b < b->b ? -1 : 1;
-    return a->j < b->j ? -1 : (a->j > b->j);
-}
-
-static inline uint32_t bucket_of(float r) { return fbits(r) >> 16; }
-
-static inline int selected(const xc_engine_t *e, long b, int j, float r)
-{
-    if (!(r > 0.0f)) return 0;
-    if (e->sel_all) return 1;
-    uint32_t bk = bucket_of(r);
-    if (bk != (uint32_t)e->bucket_t) return bk > (uint32_t)e->bucket_t;
-    if (r != e->cut_r) return r > e->cut_r;
-    return b * (long)e->F + j <= e->cut_idx;
-}
-
-static int cand_reserve(worker_t *w, long n)
-{
-    if (n <= w->cand_cap) return XC_OK;
-    long cap = n + n / 2;
-    cand_t *p = realloc(w->cand, sizeof(cand_t) * (size_t)cap);
-    if (!p) return XC_ENOMEM;
-    w->cand = p;
-    w->cand_cap = cap;
-    return XC_OK;
-}
-
-/* Fast path: per worker, the entries with r >= tau in row order (j ascending).
- * This pass reads all B*F pre-activations, so it is the selection's cost: on
- * AVX-512 machines it runs 16 latents per instruction with compress-stores. */
-#ifdef XC_HAVE_AVX512_PATH
-__attribute__((target("avx512f"))) static long filter_row_avx512(const xc_engine_t *e, const float *pre,
-                                                                   int b, float tau, cand_t *out,
-                                                                   long n, long cap)
-{
-    int F = e->F, j = 0;
-    const __m512 vt = _mm512_set1_ps(tau), z = _mm512_setzero_ps();
-    const __m512i step = _mm512_set1_epi32(16);
-    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (; j + 16 <= F; j += 16, idx = _mm512_add_epi32(idx, step)) {
-        __m512 u = _mm512_max_ps(_mm512_add_ps(_mm512_loadu_ps(pre + j), _mm512_loadu_ps(e->b_enc + j)), z);
-        __m512 r = _mm512_mul_ps(u, _mm512_loadu_ps(e->s + j));
-        __mmask16 m = _mm512_cmp_ps_mask(r, vt, _CMP_GE_OQ);
-        if (!m) continue;
-        int jj[16];
-        float rr[16], uu[16];
-        int c = __builtin_popcount(m);
-        _mm512_mask_compressstoreu_epi32(jj, m, idx);
-        _mm512_mask_compressstoreu_ps(rr, m, r);
-        _mm512_mask_compressstoreu_ps(uu, m, u);
-        for (int q = 0; q < c; q++, n++)
-            if (n < cap) out[n] = (cand_t){b, jj[q], rr[q], uu[q]};
-    }
-    for (; j < F; j++) {
-        float u = relu_u(e, pre, j), r = u * e->s[j];
-        if (r >= tau) {
-            if (n < cap) out[n] = (cand_t){b, j, r, u};
-            n++;
-        }
-    }
-    return n;
-}
-#endif
-
-static long filter_row(const xc_engine_t *e, const float *pre, int b, float tau, cand_t *out, long n,
-                       long cap)
-{
-#ifdef XC_HAVE_AVX512_PATH
-    if (e->use_avx512) return filter_row_avx512(e, pre, b, tau, out, n, cap);
-#endif
-    for (int j = 0; j < e->F; j++) {
-        float u = relu_u(e, pre, j), r = u * e->s[j];
-        if (r >= tau) {
-            if (n < cap) out[n] = (cand_t){b, j, r, u};
-            n++;
-        }
-    }
-    return n;
-}
-
-static void filter_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi, n = 0;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    for (long b = lo; b < hi; b++)
-        n = filter_row(e, e->pre + (size_t)b * e->F, (int)b, e->tau, w->cand, n, w->cand_cap);
-    w->ncand = n;
-}
-
-/* Full path, pass A: histogram of r over the whole batch. */
-static void hist_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi, npos = 0;
-    int F = e->F;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    memset(w->hist, 0, sizeof(uint32_t) * NBUCKET);
-    for (long b = lo; b < hi; b++) {
-        const float *pre = e->pre + (size_t)b * F;
-        for (int j = 0; j < F; j++) {
-            float r = relu_u(e, pre, j) * e->s[j];
-            int pos = r > 0.0f;
-            /* branch-free: zeros land in bucket 0, corrected below via npos */
-            w->hist[pos ? bucket_of(r) : 0]++;
-            npos += pos;
-        }
-    }
-    w->npos = npos;
-}
-
-/* Full path, pass B: entries of the boundary bucket, in row order. */
-static void boundary_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi, n = 0;
-    int F = e->F;
-    uint32_t t = (uint32_t)e->bucket_t;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    for (long b = lo; b < hi; b++) {
-        const float *pre = e->pre + (size_t)b * F;
-        for (int j = 0; j < F; j++) {
-            float u = relu_u(e, pre, j), r = u * e->s[j];
-            if (r > 0.0f && bucket_of(r) == t) {
-                if (n < w->cand_cap) w->cand[n] = (cand_t){b, j, r, u};
-                n++;
-            }
-        }
-    }
-    w->ncand = n;
-}
-
-/* Full path, pass C: count (fill_phase 0), then fill (1) the CSR rows. */
-static void fill_rows_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    long lo, hi;
-    int F = e->F, phase = e->fill_phase;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    for (long b = lo; b < hi; b++) {
-        const float *pre = e->pre + (size_t)b * F;
-        long p = phase ? e->row_ptr[b] : 0;
-        for (int j = 0; j < F; j++) {
-            float u = relu_u(e, pre, j), r = u * e->s[j];
-            if (!selected(e, b, j, r)) continue;
-            if (phase) {
-                e->col[p] = j;
-                e->val[p] = u;
-                e->ent_row[p] = (int)b;
-            }
-            p++;
-        }
-        if (!phase) e->row_cnt[b] = p;
-    }
-}
-
-/* Runs a pool pass that fills per-worker candidate lists, growing them when short.
- * With limit > 0, a pass that finds more than limit entries in all returns
- * XC_EAGAIN instead of growing (the caller has a cheaper path). */
-static int collect(xc_engine_t *e, xc_pool_fn fn, long limit)
-{
-    for (;;) {
-        xc_pool_run(e->pool, fn, e);
-        long total = 0;
-        for (int t = 0; t < e->nth; t++) total += e->w[t].ncand;
-        if (limit > 0 && total > limit) return XC_EAGAIN;
-        int again = 0;
-        for (int t = 0; t < e->nth; t++) {
-            worker_t *w = &e->w[t];
-            if (w->ncand > w->cand_cap) {
-                if (cand_reserve(w, w->ncand)) return XC_ENOMEM;
-                again = 1;
-            }
-        }
-        if (!again) return XC_OK;
-    }
-}
-
-/* Walks a histogram down from the top: sets bucket_t and returns how many
- * entries of that bucket are still needed to reach K. */
-static long boundary(xc_engine_t *e, const uint64_t *hist)
-{
-    long cum = 0, t = NBUCKET - 1;
-    for (; t > 0; t--) {
-        if (cum + (long)hist[t] >= e->K) break;
-        cum += (long)hist[t];
-    }
-    e->bucket_t = t;
-    return e->K - cum;
-}
-
-/* Sorts the boundary candidates (bucket_t only) and sets the exact cut. */
-static int cut_boundary(xc_engine_t *e, long need)
-{
-    long nc = 0;
-    for (int t = 0; t < e->nth; t++) nc += e->w[t].ncand;
-    if (cand_reserve(&e->w[0], nc + e->w[0].ncand) != XC_OK) return XC_ENOMEM;
-    worker_t *w0 = &e->w[0];
-    cand_t *bd = w0->cand + w0->ncand; /* scratch after worker 0's own list */
-    long m = 0;
-    for (int t = 0; t < e->nth; t++)
-        for (long i = 0; i < e->w[t].ncand; i++)
-            if (bucket_of(e->w[t].cand[i].r) == (uint32_t)e->bucket_t) bd[m++] = e->w[t].cand[i];
-    qsort(bd, (size_t)m, sizeof(cand_t), cand_cmp);
-    const cand_t *last = &bd[need - 1];
-    e->cut_r = last->r;
-    e->cut_idx = last->b * (long)e->F + last->j;
-    return XC_OK;
-}
-
-static int select_fast(xc_engine_t *e)
-{
-    /* a filter that lets through more than 16 k*B entries (a shift in scale)
-     * costs more than the full path: take that instead of growing the lists */
-    int rc = collect(e, filter_task, 16L * e->K);
-    if (rc == XC_EAGAIN) e->tau_frac = e->tau_frac * 1.25f < 0.95f ? e->tau_frac * 1.25f : 0.95f;
-    if (rc) return rc;
-    long m = 0;
-    for (int t = 0; t < e->nth; t++) m += e->w[t].ncand;
-    e->last_ncand = m;
-    if (m < e->K) {
-        e->tau_frac *= 0.7f; /* too few passed: filter more loosely next time */
-        return XC_EAGAIN;
-    }
-    uint64_t *h = e->hist64;
-    memset(h, 0, sizeof(uint64_t) * NBUCKET);
-    for (int t = 0; t < e->nth; t++)
-        for (long i = 0; i < e->w[t].ncand; i++) h[bucket_of(e->w[t].cand[i].r)]++;
-    e->sel_all = 0;
-    long need = boundary(e, h);
-    rc = cut_boundary(e, need);
-    if (rc) return rc;
-    /* candidates are in row-major order across workers: fill the CSR directly */
-    memset(e->row_cnt, 0, sizeof(long) * (size_t)e->B);
-    long p = 0;
-    for (int t = 0; t < e->nth; t++)
-        for (long i = 0; i < e->w[t].ncand; i++) {
-            const cand_t *c = &e->w[t].cand[i];
-            if (!selected(e, c->b, c->j, c->r)) continue;
-            e->col[p] = c->j;
-            e->val[p] = c->u;
-            e->ent_row[p] = (int)c->b;
-            e->row_cnt[c->b]++;
-            p++;
-        }
-    e->row_ptr[0] = 0;
-    for (long b = 0; b < e->B; b++) e->row_ptr[b + 1] = e->row_ptr[b] + e->row_cnt[b];
-    e->nnz = p;
-    return XC_OK;
-}
-
-static int select_full(xc_engine_t *e)
-{
-    uint64_t *h = e->hist64;
-    long npos = 0;
-    xc_pool_run(e->pool, hist_task, e);
-    memset(h, 0, sizeof(uint64_t) * NBUCKET);
-    for (int t = 0; t < e->nth; t++) {
-        npos += e->w[t].npos;
-        for (int q = 0; q < NBUCKET; q++) h[q] += e->w[t].hist[q];
-    }
-    long above0 = 0;
-    for (int q = 1; q < NBUCKET; q++) above0 += (long)h[q];
-    h[0] = (uint64_t)(npos - above0); /* positives in bucket 0 (denormals) only */
-    e->sel_all = npos <= e->K;
-    if (!e->sel_all) {
-        long need = boundary(e, h);
-        for (int t = 0; t < e->nth; t++) e->w[t].ncand = 0;
-        int rc = collect(e, boundary_task, 0);
-        if (rc) return rc;
-        rc = cut_boundary(e, need);
-        if (rc) return rc;
-    }
-    e->fill_phase = 0;
-    xc_pool_run(e->pool, fill_rows_task, e);
-    e->row_ptr[0] = 0;
-    for (long b = 0; b < e->B; b++) e->row_ptr[b + 1] = e->row_ptr[b] + e->row_cnt[b];
-    e->nnz = e->row_ptr[e->B];
-    e->fill_phase = 1;
-    xc_pool_run(e->pool, fill_rows_task, e);
-    return XC_OK;
-}
-
-/* Chooses the k*B largest r = u s of the batch into the CSR (row_ptr, col, val, ent_row). */
-static int select_topk(xc_engine_t *e)
-{
-    int rc = e->tau > 0 ? select_fast(e) : XC_EAGAIN;
-    if (rc == XC_EAGAIN) {
-        e->n_full_select++;
-        rc = select_full(e);
-        if (rc) return rc;
-    } else if (rc) {
-        return rc;
-    } else if (e->last_ncand > 4L * e->K && e->tau_frac < 0.9f) {
-        e->tau_frac *= 1.1f; /* list longer than needed: filter harder */
-    }
-    e->met.select_candidates = e->last_ncand;
-    e->met.full_selects = e->n_full_select;
-    /* next step's filter: a fraction of this step's cut-off score */
-    e->tau = e->sel_all ? 0.0f : e->cut_r * e->tau_frac;
-    return XC_OK;
 }
 
 /* ---------------------------------------------------------------- loss terms */
 
 /* e = x - xhat for row b (xhat already in resid), loss terms and dR/dxhat. */
-static void residual_row(xc_engine_t *e, worker_t *w, long b)
+void xc_engine_residual_row(xc_engine_t *e, xc_worker_t *w, long b)
 {
     int d = e->d, d2 = e->d2;
     const float *x = e->x + (size_t)b * d2;
@@ -871,22 +314,25 @@ static void residual_row(xc_engine_t *e, worker_t *w, long b)
     }
 }
 
-static void worker_reset(xc_engine_t *e, worker_t *w)
+/* Clears a worker's per-step sums before the decode pass adds into them. */
+void xc_engine_worker_reset(xc_engine_t *e, xc_worker_t *w)
 {
     memset(w->acc, 0, sizeof(double) * 4 * (size_t)e->d2);
     w->l2 = w->mse = w->aux_num = w->sq = w->l1 = 0;
     w->rmin = FLT_MAX;
 }
 
-/* Token-major: sparse decode, residual, dL/df for every selected entry. */
+/* Token-major: sparse decode, residual, dL/df for every selected entry; each
+ * worker owns whole tokens, so the sums need no locks. Also the smallest
+ * selected score, theta's sample. */
 static void decode_sparse_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
+    xc_worker_t *w = &e->w[tid];
     long lo, hi;
     int d2 = e->d2;
     xc_pool_range(e->B, tid, nth, &lo, &hi);
-    worker_reset(e, w);
+    xc_engine_worker_reset(e, w);
     for (long b = lo; b < hi; b++) {
         float *xh = e->resid + (size_t)b * d2;
         memcpy(xh, e->b_dec, sizeof(float) * (size_t)d2);
@@ -895,148 +341,18 @@ static void decode_sparse_task(void *ctx, int tid, int nth)
             float r = e->val[p] * e->s[e->col[p]];
             if (r < w->rmin) w->rmin = r;
         }
-        residual_row(e, w, b);
+        xc_engine_residual_row(e, w, b);
         const float *g = e->gx + (size_t)b * d2;
         for (long p = e->row_ptr[b]; p < e->row_ptr[b + 1]; p++)
             e->gval[p] = cblas_sdot(d2, g, 1, e->w_dec + (size_t)e->col[p] * d2, 1);
     }
 }
 
-/* ---------------------------------------------------------------- AuxK */
-
-static int scored_cmp(const void *pa, const void *pb)
-{
-    const scored_t *a = pa, *b = pb;
-    if (a->r != b->r) return a->r > b->r ? -1 : 1;
-    return (a->j > b->j) - (a->j < b->j);
-}
-
-/* Moves the k best (r desc, j asc) of v[0:n] to the front (quickselect). */
-static void select_k(scored_t *v, long n, long k)
-{
-    long lo = 0, hi = n - 1;
-    while (lo < hi) {
-        scored_t piv = v[lo + (hi - lo) / 2];
-        long i = lo, j = hi;
-        while (i <= j) {
-            while (scored_cmp(&v[i], &piv) < 0) i++;
-            while (scored_cmp(&v[j], &piv) > 0) j--;
-            if (i <= j) {
-                scored_t t = v[i];
-                v[i] = v[j];
-                v[j] = t;
-                i++;
-                j--;
-            }
-        }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
-    }
-}
-
-/* Per token: the k_aux dead latents with the largest u s (u > 0), ehat, and the
- * numerator of the AuxK loss. */
-static void aux_fwd_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi;
-    int d2 = e->d2, F = e->F;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    w->aux_num = 0;
-    for (long b = lo; b < hi; b++) {
-        const float *pre = e->pre + (size_t)b * F;
-        long n = 0, base = b * (long)e->kaux_max;
-        for (int q = 0; q < e->n_dead_list; q++) {
-            int j = e->dead_list[q];
-            float u = relu_u(e, pre, j);
-            if (u > 0.0f) w->dead_sc[n++] = (scored_t){u * e->s[j], j};
-        }
-        if (n > e->k_aux) {
-            select_k(w->dead_sc, n, e->k_aux);
-            n = e->k_aux;
-        }
-        qsort(w->dead_sc, (size_t)n, sizeof(scored_t), scored_cmp);
-        e->aux_ptr[b + 1] = n; /* count; turned into offsets below */
-        float *eh = e->ehat + (size_t)b * d2;
-        memset(eh, 0, sizeof(float) * (size_t)d2);
-        for (long q = 0; q < n; q++) {
-            int j = w->dead_sc[q].j;
-            e->aux_col[base + q] = j;
-            e->aux_row[base + q] = (int)b;
-            float u = relu_u(e, pre, j);
-            e->aux_val[base + q] = u;
-            cblas_saxpy(d2, u, e->w_dec + (size_t)j * d2, 1, eh, 1);
-        }
-        const float *r = e->resid + (size_t)b * d2;
-        double sq = 0;
-        for (int i = 0; i < d2; i++) sq += ((double)r[i] - eh[i]) * ((double)r[i] - eh[i]);
-        w->aux_num += sq;
-    }
-}
-
-/* d(aux_coef * AuxK)/d ehat and dL/du of the AuxK entries. */
-static void aux_bwd_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    long lo, hi;
-    int d2 = e->d2;
-    double c = -2.0 * e->cfg.aux_coef / (e->B * e->aux_denom);
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    for (long b = lo; b < hi; b++) {
-        const float *r = e->resid + (size_t)b * d2, *eh = e->ehat + (size_t)b * d2;
-        float *h = e->hx + (size_t)b * d2;
-        for (int i = 0; i < d2; i++) h[i] = (float)(c * ((double)r[i] - eh[i]));
-        long base = b * (long)e->kaux_max, n = e->aux_ptr[b + 1];
-        for (long q = 0; q < n; q++)
-            e->aux_gval[base + q] = cblas_sdot(d2, h, 1, e->w_dec + (size_t)e->aux_col[base + q] * d2, 1);
-    }
-}
-
-/* Builds the dead list, runs AuxK; returns the AuxK value (0 when none dead). */
-static double run_auxk(xc_engine_t *e)
-{
-    e->n_dead_list = 0;
-    for (int j = 0; j < e->F; j++) {
-        uint64_t since = e->lat_cnt[j] ? 0 : e->since_fired[j] + (uint64_t)e->B;
-        e->dead[j] = since >= (uint64_t)e->cfg.dead_tokens;
-        if (e->dead[j]) e->dead_list[e->n_dead_list++] = j;
-    }
-    e->k_aux = e->n_dead_list < e->kaux_max ? e->n_dead_list : e->kaux_max;
-    memset(e->aux_ptr, 0, sizeof(long) * (size_t)(e->B + 1));
-    e->aux_nnz = 0;
-    if (e->k_aux == 0 || e->cfg.aux_coef == 0) return 0.0;
-
-    xc_pool_run(e->pool, aux_fwd_task, e);
-    double num = 0;
-    for (int t = 0; t < e->nth; t++) num += e->w[t].aux_num;
-    /* denominator: mean_b ||e_b - mean(e)||^2 from the residual accumulators */
-    double den = 0;
-    for (int i = 0; i < e->d2; i++) {
-        double se = 0, se2 = 0;
-        for (int t = 0; t < e->nth; t++) {
-            se += e->w[t].acc[i];
-            se2 += e->w[t].acc[e->d2 + i];
-        }
-        den += se2 - se * se / e->B;
-    }
-    den /= e->B;
-    double aux = (num / e->B) / den;
-    if (!isfinite(aux) || !(den > 0)) {
-        /* reference: nan_to_num(0): no loss, no gradient */
-        memset(e->aux_ptr, 0, sizeof(long) * (size_t)(e->B + 1));
-        return 0.0;
-    }
-    e->aux_denom = den;
-    xc_pool_run(e->pool, aux_bwd_task, e);
-    for (long b = 0; b < e->B; b++) e->aux_nnz += e->aux_ptr[b + 1];
-    return aux;
-}
-
 /* ---------------------------------------------------------------- gradients */
 
-/* CSC over main then AuxK entries, so each latent's gradient is one thread's work. */
+/* CSC over main then AuxK entries, so each latent's gradient is one thread's
+ * work: the gradient pass writes each decoder/encoder row from one worker, with
+ * no atomics and a fixed summation order (bit-exact for a thread count). */
 static void build_csc(xc_engine_t *e)
 {
     long *lp = e->lat_ptr;
@@ -1061,7 +377,9 @@ static void build_csc(xc_engine_t *e)
     lp[0] = 0;
 }
 
-/* Splits latents so that each worker gets about the same number of entries. */
+/* Splits latents so that each worker gets about the same number of entries
+ * (plus one per latent for its row overhead): firing is very uneven, so an even
+ * split by latent index would leave workers idle. */
 static void entry_range(const xc_engine_t *e, int tid, int nth, long *lo, long *hi)
 {
     long total = e->lat_ptr[e->F] + e->F; /* +1 per latent for the row overhead */
@@ -1112,10 +430,11 @@ __attribute__((target("avx512f"))) static void axpy_dot2_avx512(int d, float a, 
 }
 #endif
 
+/* axpy_dot2 on the CPU at hand: AVX-512 where the selection uses it, BLAS else. */
 static void axpy_dot2(const xc_engine_t *e, float a, const float *x, float *y, const float *v, double *lo, double *hi)
 {
 #ifdef XC_HAVE_AVX512_PATH
-    if (e->use_avx512) {
+    if (e->sel.use_avx512) {
         axpy_dot2_avx512(e->d, a, x, y, v, lo, hi);
         return;
     }
@@ -1125,10 +444,15 @@ static void axpy_dot2(const xc_engine_t *e, float a, const float *x, float *y, c
     *hi = cblas_sdot(e->d, v, 1, x + e->d, 1);
 }
 
+/* Latent-major gradients over the CSC: per latent j, d_j's gradient sums f *
+ * dR/dxhat (main entries) or f * d(aux)/d ehat (AuxK entries), the encoder's
+ * sums dL/df * x, b_enc's the dL/df. A latent with no entry has no gradient
+ * (has_grad = 0; Adam still decays its moments). On a committed step the
+ * running Latent Scaling sums ride along on the same reads. */
 static void grad_sparse_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
+    xc_worker_t *w = &e->w[tid];
     long lo, hi, nmain = e->nnz;
     int d2 = e->d2;
     double sq = 0;
@@ -1205,101 +529,9 @@ static double grad_bdec(xc_engine_t *e)
     return sq;
 }
 
-/* ---------------------------------------------------------------- L1 (dense) */
-
-static void l1_decode_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi;
-    int d2 = e->d2, F = e->F;
-    xc_pool_range(e->B, tid, nth, &lo, &hi);
-    worker_reset(e, w);
-    if (hi <= lo) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), d2, F, 1.0f,
-                e->pre + (size_t)lo * F, F, e->w_dec, d2, 0.0f, e->resid + (size_t)lo * d2, d2);
-    for (long b = lo; b < hi; b++) {
-        float *xh = e->resid + (size_t)b * d2;
-        const float *u = e->pre + (size_t)b * F;
-        for (int i = 0; i < d2; i++) xh[i] += e->b_dec[i];
-        residual_row(e, w, b);
-        double l1 = 0;
-        for (int j = 0; j < F; j++) l1 += (double)u[j] * e->s[j];
-        w->l1 += l1 / e->B;
-    }
-    /* dL/du = G W_dec^T + mu s / B on u > 0 */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), F, d2, 1.0f,
-                e->gx + (size_t)lo * d2, d2, e->w_dec, d2, 0.0f, e->dpre + (size_t)lo * F, F);
-    float mu_b = (float)(e->cfg.l1_coef / e->B);
-    for (long b = lo; b < hi; b++) {
-        float *dp = e->dpre + (size_t)b * F;
-        const float *u = e->pre + (size_t)b * F;
-        for (int j = 0; j < F; j++) dp[j] = u[j] > 0.0f ? dp[j] + mu_b * e->s[j] : 0.0f;
-    }
-}
-
-static void l1_grad_task(void *ctx, int tid, int nth)
-{
-    xc_engine_t *e = ctx;
-    worker_t *w = &e->w[tid];
-    long lo, hi;
-    int d = e->d, d2 = e->d2, F = e->F;
-    xc_pool_range(F, tid, nth, &lo, &hi);
-    w->sq = 0;
-    if (hi <= lo) return;
-    int nf = (int)(hi - lo);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->pre + lo, F, e->gx,
-                d2, 0.0f, e->g_dec + (size_t)lo * d2, d2);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->dpre + lo, F, e->x,
-                d2, 0.0f, e->g_enc + (size_t)lo * d2, d2);
-    if (e->commit && e->cfg.scaling_running) {
-        /* Latent Scaling sums: rows of U^T E and U^T X dotted with the chat decoder row */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->pre + lo, F,
-                    e->resid, d2, 0.0f, e->ls_t1 + (size_t)lo * d2, d2);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nf, d2, e->B, 1.0f, e->pre + lo, F, e->x,
-                    d2, 0.0f, e->ls_t2 + (size_t)lo * d2, d2);
-        for (long j = lo; j < hi; j++) {
-            double *ls = e->ls_step + (size_t)j * LS_N, f2 = 0, cnt = 0;
-            const float *v = e->w_dec + (size_t)j * d2 + d, *t1 = e->ls_t1 + (size_t)j * d2,
-                        *t2 = e->ls_t2 + (size_t)j * d2;
-            for (long b = 0; b < e->B; b++) {
-                float u = e->pre[(size_t)b * F + j];
-                f2 += (double)u * u;
-                cnt += u > 0.0f;
-            }
-            double eb = cblas_sdot(d, v, 1, t1, 1), ec = cblas_sdot(d, v, 1, t1 + d, 1);
-            ls[LS_F2] = f2;
-            ls[LS_E0] = eb;
-            ls[LS_E1] = ec;
-            ls[LS_R0] = cblas_sdot(d, v, 1, t2, 1) - eb;
-            ls[LS_R1] = cblas_sdot(d, v, 1, t2 + d, 1) - ec;
-            ls[LS_CNT] = cnt;
-        }
-    }
-    double mu_b = e->cfg.l1_coef / e->B;
-    for (long j = lo; j < hi; j++) {
-        double su = 0, gb = 0;
-        for (long b = 0; b < e->B; b++) {
-            su += e->pre[(size_t)b * F + j];
-            gb += e->dpre[(size_t)b * F + j];
-        }
-        float *gd = e->g_dec + (size_t)j * d2;
-        const float *dr = e->w_dec + (size_t)j * d2;
-        /* d(mu/B sum u s)/d d_j^m = mu/B (sum_b u_bj) d_j^m / ||d_j^m|| */
-        for (int m = 0; m < 2; m++) {
-            float nm = e->nrm[2 * j + m];
-            if (nm > 0)
-                for (int i = 0; i < d; i++) gd[m * d + i] += (float)(mu_b * su * dr[m * d + i] / nm);
-        }
-        e->g_benc[j] = (float)gb;
-        e->has_grad[j] = 1;
-        const float *ge = e->g_enc + (size_t)j * d2;
-        w->sq += (double)cblas_sdot(d2, gd, 1, gd, 1) + cblas_sdot(d2, ge, 1, ge, 1) + gb * gb;
-    }
-}
-
 /* ---------------------------------------------------------------- forward + backward */
 
+/* One of the workers' double sums (by offset), added in worker order. */
 static double sum_w(const xc_engine_t *e, size_t off)
 {
     double s = 0;
@@ -1307,6 +539,9 @@ static double sum_w(const xc_engine_t *e, size_t off)
     return s;
 }
 
+/* Fraction of variance explained per model, 1 - Var(e) / Var(x) summed over
+ * dimensions, from the sums the decode pass accumulated (no second pass over
+ * the batch). */
 static void fill_fve(xc_engine_t *e)
 {
     int d = e->d, d2 = e->d2;
@@ -1328,20 +563,22 @@ static void fill_fve(xc_engine_t *e)
     }
 }
 
-/* Forward and backward on e->x (B rows). Leaves gradients (rows flagged in
- * has_grad), loss terms in e->met, and the squared gradient norm in *sq. */
+/* Forward and backward on e->x (B rows), shared by the training step and the
+ * gradient check (compute_grads), so the two cannot drift apart. Leaves
+ * gradients (rows flagged in has_grad), loss terms in e->met, the phases' wall
+ * times, and the squared gradient norm in *sq. Changes no parameter. */
 static int forward_backward(xc_engine_t *e, double *sq)
 {
     double *ph = e->met.phase_ms, t0 = now_ms(), t1;
     e->n = e->B;
-    ensure_norms(e);
-    xc_pool_run(e->pool, enc_gemm_task, e);
+    xc_engine_ensure_norms(e);
+    xc_pool_run(e->pool, xc_engine_enc_gemm_task, e);
     if (e->cfg.model == XC_MODEL_L1) xc_pool_run(e->pool, relu_task, e);
     t1 = now_ms();
     ph[XC_PHASE_ENCODE] = t1 - t0;
     double aux = 0;
     if (e->cfg.model == XC_MODEL_BATCHTOPK) {
-        int rc = select_topk(e);
+        int rc = xc_select_topk(e);
         if (rc) return rc;
         ph[XC_PHASE_SELECT] = now_ms() - t1;
         t1 = now_ms();
@@ -1350,7 +587,7 @@ static int forward_backward(xc_engine_t *e, double *sq)
         for (long p = 0; p < e->nnz; p++) e->lat_cnt[e->col[p]]++;
         ph[XC_PHASE_DECODE] = now_ms() - t1;
         t1 = now_ms();
-        aux = run_auxk(e);
+        aux = xc_auxk_run(e);
         ph[XC_PHASE_AUXK] = now_ms() - t1;
         t1 = now_ms();
         build_csc(e);
@@ -1359,38 +596,29 @@ static int forward_backward(xc_engine_t *e, double *sq)
         e->met.l1 = 0;
         e->met.l0 = (double)e->nnz / e->B;
     } else {
-        xc_pool_run(e->pool, l1_decode_task, e);
+        xc_l1_decode(e);
         ph[XC_PHASE_DECODE] = now_ms() - t1;
         t1 = now_ms();
-        xc_pool_run(e->pool, l1_grad_task, e);
+        xc_l1_grad(e);
         ph[XC_PHASE_GRAD] = now_ms() - t1;
-        e->met.l1 = sum_w(e, offsetof(worker_t, l1));
-        long nz = 0;
-        memset(e->lat_cnt, 0, sizeof(int) * (size_t)e->F);
-        for (long b = 0; b < e->B; b++) {
-            const float *u = e->pre + (size_t)b * e->F;
-            for (int j = 0; j < e->F; j++)
-                if (u[j] > 0.0f) {
-                    nz++;
-                    e->lat_cnt[j]++;
-                }
-        }
-        e->met.l0 = (double)nz / e->B;
-        e->k_aux = 0;
     }
-    e->met.recon_l2 = sum_w(e, offsetof(worker_t, l2));
-    e->met.recon_mse = sum_w(e, offsetof(worker_t, mse));
+    e->met.recon_l2 = sum_w(e, offsetof(xc_worker_t, l2));
+    e->met.recon_mse = sum_w(e, offsetof(xc_worker_t, mse));
     e->met.aux = aux;
     double recon = e->cfg.loss == XC_LOSS_MSE ? e->met.recon_mse : e->met.recon_l2;
     e->met.loss = recon + (e->cfg.model == XC_MODEL_BATCHTOPK ? e->cfg.aux_coef * aux
                                                                : e->cfg.l1_coef * e->met.l1);
     fill_fve(e);
-    *sq = sum_w(e, offsetof(worker_t, sq)) + grad_bdec(e);
+    *sq = sum_w(e, offsetof(xc_worker_t, sq)) + grad_bdec(e);
     return XC_OK;
 }
 
 /* ---------------------------------------------------------------- Adam */
 
+/* Adam on n values with the step's clip factor and bias corrections (computed
+ * once per step in train_step). g = NULL means a zero gradient: a latent that
+ * did not fire still has its moments decayed and its parameters moved, as
+ * torch's dense Adam does, so resumed and reference runs agree. */
 static inline void adam_vec(float *p, float *m, float *v, const float *g, int n, const xc_engine_t *e)
 {
     float b1 = e->cfg.adam_b1, b2 = e->cfg.adam_b2, eps = e->cfg.adam_eps;
@@ -1403,6 +631,8 @@ static inline void adam_vec(float *p, float *m, float *v, const float *g, int n,
     }
 }
 
+/* Adam over latent rows [lo, hi) of every per-latent parameter, then those
+ * rows' decoder norms while they are still in cache (next step's s). */
 static void adam_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
@@ -1420,6 +650,7 @@ static void adam_task(void *ctx, int tid, int nth)
     norms_rows(e, lo, hi);
 }
 
+/* The learning rate at a step: linear warm-up, constant, optional linear decay. */
 static double lr_at(const xc_engine_config_t *c, long step)
 {
     /* reference LambdaLR: step / warmup during warm-up (0 at the first step) */
@@ -1431,6 +662,10 @@ static double lr_at(const xc_engine_config_t *c, long step)
 
 /* ---------------------------------------------------------------- commit (stats, theta) */
 
+/* After a good step (never after a skipped one): the per-latent statistics,
+ * the running Latent Scaling sums (decayed over scaling_half_life tokens), the
+ * dead count, and theta. Kept apart from forward_backward so compute_grads
+ * leaves every statistic as it was. */
 static void commit_stats(xc_engine_t *e)
 {
     int F = e->F;
@@ -1485,6 +720,10 @@ static void commit_stats(xc_engine_t *e)
 
 /* ---------------------------------------------------------------- public step */
 
+/* One step, all or nothing: a batch that fails the check, or a step whose loss
+ * or gradient norm overflows, leaves the model exactly as it was (b_dec's
+ * first-step initialisation included), so a bad batch costs one step, not the
+ * run. Otherwise: statistics, clip, Adam, counters. */
 int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
 {
     int rc = xc_engine_check_batch(e, x, n_tokens);
@@ -1534,6 +773,8 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     return XC_OK;
 }
 
+/* The gradient the next step would apply (before clipping), dense, for the
+ * finite-difference tests: the same forward_backward, without commit. */
 int xc_engine_compute_grads(xc_engine_t *e, const float *x, long n_tokens, xc_engine_params_t *g,
                             xc_engine_metrics_t *m)
 {
@@ -1564,6 +805,9 @@ int xc_engine_compute_grads(xc_engine_t *e, const float *x, long n_tokens, xc_en
 
 /* ---------------------------------------------------------------- inference */
 
+/* Inference codes in place of the pre-activations: BatchTopK in threshold mode
+ * (a per-token rule, so a code does not depend on the other tokens of a
+ * request, unlike the training selection); L1 f = u. */
 static void threshold_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
@@ -1583,15 +827,16 @@ static void threshold_task(void *ctx, int tid, int nth)
     }
 }
 
+/* Any number of rows, in chunks of batch_size so the step's scratch serves. */
 int xc_engine_encode(xc_engine_t *e, const float *x, long n, float *f_out)
 {
     if (!x || !f_out || n < 1) return XC_EINVAL;
-    ensure_norms(e);
+    xc_engine_ensure_norms(e);
     for (long at = 0; at < n; at += e->B) {
         long c = n - at < e->B ? n - at : e->B;
         e->x = x + (size_t)at * e->d2;
         e->n = c;
-        xc_pool_run(e->pool, enc_gemm_task, e);
+        xc_pool_run(e->pool, xc_engine_enc_gemm_task, e);
         xc_pool_run(e->pool, threshold_task, e);
         memcpy(f_out + (size_t)at * e->F, e->pre, sizeof(float) * (size_t)c * e->F);
     }
@@ -1613,6 +858,8 @@ int xc_engine_decode(xc_engine_t *e, const float *f, long n, float *xhat_out)
 
 const xc_engine_metrics_t *xc_engine_metrics(const xc_engine_t *e) { return &e->met; }
 
+/* Per-latent statistics for readers: decoder-norm geometry (method.md 3) in
+ * double from the live decoder, the rest from the counters. */
 void xc_engine_latent_stats(const xc_engine_t *e, xc_latent_stats_t *out)
 {
     int d = e->d;
@@ -1673,255 +920,3 @@ void xc_engine_adam_state(xc_engine_t *e, xc_engine_params_t *m, xc_engine_param
     if (step) *step = e->step;
 }
 
-/* ---------------------------------------------------------------- Latent Scaling */
-
-/* beta and nu from the sums of one latent with decoder row dec (2d). */
-static void scaling_from_sums(const double *ls, const float *dec, int d, double min_active,
-                              xc_scaling_stats_t *o)
-{
-    const float *v = dec + d;
-    double vv = 0, vb = 0;
-    for (int i = 0; i < d; i++) {
-        vv += (double)v[i] * v[i];
-        vb += (double)v[i] * dec[i];
-    }
-    double den = ls[LS_F2] * vv;
-    o->active = ls[LS_CNT];
-    if (!(ls[LS_CNT] >= min_active) || ls[LS_CNT] <= 0 || !(den > 0)) {
-        o->beta_err[0] = o->beta_err[1] = o->beta_rec[0] = o->beta_rec[1] = NAN;
-        o->nu_err = o->nu_rec = NAN;
-        return;
-    }
-    /* error target adds the latent's own term back: + (sum f^2) <v, d^m> */
-    double be0 = (ls[LS_E0] + ls[LS_F2] * vb) / den, be1 = (ls[LS_E1] + ls[LS_F2] * vv) / den;
-    double br0 = ls[LS_R0] / den, br1 = ls[LS_R1] / den;
-    o->beta_err[0] = (float)be0;
-    o->beta_err[1] = (float)be1;
-    o->beta_rec[0] = (float)br0;
-    o->beta_rec[1] = (float)br1;
-    o->nu_err = be1 != 0 ? (float)(be0 / be1) : NAN;
-    o->nu_rec = br1 != 0 ? (float)(br0 / br1) : NAN;
-}
-
-void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out)
-{
-    for (int j = 0; j < e->F; j++)
-        scaling_from_sums(e->ls_run + (size_t)j * LS_N, e->w_dec + (size_t)j * e->d2, e->d,
-                          e->cfg.scaling_min_active, &out[j]);
-}
-
-void xc_engine_set_scaling_running(xc_engine_t *e, int on) { e->cfg.scaling_running = on != 0; }
-
-struct xc_scaling {
-    xc_engine_t *e;             /* borrowed: dimensions and the worker pool */
-    float *w_enc, *b_enc, *w_dec, *b_dec, *s; /* frozen copies, owned */
-    float theta;
-    long step, chunk;
-    float *pre;                 /* (chunk, F) */
-    double *acc;                /* (nth, F, LS_N) per-worker sums */
-    int **act;                  /* per worker (F) active latents of a token */
-    float **xh;                 /* per worker (2d) reconstruction */
-    const float *x;
-    long n;
-    uint64_t tokens;
-};
-
-static void scaling_gemm_task(void *ctx, int tid, int nth)
-{
-    xc_scaling_t *s = ctx;
-    long lo, hi;
-    int F = s->e->F, d2 = s->e->d2;
-    xc_pool_range(F, tid, nth, &lo, &hi);
-    if (hi > lo)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n, (int)(hi - lo), d2, 1.0f, s->x, d2,
-                    s->w_enc + (size_t)lo * d2, d2, 0.0f, s->pre + lo, F);
-}
-
-static void scaling_accum_task(void *ctx, int tid, int nth)
-{
-    xc_scaling_t *s = ctx;
-    const xc_engine_t *e = s->e;
-    int F = e->F, d = e->d, d2 = e->d2, *act = s->act[tid];
-    float *xh = s->xh[tid];
-    double *acc = s->acc + (size_t)tid * F * LS_N;
-    long lo, hi;
-    xc_pool_range(s->n, tid, nth, &lo, &hi);
-    for (long b = lo; b < hi; b++) {
-        const float *pre = s->pre + (size_t)b * F, *x = s->x + (size_t)b * d2;
-        int na = 0;
-        memcpy(xh, s->b_dec, sizeof(float) * (size_t)d2);
-        for (int j = 0; j < F; j++) {
-            float v = pre[j] + s->b_enc[j];
-            /* threshold mode (reference): f = u * 1[u s > theta] */
-            if (v > 0.0f && (e->cfg.model == XC_MODEL_L1 || v * s->s[j] > s->theta)) {
-                act[na++] = j;
-                cblas_saxpy(d2, v, s->w_dec + (size_t)j * d2, 1, xh, 1);
-            }
-        }
-        for (int q = 0; q < na; q++) {
-            int j = act[q];
-            float f = pre[j] + s->b_enc[j];
-            const float *v = s->w_dec + (size_t)j * d2 + d;
-            double xb = cblas_sdot(d, v, 1, x, 1), xc = cblas_sdot(d, v, 1, x + d, 1);
-            double rb = cblas_sdot(d, v, 1, xh, 1), rc = cblas_sdot(d, v, 1, xh + d, 1);
-            double *a = acc + (size_t)j * LS_N;
-            a[LS_F2] += (double)f * f;
-            a[LS_E0] += f * (xb - rb);
-            a[LS_E1] += f * (xc - rc);
-            a[LS_R0] += f * rb;
-            a[LS_R1] += f * rc;
-            a[LS_CNT] += 1;
-        }
-    }
-}
-
-xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err)
-{
-    int fail = 0, nth = e->nth;
-    size_t F = (size_t)e->F, d2 = (size_t)e->d2;
-    xc_scaling_t *s = calloc(1, sizeof *s);
-    if (!s) goto out_nomem;
-    s->e = e;
-    s->chunk = e->B < 512 ? e->B : 512;
-    s->w_enc = xalloc(F * d2, 4, &fail);
-    s->w_dec = xalloc(F * d2, 4, &fail);
-    s->b_enc = xalloc(F, 4, &fail);
-    s->b_dec = xalloc(d2, 4, &fail);
-    s->s = xalloc(F, 4, &fail);
-    s->pre = xalloc((size_t)s->chunk * F, 4, &fail);
-    s->acc = xalloc((size_t)nth * F * LS_N, sizeof(double), &fail);
-    s->act = calloc((size_t)nth, sizeof *s->act);
-    s->xh = calloc((size_t)nth, sizeof *s->xh);
-    if (fail || !s->act || !s->xh) goto out_free;
-    for (int t = 0; t < nth; t++) {
-        s->act[t] = xalloc(F, sizeof(int), &fail);
-        s->xh[t] = xalloc(d2, 4, &fail);
-    }
-    if (fail) goto out_free;
-    ensure_norms(e);
-    memcpy(s->w_enc, e->w_enc, 4 * F * d2);
-    memcpy(s->w_dec, e->w_dec, 4 * F * d2);
-    memcpy(s->b_enc, e->b_enc, 4 * F);
-    memcpy(s->b_dec, e->b_dec, 4 * d2);
-    memcpy(s->s, e->s, 4 * F);
-    s->theta = (float)e->theta;
-    s->step = e->step;
-    if (err) *err = XC_OK;
-    return s;
-out_free:
-    xc_scaling_destroy(&s);
-out_nomem:
-    if (err) *err = XC_ENOMEM;
-    return NULL;
-}
-
-int xc_scaling_add(xc_scaling_t *s, const float *x, long n_tokens)
-{
-    if (!x || n_tokens < 1) return XC_EINVAL;
-    for (long at = 0; at < n_tokens; at += s->chunk) {
-        s->n = n_tokens - at < s->chunk ? n_tokens - at : s->chunk;
-        s->x = x + (size_t)at * s->e->d2;
-        xc_pool_run(s->e->pool, scaling_gemm_task, s);
-        xc_pool_run(s->e->pool, scaling_accum_task, s);
-    }
-    s->x = NULL;
-    s->tokens += (uint64_t)n_tokens;
-    return XC_OK;
-}
-
-uint64_t xc_scaling_tokens(const xc_scaling_t *s) { return s->tokens; }
-long xc_scaling_step(const xc_scaling_t *s) { return s->step; }
-
-void xc_scaling_result(const xc_scaling_t *s, xc_scaling_stats_t *out)
-{
-    int F = s->e->F;
-    for (int j = 0; j < F; j++) {
-        double sum[LS_N] = {0};
-        for (int t = 0; t < s->e->nth; t++)
-            for (int q = 0; q < LS_N; q++) sum[q] += s->acc[((size_t)t * F + j) * LS_N + q];
-        scaling_from_sums(sum, s->w_dec + (size_t)j * s->e->d2, s->e->d, s->e->cfg.scaling_min_active, &out[j]);
-    }
-}
-
-void xc_scaling_destroy(xc_scaling_t **ps)
-{
-    xc_scaling_t *s = ps ? *ps : NULL;
-    if (!s) return;
-    for (int t = 0; s->act && t < s->e->nth; t++) free(s->act[t]);
-    for (int t = 0; s->xh && t < s->e->nth; t++) free(s->xh[t]);
-    free(s->act);
-    free(s->xh);
-    free(s->w_enc);
-    free(s->w_dec);
-    free(s->b_enc);
-    free(s->b_dec);
-    free(s->s);
-    free(s->pre);
-    free(s->acc);
-    free(s);
-    *ps = NULL;
-}
-
-/* ---------------------------------------------------------------- state for checkpoints */
-
-int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
-{
-    long F = e->F, d = e->d;
-    int n = 0;
-#define VIEW(nm, dt, esz, p, nd, s0, s1, s2)                                                         \
-    do {                                                                                          \
-        if (n < max) {                                                                            \
-            out[n] = (xc_state_view_t){nm, dt, nd, {s0, s1, s2}, p, 0};                           \
-            out[n].bytes = (size_t)(esz) * (size_t)((nd) > 0 ? (s0) : 1) *                        \
-                           (size_t)((nd) > 1 ? (s1) : 1) * (size_t)((nd) > 2 ? (s2) : 1);         \
-        }                                                                                         \
-        n++;                                                                                      \
-    } while (0)
-    VIEW("w_enc", XC_ST_F32, 4, e->w_enc, 3, F, 2, d);
-    VIEW("b_enc", XC_ST_F32, 4, e->b_enc, 1, F, 0, 0);
-    VIEW("w_dec", XC_ST_F32, 4, e->w_dec, 3, F, 2, d);
-    VIEW("b_dec", XC_ST_F32, 4, e->b_dec, 2, 2, d, 0);
-    VIEW("adam.m.w_enc", XC_ST_F32, 4, e->m_enc, 3, F, 2, d);
-    VIEW("adam.v.w_enc", XC_ST_F32, 4, e->v_enc, 3, F, 2, d);
-    VIEW("adam.m.b_enc", XC_ST_F32, 4, e->m_benc, 1, F, 0, 0);
-    VIEW("adam.v.b_enc", XC_ST_F32, 4, e->v_benc, 1, F, 0, 0);
-    VIEW("adam.m.w_dec", XC_ST_F32, 4, e->m_dec, 3, F, 2, d);
-    VIEW("adam.v.w_dec", XC_ST_F32, 4, e->v_dec, 3, F, 2, d);
-    VIEW("adam.m.b_dec", XC_ST_F32, 4, e->m_bdec, 2, 2, d, 0);
-    VIEW("adam.v.b_dec", XC_ST_F32, 4, e->v_bdec, 2, 2, d, 0);
-    VIEW("latent.since_fired", XC_ST_U64, 8, e->since_fired, 1, F, 0, 0);
-    VIEW("latent.fired", XC_ST_U64, 8, e->fired, 1, F, 0, 0);
-    VIEW("latent.sum_act", XC_ST_F64, 8, e->sum_act, 1, F, 0, 0);
-    VIEW("latent.max_act", XC_ST_F32, 4, e->max_act, 1, F, 0, 0);
-    VIEW("latent.freq", XC_ST_F32, 4, e->freq, 1, F, 0, 0);
-    VIEW("latent.last_fired", XC_ST_I64, 8, e->last_fired, 1, F, 0, 0);
-    VIEW("scaling.sums", XC_ST_F64, 8, e->ls_run, 2, F, LS_N, 0);
-    VIEW("step", XC_ST_I64, 8, &e->step, 0, 0, 0, 0);
-    VIEW("tokens", XC_ST_U64, 8, &e->tokens, 0, 0, 0, 0);
-    VIEW("rng", XC_ST_U64, 8, e->rng.s, 1, 4, 0, 0);
-    /* theta, the selection prefilter (tau, tau_frac) and its fallback count */
-    e->scal[0] = e->theta;
-    e->scal[1] = e->tau;
-    e->scal[2] = e->tau_frac;
-    e->scal[3] = (double)e->n_full_select;
-    VIEW("scalars", XC_ST_F64, 8, e->scal, 1, 4, 0, 0);
-#undef VIEW
-    return n < max ? n : max;
-}
-
-void xc_engine_state_restored(xc_engine_t *e)
-{
-    e->theta = e->scal[0];
-    e->tau = (float)e->scal[1];
-    e->tau_frac = (float)e->scal[2];
-    e->n_full_select = (long)e->scal[3];
-    e->norms_valid = 0;
-    ensure_norms(e);
-    e->met.step = e->step;
-    e->met.tokens = e->tokens;
-    e->met.theta = e->theta;
-    int n_dead = 0;
-    for (int j = 0; j < e->F; j++) n_dead += e->since_fired[j] >= (uint64_t)e->cfg.dead_tokens;
-    e->met.n_dead = n_dead;
-    e->met.dead_fraction = (double)n_dead / e->F;
-}

@@ -1,0 +1,221 @@
+/* Latent Scaling (method.md 4): for latent j with chat decoder row v, the
+ * least-squares beta that best explains the model's error (or reconstruction)
+ * along v from the latent's activations f:
+ *   beta^m = sum f <v, target^m> / (sum f^2 ||v||^2)
+ * with target = the error e (plus the latent's own term, f d^m) or the
+ * reconstruction xhat, and nu = beta^base / beta^chat. Two estimates:
+ *   running  the training step accumulates the sums (fused into the gradient
+ *            pass, engine.c / l1.c) and commit_stats decays them over
+ *            scaling_half_life tokens;
+ *   exact    xc_scaling_* below freeze the dictionary and sum over whatever
+ *            activations the caller feeds, in threshold mode. */
+#include "xc_engine_internal.h"
+
+#include "xc_error.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+
+/* beta and nu from the sums of one latent with decoder row dec (2d). Undefined
+ * (NaN) below min_active activations, for a zero decoder row, and for a ratio
+ * whose chat beta is 0. */
+void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_active,
+                          xc_scaling_stats_t *o)
+{
+    const float *v = dec + d;
+    double vv = 0, vb = 0;
+    for (int i = 0; i < d; i++) {
+        vv += (double)v[i] * v[i];
+        vb += (double)v[i] * dec[i];
+    }
+    double den = ls[LS_F2] * vv;
+    o->active = ls[LS_CNT];
+    if (!(ls[LS_CNT] >= min_active) || ls[LS_CNT] <= 0 || !(den > 0)) {
+        o->beta_err[0] = o->beta_err[1] = o->beta_rec[0] = o->beta_rec[1] = NAN;
+        o->nu_err = o->nu_rec = NAN;
+        return;
+    }
+    /* error target adds the latent's own term back: + (sum f^2) <v, d^m> */
+    double be0 = (ls[LS_E0] + ls[LS_F2] * vb) / den, be1 = (ls[LS_E1] + ls[LS_F2] * vv) / den;
+    double br0 = ls[LS_R0] / den, br1 = ls[LS_R1] / den;
+    o->beta_err[0] = (float)be0;
+    o->beta_err[1] = (float)be1;
+    o->beta_rec[0] = (float)br0;
+    o->beta_rec[1] = (float)br1;
+    o->nu_err = be1 != 0 ? (float)(be0 / be1) : NAN;
+    o->nu_rec = br1 != 0 ? (float)(br0 / br1) : NAN;
+}
+
+void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out)
+{
+    for (int j = 0; j < e->F; j++)
+        xc_scaling_from_sums(e->ls_run + (size_t)j * LS_N, e->w_dec + (size_t)j * e->d2, e->d,
+                             e->cfg.scaling_min_active, &out[j]);
+}
+
+void xc_engine_set_scaling_running(xc_engine_t *e, int on) { e->cfg.scaling_running = on != 0; }
+
+/* ---------------------------------------------------------------- exact pass */
+
+/* The exact pass's arrays, laid out in one block like the engine's (shapes over
+ * z, chunk = tokens encoded per pool pass): the frozen dictionary, then the
+ * work space; per worker its slice of acc, act and xh. */
+#define XC_SCALING_TENSORS(X)                                                                      \
+    X(w_enc, float, z.F, z.d2)     /* frozen copies of the dictionary */                           \
+    X(w_dec, float, z.F, z.d2)                                                                     \
+    X(b_enc, float, z.F, 1)                                                                        \
+    X(b_dec, float, z.d2, 1)                                                                       \
+    X(s, float, z.F, 1)                                                                            \
+    X(pre, float, chunk, z.F)      /* encoder product of one chunk */                              \
+    X(acc, double, z.nth * z.F, LS_N) /* per-worker sums */                                        \
+    X(act, int, z.nth, z.F)        /* per worker: active latents of one token */                   \
+    X(xh, float, z.nth, z.d2)      /* per worker: one token's reconstruction */
+
+#define FIELD(f, ctype, ...) ctype *f;
+struct xc_scaling {
+    xc_engine_t *e;             /* borrowed: dimensions and the worker pool */
+    void *block;                /* owned: every array below */
+    XC_SCALING_TENSORS(FIELD)
+    float theta;
+    long step, chunk;
+    const float *x;
+    long n;
+    uint64_t tokens;
+};
+#undef FIELD
+
+static void scaling_gemm_task(void *ctx, int tid, int nth)
+{
+    xc_scaling_t *s = ctx;
+    long lo, hi;
+    int F = s->e->F, d2 = s->e->d2;
+    xc_pool_range(F, tid, nth, &lo, &hi);
+    if (hi > lo)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n, (int)(hi - lo), d2, 1.0f, s->x, d2,
+                    s->w_enc + (size_t)lo * d2, d2, 0.0f, s->pre + lo, F);
+}
+
+/* Per token of the chunk (split over workers): the threshold-mode code, its
+ * reconstruction, then each active latent's sums against x and xhat; e = x - xhat. */
+static void scaling_accum_task(void *ctx, int tid, int nth)
+{
+    xc_scaling_t *s = ctx;
+    const xc_engine_t *e = s->e;
+    int F = e->F, d = e->d, d2 = e->d2, *act = s->act + (size_t)tid * F;
+    float *xh = s->xh + (size_t)tid * d2;
+    double *acc = s->acc + (size_t)tid * F * LS_N;
+    long lo, hi;
+    xc_pool_range(s->n, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
+        const float *pre = s->pre + (size_t)b * F, *x = s->x + (size_t)b * d2;
+        int na = 0;
+        memcpy(xh, s->b_dec, sizeof(float) * (size_t)d2);
+        for (int j = 0; j < F; j++) {
+            float v = pre[j] + s->b_enc[j];
+            /* threshold mode (reference): f = u * 1[u s > theta] */
+            if (v > 0.0f && (e->cfg.model == XC_MODEL_L1 || v * s->s[j] > s->theta)) {
+                act[na++] = j;
+                cblas_saxpy(d2, v, s->w_dec + (size_t)j * d2, 1, xh, 1);
+            }
+        }
+        for (int q = 0; q < na; q++) {
+            int j = act[q];
+            float f = pre[j] + s->b_enc[j];
+            const float *v = s->w_dec + (size_t)j * d2 + d;
+            double xb = cblas_sdot(d, v, 1, x, 1), xc = cblas_sdot(d, v, 1, x + d, 1);
+            double rb = cblas_sdot(d, v, 1, xh, 1), rc = cblas_sdot(d, v, 1, xh + d, 1);
+            double *a = acc + (size_t)j * LS_N;
+            a[LS_F2] += (double)f * f;
+            a[LS_E0] += f * (xb - rb);
+            a[LS_E1] += f * (xc - rc);
+            a[LS_R0] += f * rb;
+            a[LS_R1] += f * rc;
+            a[LS_CNT] += 1;
+        }
+    }
+}
+
+/* Freezes the dictionary: training may go on between xc_scaling_add calls
+ * without moving the estimate's target. */
+xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err)
+{
+    xc_scaling_t *s = calloc(1, sizeof *s); /* owned by the caller; xc_scaling_destroy */
+    if (!s) goto out_nomem;
+    s->e = e;
+    s->chunk = e->B < 512 ? e->B : 512;
+    struct {
+        size_t F, d2, nth;
+    } z = {(size_t)e->F, (size_t)e->d2, (size_t)e->nth};
+    size_t chunk = (size_t)s->chunk, total = 0;
+#define SIZE(f, ctype, n0, n1) total += ((sizeof(ctype) * (n0) * (n1)) + 63) / 64 * 64;
+    XC_SCALING_TENSORS(SIZE)
+#undef SIZE
+    if (posix_memalign(&s->block, 64, total) != 0) {
+        s->block = NULL;
+        goto out_free;
+    }
+    memset(s->block, 0, total);
+    char *at = s->block;
+#define POINT(f, ctype, n0, n1)                                                                    \
+    s->f = (ctype *)(void *)at;                                                                    \
+    at += ((sizeof(ctype) * (n0) * (n1)) + 63) / 64 * 64;
+    XC_SCALING_TENSORS(POINT)
+#undef POINT
+    xc_engine_ensure_norms(e);
+    memcpy(s->w_enc, e->w_enc, 4 * z.F * z.d2);
+    memcpy(s->w_dec, e->w_dec, 4 * z.F * z.d2);
+    memcpy(s->b_enc, e->b_enc, 4 * z.F);
+    memcpy(s->b_dec, e->b_dec, 4 * z.d2);
+    memcpy(s->s, e->s, 4 * z.F);
+    s->theta = (float)e->theta;
+    s->step = e->step;
+    if (err) *err = XC_OK;
+    return s;
+out_free:
+    xc_scaling_destroy(&s);
+out_nomem:
+    if (err) *err = XC_ENOMEM;
+    return NULL;
+}
+
+/* Encodes x in chunks with the frozen dictionary and adds every chunk's sums. */
+int xc_scaling_add(xc_scaling_t *s, const float *x, long n_tokens)
+{
+    if (!x || n_tokens < 1) return XC_EINVAL;
+    for (long at = 0; at < n_tokens; at += s->chunk) {
+        s->n = n_tokens - at < s->chunk ? n_tokens - at : s->chunk;
+        s->x = x + (size_t)at * s->e->d2;
+        xc_pool_run(s->e->pool, scaling_gemm_task, s);
+        xc_pool_run(s->e->pool, scaling_accum_task, s);
+    }
+    s->x = NULL;
+    s->tokens += (uint64_t)n_tokens;
+    return XC_OK;
+}
+
+uint64_t xc_scaling_tokens(const xc_scaling_t *s) { return s->tokens; }
+long xc_scaling_step(const xc_scaling_t *s) { return s->step; }
+
+/* The workers' sums added in worker order (deterministic for a thread count),
+ * then beta and nu per latent. */
+void xc_scaling_result(const xc_scaling_t *s, xc_scaling_stats_t *out)
+{
+    int F = s->e->F;
+    for (int j = 0; j < F; j++) {
+        double sum[LS_N] = {0};
+        for (int t = 0; t < s->e->nth; t++)
+            for (int q = 0; q < LS_N; q++) sum[q] += s->acc[((size_t)t * F + j) * LS_N + q];
+        xc_scaling_from_sums(sum, s->w_dec + (size_t)j * s->e->d2, s->e->d, s->e->cfg.scaling_min_active,
+                             &out[j]);
+    }
+}
+
+void xc_scaling_destroy(xc_scaling_t **ps)
+{
+    xc_scaling_t *s = ps ? *ps : NULL;
+    if (!s) return;
+    free(s->block);
+    free(s);
+    *ps = NULL;
+}
