@@ -11,6 +11,7 @@
  * One JSON line at the end. Files go to $TMPDIR (or /tmp) and are removed.
  * Usage: bench_ckpt [d] [dict_size] */
 #include "xc_ckpt.h"
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_rng.h"
@@ -65,7 +66,7 @@ static int done_count(void)
 int main(int argc, char **argv)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = argc > 1 ? atoi(argv[1]) : 768;
     c.dict_size = argc > 2 ? atoi(argv[2]) : 16384;
     c.k = 64;

@@ -6,6 +6,7 @@
  *   3. intake with training paused: tokens/s and GB/s the daemon acks into its
  *      queue until the queue is full.
  * Prints one JSON line. Usage: bench_daemon [path/to/xcoderd] */
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_synth.h"
 #include "xcoder.h"
@@ -39,7 +40,7 @@ static double status_num(xc_client_t *c, const char *path)
 static int bare_engine(const float *data, int steps, double *tps)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = D, c.dict_size = F, c.k = K, c.batch_size = B, c.warmup_steps = 10;
     xc_engine_t *e = xc_engine_new(&c, NULL);
     if (!e) return 1;

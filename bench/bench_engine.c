@@ -8,6 +8,7 @@
  *     plus one Adam pass (t_adam = the engine's own Adam phase), and bound_ratio.
  * The last line is one JSON object for the reference config.
  * Usage: bench_engine [steps_big] [steps_small]   (env XC_BENCH_QUICK=1: fewer steps) */
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_pool.h"
 #include "xc_rng.h"
@@ -80,7 +81,7 @@ static double sgemm_gflops(xc_pool_t *pool, int B, int d2, int F, int reps)
 static int run(const char *name, int d, int F, int k, int B, int steps, int last)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = d, c.dict_size = F, c.k = k, c.batch_size = B, c.seed = 1, c.warmup_steps = 10;
     int err;
     xc_engine_t *e = xc_engine_new(&c, &err);

@@ -8,155 +8,196 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define F(field) offsetof(xc_cfg_t, field), sizeof(((xc_cfg_t *)0)->field)
+/* Row constructors (redis createIntConfig style): a key's type, default,
+ * bounds, field and text; optional trailing designators such as RELOAD(hook)
+ * or AUTO(fn). Every value lives in one field of xc_cfg_t. */
+#define FIELD(f) .offset = offsetof(xc_cfg_t, f), .size = sizeof(((xc_cfg_t *)0)->f)
+#define KEY_INT(n, d, lo, hi, f, sec, h, ...) \
+    {.name = n, .type = XC_CFG_INT, .def = d, .min = lo, .max = hi, FIELD(f), .section = sec, .help = h, __VA_ARGS__}
+#define KEY_FLOAT(n, d, lo, hi, f, sec, h, ...) \
+    {.name = n, .type = XC_CFG_FLOAT, .def = d, .min = lo, .max = hi, FIELD(f), .section = sec, .help = h, __VA_ARGS__}
+#define KEY_STR(n, d, f, sec, h, ...) \
+    {.name = n, .type = XC_CFG_STR, .def = d, FIELD(f), .section = sec, .help = h, __VA_ARGS__}
+#define KEY_ENUM(n, d, nm, f, sec, h, ...) \
+    {.name = n, .type = XC_CFG_ENUM, .def = d, .names = nm, FIELD(f), .section = sec, .help = h, __VA_ARGS__}
+#define KEY_BOOL(n, d, f, sec, h, ...) \
+    {.name = n, .type = XC_CFG_BOOL, .def = d, .names = g_onoff, FIELD(f), .section = sec, .help = h, __VA_ARGS__}
+#define RELOAD(hk) .reloadable = 1, .hook = hk
+#define AUTO(fn) .auto_value = fn
 #define BIG 9.2e18
+
+/* Enum value names, in the order of the enum's values. */
+static const char *const g_models[] = {"batchtopk", "l1", NULL};   /* xc_model_kind_t */
+static const char *const g_losses[] = {"l2", "mse", NULL};         /* xc_loss_kind_t */
+static const char *const g_levels[] = {"debug", "info", "warn", "error", NULL}; /* xc_log_level_t */
+static const char *const g_onoff[] = {"off", "on", NULL};
+_Static_assert(XC_MODEL_L1 == 1 && XC_LOSS_MSE == 1 && XC_LOG_ERROR == 3, "enum names out of order");
+_Static_assert(sizeof(xc_model_kind_t) == sizeof(int) && sizeof(xc_loss_kind_t) == sizeof(int) &&
+                   sizeof(xc_log_level_t) == sizeof(int),
+               "ENUM keys are stored as int-sized enums");
+
+/* init_norm = auto: method.md 1 (encoder columns at 1.0 for BatchTopK, 0.005 for L1). */
+static double auto_init_norm(const xc_cfg_t *c) { return c->model == XC_MODEL_L1 ? 0.005 : 1.0; }
+/* clip_norm = auto: BatchTopK clips the global gradient norm at 1.0; L1 does not clip. */
+static double auto_clip_norm(const xc_cfg_t *c) { return c->model == XC_MODEL_L1 ? 0.0 : 1.0; }
 
 /* The one table. Keep it in the order the file and --help show it. */
 static const xc_cfg_key_t g_keys[] = {
     /* instance and files */
-    {"name", XC_CFG_STR, "default", 0, 0, NULL, F(name), 0, "instance",
-     "instance name: tags events, log lines and checkpoint files; [A-Za-z0-9._-], at most 63 bytes"},
-    {"run_dir", XC_CFG_STR, "", 0, 0, NULL, F(run_dir), 0, "instance",
-     "directory of the ipc:// sockets; empty = $XDG_RUNTIME_DIR/xcoderd-NAME, or /tmp/xcoderd-NAME "
-     "without XDG_RUNTIME_DIR; created if missing"},
-    {"state_dir", XC_CFG_STR, "", 0, 0, NULL, F(state_dir), 0, "instance",
-     "directory for checkpoints; empty = RUN_DIR/state; created if missing"},
-    {"ingest", XC_CFG_STR, "", 0, 0, NULL, F(ingest), 0, "instance",
-     "ingest endpoint (ROUTER, producers connect DEALER); empty = ipc://RUN_DIR/ingest.sock; "
-     "tcp://HOST:PORT works too"},
-    {"control", XC_CFG_STR, "", 0, 0, NULL, F(control), 0, "instance",
-     "control endpoint (ROUTER, request/reply); empty = ipc://RUN_DIR/control.sock"},
-    {"events", XC_CFG_STR, "", 0, 0, NULL, F(events), 0, "instance",
-     "events endpoint (PUB); empty = ipc://RUN_DIR/events.sock"},
-    {"log_level", XC_CFG_ENUM, "info", 0, 0, "debug|info|warn|error", F(log_level), 1, "instance",
-     "least severe log level written"},
-    {"log_file", XC_CFG_STR, "", 0, 0, NULL, F(log_file), 1, "instance",
-     "append log lines to this file instead of stderr; reopened on SIGHUP (log rotation)"},
-    /* security: CurveZMQ on tcp endpoints (README "Security") */
-    {"curve_secret_key", XC_CFG_STR, "", 0, 0, NULL, F(curve_secret_key), 0, "security",
-     "the daemon's CURVE key file (from `xcoderd --keygen BASE`: BASE.key, mode 0600); when set, "
-     "every tcp:// endpoint requires CURVE and a client key listed in an allow-list; empty = no "
-     "encryption or authentication"},
-    {"allow_producers", XC_CFG_STR, "", 0, 0, NULL, F(allow_producers), 1, "security",
-     "file of client public keys (one per line, or `cat NAME.pub >> FILE`) allowed to push batches"},
-    {"allow_readers", XC_CFG_STR, "", 0, 0, NULL, F(allow_readers), 1, "security",
-     "file of client public keys allowed to read: status, latent, top, table, events, metrics, "
-     "checkpoints, fetch of model files"},
-    {"allow_admins", XC_CFG_STR, "", 0, 0, NULL, F(allow_admins), 1, "security",
-     "file of client public keys allowed everything: pause, resume, checkpoint, scaling, shutdown, "
-     "fetch of training-state files (which hold producers' raw activations)"},
-    {"insecure_tcp", XC_CFG_ENUM, "off", 0, 0, "on|off", F(insecure_tcp), 0, "security",
-     "on: allow binding a non-loopback tcp address without curve_secret_key (anyone who reaches "
-     "it owns the daemon); the daemon refuses to start that way otherwise"},
+    KEY_STR("name", "default", name, "instance",
+            "instance name: tags events, log lines and checkpoint files; [A-Za-z0-9._-], at most 63 bytes"),
+    KEY_STR("run_dir", "", run_dir, "instance",
+            "directory of the ipc:// sockets; empty = $XDG_RUNTIME_DIR/xcoderd-NAME, or /tmp/xcoderd-NAME "
+            "without XDG_RUNTIME_DIR; created if missing"),
+    KEY_STR("state_dir", "", state_dir, "instance",
+            "directory for checkpoints; empty = RUN_DIR/state; created if missing"),
+    KEY_STR("ingest", "", ingest, "instance",
+            "ingest endpoint (ROUTER, producers connect DEALER); empty = ipc://RUN_DIR/ingest.sock; "
+            "tcp://HOST:PORT works too"),
+    KEY_STR("control", "", control, "instance",
+            "control endpoint (ROUTER, request/reply); empty = ipc://RUN_DIR/control.sock"),
+    KEY_STR("events", "", events, "instance", "events endpoint (PUB); empty = ipc://RUN_DIR/events.sock"),
+    KEY_ENUM("log_level", "info", g_levels, log_level, "instance", "least severe log level written",
+             RELOAD(XC_CFG_HOOK_LOG_LEVEL)),
+    KEY_STR("log_file", "", log_file, "instance",
+            "append log lines to this file instead of stderr; reopened on SIGHUP (log rotation)",
+            RELOAD(XC_CFG_HOOK_NONE)),
+    /* security: CurveZMQ on tcp endpoints (README "Security"); the allow-list files are
+     * re-read on every SIGHUP, changed or not */
+    KEY_STR("curve_secret_key", "", curve_secret_key, "security",
+            "the daemon's CURVE key file (from `xcoderd --keygen BASE`: BASE.key, mode 0600); when set, "
+            "every tcp:// endpoint requires CURVE and a client key listed in an allow-list; empty = no "
+            "encryption or authentication"),
+    KEY_STR("allow_producers", "", allow_producers, "security",
+            "file of client public keys (one per line, or `cat NAME.pub >> FILE`) allowed to push batches",
+            RELOAD(XC_CFG_HOOK_NONE)),
+    KEY_STR("allow_readers", "", allow_readers, "security",
+            "file of client public keys allowed to read: status, latent, top, table, events, metrics, "
+            "checkpoints, fetch of model files",
+            RELOAD(XC_CFG_HOOK_NONE)),
+    KEY_STR("allow_admins", "", allow_admins, "security",
+            "file of client public keys allowed everything: pause, resume, checkpoint, scaling, shutdown, "
+            "fetch of training-state files (which hold producers' raw activations)",
+            RELOAD(XC_CFG_HOOK_NONE)),
+    KEY_BOOL("insecure_tcp", "off", insecure_tcp, "security",
+             "on: allow binding a non-loopback tcp address without curve_secret_key (anyone who reaches "
+             "it owns the daemon); the daemon refuses to start that way otherwise"),
     /* model and training */
-    {"model", XC_CFG_ENUM, "batchtopk", 0, 0, "batchtopk|l1", F(model), 0, "model",
-     "crosscoder kind: batchtopk (recommended) or l1 (the baseline with sparsity artefacts)"},
-    {"d", XC_CFG_INT, "64", 1, 1048576, NULL, F(d), 0, "model",
-     "activation width of each model (Gemma 2 2B residual: 2304); every batch must match"},
-    {"dict_size", XC_CFG_INT, "1024", 1, 1e8, NULL, F(dict_size), 0, "model",
-     "number of latents F (paper: 73728)"},
-    {"k", XC_CFG_INT, "8", 1, 1e8, NULL, F(k), 0, "model",
-     "BatchTopK: mean active latents per token (paper: 100); must be <= dict_size"},
-    {"batch_size", XC_CFG_INT, "256", 1, 1e7, NULL, F(batch_size), 0, "model",
-     "tokens per training step B (paper: 2048)"},
-    {"lr", XC_CFG_FLOAT, "1e-4", 1e-12, 10, NULL, F(lr), 0, "model",
-     "Adam learning rate after warm-up"},
-    {"warmup_steps", XC_CFG_INT, "1000", 0, 1e9, NULL, F(warmup_steps), 0, "model",
-     "linear learning-rate warm-up steps"},
-    {"decay_start", XC_CFG_INT, "0", 0, BIG, NULL, F(decay_start), 0, "model",
-     "step at which linear decay to 0 starts; 0 = constant learning rate"},
-    {"total_steps", XC_CFG_INT, "0", 0, BIG, NULL, F(total_steps), 0, "model",
-     "end of the linear decay (needed when decay_start > 0)"},
-    {"loss", XC_CFG_ENUM, "l2", 0, 0, "l2|mse", F(loss), 0, "model",
-     "reconstruction term: l2 (un-squared norm, reference default) or mse (squared)"},
-    {"l1_coef", XC_CFG_FLOAT, "0.041", 0, 1e6, NULL, F(l1_coef), 0, "model",
-     "L1 model: sparsity coefficient mu"},
-    {"aux_coef", XC_CFG_FLOAT, "0.03125", 0, 1e6, NULL, F(aux_coef), 0, "model",
-     "BatchTopK: AuxK loss weight (1/32)"},
-    {"dead_tokens", XC_CFG_INT, "10000000", 1, BIG, NULL, F(dead_tokens), 0, "model",
-     "a latent unfired for this many tokens is dead (AuxK, dead fraction)"},
-    {"threshold_start_step", XC_CFG_INT, "1000", 0, BIG, NULL, F(threshold_start_step), 0, "model",
-     "BatchTopK: the inference threshold theta is estimated after this step"},
-    {"seed", XC_CFG_INT, "0", 0, BIG, NULL, F(seed), 0, "model",
-     "random seed (initialisation and the mixing buffer's draws)"},
-    {"threads", XC_CFG_INT, "0", 0, 256, NULL, F(threads), 0, "model",
-     "compute threads of the trainer; 0 = all online CPUs"},
+    KEY_ENUM("model", "batchtopk", g_models, model, "model",
+             "crosscoder kind: batchtopk (recommended) or l1 (the baseline with sparsity artefacts)"),
+    KEY_INT("d", "64", 1, 1048576, d, "model",
+            "activation width of each model (Gemma 2 2B residual: 2304); every batch must match"),
+    KEY_INT("dict_size", "1024", 1, 1e8, dict_size, "model", "number of latents F (paper: 73728)"),
+    KEY_INT("k", "8", 1, 1e8, k, "model",
+            "BatchTopK: mean active latents per token (paper: 100); must be <= dict_size"),
+    KEY_INT("batch_size", "256", 1, 1e7, batch_size, "model", "tokens per training step B (paper: 2048)"),
+    KEY_FLOAT("init_norm", "auto", 1e-30, 1e6, init_norm, "model",
+              "norm of every encoder column (and decoder row) at initialisation; auto = 1.0 for "
+              "batchtopk, 0.005 for l1 (method.md 1)",
+              AUTO(auto_init_norm)),
+    KEY_FLOAT("lr", "1e-4", 1e-12, 10, lr, "model", "Adam learning rate after warm-up"),
+    KEY_FLOAT("adam_beta1", "0.9", 0, 1, adam_beta1, "model", "Adam: decay of the first moment, in [0, 1)"),
+    KEY_FLOAT("adam_beta2", "0.999", 0, 1, adam_beta2, "model", "Adam: decay of the second moment, in [0, 1)"),
+    KEY_FLOAT("adam_eps", "1e-8", 1e-30, 1, adam_eps, "model", "Adam: epsilon added to the root of the second moment"),
+    KEY_FLOAT("clip_norm", "auto", 0, 1e12, clip_norm, "model",
+              "clip the global gradient norm at this value; 0 = off; auto = 1.0 for batchtopk, off for l1",
+              AUTO(auto_clip_norm)),
+    KEY_INT("warmup_steps", "1000", 0, 1e9, warmup_steps, "model", "linear learning-rate warm-up steps"),
+    KEY_INT("decay_start", "0", 0, BIG, decay_start, "model",
+            "step at which linear decay to 0 starts; 0 = constant learning rate"),
+    KEY_INT("total_steps", "0", 0, BIG, total_steps, "model",
+            "end of the linear decay (needed when decay_start > 0)"),
+    KEY_ENUM("loss", "l2", g_losses, loss, "model",
+             "reconstruction term: l2 (un-squared norm, reference default) or mse (squared)"),
+    KEY_FLOAT("l1_coef", "0.041", 0, 1e6, l1_coef, "model", "L1 model: sparsity coefficient mu"),
+    KEY_FLOAT("aux_coef", "0.03125", 0, 1e6, aux_coef, "model", "BatchTopK: AuxK loss weight (1/32)"),
+    KEY_INT("dead_tokens", "10000000", 1, BIG, dead_tokens, "model",
+            "a latent unfired for this many tokens is dead (AuxK, dead fraction)"),
+    KEY_INT("threshold_start_step", "1000", 0, BIG, threshold_start_step, "model",
+            "BatchTopK: the inference threshold theta is estimated after this step"),
+    KEY_FLOAT("threshold_beta", "0.999", 0, 1, threshold_beta, "model",
+              "BatchTopK: theta's moving-average factor (theta = beta theta + (1 - beta) this step's "
+              "smallest selected score)"),
+    KEY_INT("seed", "0", 0, BIG, seed, "model", "random seed (initialisation and the mixing buffer's draws)"),
+    KEY_INT("threads", "0", 0, 256, threads, "model", "compute threads of the trainer; 0 = all online CPUs"),
     /* service */
-    {"queue_size", XC_CFG_INT, "64", 1, 1e6, NULL, F(queue_size), 0, "service",
-     "accepted batches waiting for the trainer; when full the daemon stops reading the ingest "
-     "socket (backpressure)"},
-    {"mix_tokens", XC_CFG_INT, "0", 0, 1e9, NULL, F(mix_tokens), 0, "service",
-     "mixing buffer size in tokens (training batches are drawn at random from it); "
-     "0 = 8 x batch_size; must be >= batch_size"},
-    {"max_msg_bytes", XC_CFG_INT, "67108864", 1024, 4e9, NULL, F(max_msg_bytes), 0, "service",
-     "largest ingest message accepted (all frames); larger ones get an XC_ETOOBIG nack, and a "
-     "single frame over twice this makes ZeroMQ drop the connection"},
-    {"ingest_hwm", XC_CFG_INT, "16", 1, 1e6, NULL, F(ingest_hwm), 0, "service",
-     "ZeroMQ receive high-water mark of the ingest socket (messages)"},
-    {"stats_interval", XC_CFG_FLOAT, "1", 0.05, 86400, NULL, F(stats_interval), 1, "service",
-     "seconds between stats events"},
-    {"checkpoint_interval", XC_CFG_FLOAT, "1800", 0, 1e9, NULL, F(checkpoint_interval), 1, "service",
-     "seconds between periodic checkpoints; 0 = only on request and at shutdown"},
-    {"checkpoint_steps", XC_CFG_INT, "0", 0, BIG, NULL, F(checkpoint_steps), 1, "service",
-     "also write a checkpoint every this many training steps; 0 = off"},
-    {"checkpoint_keep", XC_CFG_INT, "3", 0, 1e6, NULL, F(checkpoint_keep), 1, "service",
-     "checkpoints of the current run kept in state_dir (each a model file and its .resume "
-     "training state); older ones are removed after a new one is written; 0 = keep all"},
-    {"max_abs_value", XC_CFG_FLOAT, "1e6", 0, 3e38, NULL, F(max_abs_value), 1, "service",
-     "batches holding a value of larger magnitude are refused with XC_ERANGE (finite values near the "
-     "float range, e.g. bf16 0x7f7f, overflow the training step); 0 = no limit"},
-    {"dead_alert_jump", XC_CFG_FLOAT, "0.05", 0, 1, NULL, F(dead_alert_jump), 1, "service",
-     "publish an alert when the dead fraction rises by at least this much between stats events"},
-    {"metrics_file", XC_CFG_STR, "", 0, 0, NULL, F(metrics_file), 1, "service",
-     "Prometheus metrics in the text format, rewritten atomically (temp file + rename, mode 0644) "
-     "every metrics_interval seconds, e.g. into node-exporter's textfile directory "
-     "/var/lib/prometheus/node-exporter/xcoderd-NAME.prom; empty = off; `xcoder metrics` prints the "
-     "same text"},
-    {"metrics_interval", XC_CFG_FLOAT, "15", 0.01, 86400, NULL, F(metrics_interval), 1, "service",
-     "seconds between rewrites of metrics_file"},
+    KEY_INT("queue_size", "64", 1, 1e6, queue_size, "service",
+            "accepted batches waiting for the trainer; when full the daemon stops reading the ingest "
+            "socket (backpressure)"),
+    KEY_INT("mix_tokens", "0", 0, 1e9, mix_tokens, "service",
+            "mixing buffer size in tokens (training batches are drawn at random from it); "
+            "0 = 8 x batch_size; must be >= batch_size"),
+    KEY_INT("max_msg_bytes", "67108864", 1024, 4e9, max_msg_bytes, "service",
+            "largest ingest message accepted (all frames); larger ones get an XC_ETOOBIG nack, and a "
+            "single frame over twice this makes ZeroMQ drop the connection"),
+    KEY_INT("ingest_hwm", "16", 1, 1e6, ingest_hwm, "service",
+            "ZeroMQ receive high-water mark of the ingest socket (messages)"),
+    KEY_FLOAT("stats_interval", "1", 0.05, 86400, stats_interval, "service", "seconds between stats events",
+              RELOAD(XC_CFG_HOOK_TIMERS)),
+    KEY_FLOAT("checkpoint_interval", "1800", 0, 1e9, checkpoint_interval, "service",
+              "seconds between periodic checkpoints; 0 = only on request and at shutdown",
+              RELOAD(XC_CFG_HOOK_TIMERS)),
+    KEY_INT("checkpoint_steps", "0", 0, BIG, checkpoint_steps, "service",
+            "also write a checkpoint every this many training steps; 0 = off", RELOAD(XC_CFG_HOOK_CHECKPOINT)),
+    KEY_INT("checkpoint_keep", "3", 0, 1e6, checkpoint_keep, "service",
+            "checkpoints of the current run kept in state_dir (each a model file and its .resume "
+            "training state); older ones are removed after a new one is written; 0 = keep all",
+            RELOAD(XC_CFG_HOOK_CHECKPOINT)),
+    KEY_FLOAT("max_abs_value", "1e6", 0, 3e38, max_abs_value, "service",
+              "batches holding a value of larger magnitude are refused with XC_ERANGE (finite values near the "
+              "float range, e.g. bf16 0x7f7f, overflow the training step); 0 = no limit",
+              RELOAD(XC_CFG_HOOK_NONE)),
+    KEY_FLOAT("dead_alert_jump", "0.05", 0, 1, dead_alert_jump, "service",
+              "publish an alert when the dead fraction rises by at least this much between stats events",
+              RELOAD(XC_CFG_HOOK_NONE)),
+    KEY_STR("metrics_file", "", metrics_file, "service",
+            "Prometheus metrics in the text format, rewritten atomically (temp file + rename, mode 0644) "
+            "every metrics_interval seconds, e.g. into node-exporter's textfile directory "
+            "/var/lib/prometheus/node-exporter/xcoderd-NAME.prom; empty = off; `xcoder metrics` prints the "
+            "same text",
+            RELOAD(XC_CFG_HOOK_TIMERS)),
+    KEY_FLOAT("metrics_interval", "15", 0.01, 86400, metrics_interval, "service",
+              "seconds between rewrites of metrics_file", RELOAD(XC_CFG_HOOK_TIMERS)),
     /* analysis */
-    {"stats_half_life", XC_CFG_FLOAT, "1000000", 1, 1e15, NULL, F(stats_half_life), 0, "analysis",
-     "tokens; half-life of each latent's firing-frequency average"},
-    {"scaling_running", XC_CFG_ENUM, "on", 0, 0, "on|off", F(scaling_running), 0, "analysis",
-     "keep running Latent Scaling estimates during training (0.4% of a step at d=768, dict_size=16384: make bench, scaling_cost_fraction)"},
-    {"scaling_half_life", XC_CFG_FLOAT, "1000000", 1, 1e15, NULL, F(scaling_half_life), 0, "analysis",
-     "tokens; window (exponential half-life) of the running Latent Scaling estimates"},
-    {"scaling_min_active", XC_CFG_FLOAT, "20", 0, 1e15, NULL, F(scaling_min_active), 0, "analysis",
-     "activations a latent needs before its beta and nu are defined (else NaN / null)"},
-    {"shm", XC_CFG_ENUM, "on", 0, 0, "on|off", F(shm), 0, "analysis",
-     "publish per-latent statistics in POSIX shared memory /xcoderd.NAME (proto/SHM.md)"},
-    {"shm_mode", XC_CFG_STR, "0640", 0, 0, NULL, F(shm_mode), 0, "analysis",
-     "permission bits (octal) of the shared-memory object"},
-    {"shm_interval", XC_CFG_FLOAT, "1", 0.01, 86400, NULL, F(shm_interval), 0, "analysis",
-     "seconds between shared-memory updates (taken between training steps)"},
-    {"chat_only_min", XC_CFG_FLOAT, "0.9", 0, 1, NULL, F(chat_only_min), 0, "analysis",
-     "class chat-only: relative decoder norm >= this"},
-    {"base_only_max", XC_CFG_FLOAT, "0.1", 0, 1, NULL, F(base_only_max), 0, "analysis",
-     "class base-only: relative decoder norm <= this"},
-    {"shared_lo", XC_CFG_FLOAT, "0.4", 0, 1, NULL, F(shared_lo), 0, "analysis",
-     "class shared: shared_lo <= relative decoder norm < shared_hi"},
-    {"shared_hi", XC_CFG_FLOAT, "0.6", 0, 1, NULL, F(shared_hi), 0, "analysis",
-     "upper bound of the shared class"},
-    {"nu_err_max", XC_CFG_FLOAT, "0.2", 0, 1e6, NULL, F(nu_err_max), 0, "analysis",
-     "chat-specific: chat-only and nu_err below this"},
-    {"nu_rec_max", XC_CFG_FLOAT, "0.5", 0, 1e6, NULL, F(nu_rec_max), 0, "analysis",
-     "chat-specific: chat-only and nu_rec below this"},
+    KEY_FLOAT("stats_half_life", "1000000", 1, 1e15, stats_half_life, "analysis",
+              "tokens; half-life of each latent's firing-frequency average"),
+    KEY_BOOL("scaling_running", "on", scaling_running, "analysis",
+             "keep running Latent Scaling estimates during training (0.4% of a step at d=768, "
+             "dict_size=16384: make bench, scaling_cost_fraction)"),
+    KEY_FLOAT("scaling_half_life", "1000000", 1, 1e15, scaling_half_life, "analysis",
+              "tokens; window (exponential half-life) of the running Latent Scaling estimates"),
+    KEY_FLOAT("scaling_min_active", "20", 0, 1e15, scaling_min_active, "analysis",
+              "activations a latent needs before its beta and nu are defined (else NaN / null)"),
+    KEY_BOOL("shm", "on", shm, "analysis",
+             "publish per-latent statistics in POSIX shared memory /xcoderd.NAME (proto/SHM.md)"),
+    KEY_STR("shm_mode", "0640", shm_mode, "analysis", "permission bits (octal) of the shared-memory object"),
+    KEY_FLOAT("shm_interval", "1", 0.01, 86400, shm_interval, "analysis",
+              "seconds between shared-memory updates (taken between training steps)"),
+    KEY_FLOAT("chat_only_min", "0.9", 0, 1, chat_only_min, "analysis",
+              "class chat-only: relative decoder norm >= this"),
+    KEY_FLOAT("base_only_max", "0.1", 0, 1, base_only_max, "analysis",
+              "class base-only: relative decoder norm <= this"),
+    KEY_FLOAT("shared_lo", "0.4", 0, 1, shared_lo, "analysis",
+              "class shared: shared_lo <= relative decoder norm < shared_hi"),
+    KEY_FLOAT("shared_hi", "0.6", 0, 1, shared_hi, "analysis", "upper bound of the shared class"),
+    KEY_FLOAT("nu_err_max", "0.2", 0, 1e6, nu_err_max, "analysis", "chat-specific: chat-only and nu_err below this"),
+    KEY_FLOAT("nu_rec_max", "0.5", 0, 1e6, nu_rec_max, "analysis", "chat-specific: chat-only and nu_rec below this"),
     /* examples (daemon/xc_examples.h) */
-    {"examples_top", XC_CFG_INT, "20", 0, 255, NULL, F(examples_top), 0, "analysis",
-     "max-activating examples kept per latent (the `examples` op); 0 with examples_random 0 = off"},
-    {"examples_random", XC_CFG_INT, "5", 0, 255, NULL, F(examples_random), 0, "analysis",
-     "random activating examples kept per latent (a uniform reservoir sample)"},
-    {"examples_window", XC_CFG_INT, "16", 0, 1024, NULL, F(examples_window), 0, "analysis",
-     "token ids kept each side of an example (its context window)"},
-    {"examples_store_tokens", XC_CFG_INT, "0", 0, 1073741824, NULL, F(examples_store_tokens), 0, "analysis",
-     "recent tokens (ids, documents, positions) kept to cut windows from, 24 bytes each; "
-     "0 = 16 x mix_tokens, at least 65536"},
-    {"examples_vocab_bytes", XC_CFG_INT, "8388608", 8, 2147483648.0, NULL, F(examples_vocab_bytes), 0, "analysis",
-     "bytes for the vocabularies producers register (every stream together)"},
-    {"vocab_file", XC_CFG_STR, "", 0, 0, NULL, F(vocab_file), 0, "analysis",
-     "default vocabulary (token id -> text) for streams without their own: a JSON array of strings, a "
-     "{piece: id} object or a tokenizer.json; empty = none"},
-    {NULL, 0, NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
+    KEY_INT("examples_top", "20", 0, 255, examples_top, "analysis",
+            "max-activating examples kept per latent (the `examples` op); 0 with examples_random 0 = off"),
+    KEY_INT("examples_random", "5", 0, 255, examples_random, "analysis",
+            "random activating examples kept per latent (a uniform reservoir sample)"),
+    KEY_INT("examples_window", "16", 0, 1024, examples_window, "analysis",
+            "token ids kept each side of an example (its context window)"),
+    KEY_INT("examples_store_tokens", "0", 0, 1073741824, examples_store_tokens, "analysis",
+            "recent tokens (ids, documents, positions) kept to cut windows from, 24 bytes each; "
+            "0 = 16 x mix_tokens, at least 65536"),
+    KEY_INT("examples_vocab_bytes", "8388608", 8, 2147483648.0, examples_vocab_bytes, "analysis",
+            "bytes for the vocabularies producers register (every stream together)"),
+    KEY_STR("vocab_file", "", vocab_file, "analysis",
+            "default vocabulary (token id -> text) for streams without their own: a JSON array of strings, a "
+            "{piece: id} object or a tokenizer.json; empty = none"),
+    {.name = NULL},
 };
 
 const xc_cfg_key_t *xc_cfg_keys(void) { return g_keys; }
@@ -206,23 +247,33 @@ static int unknown_key(const char *key, char *why, size_t why_len)
     return XC_ENOTFOUND;
 }
 
-static int choice_ok(const char *choices, const char *v)
+/* The index of v among an ENUM key's names, or -1. */
+static int choice_index(const xc_cfg_key_t *k, const char *v)
 {
-    size_t vl = strlen(v);
-    const char *p = choices;
-    while (*p) {
-        const char *e = strchr(p, '|');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (l == vl && strncmp(p, v, l) == 0) return 1;
-        if (!e) break;
-        p = e + 1;
-    }
-    return 0;
+    for (int i = 0; k->names[i]; i++)
+        if (strcmp(k->names[i], v) == 0) return i;
+    return -1;
 }
 
+/* An ENUM key's names as the help shows them ("a|b|c"; on|off for BOOL). */
+static const char *choices_text(const xc_cfg_key_t *k, char *buf, size_t len)
+{
+    size_t used = 0;
+    if (k->type == XC_CFG_BOOL) return "on|off";
+    buf[0] = 0;
+    for (int i = 0; k->names[i] && used < len; i++) {
+        int n = snprintf(buf + used, len - used, "%s%s", i ? "|" : "", k->names[i]);
+        if (n > 0) used += (size_t)n;
+    }
+    return buf;
+}
+
+/* Parses value as k's type, checks it against k's bounds or names, and stores
+ * it; nothing is written on error. Integers may be written 1e6-style (never
+ * octal); "auto" is accepted where the key has an auto value (stored as NaN). */
 static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *why, size_t why_len)
 {
-    char *base = (char *)c + k->offset, *end;
+    char *base = (char *)c + k->offset, *end, buf[128];
     switch (k->type) {
     case XC_CFG_INT: {
         errno = 0;
@@ -247,10 +298,15 @@ static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *
         return XC_OK;
     }
     case XC_CFG_FLOAT: {
+        if (k->auto_value && strcmp(value, "auto") == 0) {
+            *(double *)base = NAN;
+            return XC_OK;
+        }
         errno = 0;
         double v = strtod(value, &end);
         if (end == value || *end || errno || !isfinite(v)) {
-            xc_why(why, why_len, "%s must be a number, got '%s'", k->name, value);
+            xc_why(why, why_len, "%s must be a number%s, got '%s'", k->name, k->auto_value ? " or auto" : "",
+                   value);
             return XC_ECONFIG;
         }
         if (v < k->min || v > k->max) {
@@ -261,15 +317,17 @@ static int set_key(xc_cfg_t *c, const xc_cfg_key_t *k, const char *value, char *
         return XC_OK;
     }
     case XC_CFG_ENUM:
-        if (!choice_ok(k->choices, value)) {
-            xc_why(why, why_len, "%s must be one of %s, got '%s'", k->name, k->choices, value);
+    case XC_CFG_BOOL: {
+        int i = choice_index(k, value);
+        if (i < 0) {
+            xc_why(why, why_len, "%s must be one of %s, got '%s'", k->name, choices_text(k, buf, sizeof buf),
+                   value);
             return XC_ECONFIG;
         }
-        break; /* stored as a string, below */
-    case XC_CFG_STR:
-        break;
+        *(int *)base = i; /* the enum's value (BOOL: off 0, on 1) */
+        return XC_OK;
     }
-    if (k->type == XC_CFG_STR || k->type == XC_CFG_ENUM) {
+    case XC_CFG_STR:
         if (strlen(value) >= k->size) {
             xc_why(why, why_len, "%s is longer than %zu bytes", k->name, k->size - 1);
             return XC_ECONFIG;
@@ -514,7 +572,7 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
                 c->examples_store_tokens);
         return XC_ECONFIG;
     }
-    if (strcmp(c->model, "batchtopk") == 0 && c->k > c->dict_size) {
+    if (c->model == XC_MODEL_BATCHTOPK && c->k > c->dict_size) {
         xc_why(why, why_len, "k (%ld) must be <= dict_size (%ld)", c->k, c->dict_size);
         return XC_ECONFIG;
     }
@@ -542,29 +600,67 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
     return XC_OK;
 }
 
+/* A FLOAT key's effective value: its own, or what "auto" stands for in c. */
+static double resolved(const xc_cfg_t *c, const xc_cfg_key_t *k)
+{
+    double v = *(const double *)((const char *)c + k->offset);
+    return isnan(v) && k->auto_value ? k->auto_value(c) : v;
+}
+
+/* Every engine field from its key: the engine keeps no defaults of its own,
+ * so a value here is the value the model trains with. */
 void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec)
 {
-    xc_model_kind_t kind = strcmp(c->model, "l1") == 0 ? XC_MODEL_L1 : XC_MODEL_BATCHTOPK;
-    xc_engine_config_default(ec, kind);
+    memset(ec, 0, sizeof *ec);
+    ec->model = c->model;
     ec->d = (int)c->d;
     ec->dict_size = (int)c->dict_size;
     ec->k = (int)c->k;
     ec->batch_size = (int)c->batch_size;
+    ec->init_norm = (float)resolved(c, xc_cfg_key("init_norm"));
     ec->lr = (float)c->lr;
+    ec->adam_beta1 = (float)c->adam_beta1;
+    ec->adam_beta2 = (float)c->adam_beta2;
+    ec->adam_eps = (float)c->adam_eps;
+    ec->clip_norm = (float)resolved(c, xc_cfg_key("clip_norm"));
     ec->warmup_steps = (int)c->warmup_steps;
     ec->decay_start = c->decay_start;
     ec->total_steps = c->total_steps;
-    ec->loss = strcmp(c->loss, "mse") == 0 ? XC_LOSS_MSE : XC_LOSS_L2;
+    ec->loss = c->loss;
     ec->l1_coef = (float)c->l1_coef;
     ec->aux_coef = (float)c->aux_coef;
     ec->dead_tokens = c->dead_tokens;
     ec->threshold_start_step = c->threshold_start_step;
+    ec->threshold_beta = (float)c->threshold_beta;
     ec->seed = (uint64_t)c->seed;
     ec->threads = (int)c->threads;
     ec->stats_half_life = c->stats_half_life;
     ec->scaling_half_life = c->scaling_half_life;
     ec->scaling_min_active = c->scaling_min_active;
-    ec->scaling_running = strcmp(c->scaling_running, "on") == 0;
+    ec->scaling_running = c->scaling_running;
+}
+
+void xc_cfg_engine_defaults(xc_engine_config_t *ec, xc_model_kind_t model)
+{
+    xc_cfg_t c;
+    xc_cfg_defaults(&c);
+    c.model = model;
+    xc_cfg_engine(&c, ec);
+}
+
+const char *xc_cfg_enum_name(const char *key, int value)
+{
+    const xc_cfg_key_t *k = xc_cfg_key(key);
+    if (!k || (k->type != XC_CFG_ENUM && k->type != XC_CFG_BOOL) || value < 0) return NULL;
+    for (int i = 0; k->names[i]; i++)
+        if (i == value) return k->names[i];
+    return NULL;
+}
+
+void xc_cfg_apply_log_level(void *ctx, const xc_cfg_t *c)
+{
+    (void)ctx;
+    xc_log_set_level(c->log_level);
 }
 
 int xc_cfg_shm_mode(const xc_cfg_t *c, unsigned *mode)
@@ -586,12 +682,19 @@ void xc_cfg_thresholds(const xc_cfg_t *c, xc_class_thresholds_t *t)
     t->nu_rec_max = (float)c->nu_rec_max;
 }
 
+/* A key's value as the config file writes it (so --print-config loads back
+ * to the same configuration): "auto" stays auto, enums by name. */
 static void value_text(const xc_cfg_t *c, const xc_cfg_key_t *k, char *out, size_t len)
 {
     const char *base = (const char *)c + k->offset;
     switch (k->type) {
     case XC_CFG_INT: snprintf(out, len, "%ld", *(const long *)base); break;
-    case XC_CFG_FLOAT: snprintf(out, len, "%.15g", *(const double *)base); break;
+    case XC_CFG_FLOAT:
+        if (k->auto_value && isnan(*(const double *)base)) snprintf(out, len, "auto");
+        else snprintf(out, len, "%.15g", *(const double *)base);
+        break;
+    case XC_CFG_ENUM:
+    case XC_CFG_BOOL: snprintf(out, len, "%s", k->names[*(const int *)base]); break;
     default: snprintf(out, len, "%s", base); break;
     }
 }
@@ -604,13 +707,18 @@ int xc_cfg_get(const xc_cfg_t *c, const char *key, char *out, size_t out_len)
     return XC_OK;
 }
 
+/* A key for the `config` op and the checkpoint's config record: numbers as
+ * numbers (an "auto" key as the value it resolves to, so readers always get a
+ * number), enums by name, strings as strings. */
 static void key_to_mp(const xc_cfg_t *c, const xc_cfg_key_t *k, xc_mpw_t *w)
 {
     const char *base = (const char *)c + k->offset;
     xc_mpw_str(w, k->name);
     switch (k->type) {
     case XC_CFG_INT: xc_mpw_int(w, *(const long *)base); break;
-    case XC_CFG_FLOAT: xc_mpw_double(w, *(const double *)base); break;
+    case XC_CFG_FLOAT: xc_mpw_double(w, resolved(c, k)); break;
+    case XC_CFG_ENUM:
+    case XC_CFG_BOOL: xc_mpw_str(w, k->names[*(const int *)base]); break;
     default: xc_mpw_str(w, base); break;
     }
 }
@@ -627,9 +735,13 @@ int xc_cfg_to_mp(const xc_cfg_t *c, const char *key, xc_mpw_t *w)
     return XC_OK;
 }
 
-int xc_cfg_apply_reload(xc_cfg_t *cur, const xc_cfg_t *next, char *changed_fixed, size_t len)
+/* Redis-style reload: each changed reloadable key is copied, then the hooks of
+ * the changed keys run once each, in hook order, on the new configuration. */
+int xc_cfg_apply_reload(xc_cfg_t *cur, const xc_cfg_t *next, const xc_cfg_hooks_t *hooks,
+                        char *changed_fixed, size_t len)
 {
     int applied = 0;
+    unsigned fire = 0;
     size_t used = 0;
     if (changed_fixed && len) changed_fixed[0] = 0;
     for (const xc_cfg_key_t *k = g_keys; k->name; k++) {
@@ -639,20 +751,24 @@ int xc_cfg_apply_reload(xc_cfg_t *cur, const xc_cfg_t *next, char *changed_fixed
         if (k->reloadable) {
             memcpy(a, b, k->size);
             applied++;
+            fire |= 1u << k->hook;
         } else if (changed_fixed && used < len) {
             int n = snprintf(changed_fixed + used, len - used, "%s%s", used ? ", " : "", k->name);
             if (n > 0) used += (size_t)n;
         }
     }
+    for (int h = XC_CFG_HOOK_NONE + 1; hooks && h < XC_CFG_HOOK_N; h++)
+        if ((fire >> h & 1u) && hooks->fn[h]) hooks->fn[h](hooks->ctx, cur);
     return applied;
 }
 
-static const char *type_name(const xc_cfg_key_t *k)
+static const char *type_name(const xc_cfg_key_t *k, char *buf, size_t len)
 {
     switch (k->type) {
     case XC_CFG_INT: return "int";
-    case XC_CFG_FLOAT: return "float";
-    case XC_CFG_ENUM: return k->choices;
+    case XC_CFG_FLOAT: return k->auto_value ? "float|auto" : "float";
+    case XC_CFG_ENUM:
+    case XC_CFG_BOOL: return choices_text(k, buf, len);
     default: return "string";
     }
 }
@@ -660,6 +776,7 @@ static const char *type_name(const xc_cfg_key_t *k)
 void xc_cfg_print_help(FILE *f, const char *argv0)
 {
     const char *sec = "";
+    char buf[128];
     fprintf(f,
             "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE ...] [--resume CKPT | --fresh]\n"
             "       %s [--print-config | --print-example | --help]\n"
@@ -680,7 +797,7 @@ void xc_cfg_print_help(FILE *f, const char *argv0)
             sec = k->section;
             fprintf(f, "\n%s:\n", sec);
         }
-        fprintf(f, "  --%-22s %s (default: %s)%s\n      %s\n", k->name, type_name(k),
+        fprintf(f, "  --%-22s %s (default: %s)%s\n      %s\n", k->name, type_name(k, buf, sizeof buf),
                 k->def[0] ? k->def : "\"\"", k->reloadable ? " [reload]" : "", k->help);
     }
 }
@@ -704,7 +821,7 @@ static void print_comment(FILE *f, const char *text)
 void xc_cfg_print_file(FILE *f, const xc_cfg_t *c)
 {
     const char *sec = "";
-    char v[XC_CFG_STR_MAX + 8];
+    char v[XC_CFG_STR_MAX + 8], buf[128];
     fprintf(f, "# xcoderd configuration (`key = value`, '#' starts a comment).\n"
                "# Every key can also be given on the command line as --KEY VALUE (which wins).\n"
                "# Keys marked [reload] take effect on SIGHUP; the others need a restart.\n");
@@ -715,7 +832,7 @@ void xc_cfg_print_file(FILE *f, const xc_cfg_t *c)
         }
         fprintf(f, "\n");
         print_comment(f, k->help);
-        fprintf(f, "# type: %s; default: %s%s\n", type_name(k), k->def[0] ? k->def : "\"\"",
+        fprintf(f, "# type: %s; default: %s%s\n", type_name(k, buf, sizeof buf), k->def[0] ? k->def : "\"\"",
                 k->reloadable ? " [reload]" : "");
         if (c) {
             value_text(c, k, v, sizeof v);

@@ -56,8 +56,7 @@ int main(int argc, char **argv)
         xc_cfg_print_file(stdout, &cfg);
         return 0;
     }
-    xc_log_level_t lvl;
-    if (xc_log_parse_level(cfg.log_level, &lvl) == 0) xc_log_set_level(lvl);
+    xc_log_set_level(cfg.log_level);
     if (xc_svc_open_log(cfg.log_file, why, sizeof why)) {
         fprintf(stderr, "xcoderd: %s\n", why);
         return 2;

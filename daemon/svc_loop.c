@@ -415,6 +415,22 @@ static xc_auth_lists_t auth_lists(const xc_cfg_t *c)
     return l;
 }
 
+/* Apply hooks of the reloadable keys (daemon/xc_config.h). */
+static void hook_timers(void *ctx, const xc_cfg_t *c)
+{
+    xc_svc_t *s = ctx;
+    if (!s->stopping) start_timers(s);
+}
+
+static void hook_checkpoint(void *ctx, const xc_cfg_t *c)
+{
+    xc_svc_t *s = ctx;
+    xc_trainer_set_checkpoint_policy(s->trainer, (int)c->checkpoint_keep, c->checkpoint_steps);
+}
+
+/* SIGHUP: the whole configuration loaded again; the changed reloadable keys
+ * copied with their apply hooks; then what every SIGHUP does whether or not a
+ * key changed: the allow-list files re-read and the log file reopened (rotation). */
 static void reload(xc_svc_t *s)
 {
     xc_cfg_t next;
@@ -425,18 +441,18 @@ static void reload(xc_svc_t *s)
         xc_log(XC_LOG_ERROR, "SIGHUP: configuration not reloaded: %s", why);
         return;
     }
-    int n = xc_cfg_apply_reload(&s->cfg, &next, fixed, sizeof fixed);
+    xc_cfg_hooks_t hooks = {{[XC_CFG_HOOK_LOG_LEVEL] = xc_cfg_apply_log_level,
+                             [XC_CFG_HOOK_TIMERS] = hook_timers,
+                             [XC_CFG_HOOK_CHECKPOINT] = hook_checkpoint},
+                            s};
+    int n = xc_cfg_apply_reload(&s->cfg, &next, &hooks, fixed, sizeof fixed);
     if (s->auth) {
         xc_auth_lists_t l = auth_lists(&s->cfg);
         if (xc_auth_reload(s->auth, &l, why, sizeof why))
             xc_log(XC_LOG_ERROR, "SIGHUP: allow-lists not reloaded (the previous ones stay): %s", why);
         else xc_log(XC_LOG_INFO, "SIGHUP: allow-lists reloaded");
     }
-    xc_trainer_set_checkpoint_policy(s->trainer, (int)s->cfg.checkpoint_keep, s->cfg.checkpoint_steps);
     if (xc_svc_open_log(s->cfg.log_file, why, sizeof why)) xc_log(XC_LOG_ERROR, "SIGHUP: %s", why);
-    xc_log_level_t lvl;
-    if (xc_log_parse_level(s->cfg.log_level, &lvl) == 0) xc_log_set_level(lvl);
-    if (!s->stopping) start_timers(s);
     xc_log(XC_LOG_INFO, "SIGHUP: log reopened, %d key(s) reloaded", n);
     if (fixed[0]) xc_log(XC_LOG_WARN, "SIGHUP: changed keys need a restart to take effect: %s", fixed);
 }
@@ -577,7 +593,7 @@ static int start_security(xc_svc_t *s, char *why, size_t wl)
     }
     for (int i = 0; i < 3; i++) {
         if (!xc_auth_endpoint_remote(eps[i])) continue;
-        if (strcmp(s->cfg.insecure_tcp, "on") != 0) {
+        if (!s->cfg.insecure_tcp) {
             xc_why(why, wl, "endpoint %s is reachable from other machines but no curve_secret_key is set: "
                    "anyone who reaches it could push data, read checkpoints and shut the daemon down. Make "
                    "keys (`xcoderd --keygen BASE`, set curve_secret_key and allow_* lists), bind "
@@ -642,7 +658,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     to.notify_ctx = s;
     unsigned shm_mode = 0640;
     xc_cfg_shm_mode(&s->cfg, &shm_mode);
-    to.shm_instance = strcmp(s->cfg.shm, "on") == 0 ? s->cfg.name : NULL;
+    to.shm_instance = s->cfg.shm ? s->cfg.name : NULL;
     to.shm_mode = shm_mode;
     to.shm_owner = s->cfg.run_dir;
     to.why = why;
@@ -746,7 +762,7 @@ int xc_svc_run(xc_svc_t *s)
     xc_log(XC_LOG_INFO,
            "xcoderd '%s' ready: %s d=%ld dict_size=%ld k=%ld batch_size=%ld; ingest %s, control %s, "
            "events %s; checkpoints in %s",
-           s->cfg.name, s->cfg.model, s->cfg.d, s->cfg.dict_size, s->cfg.k, s->cfg.batch_size, s->cfg.ingest,
+           s->cfg.name, xc_cfg_enum_name("model", s->cfg.model), s->cfg.d, s->cfg.dict_size, s->cfg.k, s->cfg.batch_size, s->cfg.ingest,
            s->cfg.control, s->cfg.events, s->cfg.state_dir);
     uint64_t wd_usec = 0;
     if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {

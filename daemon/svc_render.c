@@ -126,7 +126,7 @@ int xc_svc_metrics_text(xc_svc_t *s, xc_buf_t *out)
     xc_queue_counts(s->queue, &qc);
     xc_metrics_init(&m);
     m.name = s->cfg.name;
-    m.model = s->cfg.model;
+    m.model = xc_cfg_enum_name("model", s->cfg.model);
     m.state = state_name(s, &ts);
     m.d = s->cfg.d;
     m.dict_size = s->cfg.dict_size;

@@ -1,9 +1,12 @@
 /* xcoderd configuration: ONE declarative table (config.c, g_keys) of every key
  * with its type, default, bounds and help text drives the config file parser,
- * the --KEY VALUE command line, --help, validation, the `config` control op
- * and the example file (xcoderd --print-config). Precedence: built-in defaults
- * < config file (--config FILE) < command line. SIGHUP re-runs the whole load
- * and applies only the keys marked reloadable. */
+ * the --KEY VALUE command line, --help, validation, the `config` control op,
+ * the example file (xcoderd --print-config) and the engine's configuration:
+ * every engine hyper-parameter is a key, and the engine has no defaults of its
+ * own (xc_cfg_engine_defaults gives tests and benchmarks the table's).
+ * Precedence: built-in defaults < config file (--config FILE) < command line.
+ * SIGHUP re-runs the whole load and applies only the keys marked reloadable,
+ * each through its apply hook. */
 #ifndef XC_CONFIG_H
 #define XC_CONFIG_H
 
@@ -11,6 +14,7 @@
 #include <stdio.h>
 
 #include "xc_engine.h"
+#include "xc_log.h"
 #include "xc_shm.h"
 #include "xc_proto.h"
 
@@ -25,20 +29,21 @@ typedef struct {
     char ingest[XC_CFG_STR_MAX];
     char control[XC_CFG_STR_MAX];
     char events[XC_CFG_STR_MAX];
-    char log_level[16];
+    xc_log_level_t log_level;
     char log_file[XC_CFG_STR_MAX];
     /* security */
     char curve_secret_key[XC_CFG_STR_MAX];
     char allow_producers[XC_CFG_STR_MAX], allow_readers[XC_CFG_STR_MAX], allow_admins[XC_CFG_STR_MAX];
-    char insecure_tcp[8];
-    /* model and training (passed to the engine) */
-    char model[16];
+    int insecure_tcp;          /* on (1) / off (0) */
+    /* model and training (passed to the engine; NaN = "auto", by model kind) */
+    xc_model_kind_t model;
     long d, dict_size, k, batch_size;
-    double lr;
+    double init_norm, lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
     long warmup_steps, decay_start, total_steps;
-    char loss[8];
+    xc_loss_kind_t loss;
     double l1_coef, aux_coef;
     long dead_tokens, threshold_start_step;
+    double threshold_beta;
     long seed, threads;
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
@@ -49,8 +54,8 @@ typedef struct {
     double metrics_interval;
     /* analysis: per-latent statistics, Latent Scaling, shared memory, classes */
     double stats_half_life, scaling_half_life, scaling_min_active;
-    char scaling_running[8];
-    char shm[8];
+    int scaling_running;       /* on (1) / off (0) */
+    int shm;                   /* on (1) / off (0) */
     char shm_mode[8];
     double shm_interval;
     double chat_only_min, base_only_max, shared_lo, shared_hi, nu_err_max, nu_rec_max;
@@ -61,7 +66,28 @@ typedef struct {
     int fresh;
 } xc_cfg_t;
 
-typedef enum { XC_CFG_INT, XC_CFG_FLOAT, XC_CFG_STR, XC_CFG_ENUM } xc_cfg_type_t;
+/* INT: long; FLOAT: double; STR: char[]; ENUM: an enum (int-sized) whose value
+ * is the index of its name in names; BOOL: int, written on / off. */
+typedef enum { XC_CFG_INT, XC_CFG_FLOAT, XC_CFG_STR, XC_CFG_ENUM, XC_CFG_BOOL } xc_cfg_type_t;
+
+/* What must happen when a reloadable key changes at run time: its apply hook.
+ * The caller of xc_cfg_apply_reload supplies the functions (they act on objects
+ * only it knows); each runs once per reload, after every changed key is copied.
+ * NONE: the value is read where it is used, so the next use sees it. */
+typedef enum {
+    XC_CFG_HOOK_NONE = 0,
+    XC_CFG_HOOK_LOG_LEVEL,  /* the process's log level (xc_cfg_apply_log_level) */
+    XC_CFG_HOOK_TIMERS,     /* the service's periodic timers: stats, checkpoints, metrics */
+    XC_CFG_HOOK_CHECKPOINT, /* the trainer's checkpoint policy: keep, every N steps */
+    XC_CFG_HOOK_N
+} xc_cfg_hook_t;
+
+typedef void (*xc_cfg_hook_fn)(void *ctx, const xc_cfg_t *c);
+/* The functions of the hooks (NULL: nothing to do) and their context. */
+typedef struct {
+    xc_cfg_hook_fn fn[XC_CFG_HOOK_N];
+    void *ctx;
+} xc_cfg_hooks_t;
 
 /* One row of the table. */
 typedef struct {
@@ -69,9 +95,13 @@ typedef struct {
     xc_cfg_type_t type;
     const char *def;     /* default, as it would be written in the file */
     double min, max;     /* INT / FLOAT bounds (inclusive) */
-    const char *choices; /* ENUM: "a|b|c" */
+    const char *const *names; /* ENUM: the value names, NULL-terminated, index = value */
     size_t offset, size; /* where the value lives in xc_cfg_t */
     int reloadable;      /* applied on SIGHUP */
+    xc_cfg_hook_t hook;  /* reloadable keys: what a change sets in motion */
+    /* FLOAT keys that accept "auto" (stored as NaN): the value auto stands for,
+     * which may depend on other keys (init_norm and clip_norm on the model kind) */
+    double (*auto_value)(const xc_cfg_t *c);
     const char *section; /* heading in --help and the example file */
     const char *help;
 } xc_cfg_key_t;
@@ -104,8 +134,12 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
  * checks across keys (k <= dict_size, mix_tokens >= batch_size, ...). */
 int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len);
 
-/* The engine configuration for c (engine defaults for everything not a key). */
+/* The engine configuration for c: every field from its key ("auto" keys
+ * resolved for c's model kind). */
 void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec);
+/* The engine configuration of the table's defaults for a model kind: the one
+ * set of defaults for tests and benchmarks that build an engine directly. */
+void xc_cfg_engine_defaults(xc_engine_config_t *ec, xc_model_kind_t model);
 /* shm_mode as permission bits (validated by finalize). */
 int xc_cfg_shm_mode(const xc_cfg_t *c, unsigned *mode);
 /* The latent-class thresholds of the analysis section. */
@@ -116,10 +150,17 @@ int xc_cfg_get(const xc_cfg_t *c, const char *key, char *out, size_t out_len);
 /* Writes one key (key != NULL) or every key as MessagePack key/value pairs into
  * an open map (ints as ints, floats as floats, strings as strings). */
 int xc_cfg_to_mp(const xc_cfg_t *c, const char *key, xc_mpw_t *w);
-/* Copies the reloadable keys of next into cur; for every other key that
- * differs, writes its name into changed_fixed (comma separated) so the caller
- * can warn that it needs a restart. Returns the number of keys applied. */
-int xc_cfg_apply_reload(xc_cfg_t *cur, const xc_cfg_t *next, char *changed_fixed, size_t len);
+/* Copies the reloadable keys of next into cur, then runs the apply hook of
+ * every changed key once (hooks may be NULL: copy only); for every other key
+ * that differs, writes its name into changed_fixed (comma separated) so the
+ * caller can warn that it needs a restart. Returns the number of keys applied. */
+int xc_cfg_apply_reload(xc_cfg_t *cur, const xc_cfg_t *next, const xc_cfg_hooks_t *hooks,
+                        char *changed_fixed, size_t len);
+/* The LOG_LEVEL hook: sets the process's log level from c (ctx unused). */
+void xc_cfg_apply_log_level(void *ctx, const xc_cfg_t *c);
+/* The name of an ENUM or BOOL key's value (e.g. "batchtopk"); NULL if the key is
+ * not an enum or the value out of range. */
+const char *xc_cfg_enum_name(const char *key, int value);
 
 /* --help text: usage, then every key with type, default and meaning. */
 void xc_cfg_print_help(FILE *f, const char *argv0);

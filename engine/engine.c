@@ -43,37 +43,11 @@ static double now_ms(void)
 
 /* ---------------------------------------------------------------- config */
 
-void xc_engine_config_default(xc_engine_config_t *c, xc_model_kind_t model)
-{
-    memset(c, 0, sizeof *c);
-    c->model = model;
-    c->d = 64;
-    c->dict_size = 512;
-    c->k = 8;
-    c->batch_size = 256;
-    c->lr = 1e-4f;
-    c->warmup_steps = 1000;
-    c->aux_coef = 1.0f / 32.0f;
-    c->dead_tokens = 10000000L;
-    c->init_norm = model == XC_MODEL_L1 ? 0.005f : 1.0f;
-    c->l1_coef = 0.041f;
-    c->loss = XC_LOSS_L2;
-    c->threshold_start_step = 1000;
-    c->threshold_beta = 0.999f;
-    c->clip_norm = model == XC_MODEL_L1 ? 0.0f : 1.0f;
-    c->adam_b1 = 0.9f;
-    c->adam_b2 = 0.999f;
-    c->adam_eps = 1e-8f;
-    c->seed = 0;
-    c->threads = 0;
-    c->stats_half_life = 1e6;
-    c->scaling_half_life = 1e6;
-    c->scaling_min_active = 20;
-    c->scaling_running = 1;
-}
-
 #define WHY(...) (snprintf(why, why_len, __VA_ARGS__), XC_ECONFIG)
 
+/* Every field checked where the engine would otherwise misbehave (a division
+ * by zero, an allocation that overflows, Adam that diverges by construction),
+ * with the key's name in the message, as the daemon's config keys are named. */
 int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why_len)
 {
     if (c->model != XC_MODEL_BATCHTOPK && c->model != XC_MODEL_L1)
@@ -97,8 +71,8 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
     if (c->threshold_start_step < 0) return WHY("threshold_start_step must be >= 0");
     if (!(c->threshold_beta >= 0 && c->threshold_beta <= 1)) return WHY("threshold_beta must be in [0, 1]");
     if (!(c->clip_norm >= 0) || !isfinite(c->clip_norm)) return WHY("clip_norm must be >= 0 (0 = off)");
-    if (!(c->adam_b1 >= 0 && c->adam_b1 < 1) || !(c->adam_b2 >= 0 && c->adam_b2 < 1))
-        return WHY("Adam betas must be in [0, 1)");
+    if (!(c->adam_beta1 >= 0 && c->adam_beta1 < 1) || !(c->adam_beta2 >= 0 && c->adam_beta2 < 1))
+        return WHY("adam_beta1 and adam_beta2 must be in [0, 1)");
     if (!(c->adam_eps > 0)) return WHY("adam_eps must be > 0");
     if (c->threads < 0 || c->threads > 256) return WHY("threads must be in [0, 256]");
     if (!(c->stats_half_life > 0)) return WHY("stats_half_life must be > 0 tokens");
@@ -621,7 +595,7 @@ static int forward_backward(xc_engine_t *e, double *sq)
  * torch's dense Adam does, so resumed and reference runs agree. */
 static inline void adam_vec(float *p, float *m, float *v, const float *g, int n, const xc_engine_t *e)
 {
-    float b1 = e->cfg.adam_b1, b2 = e->cfg.adam_b2, eps = e->cfg.adam_eps;
+    float b1 = e->cfg.adam_beta1, b2 = e->cfg.adam_beta2, eps = e->cfg.adam_eps;
     float sc = (float)e->grad_scale, step = (float)(e->lr_t / e->bc1), isb2 = (float)(1.0 / sqrt(e->bc2));
     for (int i = 0; i < n; i++) {
         float gi = g ? g[i] * sc : 0.0f;
@@ -757,8 +731,8 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     double ta = now_ms();
     long t = e->step + 1; /* Adam's 1-based step count */
     e->lr_t = lr_at(&e->cfg, e->step);
-    e->bc1 = 1.0 - pow(e->cfg.adam_b1, (double)t);
-    e->bc2 = 1.0 - pow(e->cfg.adam_b2, (double)t);
+    e->bc1 = 1.0 - pow(e->cfg.adam_beta1, (double)t);
+    e->bc2 = 1.0 - pow(e->cfg.adam_beta2, (double)t);
     xc_pool_run(e->pool, adam_task, e);
     adam_vec(e->b_dec, e->m_bdec, e->v_bdec, e->g_bdec, e->d2, e);
     e->norms_valid = 1;

@@ -16,6 +16,9 @@
 typedef enum { XC_MODEL_BATCHTOPK = 0, XC_MODEL_L1 = 1 } xc_model_kind_t;
 typedef enum { XC_LOSS_L2 = 0, XC_LOSS_MSE = 1 } xc_loss_kind_t;
 
+/* The engine's hyper-parameters. The engine has no defaults: every field is a
+ * key of the daemon's config table (daemon/config.c), which holds the one set
+ * of defaults (xc_cfg_engine / xc_cfg_engine_defaults fill this struct). */
 typedef struct {
     xc_model_kind_t model;
     int d;                     /* activation width of each model */
@@ -34,7 +37,7 @@ typedef struct {
     long threshold_start_step; /* theta updates start after this step */
     float threshold_beta;      /* theta EMA factor (0.999) */
     float clip_norm;           /* global gradient-norm clip; 0 = off */
-    float adam_b1, adam_b2, adam_eps;
+    float adam_beta1, adam_beta2, adam_eps;
     uint64_t seed;
     int threads;               /* compute threads; 0 = online CPUs */
     double stats_half_life;    /* tokens; half-life of the firing-frequency EMA */
@@ -105,9 +108,6 @@ typedef struct {
 
 typedef struct xc_engine xc_engine_t;
 
-/* Fills defaults from method.md for the given model kind (d, dict_size, batch
- * size and k get small demo values; callers set them). */
-void xc_engine_config_default(xc_engine_config_t *c, xc_model_kind_t model);
 /* 0 or XC_ECONFIG with a human-readable reason in why. */
 int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why_len);
 

@@ -15,6 +15,7 @@
 
 #include "xc_ckpt.h"
 #include "xc_error.h"
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_log.h"
 #include "xc_rng.h"
@@ -146,7 +147,7 @@ static void test_crosscoder_layout(void)
 {
     xc_engine_config_t c;
     int err;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = 5;
     c.dict_size = 7;
     c.k = 2;
@@ -217,7 +218,7 @@ static void test_crosscoder_layout(void)
 static xc_engine_t *mk_engine(xc_model_kind_t model, int d, int F, uint64_t seed)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, model);
+    xc_cfg_engine_defaults(&c, model);
     c.d = d, c.dict_size = F, c.batch_size = 32, c.k = 4, c.threads = 2, c.seed = seed;
     c.warmup_steps = 2, c.dead_tokens = 96, c.threshold_start_step = 1, c.lr = 1e-3f;
     return xc_engine_new(&c, NULL);
@@ -824,7 +825,7 @@ static int reconstruct(const char *ckpt, const char *xin, const char *out)
         return 1;
     }
     xc_engine_config_t c;
-    xc_engine_config_default(&c, strcmp(xc_stf_meta(f, "model"), "l1") == 0 ? XC_MODEL_L1 : XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, strcmp(xc_stf_meta(f, "model"), "l1") == 0 ? XC_MODEL_L1 : XC_MODEL_BATCHTOPK);
     c.d = atoi(xc_stf_meta(f, "d"));
     c.dict_size = atoi(xc_stf_meta(f, "dict_size"));
     c.k = atoi(xc_stf_meta(f, "k"));

@@ -42,7 +42,7 @@ static void test_defaults_and_derived(void)
     XC_CHECK(strcmp(c.control, "ipc:///tmp/xcoderd-lab-1/control.sock") == 0, "control %.200s", c.control);
     XC_CHECK(strcmp(c.events, "ipc:///tmp/xcoderd-lab-1/events.sock") == 0, "events %.200s", c.events);
     XC_CHECK(c.mix_tokens == 8 * c.batch_size, "mix_tokens %ld", c.mix_tokens);
-    XC_CHECK(c.d == 64 && c.k == 8 && c.lr == 1e-4 && strcmp(c.model, "batchtopk") == 0, "defaults");
+    XC_CHECK(c.d == 64 && c.k == 8 && c.lr == 1e-4 && c.model == XC_MODEL_BATCHTOPK, "defaults");
     setenv("XDG_RUNTIME_DIR", "/run/user/7", 1);
     XC_REQUIRE(load(&c, why, sizeof why, 3, argv) == 0, "%s", why);
     XC_CHECK(strcmp(c.run_dir, "/run/user/7/xcoderd-lab-1") == 0, "xdg run_dir %.200s", c.run_dir);
@@ -73,7 +73,7 @@ static void test_values(void)
     XC_CHECK(xc_cfg_set(&c, "lr", "3e-4", why, sizeof why) == 0 && c.lr == 3e-4, "lr");
     XC_CHECK(xc_cfg_set(&c, "lr", "nan", why, sizeof why) == XC_ECONFIG, "lr nan");
     XC_CHECK(xc_cfg_set(&c, "lr", "-1", why, sizeof why) == XC_ECONFIG, "lr negative");
-    XC_CHECK(xc_cfg_set(&c, "model", "l1", why, sizeof why) == 0 && strcmp(c.model, "l1") == 0, "enum");
+    XC_CHECK(xc_cfg_set(&c, "model", "l1", why, sizeof why) == 0 && c.model == XC_MODEL_L1, "enum");
     XC_CHECK(xc_cfg_set(&c, "model", "topk", why, sizeof why) == XC_ECONFIG && strstr(why, "batchtopk|l1"),
              "enum choices: %s", why);
     XC_CHECK(xc_cfg_set(&c, "log_level", "debug", why, sizeof why) == 0, "log level");
@@ -98,7 +98,7 @@ static void test_file(void)
     XC_REQUIRE(p != NULL, "tmp file");
     xc_cfg_defaults(&c);
     XC_REQUIRE(xc_cfg_load_file(&c, p, why, sizeof why) == 0, "%s", why);
-    XC_CHECK(c.d == 48 && c.lr == 0.001 && strcmp(c.model, "l1") == 0, "values");
+    XC_CHECK(c.d == 48 && c.lr == 0.001 && c.model == XC_MODEL_L1, "values");
     XC_CHECK(strcmp(c.name, "with#hash") == 0, "quoted hash: %s", c.name);
     p = write_tmp("b.conf", "d = 48\n\nbatchsize = 5\n");
     XC_CHECK(xc_cfg_load_file(&c, p, why, sizeof why) == XC_ENOTFOUND && strstr(why, "b.conf:3:") &&
@@ -192,11 +192,11 @@ static void test_reload_and_render(void)
     XC_REQUIRE(load(&cur, why, sizeof why, 1, a) == 0, "%s", why);
     next = cur;
     next.stats_interval = 5;
-    strcpy(next.log_level, "debug");
+    next.log_level = XC_LOG_DEBUG;
     next.d = 77;
     next.queue_size = 3;
-    int n = xc_cfg_apply_reload(&cur, &next, fixed, sizeof fixed);
-    XC_CHECK(n == 2 && cur.stats_interval == 5 && strcmp(cur.log_level, "debug") == 0, "applied %d", n);
+    int n = xc_cfg_apply_reload(&cur, &next, NULL, fixed, sizeof fixed);
+    XC_CHECK(n == 2 && cur.stats_interval == 5 && cur.log_level == XC_LOG_DEBUG, "applied %d", n);
     XC_CHECK(cur.d == 64 && cur.queue_size == 64, "fixed keys untouched");
     XC_CHECK(strcmp(fixed, "d, queue_size") == 0, "fixed list '%s'", fixed);
     XC_CHECK(xc_cfg_get(&cur, "stats_interval", v, sizeof v) == 0 && strcmp(v, "5") == 0, "get %s", v);

@@ -2,6 +2,7 @@
  * double precision (BatchTopK with AuxK, L1; l2 and mse losses), the BatchTopK
  * selection against a brute-force sort with ties, theta, Adam with clipping, the
  * geometric median, FVE, batch rejection, determinism. */
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_rng.h"
@@ -20,7 +21,7 @@ static void rand_batch(float *x, long n, xc_rng_t *r, double scale)
 static xc_engine_t *mk(xc_model_kind_t model, int d, int F, int B, int k, xc_loss_kind_t loss, int threads)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, model);
+    xc_cfg_engine_defaults(&c, model);
     c.d = d;
     c.dict_size = F;
     c.batch_size = B;
@@ -423,7 +424,7 @@ static void test_theta_update(void)
 {
     int d = 8, F = 32, B = 16, k = 3, d2 = 16;
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = d, c.dict_size = F, c.batch_size = B, c.k = k, c.threads = 2, c.warmup_steps = 0;
     c.threshold_start_step = 2;
     c.threshold_beta = 0.9f;
@@ -465,7 +466,7 @@ static void adam_case(xc_model_kind_t model, float clip, int prewarm)
 {
     int d = 6, F = 16, B = 12, k = 2, d2 = 12;
     xc_engine_config_t c;
-    xc_engine_config_default(&c, model);
+    xc_cfg_engine_defaults(&c, model);
     c.d = d, c.dict_size = F, c.batch_size = B, c.k = k, c.threads = 2;
     c.warmup_steps = 4;
     c.lr = 1e-2f;
@@ -701,11 +702,11 @@ static void test_reject_bad_batches(void)
     xc_engine_destroy(&e2);
     /* bad configs */
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.k = 0;
     int err = 0;
     XC_CHECK(xc_engine_new(&c, &err) == NULL && err == XC_ECONFIG, "k=0 accepted");
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.lr = NAN;
     XC_CHECK(xc_engine_new(&c, &err) == NULL && err == XC_ECONFIG, "lr=NaN accepted");
     free(snap);
@@ -720,7 +721,7 @@ static void test_determinism(void)
     float *w[2];
     for (int run = 0; run < 2; run++) {
         xc_engine_config_t c;
-        xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+        xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
         c.d = d, c.dict_size = F, c.batch_size = B, c.k = 4, c.threads = 2, c.seed = 42;
         c.warmup_steps = 2, c.dead_tokens = 256, c.threshold_start_step = 3, c.lr = 1e-3f;
         xc_engine_t *e = xc_engine_new(&c, NULL);
@@ -751,7 +752,7 @@ static void test_state_resume_bit_exact(void)
     int d = 16, F = 128, B = 64, d2 = 32;
     for (int model = 0; model < 2; model++) {
         xc_engine_config_t c;
-        xc_engine_config_default(&c, model);
+        xc_cfg_engine_defaults(&c, model);
         c.d = d, c.dict_size = F, c.batch_size = B, c.k = 4, c.threads = 2, c.seed = 9;
         c.warmup_steps = 3, c.dead_tokens = 256, c.threshold_start_step = 2, c.lr = 1e-3f;
         xc_engine_t *a = xc_engine_new(&c, NULL);

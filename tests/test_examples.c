@@ -4,6 +4,7 @@
  * checkpoint views, the reply encoding, and a planted run with the engine: a
  * feature tied to known token ids is found by a latent whose top examples are
  * those tokens, with the engine's activations and the streamed windows. */
+#include "xc_config.h"
 #include "xc_examples.h"
 #include "xc_engine.h"
 #include "xc_error.h"
@@ -554,7 +555,7 @@ static void test_planted_tokens(void)
     enum { STEPS = 800, LAST = 40 };
     xc_engine_config_t c;
     int err;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = PD, c.dict_size = PF, c.k = 1, c.batch_size = PB, c.lr = 1e-2f, c.warmup_steps = 20, c.threads = 1;
     c.seed = 5;
     xc_engine_t *e = xc_engine_new(&c, &err);

@@ -18,6 +18,7 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #include "xc_ckpt.h"
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_remote_proto.h"
@@ -152,7 +153,7 @@ static void fill_state(xc_engine_t *e)
 static xc_engine_t *filled_engine(xc_model_kind_t model)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, model);
+    xc_cfg_engine_defaults(&c, model);
     c.d = 6;
     c.dict_size = 10;
     c.k = 3;

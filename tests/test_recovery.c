@@ -5,6 +5,7 @@
  * >= 90% of the matched ones). The L1 crosscoder is trained on the same stream and
  * its figures are reported (the artefacts it produces are what Latent Scaling is
  * for), with only a sanity bound asserted. */
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_synth.h"
 #include "xc_test.h"
@@ -33,7 +34,7 @@ static int train_and_match(xc_model_kind_t model, long steps, recov_t *out)
     if (!syn) return err;
 
     xc_engine_config_t c;
-    xc_engine_config_default(&c, model);
+    xc_cfg_engine_defaults(&c, model);
     c.d = 64;
     c.dict_size = 256;
     c.batch_size = 512;

@@ -7,6 +7,7 @@
  *  - a planted-feature run with features present in base at a fraction s of their
  *    chat strength: their nu track cos * s, chat-only features get nu ~ 0, and the
  *    chat-specific class takes chat-only features, not shrunk ones. */
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_rng.h"
@@ -41,7 +42,7 @@ static void structured_batch(xc_rng_t *r, float *x, long n)
 static xc_engine_t *structured_engine(int warm_steps, xc_rng_t *r)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = D, c.dict_size = NF, c.batch_size = BS, c.k = 2, c.threads = 2, c.warmup_steps = 0;
     c.lr = 1e-30f; /* the dictionary must stay as built */
     c.scaling_half_life = 20.0 * BS;
@@ -139,7 +140,7 @@ static void test_exact_matches_definition(void)
 {
     int d = 12, F = 40, B = 128, d2 = 24;
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = d, c.dict_size = F, c.batch_size = B, c.k = 3, c.threads = 2, c.scaling_min_active = 1;
     xc_engine_t *e = xc_engine_new(&c, NULL);
     XC_REQUIRE(e, "engine");
@@ -213,7 +214,7 @@ static void planted(xc_model_kind_t model, int *n_ok_shrunk, int *n_shrunk, int 
     sc.shrunk_scale = 0.4f, sc.shrunk_cos = 0.9f, sc.seed = 21;
     xc_synth_t *syn = xc_synth_new(&sc, NULL);
     xc_engine_config_t c;
-    xc_engine_config_default(&c, model);
+    xc_cfg_engine_defaults(&c, model);
     c.d = 64, c.dict_size = 256, c.batch_size = 512, c.k = 4, c.lr = 3e-3f, c.warmup_steps = 50;
     c.dead_tokens = 100000, c.threshold_start_step = 200, c.threads = 2, c.seed = 3;
     c.l1_coef = 0.08f;

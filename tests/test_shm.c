@@ -1,6 +1,7 @@
 /* Shared-memory statistics: layout round trip, a forked writer hammering updates
  * while this process snapshots (never a torn copy), stale-object replacement,
  * mode, classes, and the publisher fed by a real engine. */
+#include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_shm.h"
@@ -211,7 +212,7 @@ static void test_classes(void)
 static void test_publisher_from_engine(void)
 {
     xc_engine_config_t c;
-    xc_engine_config_default(&c, XC_MODEL_BATCHTOPK);
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
     c.d = 16, c.dict_size = 64, c.batch_size = 32, c.k = 4, c.threads = 2, c.warmup_steps = 0;
     xc_engine_t *e = xc_engine_new(&c, NULL);
     XC_REQUIRE(e, "engine");
