@@ -137,8 +137,28 @@ build/dashboard.stamp: client/js/dashboard/package.json client/js/dashboard/pack
 	cd client/js/dashboard && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# ================================================================== fuzz ==
+# libFuzzer harnesses (fuzz/) for every decoder a peer or a file reaches: ingest
+# messages, control requests, MessagePack -> JSON, safetensors, .npy. Built with
+# clang (Debian's clang and libclang-rt-14-dev, installed by make deps) under
+# ASan + UBSan. `make fuzz FUZZ_SECONDS=600` runs each that long; make test runs
+# each for a few seconds (tests/integ_fuzz.sh). Seeds: fuzz/seeds.py.
+FUZZ_CC    := clang
+FUZZ_SAN   := address,undefined -fno-sanitize-recover=undefined
+FUZZERS    := $(patsubst fuzz/%.c,build/fuzz/%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_LIBSRC := $(PROTO_SRC) $(FORMAT_SRC) $(CLIB_SRC)
+build/fuzz/obj/%.o: %.c $(HDRS) $(wildcard fuzz/*.h) | deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(BASEFL) -g -O1 -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -Iinclude -Iproto -Iformat -Iclient/lib \
+	  -Ifuzz $(call pkgcf,libzmq msgpack) -c $< -o $@
+build/fuzz/%: build/fuzz/obj/fuzz/%.o $(patsubst %.c,build/fuzz/obj/%.o,$(FUZZ_LIBSRC))
+	$(FUZZ_CC) -g -fsanitize=fuzzer,$(FUZZ_SAN) $^ $(LIBS_PROTO) -o $@
+.PHONY: fuzz
+fuzz: $(FUZZERS)
+	@bash fuzz/run.sh $(or $(FUZZ_SECONDS),60) $(FUZZERS)
+
 # Unit tests: optimised build first, then the sanitizer build.
-test: all $(ASAN_TESTS) build/asan/xcoderd build/js.stamp build/dashboard.stamp
+test: all $(ASAN_TESTS) build/asan/xcoderd build/js.stamp build/dashboard.stamp $(FUZZERS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  bash tests/run.sh $(TESTS) $(ASAN_TESTS) $(INTEG)
 

@@ -433,12 +433,12 @@ static void json_str(json_ctx_t *c, const char *s, size_t n)
             i += l;
             continue;
         }
-        jput(c, p + i - run, run);
+        if (run) jput(c, p + i - run, run);
         run = 0;
         jput(c, esc, el);
         i += l;
     }
-    jput(c, p + i - run, run);
+    if (run) jput(c, p + i - run, run); /* an empty string may have p == NULL */
     jput(c, "\"", 1);
 }
 

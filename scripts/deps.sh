@@ -11,7 +11,9 @@ pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libu
       # the web dashboard's browser test (tests/integ_dashboard.sh) drives Debian's Chromium
       chromium
       # oneDNN: int8 (VNNI) / bf16 encoder scoring (engine/score.c); optional at build time
-      libdnnl-dev)
+      libdnnl-dev
+      # libFuzzer harnesses (fuzz/, make fuzz, tests/integ_fuzz.sh): clang and its runtimes
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
