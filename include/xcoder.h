@@ -304,6 +304,17 @@ void xc_client_set_cancel_flag(xc_client_t *c, const volatile int *flag);
  * XC_EINVAL for bad arguments (nothing sent). */
 int xc_client_push(xc_client_t *c, const void *data, xc_client_dtype_t dtype, long n_tokens,
                    int d);
+/* xc_client_push with each token's context, for the daemon's examples
+ * (PROTOCOL.md 1.1, 2.3): token_ids (n u32, or NULL), positions (n x (doc id,
+ * position) u32 pairs, or NULL), stream (a tag such as "web" or "chat", at
+ * most 31 bytes of [A-Za-z0-9._:/-]; NULL or "" for none). All borrowed. */
+int xc_client_push_ctx(xc_client_t *c, const void *data, xc_client_dtype_t dtype, long n_tokens, int d,
+                       const uint32_t *token_ids, const uint32_t *positions, const char *stream);
+/* Registers the text of token ids first .. first + n - 1 of a stream (PROTOCOL.md
+ * 1.5; "" = the default vocabulary): pieces[i] NUL-terminated UTF-8 (NULL: none).
+ * Waits for batches in flight first, then for the vocabulary's acks. 0 or the
+ * daemon's code (XC_ETOOBIG: its examples_vocab_bytes is too small). */
+int xc_client_send_vocab(xc_client_t *c, const char *stream, uint32_t first, uint32_t n, const char *const *pieces);
 /* Waits until every batch in flight is acked: 0, the first nack's code, or
  * XC_ETIMEDOUT. */
 int xc_client_flush(xc_client_t *c);

@@ -328,6 +328,11 @@ int xc_proto_reply_decode(const void *buf, size_t len, xc_mp_doc_t **doc, char *
  * `at`) in [[ ]], a token without a piece as <id> (<?> for a nil id), control
  * characters escaped (\n, \r, \t, \xHH). XC_EINVAL without a tokens array. */
 int xc_proto_example_render(xc_mp_node_t ex, xc_buf_t *out);
+/* The same from arrays (for callers holding another tree): n window tokens,
+ * ids[i] (-1: nil), pieces[i] of lens[i] bytes (pieces or pieces[i] NULL: none),
+ * the token at index `at` marked. */
+void xc_proto_render_window(xc_buf_t *out, size_t n, long at, const int64_t *ids, const char *const *pieces,
+                            const size_t *lens);
 
 /* ----------------------------------------------------------------- events -- */
 #define XC_EVENT_STATS "stats"

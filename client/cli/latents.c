@@ -321,6 +321,9 @@ static int print_latent(const xc_cli_args_t *a, const char *source, long step, c
         } else {
             printf("latent %ld (step %ld, from %s)\n", l->j, step, source);
             print_flat(xc_client_value_get(v, "stats"), "");
+            xc_client_t *c = xc_cli_client(a, 0); /* its examples live in the daemon (not in shared memory) */
+            if (c) xc_cli_print_examples(stdout, c, l->j, 3, 0, "  ");
+            xc_client_destroy(&c);
             fflush(stdout);
             rc = XC_CLI_OK;
         }

@@ -36,6 +36,9 @@ static const xc_cli_optdef_t latents_opts[] = {
     {NULL, NULL, NULL}};
 
 static const xc_cli_optdef_t latent_opts[] = {SOURCE_OPT, {NULL, NULL, NULL}};
+static const xc_cli_optdef_t examples_opts[] = {
+    {"n", "N", "examples of each kind (top, random) to show (default 20)"},
+    {NULL, NULL, NULL}};
 
 static const xc_cli_optdef_t scaling_opts[] = {
     {"tokens", "N", "tokens in the exact pass (default: the daemon's, 1,000,000)"},
@@ -71,6 +74,8 @@ static const xc_cli_optdef_t synth_opts[] = {
     {"dtype", "T", "wire dtype: f32, f16 or bf16 (default f32)"},
     {"window", "W", "messages in flight before waiting for acks (default 8)"},
     {"producer", "ID", "producer id (default xcoder-synth)"},
+    {"stream", "TAG", "stream tag of the batches (default synth); token ids name each token's strongest planted "
+                      "feature, documents are 64 tokens, and a vocabulary names the features"},
     {"out", "FILE", "write a .npy file [N, 2, d] instead of sending (needs --tokens and --d)"},
     {"quiet", NULL, "no progress line"},
     XC_CLI_SYNTH_SHAPE_OPTS,
@@ -117,6 +122,12 @@ static const xc_cli_cmd_t commands[] = {
      "Decoder norms, Δnorm, cosine, class, firing statistics, and the running and exact\n"
      "Latent Scaling β/ν (null where undefined). Same sources as `latents`.",
      latent_opts, 1, 1, 1, xc_cli_cmd_latent},
+    {"examples", "J", "the token contexts that activate latent J most (and a random sample)",
+     "The daemon keeps, for every latent, the --n most activating token occurrences seen in\n"
+     "training and a uniform random sample of its activations, each with its stream, document,\n"
+     "position and a window of token ids (text when the producer registered a vocabulary).\n"
+     "Each line: activation, stream doc:position, the window with the token in [[ ]].",
+     examples_opts, 1, 1, 1, xc_cli_cmd_examples},
     {"scaling", "", "run an exact Latent Scaling pass (and with --wait, summarise it)",
      "Asks the daemon to freeze its dictionary and compute exact β/ν over the next --tokens\n"
      "trained tokens. With --wait, waits for the pass (the 'scaling' event; --timeout is the\n"

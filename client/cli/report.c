@@ -345,6 +345,15 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
             printf("  %7ld %6.3f %9.2e %8.3g %8.3g  %s\n", order[i], l->delta, l->freq, l->norm_c, l->norm_b, pf);
         }
         printf("\n");
+        if (c && top_n > 0) { /* what they mean: the contexts that activate them most */
+            printf("examples of the top %ld chat-only latents (activation, stream doc:position, context)\n",
+                   top_n < 5 ? top_n : 5);
+            for (long i = 0; i < top_n && i < 5; i++) {
+                printf("  latent %ld\n", order[i]);
+                xc_cli_print_examples(stdout, c, order[i], 3, 1, "    ");
+            }
+            printf("\n");
+        }
     }
     printf("planted features recovered (best decoder cosine ≥ %.2f), seed %llu\n", RECOVERED_COS,
            (unsigned long long)scfg.seed);

@@ -119,6 +119,46 @@ static void sleep_until(double t)
     }
 }
 
+/* The token context synth sends, so the daemon's examples name the planted
+ * features: token id 1 + i for a token whose strongest firing feature is i
+ * (0: none fired), documents of SYNTH_DOC tokens, and a vocabulary naming each
+ * id by its feature ("chat7" is chat-only feature 7). */
+#define SYNTH_DOC 64
+
+static int send_vocab(xc_client_t *c, xc_synth_t *s, const char *stream)
+{
+    int nf = xc_synth_n_features(s);
+    char **names = calloc((size_t)nf + 1, sizeof *names); /* owned here */
+    int rc = names ? XC_OK : XC_ENOMEM;
+    static const char *const short_kind[] = {"shared", "chat", "base", "shrunk"};
+    for (int i = 0; rc == XC_OK && i <= nf; i++) {
+        xc_synth_feature_t f;
+        char tmp[32];
+        if (i == 0) snprintf(tmp, sizeof tmp, " .");
+        else if (xc_synth_feature(s, i - 1, &f) == 0 && (unsigned)f.kind < 4)
+            snprintf(tmp, sizeof tmp, " %s%d", short_kind[f.kind], i - 1);
+        else snprintf(tmp, sizeof tmp, " f%d", i - 1);
+        if (!(names[i] = strdup(tmp))) rc = XC_ENOMEM;
+    }
+    if (rc == XC_OK) rc = xc_client_send_vocab(c, stream, 0, (uint32_t)nf + 1, (const char *const *)names);
+    for (int i = 0; names && i <= nf; i++) free(names[i]);
+    free(names);
+    return rc;
+}
+
+static void token_context(const float *codes, int nf, long n, long first_tok, uint32_t *ids, uint32_t *pos)
+{
+    for (long t = 0; t < n; t++) {
+        const float *cd = codes + (size_t)t * nf;
+        int best = -1;
+        for (int i = 0; i < nf; i++)
+            if (cd[i] > 0 && (best < 0 || cd[i] > cd[best])) best = i;
+        ids[t] = (uint32_t)(best + 1);
+        pos[2 * t] = (uint32_t)((first_tok + t) / SYNTH_DOC);
+        pos[2 * t + 1] = (uint32_t)((first_tok + t) % SYNTH_DOC);
+    }
+}
+
 int xc_cli_cmd_synth(xc_cli_args_t *a)
 {
     long tokens, batch, window, d = 0;
@@ -145,7 +185,9 @@ int xc_cli_cmd_synth(xc_cli_args_t *a)
     xc_client_t *c = NULL;
     xc_synth_t *s = NULL;
     void *wire = NULL;
-    float *x = NULL;
+    float *x = NULL, *codes = NULL;
+    uint32_t *ids = NULL, *pos = NULL;
+    const char *stream = xc_cli_opt(a, "stream") ? xc_cli_opt(a, "stream") : "synth";
     int out = XC_CLI_OK;
     if (!outp) {
         xc_client_options_t o;
@@ -186,8 +228,12 @@ int xc_cli_cmd_synth(xc_cli_args_t *a)
     }
 
     x = malloc((size_t)batch * 2u * (size_t)d * sizeof *x);
+    int nf = xc_synth_n_features(s);
+    codes = malloc((size_t)batch * (size_t)nf * sizeof *codes);
+    ids = malloc((size_t)batch * sizeof *ids);
+    pos = malloc((size_t)batch * 2 * sizeof *pos);
     if (dtype != XC_DTYPE_F32) wire = malloc((size_t)batch * 2u * (size_t)d * 2u);
-    if (!x || (dtype != XC_DTYPE_F32 && !wire)) {
+    if (!x || !codes || !ids || !pos || (dtype != XC_DTYPE_F32 && !wire)) {
         xc_cli_err(a, "out of memory for a %ld-token batch", batch);
         out = XC_CLI_FAIL;
         goto out;
@@ -196,12 +242,18 @@ int xc_cli_cmd_synth(xc_cli_args_t *a)
         fprintf(stderr, "synth: d=%ld seed=%llu features: %d shared, %d chat-only, %d base-only, %d shrunk -> %s\n", d,
                 (unsigned long long)cfg.seed, cfg.n_shared, cfg.n_chat_only, cfg.n_base_only, cfg.n_shrunk,
                 xc_client_endpoint(c, "ingest"));
+    rc = send_vocab(c, s, stream);
+    if (rc == XC_EUNKNOWN || rc == XC_EPROTO) rc = XC_OK; /* an older daemon: no examples, nothing else changes */
+    if (rc < 0) {
+        out = xc_cli_fail(a, c, rc);
+        goto out;
+    }
     double t0 = mono_s(), last_print = t0;
     long sent = 0;
-    rc = XC_OK;
     while ((tokens == 0 || sent < tokens) && !xc_cli_stop) {
         long n = tokens && tokens - sent < batch ? tokens - sent : batch;
-        xc_synth_generate(s, n, x, NULL);
+        xc_synth_generate(s, n, x, codes); /* asking for codes leaves the stream as it is */
+        token_context(codes, nf, n, sent, ids, pos);
         if (rate > 0) sleep_until(t0 + (double)sent / rate);
         if (xc_cli_stop) break;
         const void *payload = x;
@@ -209,7 +261,7 @@ int xc_cli_cmd_synth(xc_cli_args_t *a)
             xc_proto_f32_to_payload(x, (size_t)n * 2u * (size_t)d, dtype, wire);
             payload = wire;
         }
-        rc = xc_client_push(c, payload, (xc_client_dtype_t)dtype, n, (int)d);
+        rc = xc_client_push_ctx(c, payload, (xc_client_dtype_t)dtype, n, (int)d, ids, pos, stream);
         if (rc < 0) break;
         sent += n;
         double now = mono_s();
@@ -264,6 +316,9 @@ int xc_cli_cmd_synth(xc_cli_args_t *a)
     }
 out:
     free(x);
+    free(codes);
+    free(ids);
+    free(pos);
     free(wire);
     xc_synth_destroy(&s);
     xc_client_destroy(&c);

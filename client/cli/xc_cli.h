@@ -106,6 +106,10 @@ int xc_cli_source_open(const xc_cli_args_t *a, int mode, const char *no_shm_why,
 int xc_cli_source_snapshot(xc_cli_source_t *s, xc_shm_snapshot_t *out);
 void xc_cli_source_close(xc_cli_source_t *s);
 
+/* A latent's live examples as text lines (examples.c): at most `top` best and
+ * `random` sampled ones; nothing when there are none or the daemon lacks the op. */
+void xc_cli_print_examples(FILE *f, xc_client_t *c, long j, long top, long random, const char *indent);
+
 /* Signal flag set by SIGINT/SIGTERM while a command wants to stop gracefully. */
 extern volatile int xc_cli_stop;
 void xc_cli_trap_signals(void);
@@ -135,6 +139,7 @@ int xc_cli_cmd_status(xc_cli_args_t *a);
 int xc_cli_cmd_ping(xc_cli_args_t *a);
 int xc_cli_cmd_latents(xc_cli_args_t *a);
 int xc_cli_cmd_latent(xc_cli_args_t *a);
+int xc_cli_cmd_examples(xc_cli_args_t *a);
 int xc_cli_cmd_scaling(xc_cli_args_t *a);
 int xc_cli_cmd_checkpoint(xc_cli_args_t *a);
 int xc_cli_cmd_pause(xc_cli_args_t *a);

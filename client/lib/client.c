@@ -36,6 +36,7 @@ struct xc_client {
 
     /* ingest */
     uint64_t next_seq;
+    int vocab_only;           /* only vocabulary chunks in flight: their acks count pieces, not tokens */
     int in_flight;
     xc_client_push_stats_t st;
     int pending_err;              /* first nack code not yet returned, 0 none */
@@ -388,7 +389,7 @@ static void handle_ingest_reply(xc_client_t *c, const void *buf, size_t len)
     }
     if (r.ack) {
         c->st.batches_acked++;
-        c->st.tokens_acked += r.n;
+        if (!c->vocab_only) c->st.tokens_acked += r.n;
         c->st.credit = r.credit;
         return;
     }
@@ -444,6 +445,12 @@ static int take_pending(xc_client_t *c)
 
 int xc_client_push(xc_client_t *c, const void *data, xc_client_dtype_t dtype, long n_tokens, int d)
 {
+    return xc_client_push_ctx(c, data, dtype, n_tokens, d, NULL, NULL, NULL);
+}
+
+int xc_client_push_ctx(xc_client_t *c, const void *data, xc_client_dtype_t dtype, long n_tokens, int d,
+                       const uint32_t *token_ids, const uint32_t *positions, const char *stream)
+{
     if (!c) return XC_EINVAL;
     if (!data || n_tokens < 1 || d < 1)
         return set_err(c, XC_EINVAL, "push: need data and n_tokens >= 1, d >= 1 (got n_tokens %ld, d %d)", n_tokens, d);
@@ -468,21 +475,85 @@ int xc_client_push(xc_client_t *c, const void *data, xc_client_dtype_t dtype, lo
     h.n = (uint64_t)n_tokens;
     h.d = (uint32_t)d;
     h.dtype = (xc_dtype_t)dtype;
+    h.has_tokens = token_ids != NULL;
+    h.has_pos = positions != NULL;
+    if (stream && strlen(stream) >= sizeof h.stream)
+        return set_err(c, XC_EINVAL, "push: stream tag '%.40s' is longer than %d bytes", stream, XC_PROTO_STREAM_MAX);
+    snprintf(h.stream, sizeof h.stream, "%s", stream ? stream : "");
     xc_buf_reset(&c->buf);
     rc = xc_proto_batch_hdr_encode(&c->buf, &h);
     if (rc < 0) return set_err(c, rc, "push: cannot encode the batch header: %s", xc_strerror(rc));
     size_t payload = xc_proto_payload_bytes(&h);
     if (payload == 0) return set_err(c, XC_ETOOBIG, "push: batch of %ld tokens x d %d is too large", n_tokens, d);
 
-    const void *frames[2] = {c->buf.data, data};
-    size_t lens[2] = {c->buf.len, payload};
-    rc = send_frames(c, SOCK_INGEST, frames, lens, 2, deadline);
+    /* token ids and (doc, pos) pairs travel as u32 LE: this library runs on
+     * little-endian hosts only, as the payload (checked at build time by the tests) */
+    const void *frames[4] = {c->buf.data, data};
+    size_t lens[4] = {c->buf.len, payload};
+    int nf = 2;
+    if (token_ids) frames[nf] = token_ids, lens[nf++] = 4 * (size_t)n_tokens;
+    if (positions) frames[nf] = positions, lens[nf++] = 8 * (size_t)n_tokens;
+    rc = send_frames(c, SOCK_INGEST, frames, lens, nf, deadline);
     if (rc < 0) return rc;
     c->next_seq++;
     c->in_flight++;
     c->st.batches_sent++;
     c->st.tokens_sent += (uint64_t)n_tokens;
     return XC_OK;
+}
+
+int xc_client_send_vocab(xc_client_t *c, const char *stream, uint32_t first, uint32_t n, const char *const *pieces)
+{
+    if (!c) return XC_EINVAL;
+    if (!pieces || n == 0) return set_err(c, XC_EINVAL, "send_vocab: need at least one piece");
+    int rc = xc_client_flush(c); /* alone in flight: its acks count pieces */
+    if (rc < 0) return rc;
+    rc = ensure_socket(c, SOCK_INGEST);
+    if (rc < 0) return rc;
+    const uint32_t chunk = 65536;
+    xc_buf_t lens, bytes;
+    xc_buf_init(&lens);
+    xc_buf_init(&bytes);
+    c->vocab_only = 1;
+    for (uint32_t i = 0; i < n && rc == XC_OK; i += chunk) {
+        uint32_t m = n - i < chunk ? n - i : chunk;
+        xc_batch_hdr_t h;
+        memset(&h, 0, sizeof h);
+        snprintf(h.producer, sizeof h.producer, "%s", c->producer);
+        snprintf(h.stream, sizeof h.stream, "%s", stream ? stream : "");
+        h.seq = c->next_seq;
+        h.first = first + i;
+        h.n = m;
+        xc_buf_reset(&c->buf), xc_buf_reset(&lens), xc_buf_reset(&bytes);
+        if ((rc = xc_proto_vocab_hdr_encode(&c->buf, &h)) < 0) {
+            rc = set_err(c, rc, "send_vocab: bad stream tag '%.40s' (at most %d bytes of [A-Za-z0-9._:/-])",
+                         stream ? stream : "", XC_PROTO_STREAM_MAX);
+            break;
+        }
+        for (uint32_t k = 0; k < m; k++) {
+            const char *p = pieces[i + k] ? pieces[i + k] : "";
+            uint32_t len = (uint32_t)strlen(p);
+            uint8_t le[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16), (uint8_t)(len >> 24)};
+            xc_buf_append(&lens, le, 4);
+            xc_buf_append(&bytes, p, len);
+        }
+        if (lens.err || bytes.err) {
+            rc = set_err(c, XC_ENOMEM, "send_vocab: out of memory");
+            break;
+        }
+        const void *frames[3] = {c->buf.data, lens.data, bytes.data ? (const void *)bytes.data : ""};
+        size_t fl[3] = {c->buf.len, lens.len, bytes.len};
+        rc = send_frames(c, SOCK_INGEST, frames, fl, 3, deadline_of(c->timeout_ms));
+        if (rc < 0) break;
+        c->next_seq++;
+        c->in_flight++;
+        c->st.batches_sent++;
+    }
+    if (rc >= 0) rc = xc_client_flush(c);
+    c->vocab_only = 0;
+    xc_buf_free(&lens);
+    xc_buf_free(&bytes);
+    return rc;
 }
 
 int xc_client_flush(xc_client_t *c)
