@@ -4,6 +4,8 @@
 
 #include "xc_error.h"
 
+#include <stddef.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -14,82 +16,38 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-typedef enum { V_F64, V_LONG, V_U64 } vkind_t;
-
-/* One unlabelled family: the value lives at `off` in xc_metrics_t. */
+/* One scalar statistic as Prometheus shows it: a row of XC_STAT_FIELDS
+ * (proto/xc_schema.h) whose prom column is set; the value lives at `off` in
+ * xc_metrics_t. */
 typedef struct {
-    const char *name, *type, *help;
-    vkind_t kind;
+    const char *prom, *type, *help;
+    int kind;                   /* XC_SK_* */
+    double div;
     size_t off;
 } mdef_t;
 
-#define M(field) offsetof(xc_metrics_t, field)
+#define XC_MDEF_OFF_U64(m) offsetof(xc_metrics_t, m)
+#define XC_MDEF_OFF_I64(m) offsetof(xc_metrics_t, m)
+#define XC_MDEF_OFF_F64(m) offsetof(xc_metrics_t, m)
+#define XC_MDEF_OFF_F64X2(m) offsetof(xc_metrics_t, m)
+#define XC_MDEF_OFF_BOOL(m) offsetof(xc_metrics_t, m)
+#define XC_MDEF_OFF_STR(m) offsetof(xc_metrics_t, m)
+#define XC_MDEF_OFF_CLASSES(m) 0
+#define XC_MDEF_OFF_SCALING(m) 0
+#define XC_MDEF_OFF_COUNTERS(m) 0
+#define XC_MDEF_ROW(member, kind, key, prom, ptype, pdiv, shm, help) \
+    {prom, ptype, help, XC_SK_##kind, pdiv, XC_MDEF_OFF_##kind(member)},
+static const mdef_t g_stats[] = {XC_STAT_FIELDS(XC_MDEF_ROW)};
+#undef XC_MDEF_ROW
 
-/* The scalar families, in output order. Labelled families (info, state, loss,
- * fve, refusals, service counters) are written by render_labelled below. */
-static const mdef_t g_metrics[] = {
-    {"xcoderd_step", "gauge", "Training steps completed (a resumed run continues the checkpoint's count).",
-     V_LONG, M(step)},
-    {"xcoderd_tokens_trained_total", "counter", "Tokens the trainer has drawn into training steps.", V_U64,
-     M(tokens_trained)},
-    {"xcoderd_tokens_acked_total", "counter", "Tokens accepted from producers (acknowledged).", V_U64,
-     M(tokens_acked)},
-    {"xcoderd_tokens_failed_total", "counter",
-     "Accepted tokens lost to a failed training step (batch refused inside the step).", V_U64,
-     M(tokens_failed)},
-    {"xcoderd_batches_acked_total", "counter", "Batches accepted from producers.", V_U64, M(batches_acked)},
-    {"xcoderd_tokens_buffered", "gauge", "Accepted tokens waiting in the mixing buffer.", V_U64,
-     M(tokens_buffered)},
-    {"xcoderd_tokens_queued", "gauge", "Accepted tokens waiting in the queue in front of the trainer.", V_U64,
-     M(tokens_queued)},
-    {"xcoderd_queue_depth", "gauge", "Batches waiting in the queue in front of the trainer.", V_LONG,
-     M(queue_depth)},
-    {"xcoderd_queue_capacity", "gauge", "Queue capacity (queue_size); a full queue stops ingest (backpressure).",
-     V_LONG, M(queue_capacity)},
-    {"xcoderd_tokens_per_second", "gauge", "Training throughput over the last stats interval.", V_F64,
-     M(tokens_per_s)},
-    {"xcoderd_steps_per_second", "gauge", "Training steps per second over the last stats interval.", V_F64,
-     M(steps_per_s)},
-    {"xcoderd_step_duration_seconds", "gauge", "Wall time of the last training step.", V_F64,
-     M(step_seconds)},
-    {"xcoderd_l0", "gauge", "Mean active latents per token in the last step.", V_F64, M(l0)},
-    {"xcoderd_dead_fraction", "gauge", "Fraction of latents unfired for dead_tokens tokens.", V_F64,
-     M(dead_fraction)},
-    {"xcoderd_threshold", "gauge", "BatchTopK inference threshold theta (0 before threshold_start_step).",
-     V_F64, M(theta)},
-    {"xcoderd_grad_norm", "gauge", "Global gradient norm of the last step (before clipping).", V_F64,
-     M(grad_norm)},
-    {"xcoderd_learning_rate", "gauge", "Learning rate of the last step (warm-up and decay applied).", V_F64,
-     M(lr)},
-    {"xcoderd_uptime_seconds", "gauge", "Seconds since the daemon started.", V_F64, M(uptime_s)},
-    {"xcoderd_start_time_seconds", "gauge", "Start time of the daemon, seconds since the Unix epoch.", V_F64,
-     M(start_time_unix)},
-    {"xcoderd_last_checkpoint_timestamp_seconds", "gauge",
-     "Time the last checkpoint was written, seconds since the Unix epoch; 0 = none by this process.", V_F64,
-     M(last_checkpoint_unix)},
-    {"xcoderd_last_checkpoint_step", "gauge", "Training step of the last checkpoint written; -1 = none.",
-     V_LONG, M(last_checkpoint_step)},
-    {"xcoderd_checkpoint_age_seconds", "gauge",
-     "Seconds since the last checkpoint was written (since start when none yet): what a crash would lose.",
-     V_F64, M(checkpoint_age_s)},
-};
-
-/* Help for the service counters the daemon is known to export; others get a
- * generic line (a new counter still appears, named after its field). */
+/* Help of the service counters: the counter schema. */
 static const struct {
     const char *name, *help;
+    int prom;
 } g_counter_help[] = {
-    {"control_requests", "Control requests received."},
-    {"control_errors", "Control requests answered with an error."},
-    {"checkpoints_written", "Checkpoints written (interval, request, shutdown)."},
-    {"checkpoints_failed", "Checkpoints that failed to write."},
-    {"events_published", "Events published on the events socket."},
-    {"ingest_blocked", "Times the queue was full and ingest stopped reading (backpressure)."},
-    {"zmq_errors", "ZeroMQ send/receive errors."},
-    {"control_denied", "Control requests refused with XC_EPERM (the key lacks the role)."},
-    {"replies_deferred", "Control replies held in the backlog until the client read more."},
-    {"replies_busy", "Control replies replaced by XC_EBUSY (the 64 MiB reply backlog was full)."},
-    {"replies_dropped", "Control replies lost: the client left, or never read 65,536 replies."},
+#define XC_COUNTER_HELP(name, prom, help) {#name, help, prom},
+    XC_COUNTER_FIELDS(XC_COUNTER_HELP)
+#undef XC_COUNTER_HELP
 };
 
 static const char *const g_states[] = {"starting", "running", "paused", "stopping"};
@@ -221,15 +179,55 @@ static void end_sample_u64(xc_buf_t *b, uint64_t v)
 }
 
 /* ------------------------------------------------------------ families -- */
-static void render_scalar(xc_buf_t *b, const xc_metrics_t *m, const mdef_t *d)
+/* The family of a prom column ("xcoderd_loss{term=total}" -> "xcoderd_loss",
+ * label term="total"; "xcoderd_fve{model}" -> label key model, no value). */
+static void split_prom(const char *prom, char *fam, size_t fl, char *lk, size_t kl, char *lv, size_t vl)
 {
-    const char *base = (const char *)m + d->off;
-    put_header(b, "", d->name, "", d->type, d->help);
-    begin_sample(b, m, "", d->name, "");
-    switch (d->kind) {
-    case V_F64: end_sample(b, *(const double *)base); break;
-    case V_LONG: putf(b, "} %ld\n", *(const long *)base); break;
-    case V_U64: end_sample_u64(b, *(const uint64_t *)base); break;
+    const char *br = strchr(prom, '{'), *eq = br ? strchr(br, '=') : NULL;
+    size_t n = br ? (size_t)(br - prom) : strlen(prom);
+    snprintf(fam, fl, "%.*s", (int)n, prom);
+    lk[0] = lv[0] = 0;
+    if (!br) return;
+    const char *end = strchr(br, '}');
+    if (!end) return;
+    if (eq && eq < end) {
+        snprintf(lk, kl, "%.*s", (int)(eq - br - 1), br + 1);
+        snprintf(lv, vl, "%.*s", (int)(end - eq - 1), eq + 1);
+    } else {
+        snprintf(lk, kl, "%.*s", (int)(end - br - 1), br + 1);
+    }
+}
+
+/* Every statistic with a Prometheus family, in schema order: a HELP/TYPE
+ * header when the family starts, then its sample (a labelled family's rows
+ * are adjacent in the schema; fve gives a base and a chat sample). */
+static void render_stats(xc_buf_t *b, const xc_metrics_t *m)
+{
+    char last[96] = "";
+    for (size_t i = 0; i < sizeof g_stats / sizeof g_stats[0]; i++) {
+        const mdef_t *d = &g_stats[i];
+        char fam[96], lk[32], lv[32];
+        if (!d->prom[0]) continue;
+        split_prom(d->prom, fam, sizeof fam, lk, sizeof lk, lv, sizeof lv);
+        if (strcmp(fam, last) != 0) put_header(b, "", fam, "", d->type, d->help);
+        snprintf(last, sizeof last, "%s", fam);
+        const char *base = (const char *)m + d->off;
+        if (d->kind == XC_SK_F64X2) {
+            for (int k = 0; k < 2; k++) {
+                begin_sample(b, m, "", fam, "");
+                label(b, lk, k ? "chat" : "base");
+                end_sample(b, ((const double *)(const void *)base)[k] / d->div);
+            }
+            continue;
+        }
+        begin_sample(b, m, "", fam, "");
+        if (lk[0]) label(b, lk, lv);
+        switch (d->kind) {
+        case XC_SK_F64: end_sample(b, *(const double *)(const void *)base / d->div); break;
+        case XC_SK_I64: putf(b, "} %ld\n", *(const long *)(const void *)base); break;
+        case XC_SK_U64: end_sample_u64(b, *(const uint64_t *)(const void *)base); break;
+        default: end_sample(b, NAN); break;
+        }
     }
 }
 
@@ -257,26 +255,6 @@ static void render_info(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
-static void render_quality(xc_buf_t *b, const xc_metrics_t *m)
-{
-    const char *terms[] = {"total", "recon_l2", "recon_mse", "aux", "l1"};
-    const double vals[] = {m->loss, m->recon_l2, m->recon_mse, m->aux, m->l1};
-    put_header(b, "", "xcoderd_loss", "", "gauge",
-               "Loss of the last step by term: total (what is optimised), recon_l2 (un-squared L2), recon_mse, "
-               "aux (AuxK), l1 (sparsity penalty).");
-    for (int i = 0; i < 5; i++) {
-        begin_sample(b, m, "", "xcoderd_loss", "");
-        label(b, "term", terms[i]);
-        end_sample(b, vals[i]);
-    }
-    put_header(b, "", "xcoderd_fve", "", "gauge", "Fraction of variance explained in the last step, per model.");
-    for (int i = 0; i < 2; i++) {
-        begin_sample(b, m, "", "xcoderd_fve", "");
-        label(b, "model", i ? "chat" : "base");
-        end_sample(b, m->fve[i]);
-    }
-}
-
 static void render_classes(xc_buf_t *b, const xc_metrics_t *m)
 {
     put_header(b, "", "xcoderd_latents", "", "gauge",
@@ -300,8 +278,10 @@ static void render_counters(xc_buf_t *b, const xc_metrics_t *m)
     for (int i = 0; i < m->n_counters && i < XC_METRICS_MAX_COUNTERS; i++) {
         const xc_metrics_counter_t *c = &m->counters[i];
         const char *help = "Service counter (see xcoderd(8)).";
+        int prom = 1;
         for (size_t j = 0; j < sizeof g_counter_help / sizeof g_counter_help[0]; j++)
-            if (strcmp(g_counter_help[j].name, c->name) == 0) help = g_counter_help[j].help;
+            if (strcmp(g_counter_help[j].name, c->name) == 0) help = g_counter_help[j].help, prom = g_counter_help[j].prom;
+        if (!prom) continue; /* e.g. batches_refused: the family by reason above has it */
         put_header(b, "xcoderd_", c->name, "_total", "counter", help);
         begin_sample(b, m, "xcoderd_", c->name, "_total");
         end_sample_u64(b, c->value);
@@ -315,22 +295,61 @@ void xc_metrics_init(xc_metrics_t *m)
     m->name = "default";
     m->model = "";
     m->state = "starting";
-    for (size_t i = 0; i < sizeof g_metrics / sizeof g_metrics[0]; i++)
-        if (g_metrics[i].kind == V_F64) *(double *)((char *)m + g_metrics[i].off) = NAN;
-    m->loss = m->recon_l2 = m->recon_mse = m->aux = m->l1 = NAN;
-    m->fve[0] = m->fve[1] = NAN;
+    for (size_t i = 0; i < sizeof g_stats / sizeof g_stats[0]; i++) {
+        double *v = (double *)(void *)((char *)m + g_stats[i].off);
+        if (g_stats[i].kind == XC_SK_F64) v[0] = NAN;
+        if (g_stats[i].kind == XC_SK_F64X2) v[0] = v[1] = NAN;
+    }
     m->last_checkpoint_unix = 0;
     m->last_checkpoint_step = -1;
+    m->scaling_last_step = -1;
 }
 
 int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out)
 {
     render_info(out, m);
-    for (size_t i = 0; i < sizeof g_metrics / sizeof g_metrics[0]; i++) render_scalar(out, m, &g_metrics[i]);
-    render_quality(out, m);
+    render_stats(out, m);
     render_classes(out, m);
     render_counters(out, m);
     return out->err ? XC_ENOMEM : XC_OK;
+}
+
+void xc_metrics_set_engine(xc_metrics_t *m, const xc_engine_metrics_t *e)
+{
+    m->step = e->step;
+    m->tokens = e->tokens;
+    m->loss = e->loss;
+    m->recon_l2 = e->recon_l2;
+    m->recon_mse = e->recon_mse;
+    m->aux = e->aux;
+    m->l1 = e->l1;
+    m->fve[0] = e->fve[0];
+    m->fve[1] = e->fve[1];
+    m->l0 = e->l0;
+    m->dead_fraction = e->dead_fraction;
+    m->theta = e->theta;
+    m->grad_norm = e->grad_norm;
+    m->lr = e->lr;
+}
+
+void xc_metrics_to_shm_header(const xc_metrics_t *m, xc_shm_header_t *h)
+{
+    char *hp = (char *)h;
+#define XC_SHM_PUT_U64(member, off) memcpy(hp + (off), &(uint64_t){m->member}, 8)
+#define XC_SHM_PUT_I64(member, off) memcpy(hp + (off), &(int64_t){m->member}, 8)
+#define XC_SHM_PUT_F64(member, off) memcpy(hp + (off), &m->member, 8)
+#define XC_SHM_PUT_F64X2(member, off) memcpy(hp + (off), m->member, 16)
+#define XC_SHM_PUT_BOOL(member, off)
+#define XC_SHM_PUT_STR(member, off)
+#define XC_SHM_PUT_CLASSES(member, off)
+#define XC_SHM_PUT_SCALING(member, off)
+#define XC_SHM_PUT_COUNTERS(member, off)
+#define XC_SHM_ROW(member, kind, key, prom, ptype, pdiv, shm, help) \
+    if ((shm) >= 0) {                                              \
+        XC_SHM_PUT_##kind(member, (size_t)(shm));                   \
+    }
+    XC_STAT_FIELDS(XC_SHM_ROW)
+#undef XC_SHM_ROW
 }
 
 /* Through the one atomic-write routine, so a scrape never sees half a file. */

@@ -633,51 +633,22 @@ int xc_remote_table_check(const xc_request_t *req, long dict_size, char *why, si
     return rc;
 }
 
-/* One column value of latent j into dst (host order = little-endian). */
+/* One column value of latent j into dst (host order = little-endian), read
+ * through the schema's column accessor. */
 static void col_value(int c, const xc_snapshot_t *x, long j, uint8_t *dst)
 {
-    const xc_latent_stats_t *l = &x->st[j];
-    const xc_scaling_stats_t *s = &x->running[j], *e = x->exact ? &x->exact[j] : NULL;
-    float f = 0;
-    double d = 0;
-    int64_t i = 0;
-    uint8_t u = 0;
-    switch (c) {
-    case 0: f = l->delta_norm; break;
-    case 1: f = l->cosine; break;
-    case 2: f = l->norm_base; break;
-    case 3: f = l->norm_chat; break;
-    case 4: f = l->freq; break;
-    case 5: f = l->mean_act; break;
-    case 6: f = l->max_act; break;
-    case 7: i = l->last_step_fired; break;
-    case 8: f = s->beta_err[0]; break;
-    case 9: f = s->beta_err[1]; break;
-    case 10: f = s->beta_rec[0]; break;
-    case 11: f = s->beta_rec[1]; break;
-    case 12: f = s->nu_err; break;
-    case 13: f = s->nu_rec; break;
-    case 14: d = s->active; break;
-    case 15: f = e ? e->beta_err[0] : NAN; break;
-    case 16: f = e ? e->beta_err[1] : NAN; break;
-    case 17: f = e ? e->beta_rec[0] : NAN; break;
-    case 18: f = e ? e->beta_rec[1] : NAN; break;
-    case 19: f = e ? e->nu_err : NAN; break;
-    case 20: f = e ? e->nu_rec : NAN; break;
-    case 21: d = e ? e->active : 0.0; break;
-    case 22: u = x->cls[j]; break;
-    case 23: u = x->flags[j]; break;
-    case 24: i = (int64_t)l->fired; break;
-    case 25: i = (int64_t)l->tokens_since_fired; break;
-    case 26: u = (uint8_t)(l->dead != 0); break;
-    case 27: i = j; break;
-    default: break;
-    }
+    double d;
+    int64_t i;
+    xc_latent_column(x, c, j, &d, &i);
     switch (xc_table_cols[c].dtype) {
-    case XC_TCOL_F32: memcpy(dst, &f, 4); break;
+    case XC_TCOL_F32: {
+        float f = (float)d;
+        memcpy(dst, &f, 4);
+        break;
+    }
     case XC_TCOL_F64: memcpy(dst, &d, 8); break;
     case XC_TCOL_I64: memcpy(dst, &i, 8); break;
-    default: *dst = u; break;
+    default: *dst = (uint8_t)i; break;
     }
 }
 

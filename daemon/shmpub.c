@@ -1,6 +1,9 @@
+/* Per-latent records and their shared-memory publication (xc_shmpub.h). */
 #include "xc_shmpub.h"
 
 #include "xc_error.h"
+#include "xc_metrics.h"
+#include "xc_remote_proto.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -84,68 +87,81 @@ int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s)
                                      ? XC_FLAG_CHAT_SPECIFIC
                                      : 0));
         p->counts[p->cls[j]]++;
-        p->counts[5] += (p->flags[j] & XC_FLAG_CHAT_SPECIFIC) != 0;
+        p->counts[XC_COUNT_CHAT_SPECIFIC] += (p->flags[j] & XC_FLAG_CHAT_SPECIFIC) != 0;
     }
     if (!p->w) return XC_OK;
 
     xc_shm_writer_t *w = p->w;
     xc_shm_header_t *h = xc_shm_writer_header(w);
-    const xc_engine_metrics_t *m = xc_engine_metrics(e);
-    float *f[XC_SHM_NARRAYS];
-    for (int a = 0; a < XC_SHM_NARRAYS; a++) f[a] = xc_shm_writer_array(w, (xc_shm_array_t)a);
-    int64_t *last = (int64_t *)(void *)f[XC_SHM_LAST_STEP];
-    double *active = (double *)(void *)f[XC_SHM_ACTIVE];
-    uint8_t *cls = (uint8_t *)f[XC_SHM_CLASS], *flg = (uint8_t *)f[XC_SHM_FLAGS];
+    xc_metrics_t st;
+    xc_metrics_init(&st);
+    xc_metrics_set_engine(&st, xc_engine_metrics(e));
+    st.tokens_per_s = tokens_per_s;
+    const xc_snapshot_t view = {0, 0, F, p->lat, p->sc, (xc_scaling_stats_t *)exact, 0, 0, p->cls, p->flags};
 
     xc_shm_writer_begin(w);
-    h->step = m->step;
-    h->tokens = m->tokens;
-    h->loss = m->loss;
-    h->recon_l2 = m->recon_l2;
-    h->recon_mse = m->recon_mse;
-    h->aux = m->aux;
-    h->fve_base = m->fve[0];
-    h->fve_chat = m->fve[1];
-    h->l0 = m->l0;
-    h->dead_fraction = m->dead_fraction;
-    h->theta = m->theta;
-    h->tokens_per_s = tokens_per_s;
+    xc_metrics_to_shm_header(&st, h); /* the statistics the schema places in the header */
     h->scaling_step = exact ? p->exact_step : -1;
     h->scaling_tokens = exact ? p->exact_tokens : 0;
     memcpy(h->class_counts, p->counts, sizeof p->counts);
     float th[6] = {p->th.chat_only_min, p->th.base_only_max, p->th.shared_lo, p->th.shared_hi, p->th.nu_err_max,
                    p->th.nu_rec_max};
     memcpy(h->thresholds, th, sizeof th);
-    for (int j = 0; j < F; j++) {
-        const xc_latent_stats_t *l = &p->lat[j];
-        const xc_scaling_stats_t *s = &p->sc[j];
-        f[XC_SHM_DELTA_NORM][j] = l->delta_norm;
-        f[XC_SHM_COSINE][j] = l->cosine;
-        f[XC_SHM_NORM_BASE][j] = l->norm_base;
-        f[XC_SHM_NORM_CHAT][j] = l->norm_chat;
-        f[XC_SHM_FREQ][j] = l->freq;
-        f[XC_SHM_MEAN_ACT][j] = l->mean_act;
-        f[XC_SHM_MAX_ACT][j] = l->max_act;
-        last[j] = l->last_step_fired;
-        f[XC_SHM_BETA_ERR_BASE][j] = s->beta_err[0];
-        f[XC_SHM_BETA_ERR_CHAT][j] = s->beta_err[1];
-        f[XC_SHM_BETA_REC_BASE][j] = s->beta_rec[0];
-        f[XC_SHM_BETA_REC_CHAT][j] = s->beta_rec[1];
-        f[XC_SHM_NU_ERR][j] = s->nu_err;
-        f[XC_SHM_NU_REC][j] = s->nu_rec;
-        active[j] = s->active;
-        f[XC_SHM_EXACT_BETA_ERR_BASE][j] = exact ? exact[j].beta_err[0] : NAN;
-        f[XC_SHM_EXACT_BETA_ERR_CHAT][j] = exact ? exact[j].beta_err[1] : NAN;
-        f[XC_SHM_EXACT_BETA_REC_BASE][j] = exact ? exact[j].beta_rec[0] : NAN;
-        f[XC_SHM_EXACT_BETA_REC_CHAT][j] = exact ? exact[j].beta_rec[1] : NAN;
-        f[XC_SHM_EXACT_NU_ERR][j] = exact ? exact[j].nu_err : NAN;
-        f[XC_SHM_EXACT_NU_REC][j] = exact ? exact[j].nu_rec : NAN;
-        ((double *)(void *)f[XC_SHM_EXACT_ACTIVE])[j] = exact ? exact[j].active : 0.0;
-        cls[j] = p->cls[j];
-        flg[j] = p->flags[j];
+    /* every column the schema gives a shared-memory array, by its dtype */
+    for (int c = 0; c < XC_COL__COUNT; c++) {
+        const xc_table_col_t *col = &xc_table_cols[c];
+        if (col->shm < 0) continue;
+        void *a = xc_shm_writer_array(w, (xc_shm_array_t)col->shm);
+        for (int j = 0; j < F; j++) {
+            double d;
+            int64_t i;
+            xc_latent_column(&view, c, j, &d, &i);
+            switch (col->dtype) {
+            case XC_TCOL_F32: ((float *)a)[j] = (float)d; break;
+            case XC_TCOL_F64: ((double *)a)[j] = d; break;
+            case XC_TCOL_I64: ((int64_t *)a)[j] = i; break;
+            default: ((uint8_t *)a)[j] = (uint8_t)i; break;
+            }
+        }
     }
     xc_shm_writer_end(w);
     return XC_OK;
+}
+
+/* The column accessor: one case per row of XC_LATENT_COLUMNS, reading the
+ * record the schema names with the dtype it gives. */
+void xc_latent_column(const xc_snapshot_t *x, int col, long j, double *d, int64_t *i)
+{
+    static const xc_scaling_stats_t none = {{NAN, NAN}, {NAN, NAN}, NAN, NAN, 0.0}; /* no exact pass yet */
+    const xc_latent_stats_t *l = &x->st[j];
+    const xc_scaling_stats_t *r = &x->running[j], *e = x->exact ? &x->exact[j] : &none;
+    *d = NAN;
+    *i = 0;
+#define SRC_LAT(f) (l->f)
+#define SRC_RUN(f) (r->f)
+#define SRC_EXACT(f) (e->f)
+#define SRC_CLS(f) (x->cls[j])
+#define SRC_FLAGS(f) (x->flags[j])
+#define SRC_J(f) (j)
+#define GET_F32(v) *d = (double)(v)
+#define GET_F64(v) *d = (double)(v)
+#define GET_I64(v) *i = (int64_t)(v), *d = (double)(v)
+#define GET_U8(v) *i = (uint8_t)(v), *d = (double)*i
+#define XC_COL_CASE(name, dtype, shm, dflt, src, field) \
+    case XC_COL_##name: GET_##dtype(SRC_##src(field)); break;
+    switch (col) {
+        XC_LATENT_COLUMNS(XC_COL_CASE)
+    default: break;
+    }
+#undef XC_COL_CASE
+}
+
+int xc_latent_column_find(const char *s, size_t len)
+{
+    int c = xc_table_col_find(s, len);
+    if (c < 0 && len == strlen(XC_TOP_ALIAS_LAST_STEP) && memcmp(s, XC_TOP_ALIAS_LAST_STEP, len) == 0)
+        c = XC_COL_last_step;
+    return c;
 }
 
 const xc_latent_stats_t *xc_shmpub_latents(const xc_shmpub_t *p) { return p->lat; }

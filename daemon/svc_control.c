@@ -112,7 +112,7 @@ static int arg_str(const xc_request_t *req, const char *key, const char **out, s
 
 typedef struct {
     uint64_t j;         /* latent */
-    xc_svc_field_fn by;
+    int by;             /* column (enum xc_col) */
     char by_name[32];
     uint64_t n;
     int asc, alive_only;
@@ -145,12 +145,10 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
         str = "delta_norm";
         sl = strlen(str);
     }
-    a->by = xc_svc_latent_field(str, sl);
-    if (!a->by) {
-        xc_why(why, wl, "unknown field '%.*s' for top; use one of norm_base, norm_chat, delta_norm, "
-                "cosine, freq, mean_act, max_act, fired, tokens_since_fired, last_step_fired, nu_err, nu_rec, "
-                "beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, exact_nu_err, exact_nu_rec",
-                (int)(sl > 40 ? 40 : sl), str);
+    a->by = xc_latent_column_find(str, sl);
+    if (a->by < 0) {
+        xc_why(why, wl, "unknown field '%.*s' for top; use one of %s" XC_TOP_ALIAS_LAST_STEP,
+               (int)(sl > 40 ? 40 : sl), str, XC_COL_NAMES_LIST);
         return XC_EINVAL;
     }
     snprintf(a->by_name, sizeof a->by_name, "%.*s", (int)sl, str);
@@ -176,8 +174,7 @@ static int latent_args(xc_svc_t *s, const xc_request_t *req, latent_args_t *a, c
 }
 
 typedef struct {
-    const xc_snapshot_t *L;
-    xc_svc_field_fn by;
+    const double *key;  /* (F) the sort field of every latent */
     int asc;
 } sort_ctx_t;
 
@@ -187,12 +184,11 @@ static int top_cmp(const void *pa, const void *pb, void *pc)
 {
     const sort_ctx_t *c = pc;
     int a = *(const int *)pa, b = *(const int *)pb;
-    double va = c->by(c->L, a), vb = c->by(c->L, b);
+    double va = c->key[a], vb = c->key[b];
     if (isnan(va) != isnan(vb)) return isnan(va) ? 1 : -1; /* undefined values last, either order */
     if (va != vb) return (va > vb) == !c->asc ? -1 : 1;
     return a < b ? -1 : a > b; /* stable order by index */
 }
-
 
 /* Keeps a request until the trainer answers it: a copy of its frame (decoded
  * again then) and its envelope. XC_EAGAIN when PENDING_MAX wait already. */
@@ -436,14 +432,20 @@ static void op_latent(xc_svc_t *s, call_t *c)
         xc_mpw_map_end(w);
     } else {
         long F = s->cfg.dict_size, n = 0;
-        int *idx = malloc((size_t)F * sizeof *idx); /* owned here */
-        if (!idx) {
+        int *idx = malloc((size_t)F * sizeof *idx);     /* owned here */
+        double *key = malloc((size_t)F * sizeof *key); /* owned here */
+        if (!idx || !key) {
+            free(idx);
+            free(key);
             reply_error(s, &c->env, &c->req, XC_ENOMEM, "out of memory sorting latents");
             return;
         }
-        for (long j = 0; j < F; j++)
+        for (long j = 0; j < F; j++) {
+            int64_t iv;
+            xc_latent_column(L, a.by, j, &key[j], &iv);
             if (!a.alive_only || !st[j].dead) idx[n++] = (int)j;
-        sort_ctx_t sc = {L, a.by, a.asc};
+        }
+        sort_ctx_t sc = {key, a.asc};
         qsort_r(idx, (size_t)n, sizeof *idx, top_cmp, &sc);
         if ((uint64_t)n > a.n) n = (long)a.n;
         xc_mpw_kv_str(w, "by", a.by_name);
@@ -458,6 +460,7 @@ static void op_latent(xc_svc_t *s, call_t *c)
         }
         xc_mpw_array_end(w);
         free(idx);
+        free(key);
     }
     xc_mpw_map_end(w);
     reply_buf(s, &c->env, w, &c->req);

@@ -36,142 +36,152 @@ static const char *state_name(xc_svc_t *s, const xc_trainer_status_t *ts)
     }
 }
 
-/* The counters map: every counter, rendered here and nowhere else. */
-static void render_counters(xc_svc_t *s, xc_mpw_t *w)
+/* One value of the stats event from xc_metrics_t by kind (a row of the schema). */
+static void render_value(xc_mpw_t *w, int kind, const void *p)
+{
+    switch (kind) {
+    case XC_SK_U64: xc_mpw_uint(w, *(const uint64_t *)p); break;
+    case XC_SK_I64: xc_mpw_int(w, *(const long *)p); break;
+    case XC_SK_F64: xc_mpw_double(w, *(const double *)p); break;
+    case XC_SK_BOOL: xc_mpw_bool(w, *(const int *)p); break;
+    case XC_SK_STR: xc_mpw_str(w, *(const char *const *)p); break;
+    case XC_SK_F64X2:
+        xc_mpw_array_begin(w);
+        xc_mpw_double(w, ((const double *)p)[0]);
+        xc_mpw_double(w, ((const double *)p)[1]);
+        xc_mpw_array_end(w);
+        break;
+    default: xc_mpw_nil(w); break;
+    }
+}
+
+/* The "classes" map: latents per class, then the chat-specific count. */
+static void render_classes(xc_mpw_t *w, const xc_metrics_t *m)
 {
     xc_mpw_map_begin(w);
-    for (int i = 0; i < XC_SVC_N_REFUSE; i++) xc_mpw_kv_uint(w, xc_errname(xc_svc_refuse_codes[i]), s->cnt.refused[i]);
-#define XC_SVC_CTR_RENDER(n) xc_mpw_kv_uint(w, #n, s->cnt.n);
-    XC_SVC_COUNTERS(XC_SVC_CTR_RENDER)
-#undef XC_SVC_CTR_RENDER
-    xc_auth_counts_t ac;
-    xc_auth_counts(s->auth, &ac); /* zeros without CURVE */
-    xc_mpw_kv_uint(w, "auth_accepted", ac.accepted);
-    xc_mpw_kv_uint(w, "auth_refused", ac.refused);
+    for (int i = 0; i < m->n_classes; i++) xc_mpw_kv_uint(w, m->classes[i].name, m->classes[i].value);
     xc_mpw_map_end(w);
 }
 
-/* The stats fields of PROTOCOL.md 3.1 (into an open map). */
-void xc_svc_render_stats(xc_svc_t *s, xc_mpw_t *w)
+/* The "scaling" map (XC_STAT_SCALING_FIELDS). */
+static void render_scaling_status(xc_mpw_t *w, const xc_metrics_t *m)
+{
+    xc_mpw_map_begin(w);
+#define XC_SVC_SCAL(member, kind, key) xc_mpw_str(w, key), render_value(w, XC_SK_##kind, &m->member);
+    XC_STAT_SCALING_FIELDS(XC_SVC_SCAL)
+#undef XC_SVC_SCAL
+    xc_mpw_map_end(w);
+}
+
+/* The counters map: the refusals by reason, then every service counter. */
+static void render_counters(xc_mpw_t *w, const xc_metrics_t *m)
+{
+    xc_mpw_map_begin(w);
+    for (int i = 0; i < m->n_refused; i++) xc_mpw_kv_uint(w, m->refused[i].name, m->refused[i].value);
+    for (int i = 0; i < m->n_counters; i++) xc_mpw_kv_uint(w, m->counters[i].name, m->counters[i].value);
+    xc_mpw_map_end(w);
+}
+
+/* Everything the stats event, status and the Prometheus text show, read once
+ * from its sources (trainer status, queue counts, the service's own counters
+ * and clocks): the one place that knows where each statistic comes from. */
+static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
 {
     xc_trainer_status_t ts;
     xc_queue_counts_t qc;
     xc_trainer_status(s->trainer, &ts);
     xc_queue_counts(s->queue, &qc);
-    const xc_engine_metrics_t *m = &ts.m;
-    xc_mpw_kv_str(w, "state", state_name(s, &ts));
-    xc_mpw_kv_bool(w, "paused", ts.paused);
-    xc_mpw_kv_int(w, "step", m->step);
-    xc_mpw_kv_uint(w, "tokens", m->tokens); /* the model's, across resumes; tokens_trained: this process */
-    xc_mpw_kv_uint(w, "tokens_acked", qc.tokens_acked);
-    xc_mpw_kv_uint(w, "tokens_trained", qc.tokens_trained);
-    xc_mpw_kv_uint(w, "tokens_buffered", qc.tokens_buffered);
-    xc_mpw_kv_uint(w, "tokens_queued", qc.tokens_queued);
-    xc_mpw_kv_uint(w, "tokens_failed", qc.tokens_failed);
-    xc_mpw_kv_uint(w, "tokens_restored", qc.tokens_restored);
-    xc_mpw_kv_uint(w, "batches_acked", qc.batches_acked);
-    xc_mpw_kv_int(w, "mix_tokens", s->cfg.mix_tokens);
-    xc_mpw_kv_int(w, "queue_depth", qc.depth);
-    xc_mpw_kv_int(w, "queue_size", qc.capacity);
-    xc_mpw_kv_double(w, "loss", m->loss);
-    xc_mpw_kv_double(w, "recon_l2", m->recon_l2);
-    xc_mpw_kv_double(w, "recon_mse", m->recon_mse);
-    xc_mpw_kv_double(w, "aux", m->aux);
-    xc_mpw_kv_double(w, "l1", m->l1);
-    xc_mpw_str(w, "fve");
-    xc_mpw_array_begin(w);
-    xc_mpw_double(w, m->fve[0]);
-    xc_mpw_double(w, m->fve[1]);
-    xc_mpw_array_end(w);
-    xc_mpw_kv_double(w, "l0", m->l0);
-    xc_mpw_kv_double(w, "dead_fraction", m->dead_fraction);
-    xc_mpw_kv_double(w, "theta", m->theta);
-    xc_mpw_kv_double(w, "grad_norm", m->grad_norm);
-    xc_mpw_kv_double(w, "lr", m->lr);
-    xc_mpw_kv_double(w, "tokens_per_s", s->tokens_per_s);
-    xc_mpw_kv_double(w, "steps_per_s", s->steps_per_s);
-    xc_mpw_kv_double(w, "step_ms", ts.last_step_ms);
-    xc_mpw_kv_double(w, "uptime_s", xc_svc_mono_s() - s->t_start);
-    xc_mpw_str(w, "classes");
-    xc_mpw_map_begin(w);
-    for (int c = 0; c < XC_CLASS_N; c++) xc_mpw_kv_uint(w, xc_class_name(c), ts.class_counts[c]);
-    xc_mpw_kv_uint(w, "chat_specific", ts.class_counts[5]);
-    xc_mpw_map_end(w);
-    xc_mpw_str(w, "scaling");
-    xc_mpw_map_begin(w);
-    xc_mpw_kv_bool(w, "running", ts.scaling_running);
-    xc_mpw_kv_uint(w, "tokens_done", ts.scaling_done);
-    xc_mpw_kv_uint(w, "tokens_target", ts.scaling_target);
-    xc_mpw_kv_int(w, "last_step", ts.scaling_last_step);
-    xc_mpw_kv_uint(w, "last_tokens", ts.scaling_last_tokens);
-    xc_mpw_kv_uint(w, "passes", ts.scaling_passes);
-    xc_mpw_map_end(w);
-    xc_mpw_kv_bool(w, "shm", ts.shm);
+    xc_metrics_init(m);
+    m->name = s->cfg.name;
+    m->model = xc_cfg_enum_name("model", s->cfg.model);
+    m->d = s->cfg.d;
+    m->dict_size = s->cfg.dict_size;
+    m->k = s->cfg.k;
+    m->batch_size = s->cfg.batch_size;
+    m->state = state_name(s, &ts);
+    m->paused = ts.paused;
+    xc_metrics_set_engine(m, &ts.m); /* tokens: the model's, across resumes; tokens_trained: this process */
+    m->tokens_acked = qc.tokens_acked;
+    m->tokens_trained = qc.tokens_trained;
+    m->tokens_buffered = qc.tokens_buffered;
+    m->tokens_queued = qc.tokens_queued;
+    m->tokens_failed = qc.tokens_failed;
+    m->tokens_restored = qc.tokens_restored;
+    m->batches_acked = qc.batches_acked;
+    m->mix_tokens = s->cfg.mix_tokens;
+    m->queue_depth = qc.depth;
+    m->queue_capacity = qc.capacity;
+    m->tokens_per_s = s->tokens_per_s;
+    m->steps_per_s = s->steps_per_s;
+    m->step_ms = ts.last_step_ms;
+    m->uptime_s = xc_svc_mono_s() - s->t_start;
+    m->shm = ts.shm;
     /* curve: tcp endpoints need an allow-listed key; insecure_tcp: one is reachable
      * beyond loopback without it (the operator accepted the risk) */
-    xc_mpw_kv_bool(w, "curve", s->auth != NULL);
-    xc_mpw_kv_bool(w, "insecure_tcp", s->insecure_remote);
-    xc_mpw_str(w, "counters");
-    render_counters(s, w);
+    m->curve = s->auth != NULL;
+    m->insecure_tcp = s->insecure_remote;
+    m->scaling_running = ts.scaling_running;
+    m->scaling_done = ts.scaling_done;
+    m->scaling_target = ts.scaling_target;
+    m->scaling_last_step = ts.scaling_last_step;
+    m->scaling_last_tokens = ts.scaling_last_tokens;
+    m->scaling_passes = ts.scaling_passes;
+    m->start_time_unix = s->t_start_unix;
+    m->last_checkpoint_unix = s->last_ckpt_unix;
+    m->last_checkpoint_step = s->last_ckpt_step;
+    m->checkpoint_age_s = s->last_ckpt_unix > 0 ? xc_svc_unix_s() - s->last_ckpt_unix : m->uptime_s;
+    xc_auth_counts_t ac;
+    xc_auth_counts(s->auth, &ac); /* zeros without CURVE; the auth module keeps them */
+    s->cnt.auth_accepted = ac.accepted;
+    s->cnt.auth_refused = ac.refused;
+    for (int i = 0; i < XC_SVC_N_REFUSE && m->n_refused < XC_METRICS_MAX_COUNTERS; i++)
+        m->refused[m->n_refused++] = (xc_metrics_counter_t){xc_errname(xc_svc_refuse_codes[i]), s->cnt.refused[i]};
+#define XC_SVC_CTR_FILL(n, prom, help)                          \
+    if (m->n_counters < XC_METRICS_MAX_COUNTERS)                \
+        m->counters[m->n_counters++] = (xc_metrics_counter_t){#n, s->cnt.n};
+    XC_COUNTER_FIELDS(XC_SVC_CTR_FILL)
+#undef XC_SVC_CTR_FILL
+    for (int c = 0; c < XC_CLASS_N; c++)
+        m->classes[m->n_classes++] = (xc_metrics_counter_t){xc_class_name(c), ts.class_counts[c]};
+    m->classes[m->n_classes++] =
+        (xc_metrics_counter_t){XC_COUNT_CHAT_SPECIFIC_NAME, ts.class_counts[XC_COUNT_CHAT_SPECIFIC]};
 }
 
-/* The Prometheus text (daemon/metrics.c renders it) from the same sources as
- * render_stats; metrics_file and the `metrics` op both come from here. */
+/* The stats fields of PROTOCOL.md 3.1 into an open map, in the schema's order
+ * (XC_STAT_FIELDS): scalars from m, the classes, scaling and counters maps
+ * from their own tables. */
+static void render_stats_of(xc_mpw_t *w, const xc_metrics_t *m)
+{
+#define XC_SVC_STAT(member, kind, key, prom, ptype, pdiv, shm, help) \
+    if ((key)[0]) {                                                    \
+        render_stat_##kind(w, m, key, member);                         \
+    }
+#define render_stat_U64(w, m, key, member) xc_mpw_str(w, key), render_value(w, XC_SK_U64, &(m)->member)
+#define render_stat_I64(w, m, key, member) xc_mpw_str(w, key), render_value(w, XC_SK_I64, &(m)->member)
+#define render_stat_F64(w, m, key, member) xc_mpw_str(w, key), render_value(w, XC_SK_F64, &(m)->member)
+#define render_stat_F64X2(w, m, key, member) xc_mpw_str(w, key), render_value(w, XC_SK_F64X2, (m)->member)
+#define render_stat_BOOL(w, m, key, member) xc_mpw_str(w, key), render_value(w, XC_SK_BOOL, &(m)->member)
+#define render_stat_STR(w, m, key, member) xc_mpw_str(w, key), render_value(w, XC_SK_STR, &(m)->member)
+#define render_stat_CLASSES(w, m, key, member) xc_mpw_str(w, key), render_classes(w, m)
+#define render_stat_SCALING(w, m, key, member) xc_mpw_str(w, key), render_scaling_status(w, m)
+#define render_stat_COUNTERS(w, m, key, member) xc_mpw_str(w, key), render_counters(w, m)
+    XC_STAT_FIELDS(XC_SVC_STAT)
+#undef XC_SVC_STAT
+}
+
+void xc_svc_render_stats(xc_svc_t *s, xc_mpw_t *w)
+{
+    xc_metrics_t m;
+    fill_stats(s, &m);
+    render_stats_of(w, &m);
+}
+
+/* The Prometheus text (daemon/metrics.c renders it) from the same statistics
+ * as the stats event; metrics_file and the `metrics` op both come from here. */
 int xc_svc_metrics_text(xc_svc_t *s, xc_buf_t *out)
 {
-    xc_trainer_status_t ts;
-    xc_queue_counts_t qc;
     xc_metrics_t m;
-    xc_trainer_status(s->trainer, &ts);
-    xc_queue_counts(s->queue, &qc);
-    xc_metrics_init(&m);
-    m.name = s->cfg.name;
-    m.model = xc_cfg_enum_name("model", s->cfg.model);
-    m.state = state_name(s, &ts);
-    m.d = s->cfg.d;
-    m.dict_size = s->cfg.dict_size;
-    m.k = s->cfg.k;
-    m.batch_size = s->cfg.batch_size;
-    m.step = ts.m.step;
-    m.tokens_trained = qc.tokens_trained;
-    m.tokens_acked = qc.tokens_acked;
-    m.tokens_buffered = qc.tokens_buffered;
-    m.tokens_queued = qc.tokens_queued;
-    m.tokens_failed = qc.tokens_failed;
-    m.batches_acked = qc.batches_acked;
-    m.queue_depth = qc.depth;
-    m.queue_capacity = qc.capacity;
-    m.tokens_per_s = s->tokens_per_s;
-    m.steps_per_s = s->steps_per_s;
-    m.step_seconds = ts.last_step_ms / 1000.0;
-    m.loss = ts.m.loss;
-    m.recon_l2 = ts.m.recon_l2;
-    m.recon_mse = ts.m.recon_mse;
-    m.aux = ts.m.aux;
-    m.l1 = ts.m.l1;
-    m.fve[0] = ts.m.fve[0];
-    m.fve[1] = ts.m.fve[1];
-    m.l0 = ts.m.l0;
-    m.dead_fraction = ts.m.dead_fraction;
-    m.theta = ts.m.theta;
-    m.grad_norm = ts.m.grad_norm;
-    m.lr = ts.m.lr;
-    m.uptime_s = xc_svc_mono_s() - s->t_start;
-    m.start_time_unix = s->t_start_unix;
-    m.last_checkpoint_unix = s->last_ckpt_unix;
-    m.last_checkpoint_step = s->last_ckpt_step;
-    m.checkpoint_age_s = s->last_ckpt_unix > 0 ? xc_svc_unix_s() - s->last_ckpt_unix : m.uptime_s;
-    for (int i = 0; i < XC_SVC_N_REFUSE && m.n_refused < XC_METRICS_MAX_COUNTERS; i++)
-        m.refused[m.n_refused++] = (xc_metrics_counter_t){xc_errname(xc_svc_refuse_codes[i]), s->cnt.refused[i]};
-    /* every counter but the sum of the refusals (xcoderd_batches_refused_total has them by reason) */
-#define XC_SVC_CTR_METRIC(n)                                                                     \
-    if (strcmp(#n, "batches_refused") != 0 && m.n_counters < XC_METRICS_MAX_COUNTERS)            \
-        m.counters[m.n_counters++] = (xc_metrics_counter_t){#n, s->cnt.n};
-    XC_SVC_COUNTERS(XC_SVC_CTR_METRIC)
-#undef XC_SVC_CTR_METRIC
-    for (int c = 0; c < XC_CLASS_N; c++)
-        m.classes[m.n_classes++] = (xc_metrics_counter_t){xc_class_name(c), ts.class_counts[c]};
-    m.classes[m.n_classes++] = (xc_metrics_counter_t){"chat_specific", ts.class_counts[5]};
+    fill_stats(s, &m);
     return xc_metrics_render(&m, out);
 }
 
@@ -209,16 +219,25 @@ static void kv_nullable(xc_mpw_t *w, const char *k, double v)
     else xc_mpw_double(w, v);
 }
 
+/* A Latent Scaling map: the running columns of the schema (src RUN), keyed by
+ * their names, from one record (running or exact). f32 values that are
+ * undefined (NaN) travel as nil; active is a count. */
 static void render_scaling(xc_mpw_t *w, const xc_scaling_stats_t *sc)
 {
     xc_mpw_map_begin(w);
-    kv_nullable(w, "beta_err_base", sc->beta_err[0]);
-    kv_nullable(w, "beta_err_chat", sc->beta_err[1]);
-    kv_nullable(w, "beta_rec_base", sc->beta_rec[0]);
-    kv_nullable(w, "beta_rec_chat", sc->beta_rec[1]);
-    kv_nullable(w, "nu_err", sc->nu_err);
-    kv_nullable(w, "nu_rec", sc->nu_rec);
-    xc_mpw_kv_double(w, "active", sc->active);
+#define XC_SCAL_KV_F32(key, v) kv_nullable(w, key, v)
+#define XC_SCAL_KV_F64(key, v) xc_mpw_kv_double(w, key, v)
+#define XC_SCAL_KV_I64(key, v)
+#define XC_SCAL_KV_U8(key, v)
+#define XC_SCAL_SRC_RUN(name, dtype, field) XC_SCAL_KV_##dtype(#name, sc->field);
+#define XC_SCAL_SRC_LAT(name, dtype, field)
+#define XC_SCAL_SRC_EXACT(name, dtype, field)
+#define XC_SCAL_SRC_CLS(name, dtype, field)
+#define XC_SCAL_SRC_FLAGS(name, dtype, field)
+#define XC_SCAL_SRC_J(name, dtype, field)
+#define XC_SCAL_ROW(name, dtype, shm, dflt, src, field) XC_SCAL_SRC_##src(name, dtype, field)
+    XC_LATENT_COLUMNS(XC_SCAL_ROW)
+#undef XC_SCAL_ROW
     xc_mpw_map_end(w);
 }
 
@@ -246,49 +265,6 @@ void xc_svc_render_latent(xc_mpw_t *w, const xc_snapshot_t *L, long j)
     else xc_mpw_nil(w);
 }
 
-#define LAT_FIELD(nm, expr) \
-    static double f_##nm(const xc_snapshot_t *L, long j) { return (double)(expr); }
-LAT_FIELD(norm_base, L->st[j].norm_base)
-LAT_FIELD(norm_chat, L->st[j].norm_chat)
-LAT_FIELD(delta_norm, L->st[j].delta_norm)
-LAT_FIELD(cosine, L->st[j].cosine)
-LAT_FIELD(freq, L->st[j].freq)
-LAT_FIELD(mean_act, L->st[j].mean_act)
-LAT_FIELD(max_act, L->st[j].max_act)
-LAT_FIELD(fired, L->st[j].fired)
-LAT_FIELD(since, L->st[j].tokens_since_fired)
-LAT_FIELD(last, L->st[j].last_step_fired)
-LAT_FIELD(nu_err, L->running[j].nu_err)
-LAT_FIELD(nu_rec, L->running[j].nu_rec)
-LAT_FIELD(beta_err_base, L->running[j].beta_err[0])
-LAT_FIELD(beta_err_chat, L->running[j].beta_err[1])
-LAT_FIELD(beta_rec_base, L->running[j].beta_rec[0])
-LAT_FIELD(beta_rec_chat, L->running[j].beta_rec[1])
-LAT_FIELD(exact_nu_err, L->exact ? L->exact[j].nu_err : NAN)
-LAT_FIELD(exact_nu_rec, L->exact ? L->exact[j].nu_rec : NAN)
-#undef LAT_FIELD
-
-static const struct {
-    const char *name;
-    xc_svc_field_fn fn;
-} g_fields[] = {{"norm_base", f_norm_base}, {"norm_chat", f_norm_chat},
-                {"delta_norm", f_delta_norm}, {"cosine", f_cosine},
-                {"freq", f_freq},           {"mean_act", f_mean_act},
-                {"max_act", f_max_act},     {"fired", f_fired},
-                {"tokens_since_fired", f_since}, {"last_step_fired", f_last},
-                {"nu_err", f_nu_err},       {"nu_rec", f_nu_rec},
-                {"beta_err_base", f_beta_err_base}, {"beta_err_chat", f_beta_err_chat},
-                {"beta_rec_base", f_beta_rec_base}, {"beta_rec_chat", f_beta_rec_chat},
-                {"exact_nu_err", f_exact_nu_err}, {"exact_nu_rec", f_exact_nu_rec}};
-
-xc_svc_field_fn xc_svc_latent_field(const char *s, size_t len)
-{
-    for (size_t i = 0; i < sizeof g_fields / sizeof g_fields[0]; i++)
-        if (strlen(g_fields[i].name) == len && memcmp(g_fields[i].name, s, len) == 0)
-            return g_fields[i].fn;
-    return NULL;
-}
-
 /* "scaling" event: an exact Latent Scaling pass finished. */
 void xc_svc_publish_scaling(xc_svc_t *s)
 {
@@ -301,7 +277,7 @@ void xc_svc_publish_scaling(xc_svc_t *s)
     xc_proto_event_begin(&w, "scaling", s->cfg.name, xc_svc_unix_s());
     xc_mpw_kv_int(&w, "step", ts.scaling_last_step);
     xc_mpw_kv_uint(&w, "tokens", ts.scaling_last_tokens);
-    xc_mpw_kv_uint(&w, "chat_specific", ts.class_counts[5]);
+    xc_mpw_kv_uint(&w, XC_COUNT_CHAT_SPECIFIC_NAME, ts.class_counts[XC_COUNT_CHAT_SPECIFIC]);
     xc_mpw_kv_uint(&w, "chat_only", ts.class_counts[XC_CLASS_CHAT_ONLY]);
     xc_mpw_map_end(&w);
     xc_svc_event_send(s, "scaling", &b);

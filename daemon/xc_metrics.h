@@ -10,15 +10,19 @@
  * Every series carries the label name="INSTANCE" so that several instances can
  * share one textfile directory (the label is not called `instance`, which
  * Prometheus sets on scrape). Names: xcoderd_*; counters end in _total;
- * durations and ages are in seconds. The metric list is the table g_metrics
- * in metrics.c; `xcoderd(8)` documents it. */
+ * durations and ages are in seconds. The metric list is the statistics
+ * schema (XC_STAT_FIELDS, XC_COUNTER_FIELDS in proto/xc_schema.h); `xcoderd(8)`
+ * documents it. */
 #ifndef XC_METRICS_H
 #define XC_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "xc_engine.h"
 #include "xc_proto.h"
+#include "xc_shm.h"
+#include "xc_schema.h"
 
 #define XC_METRICS_MAX_COUNTERS 32
 
@@ -29,32 +33,27 @@ typedef struct {
     uint64_t value;
 } xc_metrics_counter_t;
 
-/* Plain values; strings are borrowed. NaN doubles are written as NaN. */
+/* One instance's statistics: what the stats event, the status reply and the
+ * Prometheus text all render (the service fills it once per rendering). The
+ * statistics are the members XC_STAT_FIELDS and XC_STAT_SCALING_FIELDS of
+ * proto/xc_schema.h declare; strings are borrowed. NaN doubles are written as
+ * NaN. */
 typedef struct {
     /* identity */
     const char *name;            /* instance name: the name="..." label of every series */
     const char *model;           /* batchtopk | l1 */
-    const char *state;           /* starting | running | paused | stopping */
     long d, dict_size, k, batch_size;
-    /* progress */
-    long step;
-    uint64_t tokens_trained, tokens_acked, tokens_buffered, tokens_queued, tokens_failed;
-    uint64_t batches_acked;
-    long queue_depth, queue_capacity;
-    double tokens_per_s, steps_per_s, step_seconds; /* over the last stats interval / last step */
-    /* model quality, of the last completed step */
-    double loss, recon_l2, recon_mse, aux, l1;
-    double fve[2];               /* base, chat */
-    double l0, dead_fraction, theta, grad_norm, lr;
-    /* time */
-    double uptime_s, start_time_unix;
-    double last_checkpoint_unix; /* 0 = none written by this process yet */
-    long last_checkpoint_step;   /* -1 = none */
-    double checkpoint_age_s;     /* since the last checkpoint, or since start when none */
+    /* statistics (state: starting | running | paused | stopping) */
+#define XC_METRICS_MEMBER(member, kind, key, prom, ptype, pdiv, shm, help) XC_SCHEMA_CTYPE_##kind(member)
+    XC_STAT_FIELDS(XC_METRICS_MEMBER)
+#undef XC_METRICS_MEMBER
+#define XC_METRICS_SCALING_MEMBER(member, kind, key) XC_SCHEMA_CTYPE_##kind(member)
+    XC_STAT_SCALING_FIELDS(XC_METRICS_SCALING_MEMBER)
+#undef XC_METRICS_SCALING_MEMBER
     /* counters */
     xc_metrics_counter_t refused[XC_METRICS_MAX_COUNTERS]; /* by reason (XC_E* name) */
     int n_refused;
-    xc_metrics_counter_t counters[XC_METRICS_MAX_COUNTERS]; /* xcoderd_NAME_total */
+    xc_metrics_counter_t counters[XC_METRICS_MAX_COUNTERS]; /* xcoderd_NAME_total (XC_COUNTER_FIELDS) */
     int n_counters;
     xc_metrics_counter_t classes[XC_METRICS_MAX_COUNTERS]; /* xcoderd_latents{class} (gauges) */
     int n_classes;
@@ -63,6 +62,13 @@ typedef struct {
 /* Zeroes m and sets the doubles to NaN and last_checkpoint_step to -1, so a
  * field the caller does not know renders as NaN rather than a false 0. */
 void xc_metrics_init(xc_metrics_t *m);
+/* Sets the statistics an engine step produces (step, tokens, losses, fve, l0,
+ * dead fraction, theta, gradient norm, lr): the one mapping from the engine's
+ * metrics, for the service and the shared-memory header alike. */
+void xc_metrics_set_engine(xc_metrics_t *m, const xc_engine_metrics_t *e);
+/* Writes the statistics the schema places in the shared-memory header (its
+ * shm column) into h; the other header fields are the caller's. */
+void xc_metrics_to_shm_header(const xc_metrics_t *m, xc_shm_header_t *h);
 /* Appends the exposition text of m to out (not NUL-terminated). 0 or XC_ENOMEM. */
 int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out);
 /* Writes len bytes of text to path atomically (format/xc_afile.h: a temp file

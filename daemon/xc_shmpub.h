@@ -6,9 +6,35 @@
 #define XC_SHMPUB_H
 
 #include "xc_engine.h"
+#include "xc_schema.h"
 #include "xc_shm.h"
 
+#include <stdint.h>
+#include <sys/types.h>
+
 typedef struct xc_shmpub xc_shmpub_t;
+
+/* Every latent's record at one step: the arrays the columns of the schema
+ * (XC_LATENT_COLUMNS, proto/xc_schema.h) read. The trainer's snapshots for the
+ * loop (xc_trainer.h) are this type; so is the view shmpub publishes from. */
+typedef struct {
+    long step;                     /* dictionary step the records describe */
+    uint64_t gen;                  /* newest snapshot request it answers (0: none yet) */
+    long F;                        /* dict_size */
+    xc_latent_stats_t *st;         /* (F) statistics */
+    xc_scaling_stats_t *running;   /* (F) running Latent Scaling estimates */
+    xc_scaling_stats_t *exact;     /* (F) last exact pass, NULL when there is none */
+    long exact_step;               /* its dictionary step (-1: none) */
+    uint64_t exact_tokens;
+    uint8_t *cls, *flags;          /* (F) XC_CLASS_*, XC_FLAG_* */
+} xc_snapshot_t;
+
+/* Column col (enum xc_col, the schema's order) of latent j: an integer column
+ * exactly in *i (and as a double in *d), a float column in *d (NaN where
+ * undefined; exact_active 0 before an exact pass). */
+void xc_latent_column(const xc_snapshot_t *x, int col, long j, double *d, int64_t *i);
+/* The column named s[0, len) (or the alias "last_step_fired"); -1 if none. */
+int xc_latent_column_find(const char *s, size_t len);
 
 /* instance NULL: compute the records only (no shared memory). NULL on failure
  * with *err and a reason in why. */

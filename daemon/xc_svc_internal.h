@@ -22,6 +22,7 @@
 #include "xc_proto.h"
 #include "xc_queue.h"
 #include "xc_remote.h"
+#include "xc_schema.h"
 #include "xc_service.h"
 #include "xc_trainer.h"
 
@@ -41,25 +42,12 @@ enum { XC_SVC_N_REFUSE = 0 XC_SVC_REFUSALS(XC_SVC_REFUSE_COUNT) };
 #undef XC_SVC_REFUSE_COUNT
 extern const int xc_svc_refuse_codes[XC_SVC_N_REFUSE];
 
-/* Every other counter: one X-macro renders them all in one place. */
-#define XC_SVC_COUNTERS(X)                                                      \
-    X(batches_refused)                                                          \
-    X(control_requests)                                                         \
-    X(control_errors)                                                           \
-    X(checkpoints_written)                                                      \
-    X(checkpoints_failed)                                                       \
-    X(events_published)                                                         \
-    X(ingest_blocked)   /* times the queue was full and reading stopped */     \
-    X(zmq_errors)                                                               \
-    X(control_denied)   /* control requests refused with XC_EPERM (role) */      \
-    X(replies_deferred) /* control replies held back until the client read more */ \
-    X(replies_busy)     /* replies replaced by XC_EBUSY: the reply budget was full */ \
-    X(replies_dropped)  /* replies lost: the client left, or never reads at all */
-
+/* The refusals by class, then every service counter of the schema
+ * (XC_COUNTER_FIELDS, proto/xc_schema.h). */
 typedef struct {
     uint64_t refused[XC_SVC_N_REFUSE];
-#define XC_SVC_CTR_FIELD(n) uint64_t n;
-    XC_SVC_COUNTERS(XC_SVC_CTR_FIELD)
+#define XC_SVC_CTR_FIELD(n, prom, help) uint64_t n;
+    XC_COUNTER_FIELDS(XC_SVC_CTR_FIELD)
 #undef XC_SVC_CTR_FIELD
 } xc_svc_counters_t;
 
@@ -202,10 +190,7 @@ void xc_svc_publish_scaling(xc_svc_t *s);
  * when out of memory). */
 char *xc_svc_config_json(const xc_cfg_t *c);
 
-typedef double (*xc_svc_field_fn)(const xc_snapshot_t *, long j);
 /* Per-latent fields (PROTOCOL.md 3.3) of latent j into an open map. */
 void xc_svc_render_latent(xc_mpw_t *w, const xc_snapshot_t *L, long j);
-/* The sort key named s[0, len) for top; NULL when unknown. */
-xc_svc_field_fn xc_svc_latent_field(const char *s, size_t len);
 
 #endif

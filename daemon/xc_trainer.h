@@ -14,6 +14,7 @@
 #include "xc_examples.h"
 #include "xc_queue.h"
 #include "xc_shm.h"
+#include "xc_shmpub.h"
 
 typedef struct xc_trainer xc_trainer_t;
 
@@ -116,17 +117,7 @@ int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_ge
  * back the loop's previous one as a "spare" for the trainer to refill. So at
  * most three are alive: the loop's, the ready (or being filled) one, and the
  * spare; a ready one the loop has not taken is refilled in place. */
-typedef struct {
-    long step;                     /* dictionary step the records describe */
-    uint64_t gen;                  /* newest snapshot request it answers (0: none yet) */
-    long F;                        /* dict_size */
-    xc_latent_stats_t *st;         /* (F) statistics */
-    xc_scaling_stats_t *running;   /* (F) running Latent Scaling estimates */
-    xc_scaling_stats_t *exact;     /* (F) last exact pass, NULL when there is none */
-    long exact_step;               /* its dictionary step (-1: none) */
-    uint64_t exact_tokens;
-    uint8_t *cls, *flags;          /* (F) XC_CLASS_*, XC_FLAG_* */
-} xc_snapshot_t;
+/* (xc_snapshot_t: daemon/xc_shmpub.h) */
 
 /* Loop side: the newest ready snapshot, taking ownership of it, and gives
  * `mine` (the loop's previous one, or NULL) back to the trainer. Returns mine

@@ -20,15 +20,24 @@
 #define XC_SHM_LAYOUT_VERSION 1u
 #define XC_SHM_MAX_ARRAYS 32
 
-/* Latent classes (by relative decoder norm; dead wins over all). */
+/* Latent classes (by relative decoder norm; dead wins over all).
+ * X(enum, value, name): the one list of them. */
+#define XC_CLASS_MAP(X)                  \
+    X(XC_CLASS_OTHER, 0, "other")         \
+    X(XC_CLASS_SHARED, 1, "shared")       \
+    X(XC_CLASS_CHAT_ONLY, 2, "chat_only") \
+    X(XC_CLASS_BASE_ONLY, 3, "base_only") \
+    X(XC_CLASS_DEAD, 4, "dead")
 enum {
-    XC_CLASS_OTHER = 0,
-    XC_CLASS_SHARED = 1,
-    XC_CLASS_CHAT_ONLY = 2,
-    XC_CLASS_BASE_ONLY = 3,
-    XC_CLASS_DEAD = 4,
+#define XC_CLASS_ENUM(e, v, name) e = v,
+    XC_CLASS_MAP(XC_CLASS_ENUM)
+#undef XC_CLASS_ENUM
     XC_CLASS_N = 5
 };
+/* The slot of class_counts[] after the classes: latents flagged chat-specific
+ * (XC_FLAG_CHAT_SPECIFIC), named "chat_specific" wherever counts are shown. */
+#define XC_COUNT_CHAT_SPECIFIC 5
+#define XC_COUNT_CHAT_SPECIFIC_NAME "chat_specific"
 /* flags: bit set per latent */
 #define XC_FLAG_CHAT_SPECIFIC 0x01u /* Delta >= chat_only_min, nu_err < nu_err_max, nu_rec < nu_rec_max */
 #define XC_FLAG_SCALING_EXACT 0x02u /* the chat-specific test used the exact pass's nu (else the running one) */
@@ -100,7 +109,7 @@ typedef struct {
     double tokens_per_s;     /* 160 */
     int64_t scaling_step;    /* 168 step of the dictionary behind the exact_* arrays, -1 none */
     uint64_t scaling_tokens; /* 176 tokens in that exact pass */
-    uint32_t class_counts[8];/* 184 latents per XC_CLASS_*; [5] = chat-specific */
+    uint32_t class_counts[8];/* 184 latents per XC_CLASS_*; [XC_COUNT_CHAT_SPECIFIC] = chat-specific */
     uint32_t alive;          /* 216 1 while the writer runs, 0 after a clean close */
     uint32_t reserved0;      /* 220 */
     float thresholds[6];     /* 224 chat_only_min, base_only_max, shared_lo, shared_hi, nu_err_max, nu_rec_max */

@@ -91,22 +91,10 @@ void xc_sha256_checksum(const uint8_t digest[32], char out[72])
 }
 
 /* ------------------------------------------------------------------ table -- */
-const xc_table_col_t xc_table_cols[] = {
-    {"delta_norm", XC_TCOL_F32, 0, 1},           {"cosine", XC_TCOL_F32, 1, 1},
-    {"norm_base", XC_TCOL_F32, 2, 1},            {"norm_chat", XC_TCOL_F32, 3, 1},
-    {"freq", XC_TCOL_F32, 4, 1},                 {"mean_act", XC_TCOL_F32, 5, 1},
-    {"max_act", XC_TCOL_F32, 6, 1},              {"last_step", XC_TCOL_I64, 7, 1},
-    {"beta_err_base", XC_TCOL_F32, 8, 1},        {"beta_err_chat", XC_TCOL_F32, 9, 1},
-    {"beta_rec_base", XC_TCOL_F32, 10, 1},       {"beta_rec_chat", XC_TCOL_F32, 11, 1},
-    {"nu_err", XC_TCOL_F32, 12, 1},              {"nu_rec", XC_TCOL_F32, 13, 1},
-    {"active", XC_TCOL_F64, 14, 1},              {"exact_beta_err_base", XC_TCOL_F32, 15, 1},
-    {"exact_beta_err_chat", XC_TCOL_F32, 16, 1}, {"exact_beta_rec_base", XC_TCOL_F32, 17, 1},
-    {"exact_beta_rec_chat", XC_TCOL_F32, 18, 1}, {"exact_nu_err", XC_TCOL_F32, 19, 1},
-    {"exact_nu_rec", XC_TCOL_F32, 20, 1},        {"exact_active", XC_TCOL_F64, 21, 1},
-    {"class", XC_TCOL_U8, 22, 1},                {"flags", XC_TCOL_U8, 23, 1},
-    {"fired", XC_TCOL_I64, -1, 1},               {"tokens_since_fired", XC_TCOL_I64, -1, 1},
-    {"dead", XC_TCOL_U8, -1, 1},                 {"j", XC_TCOL_I64, -1, 0},
-};
+/* The catalogue is the column schema (proto/xc_schema.h). */
+#define XC_TCOL_ROW(name, dtype, shm, dflt, src, field) {#name, XC_TCOL_##dtype, shm, dflt},
+const xc_table_col_t xc_table_cols[] = {XC_LATENT_COLUMNS(XC_TCOL_ROW)};
+#undef XC_TCOL_ROW
 const int xc_table_ncols = (int)(sizeof xc_table_cols / sizeof xc_table_cols[0]);
 
 int xc_table_col_find(const char *s, size_t len)
@@ -116,8 +104,12 @@ int xc_table_col_find(const char *s, size_t len)
     return -1;
 }
 
-static const char *const g_tdtype[] = {"?", "f32", "f64", "i64", "u8"};
-static const size_t g_tsize[] = {0, 4, 8, 8, 1};
+#define XC_TDT_NAME(tok, name, code, size) [code] = name,
+#define XC_TDT_SIZE(tok, name, code, size) [code] = size,
+static const char *const g_tdtype[] = {[0] = "?", XC_COLUMN_DTYPES(XC_TDT_NAME)};
+static const size_t g_tsize[] = {[0] = 0, XC_COLUMN_DTYPES(XC_TDT_SIZE)};
+#undef XC_TDT_NAME
+#undef XC_TDT_SIZE
 
 const char *xc_table_dtype_name(int t) { return t >= 1 && t <= 4 ? g_tdtype[t] : "?"; }
 size_t xc_table_dtype_size(int t) { return t >= 1 && t <= 4 ? g_tsize[t] : 0; }

@@ -1,6 +1,7 @@
 /* Shared-memory statistics: layout helpers, writer (daemon) and reader (clients).
  * See include/xc_shm.h and proto/SHM.md. */
 #include "xc_shm.h"
+#include "xc_schema.h"
 
 #include "xc_error.h"
 
@@ -23,23 +24,27 @@ _Static_assert(offsetof(xc_shm_header_t, class_counts) == 184, "layout v1");
 _Static_assert(offsetof(xc_shm_header_t, thresholds) == 224, "layout v1");
 _Static_assert(offsetof(xc_shm_header_t, arrays) == 256, "layout v1");
 
-static const struct {
+/* The arrays' dtypes come from the column schema (proto/xc_schema.h): every
+ * column with a shared-memory index names its array's dtype. */
+typedef struct {
+    int shm;
     uint32_t dtype, size;
-} g_arr[XC_SHM_NARRAYS] = {
-    [XC_SHM_DELTA_NORM] = {XC_SHM_F32, 4}, [XC_SHM_COSINE] = {XC_SHM_F32, 4},
-    [XC_SHM_NORM_BASE] = {XC_SHM_F32, 4},  [XC_SHM_NORM_CHAT] = {XC_SHM_F32, 4},
-    [XC_SHM_FREQ] = {XC_SHM_F32, 4},       [XC_SHM_MEAN_ACT] = {XC_SHM_F32, 4},
-    [XC_SHM_MAX_ACT] = {XC_SHM_F32, 4},    [XC_SHM_LAST_STEP] = {XC_SHM_I64, 8},
-    [XC_SHM_BETA_ERR_BASE] = {XC_SHM_F32, 4}, [XC_SHM_BETA_ERR_CHAT] = {XC_SHM_F32, 4},
-    [XC_SHM_BETA_REC_BASE] = {XC_SHM_F32, 4}, [XC_SHM_BETA_REC_CHAT] = {XC_SHM_F32, 4},
-    [XC_SHM_NU_ERR] = {XC_SHM_F32, 4},     [XC_SHM_NU_REC] = {XC_SHM_F32, 4},
-    [XC_SHM_ACTIVE] = {XC_SHM_F64, 8},     [XC_SHM_EXACT_BETA_ERR_BASE] = {XC_SHM_F32, 4},
-    [XC_SHM_EXACT_BETA_ERR_CHAT] = {XC_SHM_F32, 4}, [XC_SHM_EXACT_BETA_REC_BASE] = {XC_SHM_F32, 4},
-    [XC_SHM_EXACT_BETA_REC_CHAT] = {XC_SHM_F32, 4}, [XC_SHM_EXACT_NU_ERR] = {XC_SHM_F32, 4},
-    [XC_SHM_EXACT_NU_REC] = {XC_SHM_F32, 4}, [XC_SHM_EXACT_ACTIVE] = {XC_SHM_F64, 8},
-    [XC_SHM_CLASS] = {XC_SHM_U8, 1},
-    [XC_SHM_FLAGS] = {XC_SHM_U8, 1},
-};
+} arr_dtype_t;
+#define XC_SHM_DT_F32 XC_SHM_F32, 4
+#define XC_SHM_DT_F64 XC_SHM_F64, 8
+#define XC_SHM_DT_I64 XC_SHM_I64, 8
+#define XC_SHM_DT_U8 XC_SHM_U8, 1
+#define XC_SHM_ARR(name, dtype, shm, dflt, src, field) {shm, XC_SHM_DT_##dtype},
+static const arr_dtype_t g_cols[] = {XC_LATENT_COLUMNS(XC_SHM_ARR)};
+#undef XC_SHM_ARR
+
+/* The dtype entry of array a (every array has one: checked by tests/test_shm). */
+static arr_dtype_t arr_dtype(int a)
+{
+    for (size_t i = 0; i < sizeof g_cols / sizeof g_cols[0]; i++)
+        if (g_cols[i].shm == a) return g_cols[i];
+    return (arr_dtype_t){a, XC_SHM_U8, 1};
+}
 
 /* ------------------------------------------------------------------ classes */
 
@@ -65,7 +70,9 @@ int xc_latent_chat_specific(float delta, float nu_err, float nu_rec, const xc_cl
 
 const char *xc_class_name(int cls)
 {
-    static const char *const n[] = {"other", "shared", "chat_only", "base_only", "dead"};
+#define XC_CLASS_NAME(e, v, name) [v] = name,
+    static const char *const n[XC_CLASS_N] = {XC_CLASS_MAP(XC_CLASS_NAME)};
+#undef XC_CLASS_NAME
     return cls >= 0 && cls < XC_CLASS_N ? n[cls] : "unknown";
 }
 
@@ -99,9 +106,10 @@ static size_t layout(uint32_t n_latents, xc_shm_array_desc_t *desc)
     for (int a = 0; a < XC_SHM_NARRAYS; a++) {
         off = (off + 63) & ~(size_t)63; /* every array 64-byte aligned */
         desc[a].offset = off;
-        desc[a].dtype = g_arr[a].dtype;
-        desc[a].elem_size = g_arr[a].size;
-        off += (size_t)n_latents * g_arr[a].size;
+        arr_dtype_t t = arr_dtype(a);
+        desc[a].dtype = t.dtype;
+        desc[a].elem_size = t.size;
+        off += (size_t)n_latents * t.size;
     }
     return (off + 63) & ~(size_t)63;
 }

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "xc_schema.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -37,7 +39,11 @@ void xc_sha256_checksum(const uint8_t digest[32], char out[72]);
 
 /* ------------------------------------------------------------------ table -- */
 /* Column dtypes; the values are SHM.md's array dtype codes. */
-enum { XC_TCOL_F32 = 1, XC_TCOL_F64 = 2, XC_TCOL_I64 = 3, XC_TCOL_U8 = 4 };
+enum {
+#define XC_TCOL_ENUM(tok, name, code, size) XC_TCOL_##tok = code,
+    XC_COLUMN_DTYPES(XC_TCOL_ENUM)
+#undef XC_TCOL_ENUM
+};
 
 typedef struct {
     const char *name;   /* column name (SHM.md's array name where it has one) */
@@ -46,8 +52,9 @@ typedef struct {
     int by_default;     /* in the reply when the request names no fields */
 } xc_table_col_t;
 
-/* The catalogue, in reply order: the 24 arrays of SHM.md (indices 0..23 are
- * the shm indices), then fired, tokens_since_fired, dead, j. */
+/* The catalogue, in reply order: XC_LATENT_COLUMNS of proto/xc_schema.h (the
+ * 24 arrays of SHM.md, indices 0..23 = the shm indices, then fired,
+ * tokens_since_fired, dead, j). */
 extern const xc_table_col_t xc_table_cols[];
 extern const int xc_table_ncols;
 /* Index of the column named s[0, len), -1 if none. */

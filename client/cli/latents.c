@@ -260,7 +260,7 @@ static int print_latents(const xc_cli_args_t *a, const char *source, long step, 
         xc_mpw_kv_str(&w, "by", by);
         xc_mpw_kv_str(&w, "order", asc ? "asc" : "desc");
         xc_mpw_kv_bool(&w, "alive_only", alive);
-        if (cls >= 0) xc_mpw_kv_str(&w, "class", cls == XC_LAT_CLASS_CHAT_SPECIFIC ? "chat_specific" : xc_class_name(cls));
+        if (cls >= 0) xc_mpw_kv_str(&w, "class", cls == XC_LAT_CLASS_CHAT_SPECIFIC ? XC_COUNT_CHAT_SPECIFIC_NAME : xc_class_name(cls));
         write_latents(&w, l, n);
         xc_mpw_map_end(&w);
         int rc = xc_cli_print_mpw(a, &w);
@@ -268,7 +268,7 @@ static int print_latents(const xc_cli_args_t *a, const char *source, long step, 
         return rc;
     }
     printf("top %zu latents by %s (%s)%s%s%s, step %ld, from %s\n", n, by, asc ? "asc" : "desc",
-           cls >= 0 ? ", class " : "", cls >= 0 ? (cls == XC_LAT_CLASS_CHAT_SPECIFIC ? "chat_specific" : xc_class_name(cls)) : "",
+           cls >= 0 ? ", class " : "", cls >= 0 ? (cls == XC_LAT_CLASS_CHAT_SPECIFIC ? XC_COUNT_CHAT_SPECIFIC_NAME : xc_class_name(cls)) : "",
            alive ? ", alive only" : "", step, source);
     latent_header(stdout);
     for (size_t i = 0; i < n; i++) latent_row(stdout, &l[i]);
@@ -513,7 +513,7 @@ static int wait_pass(xc_cli_args_t *a, xc_client_t *c, double passes0, pass_resu
             res->step = (long)xc_client_value_getnum(st, "scaling.last_step", -1);
             res->tokens = (uint64_t)xc_client_value_getnum(st, "scaling.last_tokens", 0);
             res->chat_only = (long)xc_client_value_getnum(st, "classes.chat_only", -1);
-            res->chat_specific = (long)xc_client_value_getnum(st, "classes.chat_specific", -1);
+            res->chat_specific = (long)xc_client_value_getnum(st, "classes." XC_COUNT_CHAT_SPECIFIC_NAME, -1);
             xc_client_value_free(&st);
             break;
         }

@@ -24,8 +24,7 @@ const xc_cli_optdef_t xc_cli_fetch_opts[] = {
     {NULL, NULL, NULL}};
 
 const xc_cli_optdef_t xc_cli_table_opts[] = {
-    {"fields", "LIST", "comma-separated columns (default: all; names as in proto/SHM.md, plus fired, "
-                       "tokens_since_fired, dead)"},
+    {"fields", "LIST", "comma-separated columns (default: all but j; proto/SHM.md): " XC_COL_NAMES_LIST},
     {"range", "A:B", "latents A <= j < B (A: or :B open-ended; default all)"},
     {"npy", "DIR", "write DIR/FIELD.npy per column (and DIR/j.npy) instead of printing"},
     {NULL, NULL, NULL}};

@@ -65,7 +65,7 @@ typedef struct {
     const char *source;          /* "shm" or "control" */
     long step;                   /* of the per-latent statistics */
     long hist[MAX_BINS], n_alive, F;
-    long counts[6];              /* XC_CLASS_*, [5] chat-specific; -1 unknown */
+    long counts[XC_COUNT_CHAT_SPECIFIC + 1]; /* XC_CLASS_*, then chat-specific; -1 unknown */
     double th[4];                /* chat_only_min, base_only_max, shared_lo, shared_hi */
     long n_co;                   /* chat-only latents seen */
     size_t run_def, ex_def;      /* of them, with a defined running / exact nu_err */
@@ -150,7 +150,7 @@ static int sum_from_top(latsum_t *m, const xc_client_value_t *top, const xc_clie
         snprintf(path, sizeof path, "classes.%s", xc_class_name(c));
         m->counts[c] = (long)xc_client_value_getnum(st, path, -1);
     }
-    m->counts[5] = (long)xc_client_value_getnum(st, "classes.chat_specific", -1);
+    m->counts[XC_COUNT_CHAT_SPECIFIC] = (long)xc_client_value_getnum(st, "classes." XC_COUNT_CHAT_SPECIFIC_NAME, -1);
     m->scaling_step = (long)xc_client_value_getnum(st, "scaling.last_step", -1);
     double *v = malloc(4 * (n ? n : 1) * sizeof *v);
     if (!v) return XC_ENOMEM;
@@ -198,7 +198,7 @@ static void draw_hist(FILE *f, const style_t *st, const latsum_t *m, int bins)
     }
     fprintf(f, "  %schat-only%s (Δ≥%g) %ld (%ld chat-specific)   %sbase-only%s (Δ≤%g) %ld   %sshared%s (%g≤Δ<%g) %ld   "
                "other %ld   dead %ld%s\n",
-            st->chat, st->off, m->th[0], m->counts[XC_CLASS_CHAT_ONLY], m->counts[5], st->base, st->off, m->th[1],
+            st->chat, st->off, m->th[0], m->counts[XC_CLASS_CHAT_ONLY], m->counts[XC_COUNT_CHAT_SPECIFIC], st->base, st->off, m->th[1],
             m->counts[XC_CLASS_BASE_ONLY], st->shared, st->off, m->th[2], m->th[3], m->counts[XC_CLASS_SHARED],
             m->counts[XC_CLASS_OTHER], m->counts[XC_CLASS_DEAD], st->eol);
     fprintf(f, "ν chat-only  running: median ν^ε %s ν^r %s (%zu of %ld defined)   ", fmt_nu(m->run_nu_err, b1, sizeof b1),

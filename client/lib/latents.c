@@ -1,6 +1,7 @@
 /* Per-latent records from shared memory or from the daemon's replies, sorted,
  * filtered and written back out the same way. See xc_latents.h. */
 #include "xc_latents.h"
+#include "xc_remote_proto.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,7 +21,17 @@ int xc_lat_field(const char *name)
 
 const char *xc_lat_field_name(int f) { return f >= 0 && f < XC_LAT_NFIELDS ? g_field_names[f] : "?"; }
 
-int xc_lat_field_in_shm(int f) { return f >= 0 && f < XC_LAT_NFIELDS && f != XC_LAT_F_FIRED && f != XC_LAT_F_TOKENS_SINCE_FIRED; }
+/* The shared-memory array of sort field f, from the column schema (by name;
+ * last_step_fired is the column last_step); -1 where shared memory lacks it. */
+static int shm_array_of(int f)
+{
+    const char *name = xc_lat_field_name(f);
+    int c = xc_table_col_find(name, strlen(name));
+    if (c < 0 && !strcmp(name, XC_TOP_ALIAS_LAST_STEP)) c = XC_COL_last_step;
+    return c < 0 ? -1 : xc_table_cols[c].shm;
+}
+
+int xc_lat_field_in_shm(int f) { return f >= 0 && f < XC_LAT_NFIELDS && shm_array_of(f) >= 0; }
 
 const char *xc_lat_field_list(void)
 {
@@ -223,19 +234,10 @@ void xc_lat_sort(xc_lat_t *l, size_t n, int f, int asc)
 /* A scalar array of the snapshot for field f, as doubles (caller frees). */
 static double *field_column(const xc_shm_snapshot_t *s, int f)
 {
-    static const xc_shm_array_t col[XC_LAT_NFIELDS] = {
-        [XC_LAT_F_NORM_BASE] = XC_SHM_NORM_BASE,       [XC_LAT_F_NORM_CHAT] = XC_SHM_NORM_CHAT,
-        [XC_LAT_F_DELTA_NORM] = XC_SHM_DELTA_NORM,     [XC_LAT_F_COSINE] = XC_SHM_COSINE,
-        [XC_LAT_F_FREQ] = XC_SHM_FREQ,                 [XC_LAT_F_MEAN_ACT] = XC_SHM_MEAN_ACT,
-        [XC_LAT_F_MAX_ACT] = XC_SHM_MAX_ACT,           [XC_LAT_F_LAST_STEP_FIRED] = XC_SHM_LAST_STEP,
-        [XC_LAT_F_NU_ERR] = XC_SHM_NU_ERR,             [XC_LAT_F_NU_REC] = XC_SHM_NU_REC,
-        [XC_LAT_F_BETA_ERR_BASE] = XC_SHM_BETA_ERR_BASE, [XC_LAT_F_BETA_ERR_CHAT] = XC_SHM_BETA_ERR_CHAT,
-        [XC_LAT_F_BETA_REC_BASE] = XC_SHM_BETA_REC_BASE, [XC_LAT_F_BETA_REC_CHAT] = XC_SHM_BETA_REC_CHAT,
-        [XC_LAT_F_EXACT_NU_ERR] = XC_SHM_EXACT_NU_ERR, [XC_LAT_F_EXACT_NU_REC] = XC_SHM_EXACT_NU_REC};
     long F = s->hdr.n_latents;
     double *v = malloc((size_t)(F ? F : 1) * sizeof *v);
     if (!v) return NULL;
-    xc_shm_array_t a = col[f];
+    xc_shm_array_t a = (xc_shm_array_t)shm_array_of(f);
     int exact_missing = (f == XC_LAT_F_EXACT_NU_ERR || f == XC_LAT_F_EXACT_NU_REC) && s->hdr.scaling_step < 0;
     for (long j = 0; j < F; j++) {
         if (exact_missing) v[j] = NAN;

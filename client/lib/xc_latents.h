@@ -15,7 +15,7 @@
 
 enum { XC_LAT_SRC_SHM = 1, XC_LAT_SRC_CONTROL = 2 };
 /* A class filter beside XC_CLASS_*: chat-specific latents (any class). */
-#define XC_LAT_CLASS_CHAT_SPECIFIC 5
+#define XC_LAT_CLASS_CHAT_SPECIFIC XC_COUNT_CHAT_SPECIFIC
 
 /* Latent Scaling estimates; NaN = undefined (nil on the wire, null in JSON). */
 typedef struct {
