@@ -107,8 +107,17 @@ BINS       := $(if $(wildcard daemon/main.c),build/xcoderd) $(if $(CLI_SRC),buil
 # keep objects between runs (they are intermediates of the pattern rules)
 .SECONDARY:
 
-.PHONY: all deps test bench demo clean
-all: build/libxcd.a build/libxcoder.a $(BINS) $(TESTS) $(BENCHES)
+.PHONY: all deps test bench demo clean generate
+all: build/libxcd.a build/libxcoder.a $(BINS) $(TESTS) $(BENCHES) build/gen_constants
+
+# The clients' constants from the C tables (scripts/gen_constants.c); the
+# generated files are checked in, tests/integ_generated.sh says when stale.
+build/gen_constants: scripts/gen_constants.c $(HDRS) | deps
+	@mkdir -p build
+	$(CC) -std=c11 -D_GNU_SOURCE -Iinclude -Iproto $(OPT) $(WARN) $< -o $@
+generate: build/gen_constants
+	build/gen_constants py > client/python/xcoder/_generated.py
+	build/gen_constants js > client/js/lib/generated.js
 
 deps:
 	@bash scripts/deps.sh

@@ -858,7 +858,7 @@ static xc_shm_writer_t *fake_shm(const char *inst, int exact)
     h->class_counts[XC_CLASS_DEAD] = 1;
     h->class_counts[XC_CLASS_OTHER] = 2;
     h->class_counts[XC_CLASS_CHAT_ONLY] = 2;
-    h->class_counts[5] = 1;
+    h->class_counts[XC_COUNT_CHAT_SPECIFIC] = 1;
     h->thresholds[0] = 0.9f, h->thresholds[1] = 0.1f, h->thresholds[2] = 0.4f, h->thresholds[3] = 0.6f;
     h->thresholds[4] = 0.2f, h->thresholds[5] = 0.5f;
     h->scaling_step = exact ? 70 : -1;

@@ -1080,8 +1080,23 @@ static void vectors_build(xc_buf_t *out)
     const char *head = "{\n  \"protocol\": 1,\n  \"generated_by\": \"build/tests/test_proto --vectors\",\n"
                        "  \"about\": \"Encoded messages of proto/PROTOCOL.md. hex: the exact bytes the C codec "
                        "writes (maps as map32). value: the decoded MessagePack as JSON (a bin as {\\\"$bin\\\": hex}). Payload vectors: "
-                       "little-endian bytes and the float32 values they decode to.\",\n  \"vectors\": [";
+                       "little-endian bytes and the float32 values they decode to. error_codes: the number of "
+                       "every code a reply or nack names (include/xc_error.h).\",\n";
     xc_buf_append(out, head, strlen(head));
+    /* the error codes by number, so that every client checks numbers, not only names */
+    const char *ec = "  \"error_codes\": {";
+    xc_buf_append(out, ec, strlen(ec));
+    int ecn = 0;
+#define XC_VEC_CODE(name, val, msg)                                                            \
+    {                                                                                          \
+        char t_[64];                                                                           \
+        int n_ = snprintf(t_, sizeof t_, "%s\"%s\": %d", ecn++ ? ", " : "", #name, (int)(val)); \
+        xc_buf_append(out, t_, (size_t)n_);                                                    \
+    }
+    XC_ERRNO_MAP(XC_VEC_CODE)
+#undef XC_VEC_CODE
+    const char *vh = "},\n  \"vectors\": [";
+    xc_buf_append(out, vh, strlen(vh));
     xc_buf_init(&b);
 
     xc_batch_hdr_t h = hdr_make(0, 2, 3, XC_DTYPE_F32);
@@ -1191,6 +1206,18 @@ static void vectors_build(xc_buf_t *out)
     xc_buf_append(out, tail, strlen(tail) + 1);
 }
 
+/* Every code's name reads back to its number through the codec (what a
+ * client does with the name on the wire); vectors.json lists the same pairs. */
+static void test_error_code_numbers(void)
+{
+#define XC_CODE_CHECK(name, val, msg)                                                              \
+    XC_CHECK(xc_proto_errcode(#name, strlen(#name)) == (val) || (val) == 0, "%s is not %d", #name, \
+             (int)(val));                                                                          \
+    XC_CHECK(strcmp(xc_errname(val), #name) == 0, "xc_errname(%d) = %s", (int)(val), xc_errname(val));
+    XC_ERRNO_MAP(XC_CODE_CHECK)
+#undef XC_CODE_CHECK
+}
+
 static void test_vectors_file(void)
 {
     xc_buf_t v;
@@ -1236,6 +1263,7 @@ int main(int argc, char **argv)
     XC_RUN(test_event_json);
     XC_RUN(test_examples_render);
     XC_RUN(test_stream_and_vocab);
+    XC_RUN(test_error_code_numbers);
     XC_RUN(test_vectors_file);
     XC_TEST_EXIT();
 }

@@ -39,13 +39,21 @@ test("vector file: protocol version and kinds", () => {
     assert.ok(byName[n], n);
 });
 
+test("error codes: every name has the number of include/xc_error.h", () => {
+  assert.deepEqual({ ...CODES }, VECTORS.error_codes);
+  for (const [name, num] of Object.entries(VECTORS.error_codes)) assert.equal(new XcoderError(name, "x").errno, num);
+});
+
 for (const vec of VECTORS.vectors.filter((v) => "value" in v)) {
   test(`vector ${vec.name}: decodes to its value, in wire key order`, () => {
     const m = wire.unpackMap(Buffer.from(vec.hex, "hex"));
     const want = value(vec.value);
     assert.deepEqual(m, want);
     assert.deepEqual(keyOrder(m), keyOrder(want));
-    if ("code" in m) assert.ok(m.code in CODES);
+    if ("code" in m) {
+      assert.ok(m.code in CODES);
+      assert.equal(CODES[m.code], VECTORS.error_codes[m.code]); // the number, not only the name
+    }
   });
   test(`vector ${vec.name}: encodes to the C codec's bytes`, () => {
     assert.equal(wire.pack(value(vec.value)).toString("hex"), vec.hex);

@@ -47,6 +47,16 @@ def test_decode_vector(vec):
     assert list(m) == list(vec["value"])
     if "code" in m:
         assert m["code"] in CODES
+        # the number, not only the name: as include/xc_error.h says
+        assert CODES[m["code"]] == VECTORS["error_codes"][m["code"]]
+
+
+def test_error_code_numbers():
+    """Every code of include/xc_error.h has the same number here (names and
+    numbers both: a renumbered or missing code fails)."""
+    assert VECTORS["error_codes"] == CODES
+    for name, num in VECTORS["error_codes"].items():
+        assert XcoderError(name, "x").errno == num
 
 
 @pytest.mark.parametrize("vec", [v for v in VECTORS["vectors"] if "value" in v],

@@ -9,12 +9,13 @@ import os
 
 import numpy as np
 
+from . import _generated as _gen
 from .errors import XcoderError
 
 CHUNK_MAX = 1 << 20            # the daemon's cap on one fetch reply's data
-TABLE_DTYPES = {"f32": np.dtype("<f4"), "f64": np.dtype("<f8"),
-                "i64": np.dtype("<i8"), "u8": np.dtype("u1")}
-CLASS_NAMES = ("other", "shared", "chat_only", "base_only", "dead")
+# from the C schema (_generated.py, proto/xc_schema.h)
+TABLE_DTYPES = {name: np.dtype(np_dt) for name, (np_dt, _code, _size) in _gen.DTYPES.items()}
+CLASS_NAMES = tuple(_gen.CLASS_NAMES)
 
 
 def checkpoints(self):

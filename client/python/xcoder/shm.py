@@ -23,6 +23,7 @@ import numpy as np
 
 from .remote import class_names
 
+from . import _generated as _gen
 from .errors import XcoderError
 
 MAGIC = 0x4D485358  # "XSHM"
@@ -30,21 +31,11 @@ LAYOUT_VERSION = 1
 HEADER_SIZE = 1024
 MAX_ARRAYS = 32
 
-# Per-latent arrays, in the object's order, with their dtype (proto/SHM.md).
-ARRAYS = [
-    ("delta_norm", "<f4"), ("cosine", "<f4"), ("norm_base", "<f4"), ("norm_chat", "<f4"),
-    ("freq", "<f4"), ("mean_act", "<f4"), ("max_act", "<f4"), ("last_step", "<i8"),
-    # running Latent Scaling estimates
-    ("beta_err_base", "<f4"), ("beta_err_chat", "<f4"), ("beta_rec_base", "<f4"),
-    ("beta_rec_chat", "<f4"), ("nu_err", "<f4"), ("nu_rec", "<f4"), ("active", "<f8"),
-    # the last exact pass (NaN before one)
-    ("exact_beta_err_base", "<f4"), ("exact_beta_err_chat", "<f4"),
-    ("exact_beta_rec_base", "<f4"), ("exact_beta_rec_chat", "<f4"),
-    ("exact_nu_err", "<f4"), ("exact_nu_rec", "<f4"), ("exact_active", "<f8"),
-    ("class", "u1"), ("flags", "u1"),
-]
-_SHM_DTYPE_CODE = {"<f4": 1, "<f8": 2, "<i8": 3, "u1": 4}
-CLASS_NAMES = ["other", "shared", "chat_only", "base_only", "dead"]
+# Per-latent arrays, in the object's order, with their dtype (proto/SHM.md);
+# from the C schema (_generated.py, proto/xc_schema.h), like the class names.
+ARRAYS = [tuple(a) for a in _gen.SHM_ARRAYS]
+_SHM_DTYPE_CODE = {np_dt: code for np_dt, code, _size in _gen.DTYPES.values()}
+CLASS_NAMES = list(_gen.CLASS_NAMES)
 CLASS_OTHER, CLASS_SHARED, CLASS_CHAT_ONLY, CLASS_BASE_ONLY, CLASS_DEAD = range(5)
 FLAG_CHAT_SPECIFIC = 0x01
 FLAG_SCALING_EXACT = 0x02  # the chat-specific test used the exact pass's nu
@@ -100,7 +91,7 @@ def _header_dict(h):
             continue
         out[name] = v.tolist() if isinstance(v, np.ndarray) else v.item()
     out["thresholds"] = dict(zip(THRESHOLD_NAMES, out["thresholds"]))
-    out["class_counts"] = dict(zip(CLASS_NAMES + ["chat_specific", "_6", "_7"],
+    out["class_counts"] = dict(zip(CLASS_NAMES + [_gen.COUNT_CHAT_SPECIFIC_NAME, "_6", "_7"],
                                    out["class_counts"]))
     del out["class_counts"]["_6"], out["class_counts"]["_7"]
     out["model"] = {0: "batchtopk", 1: "l1"}.get(out["model"], out["model"])
