@@ -56,6 +56,8 @@ static const char *const g_states[] = {"starting", "running", "paused", "stoppin
 static void put(xc_buf_t *b, const char *s) { xc_buf_append(b, s, strlen(s)); }
 
 static void putf(xc_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* printf into the buffer, without a size limit (a long value falls back to
+ * a heap buffer). */
 static void putf(xc_buf_t *b, const char *fmt, ...)
 {
     char tmp[256];
@@ -231,6 +233,8 @@ static void render_stats(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
+/* xcoderd_info (the model's shape as labels, value 1) and xcoderd_state
+ * (1 for the current state, 0 for the others). */
 static void render_info(xc_buf_t *b, const xc_metrics_t *m)
 {
     char v[4][24];
@@ -255,6 +259,7 @@ static void render_info(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
+/* xcoderd_latents{class}: latents per class, then chat_specific. */
 static void render_classes(xc_buf_t *b, const xc_metrics_t *m)
 {
     put_header(b, "", "xcoderd_latents", "", "gauge",
@@ -266,6 +271,8 @@ static void render_classes(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
+/* Refusals by reason in one family, then each service counter the counter
+ * schema gives a family of its own (xcoderd_NAME_total). */
 static void render_counters(xc_buf_t *b, const xc_metrics_t *m)
 {
     put_header(b, "", "xcoderd_batches_refused_total", "", "counter",

@@ -70,6 +70,10 @@ const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint
     return p->exact;
 }
 
+/* Recomputes every latent's record (statistics, running Latent Scaling,
+ * class, chat-specific flag from the exact nu where there is one) and, when
+ * publishing, writes the header statistics and every array under the
+ * seqlock, both driven by the schema. */
 int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s)
 {
     int F = p->F;

@@ -257,6 +257,7 @@ static int check_config(xc_svc_t *s, call_t *c)
     return XC_OK;
 }
 
+/* config {key?}: every key, or the one asked for (check_config vetted it). */
 static void op_config(xc_svc_t *s, call_t *c)
 {
     xc_proto_reply_begin(&c->w, &c->req);
@@ -680,6 +681,7 @@ void xc_svc_answer_pending(xc_svc_t *s, const xc_ckpt_result_t *ck, int have_ck,
     }
 }
 
+/* Frees the requests still waiting (destroy: their clients get no reply). */
 void xc_svc_pending_free_all(xc_svc_t *s)
 {
     while (s->pending) {

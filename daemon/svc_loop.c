@@ -193,6 +193,7 @@ static void backlog_flush(xc_svc_t *s)
     }
 }
 
+/* Frees the replies still held for slow clients (shutdown: nobody reads them). */
 void xc_svc_backlog_free(xc_svc_t *s)
 {
     while (s->backlog) {
@@ -265,6 +266,9 @@ static int drain_socket(xc_svc_t *s, void *sock, int is_ingest)
 
 static void idle_cb(uv_idle_t *h) { xc_svc_drain_all(h->data); }
 
+/* Drains control, then ingest, then control again (replies sent while
+ * draining ingest may have consumed a ZMQ_FD edge); when a budget ran out,
+ * the idle handle comes back for the rest, so no socket starves the other. */
 void xc_svc_drain_all(xc_svc_t *s)
 {
     if (s->closing) return;
@@ -305,6 +309,8 @@ static void metrics_cb(uv_timer_t *h) { xc_svc_write_metrics(h->data); }
 /* systemd's watchdog: pinged from the loop, so a stalled loop gets restarted. */
 static void watchdog_cb(uv_timer_t *h) { sd_notify(0, "WATCHDOG=1"); }
 
+/* (Re)starts the periodic timers from the configuration: at start and after
+ * SIGHUP, which may have changed the intervals. */
 static void start_timers(xc_svc_t *s)
 {
     uint64_t st = (uint64_t)(s->cfg.stats_interval * 1000.0);
@@ -324,6 +330,8 @@ static void start_timers(xc_svc_t *s)
 /* ------------------------------------------------------------ shutdown -- */
 static void close_cb(uv_handle_t *h) {}
 
+/* Closes every libuv handle once (the loop then ends when their close
+ * callbacks have run); later calls do nothing. */
 static void close_handles(xc_svc_t *s)
 {
     if (s->closing) return;
@@ -338,6 +346,9 @@ static void close_handles(xc_svc_t *s)
         if (!uv_is_closing(hs[i])) uv_close(hs[i], close_cb);
 }
 
+/* Shutdown, once, from a signal or the shutdown op: stop intake and the
+ * timers, and ask the trainer to finish its step and write the final
+ * checkpoint; the loop ends when the trainer reports that it stopped. */
 void xc_svc_begin_shutdown(xc_svc_t *s, const char *why)
 {
     if (s->stopping) {
@@ -353,6 +364,10 @@ void xc_svc_begin_shutdown(xc_svc_t *s, const char *why)
 }
 
 
+/* The trainer's notification (uv_async_send coalesces them): take the newest
+ * snapshot (a pointer swap), publish checkpoint and scaling events, answer
+ * the requests the results satisfy; on the final stop, answer the rest with
+ * XC_ESHUTDOWN, publish the last stats and close the loop. */
 static void async_cb(uv_async_t *h)
 {
     xc_svc_t *s = h->data;
@@ -457,6 +472,8 @@ static void reload(xc_svc_t *s)
     if (fixed[0]) xc_log(XC_LOG_WARN, "SIGHUP: changed keys need a restart to take effect: %s", fixed);
 }
 
+/* SIGHUP reloads (telling systemd RELOADING / READY); SIGTERM and SIGINT
+ * begin the clean shutdown. Handlers run on the loop, never in signal context. */
 static void signal_cb(uv_signal_t *h, int signum)
 {
     xc_svc_t *s = h->data;
@@ -608,6 +625,9 @@ static int start_security(xc_svc_t *s, char *why, size_t wl)
     return XC_OK;
 }
 
+/* Builds the service in dependency order: lock, model, queue, trainer
+ * (resuming from a checkpoint), sockets, loop handles. Any failure unwinds
+ * through xc_svc_destroy, which copes with a half-built service. */
 xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char *why, size_t wl)
 {
     xc_engine_config_t ec;
@@ -745,6 +765,9 @@ fail:
     return NULL;
 }
 
+/* Starts the trainer and every handle, tells systemd READY, and runs the
+ * loop until the shutdown path closes it; the result is the final
+ * checkpoint's. */
 int xc_svc_run(xc_svc_t *s)
 {
     int rc;
@@ -779,6 +802,8 @@ int xc_svc_run(xc_svc_t *s)
     return s->result;
 }
 
+/* Tears down in reverse order; safe on a half-built service (xc_svc_new
+ * failing) and after a run. The ipc socket files we bound are removed. */
 void xc_svc_destroy(xc_svc_t **ps)
 {
     xc_svc_t *s = ps ? *ps : NULL;

@@ -284,6 +284,9 @@ void xc_svc_publish_scaling(xc_svc_t *s)
     xc_buf_free(&b);
 }
 
+/* The stats event: the rates over the interval since the last one, the
+ * stats fields, and an alert when the dead fraction jumped; the systemd
+ * STATUS line follows the same numbers. */
 void xc_svc_publish_stats(xc_svc_t *s)
 {
     xc_trainer_status_t ts;
@@ -331,6 +334,8 @@ void xc_svc_publish_stats(xc_svc_t *s)
                qc.capacity);
 }
 
+/* A checkpoint result as an event: "checkpoint" when written (and the time
+ * and step remembered for the metrics), an "alert" when it failed. */
 void xc_svc_publish_ckpt(xc_svc_t *s, const xc_ckpt_result_t *ck)
 {
     xc_mpw_t w;
@@ -359,6 +364,8 @@ void xc_svc_publish_ckpt(xc_svc_t *s, const xc_ckpt_result_t *ck)
     }
 }
 
+/* The configuration as compact JSON (stored in checkpoints): rendered from
+ * the same MessagePack map as the config op, by the one JSON renderer. */
 char *xc_svc_config_json(const xc_cfg_t *c)
 {
     xc_buf_t b, j;

@@ -753,6 +753,9 @@ int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_ge
     return ev;
 }
 
+/* The loop's side of the hand-off: O(1) under the mutex, so the loop never
+ * waits for the trainer's work. The loop's previous snapshot becomes the
+ * spare (freed if one is already there), keeping at most three alive. */
 xc_snapshot_t *xc_trainer_snapshot_swap(xc_trainer_t *t, xc_snapshot_t *mine)
 {
     xc_snapshot_t *drop = NULL;

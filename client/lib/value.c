@@ -109,6 +109,8 @@ static void value_fill(xc_client_value_t *v, xc_mp_node_t o, char **cur)
     }
 }
 
+/* Two passes (measure, fill) so that a tree is one allocation; a tree
+ * nested deeper than XC_VALUE_MAX_DEPTH is refused. */
 xc_client_value_t *xc_client_value_from_node(xc_mp_node_t o, int *err)
 {
     long below = value_size(o, 0);
@@ -150,6 +152,7 @@ void xc_client_value_free(xc_client_value_t **v)
 
 /* ---- lookups ---- */
 
+/* Linear lookup: replies have a few dozen keys. Only string keys match. */
 const xc_client_value_t *xc_client_value_get(const xc_client_value_t *v, const char *key)
 {
     if (!v || v->type != XC_VAL_MAP || !key) return NULL;
@@ -162,6 +165,7 @@ const xc_client_value_t *xc_client_value_get(const xc_client_value_t *v, const c
     return NULL;
 }
 
+/* "a.b.3.c": map keys, or array indices where the value is an array. */
 const xc_client_value_t *xc_client_value_path(const xc_client_value_t *v, const char *path)
 {
     char key[128];
@@ -189,6 +193,7 @@ const xc_client_value_t *xc_client_value_at(const xc_client_value_t *v, size_t i
     return &v->u.a.items[i];
 }
 
+/* Any number (and bool, nil as NaN) as a double. */
 int xc_client_value_num(const xc_client_value_t *v, double *out)
 {
     if (!v) return XC_ENOTFOUND;
@@ -250,6 +255,8 @@ static void value_write(xc_mpw_t *w, const xc_client_value_t *v)
     }
 }
 
+/* Back to MessagePack (linear, depth bounded by the tree's), then proto's
+ * renderer: so the CLI prints JSON exactly as every other part does. */
 int xc_client_value_json(const xc_client_value_t *v, int pretty, xc_buf_t *out, char *why, size_t why_len)
 {
     xc_buf_t mp;
