@@ -11,6 +11,8 @@
     load_checkpoint(path)    safetensors -> (dict of numpy arrays, metadata), numpy only
     reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy (encode, decode too)
     latent_scaling(ckpt, acts)  exact Latent Scaling beta / nu of a checkpoint, in numpy
+    offline_examples(ckpt, acts, ids)  every latent's top examples on your data (windows with
+                             the latent's activation at each token), in numpy
     SharedStats(instance)    per-latent statistics from shared memory (seqlock snapshots)
     keygen(base)             a CurveZMQ key pair BASE.key / BASE.pub; every client class takes
                              server_key= and client_key= for a daemon with curve_secret_key
@@ -30,6 +32,7 @@ from .client import Client, Subscription, subscribe
 from .checkpoint import (decode, decoder_stats, encode, latent_scaling, load_checkpoint,
                          reconstruct)
 from .shm import SharedStats, Snapshot
+from .examples import offline_examples
 from .keys import keygen
 
 
@@ -54,5 +57,5 @@ def paired_activations(*args, **kwargs):
 __version__ = "0.1.0"
 __all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
            "encode", "decode", "decoder_stats", "latent_scaling", "SharedStats", "Snapshot",
-           "stream_from_models", "paired_activations", "vocab_from_tokenizer", "render_example", "XcoderError", "XcoderNack",
+           "stream_from_models", "paired_activations", "vocab_from_tokenizer", "render_example", "offline_examples", "XcoderError", "XcoderNack",
            "XcoderTimeout", "CheckpointError", "CODES", "PROTO_VERSION"]
