@@ -541,8 +541,8 @@ static void op_examples_reset(xc_svc_t *s, call_t *c)
         reply_error(s, &c->env, &c->req, rc, "too many resets waiting for the trainer; retry");
         return;
     }
-    xc_log(XC_LOG_INFO, "examples reset for %s%ld", c->arg.ex.j < 0 ? "every latent" : "latent ",
-           c->arg.ex.j < 0 ? 0 : c->arg.ex.j);
+    if (c->arg.ex.j < 0) xc_log(XC_LOG_INFO, "examples reset for every latent");
+    else xc_log(XC_LOG_INFO, "examples reset for latent %ld", c->arg.ex.j);
     xc_mpw_t *w = &c->w;
     xc_proto_reply_begin(w, &c->req);
     if (c->arg.ex.j < 0) xc_mpw_kv_bool(w, "all", 1);
