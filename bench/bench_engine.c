@@ -10,6 +10,7 @@
  * Usage: bench_engine [steps_big] [steps_small]   (env XC_BENCH_QUICK=1: fewer steps) */
 #include "xc_config.h"
 #include "xc_engine.h"
+#include "xc_examples.h"
 #include "xc_pool.h"
 #include "xc_rng.h"
 
@@ -106,6 +107,19 @@ static int run(const char *name, int d, int F, int k, int B, int steps, int last
             for (int i = 0; i < 2 * d; i++) row[i] += a * basis[(size_t)z * 2 * d + i];
         }
     }
+    /* live examples (daemon/xc_examples.h) fed from every step, defaults as the daemon's:
+     * each token with an id and a (document, position); their cost beside the step's */
+    xc_examples_config_t xcfg;
+    xc_examples_config_default(&xcfg);
+    xc_examples_t *ex = xc_examples_new(&xcfg, F, &err);
+    xc_tokmeta_t *meta = malloc(sizeof *meta * (size_t)B);
+    double *ex_ms = malloc(sizeof(double) * (size_t)steps);
+    int n_ex = 0;
+    if (!ex || !meta || !ex_ms) {
+        fprintf(stderr, "bench: cannot create the examples store (%d)\n", err);
+        return 1;
+    }
+    uint16_t src = xc_examples_source(ex, "bench", "web");
     int warm = 3;
     double *ms = malloc(sizeof(double) * (size_t)steps), *adam = malloc(sizeof(double) * (size_t)steps);
     double *ms_off = malloc(sizeof(double) * (size_t)steps);
@@ -122,6 +136,20 @@ static int run(const char *name, int d, int F, int k, int B, int steps, int last
             return 1;
         }
         t = now_s() - t;
+        double te = now_s();
+        for (int b = 0; b < B; b++) {
+            long tok = (long)s * B + b;
+            meta[b] = (xc_tokmeta_t){(uint32_t)xc_rng_below(&r, 50000), (uint32_t)(tok / 512), (uint32_t)(tok % 512),
+                                     src, XC_TM_POS};
+        }
+        xc_examples_store(ex, meta, B);
+        const long *rp;
+        const int *col;
+        const float *val;
+        xc_engine_selection(e, &rp, &col, &val);
+        xc_examples_update(ex, meta, B, rp, col, val, s);
+        te = now_s() - te;
+        if (s >= warm && n_ex < steps) ex_ms[n_ex++] = te * 1e3;
         if (s < warm) continue;
         if (!on) {
             ms_off[n_off++] = t * 1e3;
@@ -134,6 +162,8 @@ static int run(const char *name, int d, int F, int k, int B, int steps, int last
     }
     xc_engine_set_scaling_running(e, 1);
     double step_ms = median(ms, n_on), adam_ms = median(adam, n_on), off_ms = median(ms_off, n_off);
+    double examples_ms = median(ex_ms, n_ex);
+    size_t examples_mb = xc_examples_memory(&xcfg, F) >> 20;
     xc_pool_t *pool = xc_pool_new(nth);
     double gf = sgemm_gflops(pool, B, 2 * d, F, 3);
     xc_pool_destroy(&pool);
@@ -149,13 +179,18 @@ static int run(const char *name, int d, int F, int k, int B, int steps, int last
     printf("{\"bench\":\"engine\",\"config\":\"%s\",\"d\":%d,\"dict_size\":%d,\"k\":%d,\"batch_size\":%d,"
            "\"threads\":%d,\"steps\":%d,\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"encoder_gemm_ms\":%.2f,"
            "\"adam_ms\":%.2f,\"sgemm_gflops\":%.1f,\"achieved_gemm_fraction\":%.3f,"
-           "\"bound_tokens_per_s\":%.1f,\"bound_ratio\":%.3f,\"scaling_cost_fraction\":%.3f}\n",
+           "\"bound_tokens_per_s\":%.1f,\"bound_ratio\":%.3f,\"scaling_cost_fraction\":%.3f,"
+           "\"examples_ms\":%.3f,\"examples_cost_fraction\":%.4f,\"examples_memory_mb\":%zu}\n",
            name, d, F, k, B, nth, steps, tps, step_ms, t_gemm_ms, adam_ms, gf,
-           t_gemm_ms / step_ms, bound, tps / bound, (step_ms - off_ms) / step_ms);
+           t_gemm_ms / step_ms, bound, tps / bound, (step_ms - off_ms) / step_ms, examples_ms,
+           examples_ms / step_ms, examples_mb);
     fflush(stdout);
     (void)last;
     free(ms);
     free(ms_off);
+    free(ex_ms);
+    free(meta);
+    xc_examples_destroy(&ex);
     free(adam);
     free(data);
     free(basis);
