@@ -267,22 +267,7 @@ static int common_meta(xc_st_t *st, const xc_ckpt_writer_t *w, const snap_t *s, 
                        const char *version, const char *created, const char *ckid)
 {
     char v[64];
-    int rc = xc_st_meta(st, "format", format);
-    rc = rc ? rc : xc_st_meta(st, "format_version", version);
-    rc = rc ? rc : xc_st_meta(st, "model", xc_ckpt_kind_name(s->model.model));
-    snprintf(v, sizeof v, "%d", s->model.d);
-    rc = rc ? rc : xc_st_meta(st, "d", v);
-    snprintf(v, sizeof v, "%d", s->model.dict_size);
-    rc = rc ? rc : xc_st_meta(st, "dict_size", v);
-    snprintf(v, sizeof v, "%d", s->model.k);
-    rc = rc ? rc : xc_st_meta(st, "k", v);
-    snprintf(v, sizeof v, "%ld", s->step);
-    rc = rc ? rc : xc_st_meta(st, "step", v);
-    snprintf(v, sizeof v, "%llu", (unsigned long long)s->tokens);
-    rc = rc ? rc : xc_st_meta(st, "tokens", v);
-    snprintf(v, sizeof v, "%.9g", (double)s->model.threshold);
-    rc = rc ? rc : xc_st_meta(st, "theta", v);
-    rc = rc ? rc : xc_st_meta(st, "created", created);
+    int rc = xc_ckpt_meta_common(st, format, version, &s->model, s->step, s->tokens, created);
     rc = rc ? rc : xc_st_meta(st, "run_id", w->run_id);
     rc = rc ? rc : xc_st_meta(st, "checkpoint_id", ckid);
     snprintf(v, sizeof v, "%llu", (unsigned long long)w->serial);
@@ -368,7 +353,7 @@ static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
     rc = common_meta(ms, w, s, XC_STF_MODEL_FORMAT, XC_CKPT_MODEL_VERSION, created, ckid);
     rc = rc ? rc : xc_st_meta(ms, "train_file", tfile);
     rc = rc ? rc : xc_st_meta(ms, "train_checksum", xc_st_checksum_value(ts));
-    rc = rc ? rc : xc_st_meta(ms, "layout", "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat");
+    rc = rc ? rc : xc_st_meta(ms, "layout", XC_CKPT_LAYOUT_NOTE);
     rc = rc ? rc : xc_st_meta(ms, "config", w->config_json);
     rc = rc ? rc : xc_ckpt_add_model(ms, &s->model, "F32");
     if (rc) {

@@ -170,6 +170,31 @@ int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
     return rc;
 }
 
+/* One spelling of the shared keys for the daemon's pairs and the CLI's exports
+ * (readers look them up by name; the order is part of the pinned bytes). */
+int xc_ckpt_meta_common(xc_st_t *st, const char *format, const char *version, const xc_ckpt_model_t *m, long step,
+                        uint64_t tokens, const char *created)
+{
+    char v[64];
+    int rc = xc_st_meta(st, "format", format);
+    rc = rc ? rc : xc_st_meta(st, "format_version", version);
+    rc = rc ? rc : xc_st_meta(st, "model", xc_ckpt_kind_name(m->model));
+    snprintf(v, sizeof v, "%d", m->d);
+    rc = rc ? rc : xc_st_meta(st, "d", v);
+    snprintf(v, sizeof v, "%d", m->dict_size);
+    rc = rc ? rc : xc_st_meta(st, "dict_size", v);
+    snprintf(v, sizeof v, "%d", m->k);
+    rc = rc ? rc : xc_st_meta(st, "k", v);
+    snprintf(v, sizeof v, "%ld", step);
+    rc = rc ? rc : xc_st_meta(st, "step", v);
+    snprintf(v, sizeof v, "%llu", (unsigned long long)tokens);
+    rc = rc ? rc : xc_st_meta(st, "tokens", v);
+    snprintf(v, sizeof v, "%.9g", (double)m->threshold);
+    rc = rc ? rc : xc_st_meta(st, "theta", v);
+    rc = rc ? rc : xc_st_meta(st, "created", created);
+    return rc;
+}
+
 void xc_ckpt_now_rfc3339(char *out, size_t n)
 {
     struct timespec ts;

@@ -68,6 +68,13 @@ int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype);
  * 0 or XC_ECORRUPT with the reason. */
 int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int d, int dict_size, char *why,
                                 size_t why_len);
+/* The "layout" metadata of model files. */
+#define XC_CKPT_LAYOUT_NOTE "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat"
+/* The metadata every xcoderd checkpoint file and export begins with, in this
+ * order: format, format_version, model, d, dict_size, k, step, tokens, theta
+ * (m->threshold, "%.9g"), created. 0 or a negative XC_E*. */
+int xc_ckpt_meta_common(xc_st_t *st, const char *format, const char *version, const xc_ckpt_model_t *m, long step,
+                        uint64_t tokens, const char *created);
 /* Current time as RFC 3339 UTC with microseconds ("2025-01-02T03:04:05.123456Z"),
  * the "created" metadata. */
 void xc_ckpt_now_rfc3339(char *out, size_t n);

@@ -230,7 +230,7 @@ static int copy_meta(xc_st_t *st, const xc_client_ckpt_t *c, const char *key)
 
 int xc_cli_cmd_export(xc_cli_args_t *a)
 {
-    char why[700], created[40], v[64], dirb[1100], fileb[1100], path[1200];
+    char why[700], created[40], dirb[1100], fileb[1100], path[1200];
     const char *dt = xc_cli_opt(a, "dtype"), *std = "F32";
     int err, rc, out = XC_CLI_FAIL;
     if (dt && !strcmp(dt, "f16")) std = "F16";
@@ -269,26 +269,11 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
     xc_st_checksum(st);
     xc_ckpt_now_rfc3339(created, sizeof created);
     snprintf(fileb, sizeof fileb, "%s", a->pos[0]);
-    rc = xc_st_meta(st, "format", XC_STF_MODEL_FORMAT);
-    rc = rc ? rc : xc_st_meta(st, "format_version", XC_CKPT_MODEL_VERSION);
-    rc = rc ? rc : xc_st_meta(st, "model", m.model);
-    snprintf(v, sizeof v, "%d", m.d);
-    rc = rc ? rc : xc_st_meta(st, "d", v);
-    snprintf(v, sizeof v, "%d", m.dict_size);
-    rc = rc ? rc : xc_st_meta(st, "dict_size", v);
-    snprintf(v, sizeof v, "%d", m.k);
-    rc = rc ? rc : xc_st_meta(st, "k", v);
-    snprintf(v, sizeof v, "%ld", m.step);
-    rc = rc ? rc : xc_st_meta(st, "step", v);
-    snprintf(v, sizeof v, "%llu", m.tokens);
-    rc = rc ? rc : xc_st_meta(st, "tokens", v);
-    snprintf(v, sizeof v, "%.9g", (double)m.threshold);
-    rc = rc ? rc : xc_st_meta(st, "theta", v);
-    rc = rc ? rc : xc_st_meta(st, "created", created);
+    rc = xc_ckpt_meta_common(st, XC_STF_MODEL_FORMAT, XC_CKPT_MODEL_VERSION, &cm, m.step, m.tokens, created);
     rc = rc ? rc : xc_st_meta(st, "exported_from", basename(fileb));
     rc = rc ? rc : xc_st_meta(st, "exported_from_checksum", xc_client_ckpt_meta(c, "checksum") ? xc_client_ckpt_meta(c, "checksum") : "none");
     rc = rc ? rc : xc_st_meta(st, "content", "inference only: parameters, threshold, k; no training state");
-    rc = rc ? rc : xc_st_meta(st, "layout", "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat");
+    rc = rc ? rc : xc_st_meta(st, "layout", XC_CKPT_LAYOUT_NOTE);
     rc = rc ? rc : copy_meta(st, c, "run_id");
     rc = rc ? rc : copy_meta(st, c, "name");
     rc = rc ? rc : copy_meta(st, c, "config");
