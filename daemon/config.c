@@ -228,6 +228,8 @@ static int edit_distance(const char *a, const char *b)
     return prev[lb];
 }
 
+/* Unknown keys are almost always typos: suggest the nearest known key when it
+ * is close enough (edit distance < 4) to be the one meant. */
 static int unknown_key(const char *key, char *why, size_t why_len)
 {
     const char *best = NULL;
@@ -349,6 +351,8 @@ int xc_cfg_set(xc_cfg_t *c, const char *key, const char *value, char *why, size_
     return set_key(c, k, value, why, why_len);
 }
 
+/* Defaults go through the same parser as user values, so a default is never a
+ * value the parser would reject; a bad one is a build bug and aborts at once. */
 void xc_cfg_defaults(xc_cfg_t *c)
 {
     char why[128];
@@ -365,6 +369,8 @@ static char *trim(char *s)
     return s;
 }
 
+/* Line by line, each error naming file and line; the first bad line stops the
+ * load (a half-applied file would be worse than none). */
 int xc_cfg_load_file(xc_cfg_t *c, const char *path, char *why, size_t why_len)
 {
     char line[4096], sub[256];
@@ -420,6 +426,8 @@ out_close:
     return rc;
 }
 
+/* Two passes over argv so --config FILE applies before every --KEY, wherever
+ * it stands on the line: the command line always wins over the file. */
 int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why, size_t why_len)
 {
     int rc;
@@ -502,6 +510,8 @@ int xc_cfg_load(xc_cfg_t *c, int argc, char **argv, xc_cfg_cli_t *cli, char *why
     return xc_cfg_finalize(c, why, why_len);
 }
 
+/* An empty endpoint becomes ipc://RUN_DIR/SOCK; refused when the path would not
+ * fit a Unix socket address, which ZeroMQ would only report at bind time. */
 static int endpoint_default(char *dst, size_t len, const char *run_dir, const char *sock,
                             const char *key, char *why, size_t why_len)
 {
@@ -519,6 +529,9 @@ static int endpoint_default(char *dst, size_t len, const char *run_dir, const ch
     return XC_OK;
 }
 
+/* What no single key can check: derived defaults, then the rules across keys,
+ * then the engine's own validation of the configuration it will receive (so a
+ * bad value fails at start-up, with the key named, not at the first step). */
 int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
 {
     int rc;
@@ -773,6 +786,7 @@ static const char *type_name(const xc_cfg_key_t *k, char *buf, size_t len)
     }
 }
 
+/* --help: generated from the table, so it cannot drift from what is parsed. */
 void xc_cfg_print_help(FILE *f, const char *argv0)
 {
     const char *sec = "";
@@ -818,6 +832,9 @@ static void print_comment(FILE *f, const char *text)
     }
 }
 
+/* The example file (c NULL: defaults, commented out) or the effective
+ * configuration, both from the table; test_config checks the shipped example
+ * is this output byte for byte. */
 void xc_cfg_print_file(FILE *f, const xc_cfg_t *c)
 {
     const char *sec = "";

@@ -96,6 +96,7 @@ static void norms_rows(xc_engine_t *e, long lo, long hi)
     }
 }
 
+/* norms_rows over the pool, split by latent. */
 static void norms_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
@@ -818,6 +819,8 @@ int xc_engine_encode(xc_engine_t *e, const float *x, long n, float *f_out)
     return XC_OK;
 }
 
+/* Dense decode of caller codes (one sgemm on the calling thread: decode
+ * requests are rare and small next to training). */
 int xc_engine_decode(xc_engine_t *e, const float *f, long n, float *xhat_out)
 {
     if (!f || !xhat_out || n < 1) return XC_EINVAL;

@@ -1,3 +1,5 @@
+/* The engine's worker pool (see xc_pool.h): n-1 threads that sleep on a
+ * condition variable between passes, and the caller as worker 0. */
 #include "xc_pool.h"
 
 #include <pthread.h>
@@ -17,6 +19,9 @@ struct xc_pool {
 
 struct worker_arg { xc_pool_t *p; int tid; };
 
+/* A worker waits for the generation counter to move (a new pass; a spurious
+ * wake-up or a broadcast it already served changes nothing), runs its share
+ * outside the lock, and the last one to finish wakes the caller. */
 static void *worker_main(void *arg)
 {
     struct worker_arg wa = *(struct worker_arg *)arg;
@@ -44,6 +49,8 @@ static void *worker_main(void *arg)
     }
 }
 
+/* Starts the n-1 extra threads; if one cannot be created, those already
+ * running are stopped and joined, so a failed new leaves nothing behind. */
 xc_pool_t *xc_pool_new(int nthreads)
 {
     xc_pool_t *p = calloc(1, sizeof *p);
@@ -94,6 +101,9 @@ void xc_pool_destroy(xc_pool_t **pp)
 
 int xc_pool_size(const xc_pool_t *p) { return p->n; }
 
+/* One pass: publish fn, wake everyone, do worker 0's share on the calling
+ * thread (no idle core while others work), then wait for the rest. A pool of
+ * one calls fn directly, without locking. */
 void xc_pool_run(xc_pool_t *p, xc_pool_fn fn, void *ctx)
 {
     if (p->n == 1) {
@@ -115,6 +125,8 @@ void xc_pool_run(xc_pool_t *p, xc_pool_fn fn, void *ctx)
     pthread_mutex_unlock(&p->mu);
 }
 
+/* Contiguous, balanced to within one item, and a function of (n, tid, nthreads)
+ * alone: the same split every time, hence the same summation order. */
 void xc_pool_range(long n, int tid, int nthreads, long *lo, long *hi)
 {
     long q = n / nthreads, r = n % nthreads;

@@ -1,3 +1,4 @@
+/* xoshiro256** (Blackman and Vigna), seeded through splitmix64 (see xc_rng.h). */
 #include "xc_rng.h"
 
 #include <math.h>
@@ -12,6 +13,8 @@ static uint64_t splitmix64(uint64_t *x)
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
+/* splitmix64 spreads any seed, 0 included, over the 256-bit state, which
+ * xoshiro needs to be not all zero. */
 void xc_rng_seed(xc_rng_t *r, uint64_t seed)
 {
     uint64_t x = seed;
@@ -33,6 +36,8 @@ uint64_t xc_rng_u64(xc_rng_t *r)
 
 double xc_rng_uniform(xc_rng_t *r) { return (double)(xc_rng_u64(r) >> 11) * 0x1.0p-53; }
 
+/* Rejection of the top partial block of 2^64 values keeps every residue
+ * equally likely. */
 uint64_t xc_rng_below(xc_rng_t *r, uint64_t n)
 {
     uint64_t lim = UINT64_MAX - UINT64_MAX % n, v;

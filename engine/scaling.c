@@ -47,6 +47,8 @@ void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_
     o->nu_rec = br1 != 0 ? (float)(br0 / br1) : NAN;
 }
 
+/* The running estimates against the current decoder rows (the sums carry the
+ * activations; the rows they are read with move with training). */
 void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out)
 {
     for (int j = 0; j < e->F; j++)
@@ -85,6 +87,7 @@ struct xc_scaling {
 };
 #undef FIELD
 
+/* The frozen encoder product of one chunk, split by latent columns as in the step. */
 static void scaling_gemm_task(void *ctx, int tid, int nth)
 {
     xc_scaling_t *s = ctx;

@@ -47,6 +47,8 @@ static inline int selected(const xc_engine_t *e, long b, int j, float r)
     return b * (long)e->F + j <= s->cut_idx;
 }
 
+/* Grows a worker's candidate list by half again what is asked, so a slowly
+ * rising candidate count does not reallocate every step. */
 static int cand_reserve(xc_worker_t *w, long n)
 {
     if (n <= w->cand_cap) return XC_OK;
@@ -96,6 +98,7 @@ __attribute__((target("avx512f"))) static long filter_row_avx512(const xc_engine
 }
 #endif
 
+/* One token's prefilter on the CPU at hand (AVX-512 or scalar: same entries). */
 static long filter_row(const xc_engine_t *e, const float *pre, int b, float tau, xc_cand_t *out, long n,
                        long cap)
 {
@@ -112,6 +115,8 @@ static long filter_row(const xc_engine_t *e, const float *pre, int b, float tau,
     return n;
 }
 
+/* Fast-path pass over the worker's tokens; entries stay in row order, which
+ * the CSR fill relies on. */
 static void filter_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;

@@ -13,6 +13,8 @@
 enum { N_TENSORS = 0 XC_ENGINE_TENSORS(COUNT_ROW, COUNT_ROW) };
 #undef COUNT_ROW
 
+/* Places the next tensor at the next 64-byte boundary: every tensor starts on
+ * its own cache line, as when each had its own aligned allocation. */
 static size_t take(size_t *total, size_t bytes)
 {
     size_t at = (*total + ALIGN - 1) / ALIGN * ALIGN;
