@@ -184,6 +184,111 @@ static void test_engine_mapping(void)
     XC_CHECK(ec.init_norm == 0.005f && ec.clip_norm == 0.0f, "L1 engine defaults kept");
 }
 
+/* Every engine hyper-parameter is a key: the new keys reach the engine, "auto"
+ * resolves by model kind (the values the engine always had), enums map to their
+ * enum values, and the table's defaults are the engine defaults. */
+static void test_engine_keys(void)
+{
+    xc_cfg_t c;
+    xc_engine_config_t ec, dflt;
+    char why[256], v[64];
+    const char *a[] = {"xcoderd"};
+    XC_REQUIRE(load(&c, why, sizeof why, 1, a) == 0, "%s", why);
+    xc_cfg_engine(&c, &ec);
+    XC_CHECK(ec.init_norm == 1.0f && ec.clip_norm == 1.0f, "batchtopk auto: init %g clip %g", ec.init_norm,
+             ec.clip_norm);
+    XC_CHECK(ec.adam_beta1 == 0.9f && ec.adam_beta2 == 0.999f && ec.adam_eps == 1e-8f && ec.threshold_beta == 0.999f,
+             "Adam and theta defaults");
+    xc_cfg_engine_defaults(&dflt, XC_MODEL_BATCHTOPK);
+    XC_CHECK(memcmp(&dflt, &ec, sizeof ec) == 0, "xc_cfg_engine_defaults differs from the table's defaults");
+    XC_CHECK(dflt.dict_size == 1024, "one default dict_size: %d", dflt.dict_size);
+    XC_CHECK(xc_cfg_get(&c, "init_norm", v, sizeof v) == 0 && strcmp(v, "auto") == 0, "auto kept as text: %s", v);
+
+    const char *b[] = {"xcoderd", "--init_norm", "0.25", "--clip_norm", "0", "--adam_beta1", "0.8",
+                       "--adam_beta2", "0.99", "--adam_eps", "1e-6", "--threshold_beta", "0.5", "--loss", "mse"};
+    XC_REQUIRE(load(&c, why, sizeof why, 15, b) == 0, "%s", why);
+    xc_cfg_engine(&c, &ec);
+    XC_CHECK(ec.init_norm == 0.25f && ec.clip_norm == 0.0f && ec.adam_beta1 == 0.8f && ec.adam_beta2 == 0.99f &&
+                 ec.adam_eps == 1e-6f && ec.threshold_beta == 0.5f && ec.loss == XC_LOSS_MSE,
+             "explicit values reach the engine");
+    const char *d[] = {"xcoderd", "--adam_beta2", "1"};
+    XC_CHECK(load(&c, why, sizeof why, 3, d) == XC_ECONFIG && strstr(why, "adam_beta"),
+             "beta 1 refused by the engine's check: %s", why);
+    xc_cfg_defaults(&c);
+    XC_CHECK(xc_cfg_set(&c, "clip_norm", "big", why, sizeof why) == XC_ECONFIG && strstr(why, "or auto"),
+             "auto named in the error: %s", why);
+    XC_CHECK(xc_cfg_set(&c, "lr", "auto", why, sizeof why) == XC_ECONFIG, "auto only where a key has it");
+    XC_CHECK(xc_cfg_set(&c, "scaling_running", "off", why, sizeof why) == 0 && c.scaling_running == 0, "bool off");
+    XC_CHECK(xc_cfg_set(&c, "scaling_running", "yes", why, sizeof why) == XC_ECONFIG && strstr(why, "on|off"),
+             "bool choices: %s", why);
+    XC_CHECK(strcmp(xc_cfg_enum_name("model", XC_MODEL_L1), "l1") == 0 &&
+                 strcmp(xc_cfg_enum_name("loss", XC_LOSS_MSE), "mse") == 0 && !xc_cfg_enum_name("model", 7) &&
+                 !xc_cfg_enum_name("d", 0),
+             "enum names");
+
+    /* the config op reports the value auto stands for, as a number */
+    xc_buf_t buf;
+    xc_mpw_t w;
+    xc_mp_doc_t *doc = NULL;
+    xc_cfg_defaults(&c);
+    XC_REQUIRE(xc_cfg_set(&c, "model", "l1", why, sizeof why) == 0, "%s", why);
+    xc_buf_init(&buf);
+    xc_mpw_init(&w, &buf);
+    xc_mpw_map_begin(&w);
+    xc_cfg_to_mp(&c, NULL, &w);
+    xc_mpw_map_end(&w);
+    XC_REQUIRE(xc_mpw_finish(&w) == 0 && xc_mp_doc_parse(buf.data, buf.len, &doc, why, sizeof why) == 0, "%s", why);
+    double in = -1, cn = -1;
+    XC_CHECK(xc_mp_type(xc_mp_get(xc_mp_root(doc), "init_norm")) == XC_MP_FLOAT &&
+                 xc_mp_as_f64(xc_mp_get(xc_mp_root(doc), "init_norm"), &in) == 0 &&
+                 xc_mp_as_f64(xc_mp_get(xc_mp_root(doc), "clip_norm"), &cn) == 0 && in == 0.005 && cn == 0.0,
+             "l1 auto values %g %g", in, cn);
+    xc_mp_doc_free(&doc);
+    xc_buf_free(&buf);
+}
+
+/* Apply hooks: each runs once per reload when one of its keys changed, after
+ * every key is copied (it sees the new values), and never for a fixed key. */
+static int g_hook_calls[XC_CFG_HOOK_N];
+static double g_hook_seen;
+static void count_timers(void *ctx, const xc_cfg_t *c)
+{
+    g_hook_calls[XC_CFG_HOOK_TIMERS]++;
+    g_hook_seen = c->metrics_interval;
+}
+static void count_checkpoint(void *ctx, const xc_cfg_t *c) { g_hook_calls[XC_CFG_HOOK_CHECKPOINT]++; }
+static void count_log(void *ctx, const xc_cfg_t *c) { g_hook_calls[XC_CFG_HOOK_LOG_LEVEL]++; }
+
+static void test_apply_hooks(void)
+{
+    xc_cfg_t cur, next;
+    char why[256], fixed[256];
+    const char *a[] = {"xcoderd"};
+    xc_cfg_hooks_t hooks = {{[XC_CFG_HOOK_LOG_LEVEL] = count_log, [XC_CFG_HOOK_TIMERS] = count_timers,
+                             [XC_CFG_HOOK_CHECKPOINT] = count_checkpoint},
+                            NULL};
+    for (const xc_cfg_key_t *k = xc_cfg_keys(); k->name; k++)
+        XC_CHECK(k->reloadable || k->hook == XC_CFG_HOOK_NONE, "fixed key %s has a hook", k->name);
+    XC_REQUIRE(load(&cur, why, sizeof why, 1, a) == 0, "%s", why);
+    next = cur;
+    next.stats_interval = 3;
+    next.metrics_interval = 7;
+    next.checkpoint_keep = 9;
+    next.dead_alert_jump = 0.5;
+    next.batch_size = 17;
+    memset(g_hook_calls, 0, sizeof g_hook_calls);
+    int n = xc_cfg_apply_reload(&cur, &next, &hooks, fixed, sizeof fixed);
+    XC_CHECK(n == 4, "applied %d", n);
+    XC_CHECK(g_hook_calls[XC_CFG_HOOK_TIMERS] == 1 && g_hook_seen == 7, "timers hook %d times, saw %g",
+             g_hook_calls[XC_CFG_HOOK_TIMERS], g_hook_seen);
+    XC_CHECK(g_hook_calls[XC_CFG_HOOK_CHECKPOINT] == 1 && g_hook_calls[XC_CFG_HOOK_LOG_LEVEL] == 0, "other hooks");
+    XC_CHECK(strcmp(fixed, "batch_size") == 0 && cur.batch_size != 17, "fixed '%s'", fixed);
+    memset(g_hook_calls, 0, sizeof g_hook_calls);
+    n = xc_cfg_apply_reload(&cur, &cur, &hooks, fixed, sizeof fixed);
+    XC_CHECK(n == 0 && !g_hook_calls[XC_CFG_HOOK_TIMERS] && !g_hook_calls[XC_CFG_HOOK_CHECKPOINT],
+             "nothing changed, no hook");
+}
+
 static void test_reload_and_render(void)
 {
     xc_cfg_t cur, next;
@@ -298,6 +403,8 @@ int main(void)
     XC_RUN(test_command_line);
     XC_RUN(test_cross_key);
     XC_RUN(test_engine_mapping);
+    XC_RUN(test_engine_keys);
+    XC_RUN(test_apply_hooks);
     XC_RUN(test_reload_and_render);
     XC_RUN(test_print_roundtrip);
     XC_RUN(test_example_file_in_sync);
