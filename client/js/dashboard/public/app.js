@@ -222,14 +222,15 @@
   }
 
   // ------------------------------------------------------------------ time series
+  const fromZero = (u, lo, hi) => [Math.min(0, lo ?? 0), Math.max(1e-9, hi ?? 1) * 1.1];
   const SERIES = [
     { id: "loss", title: "Loss terms", lines: [["loss", "loss", "#1f5fa8"], ["recon_l2", "recon (l2)", "#2a9d4b"], ["aux", "AuxK", "#c0392b"], ["l1", "L1", "#8e44ad"]] },
     { id: "fve", title: "FVE per model", lines: [["fve_base", "base", "#1f5fa8"], ["fve_chat", "chat", "#d35400"]] },
-    { id: "l0", title: "L0 (active latents per token)", lines: [["l0", "L0", "#1f5fa8"]] },
+    { id: "l0", title: "L0 (active latents per token)", lines: [["l0", "L0", "#1f5fa8"]], range: fromZero },
     { id: "dead", title: "Dead fraction", lines: [["dead_fraction", "dead", "#7f8c8d"]], range: (u, lo, hi) => [0, Math.max(0.05, hi * 1.1)] },
-    { id: "tps", title: "Tokens/s", lines: [["tokens_per_s", "tokens/s", "#2a9d4b"]] },
-    { id: "queue", title: "Queue depth (batches)", lines: [["queue_depth", "depth", "#1f5fa8"], ["queue_size", "capacity", "#bbb"]] },
-    { id: "refused", title: "Refused batches per interval", lines: [["refused", "refused", "#c0392b"]] },
+    { id: "tps", title: "Tokens/s", lines: [["tokens_per_s", "tokens/s", "#2a9d4b"]], range: fromZero },
+    { id: "queue", title: "Queue depth (batches)", lines: [["queue_depth", "depth", "#1f5fa8"], ["queue_size", "capacity", "#bbb"]], range: fromZero },
+    { id: "refused", title: "Refused batches per interval", lines: [["refused", "refused", "#c0392b"]], range: fromZero },
   ];
   let seriesData = null, seriesDirty = false;
 
