@@ -40,8 +40,10 @@ async function main() {
       const url = await dashboardUrl(log);
       const status = () => fetch(`${url}api/status`).then((r) => r.json());
       const connected = await waitFor(`${name} connected`, async () => (await status()).connected, 4000).catch(() => false);
-      const post = async (what) => (await fetch(`${url}api/${what}`, { method: "POST", headers: { "X-Xcoder-Admin": token } })).json();
-      return { url, connected, table: connected ? await (await fetch(`${url}api/table`)).json() : null, checkpoint: await post("checkpoint") };
+      const post = async (what, body) => (await fetch(`${url}api/${what}`, { method: "POST", headers: { "X-Xcoder-Admin": token },
+        body: body ? JSON.stringify(body) : undefined })).json();
+      return { url, connected, table: connected ? await (await fetch(`${url}api/table`)).json() : null, checkpoint: await post("checkpoint"),
+        scaling: await post("scaling", { tokens: 1000 }) };
     } finally { p.kill("SIGTERM"); await p.exited; }
   };
   const dash = ["--control", ep.control, "--events", ep.events, "--port", "0", "--poll", "0.25", "--admin-token-file", k("token")];
@@ -53,10 +55,12 @@ async function main() {
     check("auth: with a reader key it shows the run (status, table)", reader.connected && reader.table?.ok === true && reader.table.dictSize === 128,
       JSON.stringify(reader.table)?.slice(0, 200));
     check("auth: with a reader key the daemon refuses its admin requests (XC_EPERM), token or not",
-      reader.checkpoint.ok === false && reader.checkpoint.code === "XC_EPERM", JSON.stringify(reader.checkpoint));
+      reader.checkpoint.ok === false && reader.checkpoint.code === "XC_EPERM" && reader.scaling.code === "XC_EPERM",
+      JSON.stringify([reader.checkpoint, reader.scaling]));
     const admin = await run("admin", process.execPath, [SERVER, ...dash, ...keyArgs("admin")]);
-    check("auth: with an admin key and the token the checkpoint button works", admin.connected && admin.checkpoint.ok === true && /safetensors$/.test(admin.checkpoint.path),
-      JSON.stringify(admin.checkpoint));
+    check("auth: with an admin key and the token the checkpoint and exact-pass buttons work",
+      admin.connected && admin.checkpoint.ok === true && /safetensors$/.test(admin.checkpoint.path) && admin.scaling.ok === true && admin.scaling.started === true,
+      JSON.stringify([admin.checkpoint, admin.scaling]));
     const cli = await run("cli", XCODER, ["--control", ep.control, "--events", ep.events, ...keyArgs("reader"), "dashboard", "--port", "0", "--poll", "0.25",
       "--admin-token-file", k("token")]);
     check("auth: xcoder dashboard passes the CLI's keys on", cli.connected && cli.checkpoint.code === "XC_EPERM", JSON.stringify(cli.checkpoint));
