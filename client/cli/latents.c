@@ -613,6 +613,14 @@ int xc_cli_cmd_scaling(xc_cli_args_t *a)
     if (!rc) rc = xc_cli_opt_long(a, "top", 10, 1, 100000, &top);
     if (!rc) rc = xc_cli_source_mode(a, &mode);
     if (rc) return rc;
+    const char *ckpt = xc_cli_opt(a, "checkpoint"), *data = xc_cli_opt(a, "data");
+    if (ckpt || data) {
+        if (!ckpt || !data) {
+            xc_cli_err(a, "offline Latent Scaling needs both --checkpoint FILE and --data FILE.npy");
+            return XC_CLI_USAGE;
+        }
+        return xc_cli_scaling_offline(a, ckpt, data, top);
+    }
     int wait = xc_cli_flag(a, "wait");
     xc_cli_trap_signals();
     xc_client_t *c = xc_cli_client(a, 0);

@@ -44,6 +44,11 @@ static const xc_cli_optdef_t scaling_opts[] = {
     {"tokens", "N", "tokens in the exact pass (default: the daemon's, 1,000,000)"},
     {"wait", NULL, "wait for the pass to finish, then summarise it (--timeout: longest time without progress)"},
     {"top", "N", "chat-only latents listed after --wait (default 10)"},
+    {"checkpoint", "FILE", "offline: the dictionary of this model file (no daemon; needs --data)"},
+    {"data", "FILE.npy", "offline: activations [N, 2, d] (float32 or float16) to compute β/ν over"},
+    {"min-active", "N", "offline: activations a latent needs for a defined β (default: the checkpoint's "
+                        "scaling_min_active)"},
+    {"quiet", NULL, "no progress line"},
     SOURCE_OPT,
     {NULL, NULL, NULL}};
 
@@ -132,7 +137,10 @@ static const xc_cli_cmd_t commands[] = {
      "Asks the daemon to freeze its dictionary and compute exact β/ν over the next --tokens\n"
      "trained tokens. With --wait, waits for the pass (the 'scaling' event; --timeout is the\n"
      "longest wait without progress, 0 = forever), then prints the chat-only and chat-specific\n"
-     "counts and the top chat-only latents with their exact ν^ε and ν^r.",
+     "counts and the top chat-only latents with their exact ν^ε and ν^r.\n"
+     "Offline, with --checkpoint CKPT --data FILE.npy: the same exact pass (the engine's code)\n"
+     "over the activations you give, e.g. a held-out set, with no daemon; --json gives every\n"
+     "latent's β, ν, activation count and Δnorm (null where undefined).",
      scaling_opts, 0, 0, 1, xc_cli_cmd_scaling},
     {"checkpoint", "", "write a checkpoint now and print its path",
      "Replies once the file is written (temp file, fsync, rename).", no_opts, 0, 0, 1, xc_cli_cmd_checkpoint},

@@ -110,6 +110,22 @@ void xc_cli_source_close(xc_cli_source_t *s);
  * `random` sampled ones; nothing when there are none or the daemon lacks the op. */
 void xc_cli_print_examples(FILE *f, xc_client_t *c, long j, long top, long random, const char *indent);
 
+/* A progress line on stderr with ETA (progress.c), drawn only when stderr is a
+ * terminal and quiet is 0; end() clears it. */
+typedef struct {
+    int on, drawn;
+    char what[48], unit[16];
+    double total, t0, t_last;
+} xc_cli_progress_t;
+void xc_cli_progress_start(xc_cli_progress_t *p, const char *what, const char *unit, double total, int quiet);
+void xc_cli_progress_update(xc_cli_progress_t *p, double done);
+void xc_cli_progress_end(xc_cli_progress_t *p);
+
+/* Offline exact Latent Scaling of a checkpoint over a .npy file
+ * (scaling_offline.c), the daemon's exact pass code: `xcoder scaling
+ * --checkpoint CKPT --data FILE.npy`. */
+int xc_cli_scaling_offline(xc_cli_args_t *a, const char *ckpt, const char *data, long top);
+
 /* Signal flag set by SIGINT/SIGTERM while a command wants to stop gracefully. */
 extern volatile int xc_cli_stop;
 void xc_cli_trap_signals(void);

@@ -4,6 +4,7 @@ backpressure, refusals, control, events, checkpoints."""
 import json
 import os
 import re
+import subprocess
 import time
 
 import numpy as np
@@ -11,7 +12,11 @@ import pytest
 
 import xcoder
 from xcoder import XcoderError, XcoderNack, XcoderTimeout, wire
-from conftest import B, D, F, K
+from conftest import B, D, F, K, XCODERD
+
+
+def dm_exe():
+    return XCODERD
 
 
 def batch(n=B, d=D, seed=0):
@@ -161,11 +166,12 @@ def _nan(x):
     return np.nan if x is None else x
 
 
-def test_exact_scaling_pass_matches_numpy(start_daemon):
+def test_exact_scaling_pass_matches_numpy_and_offline(start_daemon, tmp_path):
     """The exact Latent Scaling pass (op "scaling"): the daemon's beta/nu over the
     next N trained tokens, read over the control socket and from shared memory,
     equal xcoder.latent_scaling on the checkpoint of the frozen dictionary and
-    the very tokens streamed."""
+    the very tokens streamed; and `xcoder scaling --checkpoint --data` (offline,
+    the engine's pass code) equals the daemon's pass to 1e-5 relative."""
     dm = start_daemon(mix_tokens=B, threshold_start_step=3, shm_interval=0.1,
                       scaling_min_active=2)
     c = dm.client
@@ -227,6 +233,25 @@ def test_exact_scaling_pass_matches_numpy(start_daemon):
         print(f"{k}: {int(np.isfinite(b).sum())} latents defined, worst relative error "
               f"{worst:.2e}")
     s.close()
+
+    # offline: the CLI on the checkpoint of the frozen dictionary and the same tokens
+    npy = tmp_path / "heldout.npy"
+    np.save(npy, acts)
+    xc = os.path.join(os.path.dirname(dm_exe()), "xcoder")
+    r = subprocess.run([xc, "scaling", "--checkpoint", ck["path"], "--data", str(npy), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    off = json.loads(r.stdout)
+    assert off["tokens"] == 10 * B and off["step"] == 10 and off["dict_size"] == F
+    assert off["min_active"] == c.config("scaling_min_active")
+    assert off["active"] == snap["exact_active"].tolist()
+    py = xcoder.latent_scaling(ck["path"], str(npy), min_active=c.config("scaling_min_active"))
+    assert py["active"].tolist() == off["active"]   # the Python equivalent reads the same file
+    for k in keys:
+        a = snap["exact_" + k].astype(np.float64)
+        b = np.array([np.nan if v is None else v for v in off[k]])
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=k)
+        np.testing.assert_allclose(b[~np.isnan(a)], a[~np.isnan(a)], rtol=1e-5, atol=0, err_msg=k)
 
 
 def test_subscribe_events(start_daemon):

@@ -289,11 +289,16 @@ def latent_scaling(ckpt, acts, mode=None, min_active=0, chunk=4096):
     nu_rec = beta_rec_base / beta_rec_chat. Returns a dict of [F] arrays:
     beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, nu_err,
     nu_rec (NaN where undefined: fewer than max(1, min_active) activations or a
-    zero denominator) and active (activation counts)."""
+    zero denominator) and active (activation counts).
+
+    ckpt: a checkpoint path or load_checkpoint()'s result; acts: an array or
+    the path of a .npy file (memory-mapped, converted chunk by chunk). The
+    Python equivalent of `xcoder scaling --checkpoint CKPT --data FILE.npy`
+    (which runs the daemon's exact-pass code); both agree to float rounding."""
     if isinstance(ckpt, (str, os.PathLike)):
         ckpt = load_checkpoint(ckpt)
     _, _, W_dec, b_dec, _, _, _ = _params(ckpt)
-    x_all = np.asarray(acts, dtype=np.float32)
+    x_all = np.load(acts, mmap_mode="r") if isinstance(acts, (str, os.PathLike)) else np.asarray(acts)
     F = W_dec.shape[1]
     v = W_dec[1].astype(np.float64)                   # (F, d) chat decoder rows
     vv = (v * v).sum(axis=1)                          # |v_j|^2
@@ -303,7 +308,7 @@ def latent_scaling(ckpt, acts, mode=None, min_active=0, chunk=4096):
     num_err = np.zeros((2, F))
     num_rec = np.zeros((2, F))
     for i in range(0, x_all.shape[0], chunk):
-        x = x_all[i:i + chunk]
+        x = np.asarray(x_all[i:i + chunk], dtype=np.float32)
         f = encode(ckpt, x, mode).astype(np.float64)  # (n, F)
         xh = np.einsum("bf,mfd->bmd", f, W_dec.astype(np.float64)) + b_dec
         f2 = f * f

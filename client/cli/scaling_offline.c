@@ -1,0 +1,265 @@
+/* `xcoder scaling --checkpoint CKPT --data FILE.npy`: Latent Scaling of a
+ * checkpoint's dictionary over activations the user supplies (a held-out set,
+ * as the paper's compute_scalers), with no daemon. It runs the engine's exact
+ * pass (xc_scaling_new / add / result in engine/xc_engine.h), the very code the
+ * daemon runs over trained tokens, on an engine whose parameters are the
+ * checkpoint's: same threshold-mode encoding, same float64 sums, same beta/nu. */
+#include "xc_cli.h"
+#include "xc_engine.h"
+#include "xc_shm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK_TOKENS 65536L /* tokens converted and added per call */
+
+/* The checkpoint's crosscoder as an engine (caller destroys), with min_active
+ * from --min-active or the checkpoint's stored configuration. NULL after
+ * printing why. */
+static xc_engine_t *engine_from_ckpt(const xc_cli_args_t *a, const char *path, double min_active, long *step)
+{
+    char why[512] = "";
+    int err = 0;
+    xc_client_st_t *st = xc_client_st_open(path, &err, why, sizeof why);
+    xc_engine_t *e = NULL;
+    float *enc = NULL, *benc = NULL, *dec = NULL, *bdec = NULL, *th = NULL;
+    xc_client_tensor_t te, tbe, td, tbd, tt;
+    if (!st) {
+        xc_cli_err(a, "%s", why);
+        return NULL;
+    }
+    enc = xc_client_st_read_f32(st, "encoder.weight", &te, &err, why, sizeof why);
+    if (enc) benc = xc_client_st_read_f32(st, "encoder.bias", &tbe, &err, why, sizeof why);
+    if (benc) dec = xc_client_st_read_f32(st, "decoder.weight", &td, &err, why, sizeof why);
+    if (dec) bdec = xc_client_st_read_f32(st, "decoder.bias", &tbd, &err, why, sizeof why);
+    if (!bdec) {
+        xc_cli_err(a, "%s: %s (a model file of xcoderd, or the reference BatchTopKCrossCoder/CrossCoder state dict, "
+                   "is needed)", path, why);
+        goto out;
+    }
+    if (te.ndim != 3 || te.shape[0] != 2 || td.ndim != 3 || td.shape[0] != 2 || td.shape[1] != te.shape[2] ||
+        td.shape[2] != te.shape[1] || tbe.ndim != 1 || tbe.shape[0] != te.shape[2] || tbd.ndim != 2 ||
+        tbd.shape[1] != te.shape[1]) {
+        xc_cli_err(a, "%s: encoder/decoder shapes are not the reference layout [2, d, F] / [2, F, d]", path);
+        goto out;
+    }
+    long d = te.shape[1], F = te.shape[2];
+    th = xc_client_st_read_f32(st, "threshold", &tt, &err, why, sizeof why); /* BatchTopK only */
+    xc_engine_config_t c;
+    xc_engine_config_default(&c, th ? XC_MODEL_BATCHTOPK : XC_MODEL_L1);
+    c.d = (int)d;
+    c.dict_size = (int)F;
+    c.k = 1;
+    c.batch_size = 512; /* the pass encodes in chunks of min(batch_size, 512) tokens */
+    c.threads = 0;
+    c.scaling_running = 0;
+    if (min_active < 0) { /* the daemon's setting, stored with the checkpoint */
+        const char *cfg = xc_client_value_getstr(xc_client_st_header(st), "__metadata__.config", NULL);
+        const char *k = cfg ? strstr(cfg, "\"scaling_min_active\":") : NULL;
+        min_active = k ? strtod(k + strlen("\"scaling_min_active\":"), NULL) : 20;
+    }
+    c.scaling_min_active = min_active;
+    const char *ms = xc_client_value_getstr(xc_client_st_header(st), "__metadata__.step", NULL);
+    *step = ms ? atol(ms) : -1;
+    e = xc_engine_new(&c, &err);
+    if (!e) {
+        xc_cli_err(a, "cannot build the model (d = %ld, dict_size = %ld): %s", d, F, xc_strerror(err));
+        goto out;
+    }
+    /* reference layout -> the engine's rows: w[j][m][i] = enc[m][i][j], dec[m][j][i] */
+    xc_engine_params_t p;
+    xc_engine_params(e, &p);
+    for (long j = 0; j < F; j++)
+        for (int m = 0; m < 2; m++)
+            for (long i = 0; i < d; i++) {
+                p.w_enc[(size_t)j * 2 * d + (size_t)m * d + i] = enc[((size_t)m * d + i) * F + j];
+                p.w_dec[(size_t)j * 2 * d + (size_t)m * d + i] = dec[((size_t)m * F + j) * d + i];
+            }
+    memcpy(p.b_enc, benc, sizeof(float) * (size_t)F);
+    memcpy(p.b_dec, bdec, sizeof(float) * 2 * (size_t)d);
+    xc_engine_params_changed(e);
+    if (th) xc_engine_set_theta(e, th[0]);
+out:
+    free(enc);
+    free(benc);
+    free(dec);
+    free(bdec);
+    free(th);
+    xc_client_st_close(&st);
+    return e;
+}
+
+/* Rows [at, at+n) of the .npy file as float32 [n, 2, d] into buf. */
+static void rows_f32(const xc_client_npy_t *npy, long at, long n, float *buf)
+{
+    size_t cnt = (size_t)n * 2u * (size_t)npy->d;
+    const unsigned char *src = (const unsigned char *)npy->data + (size_t)at * 2u * (size_t)npy->d * npy->itemsize;
+    for (size_t i = 0; i < cnt; i++) {
+        unsigned char b[4];
+        memcpy(b, src + i * npy->itemsize, npy->itemsize);
+        if (npy->swap)
+            for (size_t q = 0; q < npy->itemsize / 2; q++) {
+                unsigned char t = b[q];
+                b[q] = b[npy->itemsize - 1 - q];
+                b[npy->itemsize - 1 - q] = t;
+            }
+        if (npy->itemsize == 4) memcpy(&buf[i], b, 4);
+        else {
+            uint16_t h;
+            memcpy(&h, b, 2);
+            buf[i] = xc_f16_to_f32(h);
+        }
+    }
+}
+
+static const xc_scaling_stats_t *g_res; /* qsort has no context argument in C11 */
+
+static int by_active_desc(const void *x, const void *y)
+{
+    long i = *(const long *)x, j = *(const long *)y;
+    double a = g_res[i].active, b = g_res[j].active;
+    if (a != b) return a < b ? 1 : -1;
+    return i < j ? -1 : 1;
+}
+
+int xc_cli_scaling_offline(xc_cli_args_t *a, const char *ckpt, const char *data, long top)
+{
+    double min_active;
+    long step = -1;
+    int rc = xc_cli_opt_double(a, "min-active", -1, 0, 1e15, &min_active);
+    if (rc) return rc;
+    if (!xc_cli_opt(a, "min-active")) min_active = -1;
+    char why[768];
+    xc_client_npy_t npy;
+    memset(&npy, 0, sizeof npy);
+    if (xc_client_npy_open(data, &npy, why, sizeof why) != XC_OK) {
+        xc_cli_err(a, "%s", why);
+        return XC_CLI_FAIL;
+    }
+    int out = XC_CLI_FAIL;
+    float *buf = NULL;
+    xc_scaling_stats_t *res = NULL;
+    xc_scaling_t *s = NULL;
+    xc_engine_t *e = engine_from_ckpt(a, ckpt, min_active, &step);
+    if (!e) goto out;
+    const xc_engine_config_t *c = xc_engine_config(e);
+    if (npy.d != c->d) {
+        xc_cli_err(a, "%s has d = %ld, the checkpoint's d is %d", data, npy.d, c->d);
+        goto out;
+    }
+    long chunk = npy.n_tokens < CHUNK_TOKENS ? npy.n_tokens : CHUNK_TOKENS;
+    int err = 0;
+    buf = malloc(sizeof(float) * (size_t)chunk * 2u * (size_t)npy.d);
+    res = calloc((size_t)c->dict_size, sizeof *res);
+    s = buf && res ? xc_scaling_new(e, &err) : NULL;
+    if (!s) {
+        xc_cli_err(a, "out of memory for the pass (dict_size %d)", c->dict_size);
+        goto out;
+    }
+    xc_cli_trap_signals();
+    xc_cli_progress_t pg;
+    xc_cli_progress_start(&pg, "exact Latent Scaling", "tokens", (double)npy.n_tokens, xc_cli_flag(a, "quiet"));
+    for (long at = 0; at < npy.n_tokens; at += chunk) {
+        long n = npy.n_tokens - at < chunk ? npy.n_tokens - at : chunk;
+        if (xc_cli_stop) {
+            xc_cli_progress_end(&pg);
+            xc_cli_err(a, "interrupted after %ld of %ld tokens", at, npy.n_tokens);
+            goto out;
+        }
+        rows_f32(&npy, at, n, buf);
+        if ((rc = xc_scaling_add(s, buf, n)) != XC_OK) {
+            xc_cli_progress_end(&pg);
+            xc_cli_err(a, "exact pass failed: %s", xc_strerror(rc));
+            goto out;
+        }
+        xc_cli_progress_update(&pg, (double)(at + n));
+    }
+    xc_cli_progress_end(&pg);
+    xc_scaling_result(s, res);
+
+    /* chat-only / chat-specific with the default thresholds, from the decoder */
+    xc_class_thresholds_t th;
+    xc_class_thresholds_default(&th);
+    xc_engine_params_t p;
+    xc_engine_params(e, &p);
+    long F = c->dict_size, d = c->d, n_chat = 0, n_spec = 0, n_def = 0;
+    float *delta = malloc(sizeof(float) * (size_t)F);
+    if (!delta) goto out;
+    for (long j = 0; j < F; j++) {
+        const float *row = p.w_dec + (size_t)j * 2 * d;
+        double nb = 0, nc = 0;
+        for (long i = 0; i < d; i++) {
+            nb += (double)row[i] * row[i];
+            nc += (double)row[d + i] * row[d + i];
+        }
+        nb = sqrt(nb), nc = sqrt(nc);
+        double mx = nb > nc ? nb : nc;
+        delta[j] = mx > 0 ? (float)(0.5 * ((nc - nb) / mx + 1)) : 0.5f;
+        n_chat += delta[j] >= th.chat_only_min;
+        n_spec += xc_latent_chat_specific(delta[j], res[j].nu_err, res[j].nu_rec, &th);
+        n_def += isfinite(res[j].nu_err);
+    }
+    if (a->json) {
+        xc_buf_t b;
+        xc_mpw_t w;
+        xc_buf_init(&b);
+        xc_mpw_init(&w, &b);
+        xc_mpw_map_begin(&w);
+        xc_mpw_kv_str(&w, "checkpoint", ckpt);
+        xc_mpw_kv_str(&w, "data", data);
+        xc_mpw_kv_int(&w, "step", step);
+        xc_mpw_kv_uint(&w, "tokens", xc_scaling_tokens(s));
+        xc_mpw_kv_int(&w, "dict_size", F);
+        xc_mpw_kv_double(&w, "min_active", c->scaling_min_active);
+        xc_mpw_kv_int(&w, "chat_only", n_chat);
+        xc_mpw_kv_int(&w, "chat_specific", n_spec);
+        static const char *const keys[] = {"beta_err_base", "beta_err_chat", "beta_rec_base", "beta_rec_chat",
+                                           "nu_err", "nu_rec", "active", "delta_norm"};
+        for (int k = 0; k < 8; k++) {
+            xc_mpw_str(&w, keys[k]);
+            xc_mpw_array_begin(&w);
+            for (long j = 0; j < F; j++) {
+                const xc_scaling_stats_t *r = &res[j];
+                double v = k < 2 ? r->beta_err[k] : k < 4 ? r->beta_rec[k - 2] : k == 4 ? r->nu_err
+                           : k == 5 ? r->nu_rec : k == 6 ? r->active : delta[j];
+                if (isfinite(v)) xc_mpw_double(&w, v);
+                else xc_mpw_nil(&w);
+            }
+            xc_mpw_array_end(&w);
+        }
+        xc_mpw_map_end(&w);
+        out = xc_cli_print_mpw(a, &w);
+        xc_buf_free(&b);
+    } else {
+        printf("exact Latent Scaling of %s (step %ld) over %s: %llu tokens, d=%ld, %ld latents\n", ckpt, step, data,
+               (unsigned long long)xc_scaling_tokens(s), d, F);
+        printf("  ν defined for %ld latents (at least %g activations); chat-only %ld, chat-specific %ld "
+               "(ν^ε < %.2f and ν^r < %.2f)\n", n_def, c->scaling_min_active, n_chat, n_spec, th.nu_err_max,
+               th.nu_rec_max);
+        long *order = malloc(sizeof(long) * (size_t)(n_chat > 0 ? n_chat : 1)), no = 0;
+        for (long j = 0; order && j < F; j++)
+            if (delta[j] >= th.chat_only_min) order[no++] = j;
+        g_res = res;
+        if (order) qsort(order, (size_t)no, sizeof *order, by_active_desc);
+        if (no > top) no = top;
+        if (no > 0) printf("  the %ld most active chat-only latents:\n  %7s %7s %9s %9s %9s %9s %10s\n", no, "latent",
+                           "Δnorm", "ν^ε", "ν^r", "β^ε_chat", "β^r_chat", "active");
+        for (long q = 0; q < no; q++) {
+            const xc_scaling_stats_t *r = &res[order[q]];
+            printf("  %7ld %7.3f %9.4f %9.4f %9.4f %9.4f %10.0f\n", order[q], delta[order[q]], r->nu_err, r->nu_rec,
+                   r->beta_err[1], r->beta_rec[1], r->active);
+        }
+        free(order);
+        out = XC_CLI_OK;
+    }
+    free(delta);
+out:
+    xc_scaling_destroy(&s);
+    free(res);
+    free(buf);
+    xc_engine_destroy(&e);
+    xc_client_npy_close(&npy);
+    return out;
+}
