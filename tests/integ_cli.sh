@@ -62,6 +62,10 @@ else nok "latents_top_json" "$(head -c 300 "$T/out")"; fi
 if X latents --top 3 --by delta_norm --asc >"$T/out" 2>&1 && [ "$(grep -c '^ *[0-9]' "$T/out")" -eq 3 ]; then
   ok "latents_text"
 else nok "latents_text" "$(cat "$T/out")"; fi
+# the short forms: -n N (= --top N) and -j (= --json)
+if X latents -n 8 -j >"$T/out" 2>&1 && [ "$(py_json "$T/out" "len(j['latents']) == 8")" = "True" ]; then
+  ok "latents_short_options"
+else nok "latents_short_options" "$(head -c 300 "$T/out")"; fi
 if X latent 7 --json >"$T/out" 2>&1 && [ "$(py_json "$T/out" "j['j'] == 7 and 'delta_norm' in j['stats']")" = "True" ]; then
   ok "latent_json"
 else nok "latent_json" "$(head -c 300 "$T/out")"; fi

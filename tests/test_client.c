@@ -775,6 +775,12 @@ static void test_cli_usage_errors(void)
         {{"push", "/nonexistent/x.npy", NULL}, 1, "cannot open /nonexistent/x.npy"},
         {{"push", bad, NULL}, 1, "not a .npy file"},
         {{"-x", NULL}, 2, "unknown option '-x'"},
+        {{"latents", "-n", "0", NULL}, 2, "--top"},          /* -n is --top ... */
+        {{"latents", "-n0", NULL}, 2, "--top"},
+        {{"watch", "-n", "many", NULL}, 2, "--count"},       /* ... or --count */
+        {{"status", "-n", "3", NULL}, 2, "-n (--top / --count) is not an option"},
+        {{"watch", "-j", NULL}, 2, "-j (--json) is not supported"},
+        {{"-n", "3", "latents", NULL}, 2, "comes after the command"},
         {{"--run-dir", nodaemon, "--timeout", "20", "status", NULL}, 1, "does not exist"},
         {{"--run-dir", nodaemon, "--timeout", "20", "watch", "--count", "1", NULL}, 1, "does not exist"},
         {{"scaling", "--tokens", "0", NULL}, 2, "not an integer in [1,"},

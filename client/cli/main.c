@@ -202,7 +202,7 @@ static const xc_cli_optdef_t global_opts[] = {
                           "(default $XCODER_SERVER_KEY)"},
     {"key", "FILE", "this client's CURVE key file BASE.key from `xcoder keygen` (default $XCODER_CLIENT_KEY)"},
     {"timeout", "S", "seconds to wait for the daemon (default 30; 0 = forever)"},
-    {"json", NULL, "machine-readable JSON output (query commands)"},
+    {"json", NULL, "machine-readable JSON output (query commands; also -j)"},
     {"verbose", NULL, "say on stderr where data came from (also -v)"},
     {"pretty", NULL, "indent JSON output"},
     {NULL, NULL, NULL}};
@@ -223,8 +223,11 @@ static void usage_main(FILE *f)
     for (size_t i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nglobal options (before or after the command):\n");
     print_opts(f, global_opts);
-    fprintf(f, "\n`xcoder COMMAND --help` describes a command. Exit status: 0 ok, 1 failed,\n"
-               "2 bad command line, 3 the daemon did not answer in time.\n");
+    fprintf(f, "\nShort forms: -h = --help, -j = --json, -n N = --top N (--count N for watch and events),\n"
+               "-v = --verbose.\n");
+    fprintf(f, "\n`xcoder COMMAND --help` describes a command. Exit status: 0 ok, 1 failed (also at once\n"
+               "when an ipc socket file does not exist), 2 bad command line, 3 the daemon did not answer\n"
+               "in time.\n");
 }
 
 static void usage_cmd(FILE *f, const xc_cli_cmd_t *c)
@@ -343,8 +346,37 @@ int xc_cli_parse(int argc, char **argv, xc_cli_args_t *a, int *help)
             a->verbose = 1;
             continue;
         }
+        /* the short forms people expect: -j = --json, -n N = --top N (or --count N
+         * for commands that count frames or events) */
+        if (!only_pos && !strcmp(arg, "-j")) {
+            if (a->cmd && !a->cmd->json) {
+                fprintf(stderr, "xcoder %s: -j (--json) is not supported by this command\n", a->cmd->name);
+                return XC_CLI_USAGE;
+            }
+            a->json = 1;
+            continue;
+        }
+        if (!only_pos && !strncmp(arg, "-n", 2)) {
+            int idx = -1;
+            if (!a->cmd || (!find_opt(a->cmd->opts, "top", 3, &idx) && !find_opt(a->cmd->opts, "count", 5, &idx))) {
+                if (a->cmd)
+                    fprintf(stderr, "xcoder %s: -n (--top / --count) is not an option of this command (see xcoder %s "
+                            "--help)\n", a->cmd->name, a->cmd->name);
+                else
+                    fprintf(stderr, "xcoder: -n (--top / --count) comes after the command (see xcoder --help)\n");
+                return XC_CLI_USAGE;
+            }
+            if (arg[2]) a->val[idx] = arg + 2;
+            else if (i + 1 < argc) a->val[idx] = argv[++i];
+            else {
+                fprintf(stderr, "xcoder %s: -n needs a value (N)\n", a->cmd->name);
+                return XC_CLI_USAGE;
+            }
+            continue;
+        }
         if (!only_pos && arg[0] == '-' && arg[1] && !(arg[1] >= '0' && arg[1] <= '9')) {
-            fprintf(stderr, "xcoder: unknown option '%s' (options are --long; see xcoder --help)\n", arg);
+            fprintf(stderr, "xcoder: unknown option '%s' (options are --long, and -h, -j, -n N, -v; see xcoder --help)\n",
+                    arg);
             return XC_CLI_USAGE;
         }
         if (!a->cmd) {
