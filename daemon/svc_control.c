@@ -39,7 +39,10 @@ typedef struct {
     xc_mpw_t w;                  /* over s->out, reset */
     char why[XC_PROTO_REASON_MAX];
     union {                      /* arguments the op's check parsed */
-        uint64_t tokens;         /* scaling */
+        struct {
+            uint64_t tokens;
+            int cancel;
+        } scal;                  /* scaling */
         struct {
             int has;
             char name[64];
@@ -186,7 +189,7 @@ static int top_cmp(const void *pa, const void *pb, void *pc)
     int a = *(const int *)pa, b = *(const int *)pb;
     double va = c->key[a], vb = c->key[b];
     if (isnan(va) != isnan(vb)) return isnan(va) ? 1 : -1; /* undefined values last, either order */
-    if (va != vb) return (va > vb) == !c->asc ? -1 : 1;
+    if (!isnan(va) && va != vb) return (va > vb) == !c->asc ? -1 : 1; /* two NaN: by index */
     return a < b ? -1 : a > b; /* stable order by index */
 }
 
@@ -319,30 +322,53 @@ static void reply_checkpoint(xc_svc_t *s, const xc_svc_envelope_t *env, const xc
     reply_buf(s, env, &w, req);
 }
 
-/* scaling {tokens?}: the count is bounded to [1, 2^40]. */
+/* scaling {tokens?, cancel?}: the count is bounded to [1, 2^40]. */
 static int check_scaling(xc_svc_t *s, call_t *c)
 {
-    c->arg.tokens = 1000000;
-    int rc = arg_u64(&c->req, "tokens", &c->arg.tokens, c->why, sizeof c->why);
+    c->arg.scal.tokens = 1000000;
+    c->arg.scal.cancel = 0;
+    int rc = arg_u64(&c->req, "tokens", &c->arg.scal.tokens, c->why, sizeof c->why);
     if (rc < 0) return rc;
-    if (c->arg.tokens == 0 || c->arg.tokens > (1ull << 40)) {
+    if (c->arg.scal.tokens == 0 || c->arg.scal.tokens > (1ull << 40)) {
         snprintf(c->why, sizeof c->why, "argument 'tokens' must be in [1, 2^40], got %llu",
-                 (unsigned long long)c->arg.tokens);
+                 (unsigned long long)c->arg.scal.tokens);
+        return XC_EINVAL;
+    }
+    xc_mp_node_t cn = xc_mp_get(c->req.root, "cancel");
+    if (xc_mp_type(cn) != XC_MP_NONE && xc_mp_as_bool(cn, &c->arg.scal.cancel)) {
+        snprintf(c->why, sizeof c->why, "argument 'cancel' must be a boolean");
         return XC_EINVAL;
     }
     return XC_OK;
 }
 
-/* scaling: one exact pass at a time; the 'scaling' event reports its end. */
+/* scaling: one exact pass at a time; the 'scaling' event reports its end.
+ * {cancel: true} stops the pass under way (its partial sums are dropped). */
 static void op_scaling(xc_svc_t *s, call_t *c)
 {
-    uint64_t tokens = c->arg.tokens;
+    uint64_t tokens = c->arg.scal.tokens;
+    xc_trainer_status_t ts;
+    if (c->arg.scal.cancel) {
+        xc_trainer_status(s->trainer, &ts);
+        if (xc_trainer_cancel_scaling(s->trainer)) {
+            reply_error(s, &c->env, &c->req, XC_ENOTFOUND, "no exact Latent Scaling pass is under way");
+            return;
+        }
+        xc_log(XC_LOG_INFO, "exact Latent Scaling pass cancelled by request (%llu of %llu tokens)",
+               (unsigned long long)ts.scaling_done, (unsigned long long)ts.scaling_target);
+        xc_proto_reply_begin(&c->w, &c->req);
+        xc_mpw_kv_bool(&c->w, "cancelled", 1);
+        xc_mpw_kv_uint(&c->w, "tokens_done", ts.scaling_done);
+        xc_mpw_kv_uint(&c->w, "tokens_target", ts.scaling_target);
+        xc_mpw_map_end(&c->w);
+        reply_buf(s, &c->env, &c->w, &c->req);
+        return;
+    }
     if (xc_trainer_request_scaling(s->trainer, tokens)) {
-        xc_trainer_status_t ts;
         xc_trainer_status(s->trainer, &ts);
         snprintf(c->why, sizeof c->why, "an exact Latent Scaling pass is already under way (%llu of %llu tokens); "
-                 "wait for its 'scaling' event", (unsigned long long)ts.scaling_done,
-                 (unsigned long long)ts.scaling_target);
+                 "wait for its 'scaling' event (xcoder scaling --wait attaches to it), or cancel it (xcoder scaling "
+                 "--cancel)", (unsigned long long)ts.scaling_done, (unsigned long long)ts.scaling_target);
         reply_error(s, &c->env, &c->req, XC_ESTATE, c->why);
         return;
     }

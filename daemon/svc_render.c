@@ -126,6 +126,7 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->scaling_last_step = ts.scaling_last_step;
     m->scaling_last_tokens = ts.scaling_last_tokens;
     m->scaling_passes = ts.scaling_passes;
+    m->scaling_cancelled = ts.scaling_cancelled;
     m->start_time_unix = s->t_start_unix;
     m->last_checkpoint_unix = s->last_ckpt_unix;
     m->last_checkpoint_step = s->last_ckpt_step;

@@ -47,6 +47,7 @@ struct xc_trainer {
     xc_trainer_status_t st;
 
     uint64_t scal_req_tokens;  /* exact Latent Scaling pass asked for (0: none) */
+    int scal_cancel;           /* under mu: drop the pass under way */
 
     xc_snapshot_t *snap_ready; /* under mu, owned: filled, not yet taken by the loop */
     xc_snapshot_t *snap_spare; /* under mu, owned: given back by the loop, to refill */
@@ -326,6 +327,20 @@ static void scaling_start(xc_trainer_t *t, uint64_t tokens)
                xc_scaling_step(t->pass), (unsigned long long)tokens);
 }
 
+/* Drops the pass under way (xc_trainer_cancel_scaling): its partial sums go,
+ * the last completed pass stays published. */
+static void scaling_cancel(xc_trainer_t *t)
+{
+    uint64_t done = xc_scaling_tokens(t->pass);
+    xc_scaling_destroy(&t->pass);
+    pthread_mutex_lock(&t->mu);
+    t->st.scaling_running = 0;
+    t->st.scaling_cancelled++;
+    pthread_mutex_unlock(&t->mu);
+    xc_log(XC_LOG_INFO, "exact Latent Scaling pass cancelled after %llu of %llu tokens", (unsigned long long)done,
+           (unsigned long long)t->pass_target);
+}
+
 static void do_step(xc_trainer_t *t)
 {
     draw_batch(t);
@@ -565,7 +580,9 @@ static void *trainer_main(void *arg)
         pthread_mutex_lock(&t->mu);
         int stop = t->stop, paused = t->paused;
         uint64_t scal = t->scal_req_tokens;
+        int scal_cancel = t->scal_cancel;
         t->scal_req_tokens = 0;
+        t->scal_cancel = 0;
         uint64_t ck = t->ckpt_req > t->ckpt_started ? t->ckpt_req : 0;
         uint64_t sn = t->snap_req > t->snap_done ? t->snap_req : 0;
         const char *reason = t->ckpt_reason;
@@ -576,6 +593,7 @@ static void *trainer_main(void *arg)
         if (sn) do_snapshot(t, sn);
         if (stop) break; /* pending checkpoint requests are answered by the final one */
         if (ck) do_checkpoint(t, ck, reason ? reason : "request", 0);
+        if (scal_cancel && t->pass) scaling_cancel(t);
         if (scal && !t->pass) scaling_start(t, scal);
         if (now_ms() >= t->next_pub_ms) refresh_records(t, snap_gen_done(t));
         xc_examples_apply(t->ex); /* vocabularies and resets asked for meanwhile */
@@ -634,11 +652,29 @@ uint64_t xc_trainer_request_checkpoint(xc_trainer_t *t, const char *reason)
     return gen;
 }
 
+int xc_trainer_cancel_scaling(xc_trainer_t *t)
+{
+    int rc = XC_OK;
+    pthread_mutex_lock(&t->mu);
+    if (!t->st.scaling_running) rc = XC_ENOTFOUND;
+    else if (t->scal_req_tokens) { /* asked for, not started yet: never starts */
+        t->scal_req_tokens = 0;
+        t->st.scaling_running = 0;
+        t->st.scaling_cancelled++;
+    } else {
+        t->scal_cancel = 1;
+        t->st.scaling_running = 0; /* from now on; the trainer drops it between steps */
+    }
+    pthread_mutex_unlock(&t->mu);
+    xc_queue_kick(t->q);
+    return rc;
+}
+
 int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens)
 {
     int rc = XC_OK;
     pthread_mutex_lock(&t->mu);
-    if (t->st.scaling_running || t->scal_req_tokens) rc = XC_ESTATE;
+    if (t->st.scaling_running || t->scal_req_tokens || t->scal_cancel) rc = XC_ESTATE;
     else {
         t->scal_req_tokens = tokens;
         t->st.scaling_running = 1; /* from now on, until the pass ends */

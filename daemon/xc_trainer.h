@@ -55,6 +55,7 @@ typedef struct {
     uint64_t scaling_done, scaling_target; /* its progress in tokens */
     long scaling_last_step;   /* the last completed pass: dictionary step (-1 none) */
     uint64_t scaling_last_tokens, scaling_passes;
+    uint64_t scaling_cancelled; /* passes cancelled by request */
 } xc_trainer_status_t;
 
 /* Result of the latest checkpoint. */
@@ -127,6 +128,9 @@ void xc_snapshot_free(xc_snapshot_t **snap);
 /* Starts an exact Latent Scaling pass over the next `tokens` trained tokens
  * (dictionary frozen at the next step). XC_ESTATE if one is under way. */
 int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens);
+/* Cancels the exact pass under way or asked for: 0, or XC_ENOTFOUND when there
+ * is none. The trainer drops it before its next step. */
+int xc_trainer_cancel_scaling(xc_trainer_t *t);
 
 /* The live examples (owned by the trainer; its queries and requests are
  * thread-safe, see xc_examples.h). */

@@ -116,7 +116,8 @@
     X(scaling_target, U64, "tokens_target")        \
     X(scaling_last_step, I64, "last_step")         \
     X(scaling_last_tokens, U64, "last_tokens")     \
-    X(scaling_passes, U64, "passes")
+    X(scaling_passes, U64, "passes")               \
+    X(scaling_cancelled, U64, "cancelled")
 
 /* C types of the scalar kinds (members of xc_metrics_t); groups have none. */
 #define XC_SCHEMA_CTYPE_U64(m) uint64_t m;

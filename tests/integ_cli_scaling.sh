@@ -62,6 +62,34 @@ if [ $rc1 -eq 0 ] && grep -q "pass started" "$T/out" && [ $rc2 -eq 1 ] && grep -
    grep -q "already under way" "$T/out2"; then
   ok "scaling_second_pass_refused"
 else nok "scaling_second_pass_refused" "exit $rc1/$rc2: $(cat "$T/out" "$T/out2")"; fi
+# progress of the pass under way: status (text and JSON)
+X status >"$T/out" 2>&1
+X status --json >"$T/st.json" 2>&1
+if grep -q "^scaling  exact pass: .* of 100M tokens" "$T/out" &&
+   [ "$(py_json "$T/st.json" "j['scaling']['running'] and j['scaling']['tokens_target'] == 100000000 and j['scaling']['tokens_done'] >= 0")" = "True" ]; then
+  ok "scaling_progress_in_status"
+else nok "scaling_progress_in_status" "$(grep scaling "$T/out") $(py_json "$T/st.json" "j['scaling']")"; fi
+# --wait attaches to the pass under way; --cancel stops it; the waiter says so
+X scaling --wait >"$T/out" 2>"$T/err" &
+WPID=$!
+sleep 1.5
+X scaling --cancel >"$T/out2" 2>&1; rc1=$?
+wait $WPID; rc2=$?
+if [ $rc1 -eq 0 ] && grep -q "^exact Latent Scaling pass cancelled after [0-9]* of 100000000 tokens" "$T/out2" &&
+   [ $rc2 -eq 1 ] && grep -q "attaching to the exact pass already under way" "$T/err" && grep -q "was cancelled" "$T/err"; then
+  ok "scaling_wait_attaches_cancel_stops"
+else nok "scaling_wait_attaches_cancel_stops" "exit $rc1/$rc2: $(cat "$T/out2" "$T/err")"; fi
+X scaling --cancel >"$T/out" 2>&1; rc=$?
+if [ $rc -eq 1 ] && grep -q "no exact Latent Scaling pass is under way" "$T/out" &&
+   [ "$(X status --json | py_json /dev/stdin "j['scaling']['cancelled'] == 1 and not j['scaling']['running']")" = "True" ]; then
+  ok "scaling_cancel_without_pass"
+else nok "scaling_cancel_without_pass" "exit $rc: $(cat "$T/out")"; fi
+# a pass started elsewhere, then --wait attaches and summarises it
+X scaling --tokens 3000 >/dev/null 2>&1
+if X scaling --wait --json >"$T/sc2.json" 2>"$T/err" && grep -q "attaching" "$T/err" &&
+   [ "$(py_json "$T/sc2.json" "j['tokens'] >= 3000 and j['step'] >= 0")" = "True" ]; then
+  ok "scaling_wait_attaches_and_summarises"
+else nok "scaling_wait_attaches_and_summarises" "$(head -c 300 "$T/sc2.json") $(cat "$T/err")"; fi
 X scaling --tokens 0 >"$T/out" 2>&1; rc=$?
 if [ $rc -eq 2 ] && grep -q "not an integer in \[1," "$T/out"; then ok "scaling_bad_tokens_usage"; else
   nok "scaling_bad_tokens_usage" "exit $rc: $(cat "$T/out")"; fi
@@ -124,8 +152,8 @@ a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 ja, jb = [l['j'] for l in a['latents']], [l['j'] for l in b['latents']]
 cls = a.get('class')
 ok = ja == jb and (cls is None or all((l['chat_specific'] if cls == 'chat_specific' else l['class'] == cls) for l in b['latents']))
-print(ok if ok else (ja, jb))" "$T/a.json" "$T/b.json" 2>&1 | tail -1)" = "True" ]; then ok "latents_filter_agrees ($args)"; else
-    nok "latents_filter_agrees ($args)" "$(head -c 200 "$T/a.json") / $(head -c 200 "$T/b.json")"; fi
+print(ok if ok else (ja, jb, [(l.get('scaling_exact') or {}).get('nu_rec') for l in a['latents']], [(l.get('scaling_exact') or {}).get('nu_rec') for l in b['latents']]))" "$T/a.json" "$T/b.json" 2>&1 | tail -1 | tee "$T/cmp")" = "True" ]; then ok "latents_filter_agrees ($args)"; else
+    nok "latents_filter_agrees ($args)" "$(cat "$T/cmp")"; fi
 done
 
 # one latent

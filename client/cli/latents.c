@@ -475,10 +475,12 @@ typedef struct {
 /* Waits for the pass started just now: the `scaling` event, or (should the
  * subscription have missed it) status showing one more completed pass. Gives up
  * when tokens_done has not moved for the timeout. */
-static int wait_pass(xc_cli_args_t *a, xc_client_t *c, double passes0, pass_result_t *res)
+static int wait_pass(xc_cli_args_t *a, xc_client_t *c, double passes0, double cancelled0, pass_result_t *res)
 {
     double stall_s = a->timeout_s, last_move = mono_s(), last_poll = 0, done_last = -1;
-    int tty = isatty(2), out = XC_CLI_OK;
+    int out = XC_CLI_OK, started = 0;
+    xc_cli_progress_t pg;
+    xc_cli_progress_start(&pg, "exact Latent Scaling pass", "tokens", 0, xc_cli_flag(a, "quiet"));
     for (;;) {
         xc_client_value_t *ev = NULL, *st = NULL;
         int rc = xc_client_next_event(c, 250, &ev);
@@ -508,6 +510,14 @@ static int wait_pass(xc_cli_args_t *a, xc_client_t *c, double passes0, pass_resu
                target = xc_client_value_getnum(st, "scaling.tokens_target", 0),
                passes = xc_client_value_getnum(st, "scaling.passes", 0);
         const xc_client_value_t *running = xc_client_value_path(st, "scaling.running");
+        double cancelled = xc_client_value_getnum(st, "scaling.cancelled", 0);
+        if (running && running->type == XC_VAL_BOOL && !running->u.b && passes == passes0 && cancelled > cancelled0) {
+            xc_client_value_free(&st);
+            xc_cli_progress_end(&pg);
+            xc_cli_err(a, "the exact pass was cancelled (xcoder scaling --cancel) after %.0f of %.0f tokens", done,
+                       target);
+            return XC_CLI_FAIL;
+        }
         if (running && running->type == XC_VAL_BOOL && !running->u.b && passes > passes0) {
             /* finished, and the event did not reach us */
             res->step = (long)xc_client_value_getnum(st, "scaling.last_step", -1);
@@ -522,16 +532,21 @@ static int wait_pass(xc_cli_args_t *a, xc_client_t *c, double passes0, pass_resu
             done_last = done;
             last_move = mono_s();
         }
-        if (tty) fprintf(stderr, "\rxcoder scaling: %.0f of %.0f tokens\033[K", done, target);
+        if (!started && target > 0) { /* the ETA counts from the first progress seen */
+            xc_cli_progress_start(&pg, "exact Latent Scaling pass", "tokens", target, xc_cli_flag(a, "quiet"));
+            started = 1;
+            pg.base = done;
+        }
+        if (started) xc_cli_progress_update(&pg, done);
         if (stall_s > 0 && mono_s() - last_move > stall_s) {
-            if (tty) fputc('\n', stderr);
+            xc_cli_progress_end(&pg);
             xc_cli_err(a, "the exact pass made no progress for %g s (%.0f of %.0f tokens): is a producer streaming "
                        "tokens and training running? (--timeout sets this limit; the pass goes on in the daemon)",
                        stall_s, done, target);
             return XC_CLI_TIMEOUT;
         }
     }
-    if (tty) fputs("\r\033[K", stderr);
+    xc_cli_progress_end(&pg);
     return out;
 }
 
@@ -621,13 +636,29 @@ int xc_cli_cmd_scaling(xc_cli_args_t *a)
         }
         return xc_cli_scaling_offline(a, ckpt, data, top);
     }
-    int wait = xc_cli_flag(a, "wait");
+    int wait = xc_cli_flag(a, "wait"), cancel = xc_cli_flag(a, "cancel");
+    if (cancel && (wait || xc_cli_opt(a, "tokens"))) {
+        xc_cli_err(a, "--cancel takes neither --wait nor --tokens");
+        return XC_CLI_USAGE;
+    }
     xc_cli_trap_signals();
     xc_client_t *c = xc_cli_client(a, 0);
     if (!c) return XC_CLI_FAIL;
     xc_client_value_t *r = NULL;
     int out = XC_CLI_OK;
-    double passes0 = 0;
+    double passes0 = 0, cancelled0 = 0;
+    if (cancel) {
+        xc_client_arg_t carg = {"cancel", XC_ARG_BOOL, 1, 0, NULL};
+        if ((rc = xc_client_request(c, "scaling", &carg, 1, &r)) < 0) {
+            out = xc_cli_fail(a, c, rc);
+        } else if (a->json) {
+            out = xc_cli_print_json(a, r);
+        } else {
+            printf("exact Latent Scaling pass cancelled after %.0f of %.0f tokens\n",
+                   xc_client_value_getnum(r, "tokens_done", 0), xc_client_value_getnum(r, "tokens_target", 0));
+        }
+        goto done;
+    }
     if (wait) {
         /* subscribe before the op: the event may follow it closely */
         if ((rc = xc_client_subscribe(c, "scaling")) < 0) {
@@ -639,11 +670,15 @@ int xc_cli_cmd_scaling(xc_cli_args_t *a)
             goto done;
         }
         passes0 = xc_client_value_getnum(r, "scaling.passes", 0);
+        cancelled0 = xc_client_value_getnum(r, "scaling.cancelled", 0);
         xc_client_value_free(&r);
     }
     xc_client_arg_t arg = {"tokens", XC_ARG_INT, tokens, 0, NULL};
     rc = xc_client_request(c, "scaling", xc_cli_opt(a, "tokens") ? &arg : NULL, xc_cli_opt(a, "tokens") ? 1 : 0, &r);
-    if (rc < 0) {
+    if (rc == XC_ESTATE && wait) {
+        /* a pass is under way: wait for that one rather than fail */
+        fprintf(stderr, "xcoder scaling: attaching to the exact pass already under way\n");
+    } else if (rc < 0) {
         out = xc_cli_fail(a, c, rc);
         goto done;
     }
@@ -657,7 +692,7 @@ int xc_cli_cmd_scaling(xc_cli_args_t *a)
     }
     xc_client_value_free(&r);
     pass_result_t p = {-1, 0, -1, -1};
-    if ((out = wait_pass(a, c, passes0, &p)) != XC_CLI_OK) goto done;
+    if ((out = wait_pass(a, c, passes0, cancelled0, &p)) != XC_CLI_OK) goto done;
     xc_lat_t *l = NULL;
     size_t n = 0;
     const char *source = "control";

@@ -44,6 +44,7 @@ static const xc_cli_optdef_t scaling_opts[] = {
     {"tokens", "N", "tokens in the exact pass (default: the daemon's, 1,000,000)"},
     {"wait", NULL, "wait for the pass to finish, then summarise it (--timeout: longest time without progress)"},
     {"top", "N", "chat-only latents listed after --wait (default 10)"},
+    {"cancel", NULL, "cancel the pass under way"},
     {"checkpoint", "FILE", "offline: the dictionary of this model file (no daemon; needs --data)"},
     {"data", "FILE.npy", "offline: activations [N, 2, d] (float32 or float16) to compute β/ν over"},
     {"min-active", "N", "offline: activations a latent needs for a defined β (default: the checkpoint's "
@@ -136,8 +137,10 @@ static const xc_cli_cmd_t commands[] = {
     {"scaling", "", "run an exact Latent Scaling pass (and with --wait, summarise it)",
      "Asks the daemon to freeze its dictionary and compute exact β/ν over the next --tokens\n"
      "trained tokens. With --wait, waits for the pass (the 'scaling' event; --timeout is the\n"
-     "longest wait without progress, 0 = forever), then prints the chat-only and chat-specific\n"
-     "counts and the top chat-only latents with their exact ν^ε and ν^r.\n"
+     "longest wait without progress, 0 = forever) showing tokens done of the target with an\n"
+     "ETA, then prints the chat-only and chat-specific counts and the top chat-only latents\n"
+     "with their exact ν^ε and ν^r; when a pass is already under way, --wait waits for that\n"
+     "one. --cancel stops the pass under way.\n"
      "Offline, with --checkpoint CKPT --data FILE.npy: the same exact pass (the engine's code)\n"
      "over the activations you give, e.g. a held-out set, with no daemon; --json gives every\n"
      "latent's β, ν, activation count and Δnorm (null where undefined).",

@@ -33,7 +33,7 @@ void xc_cli_progress_update(xc_cli_progress_t *p, double done)
     double now = mono_s();
     if (now - p->t_last < 0.25 && done < p->total) return;
     p->t_last = now;
-    double dt = now - p->t0, rate = dt > 0 ? done / dt : 0;
+    double dt = now - p->t0, rate = dt > 0 && done > p->base ? (done - p->base) / dt : 0;
     char a[32], b[32], r[32], eta[32] = "?";
     if (rate > 0 && p->total > done) xc_cli_fmt_duration((p->total - done) / rate, eta, sizeof eta);
     else if (p->total <= done) snprintf(eta, sizeof eta, "0s");

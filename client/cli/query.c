@@ -56,6 +56,16 @@ void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol)
     fprintf(f, "quality  FVE base %.4f chat %.4f   L0 %.2f   dead %.1f%%   theta %.4g   |g| %.3g%s\n",
             num(r, "fve.0"), num(r, "fve.1"), num(r, "l0"), 100.0 * num(r, "dead_fraction"), num(r, "theta"),
             num(r, "grad_norm"), eol);
+    /* the exact Latent Scaling pass: progress while one runs, else the last one */
+    const xc_client_value_t *run = xc_client_value_path(r, "scaling.running");
+    double done = num(r, "scaling.tokens_done"), target = num(r, "scaling.tokens_target");
+    if (run && run->type == XC_VAL_BOOL && run->u.b)
+        fprintf(f, "scaling  exact pass: %s of %s tokens (%.1f%%)   xcoder scaling --wait / --cancel%s\n",
+                xc_cli_fmt_count(done, b1, sizeof b1), xc_cli_fmt_count(target, b2, sizeof b2),
+                target > 0 ? 100.0 * done / target : 0.0, eol);
+    else if (num(r, "scaling.last_step") >= 0)
+        fprintf(f, "scaling  last exact pass: step-%.0f dictionary over %s tokens%s\n", num(r, "scaling.last_step"),
+                xc_cli_fmt_count(num(r, "scaling.last_tokens"), b1, sizeof b1), eol);
     double refused = num(r, "counters.batches_refused");
     if (refused > 0) {
         fprintf(f, "refused  %.0f batches:", refused);

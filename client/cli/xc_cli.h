@@ -116,6 +116,7 @@ typedef struct {
     int on, drawn;
     char what[48], unit[16];
     double total, t0, t_last;
+    double base; /* progress already made at start (excluded from the rate) */
 } xc_cli_progress_t;
 void xc_cli_progress_start(xc_cli_progress_t *p, const char *what, const char *unit, double total, int quiet);
 void xc_cli_progress_update(xc_cli_progress_t *p, double done);

@@ -364,3 +364,20 @@ def test_shutdown_writes_final_checkpoint(daemon):
     with pytest.raises(xcoder.XcoderError) as ei:
         daemon.client.request("ping", timeout=20)
     assert ei.value.code == "XC_ENOTFOUND"
+
+
+def test_scaling_cancel(start_daemon):
+    """A pass under way shows its progress in status and can be cancelled."""
+    dm = start_daemon(mix_tokens=B)
+    c = dm.client
+    assert c.scaling(10 ** 8)["started"] is True
+    st = c.status()["scaling"]
+    assert st["running"] is True and st["tokens_target"] == 10 ** 8 and st["tokens_done"] >= 0
+    r = c.scaling_cancel()
+    assert r["cancelled"] is True and r["tokens_target"] == 10 ** 8
+    dm.wait_status(lambda s: not s["scaling"]["running"] and s["scaling"]["cancelled"] == 1,
+                   what="the pass cancelled")
+    with pytest.raises(XcoderError) as e:
+        c.scaling_cancel()
+    assert e.value.code == "XC_ENOTFOUND"
+    assert c.scaling(100)["started"] is True  # a new pass may start

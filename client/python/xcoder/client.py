@@ -148,6 +148,12 @@ class Client(_OwnsSocket):
         without the op raises XcoderError XC_EUNKNOWN ("daemon too old")."""
         return self.request("scaling", timeout=timeout, tokens=int(tokens))
 
+    def scaling_cancel(self):
+        """Cancels the exact pass under way: {cancelled, tokens_done,
+        tokens_target}; XcoderError XC_ENOTFOUND when none is. Progress while
+        one runs: status()["scaling"] (tokens_done of tokens_target)."""
+        return self.request("scaling", cancel=True)
+
     def config(self, key=None):
         """Every config key -> effective value; with key, that key's value
         (XcoderError XC_ENOTFOUND if unknown)."""
