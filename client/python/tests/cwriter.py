@@ -23,7 +23,7 @@ def lib():
     L = ctypes.CDLL(LIB)
     L.xc_shm_writer_open.restype = ctypes.c_void_p
     L.xc_shm_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                     ctypes.c_uint32, ctypes.c_uint32,
+                                     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p,
                                      ctypes.POINTER(ctypes.c_int), ctypes.c_char_p,
                                      ctypes.c_size_t]
     L.xc_shm_writer_header.restype = ctypes.c_void_p
@@ -44,7 +44,8 @@ class Writer:
         err = ctypes.c_int(0)
         why = ctypes.create_string_buffer(256)
         self.w = ctypes.c_void_p(self.L.xc_shm_writer_open(instance.encode(), n_latents, d, model,
-                                                           mode, ctypes.byref(err), why, 256))
+                                                           mode, b"cwriter", ctypes.byref(err), why,
+                                                           256))
         if not self.w.value:
             raise RuntimeError(f"xc_shm_writer_open: {err.value}: {why.value.decode()}")
         self.n = n_latents
