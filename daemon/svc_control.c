@@ -238,6 +238,11 @@ static void op_status(xc_svc_t *s, call_t *c)
 {
     xc_proto_reply_begin(&c->w, &c->req);
     xc_svc_render_stats(s, &c->w);
+    xc_mpw_str(&c->w, "producers"); /* what fed this run: accepted tokens per producer id */
+    xc_mpw_map_begin(&c->w);
+    for (int i = 0; i < s->n_producers; i++) xc_mpw_kv_uint(&c->w, s->producers[i].id, s->producers[i].tokens);
+    if (s->producers_other) xc_mpw_kv_uint(&c->w, "(others)", s->producers_other);
+    xc_mpw_map_end(&c->w);
     xc_mpw_str(&c->w, "config");
     xc_svc_render_config(s, &c->w);
     xc_mpw_map_end(&c->w);

@@ -116,6 +116,25 @@ static void handle_vocab(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_fra
         xc_svc_send_reply(s, s->ingest, env, s->out.data, s->out.len);
 }
 
+/* Tallies accepted tokens per producer id, so that status says what fed the
+ * run (`xcoder report` shows its planted-feature section for runs fed by
+ * `xcoder synth` alone). Bounded: ids beyond the first XC_SVC_PRODUCERS
+ * are summed together. */
+static void count_producer(xc_svc_t *s, const char *id, uint64_t n)
+{
+    for (int i = 0; i < s->n_producers; i++)
+        if (!strcmp(s->producers[i].id, id)) {
+            s->producers[i].tokens += n;
+            return;
+        }
+    if (s->n_producers == XC_SVC_PRODUCERS) {
+        s->producers_other += n;
+        return;
+    }
+    snprintf(s->producers[s->n_producers].id, sizeof s->producers[0].id, "%s", id);
+    s->producers[s->n_producers++].tokens = n;
+}
+
 /* -------------------------------------------------------------- ingest -- */
 /* One ingest message: the checks of PROTOCOL.md 1 in order (stopping, frame
  * count, header, shape, lengths, values), the conversion to f32 into memory
@@ -199,6 +218,7 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         refuse(s, &env, &h, XC_EAGAIN, "queue full; retry");
         return;
     }
+    count_producer(s, h.producer, h.n);
     xc_queue_counts_t qc;
     xc_queue_counts(s->queue, &qc);
     xc_buf_reset(&s->out);

@@ -39,6 +39,7 @@
     X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ERANGE) X(XC_ENOMEM) X(XC_EPERM)
 #define XC_SVC_REFUSE_COUNT(c) +1
 enum { XC_SVC_N_REFUSE = 0 XC_SVC_REFUSALS(XC_SVC_REFUSE_COUNT) };
+#define XC_SVC_PRODUCERS 16 /* distinct producer ids counted in status */
 #undef XC_SVC_REFUSE_COUNT
 extern const int xc_svc_refuse_codes[XC_SVC_N_REFUSE];
 
@@ -127,6 +128,14 @@ struct xc_svc {
     double tokens_per_s, steps_per_s;
     double last_dead;
     int have_dead;
+    /* tokens accepted per producer id (the first XC_SVC_PRODUCERS ids; the rest
+     * in producers_other): what fed this run, for status and `xcoder report` */
+    struct {
+        char id[XC_PROTO_PRODUCER_MAX + 1];
+        uint64_t tokens;
+    } producers[XC_SVC_PRODUCERS];
+    int n_producers;
+    uint64_t producers_other;
     /* alert aggregation per refusal class */
     uint64_t alert_count[XC_SVC_N_REFUSE];
     char alert_producer[XC_SVC_N_REFUSE][XC_PROTO_PRODUCER_MAX + 1];

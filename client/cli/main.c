@@ -88,7 +88,10 @@ static const xc_cli_optdef_t synth_opts[] = {
     {NULL, NULL, NULL}};
 
 static const xc_cli_optdef_t report_opts[] = {
-    {"checkpoint", "FILE", "checkpoint to read (default: ask the daemon to write one now)"},
+    {"checkpoint", "FILE", "checkpoint to read (default: the daemon's newest)"},
+    {"new-checkpoint", NULL, "have the daemon write a checkpoint now and report on it"},
+    {"synthetic", NULL, "show the planted-feature recovery of `xcoder synth` (default: only for runs fed by "
+                        "xcoder synth alone, or when a planted-feature option is given)"},
     {"top", "N", "chat-only latents to list (default 10)"},
     {"offline", NULL, "do not contact the daemon (needs --checkpoint; no firing statistics)"},
     {"d", "D", "activation width of the planted features (default: the checkpoint's)"},
@@ -168,10 +171,13 @@ static const xc_cli_cmd_t commands[] = {
      "features, so `xcoder report` can later check what the crosscoder recovered.",
      synth_opts, 0, 0, 1, xc_cli_cmd_synth},
     {"report", "", "what the crosscoder learned: latent classes, chat-only latents, recovery",
-     "Reads a checkpoint's decoder, classifies latents by Δnorm (chat-only Δ >= 0.9,\n"
-     "base-only Δ <= 0.1, shared 0.4 <= Δ < 0.6), lists the top chat-only latents, and\n"
-     "matches the decoder against the planted features of `xcoder synth` (same --seed\n"
-     "and shape options) to say how well they were recovered.",
+     "Reads a checkpoint's decoder (the daemon's newest; --checkpoint FILE, or\n"
+     "--new-checkpoint to have one written first), classifies latents by Δnorm (chat-only\n"
+     "Δ >= 0.9, base-only Δ <= 0.1, shared 0.4 <= Δ < 0.6) and lists the top chat-only\n"
+     "latents. For a run fed by `xcoder synth` alone (the daemon's status names its\n"
+     "producers), or with --synthetic or a planted-feature option, it also matches the\n"
+     "decoder against the planted features (same --seed and shape options) to say how\n"
+     "well they were recovered.",
      report_opts, 0, 0, 1, xc_cli_cmd_report},
     {"keygen", "BASE", "make a CURVE key pair: BASE.key (secret, mode 0600) and BASE.pub",
      "For tcp endpoints of a daemon with curve_secret_key: give BASE.pub to the daemon's\n"

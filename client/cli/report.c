@@ -1,8 +1,10 @@
 /* `xcoder report`: reads a checkpoint's decoder and tells what the crosscoder
  * learned: latents by relative decoder norm class (chat-only Δ >= 0.9,
- * base-only Δ <= 0.1, shared 0.4 <= Δ < 0.6), the top chat-only latents, and
- * how well the planted features of `xcoder synth` (same seed and shape
- * options) were recovered (xc_synth_match: best decoder cosine per feature). */
+ * base-only Δ <= 0.1, shared 0.4 <= Δ < 0.6), the top chat-only latents, and,
+ * for runs fed by `xcoder synth` (or when asked), how well its planted
+ * features (same seed and shape options) were recovered (xc_synth_match: best
+ * decoder cosine per feature). It reads the daemon's newest checkpoint and
+ * writes one only when asked (--new-checkpoint). */
 #include "xc_cli.h"
 #include "xc_synth.h"
 
@@ -96,6 +98,86 @@ static int fetch_stats(const xc_cli_args_t *a, xc_client_t *c, lat_t *lat, long 
     return XC_CLI_OK;
 }
 
+/* The daemon's newest model checkpoint, as a local path (caller frees). NULL
+ * after printing why: none written yet, or not readable from this machine. */
+static char *newest_checkpoint(const xc_cli_args_t *a, xc_client_t *c, long *step)
+{
+    xc_client_value_t *r = NULL, *cf = NULL;
+    char *path = NULL;
+    int rc = xc_client_request(c, "checkpoints", NULL, 0, &r);
+    if (rc == XC_OK) rc = xc_client_config(c, "state_dir", &cf);
+    if (rc < 0) {
+        xc_cli_fail(a, c, rc);
+        goto out;
+    }
+    const xc_client_value_t *l = xc_client_value_get(r, "checkpoints");
+    const char *best = NULL;
+    double best_step = -1, best_mtime = -1;
+    for (size_t i = 0; l && l->type == XC_VAL_ARRAY && i < l->u.a.n; i++) {
+        const xc_client_value_t *m = &l->u.a.items[i];
+        const char *kind = xc_client_value_getstr(m, "kind", "");
+        double st = xc_client_value_getnum(m, "step", -1), mt = xc_client_value_getnum(m, "mtime", 0);
+        if (strcmp(kind, "checkpoint") != 0) continue; /* the model file of a pair */
+        if (st > best_step || (st == best_step && mt > best_mtime)) {
+            best = xc_client_value_getstr(m, "name", NULL);
+            best_step = st;
+            best_mtime = mt;
+        }
+    }
+    const char *dir = xc_client_value_getstr(cf, "config.state_dir", NULL);
+    if (!best) {
+        xc_cli_err(a, "the daemon has written no checkpoint yet: run `xcoder checkpoint` first, or `xcoder report "
+                   "--new-checkpoint` to have one written now");
+        goto out;
+    }
+    size_t n = (dir ? strlen(dir) : 0) + strlen(best) + 2;
+    path = malloc(n);
+    if (!path) goto out;
+    snprintf(path, n, "%s/%s", dir ? dir : ".", best);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        xc_cli_err(a, "the newest checkpoint %s cannot be read from here: fetch it (xcoder fetch %s) and pass "
+                   "--checkpoint FILE", path, best);
+        free(path);
+        path = NULL;
+        goto out;
+    }
+    fclose(f);
+    *step = (long)best_step;
+out:
+    xc_client_value_free(&r);
+    xc_client_value_free(&cf);
+    return path;
+}
+
+/* Whether every token of this run came from `xcoder synth` (its producer id),
+ * by the daemon's status: then the planted-feature section means something. */
+static int fed_by_synth(xc_client_t *c)
+{
+    xc_client_value_t *st = NULL;
+    if (xc_client_status(c, &st) < 0) return 0;
+    const xc_client_value_t *p = xc_client_value_get(st, "producers");
+    int n = 0, synth = 0;
+    for (size_t i = 0; p && p->type == XC_VAL_MAP && i < p->u.m.n; i++, n++) {
+        const xc_client_value_t *k = &p->u.m.kv[2 * i];
+        synth += k->type == XC_VAL_STR && k->u.s.len == strlen("xcoder-synth") &&
+                 !strncmp(k->u.s.ptr, "xcoder-synth", k->u.s.len);
+    }
+    xc_client_value_free(&st);
+    return n > 0 && synth == n;
+}
+
+/* Any planted-feature option on the command line asks for the section. */
+static int synth_asked(const xc_cli_args_t *a)
+{
+    static const char *const o[] = {"synthetic", "seed", "shared", "chat-only", "base-only", "shrunk", "shared-cos",
+                                    "shrunk-scale", "shrunk-cos", "mean-active", "prob-exponent", "max-prob", "noise",
+                                    "bias-norm", NULL};
+    for (int i = 0; o[i]; i++)
+        if (xc_cli_opt(a, o[i])) return 1;
+    return 0;
+}
+
 static const lat_t *g_sort_lat; /* qsort has no context argument in C11 */
 
 static int by_chat_rank(const void *x, const void *y)
@@ -127,11 +209,22 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
     long *order = NULL;
     xc_synth_t *s = NULL;
     xc_synth_match_t *match = NULL;
+    char *newest = NULL;
     long F = 0, d = 0, step = -1;
+    int show_synth = synth_asked(a);
 
     if (!offline) {
         c = xc_cli_client(a, 0);
         if (!c) return XC_CLI_FAIL;
+        if (!show_synth) show_synth = fed_by_synth(c);
+    }
+    if (!ckpt && !xc_cli_flag(a, "new-checkpoint")) {
+        newest = newest_checkpoint(a, c, &step);
+        if (!newest) {
+            out = XC_CLI_FAIL;
+            goto out;
+        }
+        ckpt = newest;
     }
     if (!ckpt) {
         if (a->timeout_s > 0 && a->timeout_s < 120) xc_client_set_timeout(c, 120000);
@@ -196,18 +289,21 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
     }
     if (!offline && (out = fetch_stats(a, c, lat, F)) != XC_CLI_OK) goto out;
 
-    /* planted features: rebuild the generator and match */
+    /* planted features: rebuild the generator and match (synthetic runs only) */
     xc_synth_config_t scfg;
     if ((out = xc_cli_synth_config(a, (int)d, &scfg)) != XC_CLI_OK) goto out;
-    s = xc_synth_new(&scfg, &err);
-    if (!s) {
-        xc_cli_err(a, "cannot rebuild the planted features: %s", xc_strerror(err));
-        out = XC_CLI_FAIL;
-        goto out;
+    int nf = 0;
+    if (show_synth) {
+        s = xc_synth_new(&scfg, &err);
+        if (!s) {
+            xc_cli_err(a, "cannot rebuild the planted features: %s", xc_strerror(err));
+            out = XC_CLI_FAIL;
+            goto out;
+        }
+        nf = xc_synth_n_features(s);
     }
-    int nf = xc_synth_n_features(s);
     match = calloc((size_t)(nf > 0 ? nf : 1), sizeof *match);
-    if (!match || xc_synth_match(s, w, (int)F, match) != XC_OK) {
+    if (!match || (s && xc_synth_match(s, w, (int)F, match) != XC_OK)) {
         xc_cli_err(a, "matching the decoder against the planted features failed");
         out = XC_CLI_FAIL;
         goto out;
@@ -300,6 +396,13 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
             xc_mpw_map_end(&mw);
         }
         xc_mpw_array_end(&mw);
+        xc_mpw_kv_bool(&mw, "synthetic", s != NULL);
+        if (!s) {
+            xc_mpw_map_end(&mw);
+            out = xc_cli_print_mpw(a, &mw);
+            xc_buf_free(&b);
+            goto out;
+        }
         xc_mpw_str(&mw, "recovery");
         xc_mpw_map_begin(&mw);
         xc_mpw_kv_double(&mw, "threshold_cos", RECOVERED_COS);
@@ -333,7 +436,7 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
            alive ? 100.0 * (alive - n_chat - n_base - n_shared) / alive : 0);
     if (top_n > 0) {
         printf("top %ld chat-only latents (by %s)\n", top_n, offline ? "chat decoder norm" : "firing frequency");
-        printf("  %7s  Δnorm %9s %8s %8s  %s\n", "latent", "freq", "norm_c", "norm_b", "planted feature (cos)");
+        printf("  %7s  Δnorm %9s %8s %8s%s\n", "latent", "freq", "norm_c", "norm_b", s ? "  planted feature (cos)" : "");
         for (long i = 0; i < top_n; i++) {
             const lat_t *l = &lat[order[i]];
             char pf[64] = "-";
@@ -342,7 +445,8 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
                 xc_synth_feature(s, l->planted, &f);
                 snprintf(pf, sizeof pf, "#%d %s (%.3f)", l->planted, xc_synth_kind_name(f.kind), l->planted_cos);
             }
-            printf("  %7ld %6.3f %9.2e %8.3g %8.3g  %s\n", order[i], l->delta, l->freq, l->norm_c, l->norm_b, pf);
+            printf("  %7ld %6.3f %9.2e %8.3g %8.3g%s%s\n", order[i], l->delta, l->freq, l->norm_c, l->norm_b,
+                   s ? "  " : "", s ? pf : "");
         }
         printf("\n");
         if (c && top_n > 0) { /* what they mean: the contexts that activate them most */
@@ -354,6 +458,10 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
             }
             printf("\n");
         }
+    }
+    if (!s) {
+        if (!offline) printf("(the planted-feature section is for runs fed by `xcoder synth`; --synthetic shows it)\n");
+        goto out;
     }
     printf("planted features recovered (best decoder cosine ≥ %.2f), seed %llu\n", RECOVERED_COS,
            (unsigned long long)scfg.seed);
@@ -367,6 +475,7 @@ int xc_cli_cmd_report(xc_cli_args_t *a)
     }
     printf("  %-10s %8d %10d  (%.0f%%)\n", "all", nf, tot_rec, nf ? 100.0 * tot_rec / nf : 0);
 out:
+    free(newest);
     free(match);
     xc_synth_destroy(&s);
     free(order);
