@@ -32,6 +32,8 @@ pkglib = $(shell pkg-config --libs $(1) 2>/dev/null)
 #   daemon/      the service: everything above
 #   client/lib   libxcoder: include/ proto/ format/; never daemon/ or engine/
 #   client/cli   the xcoder CLI: libxcoder, format/, synth/; never daemon/ or engine/
+#   client/offline  xcoder-offline, the CLI's offline commands that compute with the
+#                engine (exact Latent Scaling of a checkpoint): libxcoder, engine/
 # A directory without a CF_ line compiles with no include path at all.
 CF_proto      := -Iinclude -Iproto $(call pkgcf,libzmq msgpack)
 CF_format     := -Iinclude -Iproto -Iformat
@@ -40,6 +42,7 @@ CF_synth      := -Iinclude -Isynth -Iengine $(call pkgcf,openblas)
 CF_daemon     := -Iinclude -Iproto -Iformat -Iengine -Idaemon $(call pkgcf,libzmq msgpack libuv libsystemd)
 CF_client/lib := -Iinclude -Iproto -Iformat -Iclient/lib $(call pkgcf,libzmq msgpack)
 CF_client/cli := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Isynth $(call pkgcf,libzmq msgpack)
+CF_client/offline := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Iengine $(call pkgcf,libzmq msgpack)
 CF_tests      := -Iinclude -Iproto -Iformat -Iengine -Isynth -Idaemon -Iclient/lib -Itests \
                  $(call pkgcf,libzmq msgpack openblas libuv libsystemd) $(if $(DNNL),-DXC_HAVE_DNNL)
 CF_bench      := $(CF_tests)
@@ -59,6 +62,7 @@ SYNTH_SRC  := $(wildcard synth/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIB_SRC   := $(wildcard client/lib/*.c)
 CLI_SRC    := $(wildcard client/cli/*.c)
+OFFLINE_SRC := $(wildcard client/offline/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 # Integration tests (a real daemon, the CLI, Python): run after the unit tests.
@@ -102,7 +106,7 @@ TESTS      := $(patsubst tests/%.c,build/tests/%,$(TEST_SRC))
 ASAN_TESTS := $(patsubst tests/%.c,build/asan/tests/%,$(TEST_SRC))
 BENCHES    := $(patsubst bench/%.c,build/bench/%,$(BENCH_SRC))
 BINS       := $(if $(wildcard daemon/main.c),build/xcoderd) $(if $(CLI_SRC),build/xcoder) \
-              $(if $(CLIB_SRC),build/libxcoder.so)
+              $(if $(CLIB_SRC),build/libxcoder.so) $(if $(OFFLINE_SRC),build/xcoder-offline)
 
 # keep objects between runs (they are intermediates of the pattern rules)
 .SECONDARY:
@@ -126,6 +130,10 @@ deps:
 # `xcoder synth` / `report`; no daemon or engine code.
 build/xcoder: $(patsubst %.c,build/obj/%.o,$(CLI_SRC)) build/libxcoder.a build/libxcsynth.a build/libxcrng.a
 	$(CC) $(OPT) -pthread $^ $(LIBS_CLI) -o $@
+# The CLI's offline computing commands: libxcoder and the engine, no daemon code.
+build/xcoder-offline: $(patsubst %.c,build/obj/%.o,$(OFFLINE_SRC)) build/obj/client/cli/progress.o \
+  build/obj/client/cli/fmt.o build/libxcoder.a build/libxcengine.a build/libxcrng.a
+	$(CC) $(OPT) -pthread $^ $(LIBS_ENGINE) $(LIBS_PROTO) -o $@
 build/libxcoder.so: $(patsubst %.c,build/obj/%.o,$(CLIB_SRC) $(FORMAT_SRC) $(PROTO_SRC))
 	$(CC) -shared -Wl,-soname,libxcoder.so.0 -Wl,--as-needed $^ $(LIBS_PROTO) -o $@
 build/bench/%: build/obj/bench/%.o $(build/ALL_LIBS)
@@ -220,11 +228,11 @@ build/libxcoder.pc: FORCE
 	  'Version: $(XC_VERSION)' 'Requires.private: libzmq msgpack' \
 	  'Cflags: -I$${includedir}/xcoder' 'Libs: -L$${libdir} -lxcoder' 'Libs.private: -lm -pthread' > $@
 
-install: build/xcoderd build/xcoder build/libxcoder.a build/libxcoder.so build/libxcoder.pc
+install: build/xcoderd build/xcoder build/xcoder-offline build/libxcoder.a build/libxcoder.so build/libxcoder.pc
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/xcoder \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
 	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/xcoderd
-	$(INSTALL) -m 0755 build/xcoderd build/xcoder $(DESTDIR)$(BINDIR)/
+	$(INSTALL) -m 0755 build/xcoderd build/xcoder build/xcoder-offline $(DESTDIR)$(BINDIR)/
 	$(INSTALL) -m 0644 build/libxcoder.a $(DESTDIR)$(LIBDIR)/libxcoder.a
 	$(INSTALL) -m 0755 build/libxcoder.so $(DESTDIR)$(LIBDIR)/$(SOREAL)
 	ln -sf $(SOREAL) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -249,7 +257,7 @@ install: build/xcoderd build/xcoder build/libxcoder.a build/libxcoder.so build/l
 	  "$(SYSCONFDIR)/xcoderd/NAME.conf && systemctl enable --now xcoderd@NAME"
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/xcoderd $(DESTDIR)$(BINDIR)/xcoder
+	rm -f $(DESTDIR)$(BINDIR)/xcoderd $(DESTDIR)$(BINDIR)/xcoder $(DESTDIR)$(BINDIR)/xcoder-offline
 	rm -f $(DESTDIR)$(LIBDIR)/libxcoder.a $(DESTDIR)$(LIBDIR)/$(SOREAL) $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	  $(DESTDIR)$(LIBDIR)/libxcoder.so $(DESTDIR)$(PKGCONFIGDIR)/libxcoder.pc
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/xcoder/,$(notdir $(INSTALL_HDRS)))

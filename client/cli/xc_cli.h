@@ -122,9 +122,9 @@ void xc_cli_progress_start(xc_cli_progress_t *p, const char *what, const char *u
 void xc_cli_progress_update(xc_cli_progress_t *p, double done);
 void xc_cli_progress_end(xc_cli_progress_t *p);
 
-/* Offline exact Latent Scaling of a checkpoint over a .npy file
- * (scaling_offline.c), the daemon's exact pass code: `xcoder scaling
- * --checkpoint CKPT --data FILE.npy`. */
+/* Offline exact Latent Scaling of a checkpoint over a .npy file, the daemon's
+ * exact pass code: `xcoder scaling --checkpoint CKPT --data FILE.npy` runs
+ * xcoder-offline (client/offline; offline.c finds it and execs it). */
 int xc_cli_scaling_offline(xc_cli_args_t *a, const char *ckpt, const char *data, long top);
 
 /* Signal flag set by SIGINT/SIGTERM while a command wants to stop gracefully. */

@@ -1,12 +1,21 @@
-/* `xcoder scaling --checkpoint CKPT --data FILE.npy`: Latent Scaling of a
- * checkpoint's dictionary over activations the user supplies (a held-out set,
- * as the paper's compute_scalers), with no daemon. It runs the engine's exact
- * pass (xc_scaling_new / add / result in engine/xc_engine.h), the very code the
- * daemon runs over trained tokens, on an engine whose parameters are the
- * checkpoint's: same threshold-mode encoding, same float64 sums, same beta/nu. */
+/* xcoder-offline: the CLI's commands that compute with the engine, in a binary
+ * of their own so that `xcoder` itself links no engine code (ARCHITECTURE.md,
+ * the walls). `xcoder scaling --checkpoint CKPT --data FILE.npy` runs
+ *   xcoder-offline scaling --checkpoint CKPT --data FILE.npy [--top N]
+ *                  [--min-active N] [--json] [--pretty] [--quiet]
+ * Latent Scaling of a checkpoint's dictionary over activations the user
+ * supplies (a held-out set, as the paper's compute_scalers), with no daemon: the
+ * engine's exact pass (xc_scaling_new / add / result in engine/xc_engine.h), the
+ * very code the daemon runs over trained tokens, on an engine whose parameters
+ * are the checkpoint's: same threshold-mode encoding, same float64 sums, same
+ * beta/nu. */
 #include "xc_cli.h"
 #include "xc_engine.h"
 #include "xc_shm.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <unistd.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -18,7 +27,24 @@
 /* The checkpoint's crosscoder as an engine (caller destroys), with min_active
  * from --min-active or the checkpoint's stored configuration. NULL after
  * printing why. */
-static xc_engine_t *engine_from_ckpt(const xc_cli_args_t *a, const char *path, double min_active, long *step)
+typedef struct {
+    const char *ckpt, *data, *min_active;
+    long top;
+    int json, pretty, quiet;
+} off_args_t;
+
+static void oerr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void oerr(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("xcoder scaling: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static xc_engine_t *engine_from_ckpt(const char *path, double min_active, long *step)
 {
     char why[512] = "";
     int err = 0;
@@ -27,7 +53,7 @@ static xc_engine_t *engine_from_ckpt(const xc_cli_args_t *a, const char *path, d
     float *enc = NULL, *benc = NULL, *dec = NULL, *bdec = NULL, *th = NULL;
     xc_client_tensor_t te, tbe, td, tbd, tt;
     if (!st) {
-        xc_cli_err(a, "%s", why);
+        oerr("%s", why);
         return NULL;
     }
     enc = xc_client_st_read_f32(st, "encoder.weight", &te, &err, why, sizeof why);
@@ -35,14 +61,14 @@ static xc_engine_t *engine_from_ckpt(const xc_cli_args_t *a, const char *path, d
     if (benc) dec = xc_client_st_read_f32(st, "decoder.weight", &td, &err, why, sizeof why);
     if (dec) bdec = xc_client_st_read_f32(st, "decoder.bias", &tbd, &err, why, sizeof why);
     if (!bdec) {
-        xc_cli_err(a, "%s: %s (a model file of xcoderd, or the reference BatchTopKCrossCoder/CrossCoder state dict, "
+        oerr("%s: %s (a model file of xcoderd, or the reference BatchTopKCrossCoder/CrossCoder state dict, "
                    "is needed)", path, why);
         goto out;
     }
     if (te.ndim != 3 || te.shape[0] != 2 || td.ndim != 3 || td.shape[0] != 2 || td.shape[1] != te.shape[2] ||
         td.shape[2] != te.shape[1] || tbe.ndim != 1 || tbe.shape[0] != te.shape[2] || tbd.ndim != 2 ||
         tbd.shape[1] != te.shape[1]) {
-        xc_cli_err(a, "%s: encoder/decoder shapes are not the reference layout [2, d, F] / [2, F, d]", path);
+        oerr("%s: encoder/decoder shapes are not the reference layout [2, d, F] / [2, F, d]", path);
         goto out;
     }
     long d = te.shape[1], F = te.shape[2];
@@ -65,7 +91,7 @@ static xc_engine_t *engine_from_ckpt(const xc_cli_args_t *a, const char *path, d
     *step = ms ? atol(ms) : -1;
     e = xc_engine_new(&c, &err);
     if (!e) {
-        xc_cli_err(a, "cannot build the model (d = %ld, dict_size = %ld): %s", d, F, xc_strerror(err));
+        oerr("cannot build the model (d = %ld, dict_size = %ld): %s", d, F, xc_strerror(err));
         goto out;
     }
     /* reference layout -> the engine's rows: w[j][m][i] = enc[m][i][j], dec[m][j][i] */
@@ -124,54 +150,56 @@ static int by_active_desc(const void *x, const void *y)
     return i < j ? -1 : 1;
 }
 
-int xc_cli_scaling_offline(xc_cli_args_t *a, const char *ckpt, const char *data, long top)
+static int scaling_offline(const off_args_t *a)
 {
-    double min_active;
-    long step = -1;
-    int rc = xc_cli_opt_double(a, "min-active", -1, 0, 1e15, &min_active);
-    if (rc) return rc;
-    if (!xc_cli_opt(a, "min-active")) min_active = -1;
+    const char *ckpt = a->ckpt, *data = a->data;
+    long top = a->top, step = -1;
+    double min_active = -1;
+    int rc;
+    if (a->min_active) {
+        char *end;
+        errno = 0;
+        min_active = strtod(a->min_active, &end);
+        if (errno || end == a->min_active || *end || !(min_active >= 0)) {
+            oerr("--min-active: '%s' is not a number >= 0", a->min_active);
+            return XC_CLI_USAGE;
+        }
+    }
     char why[768];
     xc_client_npy_t npy;
     memset(&npy, 0, sizeof npy);
     if (xc_client_npy_open(data, &npy, why, sizeof why) != XC_OK) {
-        xc_cli_err(a, "%s", why);
+        oerr("%s", why);
         return XC_CLI_FAIL;
     }
     int out = XC_CLI_FAIL;
     float *buf = NULL;
     xc_scaling_stats_t *res = NULL;
     xc_scaling_t *s = NULL;
-    xc_engine_t *e = engine_from_ckpt(a, ckpt, min_active, &step);
+    xc_engine_t *e = engine_from_ckpt(ckpt, min_active, &step);
     if (!e) goto out;
     const xc_engine_config_t *c = xc_engine_config(e);
     if (npy.d != c->d) {
-        xc_cli_err(a, "%s has d = %ld, the checkpoint's d is %d", data, npy.d, c->d);
+        oerr("%s has d = %ld, the checkpoint's d is %d", data, npy.d, c->d);
         goto out;
     }
     long chunk = npy.n_tokens < CHUNK_TOKENS ? npy.n_tokens : CHUNK_TOKENS;
-    int err = 0;
+    int e_rc = 0;
     buf = malloc(sizeof(float) * (size_t)chunk * 2u * (size_t)npy.d);
     res = calloc((size_t)c->dict_size, sizeof *res);
-    s = buf && res ? xc_scaling_new(e, &err) : NULL;
+    s = buf && res ? xc_scaling_new(e, &e_rc) : NULL;
     if (!s) {
-        xc_cli_err(a, "out of memory for the pass (dict_size %d)", c->dict_size);
+        oerr("out of memory for the pass (dict_size %d)", c->dict_size);
         goto out;
     }
-    xc_cli_trap_signals();
     xc_cli_progress_t pg;
-    xc_cli_progress_start(&pg, "exact Latent Scaling", "tokens", (double)npy.n_tokens, xc_cli_flag(a, "quiet"));
+    xc_cli_progress_start(&pg, "exact Latent Scaling", "tokens", (double)npy.n_tokens, a->quiet);
     for (long at = 0; at < npy.n_tokens; at += chunk) {
         long n = npy.n_tokens - at < chunk ? npy.n_tokens - at : chunk;
-        if (xc_cli_stop) {
-            xc_cli_progress_end(&pg);
-            xc_cli_err(a, "interrupted after %ld of %ld tokens", at, npy.n_tokens);
-            goto out;
-        }
         rows_f32(&npy, at, n, buf);
         if ((rc = xc_scaling_add(s, buf, n)) != XC_OK) {
             xc_cli_progress_end(&pg);
-            xc_cli_err(a, "exact pass failed: %s", xc_strerror(rc));
+            oerr("exact pass failed: %s", xc_strerror(rc));
             goto out;
         }
         xc_cli_progress_update(&pg, (double)(at + n));
@@ -230,7 +258,12 @@ int xc_cli_scaling_offline(xc_cli_args_t *a, const char *ckpt, const char *data,
             xc_mpw_array_end(&w);
         }
         xc_mpw_map_end(&w);
-        out = xc_cli_print_mpw(a, &w);
+        int prc = xc_mpw_finish(&w);
+        xc_client_value_t *v = prc < 0 ? NULL : xc_client_value_parse(b.data, b.len, &prc);
+        if (v && xc_client_value_print_json(stdout, v, a->pretty) == 0) out = XC_CLI_OK;
+        else oerr("cannot write JSON: %s", xc_strerror(prc));
+        fflush(stdout);
+        xc_client_value_free(&v);
         xc_buf_free(&b);
     } else {
         printf("exact Latent Scaling of %s (step %ld) over %s: %llu tokens, d=%ld, %ld latents\n", ckpt, step, data,
@@ -262,4 +295,48 @@ out:
     xc_engine_destroy(&e);
     xc_client_npy_close(&npy);
     return out;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: xcoder-offline scaling --checkpoint CKPT --data FILE.npy [--top N] [--min-active N]\n"
+               "                      [--json] [--pretty] [--quiet]\n"
+               "The offline, computing commands of xcoder (run by `xcoder scaling --checkpoint ...`).\n");
+}
+
+int main(int argc, char **argv)
+{
+    off_args_t a = {NULL, NULL, NULL, 10, 0, 0, 0};
+    if (argc < 2 || strcmp(argv[1], "scaling") != 0) {
+        usage(stderr);
+        return XC_CLI_USAGE;
+    }
+    for (int i = 2; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "--json") || !strcmp(o, "-j")) a.json = 1;
+        else if (!strcmp(o, "--pretty")) a.pretty = a.json = 1;
+        else if (!strcmp(o, "--quiet")) a.quiet = 1;
+        else if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            return XC_CLI_OK;
+        } else if (v && !strcmp(o, "--checkpoint")) a.ckpt = argv[++i];
+        else if (v && !strcmp(o, "--data")) a.data = argv[++i];
+        else if (v && !strcmp(o, "--min-active")) a.min_active = argv[++i];
+        else if (v && (!strcmp(o, "--top") || !strcmp(o, "-n"))) {
+            char *end;
+            a.top = strtol(argv[++i], &end, 10);
+            if (*end || a.top < 0) {
+                oerr("--top: '%s' is not a count", argv[i]);
+                return XC_CLI_USAGE;
+            }
+        } else {
+            oerr("unknown or incomplete option '%s'", o);
+            return XC_CLI_USAGE;
+        }
+    }
+    if (!a.ckpt || !a.data) {
+        oerr("offline Latent Scaling needs both --checkpoint FILE and --data FILE.npy");
+        return XC_CLI_USAGE;
+    }
+    return scaling_offline(&a);
 }
