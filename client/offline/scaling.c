@@ -73,8 +73,20 @@ static xc_engine_t *engine_from_ckpt(const char *path, double min_active, long *
     }
     long d = te.shape[1], F = te.shape[2];
     th = xc_client_st_read_f32(st, "threshold", &tt, &err, why, sizeof why); /* BatchTopK only */
+    /* only the shape, the model kind, min_active and the pass's chunking matter
+     * here; the training keys get valid placeholders (nothing is trained) */
     xc_engine_config_t c;
-    xc_engine_config_default(&c, th ? XC_MODEL_BATCHTOPK : XC_MODEL_L1);
+    memset(&c, 0, sizeof c);
+    c.model = th ? XC_MODEL_BATCHTOPK : XC_MODEL_L1;
+    c.lr = 1e-4f;
+    c.dead_tokens = 1;
+    c.init_norm = 1.0f;
+    c.loss = XC_LOSS_L2;
+    c.adam_beta1 = 0.9f;
+    c.adam_beta2 = 0.999f;
+    c.adam_eps = 1e-8f;
+    c.stats_half_life = 1e6;
+    c.scaling_half_life = 1e6;
     c.d = (int)d;
     c.dict_size = (int)F;
     c.k = 1;
