@@ -136,7 +136,7 @@ int xc_cli_cmd_shutdown(xc_cli_args_t *a)
             int prc = xc_client_ping(probe, &p);
             xc_client_value_free(&p);
             xc_client_destroy(&probe);
-            if (prc == XC_ETIMEDOUT) break;
+            if (prc == XC_ETIMEDOUT || prc == XC_ENOTFOUND) break; /* silent, or its socket file gone */
             if (xc_cli_stop || (limit >= 0 && waited > limit)) {
                 xc_cli_err(a, "the daemon still answers after the shutdown request");
                 out = XC_CLI_TIMEOUT;
