@@ -206,6 +206,10 @@ MANDIR       ?= $(PREFIX)/share/man
 UNITDIR      ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
 SYSCONFDIR   ?= /etc
+# The Python client for Debian's /usr/bin/python3 (pip refuses the system
+# interpreter, PEP 668): /usr/lib/python3/dist-packages for PREFIX=/usr (apt's
+# place), else PREFIX/lib/python3.X/dist-packages (on its sys.path for /usr/local).
+PYTHONDIR    ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)/dist-packages)
 INSTALL      ?= install
 XC_VERSION   := 0.1.0
 XC_SOMAJOR   := 0
@@ -241,6 +245,8 @@ install: build/xcoderd build/xcoder build/xcoder-offline build/libxcoder.a build
 	$(INSTALL) -m 0644 build/libxcoder.pc $(DESTDIR)$(PKGCONFIGDIR)/libxcoder.pc
 	$(INSTALL) -m 0644 client/xcoder.1 $(DESTDIR)$(MANDIR)/man1/xcoder.1
 	$(INSTALL) -m 0644 daemon/xcoderd.8 $(DESTDIR)$(MANDIR)/man8/xcoderd.8
+	$(INSTALL) -d $(DESTDIR)$(PYTHONDIR)/xcoder
+	$(INSTALL) -m 0644 client/python/xcoder/*.py $(DESTDIR)$(PYTHONDIR)/xcoder/
 	for u in $(UNITS); do sed $(UNIT_SED) $$u > $(DESTDIR)$(UNITDIR)/$${u##*/} && \
 	  chmod 0644 $(DESTDIR)$(UNITDIR)/$${u##*/} || exit 1; done
 	$(INSTALL) -m 0644 systemd/xcoderd.sysusers $(DESTDIR)$(SYSUSERSDIR)/xcoderd.conf
@@ -263,6 +269,7 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/xcoder/,$(notdir $(INSTALL_HDRS)))
 	rmdir $(DESTDIR)$(INCLUDEDIR)/xcoder 2>/dev/null || true
 	rm -f $(DESTDIR)$(MANDIR)/man1/xcoder.1 $(DESTDIR)$(MANDIR)/man8/xcoderd.8
+	rm -rf $(DESTDIR)$(PYTHONDIR)/xcoder
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(notdir $(UNITS))) $(DESTDIR)$(SYSUSERSDIR)/xcoderd.conf
 	@# the configuration goes only if it is still the untouched example
 	if cmp -s $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf $(DESTDIR)$(SYSCONFDIR)/xcoderd/xcoderd.conf.example; \

@@ -35,7 +35,8 @@ check install_prefix_usr mk install DESTDIR="$D" PREFIX=/usr
 
 files_present() {
   local missing=""
-  for f in usr/bin/xcoderd usr/bin/xcoder usr/lib/libxcoder.a usr/lib/libxcoder.so.0.1.0 \
+  for f in usr/bin/xcoderd usr/bin/xcoder usr/bin/xcoder-offline usr/lib/python3/dist-packages/xcoder/__init__.py \
+           usr/lib/libxcoder.a usr/lib/libxcoder.so.0.1.0 \
            usr/include/xcoder/xcoder.h usr/include/xcoder/xc_error.h usr/include/xcoder/xc_shm.h \
            usr/lib/pkgconfig/libxcoder.pc usr/share/man/man1/xcoder.1 usr/share/man/man8/xcoderd.8 \
            usr/lib/systemd/system/xcoderd.service usr/lib/systemd/system/xcoderd@.service \
@@ -50,6 +51,9 @@ files_present() {
   cmp "$ROOT/systemd/xcoderd.conf.example" "$D/etc/xcoderd/xcoderd.conf"
 }
 check installed_files files_present
+# the Python client where Debian's python3 looks (PREFIX=/usr: apt's dist-packages)
+check installed_python_package sh -c "cd / && PYTHONPATH='$D/usr/lib/python3/dist-packages' /usr/bin/python3 -c \
+  'import xcoder, sys; assert xcoder.__file__.startswith(sys.argv[1]), xcoder.__file__' '$D'"
 
 units_rewritten() {
   for u in xcoderd.service xcoderd@.service; do
@@ -175,6 +179,15 @@ check install_default_prefix sh -c "make -C '$ROOT' --no-print-directory install
   test -x '$D2/usr/local/bin/xcoderd' && test -f '$D2/usr/local/lib/pkgconfig/libxcoder.pc' &&
   grep -q '^ExecStart=/usr/local/bin/xcoderd --config /etc/xcoderd/' '$D2/usr/local/lib/systemd/system/xcoderd@.service' &&
   test -f '$D2/etc/xcoderd/xcoderd.conf.example' && grep -q '^prefix=/usr/local$' '$D2/usr/local/lib/pkgconfig/libxcoder.pc'"
+# PREFIX=/usr/local: a directory on /usr/bin/python3's own sys.path (no PYTHONPATH needed once installed)
+py_local_on_path() {
+  local dir
+  dir=$(ls -d "$D2"/usr/local/lib/python3.*/dist-packages 2>/dev/null | head -1)
+  [ -f "$dir/xcoder/__init__.py" ] || { echo "no xcoder package under $D2/usr/local/lib"; return 1; }
+  /usr/bin/python3 -c 'import sys; sys.exit(sys.argv[1] not in sys.path)' "${dir#$D2}" ||
+    { echo "${dir#$D2} is not on /usr/bin/python3's sys.path"; return 1; }
+}
+check install_default_prefix_python_on_path py_local_on_path
 
 # ------------------------------------------------------------- uninstall --
 check uninstall_keeps_only_edited_config sh -c "make -C '$ROOT' --no-print-directory uninstall DESTDIR='$D' PREFIX=/usr >/dev/null &&
