@@ -30,7 +30,12 @@ mkdir -p "$R"
 "$PY" -c "import numpy as np; np.save('$T/acts.npy', np.random.default_rng(0).standard_normal((2048, 2, $D)).astype(np.float32))"
 if start_daemon "$R"; then ok daemon_starts; else nok daemon_starts "$(tail -3 "$R.log")"; exit 1; fi
 X() { "$XC" --run-dir "$R" --timeout 20 "$@"; }
-X push "$T/acts.npy" --quiet >/dev/null 2>&1
+# a progress line with ETA on a terminal (script(1) gives it one), none otherwise
+X push "$T/acts.npy" >/dev/null 2>"$T/push.err"; rc1=$?
+script -qec "$XC --run-dir $R --timeout 20 push $T/acts.npy" /dev/null >"$T/push.tty" 2>&1; rc2=$?
+if [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && ! grep -q "ETA" "$T/push.err" && ! grep -q $'\r' "$T/push.err" &&
+   grep -q "xcoder push: .* tokens (.*%), .* tokens/s, ETA" "$T/push.tty"; then ok progress_line_only_on_a_terminal
+else nok progress_line_only_on_a_terminal "exit $rc1/$rc2: $(cat "$T/push.err") | $(tr '\r' '\n' <"$T/push.tty" | tail -3)"; fi
 X report >"$T/out" 2>&1; rc=$?
 if [ $rc -eq 1 ] && grep -q "no checkpoint yet" "$T/out" && [ "$(ckpts "$R")" -eq 0 ]; then ok no_checkpoint_says_so
 else nok no_checkpoint_says_so "exit $rc, $(ckpts "$R") files: $(cat "$T/out")"; fi
@@ -44,6 +49,12 @@ X report --json >"$T/out.json" 2>&1
 if [ "$(py_json "$T/out.json" "j['synthetic'] is False and 'recovery' not in j and j['dict_size'] == 64")" = "True" ]; then
   ok own_data_json
 else nok own_data_json "$(head -c 300 "$T/out.json")"; fi
+# offline Latent Scaling on the user's data: a progress line on a terminal
+CKF=$(ls "$R/state"/*.safetensors | grep -v resume | head -1)
+script -qec "$XC scaling --checkpoint $CKF --data $T/acts.npy --min-active 1" /dev/null >"$T/sc.tty" 2>&1; rc=$?
+if [ $rc -eq 0 ] && grep -q "exact Latent Scaling: .* tokens (100.0%), .* ETA 0s" "$T/sc.tty" &&
+   grep -q "exact Latent Scaling of .* over $T/acts.npy: 2048 tokens" "$T/sc.tty"; then ok offline_scaling_progress
+else nok offline_scaling_progress "exit $rc: $(tr '\r' '\n' <"$T/sc.tty" | tail -4)"; fi
 X report --synthetic >"$T/out" 2>&1; rc=$?
 if [ $rc -eq 0 ] && grep -q "planted features recovered" "$T/out"; then ok synthetic_section_when_asked
 else nok synthetic_section_when_asked "exit $rc: $(cat "$T/out")"; fi

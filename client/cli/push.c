@@ -49,7 +49,7 @@ int xc_cli_cmd_push(xc_cli_args_t *a)
     if (rc) return rc;
     const char *path = a->pos[0];
     const char *producer = xc_cli_opt(a, "producer");
-    int quiet = xc_cli_flag(a, "quiet") || a->json || !isatty(2);
+    int quiet = xc_cli_flag(a, "quiet") || a->json;
 
     xc_client_npy_t npy;
     char why[512];
@@ -93,7 +93,9 @@ int xc_cli_cmd_push(xc_cli_args_t *a)
         rc = XC_ENOMEM;
         goto out;
     }
-    double t0 = mono_s(), last_print = 0;
+    double t0 = mono_s();
+    xc_cli_progress_t pg; /* on a terminal: tokens sent of the file's, rate, ETA */
+    xc_cli_progress_start(&pg, "xcoder push", "tokens", (double)npy.n_tokens, quiet);
     long sent = 0, nb = 0;
     int out = XC_CLI_OK;
     while (sent < npy.n_tokens) {
@@ -107,17 +109,10 @@ int xc_cli_cmd_push(xc_cli_args_t *a)
         if (rc < 0) break;
         sent += n;
         nb++;
-        double now = mono_s();
-        if (!quiet && now - last_print > 0.25) {
-            xc_client_push_stats_t st;
-            xc_client_push_stats(c, &st);
-            fprintf(stderr, "\rpushed %ld/%ld tokens, %llu acked", sent, npy.n_tokens,
-                    (unsigned long long)st.tokens_acked);
-            last_print = now;
-        }
+        xc_cli_progress_update(&pg, (double)sent);
     }
     if (rc == XC_OK) rc = xc_client_flush(c);
-    if (!quiet) fprintf(stderr, "\r\033[K");
+    xc_cli_progress_end(&pg);
     if (rc < 0) {
         if (xc_client_last_nack(c, NULL, NULL, NULL) == XC_OK && rc != XC_ETIMEDOUT && rc != XC_EAGAIN) {
             explain_nack(a, c, path, batch, npy.n_tokens);

@@ -184,10 +184,13 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
                                          (unsigned long long)start, (unsigned long long)an.size);
         int changed = 0;
         uint64_t off = start;
+        xc_cli_progress_t pg; /* on a terminal: bytes of the size, rate, ETA */
+        xc_cli_progress_start(&pg, "xcoder fetch", "B", (double)an.size, quiet);
+        pg.base = (double)start;
         while (off < an.size) {
             rc = xc_cli_stop ? XC_EAGAIN : fetch_req(c, an.name, off, (uint64_t)chunk, &r);
             if (rc < 0) {
-                if (!quiet) fputc('\n', stderr);
+                xc_cli_progress_end(&pg);
                 if (rc == XC_EAGAIN && xc_cli_stop) {
                     if (fsync(f.fd)) { /* best effort: --resume re-hashes what is there */
                     }
@@ -218,16 +221,10 @@ int xc_cli_cmd_fetch(xc_cli_args_t *a)
             off += d->u.s.len;
             fetched += d->u.s.len;
             xc_client_value_free(&r);
-            if (!quiet) {
-                char b1[32], b2[32];
-                fprintf(stderr, "\rxcoder fetch: %s  %s / %s (%.0f%%)   ", an.name,
-                        xc_cli_fmt_bytes((double)off, b1, sizeof b1), xc_cli_fmt_bytes((double)an.size, b2, sizeof b2),
-                        an.size ? 100.0 * (double)off / (double)an.size : 100.0);
-                fflush(stderr);
-            }
+            xc_cli_progress_update(&pg, (double)off);
         }
         xc_client_value_free(&r);
-        if (!quiet && off > start) fputc('\n', stderr);
+        xc_cli_progress_end(&pg);
         uint8_t dg[32];
         char got[72];
         xc_sha256_final(&h, dg);
