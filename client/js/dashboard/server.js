@@ -34,6 +34,9 @@ Serves a live dashboard of one xcoderd (overview, latents, latent pages).
   --admin              enable them with a random token, printed in the URL only
   --poll S             seconds between health checks of the daemon (default 1)
   --history N          time-series points kept (default 3600)
+  --latent-history N   snapshots of every latent's main statistics kept for the latent
+                       pages (default 120; memory: dict_size x 24 bytes each; 0 = none)
+  --latent-interval S  seconds between those snapshots (default 30)
   --timeout MS         control request timeout (default 5000)
   -h, --help
 
@@ -42,7 +45,7 @@ the URL's fragment (#admin=...), never to other sites; the page sends it in a
 header with each admin request.`;
 
 function parseArgs(argv) {
-  const o = { host: "127.0.0.1", port: 8765, poll: 1, history: 3600, timeout: 5000 };
+  const o = { host: "127.0.0.1", port: 8765, poll: 1, history: 3600, timeout: 5000, latentHistory: 120, latentInterval: 30 };
   const need = (i) => {
     if (i + 1 >= argv.length) throw new Error(`${argv[i]} needs a value`);
     return argv[i + 1];
@@ -63,6 +66,8 @@ function parseArgs(argv) {
       case "--admin": o.admin = true; break;
       case "--poll": o.poll = Number(need(i)); i++; break;
       case "--history": o.history = Number(need(i)); i++; break;
+      case "--latent-history": o.latentHistory = Number(need(i)); i++; break;
+      case "--latent-interval": o.latentInterval = Number(need(i)); i++; break;
       case "--timeout": o.timeout = Number(need(i)); i++; break;
       default: throw new Error(`unknown option ${a} (--help lists them)`);
     }
@@ -71,6 +76,8 @@ function parseArgs(argv) {
   if (!(o.poll > 0)) throw new Error("--poll: seconds > 0");
   if (!(o.history >= 10)) throw new Error("--history: at least 10 points");
   if (!(o.timeout > 0)) throw new Error("--timeout: ms > 0");
+  if (!Number.isInteger(o.latentHistory) || o.latentHistory < 0) throw new Error("--latent-history: an integer >= 0");
+  if (!(o.latentInterval >= 0.2)) throw new Error("--latent-interval: seconds >= 0.2");
   if (o.control && /^tcp:/.test(o.control) && !o.events) throw new Error("--control tcp://... needs --events tcp://... too");
   return o;
 }
@@ -103,7 +110,8 @@ class Dashboard {
     // Options for the JS client (Client and subscribe) pass through unchanged;
     // keys left undefined fall back to $XCODER_SERVER_KEY / $XCODER_CLIENT_KEY there.
     const clientOptions = { timeout: opts.timeout, name: opts.name, serverKey: opts.serverKey, clientKey: opts.clientKey };
-    this.link = new DaemonLink({ control, events, clientOptions, poll: opts.poll, history: opts.history });
+    this.link = new DaemonLink({ control, events, clientOptions, poll: opts.poll, history: opts.history,
+      latentHistory: opts.latentHistory, latentInterval: opts.latentInterval });
     this.clients = new Set();
     this.files = new Map();
     for (const [route, [file, type]] of Object.entries(FILES)) this.files.set(route, { body: fs.readFileSync(file), type });

@@ -17,6 +17,10 @@ const WATCH_FIELDS = ["delta_norm", "cosine", "norm_base", "norm_chat", "freq", 
 const WATCH_MAX = 32;          // latents followed at once (least recently viewed dropped)
 const WATCH_IDLE_MS = 120000;  // a latent nobody looked at for this long is no longer followed
 const WATCH_POINTS = 1200;     // history points kept per followed latent
+// Coarse history of every latent: these columns of a full table every
+// `latentInterval` seconds, the last `latentHistory` of them (memory:
+// dict_size x 6 x 4 bytes per snapshot).
+const SNAP_FIELDS = ["delta_norm", "norm_base", "norm_chat", "freq", "nu_err", "nu_rec"];
 
 /** One time-series point from a stats event or status reply (PROTOCOL.md 3.1). */
 function pointOf(s, refusedDelta) {
@@ -51,7 +55,7 @@ class DaemonLink extends EventEmitter {
    * place where authentication keys will travel). poll: seconds between
    * health checks; history: points kept.
    */
-  constructor({ control, events, clientOptions = {}, poll = 1, history = 3600 }) {
+  constructor({ control, events, clientOptions = {}, poll = 1, history = 3600, latentHistory = 120, latentInterval = 30 }) {
     super();
     this.setMaxListeners(0);
     this.clientOptions = { timeout: 5000, ...clientOptions };
@@ -73,6 +77,9 @@ class DaemonLink extends EventEmitter {
     this._lastUptime = -1;
     this._table = null;               // {at, step, promise|value}
     this._watch = new Map();          // j -> {seen, points: []}
+    this._snaps = [];                 // [{t, step, cols: {field: Float32Array}}], oldest first
+    this.latentHistory = latentHistory;
+    this.latentIntervalMs = Math.max(200, latentInterval * 1000);
     this._watchBusy = false;
     this._latentCache = new Map();
     this._noExamples = false;        // the daemon answered XC_EUNKNOWN to `examples`
@@ -80,6 +87,7 @@ class DaemonLink extends EventEmitter {
   }
 
   start() {
+    if (this.latentHistory > 0) this._snapTimer = setTimeout(() => this._snapshot(), 1000);
     this._sub = subscribe(this.eventsEndpoint ?? this.control.replace(/control\.sock$/, "events.sock"),
       ["stats", "checkpoint", "scaling", "alert"], this.clientOptions);
     this._eventLoop();
@@ -89,6 +97,7 @@ class DaemonLink extends EventEmitter {
 
   close() {
     this._closed = true;
+    clearTimeout(this._snapTimer);
     clearTimeout(this._healthTimer);
     if (this._sub) this._sub.close();
     this.client.close();
@@ -252,7 +261,40 @@ class DaemonLink extends EventEmitter {
         norm_base: rec.norm_base, norm_chat: rec.norm_chat, freq: rec.freq, nu_err: s.nu_err ?? null, nu_rec: s.nu_rec ?? null,
         exact_nu_err: x.nu_err ?? null, exact_nu_rec: x.nu_rec ?? null });
     }
-    return { latent: rec, history: w.points, examples };
+    return { latent: rec, history: this._historyOf(j, w.points), examples };
+  }
+
+  // WHY: a latent page should show where the latent came from, not only what
+  // happened since it was opened; every latent's few main statistics are kept
+  // at a coarse interval (one `table` request each time), merged with the
+  // fine history of the latents being viewed.
+  async _snapshot() {
+    if (this._closed) return;
+    if (this.connected) {
+      try {
+        const t = await this.client.table({ fields: SNAP_FIELDS });
+        const last = this._snaps[this._snaps.length - 1];
+        if (last && last.n !== t.n) this._snaps = []; // another dictionary (a restart with another shape)
+        if (!last || last.n !== t.n || last.step < t.snapshotStep) {
+          this._snaps.push({ t: Date.now() / 1000, step: t.snapshotStep, n: t.n, cols: t.columns });
+          if (this._snaps.length > this.latentHistory) this._snaps.splice(0, this._snaps.length - this.latentHistory);
+        }
+      } catch { /* the next interval */ }
+    }
+    this._snapTimer = setTimeout(() => this._snapshot(), this.latentIntervalMs);
+  }
+
+  /** Latent j's coarse snapshots before its fine points, as one list by step. */
+  _historyOf(j, fine) {
+    const first = fine.length ? fine[0].step : Infinity;
+    const out = [];
+    for (const s of this._snaps) {
+      if (j >= s.n || s.step >= first) continue;
+      const p = { t: s.t, step: s.step };
+      for (const f of SNAP_FIELDS) { const v = s.cols[f][j]; p[f] = Number.isFinite(v) ? v : null; }
+      out.push(p);
+    }
+    return out.concat(fine);
   }
 
   _pushWatch(w, p) {

@@ -560,7 +560,8 @@
       `<td>${m ? `${fmt(m.beta_err_base)}, ${fmt(m.beta_err_chat)}` : "—"}</td><td>${m ? `${fmt(m.beta_rec_base)}, ${fmt(m.beta_rec_chat)}` : "—"}</td></tr>`;
     $("#lat-nu tbody").innerHTML = nuRow("running", sc, "running") + nuRow(ex ? "exact pass" : "exact pass (none yet)", ex, "exact");
     drawLatentCharts(r.history);
-    $("#lat-hist-cap").textContent = `${r.history.length} point${r.history.length === 1 ? "" : "s"} since this latent's page was first opened (the dashboard follows the latents viewed in the last 2 minutes, up to 32)`;
+    $("#lat-hist-cap").textContent = `${r.history.length} point${r.history.length === 1 ? "" : "s"}: every latent's main statistics ` +
+      "at a coarse interval since the dashboard started, then at every stats event while its page is open (cosine and exact ν only then)";
     renderExamples(r.examples);
   }
 

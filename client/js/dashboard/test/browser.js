@@ -45,7 +45,7 @@ async function main() {
   const token = "t" + require("node:crypto").randomBytes(20).toString("hex");
   fs.writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
   const dash = start(process.execPath, [path.join(__dirname, "..", "server.js"), "--control", ep.control, "--events", ep.events,
-    "--port", "0", "--poll", "0.5", "--admin-token-file", tokenFile], path.join(tmp, "dashboard.log"));
+    "--port", "0", "--poll", "0.5", "--latent-interval", "0.5", "--admin-token-file", tokenFile], path.join(tmp, "dashboard.log"));
   const url = await dashboardUrl(path.join(tmp, "dashboard.log"));
   check("server prints its URL on 127.0.0.1", /^http:\/\/127\.0\.0\.1:\d+\/$/.test(url), url);
 
@@ -143,6 +143,10 @@ async function main() {
       xe: cli.stats.scaling_exact?.nu_err ?? null, xr: cli.stats.scaling_exact?.nu_rec ?? null };
     check("latent page: Δnorm and ν (running and exact) equal `xcoder latent J --json`",
       Object.keys(want).every((k) => close(got[k], want[k])) && want.xe != null, `page ${JSON.stringify(got)} cli ${JSON.stringify(want)}`);
+    const hist = await page.evaluate(() => window.xcDash.S.latent.history.map((p) => [p.step, p.delta_norm]));
+    check("latent page: its statistics over time, from before the page was opened",
+      hist.length >= 3 && hist.every((p, i) => i === 0 || p[0] > hist[i - 1][0]) && hist.every((p) => typeof p[1] === "number") &&
+      (await page.evaluate(() => window.xcDash.charts["lat-delta"].data[0].length)) === hist.length, JSON.stringify(hist).slice(0, 300));
     // the daemon's examples of j (training is paused: they stay as they are)
     const { Client } = require("../..");
     const cl = new Client(ep.control, { timeout: 10000 });
