@@ -41,7 +41,7 @@ CF_engine     := -Iinclude -Iengine $(call pkgcf,openblas) $(if $(DNNL),-DXC_HAV
 CF_synth      := -Iinclude -Isynth -Iengine $(call pkgcf,openblas)
 CF_daemon     := -Iinclude -Iproto -Iformat -Iengine -Idaemon $(call pkgcf,libzmq msgpack libuv libsystemd)
 CF_client/lib := -Iinclude -Iproto -Iformat -Iclient/lib $(call pkgcf,libzmq msgpack)
-CF_client/cli := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Isynth $(call pkgcf,libzmq msgpack)
+CF_client/cli := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Isynth $(call pkgcf,libzmq msgpack openblas)
 CF_client/offline := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Iengine $(call pkgcf,libzmq msgpack)
 CF_tests      := -Iinclude -Iproto -Iformat -Iengine -Isynth -Idaemon -Iclient/lib -Itests \
                  $(call pkgcf,libzmq msgpack openblas libuv libsystemd) $(if $(DNNL),-DXC_HAVE_DNNL)

@@ -242,6 +242,20 @@ static long store_find(const xc_examples_t *x, uint16_t src, uint32_t doc, uint3
     return -1;
 }
 
+/* The slot of (src, doc, pos) when its document sits contiguously in the ring
+ * (the usual case: a document arrives in order), where `near` holds position
+ * `near_pos` of it: one comparison instead of a hash probe; else the index. */
+static long store_find_near(const xc_examples_t *x, uint16_t src, uint32_t doc, uint32_t pos, long near,
+                            uint32_t near_pos)
+{
+    if (near >= 0) {
+        long g = (near + ((long)pos - (long)near_pos)) % x->T;
+        if (g < 0) g += x->T;
+        if ((uint64_t)g < x->meta[2] && same_key(&x->ring[g], src, doc, pos)) return g;
+    }
+    return store_find(x, src, doc, pos);
+}
+
 /* Removes index entry i (linear probing, backward-shift deletion: no tombstones). */
 static void ht_delete_at(xc_examples_t *x, size_t i)
 {
@@ -308,13 +322,13 @@ void xc_examples_store(xc_examples_t *x, const xc_tokmeta_t *meta, long n)
 /* ----------------------------------------------------------- windows -- */
 /* Extends e's window to the right from e->right + 1 as far as the store
  * has the document; 1 when it is complete. */
-static int extend_right(xc_examples_t *x, xc_example_t *e, uint32_t *w)
+static int extend_right(xc_examples_t *x, xc_example_t *e, uint32_t *w, long center)
 {
     int W = x->c.window;
     while (e->right < W) {
         uint32_t p = e->pos + (uint32_t)e->right + 1;
         if (p < e->pos) return 1; /* position overflow: the document ends there */
-        long s = store_find(x, e->src, e->doc, p);
+        long s = store_find_near(x, e->src, e->doc, p, center, e->pos);
         if (s < 0) return 0;
         w[W + e->right + 1] = x->ring[s].id;
         e->right++;
@@ -333,13 +347,14 @@ static void put(xc_examples_t *x, long j, int slot, const xc_tokmeta_t *m, float
     w[W] = m->id;
     if (!(m->flags & XC_TM_POS) || m->src == XC_EX_NOSRC) return;
     e->flags |= XC_EXF_POS;
+    long center = W ? store_find(x, e->src, e->doc, e->pos) : -1; /* neighbours are usually next to it */
     while (e->left < W && e->pos >= (uint32_t)e->left + 1) {
-        long s = store_find(x, e->src, e->doc, e->pos - (uint32_t)e->left - 1);
+        long s = store_find_near(x, e->src, e->doc, e->pos - (uint32_t)e->left - 1, center, e->pos);
         if (s < 0) break;
         w[W - e->left - 1] = x->ring[s].id;
         e->left++;
     }
-    if (!extend_right(x, e, w) && x->npend < XC_EX_PENDING_MAX) {
+    if (!extend_right(x, e, w, center) && x->npend < XC_EX_PENDING_MAX) {
         e->flags |= XC_EXF_PENDING;
         x->pend[x->npend++] = (pending_t){(uint32_t)j, (uint16_t)slot, 0, step};
     }
@@ -355,7 +370,7 @@ static void retry_pending(xc_examples_t *x, long step)
         xc_example_t *e = &x->ex[(size_t)p.j * x->S + p.slot];
         if (!(e->flags & XC_EXF_PENDING)) continue; /* replaced meanwhile */
         uint32_t *w = x->win + ((size_t)p.j * x->S + p.slot) * x->WL;
-        if (extend_right(x, e, w) || step - p.step0 > XC_EX_PENDING_STEPS) {
+        if (extend_right(x, e, w, store_find(x, e->src, e->doc, e->pos)) || step - p.step0 > XC_EX_PENDING_STEPS) {
             e->flags &= (uint16_t)~XC_EXF_PENDING;
             continue;
         }

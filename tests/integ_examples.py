@@ -11,12 +11,13 @@ with token ids, (document, position) pairs, a stream tag and a vocabulary.
 - With the dictionary frozen (restart with lr = 1e-12), examples collected afresh
   (examples_reset) carry activations equal (1e-5 relative) to the encoding of
   their tokens by the checkpoint, and the offline pass
-  (xcoder.offline_examples) over the same data gives the same top examples.
+  (xcoder.offline_examples) over the same data gives the same top examples;
+  so does `xcoder examples --checkpoint` (the C pass), window activations too.
 - Bad requests: a latent out of range, a bad stream tag, a vocabulary over
   the arena's size.
 Prints "ok - NAME" / "not ok - NAME: why"."""
 
-import glob
+import json
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ import xcoder  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 XCODERD = os.environ.get("XCODERD", os.path.join(ROOT, "build", "xcoderd"))
+XCODER = os.path.join(ROOT, "build", "xcoder")
 D, F, K, B = 16, 64, 1, 256
 NF, V, DOCLEN, W, TOP = 12, 48, 32, 4, 8
 TMP = tempfile.mkdtemp(prefix="xcd-examples-")
@@ -197,6 +199,40 @@ def test_frozen_examples_equal_encoding_and_offline_pass():
             check(a["tokens"] == b["tokens"], "offline window equals live")
             check(abs(a["acts"][a["at"]] - a["act"]) <= 1e-6 * a["act"], "window acts hold the example's")
     check(compared >= (NF - 1) * TOP, "compared %d examples" % compared)
+    STATE["frozen"] = (ck["path"], x, ids, pos, off)
+
+
+def test_cli_offline_equals_python_offline():
+    """xcoder examples --checkpoint (C, BLAS) gives the Python offline pass's examples."""
+    path, x, ids, pos, off = STATE["frozen"]
+    for name, arr in (("acts", x), ("ids", ids.astype(np.int64)), ("docs", pos[:, 0].astype(np.int32))):
+        np.save(os.path.join(TMP, name + ".npy"), arr)
+    with open(os.path.join(TMP, "vocab.json"), "w") as fh:
+        json.dump(VOCAB, fh)
+    out = subprocess.run([XCODER, "examples", "--checkpoint", path, "--data", os.path.join(TMP, "acts.npy"),
+                          "--tokens", os.path.join(TMP, "ids.npy"), "--docs", os.path.join(TMP, "docs.npy"),
+                          "--vocab", os.path.join(TMP, "vocab.json"), "--n", str(TOP), "--window", str(W), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    check(out.returncode == 0, "exit %d: %s" % (out.returncode, out.stderr[-500:]))
+    got = {l["j"]: l["examples"] for l in json.loads(out.stdout)["latents"]}
+    check(set(got) == set(off), "latents with examples: C %d, Python %d" % (len(got), len(off)))
+    n = 0
+    for j, exs in off.items():
+        c = got[j]
+        check([e["index"] for e in c] == [e["index"] for e in exs], "latent %d: C %s vs Python %s" %
+              (j, [e["index"] for e in c][:5], [e["index"] for e in exs][:5]))
+        for a, b in zip(c, exs):
+            check(abs(a["act"] - b["act"]) <= 1e-5 * b["act"], "act %.9g vs %.9g" % (a["act"], b["act"]))
+            check(a["tokens"] == b["tokens"] and a["at"] == b["at"] and a["pos"] == b["pos"] and a["doc"] == b["doc"],
+                  "window")
+            check(np.allclose(a["acts"], b["acts"], rtol=1e-5, atol=1e-6), "window activations")
+            check(a["pieces"] == [VOCAB[t] for t in a["tokens"]], "pieces")
+            n += 1
+    check(n >= (NF - 1) * TOP, "compared %d examples" % n)
+    text = subprocess.run([XCODER, "examples", "--checkpoint", path, "--data", os.path.join(TMP, "acts.npy"),
+                           "--tokens", os.path.join(TMP, "ids.npy"), "--n", "2", "--window", "1"],
+                          capture_output=True, text=True, timeout=120)
+    check(text.returncode == 0 and "[[<" in text.stdout and "acts:" in text.stdout, "text view: %s" % text.stdout[:300])
 
 
 def test_bad_requests():
@@ -227,7 +263,8 @@ def test_bad_requests():
 def main():
     try:
         for t in (test_train_planted, test_top_examples_are_the_feature_tokens, test_examples_survive_restart,
-                  test_frozen_examples_equal_encoding_and_offline_pass, test_bad_requests):
+                  test_frozen_examples_equal_encoding_and_offline_pass, test_cli_offline_equals_python_offline,
+                  test_bad_requests):
             run_case(t)
     finally:
         for p in PROCS:

@@ -75,6 +75,11 @@ int xc_cli_cmd_examples(xc_cli_args_t *a)
 {
     long j, n;
     int rc, out = XC_CLI_OK;
+    if (xc_cli_opt(a, "checkpoint")) return xc_cli_examples_offline(a);
+    if (a->npos < 1) {
+        xc_cli_err(a, "give a latent J (live examples), or --checkpoint with --data and --tokens (offline)");
+        return XC_CLI_USAGE;
+    }
     if (xc_cli_parse_long("examples J", a->pos[0], 0, 1L << 40, &j)) return XC_CLI_USAGE;
     if (xc_cli_opt_long(a, "n", 20, 1, 255, &n)) return XC_CLI_USAGE;
     xc_client_t *c = xc_cli_client(a, 0);

@@ -38,6 +38,12 @@ static const xc_cli_optdef_t latents_opts[] = {
 static const xc_cli_optdef_t latent_opts[] = {SOURCE_OPT, {NULL, NULL, NULL}};
 static const xc_cli_optdef_t examples_opts[] = {
     {"n", "N", "examples of each kind (top, random) to show (default 20)"},
+    {"checkpoint", "CKPT", "offline: the dictionary (a model or training-state file) to find the examples of"},
+    {"data", "ACTS.npy", "offline: activations [N, 2, d] (float32 or float16)"},
+    {"tokens", "IDS.npy", "offline: the token ids [N] (int32/int64)"},
+    {"docs", "DOCS.npy", "offline: document ids [N] (windows stop at their edges; default: one document)"},
+    {"vocab", "V.json", "offline: the text of each id (a JSON array, {piece: id} or tokenizer.json)"},
+    {"window", "W", "offline: tokens each side of an example (default 16)"},
     {NULL, NULL, NULL}};
 
 static const xc_cli_optdef_t scaling_opts[] = {
@@ -135,8 +141,11 @@ static const xc_cli_cmd_t commands[] = {
      "The daemon keeps, for every latent, the --n most activating token occurrences seen in\n"
      "training and a uniform random sample of its activations, each with its stream, document,\n"
      "position and a window of token ids (text when the producer registered a vocabulary).\n"
-     "Each line: activation, stream doc:position, the window with the token in [[ ]].",
-     examples_opts, 1, 1, 1, xc_cli_cmd_examples},
+     "Each line: activation, stream doc:position, the window with the token in [[ ]].\n"
+     "Offline, on your data: --checkpoint CKPT --data ACTS.npy --tokens IDS.npy [--docs]\n"
+     "[--vocab] gives every latent's --n top examples for that frozen dictionary (threshold\n"
+     "mode, one streaming pass), each window with the latent's activation at every token.",
+     examples_opts, 0, 1, 1, xc_cli_cmd_examples},
     {"scaling", "", "run an exact Latent Scaling pass (and with --wait, summarise it)",
      "Asks the daemon to freeze its dictionary and compute exact β/ν over the next --tokens\n"
      "trained tokens. With --wait, waits for the pass (the 'scaling' event; --timeout is the\n"

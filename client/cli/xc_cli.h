@@ -157,6 +157,7 @@ int xc_cli_cmd_ping(xc_cli_args_t *a);
 int xc_cli_cmd_latents(xc_cli_args_t *a);
 int xc_cli_cmd_latent(xc_cli_args_t *a);
 int xc_cli_cmd_examples(xc_cli_args_t *a);
+int xc_cli_examples_offline(xc_cli_args_t *a);
 int xc_cli_cmd_scaling(xc_cli_args_t *a);
 int xc_cli_cmd_checkpoint(xc_cli_args_t *a);
 int xc_cli_cmd_pause(xc_cli_args_t *a);
