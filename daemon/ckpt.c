@@ -302,8 +302,56 @@ static void rotate(xc_ckpt_writer_t *w, int keep)
     if (removed) xc_fsync_dir(w->dir);
 }
 
-/* Writes the training file, then the model file; then rotates. */
+/* Makes room after a write failed for space: removes the oldest pair of this
+ * run, but only while another complete pair of it remains (the newest valid
+ * checkpoint is never removed). 1 if something was removed. */
+static int make_room(xc_ckpt_writer_t *w)
+{
+    entry_t *v;
+    int n, complete = 0, removed = 0;
+    remove_stale_temps(w->dir, w->name); /* a failed write's leftovers of this name */
+    if (list_entries(w->dir, w->name, &v, &n)) return 0;
+    if (n > 0) qsort(v, (size_t)n, sizeof *v, newest_first);
+    for (int i = 0; i < n; i++)
+        complete += v[i].known && strcmp(v[i].run_id, w->run_id) == 0 && v[i].has_model && v[i].has_train;
+    for (int i = n - 1; i >= 0 && !removed; i--) { /* oldest first */
+        if (!v[i].known || strcmp(v[i].run_id, w->run_id) != 0) continue;
+        int whole = v[i].has_model && v[i].has_train;
+        if (whole && complete < 2) break;
+        char m[1100], t[1100];
+        pair_names(w->dir, w->name, v[i].step, m, sizeof m, t, sizeof t);
+        removed = (v[i].has_model && unlink(m) == 0) | (v[i].has_train && unlink(t) == 0);
+        if (removed)
+            xc_log(XC_LOG_INFO, "disk full: removed the oldest checkpoint %s of this run to make room", m);
+    }
+    free(v);
+    if (removed) xc_fsync_dir(w->dir);
+    return removed;
+}
+
+/* 1 when a failed write ran out of space (errno right after it, or its reason). */
+static int out_of_space(int e, const char *why)
+{
+    return e == ENOSPC || e == EDQUOT || strstr(why, strerror(ENOSPC)) || strstr(why, strerror(EDQUOT));
+}
+
+static int write_pair_once(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r);
+
+/* Writes the pair; when the disk is full, makes room (make_room) and tries
+ * once more, so that rotation never waits for a success that cannot come. */
 static int write_pair(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
+{
+    int rc = write_pair_once(w, s, r);
+    if (rc && out_of_space(errno, r->why) && make_room(w)) {
+        double first_ms = r->write_ms;
+        rc = write_pair_once(w, s, r);
+        r->write_ms += first_ms;
+    }
+    return rc;
+}
+
+/* Writes the training file, then the model file; then rotates. */
+static int write_pair_once(xc_ckpt_writer_t *w, snap_t *s, xc_ckpt_info_t *r)
 {
     char created[40], ckid[24], tfile[160], mfile[160];
     uint64_t tbytes = 0, mbytes = 0;

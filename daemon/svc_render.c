@@ -343,6 +343,7 @@ void xc_svc_publish_ckpt(xc_svc_t *s, const xc_ckpt_result_t *ck)
     xc_buf_reset(&s->out);
     xc_mpw_init(&w, &s->out);
     if (ck->rc == 0) {
+        s->ckpt_failing = 0;
         s->cnt.checkpoints_written++;
         s->last_ckpt_unix = xc_svc_unix_s();
         s->last_ckpt_step = ck->step;
@@ -356,6 +357,8 @@ void xc_svc_publish_ckpt(xc_svc_t *s, const xc_ckpt_result_t *ck)
         if (xc_mpw_finish(&w) == 0) xc_svc_event_send(s, XC_EVENT_CHECKPOINT, &s->out);
     } else {
         s->cnt.checkpoints_failed++;
+        if (s->ckpt_failing) return; /* alerted when the failures began; status counts them */
+        s->ckpt_failing = 1;
         xc_proto_event_begin(&w, XC_EVENT_ALERT, s->cfg.name, xc_svc_unix_s());
         xc_mpw_kv_str(&w, "kind", "checkpoint_failed");
         xc_mpw_kv_str(&w, "code", xc_errname(ck->rc));

@@ -64,6 +64,9 @@ struct xc_trainer {
     xc_ckpt_writer_t *ckw;     /* owned: writes checkpoints on its own thread */
     uint64_t ckpt_started;     /* trainer thread: newest request handed to the writer */
     long ckpt_steps;           /* under mu: a checkpoint every N steps (0: off) */
+    int ckpt_fail_streak;      /* under mu: checkpoints failed in a row */
+    double ckpt_retry_ms;      /* under mu: no automatic checkpoint before this (backoff) */
+    int ckpt_logged_failing;   /* a failure was logged and no success since */
 };
 
 static double now_ms(void)
@@ -433,8 +436,30 @@ static void ckpt_finished(xc_trainer_t *t, const xc_ckpt_info_t *r)
     snprintf(res.train_path, sizeof res.train_path, "%s", r->train_path);
     snprintf(res.why, sizeof res.why, "%s", r->why);
     snprintf(res.reason, sizeof res.reason, "%s", r->reason);
+    /* Backoff: after a failure, automatic checkpoints (interval, steps) wait
+     * 1 s, 2 s, 4 s ... up to 10 min; requests and the shutdown's still try.
+     * One ERROR when writing starts failing, one INFO when it works again. */
+    pthread_mutex_lock(&t->mu);
+    int streak = r->rc ? ++t->ckpt_fail_streak : 0;
+    if (r->rc) {
+        double wait_ms = 1000.0 * (double)(1ull << (streak - 1 < 10 ? streak - 1 : 10));
+        t->ckpt_retry_ms = now_ms() + (wait_ms < 600000.0 ? wait_ms : 600000.0);
+    } else {
+        t->ckpt_fail_streak = 0;
+        t->ckpt_retry_ms = 0;
+    }
+    int recovered = !r->rc && t->ckpt_logged_failing;
+    t->ckpt_logged_failing = r->rc != 0;
+    pthread_mutex_unlock(&t->mu);
+    if (r->rc && streak == 1)
+        xc_log(XC_LOG_ERROR, "checkpoint (%s) failed: %s; automatic checkpoints back off (1 s, doubling up to "
+               "10 min) until one succeeds", r->reason, r->why);
+    else if (r->rc)
+        xc_log((streak & (streak - 1)) == 0 ? XC_LOG_WARN : XC_LOG_DEBUG, "checkpoint (%s) still failing (%d in a "
+               "row): %s", r->reason, streak, r->why);
+    if (recovered) xc_log(XC_LOG_INFO, "checkpoints are written again");
     if (r->rc)
-        xc_log(XC_LOG_ERROR, "checkpoint (%s) failed: %s", r->reason, r->why);
+        ; /* said above */
     else if (r->reused)
         xc_log(XC_LOG_INFO, "checkpoint (%s) at step %ld: %s is current (nothing trained since)", r->reason, r->step,
                r->path);
@@ -645,6 +670,12 @@ void xc_trainer_set_paused(xc_trainer_t *t, int paused)
 uint64_t xc_trainer_request_checkpoint(xc_trainer_t *t, const char *reason)
 {
     pthread_mutex_lock(&t->mu);
+    int automatic = strcmp(reason, "interval") == 0 || strcmp(reason, "steps") == 0;
+    if (automatic && t->ckpt_fail_streak && now_ms() < t->ckpt_retry_ms) { /* backing off */
+        uint64_t cur = t->ckpt_req;
+        pthread_mutex_unlock(&t->mu);
+        return cur;
+    }
     uint64_t gen = ++t->ckpt_req;
     t->ckpt_reason = reason;
     pthread_mutex_unlock(&t->mu);

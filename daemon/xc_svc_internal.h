@@ -149,6 +149,7 @@ struct xc_svc {
     size_t backlog_bytes, backlog_n;
     xc_ratelimit_t rl_reply;  /* log lines about replies that could not be delivered */
     xc_ratelimit_t rl_control; /* log lines about refused control requests (peer-triggered) */
+    int ckpt_failing;   /* the last checkpoint failed: one alert per change of state */
     xc_buf_t out;       /* scratch for replies */
     xc_remote_t *remote; /* checkpoints, fetch, table (remote.c) */
 };
