@@ -42,10 +42,13 @@ else nok "full_disk_makes_room_and_goes_on" "written ${w:-?}; $(grep -m2 -i 'che
 
 # nothing fits any more and nothing can be removed (only the newest valid pair
 # is left): automatic checkpoints back off
+X pause >/dev/null 2>&1
+sleep 1 # a write in flight finishes
 dd if=/dev/zero of="$ST/junk" bs=64k >/dev/null 2>&1
 newest=$(ls "$ST" | sed -n "s/^$NAME-\([0-9]*\)\.safetensors\$/\1/p" | sort | tail -1)
 for f in "$ST/$NAME"-*.safetensors; do case "$f" in *"-$newest."*) ;; *) rm -f "$f" ;; esac; done
 dd if=/dev/zero of="$ST/junk2" bs=64k >/dev/null 2>&1
+X resume >/dev/null 2>&1
 sleep 1
 f0=$(ctr checkpoints_failed)
 e0=$(grep -c 'ERROR.*checkpoint.*failed' "$T/daemon.log")
@@ -73,8 +76,11 @@ else nok "resumes_after_space_freed" "step ${s2:-?}"; fi
 # read-only state_dir: the checkpoint request fails with a reason, training goes on
 X synth --tokens 0 --batch 256 --rate 4000 --quiet >/dev/null 2>&1 &
 SPID=$!
-mount -o remount,ro "$ST"
-sleep 1
+# remounting fails while a checkpoint file is open for writing: retry
+for _ in $(seq 1 50); do mount -o remount,ro "$ST" 2>/dev/null && break; sleep 0.05; done
+step() { X --json status 2>/dev/null | "$PY" -c "import json,sys; print(json.load(sys.stdin)['step'])"; }
+r0=$(step)
+for _ in $(seq 1 50); do [ "$(step)" -gt $((${r0:-0} + 2)) ] 2>/dev/null && break; sleep 0.1; done
 if ! X --timeout 30 checkpoint >"$T/out" 2>&1 && grep -qi "read-only\|cannot" "$T/out" &&
    X ping >/dev/null 2>&1; then ok "read_only_state_dir_reported"
 else nok "read_only_state_dir_reported" "$(cat "$T/out")"; fi
