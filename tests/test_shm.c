@@ -165,7 +165,7 @@ static void test_live_owner_refused(void)
     char want[64];
     snprintf(want, sizeof want, "pid %d, run_dir /run/first", (int)pid);
     XC_CHECK(!w2 && err == XC_ESTATE, "second writer of a live object: err %d", err);
-    XC_CHECK(strstr(why, want) != NULL, "message names the owner: %s", why);
+    XC_CHECK(strstr(why, want) != NULL, "message names the owner: %.200s", why);
     XC_CHECK(stat(path, &st) == 0, "refused writer removed the owner's object");
     xc_shm_writer_close(&w2, 1);
     kill(pid, SIGKILL); /* the first daemon crashes: its object becomes stale */
@@ -173,10 +173,10 @@ static void test_live_owner_refused(void)
     close(fds[0]);
     close(fds[1]);
     xc_shm_writer_t *w3 = xc_shm_writer_open(g_inst, 10, 4, 0, 0640, "/run/second", &err, why, sizeof why);
-    XC_REQUIRE(w3, "replacing a dead writer's object: %s", why);
+    XC_REQUIRE(w3, "replacing a dead writer's object: %.200s", why);
     /* the name now belongs to a newer object: closing w3 must not unlink it */
     xc_shm_writer_t *w4 = xc_shm_writer_open(g_inst, 12, 4, 0, 0640, "/run/third", &err, why, sizeof why);
-    XC_REQUIRE(w4, "same-process replacement: %s", why);
+    XC_REQUIRE(w4, "same-process replacement: %.200s", why);
     xc_shm_writer_close(&w3, 1);
     xc_shm_reader_t *r = xc_shm_reader_open(g_inst, &err);
     XC_CHECK(r != NULL, "an older writer's close unlinked the newer object");
