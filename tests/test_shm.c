@@ -146,7 +146,7 @@ static void test_stale_object_replaced(void)
  * that is not its own. A killed writer's object is stale and replaced. */
 static void test_live_owner_refused(void)
 {
-    char why[512] = "", path[128];
+    char why[256] = "", path[128];
     int err, fds[2];
     struct stat st;
     snprintf(path, sizeof path, "/dev/shm/xcoderd.%s", g_inst);
