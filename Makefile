@@ -185,6 +185,11 @@ bench: all
 demo: all build/js.stamp build/dashboard.stamp
 	@bash scripts/demo.sh
 
+# The same on a real model pair: the checked-in language models (models/README.md).
+.PHONY: demo-lm
+demo-lm: all
+	@bash scripts/demo_lm.sh
+
 clean:
 	rm -rf build
 

@@ -4,6 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libuv1-dev
       libsystemd-dev python3-numpy python3-zmq python3-msgpack python3-pytest python3-torch
+      # the language-model pair's tokenizer (models/, tests/integ_lm.py)
+      python3-sentencepiece
       # service tests (tests/integ_service.py, integ_install.sh): systemd-analyze and
       # systemd-sysusers; the text-format parser of prometheus_client (200 kB, where the
       # prometheus package with promtool is 96 MB); groff to lint the man pages
