@@ -137,7 +137,8 @@ def main(argv=None):
     print(f"training: step {st['step']}, {st['tokens']} tokens; FVE base {fve[0]:.3f}, "
           f"chat {fve[1]:.3f}; L0 {st['l0']:.1f}; dead fraction {st['dead_fraction']:.3f}")
     F_ = len(tb["delta_norm"])
-    cls = tb["class"].astype(int)
+    cls = np.asarray(getattr(tb, "class_code", None) if getattr(tb, "class_code", None)
+                     is not None else tb["class"]).astype(int)
     alive = cls != 4
     counts = {CLASS_NAMES[i]: int((cls == i).sum()) for i in range(5)}
     chat_spec = (tb["flags"] & 1).astype(bool)

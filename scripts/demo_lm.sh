@@ -129,7 +129,7 @@ $PY models/report.py --run-dir "$RUN" --checkpoint "$CK"
 
 bold "6. shutting down"
 stop "$SPID"; SPID=""
-X shutdown --wait
+X --timeout 30 shutdown --wait   # up to 2 minutes for the final checkpoint
 rc=0
 wait "$DPID" || rc=$?
 DPID=""
