@@ -26,9 +26,7 @@ static const xc_cli_optdef_t push_opts[] = {
 #define SOURCE_OPT {"source", "S", "auto (shared memory when local, else the control socket), shm or control"}
 static const xc_cli_optdef_t latents_opts[] = {
     {"top", "N", "how many latents (default 10)"},
-    {"by", "FIELD", "sort field: delta_norm, freq, cosine, norm_base, norm_chat, mean_act, max_act, fired, "
-                    "tokens_since_fired, last_step_fired, nu_err, nu_rec, beta_err_base, beta_err_chat, "
-                    "beta_rec_base, beta_rec_chat, exact_nu_err, exact_nu_rec (default delta_norm)"},
+    {"by", "FIELD", "sort field, one of: " XC_LAT_FIELD_NAMES "(default delta_norm)"},
     {"asc", NULL, "smallest first"},
     {"alive", NULL, "skip dead latents"},
     {"class", "C", "only chat_only, base_only, shared, other, dead or chat_specific latents"},

@@ -8,9 +8,10 @@
 #include <string.h>
 
 static const char *const g_field_names[XC_LAT_NFIELDS] = {
-    "norm_base", "norm_chat", "delta_norm", "cosine", "freq", "mean_act", "max_act", "fired",
-    "tokens_since_fired", "last_step_fired", "nu_err", "nu_rec", "beta_err_base", "beta_err_chat",
-    "beta_rec_base", "beta_rec_chat", "exact_nu_err", "exact_nu_rec"};
+#define XC_LAT_F_NAME(e, name, expr) name,
+    XC_LAT_FIELDS(XC_LAT_F_NAME)
+#undef XC_LAT_F_NAME
+};
 
 int xc_lat_field(const char *name)
 {
@@ -33,34 +34,16 @@ static int shm_array_of(int f)
 
 int xc_lat_field_in_shm(int f) { return f >= 0 && f < XC_LAT_NFIELDS && shm_array_of(f) >= 0; }
 
-const char *xc_lat_field_list(void)
-{
-    return "norm_base, norm_chat, delta_norm, cosine, freq, mean_act, max_act, fired, tokens_since_fired, "
-           "last_step_fired, nu_err, nu_rec, beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, "
-           "exact_nu_err, exact_nu_rec";
-}
+const char *xc_lat_field_list(void) { return XC_LAT_FIELD_NAMES; }
 
+/* The sort value of record l: one case per row of XC_LAT_FIELDS. */
 double xc_lat_value(const xc_lat_t *l, int f)
 {
     switch (f) {
-    case XC_LAT_F_NORM_BASE: return l->norm_base;
-    case XC_LAT_F_NORM_CHAT: return l->norm_chat;
-    case XC_LAT_F_DELTA_NORM: return l->delta_norm;
-    case XC_LAT_F_COSINE: return l->cosine;
-    case XC_LAT_F_FREQ: return l->freq;
-    case XC_LAT_F_MEAN_ACT: return l->mean_act;
-    case XC_LAT_F_MAX_ACT: return l->max_act;
-    case XC_LAT_F_FIRED: return l->fired;
-    case XC_LAT_F_TOKENS_SINCE_FIRED: return l->tokens_since_fired;
-    case XC_LAT_F_LAST_STEP_FIRED: return (double)l->last_step_fired;
-    case XC_LAT_F_NU_ERR: return l->run.nu_err;
-    case XC_LAT_F_NU_REC: return l->run.nu_rec;
-    case XC_LAT_F_BETA_ERR_BASE: return l->run.beta_err_base;
-    case XC_LAT_F_BETA_ERR_CHAT: return l->run.beta_err_chat;
-    case XC_LAT_F_BETA_REC_BASE: return l->run.beta_rec_base;
-    case XC_LAT_F_BETA_REC_CHAT: return l->run.beta_rec_chat;
-    case XC_LAT_F_EXACT_NU_ERR: return l->has_exact ? l->exact.nu_err : NAN;
-    case XC_LAT_F_EXACT_NU_REC: return l->has_exact ? l->exact.nu_rec : NAN;
+#define XC_LAT_F_CASE(e, name, expr) \
+    case XC_LAT_F_##e: return (double)(expr);
+        XC_LAT_FIELDS(XC_LAT_F_CASE)
+#undef XC_LAT_F_CASE
     default: return NAN;
     }
 }

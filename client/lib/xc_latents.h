@@ -32,35 +32,44 @@ typedef struct {
     xc_lat_scaling_t run, exact;
 } xc_lat_t;
 
-/* Sort fields, the same names the daemon's `top` accepts. */
+/* Sort fields (names the daemon's `top` accepts; proto/xc_schema.h has the
+ * full column list), declared once: X(enum suffix, name, value of an xc_lat_t
+ * record as an expression of `l`). */
+#define XC_LAT_FIELDS(X)                                                           \
+    X(NORM_BASE, "norm_base", l->norm_base)                                        \
+    X(NORM_CHAT, "norm_chat", l->norm_chat)                                        \
+    X(DELTA_NORM, "delta_norm", l->delta_norm)                                     \
+    X(COSINE, "cosine", l->cosine)                                                 \
+    X(FREQ, "freq", l->freq)                                                       \
+    X(MEAN_ACT, "mean_act", l->mean_act)                                           \
+    X(MAX_ACT, "max_act", l->max_act)                                              \
+    X(FIRED, "fired", l->fired)                                                    \
+    X(TOKENS_SINCE_FIRED, "tokens_since_fired", l->tokens_since_fired)             \
+    X(LAST_STEP_FIRED, "last_step_fired", (double)l->last_step_fired)              \
+    X(NU_ERR, "nu_err", l->run.nu_err)                                             \
+    X(NU_REC, "nu_rec", l->run.nu_rec)                                             \
+    X(BETA_ERR_BASE, "beta_err_base", l->run.beta_err_base)                        \
+    X(BETA_ERR_CHAT, "beta_err_chat", l->run.beta_err_chat)                        \
+    X(BETA_REC_BASE, "beta_rec_base", l->run.beta_rec_base)                        \
+    X(BETA_REC_CHAT, "beta_rec_chat", l->run.beta_rec_chat)                        \
+    X(EXACT_NU_ERR, "exact_nu_err", l->has_exact ? l->exact.nu_err : NAN)          \
+    X(EXACT_NU_REC, "exact_nu_rec", l->has_exact ? l->exact.nu_rec : NAN)
 typedef enum {
-    XC_LAT_F_NORM_BASE = 0,
-    XC_LAT_F_NORM_CHAT,
-    XC_LAT_F_DELTA_NORM,
-    XC_LAT_F_COSINE,
-    XC_LAT_F_FREQ,
-    XC_LAT_F_MEAN_ACT,
-    XC_LAT_F_MAX_ACT,
-    XC_LAT_F_FIRED,
-    XC_LAT_F_TOKENS_SINCE_FIRED,
-    XC_LAT_F_LAST_STEP_FIRED,
-    XC_LAT_F_NU_ERR,
-    XC_LAT_F_NU_REC,
-    XC_LAT_F_BETA_ERR_BASE,
-    XC_LAT_F_BETA_ERR_CHAT,
-    XC_LAT_F_BETA_REC_BASE,
-    XC_LAT_F_BETA_REC_CHAT,
-    XC_LAT_F_EXACT_NU_ERR,
-    XC_LAT_F_EXACT_NU_REC,
+#define XC_LAT_F_ENUM(e, name, expr) XC_LAT_F_##e,
+    XC_LAT_FIELDS(XC_LAT_F_ENUM)
+#undef XC_LAT_F_ENUM
     XC_LAT_NFIELDS
 } xc_lat_field_t;
+/* "norm_base norm_chat ... exact_nu_rec " as one string literal (help texts). */
+#define XC_LAT_F_NAME_LIST(e, name, expr) name " "
+#define XC_LAT_FIELD_NAMES XC_LAT_FIELDS(XC_LAT_F_NAME_LIST)
 
 /* Field by name: its index, or -1. */
 int xc_lat_field(const char *name);
 const char *xc_lat_field_name(int f);
 /* 1 when shared memory carries the field (all but fired, tokens_since_fired). */
 int xc_lat_field_in_shm(int f);
-/* "norm_base, norm_chat, ..." for messages (static). */
+/* "norm_base norm_chat ... " for messages (static). */
 const char *xc_lat_field_list(void);
 /* The field's value (NaN when undefined). */
 double xc_lat_value(const xc_lat_t *l, int f);
