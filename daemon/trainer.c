@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -496,6 +497,11 @@ static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason, int
     ckpt_finished(t, &r); /* written here, current already, or failed */
 }
 
+/* Snapshots alive in this process (tests check the bound of three). */
+static atomic_long g_snapshots_alive;
+
+long xc_snapshot_alive(void) { return atomic_load(&g_snapshots_alive); }
+
 /* One block holding a snapshot and its arrays (freed with one free). NULL
  * when out of memory. */
 static xc_snapshot_t *snapshot_alloc(long F)
@@ -504,6 +510,7 @@ static xc_snapshot_t *snapshot_alloc(long F)
     size_t sz = sizeof(xc_snapshot_t) + n * sizeof(xc_latent_stats_t) + 2 * n * sizeof(xc_scaling_stats_t) + 2 * n;
     xc_snapshot_t *sn = calloc(1, sz); /* owned by the caller */
     if (!sn) return NULL;
+    atomic_fetch_add(&g_snapshots_alive, 1);
     uint8_t *p = (uint8_t *)(sn + 1); /* the struct's size keeps the arrays aligned */
     sn->F = F;
     sn->st = (xc_latent_stats_t *)p;
@@ -520,6 +527,7 @@ static xc_snapshot_t *snapshot_alloc(long F)
 void xc_snapshot_free(xc_snapshot_t **snap)
 {
     if (!snap || !*snap) return;
+    atomic_fetch_sub(&g_snapshots_alive, 1);
     free(*snap);
     *snap = NULL;
 }

@@ -125,6 +125,8 @@ int xc_trainer_poll(xc_trainer_t *t, xc_ckpt_result_t *ck, uint64_t *snapshot_ge
  * unchanged when no newer one is ready. Free the last with xc_snapshot_free. */
 xc_snapshot_t *xc_trainer_snapshot_swap(xc_trainer_t *t, xc_snapshot_t *mine);
 void xc_snapshot_free(xc_snapshot_t **snap);
+/* Snapshots allocated and not yet freed in this process (for tests). */
+long xc_snapshot_alive(void);
 /* Starts an exact Latent Scaling pass over the next `tokens` trained tokens
  * (dictionary frozen at the next step). XC_ESTATE if one is under way. */
 int xc_trainer_request_scaling(xc_trainer_t *t, uint64_t tokens);
