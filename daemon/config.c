@@ -31,9 +31,11 @@ static const char *const g_models[] = {"batchtopk", "l1", NULL};   /* xc_model_k
 static const char *const g_losses[] = {"l2", "mse", NULL};         /* xc_loss_kind_t */
 static const char *const g_levels[] = {"debug", "info", "warn", "error", NULL}; /* xc_log_level_t */
 static const char *const g_onoff[] = {"off", "on", NULL};
-_Static_assert(XC_MODEL_L1 == 1 && XC_LOSS_MSE == 1 && XC_LOG_ERROR == 3, "enum names out of order");
+static const char *const g_precs[] = {"fp32", "auto", "bf16", "int8", NULL}; /* xc_prec_t */
+_Static_assert(XC_MODEL_L1 == 1 && XC_LOSS_MSE == 1 && XC_LOG_ERROR == 3 && XC_PREC_AUTO == 1 && XC_PREC_INT8 == 3,
+               "enum names out of order");
 _Static_assert(sizeof(xc_model_kind_t) == sizeof(int) && sizeof(xc_loss_kind_t) == sizeof(int) &&
-                   sizeof(xc_log_level_t) == sizeof(int),
+                   sizeof(xc_log_level_t) == sizeof(int) && sizeof(xc_prec_t) == sizeof(int),
                "ENUM keys are stored as int-sized enums");
 
 /* init_norm = auto: method.md 1 (encoder columns at 1.0 for BatchTopK, 0.005 for L1). */
@@ -120,6 +122,10 @@ static const xc_cfg_key_t g_keys[] = {
               "smallest selected score)"),
     KEY_INT("seed", "0", 0, BIG, seed, "model", "random seed (initialisation and the mixing buffer's draws)"),
     KEY_INT("threads", "0", 0, 256, threads, "model", "compute threads of the trainer; 0 = all online CPUs"),
+    KEY_ENUM("encoder_precision", "auto", g_precs, encoder_precision, "model",
+             "BatchTopK encoder product: auto = int8 where the CPU has VNNI, else bf16 where it has native "
+             "BF16, else fp32; the selection stays exact (candidates recomputed in fp32, the step redone in "
+             "fp32 when a margin check fails); a precision the CPU or build lacks runs fp32 with a warning"),
     /* service */
     KEY_INT("queue_size", "64", 1, 1e6, queue_size, "service",
             "accepted batches waiting for the trainer; when full the daemon stops reading the ingest "
@@ -651,6 +657,7 @@ void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec)
     ec->scaling_half_life = c->scaling_half_life;
     ec->scaling_min_active = c->scaling_min_active;
     ec->scaling_running = c->scaling_running;
+    ec->encoder_precision = c->encoder_precision;
 }
 
 void xc_cfg_engine_defaults(xc_engine_config_t *ec, xc_model_kind_t model)

@@ -665,6 +665,20 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
                 s->cfg.dict_size, xc_strerror(rc));
         goto fail;
     }
+    {
+        /* which product the encoder runs, and why not the one asked for */
+        xc_prec_t want = ec.encoder_precision, got = xc_engine_metrics(s->engine)->precision;
+        char pw[256] = "";
+        if (want != XC_PREC_AUTO && want != got) {
+            if (xc_score_supported(want, pw, sizeof pw))
+                snprintf(pw, sizeof pw, "%s",
+                         ec.model != XC_MODEL_BATCHTOPK ? "the L1 model scores in fp32" : "oneDNN refused the shape");
+            xc_log(XC_LOG_WARN, "encoder_precision = %s not used: %s; running %s", xc_prec_name(want), pw,
+                   xc_prec_name(got));
+        }
+        xc_log(XC_LOG_INFO, "encoder product: %s (%s), encoder_precision = %s, oneDNN isa %s", xc_prec_name(got),
+               xc_engine_score_kernel(s->engine), xc_prec_name(want), xc_score_isa());
+    }
     rc = XC_ENOMEM;
     s->queue = xc_queue_new(s->cfg.queue_size, wake_loop, s);
     cj = xc_svc_config_json(&s->cfg);

@@ -116,6 +116,11 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->step_ms = ts.last_step_ms;
     m->uptime_s = xc_svc_mono_s() - s->t_start;
     m->shm = ts.shm;
+    /* the encoder product: what runs (auto resolved) and its kernel */
+    m->encoder_precision = xc_prec_name(ts.m.precision);
+    m->encoder_kernel = xc_engine_score_kernel(s->engine);
+    m->encoder_fallbacks = (uint64_t)ts.m.score_fallbacks;
+    m->encoder_fp32_steps = (uint64_t)ts.m.score_fp32_steps;
     /* curve: tcp endpoints need an allow-listed key; insecure_tcp: one is reachable
      * beyond loopback without it (the operator accepted the risk) */
     m->curve = s->auth != NULL;

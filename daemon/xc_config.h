@@ -45,6 +45,7 @@ typedef struct {
     long dead_tokens, threshold_start_step;
     double threshold_beta;
     long seed, threads;
+    xc_prec_t encoder_precision;
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     double max_abs_value;

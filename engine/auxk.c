@@ -119,6 +119,8 @@ double xc_auxk_run(xc_engine_t *e)
     memset(e->aux_ptr, 0, sizeof(long) * (size_t)(e->B + 1));
     e->aux_nnz = 0;
     if (e->k_aux == 0 || e->cfg.aux_coef == 0) return 0.0;
+    /* reduced-precision scoring left pre approximate: AuxK reads exact values */
+    if (e->pre_approx) xc_engine_exact_columns(e, e->dead_list, e->n_dead_list);
 
     xc_pool_run(e->pool, aux_fwd_task, e);
     double num = 0;

@@ -48,6 +48,7 @@ extern void omp_set_num_threads(int n);
 #define TAU_FRAC 0.85f    /* next call's collect threshold, as a fraction of c_low */
 #define COLLECT_LIMIT 16  /* a collect pass may keep at most this many times K */
 #define CAND_LIMIT 48     /* candidates beyond this many times K: score in fp32 */
+#define NORM_UP 1.0005    /* norms rounded up: float sums of squares (16 lanes) stay below it */
 
 static double now_ms(void)
 {
@@ -159,17 +160,20 @@ const char *xc_score_isa(void)
 /* ---------------------------------------------------------------- exact dot */
 
 #ifdef XC_SCORE_AVX512
-__attribute__((target("avx512f"))) static double dot_avx512(const float *a, const float *b, int n)
+__attribute__((target("avx512f"))) static float dot_avx512(const float *a, const float *b, int n)
 {
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i)), _mm512_cvtps_pd(_mm256_loadu_ps(b + i)), s0);
-        s1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(a + i + 8)),
-                             _mm512_cvtps_pd(_mm256_loadu_ps(b + i + 8)), s1);
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
     }
-    double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-    for (; i < n; i++) s += (double)a[i] * b[i];
+    if (i + 16 <= n) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        i += 16;
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
 static int have_avx512(void)
@@ -180,19 +184,19 @@ static int have_avx512(void)
 }
 #endif
 
-/* Products of two floats are exact in double; the sum's error is ~1e-16
- * relative, far below the float rounding that follows. */
-static double dot_d(const float *a, const float *b, int n)
+/* The exact value of an entry: an fp32 dot product in a fixed order (its
+ * rounding, like any fp32 summation's, is covered by gamma in the bound). */
+static float dot_f(const float *a, const float *b, int n)
 {
 #ifdef XC_SCORE_AVX512
     if (have_avx512()) return dot_avx512(a, b, n);
 #endif
-    double s = 0;
-    for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
-float xc_score_dot(const float *a, const float *b, int n) { return (float)dot_d(a, b, n); }
+float xc_score_dot(const float *a, const float *b, int n) { return dot_f(a, b, n); }
 
 /* ---------------------------------------------------------------- state */
 
@@ -221,6 +225,7 @@ struct xc_score {
 
     int n_out, out_idx[OUT_MAX];
     unsigned char *is_out;  /* (d2) */
+    float *keepf;           /* (d2) 0 on outlier dimensions, 1 elsewhere */
     float *amax;            /* (d2) merged */
 
     void *xq;               /* (B, d2) u8 (int8, zero at 128) or bf16 */
@@ -238,6 +243,7 @@ struct xc_score {
     long limit;             /* collect: stop storing beyond this many per worker */
     float tau;              /* next call's collect threshold (0: histogram first) */
     double lambda, lambda_forced;
+    double cand_limit;      /* candidates beyond cand_limit * K: XC_EAGAIN (score in fp32) */
 
     pend_t *all;            /* merged candidates, row order */
     long all_cap, nall;
@@ -268,6 +274,65 @@ static inline uint16_t to_bf16(float f)
 
 static inline float from_bf16(uint16_t h) { return bitsf((uint32_t)h << 16); }
 
+#ifdef XC_SCORE_AVX512
+static inline double hsum(__m512 v) __attribute__((target("avx512f")));
+static inline double hsum(__m512 v)
+{
+    float t[16];
+    _mm512_storeu_ps(t, v);
+    double s = 0;
+    for (int i = 0; i < 16; i++) s += t[i];
+    return s;
+}
+
+/* quant_vec, 16 values at a time (n a multiple of 16). */
+__attribute__((target("avx512f"))) static float quant_vec_avx512(const xc_score_t *s, const float *v, void *dst,
+                                                                   int off, double *e2, double *q2, double *v2,
+                                                                   int32_t *qsum)
+{
+    int n = s->d2;
+    __m512 se = _mm512_setzero_ps(), sq = se, sv = se;
+    if (s->prec == XC_PREC_BF16) {
+        const __m512i one = _mm512_set1_epi32(1), rnd = _mm512_set1_epi32(0x7fff);
+        for (int i = 0; i < n; i += 16) {
+            __m512 x = _mm512_mul_ps(_mm512_loadu_ps(v + i), _mm512_loadu_ps(s->keepf + i));
+            __m512i u = _mm512_castps_si512(x);
+            u = _mm512_add_epi32(u, _mm512_add_epi32(rnd, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+            u = _mm512_srli_epi32(u, 16);
+            _mm256_storeu_si256((__m256i *)((uint16_t *)dst + i), _mm512_cvtepi32_epi16(u));
+            __m512 xq = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16)), r = _mm512_sub_ps(x, xq);
+            se = _mm512_add_ps(se, _mm512_mul_ps(r, r));
+            sq = _mm512_add_ps(sq, _mm512_mul_ps(xq, xq));
+            sv = _mm512_add_ps(sv, _mm512_mul_ps(x, x));
+        }
+        *e2 = hsum(se), *q2 = hsum(sq), *v2 = hsum(sv);
+        return 1.0f;
+    }
+    __m512 mx = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), _mm512_loadu_ps(s->keepf + i))));
+    float amax = _mm512_reduce_max_ps(mx);
+    float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv), vsc = _mm512_set1_ps(scale);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), vo = _mm512_set1_epi32(off);
+    __m512i qs = _mm512_setzero_si512();
+    for (int i = 0; i < n; i += 16) {
+        __m512 x = _mm512_mul_ps(_mm512_loadu_ps(v + i), _mm512_loadu_ps(s->keepf + i));
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(x, vinv)); /* round to nearest even, as lrintf */
+        q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+        qs = _mm512_add_epi32(qs, q);
+        _mm_storeu_si128((__m128i *)((unsigned char *)dst + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, vo)));
+        __m512 xq = _mm512_mul_ps(_mm512_cvtepi32_ps(q), vsc), r = _mm512_sub_ps(x, xq);
+        se = _mm512_add_ps(se, _mm512_mul_ps(r, r));
+        sq = _mm512_add_ps(sq, _mm512_mul_ps(xq, xq));
+        sv = _mm512_add_ps(sv, _mm512_mul_ps(x, x));
+    }
+    *e2 = hsum(se), *q2 = hsum(sq), *v2 = hsum(sv);
+    if (qsum) *qsum = 128 * _mm512_reduce_add_epi32(qs);
+    return scale;
+}
+#endif
+
 /* Quantizes one vector (outlier dims zeroed): int8 stores q + off (off 128 for
  * u8 activations, 0 for s8 weights). Returns the scale; norms of the residual,
  * of the quantized vector and of the original (non-outlier dims), in double. */
@@ -277,6 +342,9 @@ static float quant_vec(const xc_score_t *s, const float *v, void *dst, int off, 
     int n = s->d2;
     double se = 0, sq = 0, sv = 0;
     long qs = 0;
+#ifdef XC_SCORE_AVX512
+    if (have_avx512() && n % 16 == 0) return quant_vec_avx512(s, v, dst, off, e2, q2, v2, qsum);
+#endif
     if (s->prec == XC_PREC_BF16) {
         uint16_t *h = dst;
         for (int i = 0; i < n; i++) {
@@ -348,7 +416,10 @@ static int find_outliers(xc_score_t *s)
     qsort(tmp, (size_t)d2, sizeof(float), cmp_f);
     float med = tmp[d2 / 2];
     free(tmp);
-    memset(s->is_out, 0, (size_t)d2);
+    for (int i = 0; i < d2; i++) {
+        s->is_out[i] = 0;
+        s->keepf[i] = 1.0f;
+    }
     s->n_out = 0;
     if (!(med > 0.0f)) return XC_OK;
     for (int q = 0; q < OUT_MAX; q++) {
@@ -358,6 +429,7 @@ static int find_outliers(xc_score_t *s)
                 best = i;
         if (best < 0) break;
         s->is_out[best] = 1;
+        s->keepf[best] = 0.0f;
         s->out_idx[s->n_out++] = best;
     }
     return XC_OK;
@@ -378,9 +450,9 @@ static void xquant_task(void *ctx, int tid, int nth)
             s->xo[(size_t)b * OUT_MAX + o] = v;
             o2 += (double)v * v;
         }
-        s->ex[b] = (float)sqrt(e2);
-        s->xqn[b] = (float)sqrt(q2);
-        s->xa[b] = (float)(sqrt(v2 + o2) + sqrt(e2));
+        s->ex[b] = (float)(sqrt(e2) * NORM_UP);
+        s->xqn[b] = (float)(sqrt(q2) * NORM_UP);
+        s->xa[b] = (float)((sqrt(v2 + o2) + sqrt(e2)) * NORM_UP);
     }
 }
 
@@ -401,9 +473,9 @@ static void wquant_task(void *ctx, int tid, int nth)
             s->wo[(size_t)o * s->F + j] = v;
             o2 += (double)v * v;
         }
-        s->ew[j] = (float)sqrt(e2);
-        s->wn[j] = (float)sqrt(v2);
-        s->wa[j] = (float)(sqrt(v2 + o2) + sqrt(e2));
+        s->ew[j] = (float)(sqrt(e2) * NORM_UP);
+        s->wn[j] = (float)(sqrt(v2) * NORM_UP);
+        s->wa[j] = (float)((sqrt(v2 + o2) + sqrt(e2)) * NORM_UP);
     }
 }
 
@@ -423,10 +495,49 @@ static int pend_reserve(pend_t **p, long *cap, long n)
 /* the int8 product's int32 sums share the scratch with the floats they become */
 typedef int32_t __attribute__((may_alias)) i32_alias_t;
 
+#ifdef XC_SCORE_AVX512
+/* dequant_row, 16 latents at a time, the outlier dimensions added in registers. */
+__attribute__((target("avx512f"))) static int dequant_row_avx512(const xc_score_t *s, long b, float *row)
+{
+    int F = s->F, no = s->n_out, j = 0, i8 = s->prec == XC_PREC_INT8;
+    const float *xo = s->xo + (size_t)b * OUT_MAX;
+    const __m512 vsx = _mm512_set1_ps(s->sx[b]);
+    for (; j + 16 <= F; j += 16) {
+        __m512 acc;
+        if (i8) {
+            __m512i a = _mm512_sub_epi32(_mm512_loadu_si512(row + j), _mm512_loadu_si512(s->wcomp + j));
+            acc = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(vsx, _mm512_loadu_ps(s->sw + j)));
+        } else {
+            acc = _mm512_loadu_ps(row + j);
+        }
+        for (int o = 0; o < no; o++)
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(xo[o]), _mm512_loadu_ps(s->wo + (size_t)o * F + j)));
+        _mm512_storeu_ps(row + j, acc);
+    }
+    return j;
+}
+#endif
+
 /* Row b of P~: dequantize in place (int8) and add the outlier dimensions. */
 static void dequant_row(const xc_score_t *s, long b, float *row)
 {
     int F = s->F;
+#ifdef XC_SCORE_AVX512
+    if (have_avx512()) {
+        int j0 = dequant_row_avx512(s, b, row);
+        if (j0 == F) return;
+        /* the tail: the scalar loop below on the last F - j0 latents */
+        for (int j = j0; j < F; j++) {
+            if (s->prec == XC_PREC_INT8) {
+                int32_t a;
+                memcpy(&a, row + j, sizeof a);
+                row[j] = (float)(a - s->wcomp[j]) * (s->sx[b] * s->sw[j]);
+            }
+            for (int o = 0; o < s->n_out; o++) row[j] += s->xo[(size_t)b * OUT_MAX + o] * s->wo[(size_t)o * F + j];
+        }
+        return;
+    }
+#endif
     if (s->prec == XC_PREC_INT8) {
         const i32_alias_t *acc = (const i32_alias_t *)row;
         float sxb = s->sx[b];
@@ -648,8 +759,8 @@ static void exact_task(void *ctx, int tid, int nth)
     for (long q = lo; q < hi; q++) {
         long i = s->order[q];
         const pend_t *p = &s->all[i];
-        double P = dot_d(s->x + (size_t)p->b * s->d2, s->wt + (size_t)p->j * s->d2, s->d2);
-        float pf = (float)P;
+        float pf = dot_f(s->x + (size_t)p->b * s->d2, s->wt + (size_t)p->j * s->d2, s->d2);
+        double P = pf;
         double err = fabs(P - p->pa);
         double dq = (double)s->ex[p->b] * s->wn[p->j] + (double)s->xqn[p->b] * s->ew[p->j];
         double dr = s->gamma * s->xa[p->b] * s->wa[p->j] +
@@ -715,12 +826,14 @@ xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, 
     s->B = B, s->d2 = d2, s->F = F;
     s->pool = pool;
     s->nth = xc_pool_size(pool);
-    /* worst case of the fp32 sums after the product: d2 + OUT_MAX + 8 roundings */
-    s->gamma = (double)(d2 + OUT_MAX + 8) * ldexp(1.0, -24) * 1.01;
+    /* fp32 rounding, twice: the sums after the product (d2 + OUT_MAX + 8 roundings
+     * at most) and the exact recompute's dot product (d2) */
+    s->gamma = 2.0 * (double)(d2 + OUT_MAX + 8) * ldexp(1.0, -24) * 1.01;
     s->lambda = prec == XC_PREC_BF16 ? 1.0 : fmin(1.0, 8.0 / sqrt((double)d2));
     size_t es = prec == XC_PREC_BF16 ? 2 : 1;
     s->w = calloc((size_t)s->nth, sizeof *s->w);
     s->is_out = calloc((size_t)d2, 1);
+    s->keepf = calloc((size_t)d2, sizeof(float));
     s->amax = calloc((size_t)d2, sizeof(float));
     s->xq = malloc((size_t)B * d2 * es);
     s->wq = malloc((size_t)F * d2 * es);
@@ -730,7 +843,7 @@ xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, 
     s->wo = calloc((size_t)F * OUT_MAX, sizeof(float));
     s->wcomp = calloc((size_t)F, sizeof(int32_t));
     s->jptr = calloc((size_t)F + 1, sizeof(long));
-    if (!s->w || !s->is_out || !s->amax || !s->xq || !s->wq || !s->sx || !s->xo || !s->sw || !s->wo || !s->wcomp ||
+    if (!s->w || !s->is_out || !s->keepf || !s->amax || !s->xq || !s->wq || !s->sx || !s->xo || !s->sw || !s->wo || !s->wcomp ||
         !s->jptr)
         goto out;
     s->ex = s->sx + B, s->xqn = s->sx + 2 * (size_t)B, s->xa = s->sx + 3 * (size_t)B;
@@ -745,6 +858,10 @@ xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, 
     rc = dnnl_setup(s, why, why_len);
     if (rc) goto out;
 #endif
+    /* a fixed margin from the environment (tests: a tiny one forces the fallback) */
+    const char *fl = getenv("XC_SCORE_LAMBDA"), *cl = getenv("XC_SCORE_CAND_LIMIT");
+    if (fl && atof(fl) > 0) xc_score_force_lambda(s, atof(fl));
+    s->cand_limit = cl && atof(cl) > 0 ? atof(cl) : CAND_LIMIT;
     s->st.lambda = s->lambda;
     if (err) *err = XC_OK;
     return s;
@@ -776,6 +893,7 @@ void xc_score_destroy(xc_score_t **ps)
         }
     free(s->w);
     free(s->is_out);
+    free(s->keepf);
     free(s->amax);
     free(s->xq);
     free(s->wq);
@@ -866,11 +984,14 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
     t1 = now_ms();
 
     /* candidates: collect at last call's threshold; the histogram when that fails */
-    long limit = COLLECT_LIMIT * K;
+    long limit = (long)(fmin(COLLECT_LIMIT, s->cand_limit) * K), redo = 0;
+    double lam_next = s->lambda;
     float c_low = 0.0f;
     int ok = 0;
     s->mode = 0;
-    if (s->tau > 0.0f) {
+again:
+    ok = 0;
+    if (s->tau > 0.0f && !redo) {
         rc = collect(s, s->tau, limit);
         if (rc && rc != XC_EAGAIN) return rc;
         if (!rc) {
@@ -887,7 +1008,7 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
         }
         s->st.full_passes++;
         c_low = hist_lower(s);
-        rc = collect(s, c_low > 0.0f ? c_low : FLT_TRUE_MIN, CAND_LIMIT * K);
+        rc = collect(s, c_low > 0.0f ? c_low : FLT_TRUE_MIN, (long)(s->cand_limit * K));
         if (rc == XC_EAGAIN) goto fallback;
         if (rc) return rc;
         float c2 = kth_lower(s);
@@ -910,7 +1031,8 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
     s->st.max_ratio = mr;
     s->st.candidates = s->nall;
     s->tau = c_low * TAU_FRAC;
-    if (s->lambda_forced <= 0 && s->prec == XC_PREC_INT8) {
+    double lam_used = s->lambda;
+    if (s->lambda_forced <= 0 && s->prec == XC_PREC_INT8 && !redo) {
         /* calibration: a margin within SAFETY of the measured errors is too thin */
         double target = SAFETY * mr;
         if (target > s->lambda && s->lambda < 1.0) bad = 1;
@@ -918,6 +1040,18 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
         s->lambda = fmin(1.0, fmax(next, 1.0 / sqrt((double)s->d2)));
     } else if (s->lambda_forced > 0 && SAFETY * mr > s->lambda && s->lambda < 1.0) {
         bad = 1;
+    }
+    if (redo) {
+        s->lambda = lam_next; /* the proven bound was for this call only */
+    } else if (bad && lam_used < 1.0) {
+        /* the margin was too thin: the same P~ again with the proven bound (lambda
+         * 1), whose candidates contain the exact top K whatever the errors are */
+        s->st.fallbacks++;
+        lam_next = s->lambda;
+        s->lambda = 1.0;
+        redo = 1;
+        bad = 0;
+        goto again;
     }
     s->st.lambda = s->lambda;
     if (bad) goto fallback;
@@ -930,7 +1064,8 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
     *ncand = m;
     return XC_OK;
 fallback:
-    s->st.fallbacks++;
+    if (redo) s->lambda = lam_next;
+    s->st.fp32_calls++;
     s->tau = 0.0f;
     return XC_EAGAIN;
 }

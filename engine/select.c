@@ -255,6 +255,8 @@ static int cut_boundary(xc_engine_t *e, long need)
     return XC_OK;
 }
 
+static int select_listed(xc_engine_t *e);
+
 /* Fast path: select from the prefiltered lists, or XC_EAGAIN when the filter let
  * through too few (the full path must run) or too many entries; tau_frac adapts
  * either way so the next step's filter fits better. */
@@ -273,13 +275,21 @@ static int select_fast(xc_engine_t *e)
         s->tau_frac *= 0.7f; /* too few passed: filter more loosely next time */
         return XC_EAGAIN;
     }
+    return select_listed(e);
+}
+
+/* The exact top K of the workers' lists, which hold (in row order across the
+ * workers) every entry that can be selected: cut, then the CSR. */
+static int select_listed(xc_engine_t *e)
+{
+    xc_select_state_t *s = &e->sel;
     uint64_t *h = e->hist64;
     memset(h, 0, sizeof(uint64_t) * XC_NBUCKET);
     for (int t = 0; t < e->nth; t++)
         for (long i = 0; i < e->w[t].ncand; i++) h[bucket_of(e->w[t].cand[i].r)]++;
     s->sel_all = 0;
     long need = boundary(e, h);
-    rc = cut_boundary(e, need);
+    int rc = cut_boundary(e, need);
     if (rc) return rc;
     /* candidates are in row-major order across workers: fill the CSR directly */
     memset(e->row_cnt, 0, sizeof(long) * (size_t)e->B);
@@ -360,6 +370,34 @@ int xc_select_topk(xc_engine_t *e)
     e->met.select_candidates = s->last_ncand;
     e->met.full_selects = s->n_full;
     s->tau = s->sel_all ? 0.0f : s->cut_r * s->tau_frac;
+    return XC_OK;
+}
+
+/* Candidates of a reduced-precision scorer: every entry that can be in the top
+ * K, with its exact u and r. Fewer than K positives: they are all the batch's
+ * positives (xc_score.h), and all are taken. */
+int xc_select_from_candidates(xc_engine_t *e, const xc_score_cand_t *c, long n)
+{
+    xc_worker_t *w0 = &e->w[0];
+    if (cand_reserve(w0, n) != XC_OK) return XC_ENOMEM;
+    for (long i = 0; i < n; i++) w0->cand[i] = (xc_cand_t){c[i].b, c[i].j, c[i].r, c[i].u};
+    w0->ncand = n;
+    for (int t = 1; t < e->nth; t++) e->w[t].ncand = 0;
+    e->sel.last_ncand = n;
+    e->met.select_candidates = n;
+    e->met.full_selects = e->sel.n_full;
+    if (n >= e->K) return select_listed(e);
+    e->sel.sel_all = 1;
+    memset(e->row_cnt, 0, sizeof(long) * (size_t)e->B);
+    for (long i = 0; i < n; i++) {
+        e->col[i] = c[i].j;
+        e->val[i] = c[i].u;
+        e->ent_row[i] = c[i].b;
+        e->row_cnt[c[i].b]++;
+    }
+    e->row_ptr[0] = 0;
+    for (long b = 0; b < e->B; b++) e->row_ptr[b + 1] = e->row_ptr[b] + e->row_cnt[b];
+    e->nnz = n;
     return XC_OK;
 }
 

@@ -10,6 +10,8 @@
 #ifndef XC_ENGINE_H
 #define XC_ENGINE_H
 
+#include "xc_score.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +46,7 @@ typedef struct {
     double scaling_half_life;  /* tokens; window of the running Latent Scaling estimates */
     double scaling_min_active; /* activations a latent needs before its beta is defined */
     int scaling_running;       /* keep running Latent Scaling estimates (1) or not (0) */
+    xc_prec_t encoder_precision; /* BatchTopK scoring: auto|fp32|bf16|int8 (xc_score.h); L1 is fp32 */
 } xc_engine_config_t;
 
 typedef struct {
@@ -63,6 +66,12 @@ typedef struct {
     int n_dead;
     long select_candidates;    /* entries that passed the selection prefilter last step */
     long full_selects;         /* steps that needed the full-batch selection path */
+    xc_prec_t precision;       /* what the encoder product runs at (fp32, bf16, int8) */
+    long score_steps;          /* steps scored at reduced precision (selection exact) */
+    long score_fallbacks;      /* of those, steps whose margin check failed: candidates redone with the proven bound */
+    long score_fp32_steps;     /* of those, steps scored by the fp32 product (too many candidates) */
+    int score_outliers;        /* fp32 outlier dimensions of the last reduced step */
+    double score_lambda;       /* int8 margin, as a fraction of the proven bound (1 = proof) */
     /* wall time of the last training step's phases, ms (see XC_PHASE_*) */
     double phase_ms[7];
 } xc_engine_metrics_t;
@@ -195,6 +204,21 @@ typedef struct {
 int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max);
 /* After writing into the views: recompute cached values (decoder norms, metrics). */
 void xc_engine_state_restored(xc_engine_t *e);
+
+/* Sets the encoder product's precision (auto resolves by CPU, xc_score_resolve).
+ * A precision this build or CPU lacks runs fp32, with the reason in why; XC_ENOMEM
+ * or XC_ESTATE (oneDNN refused the shape) leave fp32 in place. Between steps. */
+int xc_engine_set_precision(xc_engine_t *e, xc_prec_t p, char *why, size_t why_len);
+/* The product's implementation ("openblas sgemm", oneDNN's "brg:avx512_core_vnni"). */
+const char *xc_engine_score_kernel(const xc_engine_t *e);
+/* For tests and benches: scores x (batch_size tokens) at the engine's precision and
+ * in fp32 with the current parameters, changes no parameter, and compares the two
+ * selections. *differ: entries in one and not the other; *mismatch: those where the
+ * reduced-precision selection is wrong by the scorer's exact values (the fp32 dot
+ * products of xc_score_dot); the rest are ties within fp32 rounding of the sgemm. *fell_back:
+ * the reduced scoring fell back to fp32 (nothing compared). */
+int xc_engine_selection_check(xc_engine_t *e, const float *x, long n_tokens, long *differ, long *mismatch,
+                              int *fell_back);
 
 /* Geometric median of n points in R^dim (Weiszfeld from the mean, as the
  * reference trainer: <= max_iter iterations, stop when the shift < tol).

@@ -175,6 +175,10 @@ struct xc_engine {
     int n_dead_list, k_aux;
     long nnz, aux_nnz;          /* selected entries, AuxK entries of this step */
     xc_select_state_t sel;
+    /* reduced-precision scoring (score.c); NULL: the fp32 sgemm scores */
+    xc_score_t *score;          /* owned */
+    int pre_approx;             /* this step's pre is approximate (exact only where recomputed) */
+    float *exact_buf;           /* (nth, XC_EXACT_COLS * (d2 + B)) exact-column scratch; owned */
 
     const float *x;             /* borrowed batch during a step */
     long n;                     /* rows in the current pass (B, or an encode chunk) */
@@ -235,6 +239,13 @@ void xc_engine_enc_gemm_task(void *ctx, int tid, int nth);
  * shards) and the boundary candidates (cut_boundary: a gather of bucket_t's
  * entries); everything else is local to a shard's latents. */
 int xc_select_topk(xc_engine_t *e);
+/* The same selection from a reduced-precision scorer's candidates (row order,
+ * exact u and r, a superset of the top k*B: xc_score.h) instead of e->pre. */
+int xc_select_from_candidates(xc_engine_t *e, const xc_score_cand_t *c, long n);
+/* engine.c: after reduced-precision scoring, pre[:, cols] recomputed in fp32
+ * (the dead latents AuxK reads). */
+#define XC_EXACT_COLS 64
+void xc_engine_exact_columns(xc_engine_t *e, const int *cols, int n);
 /* Initial prefilter state (the first step runs the full path) and the
  * per-worker candidate lists; XC_ENOMEM. */
 int xc_select_init(xc_engine_t *e);

@@ -5,16 +5,19 @@
  * P~ with a bf16 or int8 matrix product (oneDNN, which dispatches to AVX512-BF16
  * or VNNI at run time), bounds the error of every entry, keeps as candidates the
  * entries whose upper bound reaches a lower bound of the k*B-th largest score,
- * recomputes the candidates exactly (double accumulation, rounded to float) and
+ * recomputes the candidates exactly (an fp32 dot product per entry) and
  * hands them, in row order, to the engine's exact selection. Every entry of the
  * exact top-k*B is a candidate:
  *   - bf16: the bound |P - P~| <= ||x~|| ||e_w|| + ||e_x|| ||w|| + rounding is
  *     proven (Cauchy-Schwarz over the actual quantization residuals).
  *   - int8: that bound is ~sqrt(2d) times the typical error, so the margin is a
  *     fraction lambda of it, calibrated on the candidates' measured errors each
- *     step (hundreds of thousands of samples); a step whose measured errors come
- *     within a factor 2 of the margin, or break it, is redone in fp32
- *     (XC_EAGAIN) and lambda widens.
+ *     step (hundreds of thousands of samples); a call whose measured errors come
+ *     within a factor 2 of the margin, or break it, takes its candidates again
+ *     with the proven bound (lambda 1), and lambda widens.
+ * The selected values never depend on lambda or on the path: they are the exact
+ * recomputes. When even the proven bound leaves too many candidates (more than
+ * 48 K), the call returns XC_EAGAIN and the caller scores the batch in fp32.
  * Outlier dimensions (per-dimension max |x| far above the median, as in real LM
  * residual streams) stay in fp32: they are left out of the low-precision product
  * and added exactly, so they do not coarsen every other dimension's scale.
@@ -26,7 +29,7 @@
 
 #include <stddef.h>
 
-typedef enum { XC_PREC_AUTO = 0, XC_PREC_FP32, XC_PREC_BF16, XC_PREC_INT8 } xc_prec_t;
+typedef enum { XC_PREC_FP32 = 0, XC_PREC_AUTO, XC_PREC_BF16, XC_PREC_INT8 } xc_prec_t;
 
 /* "auto", "fp32", "bf16", "int8". */
 const char *xc_prec_name(xc_prec_t p);
@@ -49,7 +52,8 @@ typedef struct {
 
 typedef struct {
     long steps;            /* scoring calls */
-    long fallbacks;        /* calls that returned XC_EAGAIN (step redone in fp32) */
+    long fallbacks;        /* calls whose margin check failed: candidates redone with the proven bound */
+    long fp32_calls;       /* calls that returned XC_EAGAIN (too many candidates: score in fp32) */
     long full_passes;      /* calls that needed the histogram pass */
     long candidates;       /* candidates of the last call */
     int outliers;          /* fp32 outlier dimensions of the last call */
@@ -75,17 +79,20 @@ const char *xc_score_kernel(const xc_score_t *s);
  * >= 0) and returns candidates (row order, b then j) that contain every entry of
  * the exact top-K of r = ReLU(P + b_enc) s (r > 0), with exact u and r.
  * work: caller-owned scratch of B*F floats (overwritten with P~). *cand stays
- * valid until the next call. XC_EAGAIN: the margin check failed or too many
- * candidates; score this batch in fp32 (nothing else changed). XC_ENOMEM. */
+ * valid until the next call. XC_EAGAIN: too many candidates (XC_SCORE_CAND_LIMIT
+ * in the environment sets the limit, in units of K); score this batch in fp32
+ * (nothing else changed). XC_ENOMEM. */
 int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const float *b_enc,
                         const float *sc, long K, float *work, const xc_score_cand_t **cand,
                         long *ncand);
 /* For tests: margin as a fixed fraction of the proven bound (0 = calibrate). A
- * tiny value forces the fallback path. */
+ * tiny value forces the redo with the proven bound. The environment variable XC_SCORE_LAMBDA
+ * sets it for every scorer created afterwards. */
 void xc_score_force_lambda(xc_score_t *s, double lambda);
 const xc_score_stats_t *xc_score_stats(const xc_score_t *s);
 
-/* Exact fp32 dot product (double accumulation), the reference every path uses. */
+/* The exact value of an entry: an fp32 dot product in a fixed order (16 lanes
+ * with AVX-512), the reference the scorer and its checks use. */
 float xc_score_dot(const float *a, const float *b, int n);
 
 #endif

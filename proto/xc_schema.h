@@ -98,6 +98,13 @@
     X(shm, BOOL, "shm", "", "", 1, XC_SCHEMA_NOSHM, "")                                                         \
     X(curve, BOOL, "curve", "", "", 1, XC_SCHEMA_NOSHM, "")                                                     \
     X(insecure_tcp, BOOL, "insecure_tcp", "", "", 1, XC_SCHEMA_NOSHM, "")                                       \
+    X(encoder_precision, STR, "encoder_precision", "", "", 1, XC_SCHEMA_NOSHM, "")                              \
+    X(encoder_kernel, STR, "encoder_kernel", "", "", 1, XC_SCHEMA_NOSHM, "")                                    \
+    X(encoder_fallbacks, U64, "encoder_fallbacks", "xcoderd_encoder_fallbacks_total", "counter", 1,             \
+      XC_SCHEMA_NOSHM,                                                                                          \
+      "Reduced-precision steps whose margin check failed (candidates taken again with the proven bound).")     \
+    X(encoder_fp32_steps, U64, "encoder_fp32_steps", "xcoderd_encoder_fp32_steps_total", "counter", 1,          \
+      XC_SCHEMA_NOSHM, "Reduced-precision steps scored by the fp32 product (too many candidates).")            \
     X(counters, COUNTERS, "counters", "", "", 1, XC_SCHEMA_NOSHM, "")                                           \
     X(start_time_unix, F64, "", "xcoderd_start_time_seconds", "gauge", 1, XC_SCHEMA_NOSHM,                      \
       "Start time of the daemon, seconds since the Unix epoch.")                                                \

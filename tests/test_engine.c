@@ -30,6 +30,9 @@ static xc_engine_t *mk(xc_model_kind_t model, int d, int F, int B, int k, xc_los
     c.threads = threads;
     c.seed = 7;
     c.warmup_steps = 0;
+    /* the fp32 product: these tests compare with sgemm-based references (inference
+     * encode, finite differences); tests/test_score.c covers bf16 and int8 */
+    c.encoder_precision = XC_PREC_FP32;
     int err;
     xc_engine_t *e = xc_engine_new(&c, &err);
     return e;
@@ -724,7 +727,10 @@ static void test_determinism(void)
         xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
         c.d = d, c.dict_size = F, c.batch_size = B, c.k = 4, c.threads = 2, c.seed = 42;
         c.warmup_steps = 2, c.dead_tokens = 256, c.threshold_start_step = 3, c.lr = 1e-3f;
+        /* the second run without the AVX-512 paths (prefilter, Adam): bit-identical too */
+        if (run == 1) setenv("XC_NO_AVX512", "1", 1);
         xc_engine_t *e = xc_engine_new(&c, NULL);
+        unsetenv("XC_NO_AVX512");
         XC_REQUIRE(e, "engine");
         xc_rng_t r;
         xc_rng_seed(&r, 77);
@@ -734,12 +740,13 @@ static void test_determinism(void)
         }
         xc_engine_params_t p;
         xc_engine_params(e, &p);
-        w[run] = malloc(4 * (size_t)F * d2);
+        w[run] = malloc(8 * (size_t)F * d2);
         memcpy(w[run], p.w_dec, 4 * (size_t)F * d2);
+        memcpy(w[run] + (size_t)F * d2, p.w_enc, 4 * (size_t)F * d2);
         if (run == 0) XC_CHECK(xc_engine_metrics(e)->aux >= 0, "aux");
         xc_engine_destroy(&e);
     }
-    XC_CHECK(memcmp(w[0], w[1], 4 * (size_t)F * d2) == 0, "same seed, different result");
+    XC_CHECK(memcmp(w[0], w[1], 8 * (size_t)F * d2) == 0, "same seed (AVX-512 on, off), different result");
     free(w[0]);
     free(w[1]);
     free(x);

@@ -24,7 +24,7 @@ static int in_bin(int kind, float delta)
     }
 }
 
-static int train_and_match(xc_model_kind_t model, long steps, recov_t *out)
+static int train_and_match(xc_model_kind_t model, xc_prec_t prec, long steps, recov_t *out)
 {
     xc_synth_config_t sc;
     xc_synth_config_default(&sc, 64);
@@ -46,6 +46,7 @@ static int train_and_match(xc_model_kind_t model, long steps, recov_t *out)
     c.l1_coef = 0.041f; /* the paper's value; our synthetic data has a similar scale */
     c.threads = 2;
     c.seed = 3;
+    c.encoder_precision = prec;
     xc_engine_t *e = xc_engine_new(&c, &err);
     if (!e) {
         xc_synth_destroy(&syn);
@@ -94,11 +95,16 @@ static void report(const char *name, const recov_t *r)
     printf("\n");
 }
 
+static recov_t g_fp32; /* the fp32 BatchTopK run, compared against by the reduced-precision ones */
+static int g_fp32_ok;
+
 static void test_batchtopk_recovers_planted_features(void)
 {
     recov_t r;
-    int err = train_and_match(XC_MODEL_BATCHTOPK, 1500, &r);
+    int err = train_and_match(XC_MODEL_BATCHTOPK, XC_PREC_FP32, 1500, &r);
     XC_REQUIRE(err == 0, "training failed: %d", err);
+    g_fp32 = r;
+    g_fp32_ok = 1;
     report("batchtopk", &r);
     int n = r.n[0] + r.n[1] + r.n[2], matched = r.matched[0] + r.matched[1] + r.matched[2];
     XC_CHECK(matched >= 0.9 * n, "only %d/%d planted features matched at cosine >= 0.9", matched, n);
@@ -111,15 +117,43 @@ static void test_batchtopk_recovers_planted_features(void)
 static void test_l1_same_data(void)
 {
     recov_t r;
-    int err = train_and_match(XC_MODEL_L1, 1500, &r);
+    int err = train_and_match(XC_MODEL_L1, XC_PREC_FP32, 1500, &r);
     XC_REQUIRE(err == 0, "training failed: %d", err);
     report("l1", &r);
     XC_CHECK(r.fve[0] > 0.5 && r.fve[1] > 0.5, "L1 did not learn: FVE %.3f %.3f", r.fve[0], r.fve[1]);
+}
+
+/* Reduced-precision scoring selects exactly: the same recovery, FVE within 0.002,
+ * for each precision this machine runs (the others are named with the reason). */
+static void test_batchtopk_reduced_precision(void)
+{
+    recov_t r0 = g_fp32, r;
+    int err = 0;
+    if (!g_fp32_ok) err = train_and_match(XC_MODEL_BATCHTOPK, XC_PREC_FP32, 1500, &r0);
+    XC_REQUIRE(err == 0, "fp32 training failed: %d", err);
+    static const xc_prec_t ps[] = {XC_PREC_BF16, XC_PREC_INT8};
+    for (int q = 0; q < 2; q++) {
+        char why[256];
+        if (!xc_score_supported(ps[q], why, sizeof why)) {
+            printf("# %s not run on this machine: %s\n", xc_prec_name(ps[q]), why);
+            continue;
+        }
+        err = train_and_match(XC_MODEL_BATCHTOPK, ps[q], 1500, &r);
+        XC_REQUIRE(err == 0, "%s training failed: %d", xc_prec_name(ps[q]), err);
+        report(xc_prec_name(ps[q]), &r);
+        for (int k = 0; k < 3; k++)
+            XC_CHECK(r.matched[k] == r0.matched[k] && r.in_bin[k] == r0.in_bin[k],
+                     "%s kind %d: matched %d in bin %d vs fp32 %d %d", xc_prec_name(ps[q]), k, r.matched[k],
+                     r.in_bin[k], r0.matched[k], r0.in_bin[k]);
+        XC_CHECK(fabs(r.fve[0] - r0.fve[0]) <= 0.002 && fabs(r.fve[1] - r0.fve[1]) <= 0.002,
+                 "%s FVE %.4f %.4f vs fp32 %.4f %.4f", xc_prec_name(ps[q]), r.fve[0], r.fve[1], r0.fve[0], r0.fve[1]);
+    }
 }
 
 int main(void)
 {
     XC_RUN(test_batchtopk_recovers_planted_features);
     XC_RUN(test_l1_same_data);
+    XC_RUN(test_batchtopk_reduced_precision);
     XC_TEST_EXIT();
 }

@@ -4,10 +4,13 @@
  * tied and outlier batches, over a sequence of calls (the cached threshold and
  * the int8 margin calibration); a too-small margin must come back as XC_EAGAIN.
  * Each precision this CPU lacks is reported with the reason, never silently. */
+#include "xc_config.h"
+#include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_pool.h"
 #include "xc_rng.h"
 #include "xc_score.h"
+#include "xc_synth.h"
 #include "xc_test.h"
 
 #include <stdint.h>
@@ -226,21 +229,32 @@ static void test_fallback_forced(void)
         int err;
         xc_score_t *s = xc_score_new(p[q], B, D2, F, f.pool, &err, NULL, 0);
         XC_REQUIRE(s, "%s scorer: %s", xc_prec_name(p[q]), xc_strerror(err));
+        /* each call's check fails, its candidates are taken again with the proven
+         * bound, and the selection is still exact */
         xc_score_force_lambda(s, 1e-5);
-        const xc_score_cand_t *c;
-        long n;
-        int fb = 0;
+        int ok = 0;
         for (int call = 0; call < 3; call++) {
             make_random(&f);
-            fb += xc_score_candidates(s, f.x, f.w, f.be, f.sc, K, f.work, &c, &n) == XC_EAGAIN;
+            ok += check_call(s, &f, "tiny margin", call) == 0;
         }
-        XC_CHECK(fb == 3 && xc_score_stats(s)->fallbacks == 3, "%s: %d of 3 calls fell back with a tiny margin",
-                 xc_prec_name(p[q]), fb);
-        /* and with the proven bound (lambda 1) it scores again, exactly */
-        xc_score_force_lambda(s, 1.0);
-        make_random(&f);
-        XC_CHECK(check_call(s, &f, "lambda 1", 0) == 0, "%s: proven bound did not select exactly",
-                 xc_prec_name(p[q]));
+        XC_CHECK(ok == 3 && xc_score_stats(s)->fallbacks == 3 && xc_score_stats(s)->fp32_calls == 0,
+                 "%s: %d of 3 exact, %ld fallbacks with a tiny margin", xc_prec_name(p[q]), ok,
+                 xc_score_stats(s)->fallbacks);
+        xc_score_destroy(&s);
+        /* a candidate limit below K: every call hands the batch back to fp32 */
+        setenv("XC_SCORE_CAND_LIMIT", "0.5", 1);
+        s = xc_score_new(p[q], B, D2, F, f.pool, &err, NULL, 0);
+        unsetenv("XC_SCORE_CAND_LIMIT");
+        XC_REQUIRE(s, "%s scorer: %s", xc_prec_name(p[q]), xc_strerror(err));
+        const xc_score_cand_t *c;
+        long n;
+        int eagain = 0;
+        for (int call = 0; call < 3; call++) {
+            make_random(&f);
+            eagain += xc_score_candidates(s, f.x, f.w, f.be, f.sc, K, f.work, &c, &n) == XC_EAGAIN;
+        }
+        XC_CHECK(eagain == 3 && xc_score_stats(s)->fp32_calls == 3, "%s: %d of 3 calls handed back to fp32",
+                 xc_prec_name(p[q]), eagain);
         xc_score_destroy(&s);
         fix_free(&f);
     }
@@ -282,8 +296,223 @@ static void test_dot(void)
     for (int n = 1; n <= 1000; n += 37) {
         double s = 0;
         for (int i = 0; i < n; i++) s += (double)a[i] * b[i];
-        XC_CHECK_CLOSE(xc_score_dot(a, b, n), (float)s, 1e-6, 1e-6);
+        XC_CHECK_CLOSE(xc_score_dot(a, b, n), (float)s, 1e-5, 1e-5 * sqrt(n));
     }
+}
+
+
+/* ------------------------------------------------------------------ engine steps */
+
+enum { ED = 32, EF = 512, EB = 128, EK = 8 };
+
+static xc_engine_t *mk_engine(xc_prec_t p)
+{
+    xc_engine_config_t c;
+    xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
+    c.d = ED, c.dict_size = EF, c.batch_size = EB, c.k = EK;
+    c.threads = 2, c.seed = 7, c.warmup_steps = 10, c.lr = 1e-3f;
+    c.dead_tokens = 20L * EB; /* AuxK runs within the test */
+    c.threshold_start_step = 50;
+    c.encoder_precision = p;
+    int err;
+    return xc_engine_new(&c, &err);
+}
+
+typedef struct {
+    int kind; /* 0 random, 1 planted features (xc_synth), 2 outlier dimensions */
+    xc_synth_t *syn;
+    xc_rng_t rng;
+} gen_t;
+
+static void gen_batch(gen_t *g, float *x)
+{
+    long n = (long)EB * 2 * ED;
+    if (g->kind == 1) {
+        xc_synth_generate(g->syn, EB, x, NULL);
+        return;
+    }
+    for (long i = 0; i < n; i++) x[i] = (float)xc_rng_normal(&g->rng);
+    if (g->kind == 2)
+        for (int b = 0; b < EB; b++)
+            for (int o = 0; o < 8; o++) x[(size_t)b * 2 * ED + 3 + 7 * o] *= 20.0f;
+}
+
+static double max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double md = 0, ma = 0;
+    for (size_t i = 0; i < n; i++) {
+        md = fmax(md, fabs((double)a[i] - b[i]));
+        ma = fmax(ma, fabs((double)b[i]));
+    }
+    return ma > 0 ? md / ma : md;
+}
+
+/* Entries in one step's selection and not the other's. */
+static long sel_diff(const xc_engine_t *a, const xc_engine_t *b)
+{
+    const long *ra, *rb;
+    const int *ca, *cb;
+    const float *va, *vb;
+    long na = xc_engine_selection(a, &ra, &ca, &va), nb = xc_engine_selection(b, &rb, &cb, &vb), d = 0;
+    if (na != nb) return labs(na - nb) + 1;
+    for (int t = 0; t < EB; t++) {
+        long i = ra[t], j = rb[t];
+        while (i < ra[t + 1] || j < rb[t + 1]) {
+            if (j >= rb[t + 1] || (i < ra[t + 1] && ca[i] < cb[j])) d++, i++;
+            else if (i >= ra[t + 1] || cb[j] < ca[i]) d++, j++;
+            else i++, j++;
+        }
+    }
+    return d;
+}
+
+/* An fp32 engine and a reduced-precision one trained in lockstep on the same
+ * batches: the same selection every step and the same parameters within fp32
+ * rounding; every 10th step the reduced selection is also checked against the
+ * exact arithmetic (xc_engine_selection_check: 0 mismatches). */
+static void lockstep(int kind, const char *what, int steps, int forced)
+{
+    xc_prec_t p[2];
+    int np = precs(p);
+    for (int q = 0; q < np; q++) {
+        gen_t g = {kind, NULL, {{0}}};
+        xc_rng_seed(&g.rng, 21);
+        if (kind == 1) {
+            xc_synth_config_t sc;
+            xc_synth_config_default(&sc, ED);
+            sc.seed = 5;
+            int err;
+            g.syn = xc_synth_new(&sc, &err);
+            XC_REQUIRE(g.syn, "synth: %s", xc_strerror(err));
+        }
+        xc_engine_t *e0 = mk_engine(XC_PREC_FP32), *e1 = mk_engine(p[q]);
+        float *x = malloc(sizeof(float) * EB * 2 * ED);
+        XC_REQUIRE(e0 && e1 && x, "engines");
+        XC_CHECK(xc_engine_metrics(e1)->precision == p[q], "%s engine runs %s", xc_prec_name(p[q]),
+                 xc_prec_name(xc_engine_metrics(e1)->precision));
+        long diff_steps = 0, diff_entries = 0, mism = 0, ties = 0, checked = 0;
+        for (int st = 0; st < steps; st++) {
+            gen_batch(&g, x);
+            if (st % 10 == 5) {
+                long differ, mm;
+                int fb;
+                XC_CHECK(xc_engine_selection_check(e1, x, EB, &differ, &mm, &fb) == XC_OK, "check");
+                mism += mm, ties += differ - mm, checked += !fb;
+            }
+            int r0 = xc_engine_train_step(e0, x, EB), r1 = xc_engine_train_step(e1, x, EB);
+            XC_REQUIRE(r0 == 0 && r1 == 0, "step %d: %d %d", st, r0, r1);
+            long d = sel_diff(e0, e1);
+            diff_steps += d > 0;
+            diff_entries += d;
+        }
+        xc_engine_params_t a, b;
+        xc_engine_params(e0, &a);
+        xc_engine_params(e1, &b);
+        size_t nw = (size_t)EF * 2 * ED;
+        double dw = fmax(max_rel_diff(b.w_enc, a.w_enc, nw), max_rel_diff(b.w_dec, a.w_dec, nw));
+        double db = fmax(max_rel_diff(b.b_enc, a.b_enc, EF), max_rel_diff(b.b_dec, a.b_dec, 2 * ED));
+        const xc_engine_metrics_t *m = xc_engine_metrics(e1);
+        printf("# engine %s %s: %d steps, %ld with a different selection (%ld entries), %ld/%ld reduced steps "
+               "fell back (%ld to fp32), outliers %d, dead %d; exact check on %ld steps: %ld mismatches, %ld fp32 rounding ties; "
+               "max param diff %.2e (w) %.2e (b)\n",
+               what, xc_prec_name(p[q]), steps, diff_steps, diff_entries, m->score_fallbacks, m->score_steps,
+               m->score_fp32_steps, m->score_outliers, m->n_dead, checked, mism, ties, dw, db);
+        XC_CHECK(mism == 0, "%s %s: %ld selection mismatches in exact arithmetic", what, xc_prec_name(p[q]), mism);
+        XC_CHECK(checked > 0, "%s %s: every checked step fell back", what, xc_prec_name(p[q]));
+        XC_CHECK(diff_steps == 0, "%s %s: %ld of %d steps selected differently from fp32", what,
+                 xc_prec_name(p[q]), diff_steps, steps);
+        XC_CHECK(dw < 1e-4 && db < 1e-4, "%s %s: parameters drifted from fp32: %.2e %.2e", what,
+                 xc_prec_name(p[q]), dw, db);
+        if (forced)
+            XC_CHECK(m->score_fallbacks == m->score_steps, "%s %s: %ld of %ld steps fell back", what,
+                     xc_prec_name(p[q]), m->score_fallbacks, m->score_steps);
+        else
+            XC_CHECK(m->score_steps > 0 && m->score_fallbacks < m->score_steps / 4,
+                     "%s %s: %ld of %ld steps fell back", what, xc_prec_name(p[q]), m->score_fallbacks,
+                     m->score_steps);
+        XC_CHECK(m->score_fp32_steps == 0, "%s %s: %ld steps scored in fp32", what, xc_prec_name(p[q]),
+                 m->score_fp32_steps);
+        free(x);
+        xc_engine_destroy(&e0);
+        xc_engine_destroy(&e1);
+        xc_synth_destroy(&g.syn);
+    }
+}
+
+static void test_engine_random(void) { lockstep(0, "random", 300, 0); }
+static void test_engine_planted(void) { lockstep(1, "planted", 300, 0); }
+static void test_engine_outliers(void) { lockstep(2, "outliers", 300, 0); }
+
+/* A margin far too small: every step's check fails and takes its candidates
+ * again with the proven bound; the run still matches fp32. */
+static void test_engine_margin_forced(void)
+{
+    setenv("XC_SCORE_LAMBDA", "1e-7", 1);
+    lockstep(0, "forced margin", 60, 1);
+    unsetenv("XC_SCORE_LAMBDA");
+}
+
+/* Too many candidates: every step is scored by the fp32 product, so the run is
+ * the fp32 run bit for bit. */
+static void test_engine_fallback_bit_exact(void)
+{
+    xc_prec_t p[2];
+    int np = precs(p);
+    for (int q = 0; q < np; q++) {
+        setenv("XC_SCORE_CAND_LIMIT", "0.5", 1);
+        xc_engine_t *e1 = mk_engine(p[q]);
+        unsetenv("XC_SCORE_CAND_LIMIT");
+        xc_engine_t *e0 = mk_engine(XC_PREC_FP32);
+        float *x = malloc(sizeof(float) * EB * 2 * ED);
+        XC_REQUIRE(e0 && e1 && x, "engines");
+        gen_t g = {0, NULL, {{0}}};
+        xc_rng_seed(&g.rng, 9);
+        for (int st = 0; st < 30; st++) {
+            gen_batch(&g, x);
+            XC_REQUIRE(xc_engine_train_step(e0, x, EB) == 0 && xc_engine_train_step(e1, x, EB) == 0, "step");
+        }
+        xc_engine_params_t a, b;
+        xc_engine_params(e0, &a);
+        xc_engine_params(e1, &b);
+        size_t nw = (size_t)EF * 2 * ED;
+        const xc_engine_metrics_t *m = xc_engine_metrics(e1);
+        XC_CHECK(m->score_fp32_steps == 30 && m->score_steps == 30, "%s: %ld of %ld steps scored in fp32",
+                 xc_prec_name(p[q]), m->score_fp32_steps, m->score_steps);
+        XC_CHECK(!memcmp(a.w_enc, b.w_enc, nw * 4) && !memcmp(a.w_dec, b.w_dec, nw * 4) &&
+                     !memcmp(a.b_enc, b.b_enc, EF * 4),
+                 "%s: the fallback run differs from the fp32 run", xc_prec_name(p[q]));
+        free(x);
+        xc_engine_destroy(&e0);
+        xc_engine_destroy(&e1);
+    }
+}
+
+/* The L1 model and unsupported requests run fp32, saying why. */
+static void test_engine_precision_switch(void)
+{
+    xc_engine_t *e = mk_engine(XC_PREC_FP32);
+    XC_REQUIRE(e, "engine");
+    char why[256] = "";
+    XC_CHECK(xc_engine_set_precision(e, XC_PREC_AUTO, why, sizeof why) == 0, "auto");
+    XC_CHECK(xc_engine_metrics(e)->precision == xc_score_resolve(XC_PREC_AUTO), "auto runs %s",
+             xc_prec_name(xc_engine_metrics(e)->precision));
+    printf("# auto: %s (%s)\n", xc_prec_name(xc_engine_metrics(e)->precision), xc_engine_score_kernel(e));
+    XC_CHECK(xc_engine_set_precision(e, XC_PREC_FP32, why, sizeof why) == 0 &&
+                 xc_engine_metrics(e)->precision == XC_PREC_FP32 &&
+                 !strcmp(xc_engine_score_kernel(e), "openblas sgemm"),
+             "back to fp32");
+    XC_CHECK(xc_engine_set_precision(e, (xc_prec_t)9, why, sizeof why) == XC_EINVAL, "bad precision refused");
+    xc_engine_destroy(&e);
+    xc_engine_config_t c;
+    xc_cfg_engine_defaults(&c, XC_MODEL_L1);
+    c.encoder_precision = XC_PREC_AUTO;
+    int err;
+    e = xc_engine_new(&c, &err);
+    XC_REQUIRE(e, "L1 engine");
+    why[0] = 0;
+    xc_engine_set_precision(e, XC_PREC_INT8, why, sizeof why);
+    XC_CHECK(xc_engine_metrics(e)->precision == XC_PREC_FP32 && why[0], "L1 stays fp32: '%s'", why);
+    xc_engine_destroy(&e);
 }
 
 int main(void)
@@ -295,5 +524,11 @@ int main(void)
     XC_RUN(test_outliers);
     XC_RUN(test_ties);
     XC_RUN(test_fallback_forced);
+    XC_RUN(test_engine_precision_switch);
+    XC_RUN(test_engine_fallback_bit_exact);
+    XC_RUN(test_engine_margin_forced);
+    XC_RUN(test_engine_random);
+    XC_RUN(test_engine_planted);
+    XC_RUN(test_engine_outliers);
     XC_TEST_EXIT();
 }
