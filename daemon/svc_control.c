@@ -607,6 +607,16 @@ static const op_def_t g_ops[XC_OP__COUNT] = {
     [XC_OP_EXAMPLES_RESET] = {OP_REFUSED_STOPPING, R_ADMIN, check_examples_reset, op_examples_reset},
 };
 
+/* The first op of XC_OP_MAP without a row (no handler, or no role that may
+ * call it); XC_OP_UNKNOWN when every op has one. tests/test_service.c keeps
+ * "one row in XC_OP_MAP, one row here" true. */
+xc_op_t xc_svc_op_unhandled(void)
+{
+    for (int op = 0; op < XC_OP__COUNT; op++)
+        if (!g_ops[op].run || !g_ops[op].roles) return (xc_op_t)op;
+    return XC_OP_UNKNOWN;
+}
+
 /* 1 when the loop's snapshot answers a query now: taken after the last step
  * (no step since), or the trainer has stopped and no other will come. A
  * snapshot the trainer has parked since the last notification is taken first. */

@@ -178,6 +178,8 @@ void xc_svc_backlog_free(xc_svc_t *s);
 void xc_svc_answer_pending(xc_svc_t *s, const xc_ckpt_result_t *ck, int have_ck, uint64_t snap_gen,
                            int fail_code);
 void xc_svc_pending_free_all(xc_svc_t *s);
+/* The first op without a row in the op table (XC_OP_UNKNOWN: none). */
+xc_op_t xc_svc_op_unhandled(void);
 /* remote.c's reply callback (fetch replies); tag is the request's envelope. */
 void xc_svc_remote_reply(void *ctx, const void *tag, const void *body, size_t len, int is_error);
 
