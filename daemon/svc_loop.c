@@ -297,10 +297,13 @@ static void ckpt_cb(uv_timer_t *h)
     if (!s->stopping) xc_trainer_request_checkpoint(s->trainer, "interval");
 }
 
+static void ledger_update(xc_svc_t *s);
+
 static void tick_cb(uv_timer_t *h)
 {
     xc_svc_t *s = h->data;
     xc_svc_flush_alerts(s, 0);
+    ledger_update(s);
     xc_svc_drain_all(s); /* safety net for a missed ZMQ_FD edge */
 }
 
@@ -587,6 +590,62 @@ static int take_lock(xc_svc_t *s, char *why, size_t wl)
 }
 
 
+/* The ack ledger. An ack promises the tokens are queued in memory, not on
+ * disk: a crash loses what was acked after the last checkpoint (beyond the
+ * saved mixing buffer). To say how much, the loop keeps the number of tokens
+ * acknowledged so far (all processes of this state_dir) in STATE_DIR/NAME.ledger,
+ * rewritten in place at most every 100 ms (a process crash keeps the page
+ * cache; a power loss may lose the last updates). At start, that number minus
+ * what the resumed checkpoint covers (tokens trained + tokens in its saved
+ * buffer) is what the previous process lost: logged, and counted in status
+ * and the metrics as tokens_lost_at_start. */
+static void ledger_path(const xc_svc_t *s, char *p, size_t n)
+{
+    snprintf(p, n, "%s/%s.ledger", s->cfg.state_dir, s->cfg.name);
+}
+
+static void ledger_open(xc_svc_t *s)
+{
+    char path[XC_CFG_STR_MAX + 80], buf[128];
+    xc_trainer_status_t ts;
+    xc_queue_counts_t qc;
+    xc_trainer_status(s->trainer, &ts);
+    xc_queue_counts(s->queue, &qc);
+    s->ledger_base = ts.m.tokens + qc.tokens_restored; /* what the checkpoint covers */
+    ledger_path(s, path, sizeof path);
+    s->ledger_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    if (s->ledger_fd < 0) {
+        xc_log(XC_LOG_WARN, "cannot open the ack ledger %s: %s (a crash's losses will not be reported)", path,
+               strerror(errno));
+        return;
+    }
+    ssize_t n = pread(s->ledger_fd, buf, sizeof buf - 1, 0);
+    unsigned long long acked = 0;
+    if (n > 0) {
+        buf[n] = 0;
+        if (sscanf(buf, "acked %llu", &acked) == 1 && acked > s->ledger_base) {
+            s->cnt.tokens_lost_at_start = acked - s->ledger_base;
+            xc_log(XC_LOG_WARN, "the previous process acknowledged %llu tokens that its last checkpoint does not "
+                   "hold (acked %llu, checkpoint covers %llu): they were lost (crash or failed final checkpoint)",
+                   (unsigned long long)s->cnt.tokens_lost_at_start, acked, (unsigned long long)s->ledger_base);
+        }
+    }
+    s->ledger_written = UINT64_MAX;
+}
+
+/* Rewrites the ledger when the acked count changed (loop thread, tick). */
+static void ledger_update(xc_svc_t *s)
+{
+    if (s->ledger_fd < 0) return;
+    xc_queue_counts_t qc;
+    xc_queue_counts(s->queue, &qc);
+    uint64_t acked = s->ledger_base + qc.tokens_acked;
+    if (acked == s->ledger_written) return;
+    char line[64];
+    int n = snprintf(line, sizeof line, "acked %-20llu\n", (unsigned long long)acked); /* fixed width */
+    if (pwrite(s->ledger_fd, line, (size_t)n, 0) == n) s->ledger_written = acked;
+}
+
 /* CurveZMQ: with curve_secret_key, load the key and start the ZAP handler
  * (before any bind, so no client ever connects unauthenticated); without it, a
  * tcp endpoint beyond loopback is refused unless insecure_tcp = on. */
@@ -648,6 +707,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     s->argc = argc;
     s->argv = argv;
     s->lock_fd = -1;
+    s->ledger_fd = -1;
     s->t_start = s->rate_t = xc_svc_mono_s();
     s->t_start_unix = xc_svc_unix_s();
     s->last_ckpt_step = -1;
@@ -726,6 +786,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     /* continue from the newest valid checkpoint (or --resume / --fresh) */
     if ((rc = xc_trainer_resume(s->trainer, s->cfg.resume[0] ? s->cfg.resume : NULL, s->cfg.fresh, why, wl)))
         goto fail;
+    ledger_open(s);
     s->zctx = zmq_ctx_new();
     if (!s->zctx) {
         rc = XC_ESYS;
@@ -847,6 +908,10 @@ void xc_svc_destroy(xc_svc_t **ps)
         for (int i = 0; i < 3; i++)
             if (strncmp(eps[i], "ipc://", 6) == 0 && eps[i][6] != '*' && eps[i][6] != '@')
                 unlink(eps[i] + 6);
+    }
+    if (s->ledger_fd >= 0) { /* before the queue goes: it holds the acked count */
+        if (s->queue) ledger_update(s); /* the last acks of a clean exit */
+        close(s->ledger_fd);
     }
     xc_svc_pending_free_all(s);
     xc_svc_backlog_free(s);

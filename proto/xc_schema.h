@@ -162,6 +162,7 @@ enum {
     X(replies_deferred, 1, "Control replies held in the backlog until the client read more.") \
     X(replies_busy, 1, "Control replies replaced by XC_EBUSY (the 64 MiB reply backlog was full).") \
     X(replies_dropped, 1, "Control replies lost: the client left, or never read 65,536 replies.") \
+    X(tokens_lost_at_start, 1, "Tokens the previous process acknowledged after its last checkpoint (lost).") \
     X(auth_accepted, 0, "CURVE handshakes accepted (the stats event only).")                 \
     X(auth_refused, 0, "CURVE handshakes refused (the stats event only).")
 

@@ -70,7 +70,7 @@ const FLAG_SCALING_EXACT = 2;
 const STATS_FIELDS = Object.freeze(["state", "paused", "step", "tokens", "tokens_acked", "tokens_trained", "tokens_buffered", "tokens_queued", "tokens_failed", "tokens_restored", "batches_acked", "mix_tokens", "queue_depth", "queue_size", "loss", "recon_l2", "recon_mse", "aux", "l1", "fve", "l0", "dead_fraction", "theta", "grad_norm", "lr", "tokens_per_s", "steps_per_s", "step_ms", "uptime_s", "classes", "scaling", "shm", "curve", "insecure_tcp", "encoder_precision", "encoder_kernel", "encoder_fallbacks", "encoder_fp32_steps", "counters"]);
 const STATS_SCALING_FIELDS = Object.freeze(["running", "tokens_done", "tokens_target", "last_step", "last_tokens", "passes", "cancelled"]);
 // Service counters of the stats event's "counters" map (after the refusals by code).
-const COUNTERS = Object.freeze(["batches_refused", "control_requests", "control_errors", "checkpoints_written", "checkpoints_failed", "events_published", "ingest_blocked", "zmq_errors", "control_denied", "replies_deferred", "replies_busy", "replies_dropped", "auth_accepted", "auth_refused"]);
+const COUNTERS = Object.freeze(["batches_refused", "control_requests", "control_errors", "checkpoints_written", "checkpoints_failed", "events_published", "ingest_blocked", "zmq_errors", "control_denied", "replies_deferred", "replies_busy", "replies_dropped", "tokens_lost_at_start", "auth_accepted", "auth_refused"]);
 
 // Column dtypes: name -> [numpy dtype, SHM.md code, bytes].
 const DTYPES = Object.freeze({
