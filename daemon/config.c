@@ -164,6 +164,11 @@ static const xc_cfg_key_t g_keys[] = {
             RELOAD(XC_CFG_HOOK_TIMERS)),
     KEY_FLOAT("metrics_interval", "15", 0.01, 86400, metrics_interval, "service",
               "seconds between rewrites of metrics_file", RELOAD(XC_CFG_HOOK_TIMERS)),
+    KEY_INT("history_max_bytes", "67108864", 0, BIG, history_max_bytes, "service",
+            "every stats event is also appended as a JSON line to STATE_DIR/history.jsonl (`xcoder history`); "
+            "when the next line would pass this size the file is renamed to history.jsonl.1 (replacing the "
+            "older one) and a new one begun; 0 = no history",
+            RELOAD(XC_CFG_HOOK_NONE)),
     /* analysis */
     KEY_FLOAT("stats_half_life", "1000000", 1, 1e15, stats_half_life, "analysis",
               "tokens; half-life of each latent's firing-frequency average"),

@@ -13,6 +13,7 @@
  * PENDING_MAX of them, and answered from xc_svc_answer_pending when the
  * trainer's notification brings the result. */
 #include "xc_svc_internal.h"
+#include "xc_history.h"
 #include "xc_log.h"
 
 #include <math.h>
@@ -21,6 +22,8 @@
 #include <string.h>
 
 #define TOP_MAX 100000      /* most latents in one top reply */
+#define HISTORY_N_MAX 100000          /* most lines in one history reply */
+#define HISTORY_BYTES_MAX (4u << 20)  /* most bytes of lines in one history reply */
 #define PENDING_MAX 1024    /* deferred control requests (checkpoint, latent, top, table) */
 
 /* Op flags: the shared checks they ask for. */
@@ -50,6 +53,7 @@ typedef struct {
         struct {
             long j, n;           /* latent (-1: every one), cap per kind (-1: all) */
         } ex;                    /* examples, examples_reset */
+        long hist_n;             /* history: lines asked for */
     } arg;
 } call_t;
 
@@ -583,6 +587,48 @@ static void op_examples_reset(xc_svc_t *s, call_t *c)
     reply_buf(s, &c->env, w, &c->req);
 }
 
+/* history {n?}: the newest n lines (default 100, at most HISTORY_N_MAX). */
+static int check_history(xc_svc_t *s, call_t *c)
+{
+    uint64_t n = 100;
+    int rc = arg_u64(&c->req, "n", &n, c->why, sizeof c->why);
+    if (rc < 0) return rc;
+    if (n > HISTORY_N_MAX) {
+        xc_why(c->why, sizeof c->why, "argument 'n' is at most %d (lines of history in one reply)", HISTORY_N_MAX);
+        return XC_EINVAL;
+    }
+    c->arg.hist_n = (long)n;
+    return XC_OK;
+}
+
+static int history_line(void *ctx, const char *line, size_t len)
+{
+    xc_mpw_strn(ctx, line, len);
+    return 0;
+}
+
+/* history: the stats history's newest lines (xc_history.h), oldest first, each
+ * the JSON text of one stats event, bounded by n and HISTORY_BYTES_MAX; `more`
+ * says older lines were left out. Read from state_dir on the loop thread: at
+ * most a few MiB from the page cache, like the checkpoint listing. */
+static void op_history(xc_svc_t *s, call_t *c)
+{
+    char why[XC_CFG_STR_MAX + 200];
+    int more = 0;
+    xc_mpw_t *w = &c->w;
+    xc_proto_reply_begin(w, &c->req);
+    xc_mpw_kv_bool(w, "enabled", s->cfg.history_max_bytes > 0);
+    xc_mpw_str(w, "lines");
+    xc_mpw_array_begin(w);
+    int rc = xc_history_tail(s->cfg.state_dir, c->arg.hist_n, HISTORY_BYTES_MAX, history_line, w, &more, why,
+                             sizeof why);
+    xc_mpw_array_end(w);
+    xc_mpw_kv_bool(w, "more", more);
+    xc_mpw_map_end(w);
+    if (rc) reply_error(s, &c->env, &c->req, rc, why);
+    else reply_buf(s, &c->env, w, &c->req);
+}
+
 /* ----------------------------------------------------------- the table -- */
 /* Roles per op (README "Security"): readers read, admins also change things. */
 #define R_ANY (XC_ROLE_PRODUCER | XC_ROLE_READER | XC_ROLE_ADMIN)
@@ -605,6 +651,7 @@ static const op_def_t g_ops[XC_OP__COUNT] = {
     [XC_OP_TABLE] = {OP_NEEDS_SNAPSHOT, R_READ, check_table, op_table},
     [XC_OP_EXAMPLES] = {0, R_READ, check_examples, op_examples},
     [XC_OP_EXAMPLES_RESET] = {OP_REFUSED_STOPPING, R_ADMIN, check_examples_reset, op_examples_reset},
+    [XC_OP_HISTORY] = {0, R_READ, check_history, op_history},
 };
 
 /* The first op of XC_OP_MAP without a row (no handler, or no role that may

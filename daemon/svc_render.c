@@ -2,6 +2,7 @@
  * event and the status reply (one function, xc_svc_render_stats), the
  * Prometheus text, per-latent records, and the other events. */
 #include "xc_svc_internal.h"
+#include "xc_history.h"
 #include "xc_log.h"
 #include "xc_metrics.h"
 
@@ -290,6 +291,32 @@ void xc_svc_publish_scaling(xc_svc_t *s)
     xc_buf_free(&b);
 }
 
+/* The stats event just rendered (body, MessagePack) as one JSON line of the
+ * history (xc_history.h): the same renderer as every JSON view, so a line's
+ * fields are the event's (NaN as null). A failure is logged once until an
+ * append works again; training never waits on it. */
+static void append_history(xc_svc_t *s, const xc_buf_t *body)
+{
+    char why[XC_CFG_STR_MAX + 200];
+    xc_mp_doc_t *doc = NULL;
+    xc_buf_t j;
+    int rc;
+    if (s->cfg.history_max_bytes <= 0) return;
+    xc_buf_init(&j);
+    rc = xc_mp_doc_parse(body->data, body->len, &doc, why, sizeof why);
+    if (rc == 0 && (rc = xc_mp_to_json(xc_mp_root(doc), &j, 0)) != 0)
+        xc_why(why, sizeof why, "out of memory rendering the history line");
+    if (rc == 0) rc = xc_history_append(s->cfg.state_dir, (const char *)j.data, j.len, s->cfg.history_max_bytes,
+                                        why, sizeof why);
+    if (rc && !s->history_failing)
+        xc_log(XC_LOG_WARN, "history not written (said once until it works again): %s", why);
+    else if (!rc && s->history_failing)
+        xc_log(XC_LOG_INFO, "history in %s written again", s->cfg.state_dir);
+    s->history_failing = rc != 0;
+    xc_mp_doc_free(&doc);
+    xc_buf_free(&j);
+}
+
 /* The stats event: the rates over the interval since the last one, the
  * stats fields, and an alert when the dead fraction jumped; the systemd
  * STATUS line follows the same numbers. */
@@ -315,7 +342,10 @@ void xc_svc_publish_stats(xc_svc_t *s)
     xc_proto_event_begin(&w, XC_EVENT_STATS, s->cfg.name, xc_svc_unix_s());
     xc_svc_render_stats(s, &w);
     xc_mpw_map_end(&w);
-    if (xc_mpw_finish(&w) == 0) xc_svc_event_send(s, XC_EVENT_STATS, &s->out);
+    if (xc_mpw_finish(&w) == 0) {
+        xc_svc_event_send(s, XC_EVENT_STATS, &s->out);
+        append_history(s, &s->out);
+    }
 
     double dead = ts.m.dead_fraction;
     if (s->have_dead && dead - s->last_dead >= s->cfg.dead_alert_jump && s->cfg.dead_alert_jump > 0) {

@@ -53,6 +53,7 @@ typedef struct {
     long checkpoint_steps, checkpoint_keep;
     char metrics_file[XC_CFG_STR_MAX];
     double metrics_interval;
+    long history_max_bytes;
     /* analysis: per-latent statistics, Latent Scaling, shared memory, classes */
     double stats_half_life, scaling_half_life, scaling_min_active;
     int scaling_running;       /* on (1) / off (0) */

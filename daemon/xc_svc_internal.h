@@ -121,6 +121,7 @@ struct xc_svc {
     double last_ckpt_unix;  /* 0 = no checkpoint written yet */
     long last_ckpt_step;    /* -1 = none */
     int metrics_failing;    /* the last metrics_file write failed (logged once) */
+    int history_failing;    /* the last history append failed (logged once) */
     /* rates over the last stats interval */
     double rate_t;
     uint64_t rate_tokens;

@@ -273,7 +273,8 @@ int xc_proto_ingest_reply_decode(const void *buf, size_t len, xc_ingest_reply_t 
     X(XC_OP_FETCH, "fetch")           \
     X(XC_OP_TABLE, "table")           \
     X(XC_OP_EXAMPLES, "examples")     \
-    X(XC_OP_EXAMPLES_RESET, "examples_reset")
+    X(XC_OP_EXAMPLES_RESET, "examples_reset") \
+    X(XC_OP_HISTORY, "history")
 
 typedef enum {
     XC_OP_UNKNOWN = -1,

@@ -76,6 +76,10 @@ static const xc_cli_optdef_t events_opts[] = {
     {"wait", "S", "give up after S seconds without an event (default 0: never)"},
     {NULL, NULL, NULL}};
 
+static const xc_cli_optdef_t history_opts[] = {
+    {"count", "N", "the newest N stats events (default 20, at most 100000; a reply holds at most 4 MiB)"},
+    {NULL, NULL, NULL}};
+
 static const xc_cli_optdef_t synth_opts[] = {
     {"tokens", "N", "tokens to send (default 0: until Ctrl-C)"},
     {"rate", "R", "tokens per second (default 0: as fast as the daemon accepts)"},
@@ -171,6 +175,11 @@ static const xc_cli_cmd_t commands[] = {
      "Asks the daemon for its metrics (the `metrics` op) and prints them unchanged: the same\n"
      "renderer writes metrics_file for node-exporter's textfile collector (xcoderd(8)).",
      no_opts, 0, 0, 0, xc_cli_cmd_metrics},
+    {"history", "", "the stats history: loss, FVE, L0, dead fraction over time",
+     "Asks the daemon for the newest -n N lines of its history (STATE_DIR/history.jsonl: every\n"
+     "stats event, kept across restarts, rotated at history_max_bytes) and shows them as a\n"
+     "table, oldest first; --json prints the lines unchanged, one JSON object per line.",
+     history_opts, 0, 0, 1, xc_cli_cmd_history},
     {"synth", "", "produce synthetic activations with planted features",
      "Generates paired base/chat activations from known sparse features (shared,\n"
      "chat-only, base-only, shrunk) and streams them to the daemon at --rate, or writes\n"

@@ -167,6 +167,7 @@ int xc_cli_cmd_config(xc_cli_args_t *a);
 int xc_cli_cmd_watch(xc_cli_args_t *a);
 int xc_cli_cmd_events(xc_cli_args_t *a);
 int xc_cli_cmd_metrics(xc_cli_args_t *a);
+int xc_cli_cmd_history(xc_cli_args_t *a);
 int xc_cli_cmd_keygen(xc_cli_args_t *a);
 int xc_cli_cmd_synth(xc_cli_args_t *a);
 int xc_cli_cmd_report(xc_cli_args_t *a);

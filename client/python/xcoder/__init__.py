@@ -8,6 +8,8 @@
                              contexts; render_example); remote access: checkpoints,
                              fetch_checkpoint, table (dict of numpy arrays)
     subscribe(endpoint, topics)  iterator of (topic, body) events
+    read_history(state_dir)  the stats history files as a list of dicts (Client.history(n):
+                             the same over the control socket)
     load_checkpoint(path)    safetensors -> (dict of numpy arrays, metadata), numpy only
     reconstruct(ckpt, acts)  the crosscoder's reconstruction in numpy (encode, decode too)
     latent_scaling(ckpt, acts)  exact Latent Scaling beta / nu of a checkpoint, in numpy
@@ -34,6 +36,7 @@ from .checkpoint import (decode, decoder_stats, encode, latent_scaling, load_che
 from .shm import SharedStats, Snapshot
 from .examples import offline_examples
 from .keys import keygen
+from .history import read_history
 
 
 def stream_from_models(*args, **kwargs):
@@ -57,5 +60,5 @@ def paired_activations(*args, **kwargs):
 __version__ = "0.1.0"
 __all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
            "encode", "decode", "decoder_stats", "latent_scaling", "SharedStats", "Snapshot",
-           "stream_from_models", "paired_activations", "vocab_from_tokenizer", "render_example", "offline_examples", "XcoderError", "XcoderNack",
+           "stream_from_models", "paired_activations", "vocab_from_tokenizer", "render_example", "offline_examples", "read_history", "XcoderError", "XcoderNack",
            "XcoderTimeout", "CheckpointError", "CODES", "PROTO_VERSION"]

@@ -164,6 +164,14 @@ class Client(_OwnsSocket):
         """Asks the daemon to stop (finish the step, checkpoint, exit)."""
         return self.request("shutdown")
 
+    def history(self, n=100):
+        """The newest n stats events of the daemon's history (op "history"),
+        oldest first, as a list of dicts (the stats event's fields; undefined
+        values None). At most 100000 events and 4 MiB of them in one reply;
+        for the whole history read the files with xcoder.read_history."""
+        from .history import parse_lines
+        return parse_lines(self.request("history", n=int(n)).get("lines", []))
+
     def metrics(self):
         """The daemon's Prometheus text exposition (op "metrics"), as a str."""
         return self.request("metrics")["text"]
