@@ -113,6 +113,10 @@ def test_roundtrip():
         th.join()
         sub.close()
         check(len(events) >= 5, "only %d stats events seen" % len(events))
+        # the line is appended right after the event is sent: wait for the last one
+        want = {e["time"] for e in events}
+        wait_for(lambda: want <= {h["time"] for h in xcoder.read_history(dmn.state_dir)}, timeout=5,
+                 what="every event seen in the history")
         hist = xcoder.read_history(dmn.state_dir)
         by_time = {h["time"]: h for h in hist}
         missing = [e["time"] for e in events if e["time"] not in by_time]
