@@ -11,7 +11,8 @@ const { XcoderTimeout } = require("./errors");
  * {topic, body} (body: the decoded map, always v, type, name, time, then the
  * topic's fields). `for await (const ev of sub)`; `break` closes it.
  * receive({timeout}) waits for one event (XcoderTimeout after timeout ms).
- * Malformed events are skipped and counted in `malformed`. ZeroMQ joins
+ * Undecodable events arrive as {topic: "malformed", body: {type, error, raw}}
+ * (counted in `malformed`), never dropped silently. ZeroMQ joins
  * asynchronously: events in the first milliseconds may be missed.
  */
 class Subscription {
@@ -36,11 +37,16 @@ class Subscription {
         if (e.code === "EAGAIN") throw new XcoderTimeout(`no event from ${this.endpoint} within ${timeout} ms`);
         throw e;
       }
-      if (frames.length !== 2) { this.malformed++; continue; }
+      // nothing is dropped silently: an undecodable event surfaces as topic "malformed"
+      if (frames.length !== 2) {
+        this.malformed++;
+        return { topic: "malformed", body: { type: "malformed", error: `an event has 2 frames; got ${frames.length}`, raw: frames } };
+      }
       try {
         return { topic: frames[0].toString("utf8"), body: wire.unpackMap(frames[1], "event") };
-      } catch {
+      } catch (e) {
         this.malformed++;
+        return { topic: "malformed", body: { type: "malformed", error: String(e && e.message), raw: frames } };
       }
     }
   }

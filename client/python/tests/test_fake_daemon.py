@@ -179,21 +179,33 @@ def test_subscribe_against_fake(tmp_path):
     try:
         with xcoder.subscribe(str(tmp_path), ["stats", "checkpoint"], timeout=2) as sub:
             body = {"v": 1, "type": "stats", "name": "t", "time": 1.0, "step": 3}
-            got = None
+            got, bad = None, []
             for _ in range(100):  # until the subscription has propagated
                 pub.send_multipart([b"alert", wire.pack(dict(body, type="alert"))])
                 pub.send_multipart([b"stats", b"\xc1garbage"])
                 pub.send_multipart([b"stats", wire.pack(body)])
                 try:
-                    got = sub.next(timeout=0.05)
+                    while True:  # garbage surfaces as "malformed", never dropped silently
+                        t, b = sub.next(timeout=0.05)
+                        if t != "malformed":
+                            got = (t, b)
+                            break
+                        bad.append(b)
                     break
                 except XcoderTimeout:
                     pass
             assert got == ("stats", body)
+            assert bad and bad[0]["type"] == "malformed" and bad[0]["raw"][1] == b"\xc1garbage"
             assert sub.malformed >= 1
             with pytest.raises(XcoderTimeout):
                 while True:
                     t, b = sub.next(timeout=0.1)
-                    assert t == "stats"
+                    assert t in ("stats", "malformed")
+            # strings that are not UTF-8 (a producer id echoed in an alert): surfaced with U+FFFD
+            raw = b"\x85\xa1v\x01\xa4type\xa5alert\xa4name\xa1t\xa4time\xcb" + bytes(8) + \
+                b"\xa8producer\xa2\xff\xfe"
+            pub.send_multipart([b"stats", raw])
+            t, b = sub.next(timeout=2)
+            assert t == "stats" and b["producer"] == "\ufffd\ufffd" and b["type"] == "alert"
     finally:
         pub.close(0)

@@ -187,8 +187,11 @@ class Subscription(_OwnsSocket):
     endpoint: the events URI, or the run directory, or None. topics: a topic
     prefix or a list of them ("stats", "checkpoint", "alert"); None or "" =
     everything. timeout: seconds iteration waits for the next event before
-    raising XcoderTimeout (None = forever). Malformed events are skipped
-    (counted in `malformed`). Joining is asynchronous in ZeroMQ: events
+    raising XcoderTimeout (None = forever). Nothing is dropped silently: an
+    event whose strings are not valid UTF-8 arrives with U+FFFD in their place;
+    one that cannot be decoded at all arrives as topic "malformed" with body
+    {"type": "malformed", "error": reason, "raw": [frames]} (both counted in
+    `malformed`). Joining is asynchronous in ZeroMQ: events
     published in the first milliseconds after subscribing may be missed."""
 
     def __init__(self, endpoint=None, topics=None, timeout=None, context=None, server_key=None,
@@ -218,12 +221,16 @@ class Subscription(_OwnsSocket):
             frames = self._sock.recv_multipart()
             if len(frames) != 2:
                 self.malformed += 1
-                continue
+                return "malformed", {"type": "malformed", "raw": frames,
+                                     "error": f"an event has 2 frames (topic, body); got {len(frames)}"}
             try:
                 body = wire.unpack_map(frames[1], "event")
-            except XcoderError:
+            except XcoderError as e:
                 self.malformed += 1
-                continue
+                try:  # strings that are not UTF-8: surface the event with U+FFFD
+                    body = wire.unpack_map(frames[1], "event", unicode_errors="replace")
+                except XcoderError:
+                    return "malformed", {"type": "malformed", "error": str(e), "raw": frames}
             return frames[0].decode("utf-8", "replace"), body
 
     def __iter__(self):

@@ -53,19 +53,20 @@ def pack(obj):
     return b"".join(out)
 
 
-def unpack(buf):
+def unpack(buf, unicode_errors="strict"):
     """Decodes one MessagePack value filling buf; XcoderError(XC_EPROTO) when
-    it is not valid MessagePack (or has trailing bytes)."""
+    it is not valid MessagePack (or has trailing bytes). unicode_errors="replace"
+    decodes strings that are not UTF-8 with U+FFFD instead of failing."""
     try:
-        return msgpack.unpackb(bytes(buf), raw=False, strict_map_key=False)
+        return msgpack.unpackb(bytes(buf), raw=False, strict_map_key=False, unicode_errors=unicode_errors)
     except (ValueError, msgpack.UnpackException, msgpack.ExtraData, TypeError) as e:
         raise XcoderError("XC_EPROTO", f"not valid MessagePack ({len(buf)} bytes): {e}")
 
 
-def unpack_map(buf, what="message"):
+def unpack_map(buf, what="message", unicode_errors="strict"):
     """Decodes a frame that must be one map carrying v = 1 (checked before
     anything else, as PROTOCOL.md section 0 asks)."""
-    m = unpack(buf)
+    m = unpack(buf, unicode_errors)
     if not isinstance(m, dict):
         raise XcoderError("XC_EPROTO", f"{what} is not a MessagePack map")
     v = m.get("v")
