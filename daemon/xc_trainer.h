@@ -50,7 +50,7 @@ typedef struct {
     double last_step_ms;
     uint64_t step_errors;
     int shm;                  /* shared memory is being published */
-    uint32_t class_counts[8]; /* latents per XC_CLASS_*; [5] chat-specific (last publish) */
+    uint32_t class_counts[8]; /* latents per XC_CLASS_*; [XC_COUNT_CHAT_SPECIFIC] chat-specific (last publish) */
     int scaling_running;      /* an exact Latent Scaling pass is under way (or asked for) */
     uint64_t scaling_done, scaling_target; /* its progress in tokens */
     long scaling_last_step;   /* the last completed pass: dictionary step (-1 none) */
