@@ -65,7 +65,8 @@ else nok "scaling_second_pass_refused" "exit $rc1/$rc2: $(cat "$T/out" "$T/out2"
 # progress of the pass under way: status (text and JSON)
 X status >"$T/out" 2>&1
 X status --json >"$T/st.json" 2>&1
-if grep -q "^scaling  exact pass: .* of 100M tokens" "$T/out" &&
+X watch -n 1 --plain >"$T/w.out" 2>&1
+if grep -q "^scaling  exact pass: .* of 100M tokens" "$T/out" && grep -q "^scaling  exact pass: .* of 100M tokens" "$T/w.out" &&
    [ "$(py_json "$T/st.json" "j['scaling']['running'] and j['scaling']['tokens_target'] == 100000000 and j['scaling']['tokens_done'] >= 0")" = "True" ]; then
   ok "scaling_progress_in_status"
 else nok "scaling_progress_in_status" "$(grep scaling "$T/out") $(py_json "$T/st.json" "j['scaling']")"; fi

@@ -248,6 +248,12 @@ static void draw(FILE *f, const style_t *st, const xc_client_value_t *r, const l
     fprintf(f, "sparsity L0 %.2f   dead %.1f%%   theta %.4g   |grad| %.3g   refused %.0f%s\n", num(r, "l0"),
             100.0 * num(r, "dead_fraction"), num(r, "theta"), num(r, "grad_norm"), num(r, "counters.batches_refused"),
             st->eol);
+    const xc_client_value_t *run = xc_client_value_path(r, "scaling.running");
+    if (run && run->type == XC_VAL_BOOL && run->u.b) { /* an exact pass under way: its progress */
+        double done = num(r, "scaling.tokens_done"), target = num(r, "scaling.tokens_target");
+        fprintf(f, "scaling  exact pass: %s of %s tokens (%.1f%%)%s\n", xc_cli_fmt_count(done, b1, sizeof b1),
+                xc_cli_fmt_count(target, b2, sizeof b2), target > 0 ? 100.0 * done / target : 0.0, st->eol);
+    }
     if (top) draw_hist(f, st, top, bins);
     else fprintf(f, "%s(no latent statistics%s%s)%s%s\n", st->dim, note && note[0] ? ": " : " yet", note ? note : "",
                  st->off, st->eol);
