@@ -11,7 +11,7 @@ const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
 const crypto = require("node:crypto");
-const { Producer, Client, subscribe, XcoderError, XcoderNack, CLASS_NAMES } = require("..");
+const { Producer, Client, subscribe, XcoderError, XcoderNack, CLASS_NAMES, wire } = require("..");
 const { Daemon, sleep, randomActs, readShm } = require("./helpers");
 
 const D = 32, F = 256, B = 64;
@@ -262,6 +262,31 @@ test("table: columns equal the shared memory and the latent op", () =>
     await assert.rejects(c.table({ js: [F] }), (e) => e.code === "XC_ENOTFOUND");
     await c.resume();
     c.close();
+  }));
+
+test("examples: a stream tag, a vocabulary and token context give rendered examples", () =>
+  withDaemon({}, async (dm) => {
+    const p = new Producer(dm.ingest, { d: D, producer: "js-ex", stream: "chat" });
+    const vocab = Array.from({ length: 16 }, (_, i) => `w${i} `);
+    assert.equal(await p.sendVocab(vocab), 16);
+    for (let b = 0; b < 4; b++) {
+      const ids = Array.from({ length: B }, (_, i) => (b * 7 + i * 3) % 16);
+      const positions = Array.from({ length: B }, (_, i) => [b, i]);
+      await p.send(randomActs(B, D, b + 1), { tokenIds: ids, positions });
+    }
+    await p.close();
+    await dm.waitStatus((s) => s.step >= 4, "4 steps");
+    let r = null;
+    for (let j = 0; j < F && !(r && r.top.length); j++) r = await dm.client.examples(j, { n: 3 });
+    assert.ok(r.top.length > 0 && r.top.length <= 3, "some latent has examples");
+    const e = r.top[0];
+    assert.equal(e.stream, "chat");
+    assert.equal(e.producer, "js-ex");
+    assert.equal(e.tokens[e.at], e.token);
+    assert.deepEqual(e.pieces, e.tokens.map((t) => vocab[t]));
+    assert.ok(wire.renderExample(e).includes(`[[w${e.token} ]]`));
+    await dm.client.resetExamples(r.j);
+    await assert.rejects(dm.client.examples(F), (err) => err instanceof XcoderError && err.code === "XC_ENOTFOUND");
   }));
 
 test("shutdown: the daemon stops cleanly on request", async () => {
