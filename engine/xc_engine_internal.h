@@ -234,10 +234,18 @@ void xc_engine_enc_gemm_task(void *ctx, int tid, int nth);
  * from it, and the running statistics use val. A reduced-precision scorer may
  * therefore compute approximate scores to choose candidates, but must leave e->pre
  * exact (float32) wherever a later pass reads it and must select on the exact r.
- * A latent-sharded engine needs a collective at exactly two points, each one
- * function in select.c: the merged histogram (merge_hist: a sum over
- * shards) and the boundary candidates (cut_boundary: a gather of bucket_t's
- * entries); everything else is local to a shard's latents. */
+ * Such a scorer (engine/score.c, xc_score_candidates) hands its candidates to
+ * xc_select_from_candidates below instead of calling xc_select_topk; both end in
+ * the same exact rule (select_listed).
+ * A latent-sharded engine needs collectives inside the selection at exactly two
+ * points, each one function in select.c: the histograms (merge_hist, and the
+ * candidates' histogram in select_listed: a sum over shards) and the boundary
+ * candidates (cut_boundary: a gather of bucket_t's entries); the CSR fill is
+ * local to a shard's latents. Outside the selection the step combines latents
+ * of every shard in four places: the reconstruction (decode_sparse_task, a sum
+ * before the residual), AuxK (aux_fwd_task: per token the top k_aux over all
+ * shards' dead latents, then a sum), the squared gradient norm (the workers' sq
+ * in forward_backward, a sum) and theta's sample (the workers' rmin, a min). */
 int xc_select_topk(xc_engine_t *e);
 /* The same selection from a reduced-precision scorer's candidates (row order,
  * exact u and r, a superset of the top k*B: xc_score.h) instead of e->pre. */
