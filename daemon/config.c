@@ -136,6 +136,11 @@ static const xc_cfg_key_t g_keys[] = {
     KEY_INT("max_msg_bytes", "67108864", 1024, 4e9, max_msg_bytes, "service",
             "largest ingest message accepted (all frames); larger ones get an XC_ETOOBIG nack, and a "
             "single frame over twice this makes ZeroMQ drop the connection"),
+    KEY_INT("memory_limit", "0", 0, 9e18, memory_limit, "service",
+            "bytes: refuse to start when the configured worst case exceeds this (model, Adam, queue of "
+            "queue_size x max_msg_bytes, mixing buffer, 64 MiB reply backlog; the log states the bound at "
+            "start, plus ingest_hwm x 2 x max_msg_bytes per connected producer); set it below the unit's "
+            "MemoryMax=; 0 = no check"),
     KEY_INT("ingest_hwm", "16", 1, 1e6, ingest_hwm, "service",
             "ZeroMQ receive high-water mark of the ingest socket (messages)"),
     KEY_FLOAT("stats_interval", "1", 0.05, 86400, stats_interval, "service", "seconds between stats events",
@@ -621,7 +626,27 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
         xc_why(why, why_len, "shared_lo (%g) must be below shared_hi (%g)", c->shared_lo, c->shared_hi);
         return XC_ECONFIG;
     }
+    double bound = xc_cfg_memory_bound(c, NULL);
+    if (c->memory_limit > 0 && bound > (double)c->memory_limit) {
+        xc_why(why, why_len, "the configuration may use %.0f MiB, more than memory_limit (%.0f MiB): lower "
+               "queue_size (%ld) or max_msg_bytes (%ld), or raise memory_limit", bound / 1048576.0,
+               (double)c->memory_limit / 1048576.0, c->queue_size, c->max_msg_bytes);
+        return XC_ECONFIG;
+    }
     return XC_OK;
+}
+
+double xc_cfg_memory_bound(const xc_cfg_t *c, double *per_connection)
+{
+    /* engine: encoder and decoder (2 x F x 2d floats each), with Adam's two
+     * moments and a gradient: 4 copies; the checkpoint copy once more */
+    double model = 5.0 * 2.0 * (double)c->dict_size * 2.0 * (double)c->d * 4.0;
+    /* queued batches are stored as f32: an f16/bf16 message doubles */
+    double queue = (double)c->queue_size * 2.0 * (double)c->max_msg_bytes;
+    double mix = (double)c->mix_tokens * 2.0 * (double)c->d * 4.0;
+    double backlog = 64.0 * 1048576.0; /* control replies waiting (svc_loop.c) */
+    if (per_connection) *per_connection = (double)c->ingest_hwm * 2.0 * (double)c->max_msg_bytes;
+    return model + queue + mix + backlog;
 }
 
 /* A FLOAT key's effective value: its own, or what "auto" stands for in c. */

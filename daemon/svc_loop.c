@@ -532,6 +532,9 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
         zmq_close(z);
         return XC_EIO;
     }
+    /* the umask (027) leaves the group without write, which connecting to a
+     * unix socket needs: members of the run_dir's group may use the sockets */
+    if (strncmp(ep, "ipc://", 6) == 0 && ep[6] != '@' && ep[6] != '*') chmod(ep + 6, 0770);
     *out = z;
     return XC_OK;
 }
@@ -787,6 +790,10 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     if ((rc = xc_trainer_resume(s->trainer, s->cfg.resume[0] ? s->cfg.resume : NULL, s->cfg.fresh, why, wl)))
         goto fail;
     ledger_open(s);
+    double per_conn, bound = xc_cfg_memory_bound(&s->cfg, &per_conn);
+    xc_log(XC_LOG_INFO, "memory bound: %.0f MiB (model and Adam, queue, mixing buffer, reply backlog) + %.0f MiB "
+           "per connected producer (ingest_hwm x 2 x max_msg_bytes)%s", bound / 1048576.0, per_conn / 1048576.0,
+           s->cfg.memory_limit > 0 ? "; within memory_limit" : "");
     s->zctx = zmq_ctx_new();
     if (!s->zctx) {
         rc = XC_ESYS;

@@ -49,6 +49,7 @@ typedef struct {
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     double max_abs_value;
+    long memory_limit;
     double stats_interval, checkpoint_interval, dead_alert_jump;
     long checkpoint_steps, checkpoint_keep;
     char metrics_file[XC_CFG_STR_MAX];
@@ -142,6 +143,10 @@ void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec);
 /* The engine configuration of the table's defaults for a model kind: the one
  * set of defaults for tests and benchmarks that build an engine directly. */
 void xc_cfg_engine_defaults(xc_engine_config_t *ec, xc_model_kind_t model);
+/* The configured worst case of the daemon's memory in bytes (model and Adam
+ * state, queue, mixing buffer, reply backlog); *per_connection (may be NULL):
+ * what ZeroMQ may buffer for each connected producer on top. */
+double xc_cfg_memory_bound(const xc_cfg_t *c, double *per_connection);
 /* shm_mode as permission bits (validated by finalize). */
 int xc_cfg_shm_mode(const xc_cfg_t *c, unsigned *mode);
 /* The latent-class thresholds of the analysis section. */

@@ -27,7 +27,7 @@ DAEMON = None
 def daemon():
     global DAEMON
     if DAEMON is None:
-        DAEMON = Daemon(TMP, "--mix_tokens", str(B), name="hostile")
+        DAEMON = Daemon(TMP, "--mix_tokens", str(B), name="hostile%d" % os.getpid())
     return DAEMON
 
 
@@ -109,7 +109,7 @@ def test_private_files_whatever_umask():
     old = os.umask(0)
     try:
         tmp = tempfile.mkdtemp(prefix="xc_umask_")
-        d = Daemon(tmp, name="umask")
+        d = Daemon(tmp, name="umask%d" % os.getpid())
         d.ok({"op": "checkpoint"}, timeout=60)
         mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
         check(mode(d.run_dir) & 0o027 == 0, "run_dir mode %o" % mode(d.run_dir))
@@ -151,11 +151,35 @@ def test_run_dir_squatting_refused():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_memory_limit_refuses_config():
+    import subprocess
+    from integ_daemon import XCODERD
+    tmp = tempfile.mkdtemp(prefix="xc_mem_")
+    try:
+        base = [XCODERD, "--run_dir", os.path.join(tmp, "run"), "--name", "memlim%d" % os.getpid(), "--d", "8",
+                "--dict_size", "64", "--k", "2", "--batch_size", "64"]
+        r = subprocess.run(base + ["--memory_limit", str(256 << 20)], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 2 and "memory_limit" in r.stderr + r.stdout and "queue_size" in r.stderr + r.stdout,
+              "64 x 64 MiB queue accepted under a 256 MiB limit: rc %d %s" % (r.returncode, r.stderr[-300:]))
+        p = subprocess.Popen(base + ["--memory_limit", str(256 << 20), "--max_msg_bytes", str(1 << 20)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = ""
+        for line in p.stdout:
+            if "memory bound" in line:
+                break
+        p.terminate()
+        p.wait(20)
+        check("memory bound" in line and "per connected producer" in line, "bound not stated: %r" % line)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     try:
         for t in (test_finite_overflow_refused, test_producer_id_must_be_text,
                   test_control_errors_answered_log_bounded, test_ping_bursts_all_answered,
-                  test_private_files_whatever_umask, test_run_dir_squatting_refused):
+                  test_private_files_whatever_umask, test_run_dir_squatting_refused,
+                  test_memory_limit_refuses_config):
             run_case(t)
     finally:
         if DAEMON is not None:
