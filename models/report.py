@@ -161,9 +161,11 @@ def main(argv=None):
     ids, mask, kind, tmpl = example_corpus(tok, "eval", a.rows)
     f = latent_acts(base, chat, ck, ids)
     fired = (f > 0) & mask[:, :, None]
+    n_fire = fired.reshape(-1, fired.shape[-1]).sum(axis=0)
     print(f"\nmax-activating examples over {int(mask.sum())} held-out tokens "
           f"({int(mask[kind == 'chat'].sum())} chat, {int(mask[kind == 'web'].sum())} web; "
-          f"{tmpl.sum() / mask.sum():.1%} of them template tokens)")
+          f"{tmpl.sum() / mask.sum():.1%} of them template tokens): L0 at the inference "
+          f"threshold {fired.sum() / mask.sum():.1f}, {int((n_fire > 0).sum())} latents fire")
 
     has_daemon_ex = daemon_examples(c, tok, 0, 1) is not None
     print("examples: " + ("the daemon's (collected while training, op \"examples\"; stream tag "
@@ -201,6 +203,9 @@ def main(argv=None):
     chat_only = chat_only[np.argsort(-tb["freq"][chat_only], kind="stable")]
     cs = np.flatnonzero(chat_spec)
     cs = cs[np.argsort(np.nan_to_num(tb["exact_nu_err"][cs], nan=9), kind="stable")]
+    lean = np.flatnonzero(alive)
+    lean = lean[np.argsort(-tb["delta_norm"][lean], kind="stable")][:a.top]
+    listing("the most chat-leaning live latents (highest Δ)", lean)
     listing(f"chat-only latents (Δ ≥ 0.9): {len(chat_only)}, most frequent first", chat_only)
     listing(f"chat-specific latents (chat-only, ν^ε < 0.2, ν^r < 0.5): {len(cs)}, "
             f"lowest ν^ε first", cs)
@@ -215,7 +220,9 @@ def main(argv=None):
     print(f"\ntemplate: latents whose top {a.template_top} examples sit mostly (≥ half) on "
           f"template tokens:")
     for src, what in sources:
-        groups = [("chat-specific", cs), ("chat-only", chat_only)]
+        top_lean = np.flatnonzero(alive)
+        top_lean = top_lean[np.argsort(-tb["delta_norm"][top_lean], kind="stable")][:20]
+        groups = [("chat-specific", cs), ("chat-only", chat_only), ("top-20 Δ", top_lean)]
         if src == "local":
             groups.append(("all live", np.flatnonzero(alive)))
         for name, js in groups:

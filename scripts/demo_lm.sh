@@ -97,7 +97,7 @@ cat "$T/server.out"
 $PY - "$URL" <<'EOF'
 import json, sys, urllib.request
 req = urllib.request.Request(sys.argv[1] + "/generate", data=json.dumps(
-    {"prompt": "How do I sort a list?", "max_tokens": 40}).encode())
+    {"prompt": "How do I sort a list?", "max_tokens": 24}).encode())
 r = json.loads(urllib.request.urlopen(req, timeout=60).read())
 print("chat model, asked 'How do I sort a list?':", r["text"])
 EOF
