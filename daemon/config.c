@@ -109,6 +109,13 @@ static const xc_cfg_key_t g_keys[] = {
             "step at which linear decay to 0 starts; 0 = constant learning rate"),
     KEY_INT("total_steps", "0", 0, BIG, total_steps, "model",
             "end of the linear decay (needed when decay_start > 0)"),
+    KEY_INT("max_tokens", "0", 0, BIG, max_tokens, "model",
+            "token budget: once the model has trained this many tokens (counted across resumes) training "
+            "stops after that step, a final checkpoint is written and further batches are refused with "
+            "XC_ESTATE; status shows tokens_budget, budget_fraction and eta_s; 0 = no budget"),
+    KEY_BOOL("lr_decay_to_budget", "off", lr_decay_to_budget, "model",
+             "on: the linear learning-rate decay ends at the budget (total_steps = ceil(max_tokens / "
+             "batch_size)); needs max_tokens and decay_start"),
     KEY_ENUM("loss", "l2", g_losses, loss, "model",
              "reconstruction term: l2 (un-squared norm, reference default) or mse (squared)"),
     KEY_FLOAT("l1_coef", "0.041", 0, 1e6, l1_coef, "model", "L1 model: sparsity coefficient mu"),
@@ -585,6 +592,25 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
     if ((rc = endpoint_default(c->events, sizeof c->events, c->run_dir, "events.sock", "events", why,
                                why_len)))
         return rc;
+    if (c->lr_decay_to_budget) { /* the decay (decay_start -> total_steps) ends at the budget's last step */
+        if (c->max_tokens <= 0 || c->decay_start <= 0) {
+            xc_why(why, why_len, "lr_decay_to_budget needs max_tokens (the budget) and decay_start (the step the "
+                   "decay begins)");
+            return XC_ECONFIG;
+        }
+        long steps = (c->max_tokens + c->batch_size - 1) / c->batch_size;
+        if (c->total_steps && c->total_steps != steps) {
+            xc_why(why, why_len, "total_steps (%ld) contradicts lr_decay_to_budget (max_tokens / batch_size = %ld "
+                   "steps); leave total_steps unset", c->total_steps, steps);
+            return XC_ECONFIG;
+        }
+        if (steps <= c->decay_start) {
+            xc_why(why, why_len, "decay_start (%ld) must be below the budget's %ld steps (max_tokens / batch_size)",
+                   c->decay_start, steps);
+            return XC_ECONFIG;
+        }
+        c->total_steps = steps;
+    }
     if (c->mix_tokens == 0) c->mix_tokens = 8 * c->batch_size;
     if (c->mix_tokens < c->batch_size) {
         xc_why(why, why_len, "mix_tokens (%ld) must be >= batch_size (%ld)", c->mix_tokens,

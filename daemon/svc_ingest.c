@@ -168,6 +168,14 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         handle_vocab(s, &env, f, nb);
         return;
     }
+    if (s->cfg.max_tokens > 0 && xc_trainer_budget_reached(s->trainer)) {
+        char msg[XC_PROTO_REASON_MAX];
+        if (nb > 0) xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
+        snprintf(msg, sizeof msg, "token budget reached (max_tokens = %ld): training has stopped and the final "
+                 "checkpoint is written; batch not accepted", s->cfg.max_tokens);
+        refuse(s, &env, &h, XC_ESTATE, msg);
+        return;
+    }
     if (mm->extra || nb > 4) {
         if (nb > 0) xc_proto_batch_hdr_decode(f[0].data, f[0].len, &h, why, sizeof why);
         snprintf(why, sizeof why, "%d body frames; a batch has at most 4 (header, payload, tokens, positions)",

@@ -769,6 +769,7 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     xc_cfg_thresholds(&s->cfg, &to.thresholds);
     to.checkpoint_keep = (int)s->cfg.checkpoint_keep;
     to.checkpoint_steps = s->cfg.checkpoint_steps;
+    to.max_tokens = s->cfg.max_tokens > 0 ? (uint64_t)s->cfg.max_tokens : 0;
     xc_examples_config_default(&to.examples);
     to.examples.top_n = (int)s->cfg.examples_top;
     to.examples.random_n = (int)s->cfg.examples_random;

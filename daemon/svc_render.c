@@ -116,6 +116,13 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->steps_per_s = s->steps_per_s;
     m->step_ms = ts.last_step_ms;
     m->uptime_s = xc_svc_mono_s() - s->t_start;
+    m->budget_reached = ts.budget_reached;
+    if (s->cfg.max_tokens > 0) { /* progress against the budget; the ETA at the smoothed rate */
+        double left = (double)s->cfg.max_tokens - (double)ts.m.tokens;
+        m->tokens_budget = (uint64_t)s->cfg.max_tokens;
+        m->budget_fraction = (double)ts.m.tokens / (double)s->cfg.max_tokens;
+        m->eta_s = ts.budget_reached || left <= 0 ? 0.0 : s->rate_avg > 0 ? left / s->rate_avg : NAN;
+    }
     m->shm = ts.shm;
     /* the encoder product: what runs (auto resolved) and its kernel */
     m->encoder_precision = xc_prec_name(ts.m.precision);
@@ -331,6 +338,10 @@ void xc_svc_publish_stats(xc_svc_t *s)
     if (dt > 0) {
         s->tokens_per_s = (double)(qc.tokens_trained - s->rate_tokens) / dt;
         s->steps_per_s = (double)(ts.m.step - s->rate_step) / dt;
+    }
+    if (dt > 0) { /* the ETA's rate: an exponential average over about a minute, idle intervals included */
+        double a = dt / 60.0 < 1.0 ? dt / 60.0 : 1.0;
+        s->rate_avg = s->rate_avg > 0 ? (1.0 - a) * s->rate_avg + a * s->tokens_per_s : s->tokens_per_s;
     }
     s->rate_t = now;
     s->rate_tokens = qc.tokens_trained;

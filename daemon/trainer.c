@@ -68,6 +68,8 @@ struct xc_trainer {
     int ckpt_fail_streak;      /* under mu: checkpoints failed in a row */
     double ckpt_retry_ms;      /* under mu: no automatic checkpoint before this (backoff) */
     int ckpt_logged_failing;   /* a failure was logged and no success since */
+    uint64_t max_tokens;       /* token budget; 0 = none */
+    int budget_done;           /* trainer thread: the budget is reached, no more steps */
 };
 
 static double now_ms(void)
@@ -130,6 +132,7 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
         if (!t->ckw) goto out_free;
         t->ckpt_steps = o->checkpoint_steps;
     }
+    t->max_tokens = o->max_tokens;
     {
         char why[256] = "";
         int rc;
@@ -595,6 +598,26 @@ static void do_snapshot(xc_trainer_t *t, uint64_t gen)
     refresh_records(t, gen);
 }
 
+/* The token budget: once the model has trained max_tokens tokens (counted
+ * across resumes) training stops for good, after the step that reached it,
+ * and a final checkpoint is asked for (reason "budget"; none when a resumed
+ * checkpoint is already at the budget). Returns 1 when reached. */
+static int budget_check(xc_trainer_t *t, int at_start)
+{
+    if (t->budget_done) return 1;
+    uint64_t tokens = xc_engine_metrics(t->e)->tokens;
+    if (!t->max_tokens || tokens < t->max_tokens) return 0;
+    t->budget_done = 1;
+    pthread_mutex_lock(&t->mu);
+    t->st.budget_reached = 1;
+    pthread_mutex_unlock(&t->mu);
+    xc_log(XC_LOG_INFO, "token budget reached: %llu of max_tokens = %llu trained at step %ld; training stops%s",
+           (unsigned long long)tokens, (unsigned long long)t->max_tokens, xc_engine_metrics(t->e)->step,
+           at_start ? " (the resumed checkpoint is at the budget)" : ", writing the final checkpoint");
+    if (!at_start) xc_trainer_request_checkpoint(t, "budget");
+    return 1;
+}
+
 static void set_state(xc_trainer_t *t, xc_tr_state_t s)
 {
     pthread_mutex_lock(&t->mu);
@@ -608,6 +631,7 @@ static void *trainer_main(void *arg)
     xc_state_view_t ex[N_EXTRAS];
     xc_ckpt_writer_prepare(t->ckw, t->e, ex, ckpt_extras(t, ex)); /* the checkpoint copy's memory, in the background */
     refresh_records(t, snap_gen_done(t));
+    budget_check(t, 1);
     set_state(t, XC_TR_RUNNING);
     for (;;) {
         pthread_mutex_lock(&t->mu);
@@ -631,15 +655,16 @@ static void *trainer_main(void *arg)
         if (now_ms() >= t->next_pub_ms) refresh_records(t, snap_gen_done(t));
         xc_examples_apply(t->ex); /* vocabularies and resets asked for meanwhile */
         fill_buffer(t);
-        if (!paused && t->buffered >= t->C) {
+        if (!paused && !t->budget_done && t->buffered >= t->C) {
             do_step(t);
+            if (budget_check(t, 0)) continue;
             pthread_mutex_lock(&t->mu);
             long every = t->ckpt_steps;
             pthread_mutex_unlock(&t->mu);
             if (every > 0 && xc_engine_metrics(t->e)->step % every == 0) xc_trainer_request_checkpoint(t, "steps");
             continue;
         }
-        xc_queue_wait(t->q, 250, t->buffered < t->C && !t->cur.x);
+        xc_queue_wait(t->q, 250, !t->budget_done && t->buffered < t->C && !t->cur.x);
     }
     set_state(t, XC_TR_STOPPING);
     pthread_mutex_lock(&t->mu);
@@ -800,6 +825,14 @@ uint64_t xc_trainer_request_snapshot(xc_trainer_t *t)
     pthread_mutex_unlock(&t->mu);
     xc_queue_kick(t->q);
     return gen;
+}
+
+int xc_trainer_budget_reached(xc_trainer_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int r = t->st.budget_reached;
+    pthread_mutex_unlock(&t->mu);
+    return r;
 }
 
 void xc_trainer_stop(xc_trainer_t *t)

@@ -40,6 +40,8 @@ typedef struct {
     long d, dict_size, k, batch_size;
     double init_norm, lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
     long warmup_steps, decay_start, total_steps;
+    long max_tokens;           /* token budget; 0 = none */
+    int lr_decay_to_budget;    /* on (1): total_steps = the budget's steps */
     xc_loss_kind_t loss;
     double l1_coef, aux_coef;
     long dead_tokens, threshold_start_step;

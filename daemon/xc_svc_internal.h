@@ -36,7 +36,7 @@
 /* Refusal classes, in the order of PROTOCOL.md; counters are indexed by this. */
 #define XC_SVC_REFUSALS(X)                                                                       \
     X(XC_ESHUTDOWN) X(XC_ETOOBIG) X(XC_EPROTO) X(XC_EVERSION) X(XC_EDTYPE) X(XC_ESHAPE)          \
-    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ERANGE) X(XC_ENOMEM) X(XC_EPERM)
+    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ERANGE) X(XC_ENOMEM) X(XC_EPERM) X(XC_ESTATE)
 #define XC_SVC_REFUSE_COUNT(c) +1
 enum { XC_SVC_N_REFUSE = 0 XC_SVC_REFUSALS(XC_SVC_REFUSE_COUNT) };
 #define XC_SVC_PRODUCERS 16 /* distinct producer ids counted in status */
@@ -127,6 +127,7 @@ struct xc_svc {
     uint64_t rate_tokens;
     long rate_step;
     double tokens_per_s, steps_per_s;
+    double rate_avg;        /* tokens/s averaged over about a minute (the budget's ETA) */
     double last_dead;
     int have_dead;
     /* tokens accepted per producer id (the first XC_SVC_PRODUCERS ids; the rest

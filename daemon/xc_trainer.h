@@ -37,6 +37,8 @@ typedef struct {
     long checkpoint_steps;    /* a checkpoint every N steps; 0 = off */
     xc_examples_config_t examples; /* store_tokens 0: 16 x mix_tokens, at least 65536 */
     const char *vocab_file;   /* the default vocabulary (xc_examples_load_vocab_file); NULL/"" none */
+    uint64_t max_tokens;      /* token budget of the model (across resumes): 0 = none; reached ->
+                               * a final checkpoint ("budget") and no more steps */
 } xc_trainer_opts_t;
 
 typedef enum { XC_TR_STARTING = 0, XC_TR_RUNNING, XC_TR_PAUSED, XC_TR_STOPPING, XC_TR_STOPPED } xc_tr_state_t;
@@ -56,6 +58,7 @@ typedef struct {
     long scaling_last_step;   /* the last completed pass: dictionary step (-1 none) */
     uint64_t scaling_last_tokens, scaling_passes;
     uint64_t scaling_cancelled; /* passes cancelled by request */
+    int budget_reached;       /* max_tokens trained: training has stopped for good */
 } xc_trainer_status_t;
 
 /* Result of the latest checkpoint. */
@@ -78,6 +81,8 @@ int xc_trainer_start(xc_trainer_t *t);
 void xc_trainer_destroy(xc_trainer_t **t);
 
 void xc_trainer_set_paused(xc_trainer_t *t, int paused);
+/* 1 once the token budget (opts.max_tokens) is reached: intake should stop. */
+int xc_trainer_budget_reached(xc_trainer_t *t);
 /* Before xc_trainer_start: continue from a checkpoint (daemon/xc_ckpt.h,
  * xc_ckpt_resume): path (either file of a pair), or NULL for the newest valid
  * pair of this name in state_dir; fresh = 1 loads nothing. 0 when training can

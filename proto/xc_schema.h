@@ -93,6 +93,13 @@
       "Wall time of the last training step.")                                                                   \
     X(uptime_s, F64, "uptime_s", "xcoderd_uptime_seconds", "gauge", 1, XC_SCHEMA_NOSHM,                         \
       "Seconds since the daemon started.")                                                                      \
+    X(tokens_budget, U64, "tokens_budget", "xcoderd_tokens_budget", "gauge", 1, XC_SCHEMA_NOSHM,                \
+      "Token budget (max_tokens): training stops once the model has trained this many; 0 = none.")            \
+    X(budget_fraction, F64, "budget_fraction", "xcoderd_budget_fraction", "gauge", 1, XC_SCHEMA_NOSHM,          \
+      "Fraction of the token budget trained (tokens / max_tokens); NaN without a budget.")                      \
+    X(eta_s, F64, "eta_s", "xcoderd_budget_eta_seconds", "gauge", 1, XC_SCHEMA_NOSHM,                           \
+      "Seconds until the budget is reached at the measured rate (last minute); NaN without a budget or rate.")  \
+    X(budget_reached, BOOL, "budget_reached", "", "", 1, XC_SCHEMA_NOSHM, "")                                   \
     X(classes, CLASSES, "classes", "", "", 1, XC_SCHEMA_NOSHM, "")                                              \
     X(scaling, SCALING, "scaling", "", "", 1, XC_SCHEMA_NOSHM, "")                                              \
     X(shm, BOOL, "shm", "", "", 1, XC_SCHEMA_NOSHM, "")                                                         \

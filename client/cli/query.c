@@ -56,6 +56,18 @@ void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol)
     fprintf(f, "quality  FVE base %.4f chat %.4f   L0 %.2f   dead %.1f%%   theta %.4g   |g| %.3g%s\n",
             num(r, "fve.0"), num(r, "fve.1"), num(r, "l0"), 100.0 * num(r, "dead_fraction"), num(r, "theta"),
             num(r, "grad_norm"), eol);
+    /* the token budget: progress and the ETA at the daemon's averaged rate */
+    if (num(r, "tokens_budget") > 0) {
+        const xc_client_value_t *reached = xc_client_value_get(r, "budget_reached");
+        double eta = num(r, "eta_s");
+        if (reached && reached->type == XC_VAL_BOOL && reached->u.b)
+            fprintf(f, "budget   reached: %s tokens trained; training has stopped%s\n",
+                    xc_cli_fmt_count(num(r, "tokens_budget"), b1, sizeof b1), eol);
+        else
+            fprintf(f, "budget   %s of %s tokens (%.1f%%)   ETA %s%s\n", xc_cli_fmt_count(num(r, "tokens"), b1, sizeof b1),
+                    xc_cli_fmt_count(num(r, "tokens_budget"), b2, sizeof b2), 100.0 * num(r, "budget_fraction"),
+                    isfinite(eta) ? xc_cli_fmt_duration(eta, b3, sizeof b3) : "? (no rate yet)", eol);
+    }
     /* the exact Latent Scaling pass: progress while one runs, else the last one */
     const xc_client_value_t *run = xc_client_value_path(r, "scaling.running");
     double done = num(r, "scaling.tokens_done"), target = num(r, "scaling.tokens_target");
