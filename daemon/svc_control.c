@@ -331,16 +331,16 @@ static void reply_checkpoint(xc_svc_t *s, const xc_svc_envelope_t *env, const xc
     reply_buf(s, env, &w, req);
 }
 
-/* scaling {tokens?, cancel?}: the count is bounded to [1, 2^40]. */
+/* scaling {tokens?, cancel?}: the count is bounded to [1, scaling_max_tokens]. */
 static int check_scaling(xc_svc_t *s, call_t *c)
 {
     c->arg.scal.tokens = 1000000;
     c->arg.scal.cancel = 0;
     int rc = arg_u64(&c->req, "tokens", &c->arg.scal.tokens, c->why, sizeof c->why);
     if (rc < 0) return rc;
-    if (c->arg.scal.tokens == 0 || c->arg.scal.tokens > (1ull << 40)) {
-        snprintf(c->why, sizeof c->why, "argument 'tokens' must be in [1, 2^40], got %llu",
-                 (unsigned long long)c->arg.scal.tokens);
+    if (c->arg.scal.tokens == 0 || c->arg.scal.tokens > (uint64_t)s->cfg.scaling_max_tokens) {
+        snprintf(c->why, sizeof c->why, "argument 'tokens' must be in [1, %ld] (scaling_max_tokens), got %llu",
+                 s->cfg.scaling_max_tokens, (unsigned long long)c->arg.scal.tokens);
         return XC_EINVAL;
     }
     xc_mp_node_t cn = xc_mp_get(c->req.root, "cancel");

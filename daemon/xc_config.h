@@ -59,6 +59,7 @@ typedef struct {
     long history_max_bytes;
     /* analysis: per-latent statistics, Latent Scaling, shared memory, classes */
     double stats_half_life, scaling_half_life, scaling_min_active;
+    long scaling_max_tokens;
     int scaling_running;       /* on (1) / off (0) */
     int shm;                   /* on (1) / off (0) */
     char shm_mode[8];
