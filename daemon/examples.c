@@ -62,6 +62,8 @@ struct xc_examples {
     size_t used;              /* arena bytes in use */
 
     pending_t *pend;          /* (XC_EX_PENDING_MAX) owned */
+    uint32_t *cuts;           /* (F x S) owned: slots filled in this update, windows to cut */
+    long ncuts;
     int npend;
 
     vreq_t *vq, **vq_tail;    /* requests from other threads, owned */
@@ -141,8 +143,9 @@ xc_examples_t *xc_examples_new(const xc_examples_config_t *c, long F, int *err)
     x->ht = calloc(H, sizeof *x->ht);
     x->arena = calloc(1, c->vocab_bytes + 8);
     x->pend = malloc(sizeof *x->pend * XC_EX_PENDING_MAX);
+    x->cuts = malloc(sizeof *x->cuts * (size_t)F * (x->S ? x->S : 1));
     if (!x->ex || !x->win || !x->counts || !x->minact || !x->minslot || !x->srcs || !x->ring || !x->ht ||
-        !x->arena || !x->pend || pthread_mutex_init(&x->mu, NULL)) {
+        !x->arena || !x->pend || !x->cuts || pthread_mutex_init(&x->mu, NULL)) {
         x->S = -1; /* the mutex was not made */
         xc_examples_destroy(&x);
         return NULL;
@@ -166,7 +169,7 @@ void xc_examples_destroy(xc_examples_t **px)
     }
     if (x->S >= 0) pthread_mutex_destroy(&x->mu);
     free(x->ex), free(x->win), free(x->counts), free(x->minact), free(x->minslot);
-    free(x->srcs), free(x->ring), free(x->ht), free(x->arena), free(x->pend);
+    free(x->srcs), free(x->ring), free(x->ht), free(x->arena), free(x->pend), free(x->cuts);
     free(x);
     *px = NULL;
 }
@@ -336,17 +339,30 @@ static int extend_right(xc_examples_t *x, xc_example_t *e, uint32_t *w, long cen
     return 1;
 }
 
-/* Fills slot (j, slot) with one occurrence and cuts its window from the store. */
+/* Fills slot (j, slot) with one occurrence. Its window is cut at the end of the
+ * update (cut_windows), once per slot: a slot refilled within one step (a
+ * latent's smallest top example beaten twice, the reservoir) costs one cut. */
+#define XC_EXF_CUT 0x8000u /* transient: window still to cut (never seen outside an update) */
 static void put(xc_examples_t *x, long j, int slot, const xc_tokmeta_t *m, float v, long step)
 {
-    xc_example_t *e = &x->ex[(size_t)j * x->S + slot];
-    uint32_t *w = x->win + ((size_t)j * x->S + slot) * x->WL;
+    size_t k = (size_t)j * x->S + slot;
+    xc_example_t *e = &x->ex[k];
+    int pending_cut = (e->flags & XC_EXF_CUT) != 0;
+    *e = (xc_example_t){v, m->id, m->doc, m->pos, m->src, XC_EXF_USED | XC_EXF_CUT, 0, 0, step};
+    if ((m->flags & XC_TM_POS) && m->src != XC_EX_NOSRC) e->flags |= XC_EXF_POS;
+    if (!pending_cut) x->cuts[x->ncuts++] = (uint32_t)k;
+}
+
+/* Cuts the window of entry k from the store (the owner, under the lock). */
+static void cut_window(xc_examples_t *x, size_t k)
+{
+    xc_example_t *e = &x->ex[k];
+    uint32_t *w = x->win + k * x->WL;
     int W = x->c.window;
-    *e = (xc_example_t){v, m->id, m->doc, m->pos, m->src, XC_EXF_USED, 0, 0, step};
+    e->flags &= (uint16_t)~XC_EXF_CUT;
     for (int i = 0; i < x->WL; i++) w[i] = XC_EX_NONE;
-    w[W] = m->id;
-    if (!(m->flags & XC_TM_POS) || m->src == XC_EX_NOSRC) return;
-    e->flags |= XC_EXF_POS;
+    w[W] = e->id;
+    if (!(e->flags & XC_EXF_POS)) return;
     long center = W ? store_find(x, e->src, e->doc, e->pos) : -1; /* neighbours are usually next to it */
     while (e->left < W && e->pos >= (uint32_t)e->left + 1) {
         long s = store_find_near(x, e->src, e->doc, e->pos - (uint32_t)e->left - 1, center, e->pos);
@@ -356,7 +372,7 @@ static void put(xc_examples_t *x, long j, int slot, const xc_tokmeta_t *m, float
     }
     if (!extend_right(x, e, w, center) && x->npend < XC_EX_PENDING_MAX) {
         e->flags |= XC_EXF_PENDING;
-        x->pend[x->npend++] = (pending_t){(uint32_t)j, (uint16_t)slot, 0, step};
+        x->pend[x->npend++] = (pending_t){(uint32_t)(k / (size_t)x->S), (uint16_t)(k % (size_t)x->S), 0, e->step};
     }
 }
 
@@ -424,6 +440,8 @@ void xc_examples_update(xc_examples_t *x, const xc_tokmeta_t *meta, long B, cons
             }
         }
     }
+    for (long i = 0; i < x->ncuts; i++) cut_window(x, x->cuts[i]);
+    x->ncuts = 0;
     pthread_mutex_unlock(&x->mu);
 }
 
