@@ -1,6 +1,7 @@
 /* Offline checkpoint commands: inspect, export (xc_cli_ckpt.h). They read
  * files with libxcoder's checkpoint loader and need no daemon. */
 #include "xc_cli_ckpt.h"
+#include "xc_afile.h"
 #include "xc_ckptlayout.h"
 #include "xc_stfile.h"
 
@@ -16,6 +17,8 @@ const xc_cli_optdef_t xc_cli_inspect_opts[] = {
 
 const xc_cli_optdef_t xc_cli_export_opts[] = {
     {"dtype", "T", "f32 (default), f16 or bf16 for the parameter tensors"},
+    {"hf", "DIR", "write a Hugging-Face-style directory instead of OUT: DIR/model.safetensors, DIR/config.json "
+                  "(what the reference's from_pretrained(DIR, from_hub=True) reads) and DIR/README.md"},
     {NULL, NULL, NULL}};
 
 static const char *kind_name(xc_client_ckpt_kind_t k)
@@ -222,6 +225,55 @@ int xc_cli_cmd_inspect(xc_cli_args_t *a)
 }
 
 /* ------------------------------------------------------------------ export */
+/* CodeNormalization of dictionary_learning, by its enum value (1 = CROSSCODER). */
+static const char *const g_code_norm[] = {NULL, "CROSSCODER", "SAE", "MIXED", "NONE", "DECOUPLED"};
+
+/* The files beside DIR/model.safetensors that make DIR loadable with the
+ * reference's PyTorchModelHubMixin route (from_pretrained(DIR, from_hub=True)):
+ * config.json holds the class's __init__ arguments and nothing else (the
+ * mixin passes every key to __init__, which refuses unknown ones); the code
+ * normalisation is read back from the written model file, so the two cannot
+ * disagree. The class name, which config.json cannot carry, is in README.md. */
+static int write_hf_files(const char *dir, const char *model_path, const xc_client_model_t *m, const char *cls,
+                          char *why, size_t wl)
+{
+    char path[XC_AFILE_PATH_MAX], text[4096];
+    int err, rc;
+    long cn = 1;
+    xc_client_st_t *st = xc_client_st_open(model_path, &err, why, wl);
+    if (!st) return err;
+    xc_client_tensor_t t;
+    if (xc_client_st_tensor(st, "code_normalization_id", &t, why, wl) == 0 && !strcmp(t.dtype, "I64") && t.count == 1) {
+        int64_t v;
+        memcpy(&v, t.data, sizeof v);
+        cn = (long)v;
+    }
+    xc_client_st_close(&st);
+    if (cn < 1 || cn > 5) {
+        xc_why(why, wl, "code_normalization_id %ld is not a CodeNormalization value (1-5)", cn);
+        return XC_ECORRUPT;
+    }
+    int n = strcmp(cls, "BatchTopKCrossCoder") == 0
+                ? snprintf(text, sizeof text, "{\n  \"activation_dim\": %d,\n  \"dict_size\": %d,\n  \"num_layers\": 2,\n"
+                           "  \"k\": %d,\n  \"code_normalization\": \"%s\"\n}\n", m->d, m->dict_size, m->k, g_code_norm[cn])
+                : snprintf(text, sizeof text, "{\n  \"activation_dim\": %d,\n  \"dict_size\": %d,\n  \"num_layers\": 2,\n"
+                           "  \"code_normalization\": \"%s\"\n}\n", m->d, m->dict_size, g_code_norm[cn]);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if ((rc = xc_afile_write_all(path, text, (size_t)n, 0, 0644, why, wl))) return rc;
+    char kk[32] = "";
+    if (m->k > 0 && strcmp(cls, "BatchTopKCrossCoder") == 0) snprintf(kk, sizeof kk, ", k = %d", m->k);
+    n = snprintf(text, sizeof text,
+                 "---\nlibrary_name: dictionary_learning\ntags:\n- crosscoder\n- model_hub_mixin\n---\n\n"
+                 "# %s (d = %d, dict_size = %d%s), exported by xcoderd\n\n"
+                 "A `%s` of `science-of-finetuning/dictionary_learning` (`dictionary_learning/dictionary.py`): "
+                 "index 0 of the layer axis is the base model, 1 the chat model; trained for %ld steps on %llu "
+                 "tokens.\n\n```python\nfrom dictionary_learning.dictionary import %s\n"
+                 "model = %s.from_pretrained(\"DIR\", from_hub=True)  # this directory, or its hub id\n```\n",
+                 cls, m->d, m->dict_size, kk, cls, m->step, m->tokens, cls, cls);
+    snprintf(path, sizeof path, "%s/README.md", dir);
+    return xc_afile_write_all(path, text, (size_t)n, 0, 0644, why, wl);
+}
+
 static int copy_meta(xc_st_t *st, const xc_client_ckpt_t *c, const char *key)
 {
     const char *v = xc_client_ckpt_meta(c, key);
@@ -238,6 +290,16 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
     else if (dt && strcmp(dt, "f32") != 0) {
         xc_cli_err(a, "--dtype: f32, f16 or bf16, got '%s'", dt);
         return XC_CLI_USAGE;
+    }
+    const char *hf = xc_cli_opt(a, "hf");
+    if (hf ? a->npos != 1 : a->npos != 2) {
+        xc_cli_err(a, hf ? "with --hf DIR give only CKPT (usage: xcoder export --hf DIR CKPT)"
+                         : "needs CKPT and OUT (usage: xcoder export CKPT OUT, or --hf DIR CKPT)");
+        return XC_CLI_USAGE;
+    }
+    if (hf && xc_mkdirs(hf, why, sizeof why)) {
+        xc_cli_err(a, "--hf: %s", why);
+        return XC_CLI_FAIL;
     }
     xc_client_ckpt_t *c = xc_client_ckpt_open(a->pos[0], &err, why, sizeof why);
     if (!c) {
@@ -282,11 +344,17 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
         xc_cli_err(a, "cannot describe the export: %s", xc_strerror(rc));
         goto out;
     }
-    snprintf(dirb, sizeof dirb, "%s", a->pos[1]);
-    snprintf(fileb, sizeof fileb, "%s", a->pos[1]);
+    if (hf) snprintf(dirb, sizeof dirb, "%s/model.safetensors", hf);
+    else snprintf(dirb, sizeof dirb, "%s", a->pos[1]);
+    snprintf(fileb, sizeof fileb, "%s", dirb);
     uint64_t bytes = 0;
     if ((rc = xc_st_write(st, dirname(dirb), basename(fileb), path, sizeof path, &bytes, why, sizeof why))) {
         xc_cli_err(a, "%s", why);
+        goto out;
+    }
+    const char *cls = cm.model == XC_CKPT_L1 ? "CrossCoder" : "BatchTopKCrossCoder";
+    if (hf && (rc = write_hf_files(hf, path, &m, cls, why, sizeof why))) {
+        xc_cli_err(a, "--hf: %s", why);
         goto out;
     }
     if (a->json) {
@@ -301,6 +369,10 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
         xc_mpw_kv_int(&w, "step", m.step);
         xc_mpw_kv_str(&w, "dtype", std);
         xc_mpw_kv_str(&w, "checksum", xc_st_checksum_value(st));
+        if (hf) {
+            xc_mpw_kv_str(&w, "hf_dir", hf);
+            xc_mpw_kv_str(&w, "class", cls);
+        }
         xc_mpw_map_end(&w);
         out = xc_cli_print_mpw(a, &w);
         xc_buf_free(&b);
@@ -308,6 +380,8 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
         char b1[32];
         printf("exported %s: %s crosscoder d=%d dict_size=%d, step %ld, %s parameters, %s (%s)\n", path, m.model, m.d,
                m.dict_size, m.step, std, xc_cli_fmt_bytes((double)bytes, b1, sizeof b1), xc_st_checksum_value(st));
+        if (hf) printf("  with %s/config.json and README.md: %s.from_pretrained(\"%s\", from_hub=True) loads it\n", hf,
+                       cls, hf);
         out = XC_CLI_OK;
     }
 out:

@@ -18,11 +18,13 @@ int xc_cli_cmd_export(xc_cli_args_t *a);
      "checksum and, for an xcoderd checkpoint, the other file of its pair. Exit status 1 when\n"      \
      "the file or its pair is corrupt.",                                                              \
      xc_cli_inspect_opts, 1, 1, 1, xc_cli_cmd_inspect},                                                \
-    {"export", "CKPT OUT", "write the inference-only model file (parameters, theta, k, metadata)",   \
+    {"export", "CKPT OUT | --hf DIR CKPT", "write the inference-only model file (parameters, theta, k, metadata)", \
      "Reads the crosscoder from CKPT (a model file or a training-state file, whose checksum\n"       \
      "must be valid) and writes OUT: the reference BatchTopKCrossCoder / CrossCoder state dict\n"    \
      "(load_state_dict(..., strict=True) works), with the source's metadata, atomically. No\n"      \
-     "optimizer or training state. --dtype f16 or bf16 halves its size.",                            \
-     xc_cli_export_opts, 2, 2, 1, xc_cli_cmd_export},
+     "optimizer or training state. --dtype f16 or bf16 halves its size. --hf DIR writes\n"          \
+     "DIR/model.safetensors with the config.json (activation_dim, dict_size, num_layers, k,\n"      \
+     "code_normalization) the reference's from_pretrained(DIR, from_hub=True) reads.",               \
+     xc_cli_export_opts, 1, 2, 1, xc_cli_cmd_export},
 
 #endif
