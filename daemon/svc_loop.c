@@ -615,14 +615,13 @@ static void ledger_open(xc_svc_t *s)
     xc_trainer_status(s->trainer, &ts);
     xc_queue_counts(s->queue, &qc);
     s->ledger_base = ts.m.tokens + qc.tokens_restored; /* what the checkpoint covers */
+    s->ledger_written = UINT64_MAX;
+    s->ledger_fd = 1; /* in use; the file is opened for each update (a held fd would pin the filesystem rw) */
     ledger_path(s, path, sizeof path);
-    s->ledger_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
-    if (s->ledger_fd < 0) {
-        xc_log(XC_LOG_WARN, "cannot open the ack ledger %s: %s (a crash's losses will not be reported)", path,
-               strerror(errno));
-        return;
-    }
-    ssize_t n = pread(s->ledger_fd, buf, sizeof buf - 1, 0);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return;
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
     unsigned long long acked = 0;
     if (n > 0) {
         buf[n] = 0;
@@ -633,10 +632,10 @@ static void ledger_open(xc_svc_t *s)
                    (unsigned long long)s->cnt.tokens_lost_at_start, acked, (unsigned long long)s->ledger_base);
         }
     }
-    s->ledger_written = UINT64_MAX;
 }
 
-/* Rewrites the ledger when the acked count changed (loop thread, tick). */
+/* Rewrites the ledger when the acked count changed (loop thread, tick). A
+ * failure (full or read-only disk) is said once until a write works again. */
 static void ledger_update(xc_svc_t *s)
 {
     if (s->ledger_fd < 0) return;
@@ -644,9 +643,21 @@ static void ledger_update(xc_svc_t *s)
     xc_queue_counts(s->queue, &qc);
     uint64_t acked = s->ledger_base + qc.tokens_acked;
     if (acked == s->ledger_written) return;
-    char line[64];
+    char path[XC_CFG_STR_MAX + 80], line[64];
+    ledger_path(s, path, sizeof path);
     int n = snprintf(line, sizeof line, "acked %-20llu\n", (unsigned long long)acked); /* fixed width */
-    if (pwrite(s->ledger_fd, line, (size_t)n, 0) == n) s->ledger_written = acked;
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0640);
+    int ok = fd >= 0 && pwrite(fd, line, (size_t)n, 0) == n;
+    int e = errno;
+    if (fd >= 0) close(fd);
+    if (ok) {
+        s->ledger_written = acked;
+        s->ledger_failing = 0;
+    } else if (!s->ledger_failing) {
+        s->ledger_failing = 1;
+        xc_log(XC_LOG_WARN, "cannot update the ack ledger %s: %s (said once until it works again)", path,
+               strerror(e));
+    }
 }
 
 /* CurveZMQ: with curve_secret_key, load the key and start the ZAP handler
@@ -917,10 +928,7 @@ void xc_svc_destroy(xc_svc_t **ps)
             if (strncmp(eps[i], "ipc://", 6) == 0 && eps[i][6] != '*' && eps[i][6] != '@')
                 unlink(eps[i] + 6);
     }
-    if (s->ledger_fd >= 0) { /* before the queue goes: it holds the acked count */
-        if (s->queue) ledger_update(s); /* the last acks of a clean exit */
-        close(s->ledger_fd);
-    }
+    if (s->ledger_fd >= 0 && s->queue) ledger_update(s); /* the last acks; before the queue goes */
     xc_svc_pending_free_all(s);
     xc_svc_backlog_free(s);
     xc_remote_destroy(&s->remote);

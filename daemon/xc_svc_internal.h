@@ -152,7 +152,8 @@ struct xc_svc {
     xc_ratelimit_t rl_reply;  /* log lines about replies that could not be delivered */
     xc_ratelimit_t rl_control; /* log lines about refused control requests (peer-triggered) */
     int ckpt_failing;   /* the last checkpoint failed: one alert per change of state */
-    int ledger_fd;      /* STATE_DIR/NAME.ledger: acknowledged tokens so far (svc_loop.c) */
+    int ledger_fd;      /* >= 0: STATE_DIR/NAME.ledger (acknowledged tokens so far) in use */
+    int ledger_failing; /* the last ledger write failed (said once) */
     uint64_t ledger_base;    /* acked tokens the resumed checkpoint covers */
     uint64_t ledger_written; /* the acked count last written */
     xc_buf_t out;       /* scratch for replies */

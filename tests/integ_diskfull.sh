@@ -76,8 +76,13 @@ else nok "resumes_after_space_freed" "step ${s2:-?}"; fi
 # read-only state_dir: the checkpoint request fails with a reason, training goes on
 X synth --tokens 0 --batch 256 --rate 4000 --quiet >/dev/null 2>&1 &
 SPID=$!
-# remounting fails while a checkpoint file is open for writing: retry
-for _ in $(seq 1 50); do mount -o remount,ro "$ST" 2>/dev/null && break; sleep 0.05; done
+# remounting fails while a checkpoint file is open for writing: pause (no new
+# automatic checkpoints), let the one in flight finish, then remount
+X pause >/dev/null 2>&1
+ro=0
+for _ in $(seq 1 100); do mount -o remount,ro "$ST" 2>/dev/null && { ro=1; break; }; sleep 0.1; done
+X resume >/dev/null 2>&1
+[ $ro -eq 1 ] || nok "read_only_remount" "could not remount the tmpfs read-only"
 step() { X --json status 2>/dev/null | "$PY" -c "import json,sys; print(json.load(sys.stdin)['step'])"; }
 r0=$(step)
 for _ in $(seq 1 50); do [ "$(step)" -gt $((${r0:-0} + 2)) ] 2>/dev/null && break; sleep 0.1; done
