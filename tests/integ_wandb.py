@@ -77,7 +77,9 @@ def test_bridge_forwards_stats():
                                    "--history", "1000", "--count", "1000000", "--timeout", "3"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: os.path.exists(logf), timeout=20, what="wandb.init")
-        r = subprocess.run([XCODER, "--run-dir", run, "synth", "--tokens", "10000", "--quiet"], capture_output=True,
+        # paced over ~1.5 s, so that a fast machine still sees many stats events (0.05 s apart)
+        r = subprocess.run([XCODER, "--run-dir", run, "synth", "--tokens", "30000", "--rate", "20000", "--quiet"],
+                           capture_output=True,
                            text=True, timeout=120)
         check(r.returncode == 0, "synth: %s" % r.stderr)
         out, err = bridge.communicate(timeout=60)
