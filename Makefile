@@ -67,7 +67,7 @@ TEST_SRC   := $(wildcard tests/test_*.c)
 BENCH_SRC  := $(wildcard bench/*.c)
 # Integration tests (a real daemon, the CLI, Python): run after the unit tests.
 INTEG      := $(sort $(wildcard tests/integ_*.sh tests/integ_*.py))
-HDRS       := $(wildcard include/*.h proto/*.h format/*.h daemon/*.h engine/*.h synth/*.h client/lib/*.h \
+HDRS       := $(wildcard bench/*.h include/*.h proto/*.h format/*.h daemon/*.h engine/*.h synth/*.h client/lib/*.h \
                 client/cli/*.h tests/*.h)
 
 # $(call variant,DIR,FLAGS): object rules, libraries, binaries and tests for one build flavour.

@@ -10,6 +10,7 @@
 #include "xc_engine.h"
 #include "xc_synth.h"
 #include "xcoder.h"
+#include "xc_bench.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -21,12 +22,7 @@
 
 enum { D = 256, F = 4096, K = 32, B = 1024, NBATCH = 16 };
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
+static double now_s(void) { return xc_bench_now_s(); }
 
 static double status_num(xc_client_t *c, const char *path)
 {

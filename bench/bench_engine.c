@@ -17,6 +17,7 @@
 #include "xc_examples.h"
 #include "xc_pool.h"
 #include "xc_rng.h"
+#include "xc_bench.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -24,24 +25,9 @@
 #include <string.h>
 #include <time.h>
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
+static double now_s(void) { return xc_bench_now_s(); }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+static double median(double *v, int n) { return xc_bench_median(v, n); }
 
 typedef struct {
     int B, K, F;
