@@ -136,9 +136,10 @@ int main(int argc, char **argv)
         if (t0 == 0 && st >= warm) t0 = now_s(), s0 = st;
         if (t0 > 0 && st >= s0 + steps && t1 == 0) t1 = now_s(), s1 = st;
     }
-    while (!rc && t1 == 0) { /* the last batches drain */
+    while (!rc && t1 == 0) { /* the last batches drain (the queue may hold all of them) */
         double st = status_num(c, "step");
-        if (st >= s0 + steps) t1 = now_s(), s1 = st;
+        if (t0 == 0 && st >= warm) t0 = now_s(), s0 = st;
+        else if (t0 > 0 && st >= s0 + steps) t1 = now_s(), s1 = st;
         else usleep(2000);
     }
     double daemon_tps = t1 > t0 ? (s1 - s0) * B / (t1 - t0) : 0;
