@@ -34,7 +34,8 @@ extern "C" {
     X(XC_EPERM, -20, "permission denied: the client's key or role may not do this") \
     X(XC_ERANGE, -21, "value out of range: finite but beyond the configured limit") \
     X(XC_EBUSY, -22, "busy: too many requests in flight; retry later")           \
-    X(XC_ECANCELED, -23, "operation cancelled")
+    X(XC_ECANCELED, -23, "operation cancelled")                                    \
+    X(XC_ECOLL, -24, "a peer rank failed or stopped answering: the sharded job must end")
 
 typedef enum {
 #define XC_ERRNO_ENUM(name, val, msg) name = val,

@@ -18,7 +18,8 @@ export type ErrorCode =
   | "XC_EPERM"
   | "XC_ERANGE"
   | "XC_EBUSY"
-  | "XC_ECANCELED";
+  | "XC_ECANCELED"
+  | "XC_ECOLL";
 
 /** An error reply from the daemon, or a failure talking to it. */
 export declare class XcoderError extends Error {

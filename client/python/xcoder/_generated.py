@@ -28,6 +28,7 @@ ERROR_CODES = {
   "XC_ERANGE": -21,
   "XC_EBUSY": -22,
   "XC_ECANCELED": -23,
+  "XC_ECOLL": -24,
 }
 
 # Error messages (xc_strerror): name -> text.
@@ -56,6 +57,7 @@ ERROR_MESSAGES = {
   "XC_ERANGE": "value out of range: finite but beyond the configured limit",
   "XC_EBUSY": "busy: too many requests in flight; retry later",
   "XC_ECANCELED": "operation cancelled",
+  "XC_ECOLL": "a peer rank failed or stopped answering: the sharded job must end",
 }
 
 # Latent classes (XC_CLASS_*), by value; then the chat-specific count slot.
