@@ -13,6 +13,20 @@ BASEFL  := -std=c11 -D_GNU_SOURCE -fPIC -pthread
 OPT     := -O2 -g
 SANFL   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
+# The feature probes below (oneDNN, OpenMPI) look at what is installed when this
+# file is read, so on a fresh machine the Debian packages must be in before that:
+# every run but `make deps`/`clean` runs scripts/deps.sh first (quiet and quick when
+# nothing is missing), or stops with its reason.
+ifeq ($(filter deps clean uninstall,$(MAKECMDGOALS)),)
+ifneq ($(shell bash scripts/deps.sh >&2 && echo ok),ok)
+$(error scripts/deps.sh could not install the Debian packages xcoderd needs (its reason is above))
+endif
+endif
+
+# OpenMPI (libopenmpi-dev) lets `mpirun -np R xcoderd` shard the latents over R
+# ranks (daemon/coll_mpi.c); without it (or with XC_NO_MPI=1) xcoderd is one process.
+MPI        := $(if $(XC_NO_MPI),,$(shell pkg-config --exists ompi-c 2>/dev/null && echo ompi-c))
+
 # oneDNN (libdnnl-dev) runs the reduced-precision encoder scoring (engine/score.c);
 # without it (or with XC_NO_DNNL=1) the engine is fp32 only. It runs on OpenMP.
 DNNL       := $(if $(XC_NO_DNNL),,$(wildcard /usr/include/oneapi/dnnl/dnnl.h))
@@ -39,19 +53,21 @@ CF_proto      := -Iinclude -Iproto $(call pkgcf,libzmq msgpack)
 CF_format     := -Iinclude -Iproto -Iformat
 CF_engine     := -Iinclude -Iengine $(call pkgcf,openblas) $(if $(DNNL),-DXC_HAVE_DNNL)
 CF_synth      := -Iinclude -Isynth -Iengine $(call pkgcf,openblas)
-CF_daemon     := -Iinclude -Iproto -Iformat -Iengine -Idaemon $(call pkgcf,libzmq msgpack libuv libsystemd)
+CF_daemon     := -Iinclude -Iproto -Iformat -Iengine -Idaemon $(call pkgcf,libzmq msgpack libuv libsystemd) \
+                 $(if $(MPI),$(call pkgcf,$(MPI)) -DXC_HAVE_MPI)
 CF_client/lib := -Iinclude -Iproto -Iformat -Iclient/lib $(call pkgcf,libzmq msgpack)
 CF_client/cli := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Isynth $(call pkgcf,libzmq msgpack openblas)
 CF_client/offline := -Iinclude -Iproto -Iformat -Iclient/lib -Iclient/cli -Iengine $(call pkgcf,libzmq msgpack)
 CF_tests      := -Iinclude -Iproto -Iformat -Iengine -Isynth -Idaemon -Iclient/lib -Itests \
-                 $(call pkgcf,libzmq msgpack openblas libuv libsystemd) $(if $(DNNL),-DXC_HAVE_DNNL)
+                 $(call pkgcf,libzmq msgpack openblas libuv libsystemd) $(if $(DNNL),-DXC_HAVE_DNNL) \
+                 $(if $(MPI),$(call pkgcf,$(MPI)) -DXC_HAVE_MPI)
 CF_bench      := $(CF_tests)
 
 # What each part links against (system libraries).
 LIBS_PROTO  = $(call pkglib,libzmq msgpack) -lm -pthread
 LIBS_BLAS   = $(call pkglib,openblas)
 LIBS_ENGINE = $(LIBS_BLAS) $(if $(DNNL),-ldnnl -lgomp) -lm -pthread
-LIBS_DAEMON = $(call pkglib,libuv libsystemd) $(LIBS_ENGINE) $(LIBS_PROTO)
+LIBS_DAEMON = $(call pkglib,libuv libsystemd) $(if $(MPI),$(call pkglib,$(MPI))) $(LIBS_ENGINE) $(LIBS_PROTO)
 LIBS_CLI    = $(LIBS_BLAS) $(LIBS_PROTO)
 
 PROTO_SRC  := $(wildcard proto/*.c)

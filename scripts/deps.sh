@@ -15,7 +15,10 @@ pkgs=(build-essential pkg-config libzmq3-dev libmsgpack-dev libopenblas-dev libu
       # oneDNN: int8 (VNNI) / bf16 encoder scoring (engine/score.c); optional at build time
       libdnnl-dev
       # libFuzzer harnesses (fuzz/, make fuzz, tests/integ_fuzz.sh): clang and its runtimes
-      clang libclang-rt-14-dev)
+      clang libclang-rt-14-dev
+      # MPI: `mpirun -np R xcoderd` shards the latents over R ranks (daemon/coll_mpi.c);
+      # optional at build time, tested on 2 ranks when present
+      libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
