@@ -23,13 +23,6 @@
 #include <string.h>
 #include <time.h>
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int xc_mpi_launched(void)
 {
     /* OpenMPI's mpirun, and the PMI/PMIx of Slurm's srun and other launchers. */
@@ -41,6 +34,13 @@ int xc_mpi_launched(void)
 
 #ifdef XC_HAVE_MPI
 #include <mpi.h>
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* The table's own state (c->impl); owned by the table. */
 typedef struct {
