@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+import xc_integ  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -29,39 +30,19 @@ TMP = tempfile.mkdtemp(prefix="xc_budget.")
 D, B, BUDGET, LR = 32, 64, 6400, 1e-3  # the budget is 100 steps of 64 tokens
 
 
+def model_args(*extra):
+    return ["--d", str(D), "--dict_size", "256", "--k", "4", "--batch_size", str(B), "--stats_interval", "0.05",
+            "--threads", "1", "--checkpoint_interval", "0", "--lr", str(LR), "--warmup_steps", "10"] + list(extra)
+
+
 def args(state, run, name, *extra):
-    return [XCODERD, "--run_dir", run, "--state_dir", state, "--name", name, "--d", str(D), "--dict_size", "256",
-            "--k", "4", "--batch_size", str(B), "--stats_interval", "0.05", "--threads", "1",
-            "--checkpoint_interval", "0", "--lr", str(LR), "--warmup_steps", "10"] + list(extra)
+    return [XCODERD, "--run_dir", run, "--state_dir", state, "--name", name] + model_args(*extra)
 
 
-class Daemon:
-    def __init__(self, tag, *extra):
-        self.name = "b%d%s" % (os.getpid(), tag)
-        self.dir = os.path.join(TMP, "d")
-        self.run_dir = os.path.join(self.dir, "run-" + tag)
-        self.state_dir = os.path.join(self.dir, "state")
-        os.makedirs(self.dir, exist_ok=True)
-        self.log = open(os.path.join(self.dir, "daemon-%s.log" % tag), "w+")
-        self.proc = subprocess.Popen(args(self.state_dir, self.run_dir, "b%d" % os.getpid(), *extra),
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: os.path.exists(os.path.join(self.run_dir, "control.sock")) or
-                 self.proc.poll() is not None, what="control socket")
-        check(self.proc.poll() is None, "daemon exited at start: " + self.logtext())
-        self.client = xcoder.Client(self.run_dir, timeout=10)
-        wait_for(lambda: self.client.ping(), what="ping")
-
-    def logtext(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def stop(self):
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-        self.log.close()
+def Daemon(tag, *extra):
+    """This file's daemon: a shared state_dir (resume across cases), one run_dir per tag."""
+    return xc_integ.Daemon(XCODERD, os.path.join(TMP, "d"), "b%d" % os.getpid(),
+                           model_args(*extra), tag=tag)
 
 
 def budget_checkpoints(state_dir):

@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+import xc_integ  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import xcoder  # noqa: E402
@@ -29,43 +30,20 @@ XCODER = os.path.join(ROOT, "build", "xcoder")
 TMP = tempfile.mkdtemp(prefix="xc_hist.")
 
 
-class Daemon:
-    def __init__(self, tag, *extra):
-        self.name = "h%d%s" % (os.getpid(), tag)
-        self.dir = os.path.join(TMP, tag)
-        self.run_dir = os.path.join(self.dir, "run")
-        self.state_dir = os.path.join(self.dir, "state")
-        os.makedirs(self.dir)
-        self.log = open(os.path.join(self.dir, "daemon.log"), "w+")
-        args = [XCODERD, "--run_dir", self.run_dir, "--state_dir", self.state_dir, "--name", self.name,
-                "--d", "32", "--dict_size", "256", "--k", "4", "--batch_size", "64",
-                "--stats_interval", "0.05", "--threads", "1", "--checkpoint_interval", "0"] + list(extra)
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: os.path.exists(os.path.join(self.run_dir, "control.sock")) or
-                 self.proc.poll() is not None, what="control socket")
-        check(self.proc.poll() is None, "daemon exited at start: " + self.logtext())
-        self.client = xcoder.Client(self.run_dir, timeout=10)
-        wait_for(lambda: self.client.ping(), what="ping")
+class Daemon(xc_integ.Daemon):
+    """A small daemon of its own (dirs under TMP/tag) fed by `xcoder synth`."""
 
-    def logtext(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-3000:]
+    def __init__(self, tag, *extra):
+        super().__init__(XCODERD, os.path.join(TMP, tag), "h%d%s" % (os.getpid(), tag),
+                         ["--d", "32", "--dict_size", "256", "--k", "4", "--batch_size", "64",
+                          "--stats_interval", "0.05", "--threads", "1", "--checkpoint_interval", "0"] + list(extra))
 
     def cli(self, *args):
-        return subprocess.run([XCODER, "--run-dir", self.run_dir] + list(args), capture_output=True, text=True,
-                              timeout=60)
+        return super().cli(XCODER, *args)
 
     def synth(self, tokens):
         r = self.cli("synth", "--tokens", str(tokens), "--quiet")
         check(r.returncode == 0, "xcoder synth failed: %s %s" % (r.stdout, r.stderr))
-
-    def stop(self):
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-        self.log.close()
 
 
 def same(a, b):

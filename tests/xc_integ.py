@@ -38,3 +38,52 @@ def wait_for(pred, timeout=10.0, step=0.02, what="condition"):
             return v
         time.sleep(step)
     raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+class Daemon:
+    """A real xcoderd for one case: its own run_dir and state_dir under `base`,
+    its log in base/daemon-TAG.log, started with `args` after the directories and
+    the name, and a connected xcoder.Client (the package must be importable: the
+    test puts client/python on sys.path). Waits until the daemon answers a ping;
+    a daemon that exits at start fails the case with its log. The caller stops it
+    with stop() (SIGTERM, then waits), which returns the exit status."""
+
+    def __init__(self, xcoderd, base, name, args=(), tag="", run_dir=None, state_dir=None, timeout=10.0,
+                 env=None):
+        import os
+        import subprocess
+
+        import xcoder
+
+        self.name = name
+        self.dir = base
+        self.run_dir = run_dir or os.path.join(base, "run" + ("-" + tag if tag else ""))
+        self.state_dir = state_dir or os.path.join(base, "state")
+        os.makedirs(base, exist_ok=True)
+        self.log = open(os.path.join(base, "daemon%s.log" % ("-" + tag if tag else "")), "w+")
+        cmd = [xcoderd, "--run_dir", self.run_dir, "--state_dir", self.state_dir, "--name", name] + list(args)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        wait_for(lambda: os.path.exists(os.path.join(self.run_dir, "control.sock")) or
+                 self.proc.poll() is not None, timeout=timeout, what="control socket")
+        check(self.proc.poll() is None, "daemon exited at start: " + self.logtext())
+        self.client = xcoder.Client(self.run_dir, timeout=10)
+        wait_for(lambda: self.client.ping(), timeout=timeout, what="ping")
+
+    def logtext(self, tail=3000):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-tail:]
+
+    def cli(self, xcoder_bin, *args, timeout=60):
+        """Runs the CLI against this daemon; the CompletedProcess (text)."""
+        import subprocess
+        return subprocess.run([xcoder_bin, "--run-dir", self.run_dir] + list(args), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def stop(self, timeout=60):
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=timeout)
+        self.log.close()
+        return self.proc.returncode
