@@ -33,7 +33,8 @@ Serves a live dashboard of one xcoderd (overview, latents, latent pages).
                        browsers presenting the token in F (first line); see also --admin
   --admin              enable them with a random token, printed in the URL only
   --poll S             seconds between health checks of the daemon (default 1)
-  --history N          time-series points kept (default 3600)
+  --history N          time-series points kept (default 3600): the daemon's stats history
+                       (op history, loaded on each connection), then live
   --latent-history N   snapshots of every latent's main statistics kept for the latent
                        pages (default 120; memory: dict_size x 24 bytes each; 0 = none)
   --latent-interval S  seconds between those snapshots (default 30)
@@ -115,7 +116,7 @@ class Dashboard {
     this.clients = new Set();
     this.files = new Map();
     for (const [route, [file, type]] of Object.entries(FILES)) this.files.set(route, { body: fs.readFileSync(file), type });
-    for (const ev of ["conn", "status", "point", "config", "checkpoint", "checkpoints", "scaling", "alert"])
+    for (const ev of ["conn", "status", "point", "points", "config", "checkpoint", "checkpoints", "scaling", "alert"])
       this.link.on(ev, (data) => this.broadcast(ev, data));
   }
 

@@ -108,7 +108,7 @@ class DaemonLink extends EventEmitter {
     return {
       control: this.control, connected: this.connected, everConnected: this.everConnected, since: this.since,
       restarts: this.restarts, name: this.name, status: this.status, config: this.config,
-      checkpoints: this.checkpoints, points: this.points,
+      checkpoints: this.checkpoints, points: this.points, history: this.historyInfo ?? null,
     };
   }
 
@@ -140,6 +140,7 @@ class DaemonLink extends EventEmitter {
       if (!wasUp || restarted) {
         this._setConnected(true, restarted);
         this._refreshCheckpoints();
+        this._loadHistory();
       }
       if (cfgChanged) this.emit("config", this.config);
       this.emit("status", this.status);
@@ -165,6 +166,43 @@ class DaemonLink extends EventEmitter {
     this.points.push(p);
     if (this.points.length > this.historyMax) this.points.splice(0, this.points.length - this.historyMax);
     this.emit("point", p);
+  }
+
+  // WHY: the curves should show the run's past, not only what happened since
+  // this process started (a dashboard started late, or restarted): on each
+  // (re)connection the daemon's stats history (op `history`, PROTOCOL.md
+  // 2.4: the stats events' bodies as JSON lines) is merged under the live
+  // points by time, and the browsers get the whole series again.
+  async _loadHistory() {
+    let r;
+    try {
+      r = await this.client.request("history", { n: Math.min(this.historyMax, 100000) }, { timeout: Math.max(this.clientOptions.timeout, 10000) });
+    } catch (e) {
+      // a daemon without the op (XC_EUNKNOWN) or without the history: live points only
+      this.historyInfo = { loaded: 0, error: e.code || e.message };
+      return;
+    }
+    const events = [];
+    for (const line of r.lines || []) {
+      try { events.push(JSON.parse(line)); } catch { /* a torn line: the daemon says readers skip it */ }
+    }
+    const pts = [];
+    let lastRefused = null;
+    for (const ev of events) {
+      const refused = Number(ev.counters?.batches_refused ?? 0);
+      const delta = lastRefused == null ? 0 : refused >= lastRefused ? refused - lastRefused : refused;
+      lastRefused = refused;
+      const p = pointOf(ev, delta);
+      if (Number.isFinite(p.t)) pts.push(p);
+    }
+    this.historyInfo = { loaded: pts.length, more: !!r.more, enabled: r.enabled !== false };
+    if (pts.length === 0) return;
+    // one series by time: history points the live series does not have yet
+    const have = new Set(this.points.map((p) => p.t));
+    const merged = this.points.concat(pts.filter((p) => !have.has(p.t))).sort((a, b) => a.t - b.t);
+    if (merged.length > this.historyMax) merged.splice(0, merged.length - this.historyMax);
+    this.points = merged;
+    this.emit("points", { points: this.points, history: this.historyInfo });
   }
 
   async _eventLoop() {

@@ -18,7 +18,7 @@
     reconnectedAt: 0,
   };
   const charts = {};
-  window.xcDash = { S, charts }; // for the browser test and the curious
+  window.xcDash = { S, charts }; // for the browser test and the curious (redraw: below)
 
   // ---------------------------------------------------------------- admin token
   // #admin=TOKEN (printed by the server) is kept for this tab only and removed from the URL.
@@ -111,6 +111,7 @@
       Object.assign(S, { connected: h.connected, everConnected: h.everConnected, since: h.since, restarts: h.restarts,
         control: h.control, status: h.status, config: h.config, checkpoints: h.checkpoints, admin: h.admin, name: h.name });
       S.points = h.points;
+      S.history = h.history;
       S.serverUp = true;
       rebuildSeries();
       renderAll();
@@ -136,6 +137,12 @@
       if (route().page === "latent") refreshLatent(false);
     });
     es.addEventListener("point", (e) => { addPoint(JSON.parse(e.data)); });
+    // the daemon's history merged under the live points (on each (re)connection)
+    es.addEventListener("points", (e) => {
+      const h = JSON.parse(e.data);
+      S.points = h.points; S.history = h.history;
+      rebuildSeries();
+    });
     es.addEventListener("config", (e) => { S.config = JSON.parse(e.data); renderConfig(); });
     es.addEventListener("checkpoints", (e) => { S.checkpoints = JSON.parse(e.data); renderCkpts(); });
     es.addEventListener("checkpoint", (e) => { const c = JSON.parse(e.data); logEvent(`checkpoint at step ${c.step} (${c.reason})`, c.time); });
@@ -234,7 +241,15 @@
   ];
   let seriesData = null, seriesDirty = false;
 
+  function renderSeriesSource() {
+    const h = S.history, n = S.points.length;
+    $("#ts-src").textContent = !n ? "no points yet" : h && h.loaded > 0
+      ? `${fmt(n)} points since ${clock(S.points[0].t)}: the daemon's stats history (${fmt(h.loaded)} events${h.more ? ", the newest of a longer history" : ""}), then live`
+      : `${fmt(n)} points since ${clock(S.points[0].t)}, live (${h && h.enabled === false ? "the daemon keeps no history: history_max_bytes = 0" : h && h.error ? `no history from the daemon: ${h.error}` : "the daemon's history not loaded yet"})`;
+  }
+
   function rebuildSeries() {
+    renderSeriesSource();
     seriesData = {};
     const col = (k) => S.points.map((p) => (isNum(p[k]) ? p[k] : null));
     seriesData.t = S.points.map((p) => p.t);
@@ -250,6 +265,7 @@
     const max = 20000;
     if (S.points.length > max) { S.points.splice(0, S.points.length - max); rebuildSeries(); return; }
     seriesDirty = true;
+    if (S.points.length === 1 || S.points.length % 20 === 0) renderSeriesSource();
     drawSeries(false);
   }
 
@@ -392,7 +408,12 @@
   // WHY SVG: one element per chat-only latent (a few hundred at most), each
   // with its own tooltip and link to its page, exact and running ν drawn
   // differently; undefined ν get a point in a side strip so none is hidden.
+  // Each point is a link in the tab order (by j), labelled for screen
+  // readers; Enter opens its latent page. The scatter is redrawn with every
+  // table refresh, so the focused point is focused again afterwards.
   function drawScatter(t) {
+    const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("#scatter a") : null;
+    const focusJ = focused ? focused.dataset.j : null;
     const th = thr();
     const pts = [];
     for (let j = 0; j < t.n; j++) if (t.cols.class[j] === 2) pts.push({ j, ...nuOf(t, j), spec: (t.cols.flags[j] & 1) !== 0 });
@@ -404,7 +425,7 @@
     const X = (v) => L + ((Math.min(x1, Math.max(x0, v)) - x0) / (x1 - x0)) * (W - L - R);
     const Y = (v) => H - B - ((Math.min(y1, Math.max(y0, v)) - y0) / (y1 - y0)) * (H - T - B);
     const ticks = (a, b) => { const out = []; for (let v = Math.ceil(a * 4) / 4; v <= b + 1e-9; v += 0.25) out.push(+v.toFixed(2)); return out; };
-    let s = `<svg id="scatter" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="ν error vs ν reconstruction of ${pts.length} chat-only latents">`;
+    let s = `<svg id="scatter" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="group" aria-label="ν error vs ν reconstruction of ${pts.length} chat-only latents; each point opens its latent's page">`;
     s += `<rect class="region" x="${X(x0)}" y="${Y(Math.min(th.nu_rec_max, y1))}" width="${X(Math.min(th.nu_err_max, x1)) - X(x0)}" height="${Y(y0) - Y(Math.min(th.nu_rec_max, y1))}"><title>chat-specific: ν^ε &lt; ${th.nu_err_max} and ν^r &lt; ${th.nu_rec_max}</title></rect>`;
     for (const v of ticks(x0, x1)) s += `<line class="grid" x1="${X(v)}" x2="${X(v)}" y1="${T}" y2="${H - B}"/><text class="tick" x="${X(v)}" y="${H - B + 14}" text-anchor="middle">${v}</text>`;
     for (const v of ticks(y0, y1)) s += `<line class="grid" x1="${L}" x2="${W - R}" y1="${Y(v)}" y2="${Y(v)}"/><text class="tick" x="${L - 4}" y="${Y(v) + 4}" text-anchor="end">${v}</text>`;
@@ -417,10 +438,12 @@
       let cx, cy, tip;
       if (Number.isFinite(p.err) && Number.isFinite(p.rec)) { cx = X(p.err); cy = Y(p.rec); tip = `ν^ε ${fmt(p.err)}, ν^r ${fmt(p.rec)}`; }
       else { cx = W - R + 14 + (und % 6) * 8; cy = T + 18 + Math.floor(und / 6) * 8; und++; tip = "ν undefined (too few activations)"; }
-      s += `<a href="#/latent/${p.j}" tabindex="-1"><circle class="${cls} ${Number.isFinite(p.err) && Number.isFinite(p.rec) ? "" : "undef"}" data-j="${p.j}" cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="4"><title>latent ${p.j}: ${tip} (${p.exact ? "exact pass" : "running estimate"})${p.spec ? ", chat-specific" : ""}</title></circle></a>`;
+      const label = `latent ${p.j}: ${tip} (${p.exact ? "exact pass" : "running estimate"})${p.spec ? ", chat-specific" : ""}`;
+      s += `<a href="#/latent/${p.j}" data-j="${p.j}" aria-label="${esc(label)}"><circle class="${cls} ${Number.isFinite(p.err) && Number.isFinite(p.rec) ? "" : "undef"}" data-j="${p.j}" cx="${cx.toFixed(1)}" cy="${cy.toFixed(1)}" r="4"><title>${esc(label)}</title></circle></a>`;
     }
     s += "</svg>";
     $("#scatter-wrap").innerHTML = s;
+    if (focusJ != null) { const a = $(`#scatter a[data-j="${focusJ}"]`); if (a) a.focus(); }
     const nExact = pts.filter((p) => p.exact).length;
     $("#scatter-cap").innerHTML = `ν<sup>ε</sup> vs ν<sup>r</sup> of the <span id="scatter-n" data-value="${pts.length}">${pts.length}</span> chat-only latents: ` +
       `<span class="key exact">●</span> exact pass (${nExact}) · <span class="key running">○</span> running estimate (${pts.length - nExact}); ` +
@@ -649,6 +672,7 @@
     else if (e.key === "]" && r.page === "latent") location.hash = `#/latent/${r.j + 1}`;
   });
 
+  window.xcDash.redrawLatents = renderLatents;
   connect();
   show();
 })();

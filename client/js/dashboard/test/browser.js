@@ -41,6 +41,12 @@ async function main() {
 
   let daemon = await startDaemon();
   let synth = startSynth();
+  // the dashboard starts late, after some training: its curves must still show
+  // the run from the start (the daemon's stats history, op `history`)
+  const histLines = () => xc("history", "--json", "--count", "100000").split("\n").filter(Boolean).map((l) => JSON.parse(l));
+  await waitFor("some training and stats history before the dashboard starts",
+    () => histLines().filter((e) => e.step > 0).length >= 6, 40000, 250);
+  const dashStart = Date.now() / 1000;
   const tokenFile = path.join(tmp, "admin.token");
   const token = "t" + require("node:crypto").randomBytes(20).toString("hex");
   fs.writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
@@ -78,6 +84,23 @@ async function main() {
     check("overview: read-only without the admin token", await page.isHidden("#admin"), "admin panel visible");
     const denied = await page.evaluate(async () => (await fetch("/api/checkpoint", { method: "POST" })).status);
     check("admin request without the credential refused (403)", denied === 403, `HTTP ${denied}`);
+    // the curves reach back before the dashboard started, as the daemon's history has them
+    const hist0 = histLines();
+    const past = await page.evaluate((t) => {
+      const p = window.xcDash.S.points, c = window.xcDash.charts.loss.data[0];
+      return { n: p.filter((q) => q.t < t).length, first: p.length ? p[0].t : null, chartFirst: c.length ? c[0] : null,
+        steps: p.filter((q) => q.t < t).map((q) => q.step), src: document.querySelector("#ts-src").textContent };
+    }, dashStart);
+    const histBefore = hist0.filter((e) => e.time < dashStart);
+    check("overview: curves start with the daemon's history from before the dashboard started",
+      past.n >= 6 && past.n === histBefore.length && Math.abs(past.first - hist0[0].time) < 1e-6 &&
+      past.chartFirst === past.first && past.steps.every((v, i) => v === histBefore[i].step) && /history/.test(past.src),
+      `${past.n} points before the start (history ${histBefore.length}), first ${past.first} vs ${hist0[0] && hist0[0].time}, chart ${past.chartFirst}; "${past.src}"`);
+    await page.reload();
+    await page.waitForSelector("#sum-step[data-value]:not([data-value=''])");
+    await waitFor("the curves after a reload", () => page.evaluate(() => window.xcDash.charts.loss && window.xcDash.charts.loss.data[0].length > 0), 10000);
+    const afterReload = await page.evaluate((t) => window.xcDash.charts.loss.data[0].filter((x) => x < t).length, dashStart);
+    check("overview: a page reload shows the same past", afterReload === past.n, `${afterReload} points before the start after reload, ${past.n} before`);
     await page.screenshot({ path: path.join(OUT, "overview.png") });
     const foreign = await Promise.all([{ host: "evil.example" }, { origin: "http://evil.example" }].map((h) => new Promise((resolve) => {
       const u = new URL(url);
@@ -118,6 +141,29 @@ async function main() {
     check("latents: exact-pass points drawn distinctly from running ones",
       nExact > 0 && fills[0] !== "rgb(255, 255, 255)" && fills[0] !== fills[1], `${nExact} exact points, fills ${fills}`);
     check("latents: chat-specific region shaded", (await page.locator("#scatter rect.region").count()) === 1, "no region");
+    // keyboard: the scatter's points are in the tab order right after the header, labelled, visibly focused; Enter opens the page
+    const ptJs = await page.$$eval("#scatter a", (els) => els.map((e) => Number(e.dataset.j)));
+    const labels = await page.$$eval("#scatter a", (els) => els.map((e) => e.getAttribute("aria-label")));
+    check("latents: every scatter point has an aria label naming its latent and ν",
+      labels.length === nPts && labels.every((l, i) => new RegExp(`^latent ${ptJs[i]}: (ν\\^ε|ν undefined)`).test(l || "")), labels.slice(0, 3).join(" | "));
+    await page.focus("#goto button");
+    await page.keyboard.press("Tab");
+    const focus1 = await page.evaluate(() => { const a = document.activeElement; return a && a.closest("#scatter") ? Number(a.dataset.j) : `${a && a.tagName}#${a && a.id}`; });
+    let focus2 = null;
+    if (nPts > 1) { await page.keyboard.press("Tab"); focus2 = await page.evaluate(() => Number(document.activeElement.dataset.j)); }
+    check("keyboard: Tab reaches the scatter's points, in order of j", focus1 === ptJs[0] && (nPts < 2 || focus2 === ptJs[1]), `focused ${focus1}, ${focus2}; points ${ptJs.slice(0, 3)}`);
+    const fj = nPts > 1 ? ptJs[1] : ptJs[0];
+    const ring = await page.evaluate(() => [...document.querySelectorAll("#scatter circle.pt")].map((c) => [Number(c.dataset.j), getComputedStyle(c).strokeWidth, getComputedStyle(c).r]));
+    const mine = ring.find((x) => x[0] === fj), other = ring.find((x) => x[0] !== fj);
+    check("keyboard: the focused point is drawn visibly (thicker ring, larger)", mine && mine[1] === "3px" && (!other || (other[1] !== "3px" && other[2] !== mine[2])), JSON.stringify([mine, other]));
+    await page.evaluate(() => window.xcDash.redrawLatents());
+    const kept = await page.evaluate(() => Number(document.activeElement && document.activeElement.dataset.j));
+    check("keyboard: the focus stays on its point when the scatter is redrawn", kept === fj, `${kept} (was ${fj})`);
+    await page.keyboard.press("Enter");
+    await waitFor("Enter on a scatter point to open its latent page", async () => (await page.evaluate(() => location.hash)) === `#/latent/${fj}`, 5000)
+      .then(() => ok("keyboard: Enter on a scatter point opens its latent page"), (e) => nok("keyboard: Enter on a scatter point opens its latent page", e.message));
+    await page.keyboard.press("2");
+    await waitFor("the latents page again", async () => (await page.isVisible("#page-latents")) && (await page.locator("#latents tbody tr").count()) > 0, 10000);
     // sort by Δnorm (ascending, then descending with a second press), filter chat-only
     await page.click("#latents thead button[data-key=delta_norm]");
     await page.selectOption("#f-class", "chat_only");
