@@ -893,19 +893,19 @@ int xc_examples_state_views(xc_examples_t *x, xc_state_view_t *v, int max)
     m[7] = (uint64_t)x->T, m[8] = x->c.vocab_bytes, m[9] = (uint64_t)x->F;
     memcpy(&m[10], x->rng.s, sizeof x->rng.s);
     long S = x->S ? x->S : 1;
-    v[0] = (xc_state_view_t){"trainer.examples.meta", XC_ST_U64, 1, {META_N, 0, 0}, m, sizeof x->meta};
+    v[0] = (xc_state_view_t){"trainer.examples.meta", XC_ST_U64, 1, {META_N, 0, 0}, m, sizeof x->meta, 0};
     v[1] = (xc_state_view_t){"trainer.examples.entries", XC_ST_U64, 3, {x->F, S, 4}, x->ex,
-                             sizeof *x->ex * (size_t)x->F * (size_t)S};
+                             sizeof *x->ex * (size_t)x->F * (size_t)S, 0};
     v[2] = (xc_state_view_t){"trainer.examples.windows", XC_ST_U64, 1, {(long)x->win_words, 0, 0}, x->win,
-                             x->win_words * 8};
+                             x->win_words * 8, 0};
     v[3] = (xc_state_view_t){"trainer.examples.counts", XC_ST_U64, 2, {x->F, 2, 0}, x->counts,
-                             sizeof *x->counts * 2 * (size_t)x->F};
+                             sizeof *x->counts * 2 * (size_t)x->F, 0};
     v[4] = (xc_state_view_t){"trainer.examples.store", XC_ST_U64, 2, {x->T, 2, 0}, x->ring,
-                             sizeof *x->ring * (size_t)x->T};
+                             sizeof *x->ring * (size_t)x->T, 0};
     v[5] = (xc_state_view_t){"trainer.examples.sources", XC_ST_U64, 2, {XC_EX_MAX_SOURCES, SRC_NAME / 8, 0}, x->srcs,
-                             (size_t)XC_EX_MAX_SOURCES * SRC_NAME};
+                             (size_t)XC_EX_MAX_SOURCES * SRC_NAME, 0};
     v[6] = (xc_state_view_t){"trainer.examples.vocab", XC_ST_U64, 1, {(long)(x->c.vocab_bytes / 8), 0, 0}, x->arena,
-                             x->c.vocab_bytes};
+                             x->c.vocab_bytes, 0};
     return XC_EXAMPLES_VIEWS;
 }
 

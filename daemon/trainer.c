@@ -383,15 +383,15 @@ static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
     t->mix_meta[0] = t->buffered;
     t->mix_meta[1] = t->C;
     v[3] = (xc_state_view_t){"trainer.mix_buffer", XC_ST_F32, 2, {t->C, t->d2, 0}, t->mix,
-                             sizeof(float) * (size_t)t->C * (size_t)t->d2};
-    v[4] = (xc_state_view_t){"trainer.mix_meta", XC_ST_I64, 1, {2, 0, 0}, t->mix_meta, sizeof t->mix_meta};
-    v[0] = (xc_state_view_t){"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s};
+                             sizeof(float) * (size_t)t->C * (size_t)t->d2, 0};
+    v[4] = (xc_state_view_t){"trainer.mix_meta", XC_ST_I64, 1, {2, 0, 0}, t->mix_meta, sizeof t->mix_meta, 0};
+    v[0] = (xc_state_view_t){"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s, 0};
     v[1] = (xc_state_view_t){"trainer.scaling_exact", XC_ST_F64, 2, {F, EXACT_COLS, 0}, t->exact_state,
-                             sizeof(double) * (size_t)F * EXACT_COLS};
+                             sizeof(double) * (size_t)F * EXACT_COLS, 0};
     v[2] = (xc_state_view_t){"trainer.scaling_exact_meta", XC_ST_I64, 1, {2, 0, 0}, t->exact_meta,
-                             sizeof t->exact_meta};
+                             sizeof t->exact_meta, 0};
     v[5] = (xc_state_view_t){"trainer.mix_context", XC_ST_U64, 2, {t->C, 2, 0}, t->mix_tm,
-                             sizeof *t->mix_tm * (size_t)t->C};
+                             sizeof *t->mix_tm * (size_t)t->C, 0};
     return 6 + xc_examples_state_views(t->ex, v + 6, XC_EXAMPLES_VIEWS);
 }
 

@@ -3,10 +3,17 @@
  * dead latents with the largest u s reconstruct the residual e (no b_dec):
  *   AuxK = mean_b ||e_b - ehat_b||^2 / mean_b ||e_b - mean(e)||^2,  NaN -> 0.
  * Its entries join the main ones in the gradient pass (engine.c, build_csc), so
- * dead latents get a gradient towards what the live ones miss. */
+ * dead latents get a gradient towards what the live ones miss.
+ * Sharded: each shard proposes, per token, its own best k_aux dead latents
+ * (global indices, sorted); every shard gathers all proposals and merges them
+ * into the same global top k_aux, decodes the winners it holds, and the
+ * partial ehat are summed over shards. */
 #include "xc_engine_internal.h"
 
+#include "xc_error.h"
+
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -43,41 +50,97 @@ static void select_k(xc_scored_t *v, long n, long k)
     }
 }
 
-/* Per token: the k_aux dead latents with the largest u s (u > 0), ehat, and the
- * numerator of the AuxK loss. Token-major, so each worker owns whole tokens. */
-static void aux_fwd_task(void *ctx, int tid, int nth)
+/* Per token: this shard's k_aux dead latents with the largest u s (u > 0),
+ * sorted, as (r, global index) into its row of abuf; unused slots get r = -1.
+ * Token-major, so each worker owns whole tokens. */
+static void aux_cand_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
     xc_worker_t *w = &e->w[tid];
     long lo, hi;
-    int d2 = e->d2, F = e->F;
+    int F = e->F, ka = e->k_aux;
     xc_pool_range(e->B, tid, nth, &lo, &hi);
-    w->aux_num = 0;
     for (long b = lo; b < hi; b++) {
         const float *pre = e->pre + (size_t)b * F;
-        long n = 0, base = b * (long)e->kaux_max;
+        long n = 0;
         for (int q = 0; q < e->n_dead_list; q++) {
             int j = e->dead_list[q];
             float u = xc_relu_u(e, pre, j);
             if (u > 0.0f) w->dead_sc[n++] = (xc_scored_t){u * e->s[j], j};
         }
-        if (n > e->k_aux) {
-            select_k(w->dead_sc, n, e->k_aux);
-            n = e->k_aux;
+        if (n > ka) {
+            select_k(w->dead_sc, n, ka);
+            n = ka;
         }
         qsort(w->dead_sc, (size_t)n, sizeof(xc_scored_t), scored_cmp);
-        e->aux_ptr[b + 1] = n; /* count; turned into offsets below */
+        xc_scored_t *out = e->abuf + (size_t)b * ka;
+        for (long q = 0; q < ka; q++)
+            out[q] = q < n ? (xc_scored_t){w->dead_sc[q].r, (int)(w->dead_sc[q].j + e->lo)}
+                           : (xc_scored_t){-1.0f, INT_MAX};
+    }
+}
+
+/* Per token: merges every shard's sorted proposals (gbuf, rank-major) into the
+ * global top k_aux (the same order as one shard's sort: r desc, index asc),
+ * keeps the winners this shard holds as AuxK entries and decodes them into ehat
+ * (this shard's part; summed over shards next). */
+static void aux_merge_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    long lo, hi;
+    int d2 = e->d2, ka = e->k_aux, R = e->coll->size;
+    const xc_scored_t *all = e->gbuf;
+    int pos[64], *at = R <= 64 ? pos : NULL;
+    int *heap_pos = NULL;
+    if (!at) at = heap_pos = malloc(sizeof(int) * (size_t)R); /* owned here */
+    xc_pool_range(e->B, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
         float *eh = e->ehat + (size_t)b * d2;
         memset(eh, 0, sizeof(float) * (size_t)d2);
-        for (long q = 0; q < n; q++) {
-            int j = w->dead_sc[q].j;
-            e->aux_col[base + q] = j;
-            e->aux_row[base + q] = (int)b;
-            float u = xc_relu_u(e, pre, j);
-            e->aux_val[base + q] = u;
-            cblas_saxpy(d2, u, e->w_dec + (size_t)j * d2, 1, eh, 1);
+        long base = b * (long)e->kaux_max, n = 0;
+        if (!at) { /* no memory for the cursors: this token gets no AuxK entry */
+            e->aux_ptr[b + 1] = 0;
+            continue;
         }
-        const float *r = e->resid + (size_t)b * d2;
+        for (int r = 0; r < R; r++) at[r] = 0;
+        const float *pre = e->pre + (size_t)b * e->F;
+        for (int taken = 0; taken < ka; taken++) {
+            int best = -1;
+            xc_scored_t bv = {-1.0f, INT_MAX};
+            for (int r = 0; r < R; r++) {
+                if (at[r] >= ka) continue;
+                xc_scored_t c = all[((size_t)r * e->B + (size_t)b) * ka + (size_t)at[r]];
+                if (!(c.r >= 0.0f)) continue;
+                if (best < 0 || scored_cmp(&c, &bv) < 0) best = r, bv = c;
+            }
+            if (best < 0) break;
+            at[best]++;
+            long jl = bv.j - e->lo;
+            if (jl < 0 || jl >= e->F) continue;
+            int j = (int)jl;
+            e->aux_col[base + n] = j;
+            e->aux_row[base + n] = (int)b;
+            float u = xc_relu_u(e, pre, j);
+            e->aux_val[base + n] = u;
+            cblas_saxpy(d2, u, e->w_dec + (size_t)j * d2, 1, eh, 1);
+            n++;
+        }
+        e->aux_ptr[b + 1] = n; /* count; turned into offsets below */
+    }
+    free(heap_pos);
+}
+
+/* Per token, after the sum over shards: the numerator of the AuxK loss. */
+static void aux_num_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    xc_worker_t *w = &e->w[tid];
+    long lo, hi;
+    int d2 = e->d2;
+    xc_pool_range(e->B, tid, nth, &lo, &hi);
+    w->aux_num = 0;
+    for (long b = lo; b < hi; b++) {
+        const float *r = e->resid + (size_t)b * d2, *eh = e->ehat + (size_t)b * d2;
         double sq = 0;
         for (int i = 0; i < d2; i++) sq += ((double)r[i] - eh[i]) * ((double)r[i] - eh[i]);
         w->aux_num += sq;
@@ -103,26 +166,44 @@ static void aux_bwd_task(void *ctx, int tid, int nth)
 }
 
 /* Builds the dead list (counting this step's fires from lat_cnt), runs the AuxK
- * forward and, when the loss is defined, its backward; returns the AuxK value
+ * forward and, when the loss is defined, its backward; *aux = the AuxK value
  * (0 when none are dead, aux_coef is 0, or the value is not finite, as the
- * reference's nan_to_num). The denominator comes from the residual sums the
- * decode pass already accumulated in the workers. */
-double xc_auxk_run(xc_engine_t *e)
+ * reference's nan_to_num). k_aux and every branch depend on all-reduced
+ * values only. The denominator comes from the residual sums the decode pass
+ * already accumulated in the workers (the same on every shard). */
+int xc_auxk_run(xc_engine_t *e, double *aux_out)
 {
+    *aux_out = 0.0;
     e->n_dead_list = 0;
     for (int j = 0; j < e->F; j++) {
         uint64_t since = e->lat_cnt[j] ? 0 : e->since_fired[j] + (uint64_t)e->B;
         e->dead[j] = since >= (uint64_t)e->cfg.dead_tokens;
         if (e->dead[j]) e->dead_list[e->n_dead_list++] = j;
     }
-    e->k_aux = e->n_dead_list < e->kaux_max ? e->n_dead_list : e->kaux_max;
+    e->k_aux = e->n_dead_g < e->kaux_max ? e->n_dead_g : e->kaux_max;
     memset(e->aux_ptr, 0, sizeof(long) * (size_t)(e->B + 1));
     e->aux_nnz = 0;
-    if (e->k_aux == 0 || e->cfg.aux_coef == 0) return 0.0;
+    if (e->k_aux == 0 || e->cfg.aux_coef == 0) return XC_OK;
     /* reduced-precision scoring left pre approximate: AuxK reads exact values */
     if (e->pre_approx) xc_engine_exact_columns(e, e->dead_list, e->n_dead_list);
 
-    xc_pool_run(e->pool, aux_fwd_task, e);
+    /* proposals, gathered from every shard (a failed allocation fails them all) */
+    size_t per = sizeof(xc_scored_t) * (size_t)e->B * (size_t)e->k_aux;
+    int64_t fail = 0;
+    if (per > e->acap) {
+        void *p = realloc(e->abuf, per);
+        if (p) e->abuf = p, e->acap = per;
+        else fail = 1;
+    }
+    if (xc_ar(e, &fail, 1, XC_COLL_I64, XC_COLL_MAX)) return XC_ECOLL;
+    if (fail) return XC_ENOMEM;
+    xc_pool_run(e->pool, aux_cand_task, e);
+    size_t got = 0;
+    int rc = xc_engine_allgather_var(e, e->abuf, per, &e->gbuf, &e->gcap, &got);
+    if (rc) return rc;
+    xc_pool_run(e->pool, aux_merge_task, e);
+    if (xc_ar(e, e->ehat, (long)e->B * e->d2, XC_COLL_F32, XC_COLL_SUM)) return XC_ECOLL;
+    xc_pool_run(e->pool, aux_num_task, e);
     double num = 0;
     for (int t = 0; t < e->nth; t++) num += e->w[t].aux_num;
     /* denominator: mean_b ||e_b - mean(e)||^2 from the residual accumulators */
@@ -140,10 +221,11 @@ double xc_auxk_run(xc_engine_t *e)
     if (!isfinite(aux) || !(den > 0)) {
         /* reference: nan_to_num(0): no loss, no gradient */
         memset(e->aux_ptr, 0, sizeof(long) * (size_t)(e->B + 1));
-        return 0.0;
+        return XC_OK;
     }
     e->aux_denom = den;
     xc_pool_run(e->pool, aux_bwd_task, e);
     for (long b = 0; b < e->B; b++) e->aux_nnz += e->aux_ptr[b + 1];
-    return aux;
+    *aux_out = aux;
+    return XC_OK;
 }

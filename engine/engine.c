@@ -121,14 +121,18 @@ void xc_engine_ensure_norms(xc_engine_t *e)
 
 /* method.md 1: encoder columns of norm init_norm, decoder = encoder transposed,
  * base and chat identical; drawn from the engine's RNG so a seed fixes the model.
+ * A shard keeps only its columns [lo, lo + F) of the (d, Fg) matrix: every rank
+ * draws the whole stream in the same order (so the values, and the RNG state
+ * after init, match the unsharded engine) but stores d x F floats.
  * XC_ENOMEM when the temporary (d, F) matrix does not fit. */
 static int init_params(xc_engine_t *e)
 {
-    int d = e->d, F = e->F;
-    /* One Kaiming-uniform (d, F) matrix (bound sqrt(6 / fan_in), fan_in = F as torch
+    int d = e->d, F = e->F, Fg = e->Fg;
+    long lo = e->lo;
+    /* One Kaiming-uniform (d, Fg) matrix (bound sqrt(6 / fan_in), fan_in = Fg as torch
      * computes it for a 2-D tensor) copied to both encoders; each column rescaled to
      * init_norm; W_dec = W_enc^T, so base and chat start identical. */
-    double bound = sqrt(6.0 / F);
+    double bound = sqrt(6.0 / Fg);
     float *col = malloc(sizeof(float) * (size_t)d);
     float *tmp = malloc(sizeof(float) * (size_t)d * F);
     if (!col || !tmp) {
@@ -136,7 +140,11 @@ static int init_params(xc_engine_t *e)
         free(tmp);
         return XC_ENOMEM;
     }
-    for (long i = 0; i < (long)d * F; i++) tmp[i] = (float)((2.0 * xc_rng_uniform(&e->rng) - 1.0) * bound);
+    for (long i = 0; i < d; i++)
+        for (long j = 0; j < Fg; j++) {
+            float v = (float)((2.0 * xc_rng_uniform(&e->rng) - 1.0) * bound);
+            if (j >= lo && j < lo + F) tmp[(size_t)i * F + (size_t)(j - lo)] = v;
+        }
     for (int j = 0; j < F; j++) {
         double nn = 0;
         for (int i = 0; i < d; i++) {
@@ -156,23 +164,40 @@ static int init_params(xc_engine_t *e)
     return XC_OK;
 }
 
-/* Creates the engine: validates cfg, derives the sizes, starts the pool, lays
- * out every tensor in one block (tensors.c), then initialises the parameters
- * from the seed. On any failure everything made so far is released. */
 xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
 {
+    return xc_engine_new_sharded(cfg, xc_coll_single(), err);
+}
+
+/* Creates the engine (one shard of it: xc_engine.h, sharding): validates cfg,
+ * derives the sizes and this rank's latent slice, starts the pool, lays out
+ * every tensor in one block (tensors.c), then initialises the parameters from
+ * the seed. On any failure everything made so far is released. Collective only
+ * in that every rank must make its engine before the first step; it exchanges
+ * nothing itself. */
+xc_engine_t *xc_engine_new_sharded(const xc_engine_config_t *cfg, xc_coll_t *coll, int *err)
+{
     char why[256];
-    int rc = xc_engine_config_validate(cfg, why, sizeof why);
+    int rc = coll ? xc_engine_config_validate(cfg, why, sizeof why) : XC_EINVAL;
     xc_engine_t *e = NULL;
+    long lo = 0, nl = 0;
 
     if (rc) goto out_err;
+    rc = XC_ECONFIG;
+    if (coll->size < 1 || coll->rank < 0 || coll->rank >= coll->size) goto out_err;
+    xc_coll_slice(cfg->dict_size, coll->size, coll->rank, &lo, &nl);
+    if (nl < 1) goto out_err; /* more ranks than latents */
+    if (coll->size > 1 && cfg->model != XC_MODEL_BATCHTOPK) goto out_err; /* L1 is not sharded */
     rc = XC_ENOMEM;
     e = calloc(1, sizeof *e); /* owned by the caller; xc_engine_destroy */
     if (!e) goto out_err;
     e->cfg = *cfg;
+    e->coll = coll;
+    e->lo = lo;
+    e->Fg = cfg->dict_size;
     e->d = cfg->d;
     e->d2 = 2 * cfg->d;
-    e->F = cfg->dict_size;
+    e->F = (int)nl;
     e->B = cfg->batch_size;
     e->K = cfg->model == XC_MODEL_BATCHTOPK ? cfg->k * cfg->batch_size : 0;
     e->kaux_max = cfg->model == XC_MODEL_BATCHTOPK ? (cfg->d / 2 < cfg->dict_size ? cfg->d / 2 : cfg->dict_size) : 0;
@@ -190,6 +215,7 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err)
     if ((rc = init_params(e))) goto out_free;
     e->theta = -1.0;
     e->met.theta = -1.0;
+    e->met.ranks = coll->size;
     e->norms_valid = 0;
     xc_engine_ensure_norms(e);
     /* a precision this machine lacks runs fp32 (met.precision says which ran) */
@@ -214,6 +240,9 @@ void xc_engine_destroy(xc_engine_t **pe)
     xc_select_free(e);
     xc_score_destroy(&e->score);
     free(e->exact_buf);
+    free(e->gbuf);
+    free(e->xbuf);
+    free(e->abuf);
     free(e->w);
     xc_engine_free_tensors(e);
     free(e);
@@ -305,9 +334,11 @@ void xc_engine_worker_reset(xc_engine_t *e, xc_worker_t *w)
     w->rmin = FLT_MAX;
 }
 
-/* Token-major: sparse decode, residual, dL/df for every selected entry; each
+/* Token-major sparse decode of this shard's entries into resid (b_dec added
+ * by rank 0 only, first, so one rank computes exactly the unsharded sum); each
  * worker owns whole tokens, so the sums need no locks. Also the smallest
- * selected score, theta's sample. */
+ * selected score, theta's sample. The shards' partial sums are then added
+ * (one all-reduce of [B, 2d]) before resid_task. */
 static void decode_sparse_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
@@ -318,12 +349,26 @@ static void decode_sparse_task(void *ctx, int tid, int nth)
     xc_engine_worker_reset(e, w);
     for (long b = lo; b < hi; b++) {
         float *xh = e->resid + (size_t)b * d2;
-        memcpy(xh, e->b_dec, sizeof(float) * (size_t)d2);
+        if (e->coll->rank == 0) memcpy(xh, e->b_dec, sizeof(float) * (size_t)d2);
+        else memset(xh, 0, sizeof(float) * (size_t)d2);
         for (long p = e->row_ptr[b]; p < e->row_ptr[b + 1]; p++) {
             cblas_saxpy(d2, e->val[p], e->w_dec + (size_t)e->col[p] * d2, 1, xh, 1);
             float r = e->val[p] * e->s[e->col[p]];
             if (r < w->rmin) w->rmin = r;
         }
+    }
+}
+
+/* After the sum over shards: residual, loss terms and dR/dxhat per token (the
+ * same on every rank), then dL/df for this shard's entries. */
+static void resid_task(void *ctx, int tid, int nth)
+{
+    xc_engine_t *e = ctx;
+    xc_worker_t *w = &e->w[tid];
+    long lo, hi;
+    int d2 = e->d2;
+    xc_pool_range(e->B, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
         xc_engine_residual_row(e, w, b);
         const float *g = e->gx + (size_t)b * d2;
         for (long p = e->row_ptr[b]; p < e->row_ptr[b + 1]; p++)
@@ -546,6 +591,21 @@ static void fill_fve(xc_engine_t *e)
     }
 }
 
+/* The latents dead after this step (unfired for dead_tokens tokens, counting
+ * this step's fires in lat_cnt), over every shard: AuxK's k_aux and the dead
+ * count both use it, and every rank must see the same number. */
+static int count_dead(xc_engine_t *e)
+{
+    int64_t n = 0;
+    for (int j = 0; j < e->F; j++) {
+        uint64_t since = e->lat_cnt[j] ? 0 : e->since_fired[j] + (uint64_t)e->B;
+        n += since >= (uint64_t)e->cfg.dead_tokens;
+    }
+    int rc = xc_ar(e, &n, 1, XC_COLL_I64, XC_COLL_SUM);
+    e->n_dead_g = (int)n;
+    return rc;
+}
+
 /* Forward and backward on e->x (B rows), shared by the training step and the
  * gradient check (compute_grads), so the two cannot drift apart. Leaves
  * gradients (rows flagged in has_grad), loss terms in e->met, the phases' wall
@@ -584,28 +644,51 @@ static int forward_backward(xc_engine_t *e, double *sq)
     if (e->cfg.model == XC_MODEL_BATCHTOPK) {
         rc = e->pre_approx ? xc_select_from_candidates(e, cand, ncand) : xc_select_topk(e);
         if (rc) return rc;
+        if (e->lo > 0)
+            for (long p = 0; p < e->nnz; p++) e->sel_col[p] = (int)(e->col[p] + e->lo);
         ph[XC_PHASE_SELECT] = now_ms() - t1;
         t1 = now_ms();
         xc_pool_run(e->pool, decode_sparse_task, e);
+        /* x-hat = the shards' partial sums (rank 0's holds b_dec) */
+        if ((rc = xc_ar(e, e->resid, (long)e->B * e->d2, XC_COLL_F32, XC_COLL_SUM))) return rc;
+        xc_pool_run(e->pool, resid_task, e);
         memset(e->lat_cnt, 0, sizeof(int) * (size_t)e->F);
         for (long p = 0; p < e->nnz; p++) e->lat_cnt[e->col[p]]++;
         ph[XC_PHASE_DECODE] = now_ms() - t1;
         t1 = now_ms();
-        aux = xc_auxk_run(e);
+        if ((rc = count_dead(e))) return rc;
+        rc = xc_auxk_run(e, &aux);
+        if (rc) return rc;
         ph[XC_PHASE_AUXK] = now_ms() - t1;
         t1 = now_ms();
         build_csc(e);
         xc_pool_run(e->pool, grad_sparse_task, e);
         ph[XC_PHASE_GRAD] = now_ms() - t1;
         e->met.l1 = 0;
-        e->met.l0 = (double)e->nnz / e->B;
     } else {
         xc_l1_decode(e);
         ph[XC_PHASE_DECODE] = now_ms() - t1;
         t1 = now_ms();
         xc_l1_grad(e);
         ph[XC_PHASE_GRAD] = now_ms() - t1;
+        if ((rc = count_dead(e))) return rc;
     }
+    /* the step's sums over shards: squared gradient norm of the latent rows,
+     * selected entries (L1: active), the L1 term; and theta's sample */
+    double red[3] = {sum_w(e, offsetof(xc_worker_t, sq)), (double)e->nnz, e->met.l1};
+    if (e->cfg.model == XC_MODEL_L1) {
+        red[1] = 0;
+        for (int j = 0; j < e->F; j++) red[1] += e->lat_cnt[j];
+    }
+    float mn = FLT_MAX;
+    for (int t = 0; t < e->nth; t++)
+        if (e->w[t].rmin < mn) mn = e->w[t].rmin;
+    if ((rc = xc_ar(e, red, 3, XC_COLL_F64, XC_COLL_SUM)) || (rc = xc_ar(e, &mn, 1, XC_COLL_F32, XC_COLL_MIN)))
+        return rc;
+    e->nnz_g = (long)red[1];
+    e->rmin_g = mn;
+    e->met.l1 = red[2];
+    e->met.l0 = red[1] / e->B;
     e->met.recon_l2 = sum_w(e, offsetof(xc_worker_t, l2));
     e->met.recon_mse = sum_w(e, offsetof(xc_worker_t, mse));
     e->met.aux = aux;
@@ -613,7 +696,7 @@ static int forward_backward(xc_engine_t *e, double *sq)
     e->met.loss = recon + (e->cfg.model == XC_MODEL_BATCHTOPK ? e->cfg.aux_coef * aux
                                                                : e->cfg.l1_coef * e->met.l1);
     fill_fve(e);
-    *sq = sum_w(e, offsetof(xc_worker_t, sq)) + grad_bdec(e);
+    *sq = red[0] + grad_bdec(e);
     return XC_OK;
 }
 
@@ -708,7 +791,6 @@ static void commit_stats(xc_engine_t *e)
     uint64_t B = (uint64_t)e->B;
     double decay = pow(0.5, (double)e->B / e->cfg.stats_half_life);
     double ls_decay = pow(0.5, (double)e->B / e->cfg.scaling_half_life);
-    int n_dead = 0;
     for (size_t i = 0; i < (size_t)F * LS_N; i++) e->ls_run[i] = ls_decay * e->ls_run[i] + e->ls_step[i];
     if (e->cfg.model == XC_MODEL_BATCHTOPK) {
         for (long p = 0; p < e->nnz; p++) {
@@ -737,17 +819,14 @@ static void commit_stats(xc_engine_t *e)
         } else {
             e->since_fired[j] += B;
         }
-        n_dead += e->since_fired[j] >= (uint64_t)e->cfg.dead_tokens;
     }
-    e->met.n_dead = n_dead;
-    e->met.dead_fraction = (double)n_dead / F;
+    /* over every shard (count_dead, the same rule as the loop above) */
+    e->met.n_dead = e->n_dead_g;
+    e->met.dead_fraction = (double)e->n_dead_g / e->Fg;
 
-    /* theta: EMA of the smallest selected u s, after threshold_start_step */
+    /* theta: EMA of the smallest selected u s (over every shard), after threshold_start_step */
     if (e->cfg.model == XC_MODEL_BATCHTOPK && e->step > e->cfg.threshold_start_step) {
-        float mn = FLT_MAX;
-        for (int t = 0; t < e->nth; t++)
-            if (e->w[t].rmin < mn) mn = e->w[t].rmin;
-        double mt = e->nnz > 0 ? mn : 0.0;
+        double mt = e->nnz_g > 0 ? e->rmin_g : 0.0;
         if (e->theta < 0) e->theta = mt;
         else e->theta = e->cfg.threshold_beta * e->theta + (1.0 - e->cfg.threshold_beta) * mt;
     }
@@ -755,6 +834,14 @@ static void commit_stats(xc_engine_t *e)
 }
 
 /* ---------------------------------------------------------------- public step */
+
+/* This rank's collective traffic so far (per rank: not all-reduced). */
+static void comm_metrics(xc_engine_t *e)
+{
+    e->met.comm_bytes = e->coll->bytes;
+    e->met.comm_seconds = e->coll->seconds;
+    e->met.comm_calls = e->coll->calls;
+}
 
 /* One step, all or nothing: a batch that fails the check, or a step whose loss
  * or gradient norm overflows, leaves the model exactly as it was (b_dec's
@@ -777,7 +864,12 @@ int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens)
     }
     double sq;
     rc = forward_backward(e, &sq);
-    if (rc) return rc;
+    comm_metrics(e);
+    if (rc) {
+        if (keep) memcpy(e->b_dec, bdec_keep, sizeof(float) * (size_t)e->d2);
+        e->x = NULL;
+        return rc;
+    }
     double norm = sqrt(sq);
     if (!isfinite(norm) || !isfinite(e->met.loss)) {
         /* finite inputs can still overflow float (|x| ~ 1e20): skip the step, keep
@@ -820,6 +912,7 @@ int xc_engine_compute_grads(xc_engine_t *e, const float *x, long n_tokens, xc_en
     e->commit = 0;
     double sq;
     rc = forward_backward(e, &sq);
+    comm_metrics(e);
     e->x = NULL;
     if (rc) return rc;
     size_t d2 = (size_t)e->d2;
@@ -863,30 +956,68 @@ static void threshold_task(void *ctx, int tid, int nth)
     }
 }
 
-/* Any number of rows, in chunks of batch_size so the step's scratch serves. */
+/* Any number of rows, in chunks of batch_size so the step's scratch serves.
+ * Each shard codes its latents; the chunk's codes of every shard are gathered
+ * (rank-major blocks) and laid out as full rows, so every rank returns the
+ * whole (n, dict_size) codes. */
 int xc_engine_encode(xc_engine_t *e, const float *x, long n, float *f_out)
 {
     if (!x || !f_out || n < 1) return XC_EINVAL;
     xc_engine_ensure_norms(e);
-    for (long at = 0; at < n; at += e->B) {
+    int R = e->coll->size, rc = XC_OK;
+    size_t *rb = malloc(sizeof(size_t) * (size_t)R); /* owned here */
+    size_t need = sizeof(float) * (size_t)(n < e->B ? n : e->B) * (size_t)e->Fg;
+    if (!rb) return XC_ENOMEM;
+    if (need > e->xcap) {
+        float *p = realloc(e->xbuf, need);
+        if (!p) {
+            free(rb);
+            return XC_ENOMEM;
+        }
+        e->xbuf = p;
+        e->xcap = need;
+    }
+    for (long at = 0; at < n && !rc; at += e->B) {
         long c = n - at < e->B ? n - at : e->B;
         e->x = x + (size_t)at * e->d2;
         e->n = c;
         xc_pool_run(e->pool, xc_engine_enc_gemm_task, e);
         xc_pool_run(e->pool, threshold_task, e);
-        memcpy(f_out + (size_t)at * e->F, e->pre, sizeof(float) * (size_t)c * e->F);
+        for (int r = 0; r < R; r++) {
+            long lo, nr;
+            xc_coll_slice(e->Fg, R, r, &lo, &nr);
+            rb[r] = sizeof(float) * (size_t)c * (size_t)nr;
+        }
+        if (e->coll->allgatherv(e->coll, e->pre, sizeof(float) * (size_t)c * e->F, e->xbuf, rb)) {
+            rc = XC_ECOLL;
+            break;
+        }
+        const float *blk = e->xbuf;
+        for (int r = 0; r < R; r++) {
+            long lo, nr;
+            xc_coll_slice(e->Fg, R, r, &lo, &nr);
+            for (long b = 0; b < c; b++)
+                memcpy(f_out + (size_t)(at + b) * e->Fg + lo, blk + (size_t)b * nr, sizeof(float) * (size_t)nr);
+            blk += (size_t)c * nr;
+        }
     }
+    free(rb);
+    comm_metrics(e);
     e->x = NULL;
-    return XC_OK;
+    return rc;
 }
 
 /* Dense decode of caller codes (one sgemm on the calling thread: decode
- * requests are rare and small next to training). */
+ * requests are rare and small next to training): each shard multiplies its
+ * columns of f, the partial products are summed over shards, then b_dec. */
 int xc_engine_decode(xc_engine_t *e, const float *f, long n, float *xhat_out)
 {
     if (!f || !xhat_out || n < 1) return XC_EINVAL;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, e->d2, e->F, 1.0f, f, e->F,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, e->d2, e->F, 1.0f, f + e->lo, e->Fg,
                 e->w_dec, e->d2, 0.0f, xhat_out, e->d2);
+    int rc = xc_ar(e, xhat_out, n * e->d2, XC_COLL_F32, XC_COLL_SUM);
+    comm_metrics(e);
+    if (rc) return rc;
     for (long b = 0; b < n; b++)
         for (int i = 0; i < e->d2; i++) xhat_out[(size_t)b * e->d2 + i] += e->b_dec[i];
     return XC_OK;
@@ -936,6 +1067,47 @@ void xc_engine_params(xc_engine_t *e, xc_engine_params_t *out)
 }
 
 void xc_engine_params_changed(xc_engine_t *e) { e->norms_valid = 0; }
+void xc_engine_shard(const xc_engine_t *e, long *lo, long *n)
+{
+    if (lo) *lo = e->lo;
+    if (n) *n = e->F;
+}
+xc_coll_t *xc_engine_coll(const xc_engine_t *e) { return e->coll; }
+
+int xc_engine_allgather_var(xc_engine_t *e, const void *send, size_t bytes, void **buf, size_t *cap,
+                            size_t *total)
+{
+    /* sizes first (every rank must know every contribution's size), then the data */
+    int R = e->coll->size, rc = XC_OK;
+    int64_t *sz = calloc((size_t)R, sizeof(int64_t)), mine = (int64_t)bytes; /* owned here */
+    size_t *rb = calloc((size_t)R, sizeof(size_t));
+    if (!sz || !rb) {
+        rc = XC_ENOMEM;
+        goto out;
+    }
+    for (int r = 0; r < R; r++) rb[r] = sizeof(int64_t);
+    if (e->coll->allgatherv(e->coll, &mine, sizeof mine, sz, rb)) {
+        rc = XC_ECOLL;
+        goto out;
+    }
+    size_t t = 0;
+    for (int r = 0; r < R; r++) t += rb[r] = (size_t)sz[r];
+    if (t > *cap || !*buf) {
+        void *p = realloc(*buf, t ? t : 1);
+        if (!p) {
+            rc = XC_ENOMEM;
+            goto out;
+        }
+        *buf = p;
+        *cap = t;
+    }
+    if (e->coll->allgatherv(e->coll, send, bytes, *buf, rb)) rc = XC_ECOLL;
+    *total = t;
+out:
+    free(sz);
+    free(rb);
+    return rc;
+}
 uint64_t *xc_engine_dead_counters(xc_engine_t *e) { return e->since_fired; }
 void xc_engine_set_theta(xc_engine_t *e, double theta)
 {
@@ -946,7 +1118,7 @@ void xc_engine_set_theta(xc_engine_t *e, double theta)
 long xc_engine_selection(const xc_engine_t *e, const long **row_ptr, const int **col, const float **val)
 {
     if (row_ptr) *row_ptr = e->row_ptr;
-    if (col) *col = e->col;
+    if (col) *col = e->lo > 0 ? e->sel_col : e->col; /* global latent indices */
     if (val) *val = e->val;
     return e->cfg.model == XC_MODEL_BATCHTOPK ? e->nnz : 0;
 }
@@ -1040,7 +1212,7 @@ static long *selection_flat(const xc_engine_t *e)
 {
     long *v = malloc(sizeof(long) * (size_t)(e->nnz + 1));
     if (!v) return NULL;
-    for (long p = 0; p < e->nnz; p++) v[p] = (long)e->ent_row[p] * e->F + e->col[p];
+    for (long p = 0; p < e->nnz; p++) v[p] = (long)e->ent_row[p] * e->Fg + e->lo + e->col[p];
     qsort(v, (size_t)e->nnz, sizeof(long), cmp_long);
     return v;
 }
@@ -1068,12 +1240,25 @@ int xc_engine_selection_check(xc_engine_t *e, const float *x, long n_tokens, lon
     if (rc || (rc = xc_select_from_candidates(e, c, n))) goto out;
     long na = e->nnz;
     float cut_r = FLT_MAX;
-    long cut_idx = -1;
+    int64_t cut_idx = -1, na_g = na;
     for (long p = 0; p < na; p++) {
         float r = e->val[p] * e->s[e->col[p]];
-        long idx = (long)e->ent_row[p] * e->F + e->col[p];
+        long idx = (long)e->ent_row[p] * e->Fg + e->lo + e->col[p];
         if (r < cut_r || (r == cut_r && idx > cut_idx)) cut_r = r, cut_idx = idx;
     }
+    /* the reduced selection's last entry over every shard */
+    if ((rc = xc_ar(e, &cut_r, 1, XC_COLL_F32, XC_COLL_MIN))) goto out;
+    {
+        int64_t ci = -1;
+        for (long p = 0; p < na; p++) {
+            float r = e->val[p] * e->s[e->col[p]];
+            long idx = (long)e->ent_row[p] * e->Fg + e->lo + e->col[p];
+            if (r == cut_r && idx > ci) ci = idx;
+        }
+        cut_idx = ci;
+    }
+    if ((rc = xc_ar(e, &cut_idx, 1, XC_COLL_I64, XC_COLL_MAX)) || (rc = xc_ar(e, &na_g, 1, XC_COLL_I64, XC_COLL_SUM)))
+        goto out;
     a = selection_flat(e);
     xc_pool_run(e->pool, xc_engine_enc_gemm_task, e);
     if (!a || (rc = xc_select_topk(e))) goto out_nomem;
@@ -1084,16 +1269,22 @@ int xc_engine_selection_check(xc_engine_t *e, const float *x, long n_tokens, lon
         if (j >= nb || (i < na && a[i] < b[j])) {
             (*differ)++, i++;
         } else if (i >= na || b[j] < a[i]) {
-            long idx = b[j++], bt = idx / e->F;
-            int lat = (int)(idx % e->F);
+            long idx = b[j++], bt = idx / e->Fg;
+            int lat = (int)(idx % e->Fg - e->lo);
             float v = xc_score_dot(x + (size_t)bt * e->d2, e->w_enc + (size_t)lat * e->d2, e->d2) + e->b_enc[lat];
             float r = (v > 0.0f ? v : 0.0f) * e->s[lat];
             (*differ)++;
-            if (na == e->K && (r > cut_r || (r == cut_r && idx < cut_idx))) (*mismatch)++;
-            if (na < e->K && r > 0.0f) (*mismatch)++; /* took every positive, yet missed one */
+            if (na_g == e->K && (r > cut_r || (r == cut_r && idx < cut_idx))) (*mismatch)++;
+            if (na_g < e->K && r > 0.0f) (*mismatch)++; /* took every positive, yet missed one */
         } else {
             i++, j++;
         }
+    }
+    {
+        int64_t cnt[2] = {*differ, *mismatch};
+        if ((rc = xc_ar(e, cnt, 2, XC_COLL_I64, XC_COLL_SUM))) goto out;
+        *differ = cnt[0];
+        *mismatch = cnt[1];
     }
     goto out;
 out_nomem:
@@ -1101,6 +1292,7 @@ out_nomem:
 out:
     free(a);
     free(b);
+    comm_metrics(e);
     e->x = NULL;
     return rc;
 }

@@ -12,7 +12,13 @@
  *      collected and sorted by (r desc, flat index asc) (boundary_task, cut_boundary)
  *   C. CSR of the selected entries per token          (fill_rows_task)
  * Both paths end in the same selection rule (selected()), so the result does not
- * depend on which one ran. */
+ * depend on which one ran.
+ *
+ * Sharded (xc_coll.h): each rank scores its latents; the histograms are summed
+ * over ranks and the boundary bucket's entries gathered from every rank, so the
+ * cut (bucket, score, GLOBAL flat index b*Fg + lo + j) is the same on every rank
+ * and each keeps its own entries above it: together exactly the unsharded
+ * selection. Every decision between paths is taken on all-reduced counts. */
 #include "xc_engine_internal.h"
 
 #include "xc_error.h"
@@ -44,7 +50,7 @@ static inline int selected(const xc_engine_t *e, long b, int j, float r)
     uint32_t bk = bucket_of(r);
     if (bk != (uint32_t)s->bucket_t) return bk > (uint32_t)s->bucket_t;
     if (r != s->cut_r) return r > s->cut_r;
-    return b * (long)e->F + j <= s->cut_idx;
+    return b * (long)e->Fg + e->lo + j <= s->cut_idx;
 }
 
 /* Grows a worker's candidate list by half again what is asked, so a slowly
@@ -200,25 +206,33 @@ static void fill_rows_task(void *ctx, int tid, int nth)
 
 /* Runs a pool pass that fills per-worker candidate lists, growing them when short
  * (a pass that overflowed only counted, so it is run again on the grown lists).
- * With limit > 0, a pass that finds more than limit entries in all returns
- * XC_EAGAIN instead of growing (the caller has a cheaper path). */
-static int collect(xc_engine_t *e, xc_pool_fn fn, long limit)
+ * With limit > 0, a pass that finds more than limit entries in all (every
+ * shard's) returns XC_EAGAIN instead of growing (the caller has a cheaper path).
+ * The growing is local; one all-reduce then gives every rank the same total in
+ * *total_g and the same verdict (a rank out of memory fails them all). */
+static int collect(xc_engine_t *e, xc_pool_fn fn, long limit, long *total_g)
 {
+    int64_t v[2] = {0, 0}; /* entries (limit + 1 past the limit), failures */
     for (;;) {
         xc_pool_run(e->pool, fn, e);
         long total = 0;
         for (int t = 0; t < e->nth; t++) total += e->w[t].ncand;
-        if (limit > 0 && total > limit) return XC_EAGAIN;
+        v[0] = total;
+        if (limit > 0 && total > limit) break;
         int again = 0;
-        for (int t = 0; t < e->nth; t++) {
+        for (int t = 0; t < e->nth && !v[1]; t++) {
             xc_worker_t *w = &e->w[t];
             if (w->ncand > w->cand_cap) {
-                if (cand_reserve(w, w->ncand)) return XC_ENOMEM;
+                if (cand_reserve(w, w->ncand)) v[1] = 1;
                 again = 1;
             }
         }
-        if (!again) return XC_OK;
+        if (!again || v[1]) break;
     }
+    if (xc_ar(e, v, 2, XC_COLL_I64, XC_COLL_SUM)) return XC_ECOLL;
+    if (v[1]) return XC_ENOMEM;
+    if (total_g) *total_g = (long)v[0];
+    return limit > 0 && v[0] > limit ? XC_EAGAIN : XC_OK;
 }
 
 /* Walks a histogram down from the top: sets bucket_t and returns how many
@@ -234,24 +248,37 @@ static long boundary(xc_engine_t *e, const uint64_t *hist)
     return e->K - cum;
 }
 
-/* Sorts the boundary candidates (bucket_t only, gathered from every worker) and
- * sets the exact cut: the need-th of them in (r desc, index asc) order. Worker
- * 0's list holds the gathered copy past its own entries. */
+/* Sorts the boundary candidates (bucket_t only, gathered from every worker and
+ * every shard, latents as global indices) and sets the exact cut: the need-th of
+ * them in (r desc, index asc) order. Worker 0's list holds this shard's copy past
+ * its own entries; the engine's gather buffer, every shard's. */
 static int cut_boundary(xc_engine_t *e, long need)
 {
     long nc = 0;
+    int64_t fail = 0;
     for (int t = 0; t < e->nth; t++) nc += e->w[t].ncand;
-    if (cand_reserve(&e->w[0], nc + e->w[0].ncand) != XC_OK) return XC_ENOMEM;
+    if (cand_reserve(&e->w[0], nc + e->w[0].ncand) != XC_OK) fail = 1;
+    if (xc_ar(e, &fail, 1, XC_COLL_I64, XC_COLL_MAX)) return XC_ECOLL;
+    if (fail) return XC_ENOMEM;
     xc_worker_t *w0 = &e->w[0];
     xc_cand_t *bd = w0->cand + w0->ncand; /* scratch after worker 0's own list */
     long m = 0;
     for (int t = 0; t < e->nth; t++)
         for (long i = 0; i < e->w[t].ncand; i++)
-            if (bucket_of(e->w[t].cand[i].r) == (uint32_t)e->sel.bucket_t) bd[m++] = e->w[t].cand[i];
-    qsort(bd, (size_t)m, sizeof(xc_cand_t), cand_cmp);
-    const xc_cand_t *last = &bd[need - 1];
+            if (bucket_of(e->w[t].cand[i].r) == (uint32_t)e->sel.bucket_t) {
+                bd[m] = e->w[t].cand[i];
+                bd[m++].j += (int)e->lo;
+            }
+    size_t got = 0;
+    int rc = xc_engine_allgather_var(e, bd, sizeof(xc_cand_t) * (size_t)m, &e->gbuf, &e->gcap, &got);
+    if (rc) return rc;
+    xc_cand_t *all = e->gbuf;
+    m = (long)(got / sizeof(xc_cand_t));
+    if (need < 1 || need > m) return XC_ESTATE; /* the histograms promised need entries */
+    qsort(all, (size_t)m, sizeof(xc_cand_t), cand_cmp);
+    const xc_cand_t *last = &all[need - 1];
     e->sel.cut_r = last->r;
-    e->sel.cut_idx = last->b * (long)e->F + last->j;
+    e->sel.cut_idx = last->b * (long)e->Fg + last->j;
     return XC_OK;
 }
 
@@ -265,11 +292,10 @@ static int select_fast(xc_engine_t *e)
     xc_select_state_t *s = &e->sel;
     /* a filter that lets through more than 16 k*B entries (a shift in scale)
      * costs more than the full path: take that instead of growing the lists */
-    int rc = collect(e, filter_task, 16L * e->K);
+    long m = 0;
+    int rc = collect(e, filter_task, 16L * e->K, &m);
     if (rc == XC_EAGAIN) s->tau_frac = s->tau_frac * 1.25f < 0.95f ? s->tau_frac * 1.25f : 0.95f;
     if (rc) return rc;
-    long m = 0;
-    for (int t = 0; t < e->nth; t++) m += e->w[t].ncand;
     s->last_ncand = m;
     if (m < e->K) {
         s->tau_frac *= 0.7f; /* too few passed: filter more loosely next time */
@@ -287,6 +313,7 @@ static int select_listed(xc_engine_t *e)
     memset(h, 0, sizeof(uint64_t) * XC_NBUCKET);
     for (int t = 0; t < e->nth; t++)
         for (long i = 0; i < e->w[t].ncand; i++) h[bucket_of(e->w[t].cand[i].r)]++;
+    if (xc_ar(e, h, XC_NBUCKET, XC_COLL_U64, XC_COLL_SUM)) return XC_ECOLL;
     s->sel_all = 0;
     long need = boundary(e, h);
     int rc = cut_boundary(e, need);
@@ -310,9 +337,10 @@ static int select_listed(xc_engine_t *e)
     return XC_OK;
 }
 
-/* Sums the workers' histograms into h and returns the number of positive
- * scores. h[0] counts only positives there (denormals), not the zeros. */
-static long merge_hist(xc_engine_t *e, uint64_t *h)
+/* Sums the workers' histograms, then every shard's, into h and sets *npos to
+ * the number of positive scores. h[0] counts only positives there (denormals),
+ * not the zeros. */
+static int merge_hist(xc_engine_t *e, uint64_t *h, long *npos_g)
 {
     long npos = 0;
     memset(h, 0, sizeof(uint64_t) * XC_NBUCKET);
@@ -323,20 +351,25 @@ static long merge_hist(xc_engine_t *e, uint64_t *h)
     long above0 = 0;
     for (int q = 1; q < XC_NBUCKET; q++) above0 += (long)h[q];
     h[0] = (uint64_t)(npos - above0);
-    return npos;
+    if (xc_ar(e, h, XC_NBUCKET, XC_COLL_U64, XC_COLL_SUM)) return XC_ECOLL;
+    uint64_t n = 0;
+    for (int q = 0; q < XC_NBUCKET; q++) n += h[q];
+    *npos_g = (long)n;
+    return XC_OK;
 }
 
 /* Full path: passes A, B, C over the whole batch (see the head of the file). */
 static int select_full(xc_engine_t *e)
 {
     uint64_t *h = e->hist64;
+    long npos = 0;
     xc_pool_run(e->pool, hist_task, e);
-    long npos = merge_hist(e, h);
+    if (merge_hist(e, h, &npos)) return XC_ECOLL;
     e->sel.sel_all = npos <= e->K;
     if (!e->sel.sel_all) {
         long need = boundary(e, h);
         for (int t = 0; t < e->nth; t++) e->w[t].ncand = 0;
-        int rc = collect(e, boundary_task, 0);
+        int rc = collect(e, boundary_task, 0, NULL);
         if (rc) return rc;
         rc = cut_boundary(e, need);
         if (rc) return rc;
@@ -379,14 +412,16 @@ int xc_select_topk(xc_engine_t *e)
 int xc_select_from_candidates(xc_engine_t *e, const xc_score_cand_t *c, long n)
 {
     xc_worker_t *w0 = &e->w[0];
-    if (cand_reserve(w0, n) != XC_OK) return XC_ENOMEM;
+    int64_t v[2] = {n, cand_reserve(w0, n) != XC_OK}; /* candidates, failures over shards */
+    if (xc_ar(e, v, 2, XC_COLL_I64, XC_COLL_SUM)) return XC_ECOLL;
+    if (v[1]) return XC_ENOMEM;
     for (long i = 0; i < n; i++) w0->cand[i] = (xc_cand_t){c[i].b, c[i].j, c[i].r, c[i].u};
     w0->ncand = n;
     for (int t = 1; t < e->nth; t++) e->w[t].ncand = 0;
-    e->sel.last_ncand = n;
-    e->met.select_candidates = n;
+    e->sel.last_ncand = (long)v[0];
+    e->met.select_candidates = (long)v[0];
     e->met.full_selects = e->sel.n_full;
-    if (n >= e->K) return select_listed(e);
+    if (v[0] >= e->K) return select_listed(e);
     e->sel.sel_all = 1;
     memset(e->row_cnt, 0, sizeof(long) * (size_t)e->B);
     for (long i = 0; i < n; i++) {

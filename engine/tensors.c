@@ -80,18 +80,20 @@ int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
 {
     xc_engine_dims_t z = dims_of(e);
     int n = 0;
-#define VIEW(nm, dt, esz, p, nd, s0, s1, s2)                                                      \
+#define VIEW(nm, dt, esz, p, nd, s0, s1, s2, sh)                                                  \
     do {                                                                                       \
         if (n < max) {                                                                         \
-            out[n] = (xc_state_view_t){nm, dt, nd, {s0, s1, s2}, p, 0};                        \
+            out[n] = (xc_state_view_t){nm, dt, nd, {s0, s1, s2}, p, 0, sh};                    \
             out[n].bytes = (size_t)(esz) * (size_t)((nd) > 0 ? (s0) : 1) *                     \
                            (size_t)((nd) > 1 ? (s1) : 1) * (size_t)((nd) > 2 ? (s2) : 1);      \
         }                                                                                      \
         n++;                                                                                   \
     } while (0);
-    /* unused trailing dimensions are 0 in the view, as the format has always written them */
+    /* unused trailing dimensions are 0 in the view, as the format has always written them;
+     * a row whose first dimension is z.F is per latent (this shard's rows) */
 #define SAVED_VIEW(f, ctype, kind, key, dt, nd, s0, s1, s2)                                       \
-    VIEW(key, dt, sizeof(ctype), e->f, nd, (long)(s0), (nd) > 1 ? (long)(s1) : 0, (nd) > 2 ? (long)(s2) : 0)
+    VIEW(key, dt, sizeof(ctype), e->f, nd, (long)(s0), (nd) > 1 ? (long)(s1) : 0, (nd) > 2 ? (long)(s2) : 0, \
+         strcmp(#s0, "z.F") == 0)
 #define NO_VIEW(...)
     XC_ENGINE_TENSORS(SAVED_VIEW, NO_VIEW)
     (void)z;
@@ -99,10 +101,10 @@ int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
     e->scal[1] = e->sel.tau;
     e->scal[2] = e->sel.tau_frac;
     e->scal[3] = (double)e->sel.n_full;
-    VIEW("step", XC_ST_I64, 8, &e->step, 0, 0, 0, 0)
-    VIEW("tokens", XC_ST_U64, 8, &e->tokens, 0, 0, 0, 0)
-    VIEW("rng", XC_ST_U64, 8, e->rng.s, 1, 4, 0, 0)
-    VIEW("scalars", XC_ST_F64, 8, e->scal, 1, 4, 0, 0)
+    VIEW("step", XC_ST_I64, 8, &e->step, 0, 0, 0, 0, 0)
+    VIEW("tokens", XC_ST_U64, 8, &e->tokens, 0, 0, 0, 0, 0)
+    VIEW("rng", XC_ST_U64, 8, e->rng.s, 1, 4, 0, 0, 0)
+    VIEW("scalars", XC_ST_F64, 8, e->scal, 1, 4, 0, 0, 0)
 #undef SAVED_VIEW
 #undef NO_VIEW
 #undef VIEW
@@ -111,7 +113,8 @@ int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
 
 /* After a restore wrote the views: the scalars back into their fields, and every
  * cached value (decoder norms, the metrics a status reads before the next step)
- * recomputed from the restored state. */
+ * recomputed from the restored state. Collective: the dead count is summed over
+ * the shards (on XC_ECOLL the count stays this shard's). */
 void xc_engine_state_restored(xc_engine_t *e)
 {
     e->theta = e->scal[0];
@@ -123,8 +126,9 @@ void xc_engine_state_restored(xc_engine_t *e)
     e->met.step = e->step;
     e->met.tokens = e->tokens;
     e->met.theta = e->theta;
-    int n_dead = 0;
+    int64_t n_dead = 0;
     for (int j = 0; j < e->F; j++) n_dead += e->since_fired[j] >= (uint64_t)e->cfg.dead_tokens;
-    e->met.n_dead = n_dead;
-    e->met.dead_fraction = (double)n_dead / e->F;
+    (void)xc_ar(e, &n_dead, 1, XC_COLL_I64, XC_COLL_SUM);
+    e->met.n_dead = (int)n_dead;
+    e->met.dead_fraction = (double)n_dead / e->Fg;
 }

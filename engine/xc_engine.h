@@ -10,6 +10,7 @@
 #ifndef XC_ENGINE_H
 #define XC_ENGINE_H
 
+#include "xc_coll.h"
 #include "xc_score.h"
 
 #include <stddef.h>
@@ -74,6 +75,11 @@ typedef struct {
     double score_lambda;       /* int8 margin, as a fraction of the proven bound (1 = proof) */
     /* wall time of the last training step's phases, ms (see XC_PHASE_*) */
     double phase_ms[7];
+    /* sharding (the only per-rank fields besides phase_ms): shard count, and this
+     * rank's traffic and wall seconds inside collectives since the engine was made */
+    int ranks;
+    uint64_t comm_bytes, comm_calls;
+    double comm_seconds;
 } xc_engine_metrics_t;
 
 enum { XC_PHASE_ENCODE = 0, /* dense encoder sgemm + ReLU */
@@ -121,8 +127,50 @@ typedef struct xc_engine xc_engine_t;
 int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why_len);
 
 /* Creates and initialises a model (method.md 1). NULL on failure, *err set.
- * The engine owns all its memory; free it with xc_engine_destroy. */
+ * The engine owns all its memory; free it with xc_engine_destroy.
+ * xc_engine_new(cfg, err) == xc_engine_new_sharded(cfg, xc_coll_single(), err). */
 xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err);
+
+/* ---------------------------------------------------------------- sharding
+ * A latent-sharded engine owns latents [lo, lo + n) of dict_size, the slice
+ * xc_coll_slice(dict_size, coll->size, coll->rank) (every rank needs n >= 1).
+ * Its initial parameters equal that slice of the unsharded engine's for the
+ * same seed (the (d, F) init matrix is streamed from the RNG, never held whole;
+ * the RNG state after init is the same on every rank), and a training step over
+ * all ranks computes the single-rank maths (method.md 2): the global BatchTopK
+ * cut, x-hat summed over shards, global loss, clip, AuxK and theta. The L1 model
+ * is not sharded (its dense codes would need a [B, F] exchange): coll->size > 1
+ * with model l1 is XC_ECONFIG.
+ *
+ * COLLECTIVE calls (every rank, same order, identical arguments; the service
+ * broadcasts the batch): xc_engine_new_sharded, xc_engine_train_step,
+ * xc_engine_compute_grads, xc_engine_encode, xc_engine_decode,
+ * xc_engine_selection_check, xc_engine_state_restored (it re-counts the global
+ * dead latents), xc_scaling_new and xc_scaling_add. An XC_ECOLL from any of them
+ * leaves this rank's model as it was where possible; the job must end.
+ *
+ * What is local and what is global:
+ *   - per-latent data covers the local slice, indexed 0 .. n-1 (local latent i
+ *     is global latent lo + i): xc_engine_params' w_enc/b_enc/w_dec rows,
+ *     xc_engine_adam_state, xc_engine_latent_stats, xc_engine_scaling_running,
+ *     xc_scaling_result, xc_engine_dead_counters, compute_grads' latent arrays
+ *     (each n entries / rows);
+ *   - xc_engine_selection: CSR over the batch's tokens of THIS rank's selected
+ *     entries; col[] holds GLOBAL latent indices (lo + i);
+ *   - xc_engine_encode: f_out is (n_rows, dict_size), the full codes, on every
+ *     rank; xc_engine_decode reads f as (n_rows, dict_size), the full codes,
+ *     and returns the full x-hat on every rank;
+ *   - replicated, identical on every rank: b_dec, its Adam moments, step,
+ *     tokens, rng, scalars (theta and the selection prefilter), and
+ *     xc_engine_metrics except phase_ms and the comm_* fields (per rank);
+ *   - xc_state_view_t.sharded = 1 for views whose axis 0 is the latent
+ *     (shape[0] = n, rows lo .. lo+n-1 of the global tensor), 0 for replicated
+ *     ones. */
+xc_engine_t *xc_engine_new_sharded(const xc_engine_config_t *cfg, xc_coll_t *coll, int *err);
+/* This engine's latent slice [*lo, *lo + *n) of dict_size. */
+void xc_engine_shard(const xc_engine_t *e, long *lo, long *n);
+/* The collective table the engine was made with (borrowed). */
+xc_coll_t *xc_engine_coll(const xc_engine_t *e);
 void xc_engine_destroy(xc_engine_t **e);
 const xc_engine_config_t *xc_engine_config(const xc_engine_t *e);
 
@@ -198,6 +246,8 @@ typedef struct {
     long shape[3];
     void *data;         /* live view into the engine */
     size_t bytes;
+    int sharded;        /* 1: axis 0 is the latent, this rank's rows [lo, lo+n) of the
+                         * global tensor (shape[0] = n); 0: replicated on every rank */
 } xc_state_view_t;
 #define XC_ENGINE_STATE_MAX 40
 /* Fills up to max views; returns how many. */

@@ -12,7 +12,9 @@
 #ifndef XC_ENGINE_INTERNAL_H
 #define XC_ENGINE_INTERNAL_H
 
+#include "xc_coll.h"
 #include "xc_engine.h"
+#include "xc_error.h"
 #include "xc_pool.h"
 #include "xc_rng.h"
 
@@ -118,6 +120,7 @@ typedef struct {
     WORK(row_cnt, long, SCRATCH, z.B, 1, 1)                                                        \
     WORK(col, int, SCRATCH, z.K, 1, 1)                                                             \
     WORK(ent_row, int, SCRATCH, z.K, 1, 1)                                                         \
+    WORK(sel_col, int, SCRATCH, z.K, 1, 1)   /* col as global latent indices (sharded only) */    \
     WORK(val, float, SCRATCH, z.K, 1, 1)                                                           \
     WORK(gval, float, SCRATCH, z.K, 1, 1)                                                          \
     /* AuxK entries: token b's at b * kaux_max, aux_ptr[b+1] of them */                           \
@@ -165,7 +168,23 @@ typedef struct {
 
 struct xc_engine {
     xc_engine_config_t cfg;
+    /* F: the latents this engine holds (its shard); Fg = dict_size, lo = the
+     * global index of local latent 0 (xc_coll.h). Unsharded: F = Fg, lo = 0. */
     int d, d2, F, B, K, kaux_max, nth;
+    int Fg;
+    long lo;
+    xc_coll_t *coll;            /* borrowed (xc_coll_single() when unsharded) */
+    void *gbuf;                 /* owned, grows: gathered boundary / AuxK candidates */
+    size_t gcap;
+    float *xbuf;                /* owned, grows: encode's gathered codes */
+    size_t xcap;
+    xc_scored_t *abuf;          /* owned, grows: this shard's AuxK candidates (B, k_aux) */
+    size_t acap;
+    /* this step's all-reduced values: selected entries, dead latents after the
+     * step, smallest selected score */
+    long nnz_g;
+    int n_dead_g;
+    float rmin_g;
     xc_pool_t *pool;            /* owned */
     xc_worker_t *w;             /* (nth) owned */
     void *block;                /* owned: every tensor of the table */
@@ -207,6 +226,19 @@ static inline float xc_relu_u(const xc_engine_t *e, const float *pre_row, int j)
     float v = pre_row[j] + e->b_enc[j];
     return v > 0.0f ? v : 0.0f;
 }
+
+/* ---------------------------------------------------------------- collectives
+ * The engine's only way to its peers (xc_coll.h): thin wrappers that keep the
+ * call sites short. Each returns 0 or XC_ECOLL. */
+static inline int xc_ar(xc_engine_t *e, void *buf, long n, xc_coll_type_t t, xc_coll_op_t op)
+{
+    return e->coll->allreduce(e->coll, buf, n, t, op) ? XC_ECOLL : 0;
+}
+/* allgatherv of variable-size contributions: the sizes first (one i64 each), then
+ * the data into *buf, grown to fit (owned by the caller, realloc'd); *total =
+ * bytes received. XC_ENOMEM, XC_ECOLL. */
+int xc_engine_allgather_var(xc_engine_t *e, const void *send, size_t bytes, void **buf, size_t *cap,
+                            size_t *total);
 
 /* tensors.c */
 int xc_engine_alloc_tensors(xc_engine_t *e);
@@ -261,8 +293,9 @@ int xc_select_init(xc_engine_t *e);
 void xc_select_free(xc_engine_t *e);
 
 /* auxk.c: builds the dead list from lat_cnt, runs AuxK (forward, backward
- * entries); returns the AuxK value (0 when none dead). */
-double xc_auxk_run(xc_engine_t *e);
+ * entries) over every shard's dead latents (n_dead_g, from count_dead); *aux =
+ * the AuxK value (0 when none dead). 0, XC_ENOMEM, XC_ECOLL. */
+int xc_auxk_run(xc_engine_t *e, double *aux);
 
 /* l1.c: the L1 model's dense passes on e->x after u = ReLU(PRE + b_enc) in
  * e->pre: decode (residual, loss sums, dL/du in dpre), then gradients (with

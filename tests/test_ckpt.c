@@ -369,7 +369,7 @@ static void test_round_trip_bit_exact(void)
         xc_engine_t *a = mk_engine(model, 16, 128, 5), *b = mk_engine(model, 16, 128, 77);
         XC_REQUIRE(a && b && train(a, 0, 5) == 0, "engines");
         uint64_t rng_a[4] = {1, 2, 3, 0xdeadbeefcafef00dull}, rng_b[4] = {0};
-        xc_state_view_t ex_a = {"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, rng_a, sizeof rng_a};
+        xc_state_view_t ex_a = {"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, rng_a, sizeof rng_a, 0};
         xc_state_view_t ex_b = ex_a;
         ex_b.data = rng_b;
         xc_ckpt_writer_t *w = mk_writer(dir, 0);

@@ -176,8 +176,8 @@ static void pin_pair(xc_model_kind_t model, const char *sub, const char *want_mo
     uint64_t rng[4] = {1, 22, 333, 4444};
     float mix[3][4];
     for (int i = 0; i < 12; i++) mix[i / 4][i % 4] = (float)(i - 6) / 8;
-    xc_state_view_t extras[2] = {{"trainer.rng", XC_ST_U64, 1, {4, 0, 0}, rng, sizeof rng},
-                                 {"trainer.mix", XC_ST_F32, 2, {3, 4, 0}, mix, sizeof mix}};
+    xc_state_view_t extras[2] = {{"trainer.rng", XC_ST_U64, 1, {4, 0, 0}, rng, sizeof rng, 0},
+                                 {"trainer.mix", XC_ST_F32, 2, {3, 4, 0}, mix, sizeof mix, 0}};
     xc_ckpt_writer_opts_t wo = {dir, "pin", "{\"d\":6,\"dict_size\":10}", 0, NULL, NULL};
     int err;
     xc_ckpt_writer_t *w = xc_ckpt_writer_new(&wo, &err);
@@ -201,8 +201,8 @@ static void pin_pair(xc_model_kind_t model, const char *sub, const char *want_mo
     memset(p2.w_dec, 0, sizeof(float) * 10 * 12);
     uint64_t rng2[4] = {0};
     float mix2[3][4] = {{0}};
-    xc_state_view_t extras2[2] = {{"trainer.rng", XC_ST_U64, 1, {4, 0, 0}, rng2, sizeof rng2},
-                                  {"trainer.mix", XC_ST_F32, 2, {3, 4, 0}, mix2, sizeof mix2}};
+    xc_state_view_t extras2[2] = {{"trainer.rng", XC_ST_U64, 1, {4, 0, 0}, rng2, sizeof rng2, 0},
+                                  {"trainer.mix", XC_ST_F32, 2, {3, 4, 0}, mix2, sizeof mix2, 0}};
     rc = xc_ckpt_load_pair(e2, extras2, 2, info.path, info.train_path, NULL, why, sizeof why);
     XC_CHECK(rc == 0, "load: %s", why);
     xc_engine_params_t p1;
