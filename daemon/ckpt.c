@@ -247,8 +247,11 @@ static int capture(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *e
     mo->model = c->model == XC_MODEL_L1 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK;
     mo->d = c->d;
     mo->dict_size = c->dict_size;
-    mo->k = c->k;
+    mo->k = c->model == XC_MODEL_BATCHTOPK ? m->k : c->k; /* k-annealing: the k in use, as the reference's buffer */
     mo->threshold = (float)m->theta;
+    mo->code_norm_id = xc_code_norm_id(c->code_norm);
+    mo->alpha_sae = c->code_alpha_sae;
+    mo->alpha_cc = c->code_alpha_cc;
     mo->engine_layout = 1;
     for (int i = 0; i < s->n; i++) {
         const char *nm = s->v[i].name;
@@ -726,6 +729,19 @@ static int check_compatible(const xc_stf_t *f, const xc_engine_config_t *c, char
                 "crosscoder with d = %d, dict_size = %d; start with --fresh for a new model (the old "
                 "checkpoints stay), or use another state_dir or name",
                 xc_stf_path(f), model, d, F, xc_ckpt_model_name(c->model), c->d, c->dict_size);
+        return XC_ESHAPE;
+    }
+    /* a model trained with one code normalisation resumed with another would
+     * silently change what its scores (and theta) mean */
+    const xc_stf_tensor_t *cn = xc_stf_find(f, "code_normalization_id");
+    int64_t id = 1;
+    if (cn && cn->count == 1 && !strcmp(cn->dtype, "I64")) memcpy(&id, cn->data, sizeof id);
+    if (id != xc_code_norm_id(c->code_norm)) {
+        const char *have = xc_ckpt_code_norm_name((int)id);
+        xc_why(why, wl,
+                "%s was trained with code_normalization = %s (code_normalization_id %lld), but the configuration "
+                "asks for %s; set code_normalization to match, or start with --fresh for a new model",
+                xc_stf_path(f), have ? have : "?", (long long)id, xc_ckpt_code_norm_name(xc_code_norm_id(c->code_norm)));
         return XC_ESHAPE;
     }
     return XC_OK;

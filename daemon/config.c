@@ -32,10 +32,13 @@ static const char *const g_losses[] = {"l2", "mse", NULL};         /* xc_loss_ki
 static const char *const g_levels[] = {"debug", "info", "warn", "error", NULL}; /* xc_log_level_t */
 static const char *const g_onoff[] = {"off", "on", NULL};
 static const char *const g_precs[] = {"fp32", "auto", "bf16", "int8", NULL}; /* xc_prec_t */
-_Static_assert(XC_MODEL_L1 == 1 && XC_LOSS_MSE == 1 && XC_LOG_ERROR == 3 && XC_PREC_AUTO == 1 && XC_PREC_INT8 == 3,
+static const char *const g_codenorms[] = {"crosscoder", "sae", "mixed", "none", "decoupled", NULL}; /* xc_code_norm_t */
+_Static_assert(XC_MODEL_L1 == 1 && XC_LOSS_MSE == 1 && XC_LOG_ERROR == 3 && XC_PREC_AUTO == 1 && XC_PREC_INT8 == 3 &&
+                   XC_CODE_DECOUPLED == 4,
                "enum names out of order");
 _Static_assert(sizeof(xc_model_kind_t) == sizeof(int) && sizeof(xc_loss_kind_t) == sizeof(int) &&
-                   sizeof(xc_log_level_t) == sizeof(int) && sizeof(xc_prec_t) == sizeof(int),
+                   sizeof(xc_log_level_t) == sizeof(int) && sizeof(xc_prec_t) == sizeof(int) &&
+                   sizeof(xc_code_norm_t) == sizeof(int),
                "ENUM keys are stored as int-sized enums");
 
 /* init_norm = auto: method.md 1 (encoder columns at 1.0 for BatchTopK, 0.005 for L1). */
@@ -92,6 +95,21 @@ static const xc_cfg_key_t g_keys[] = {
     KEY_INT("dict_size", "1024", 1, 1e8, dict_size, "model", "number of latents F (paper: 73728)"),
     KEY_INT("k", "8", 1, 1e8, k, "model",
             "BatchTopK: mean active latents per token (paper: 100); must be <= dict_size"),
+    KEY_INT("k_max", "0", 0, 1e8, k_max, "model",
+            "BatchTopK k-annealing (reference trainer): k starts at k_max and falls (or rises) linearly to k over "
+            "k_annealing_steps steps, k = max(1, round(k_max - (k_max - k) step / k_annealing_steps)); AuxK and "
+            "theta run unchanged meanwhile; 0 = k (no annealing)"),
+    KEY_INT("k_annealing_steps", "0", 0, BIG, k_annealing_steps, "model",
+            "BatchTopK: steps of the k_max -> k schedule; needed when k_max differs from k"),
+    KEY_ENUM("code_normalization", "crosscoder", g_codenorms, code_normalization, "model",
+             "the code normalisation s_j in every score u s_j (BatchTopK ranking, AuxK, theta) and in the L1 "
+             "penalty, as the reference's CodeNormalization: crosscoder (||d_base|| + ||d_chat||), sae (norm of "
+             "the concatenated decoder rows), mixed (alpha_sae sae + alpha_cc crosscoder), none (1), decoupled "
+             "(l1 only: the same as crosscoder there); written as code_normalization_id in checkpoints"),
+    KEY_FLOAT("code_normalization_alpha_sae", "1", 0, 1e6, code_normalization_alpha_sae, "model",
+              "mixed code normalisation: weight of the sae norm (reference default 1.0)"),
+    KEY_FLOAT("code_normalization_alpha_cc", "0.1", 0, 1e6, code_normalization_alpha_cc, "model",
+              "mixed code normalisation: weight of the crosscoder norm (reference default 0.1)"),
     KEY_INT("batch_size", "256", 1, 1e7, batch_size, "model", "tokens per training step B (paper: 2048)"),
     KEY_FLOAT("init_norm", "auto", 1e-30, 1e6, init_norm, "model",
               "norm of every encoder column (and decoder row) at initialisation; auto = 1.0 for "
@@ -694,6 +712,11 @@ void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec)
     ec->d = (int)c->d;
     ec->dict_size = (int)c->dict_size;
     ec->k = (int)c->k;
+    ec->k_max = (int)c->k_max;
+    ec->k_annealing_steps = c->k_annealing_steps;
+    ec->code_norm = c->code_normalization;
+    ec->code_alpha_sae = (float)c->code_normalization_alpha_sae;
+    ec->code_alpha_cc = (float)c->code_normalization_alpha_cc;
     ec->batch_size = (int)c->batch_size;
     ec->init_norm = (float)resolved(c, xc_cfg_key("init_norm"));
     ec->lr = (float)c->lr;

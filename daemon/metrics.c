@@ -335,6 +335,7 @@ void xc_metrics_set_engine(xc_metrics_t *m, const xc_engine_metrics_t *e)
     m->l0 = e->l0;
     m->dead_fraction = e->dead_fraction;
     m->theta = e->theta;
+    m->k_current = e->k;
     m->grad_norm = e->grad_norm;
     m->lr = e->lr;
 }

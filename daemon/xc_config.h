@@ -38,6 +38,9 @@ typedef struct {
     /* model and training (passed to the engine; NaN = "auto", by model kind) */
     xc_model_kind_t model;
     long d, dict_size, k, batch_size;
+    long k_max, k_annealing_steps;  /* BatchTopK k-annealing: k_max -> k; 0 / 0 = off */
+    xc_code_norm_t code_normalization;
+    double code_normalization_alpha_sae, code_normalization_alpha_cc;
     double init_norm, lr, adam_beta1, adam_beta2, adam_eps, clip_norm;
     long warmup_steps, decay_start, total_steps;
     long max_tokens;           /* token budget; 0 = none */

@@ -59,6 +59,21 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
         return WHY("batch_size * dict_size must stay below 4e9 (scratch of that many floats)");
     if (c->model == XC_MODEL_BATCHTOPK && (c->k < 1 || c->k > c->dict_size))
         return WHY("k must be in [1, dict_size=%d], got %d", c->dict_size, c->k);
+    if (c->model == XC_MODEL_BATCHTOPK && (c->k_max < 0 || c->k_max > c->dict_size))
+        return WHY("k_max must be 0 (= k) or in [1, dict_size=%d], got %d", c->dict_size, c->k_max);
+    if (c->k_annealing_steps < 0) return WHY("k_annealing_steps must be >= 0");
+    if (c->model == XC_MODEL_BATCHTOPK && c->k_max > 0 && c->k_max != c->k && c->k_annealing_steps == 0)
+        return WHY("k_max (%d) differs from k (%d) but k_annealing_steps is 0: the reference would train at k_max "
+                   "for ever; set k_annealing_steps (the steps from k_max to k) or leave k_max at 0",
+                   c->k_max, c->k);
+    if (c->code_norm < XC_CODE_CROSSCODER || c->code_norm > XC_CODE_DECOUPLED)
+        return WHY("code_normalization must be crosscoder, sae, mixed, none or decoupled");
+    if (!(c->code_alpha_sae >= 0) || !isfinite(c->code_alpha_sae) || !(c->code_alpha_cc >= 0) ||
+        !isfinite(c->code_alpha_cc))
+        return WHY("code_normalization_alpha_sae and code_normalization_alpha_cc must be finite and >= 0");
+    if (c->model == XC_MODEL_BATCHTOPK && c->code_norm == XC_CODE_DECOUPLED)
+        return WHY("code_normalization = decoupled is not available for batchtopk in this version (it is for l1, "
+                   "where the reference treats it as crosscoder)");
     if (!(c->lr > 0) || !isfinite(c->lr)) return WHY("lr must be a positive number");
     if (c->warmup_steps < 0) return WHY("warmup_steps must be >= 0");
     if (c->decay_start < 0 || (c->decay_start > 0 && c->total_steps <= c->decay_start))
@@ -84,8 +99,9 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
 }
 
 
-/* Decoder norms of rows [lo, hi) and s = their sum: the code normalisation
- * every score r = u s uses, cached until the decoder changes. */
+/* Decoder norms of rows [lo, hi) and s, the code normalisation every score
+ * r = u s uses (codenorm.c: the sum of the two norms by default), cached until
+ * the decoder changes. */
 static void norms_rows(xc_engine_t *e, long lo, long hi)
 {
     int d = e->d;
@@ -94,7 +110,7 @@ static void norms_rows(xc_engine_t *e, long lo, long hi)
         float nb = cblas_snrm2(d, row, 1), nc = cblas_snrm2(d, row + d, 1);
         e->nrm[2 * j] = nb;
         e->nrm[2 * j + 1] = nc;
-        e->s[j] = nb + nc;
+        e->s[j] = xc_code_norm_s(&e->cfg, nb, nc);
     }
 }
 
@@ -199,7 +215,11 @@ xc_engine_t *xc_engine_new_sharded(const xc_engine_config_t *cfg, xc_coll_t *col
     e->d2 = 2 * cfg->d;
     e->F = (int)nl;
     e->B = cfg->batch_size;
-    e->K = cfg->model == XC_MODEL_BATCHTOPK ? cfg->k * cfg->batch_size : 0;
+    int k0 = cfg->model == XC_MODEL_BATCHTOPK ? xc_engine_k_at(cfg, 0) : 0;
+    int kmax = cfg->k_max > cfg->k ? cfg->k_max : cfg->k;
+    e->K = k0 * cfg->batch_size;
+    e->K_alloc = cfg->model == XC_MODEL_BATCHTOPK ? kmax * cfg->batch_size : 0;
+    e->met.k = k0;
     e->kaux_max = cfg->model == XC_MODEL_BATCHTOPK ? (cfg->d / 2 < cfg->dict_size ? cfg->d / 2 : cfg->dict_size) : 0;
     e->nth = cfg->threads > 0 ? cfg->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (e->nth < 1) e->nth = 1;
@@ -619,6 +639,10 @@ static int forward_backward(xc_engine_t *e, double *sq)
     e->n = e->B;
     xc_engine_ensure_norms(e);
     e->pre_approx = 0;
+    if (e->cfg.model == XC_MODEL_BATCHTOPK) { /* k-annealing: this step's k (reference schedule) */
+        e->met.k = xc_engine_k_at(&e->cfg, e->step);
+        e->K = e->met.k * e->B;
+    }
     if (e->score && e->cfg.model == XC_MODEL_BATCHTOPK) {
         /* reduced precision: candidates with exact scores, or XC_EAGAIN: fp32 */
         rc = xc_score_candidates(e->score, e->x, e->w_enc, e->b_enc, e->s, e->K, e->pre, &cand, &ncand);

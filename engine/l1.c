@@ -6,6 +6,7 @@
 #include "xc_engine_internal.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stddef.h>
 
 /* Rows [lo, hi) of the batch: xhat = U W_dec + b_dec, residual and loss terms,
@@ -83,7 +84,8 @@ static void l1_grad_task(void *ctx, int tid, int nth)
             ls[LS_CNT] = cnt;
         }
     }
-    double mu_b = e->cfg.l1_coef / e->B;
+    double mu_b = e->cfg.l1_coef / e->B, a_model, a_concat;
+    xc_code_norm_grad(&e->cfg, &a_model, &a_concat);
     for (long j = lo; j < hi; j++) {
         double su = 0, gb = 0;
         for (long b = 0; b < e->B; b++) {
@@ -92,11 +94,15 @@ static void l1_grad_task(void *ctx, int tid, int nth)
         }
         float *gd = e->g_dec + (size_t)j * d2;
         const float *dr = e->w_dec + (size_t)j * d2;
-        /* d(mu/B sum u s)/d d_j^m = mu/B (sum_b u_bj) d_j^m / ||d_j^m|| */
+        /* d(mu/B sum u s)/d d_j^m = mu/B (sum_b u_bj) ds_j/dd_j^m (codenorm.c): a_model
+         * d_j^m / ||d_j^m|| (crosscoder) + a_concat d_j^m / ||d_j|| (sae) */
+        double ncat = sqrt((double)e->nrm[2 * j] * e->nrm[2 * j] + (double)e->nrm[2 * j + 1] * e->nrm[2 * j + 1]);
         for (int m = 0; m < 2; m++) {
             float nm = e->nrm[2 * j + m];
-            if (nm > 0)
-                for (int i = 0; i < d; i++) gd[m * d + i] += (float)(mu_b * su * dr[m * d + i] / nm);
+            if (a_model != 0.0 && nm > 0)
+                for (int i = 0; i < d; i++) gd[m * d + i] += (float)(a_model * (mu_b * su * dr[m * d + i] / nm));
+            if (a_concat != 0.0 && ncat > 0)
+                for (int i = 0; i < d; i++) gd[m * d + i] += (float)(a_concat * (mu_b * su * dr[m * d + i] / ncat));
         }
         e->g_benc[j] = (float)gb;
         e->has_grad[j] = 1;

@@ -26,7 +26,7 @@ static size_t take(size_t *total, size_t bytes)
 static xc_engine_dims_t dims_of(const xc_engine_t *e)
 {
     size_t per_line = ALIGN / sizeof(xc_scored_t);
-    xc_engine_dims_t z = {(size_t)e->F, (size_t)e->d, (size_t)e->d2, (size_t)e->B, (size_t)e->K,
+    xc_engine_dims_t z = {(size_t)e->F, (size_t)e->d, (size_t)e->d2, (size_t)e->B, (size_t)e->K_alloc,
                           (size_t)e->B * (size_t)e->kaux_max, e->cfg.model == XC_MODEL_L1, (size_t)e->nth,
                           ((size_t)e->F + per_line - 1) / per_line * per_line};
     return z;
@@ -126,6 +126,10 @@ void xc_engine_state_restored(xc_engine_t *e)
     e->met.step = e->step;
     e->met.tokens = e->tokens;
     e->met.theta = e->theta;
+    if (e->cfg.model == XC_MODEL_BATCHTOPK) { /* the k of the last step trained, as the reference's k buffer */
+        e->met.k = xc_engine_k_at(&e->cfg, e->step > 0 ? e->step - 1 : 0);
+        e->K = xc_engine_k_at(&e->cfg, e->step) * e->B;
+    }
     int64_t n_dead = 0;
     for (int j = 0; j < e->F; j++) n_dead += e->since_fired[j] >= (uint64_t)e->cfg.dead_tokens;
     (void)xc_ar(e, &n_dead, 1, XC_COLL_I64, XC_COLL_SUM);

@@ -18,6 +18,26 @@
 
 typedef enum { XC_MODEL_BATCHTOPK = 0, XC_MODEL_L1 = 1 } xc_model_kind_t;
 typedef enum { XC_LOSS_L2 = 0, XC_LOSS_MSE = 1 } xc_loss_kind_t;
+/* The code normalisation s_j (the reference's CodeNormalization; its enum value
+ * is this value + 1, xc_code_norm_id): the factor of every score u s_j (the
+ * BatchTopK ranking, AuxK, theta) and of the L1 penalty u s_j.
+ *   crosscoder  s_j = ||d_j^base|| + ||d_j^chat||
+ *   sae         s_j = ||(d_j^base, d_j^chat)||, the norm of the concatenated rows
+ *   mixed       s_j = alpha_sae * sae + alpha_cc * crosscoder
+ *   none        s_j = 1
+ *   decoupled   per-model codes: model m's score is u ||d_j^m||, each model keeps
+ *               its own top k*B and theta_m, and x^m is decoded from its own
+ *               codes; AuxK ranks by u (||d_j^base|| + ||d_j^chat||). The L1 model
+ *               has no per-model codes: there it is crosscoder, as in the reference. */
+typedef enum {
+    XC_CODE_CROSSCODER = 0,
+    XC_CODE_SAE = 1,
+    XC_CODE_MIXED = 2,
+    XC_CODE_NONE = 3,
+    XC_CODE_DECOUPLED = 4
+} xc_code_norm_t;
+/* The reference's CodeNormalization value (CROSSCODER = 1 ... DECOUPLED = 5). */
+static inline int xc_code_norm_id(xc_code_norm_t c) { return (int)c + 1; }
 
 /* The engine's hyper-parameters. The engine has no defaults: every field is a
  * key of the daemon's config table (daemon/config.c), which holds the one set
@@ -26,7 +46,12 @@ typedef struct {
     xc_model_kind_t model;
     int d;                     /* activation width of each model */
     int dict_size;             /* F, number of latents */
-    int k;                     /* BatchTopK: mean active latents per token */
+    int k;                     /* BatchTopK: mean active latents per token (after annealing) */
+    int k_max;                 /* BatchTopK: k at step 0, annealed to k; 0 = k (no annealing) */
+    long k_annealing_steps;    /* steps of the linear k_max -> k schedule (xc_engine_k_at) */
+    xc_code_norm_t code_norm;  /* the code normalisation s_j (above) */
+    float code_alpha_sae;      /* mixed: weight of the sae norm (reference default 1.0) */
+    float code_alpha_cc;       /* mixed: weight of the crosscoder norm (reference default 0.1) */
     int batch_size;            /* B, tokens per training step */
     float lr;                  /* Adam learning rate after warm-up */
     int warmup_steps;          /* linear warm-up from lr/warmup to lr */
@@ -61,7 +86,9 @@ typedef struct {
     double fve[2];             /* fraction of variance explained, base / chat */
     double l0;                 /* mean active latents per token */
     double dead_fraction;      /* latents unfired for >= dead_tokens */
-    double theta;              /* BatchTopK inference threshold (-1 until set) */
+    double theta;              /* BatchTopK inference threshold (-1 until set); decoupled: base model's */
+    double theta_m[2];         /* decoupled: per-model thresholds (theta_m[0] == theta); else both theta */
+    int k;                     /* BatchTopK: the k of the last step (k_max before the first; xc_engine_k_at) */
     double grad_norm;          /* global gradient norm before clipping */
     double lr;                 /* learning rate used by the last step */
     int n_dead;
@@ -122,6 +149,12 @@ typedef struct {
 } xc_engine_params_t;
 
 typedef struct xc_engine xc_engine_t;
+
+/* BatchTopK's k at a (0-based) training step, the reference trainer's schedule:
+ * with k_annealing_steps > 0 and k_max != k, for step < k_annealing_steps
+ * max(1, round(k_max - (k_max - k) * step / k_annealing_steps)) (round half to
+ * even, as Python's round), k afterwards; otherwise k_max (k when k_max is 0). */
+int xc_engine_k_at(const xc_engine_config_t *c, long step);
 
 /* 0 or XC_ECONFIG with a human-readable reason in why. */
 int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why_len);

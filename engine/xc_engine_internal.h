@@ -185,6 +185,7 @@ struct xc_engine {
     long nnz_g;
     int n_dead_g;
     float rmin_g;
+    int K_alloc;                /* entries the selection scratch holds: max(k, k_max) * B */
     xc_pool_t *pool;            /* owned */
     xc_worker_t *w;             /* (nth) owned */
     void *block;                /* owned: every tensor of the table */
@@ -302,6 +303,11 @@ int xc_auxk_run(xc_engine_t *e, double *aux);
  * the workers' sq, met.l1, lat_cnt and met.l0). */
 void xc_l1_decode(xc_engine_t *e);
 void xc_l1_grad(xc_engine_t *e);
+
+/* codenorm.c: s_j from the row's decoder norms (xc_code_norm_t); the L1
+ * penalty's gradient through them, ds/dd^m = a_model d^m/||d^m|| + a_concat d^m/||d||. */
+float xc_code_norm_s(const xc_engine_config_t *c, float nb, float nc);
+void xc_code_norm_grad(const xc_engine_config_t *c, double *a_model, double *a_concat);
 
 /* scaling.c: beta and nu of one latent from its sums and decoder row (2d floats). */
 void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_active,

@@ -138,7 +138,6 @@ static int nan_fill(void *ctx, size_t offset, void *out, size_t len)
 
 int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
 {
-    static const int64_t one = 1;
     static const float target_rms = 1.0f, ones[2] = {1.0f, 1.0f};
     int out = OUT_F32;
     const char *dt = "F32";
@@ -153,7 +152,8 @@ int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
         m->fc[i].out = out;
     }
     int rc = 0;
-    rc = rc ? rc : xc_st_add(st, "code_normalization_id", "I64", 0, NULL, &one);
+    m->cn_id = m->code_norm_id > 0 ? m->code_norm_id : 1;
+    rc = rc ? rc : xc_st_add(st, "code_normalization_id", "I64", 0, NULL, &m->cn_id);
     rc = rc ? rc : xc_st_add_fill(st, "encoder.weight", dt, 3, s_enc, model_fill, &m->fc[MT_ENC]);
     rc = rc ? rc : xc_st_add_fill(st, "encoder.bias", dt, 1, s_b, model_fill, &m->fc[MT_BENC]);
     rc = rc ? rc : xc_st_add_fill(st, "decoder.weight", dt, 3, s_dec, model_fill, &m->fc[MT_DEC]);
@@ -192,7 +192,23 @@ int xc_ckpt_meta_common(xc_st_t *st, const char *format, const char *version, co
     snprintf(v, sizeof v, "%.9g", (double)m->threshold);
     rc = rc ? rc : xc_st_meta(st, "theta", v);
     rc = rc ? rc : xc_st_meta(st, "created", created);
+    /* only where the code normalisation is not the default, so default files keep their bytes */
+    if (m->code_norm_id > 1 && xc_ckpt_code_norm_name(m->code_norm_id)) {
+        rc = rc ? rc : xc_st_meta(st, "code_normalization", xc_ckpt_code_norm_name(m->code_norm_id));
+        if (m->code_norm_id == 3) {
+            snprintf(v, sizeof v, "%.9g", m->alpha_sae);
+            rc = rc ? rc : xc_st_meta(st, "code_normalization_alpha_sae", v);
+            snprintf(v, sizeof v, "%.9g", m->alpha_cc);
+            rc = rc ? rc : xc_st_meta(st, "code_normalization_alpha_cc", v);
+        }
+    }
     return rc;
+}
+
+const char *xc_ckpt_code_norm_name(int id)
+{
+    static const char *const names[] = {NULL, "CROSSCODER", "SAE", "MIXED", "NONE", "DECOUPLED"};
+    return id >= 1 && id <= 5 ? names[id] : NULL;
 }
 
 void xc_ckpt_now_rfc3339(char *out, size_t n)

@@ -51,11 +51,18 @@ typedef struct {
     xc_ckpt_kind_t model;
     int d, dict_size, k;
     float threshold;           /* theta; -1 until estimated */
+    int code_norm_id;          /* the reference's CodeNormalization value; 0 means 1 (CROSSCODER) */
+    double alpha_sae, alpha_cc; /* MIXED (3): its two weights, written as metadata (the reference's
+                                 * code_normalization_alpha_sae / _cc are constructor arguments) */
     int engine_layout;
     const float *w_enc, *b_enc, *w_dec, *b_dec;
     /* private: fill contexts */
     struct { const void *m; int which; int out; } fc[4];
+    int64_t cn_id;
 } xc_ckpt_model_t;
+
+/* CodeNormalization names by value ("CROSSCODER" .. "DECOUPLED"); NULL outside 1-5. */
+const char *xc_ckpt_code_norm_name(int id);
 
 /* Adds the reference state dict: encoder.weight, encoder.bias, decoder.weight,
  * decoder.bias, (BatchTopK:) threshold, k, and code_normalization_id plus the
@@ -72,7 +79,9 @@ int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int d, i
 #define XC_CKPT_LAYOUT_NOTE "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat"
 /* The metadata every xcoderd checkpoint file and export begins with, in this
  * order: format, format_version, model, d, dict_size, k, step, tokens, theta
- * (m->threshold, "%.9g"), created. 0 or a negative XC_E*. */
+ * (m->threshold, "%.9g"), created; then, only for a code normalisation other
+ * than CROSSCODER, code_normalization (its name) and for MIXED
+ * code_normalization_alpha_sae and _alpha_cc ("%.9g"). 0 or a negative XC_E*. */
 int xc_ckpt_meta_common(xc_st_t *st, const char *format, const char *version, const xc_ckpt_model_t *m, long step,
                         uint64_t tokens, const char *created);
 /* Current time as RFC 3339 UTC with microseconds ("2025-01-02T03:04:05.123456Z"),

@@ -215,6 +215,10 @@ typedef struct {
     char model[16];            /* "batchtopk" | "l1" */
     int d, dict_size, k;       /* k: 0 for L1 */
     float threshold;           /* BatchTopK theta (-1 until estimated); 0 for L1 */
+    int code_norm_id;          /* the reference's CodeNormalization value: 1 CROSSCODER (s_j = the sum of the two
+                                * decoder norms), 2 SAE (norm of the concatenated rows), 3 MIXED
+                                * (alpha_sae SAE + alpha_cc CROSSCODER), 4 NONE (s_j = 1), 5 DECOUPLED */
+    double alpha_sae, alpha_cc; /* MIXED's weights (reference defaults 1.0, 0.1 when the file does not say) */
     long step;                 /* -1 if the file does not say */
     unsigned long long tokens;
     float *w_enc;              /* [2, d, F] */

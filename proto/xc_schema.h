@@ -81,6 +81,8 @@
       "Fraction of latents unfired for dead_tokens tokens.")                                                    \
     X(theta, F64, "theta", "xcoderd_threshold", "gauge", 1, XC_SCHEMA_SHM(theta),                               \
       "BatchTopK inference threshold theta (0 before threshold_start_step).")                                   \
+    X(k_current, I64, "k_current", "xcoderd_k_current", "gauge", 1, XC_SCHEMA_NOSHM,                            \
+      "BatchTopK: k of the last step (k_max falling to k under k-annealing; k otherwise).")                     \
     X(grad_norm, F64, "grad_norm", "xcoderd_grad_norm", "gauge", 1, XC_SCHEMA_NOSHM,                            \
       "Global gradient norm of the last step (before clipping).")                                               \
     X(lr, F64, "lr", "xcoderd_learning_rate", "gauge", 1, XC_SCHEMA_NOSHM,                                      \

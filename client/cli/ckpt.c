@@ -225,9 +225,6 @@ int xc_cli_cmd_inspect(xc_cli_args_t *a)
 }
 
 /* ------------------------------------------------------------------ export */
-/* CodeNormalization of dictionary_learning, by its enum value (1 = CROSSCODER). */
-static const char *const g_code_norm[] = {NULL, "CROSSCODER", "SAE", "MIXED", "NONE", "DECOUPLED"};
-
 /* The files beside DIR/model.safetensors that make DIR loadable with the
  * reference's PyTorchModelHubMixin route (from_pretrained(DIR, from_hub=True)):
  * config.json holds the class's __init__ arguments and nothing else (the
@@ -253,11 +250,18 @@ static int write_hf_files(const char *dir, const char *model_path, const xc_clie
         xc_why(why, wl, "code_normalization_id %ld is not a CodeNormalization value (1-5)", cn);
         return XC_ECORRUPT;
     }
+    /* MIXED's weights are constructor arguments too (the state dict does not hold them) */
+    char alphas[160] = "";
+    if (cn == 3)
+        snprintf(alphas, sizeof alphas, ",\n  \"code_normalization_alpha_sae\": %.9g,\n  \"code_normalization_alpha_cc\": %.9g",
+                 m->alpha_sae, m->alpha_cc);
     int n = strcmp(cls, "BatchTopKCrossCoder") == 0
                 ? snprintf(text, sizeof text, "{\n  \"activation_dim\": %d,\n  \"dict_size\": %d,\n  \"num_layers\": 2,\n"
-                           "  \"k\": %d,\n  \"code_normalization\": \"%s\"\n}\n", m->d, m->dict_size, m->k, g_code_norm[cn])
+                           "  \"k\": %d,\n  \"code_normalization\": \"%s\"%s\n}\n", m->d, m->dict_size, m->k,
+                           xc_ckpt_code_norm_name((int)cn), alphas)
                 : snprintf(text, sizeof text, "{\n  \"activation_dim\": %d,\n  \"dict_size\": %d,\n  \"num_layers\": 2,\n"
-                           "  \"code_normalization\": \"%s\"\n}\n", m->d, m->dict_size, g_code_norm[cn]);
+                           "  \"code_normalization\": \"%s\"%s\n}\n", m->d, m->dict_size, xc_ckpt_code_norm_name((int)cn),
+                           alphas);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if ((rc = xc_afile_write_all(path, text, (size_t)n, 0, 0644, why, wl))) return rc;
     char kk[32] = "";
@@ -322,6 +326,7 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
     }
     xc_ckpt_model_t cm = {.model = strcmp(m.model, "l1") == 0 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK,
                           .d = m.d, .dict_size = m.dict_size, .k = m.k, .threshold = m.threshold,
+                          .code_norm_id = m.code_norm_id, .alpha_sae = m.alpha_sae, .alpha_cc = m.alpha_cc,
                           .engine_layout = 0, .w_enc = m.w_enc, .b_enc = m.b_enc, .w_dec = m.w_dec, .b_dec = m.b_dec};
     st = xc_st_new();
     if (!st) {

@@ -259,6 +259,28 @@ int xc_client_ckpt_model(const xc_client_ckpt_t *c, xc_client_model_t *out, char
         xc_client_model_free(out);
         return rc;
     }
+    /* the code normalisation: the model file's tensor, else the metadata a
+     * non-default one writes (training-state files), else CROSSCODER */
+    const xc_stf_tensor_t *cn = xc_stf_find(c->f, "code_normalization_id");
+    const char *cname = xc_stf_meta(c->f, "code_normalization");
+    out->code_norm_id = 1;
+    if (cn && cn->count == 1 && !strcmp(cn->dtype, "I64")) {
+        int64_t v;
+        memcpy(&v, cn->data, sizeof v);
+        out->code_norm_id = (int)v;
+    } else if (cname) {
+        for (int i = 1; i <= 5; i++)
+            if (!strcmp(cname, xc_ckpt_code_norm_name(i))) out->code_norm_id = i;
+    }
+    if (out->code_norm_id < 1 || out->code_norm_id > 5) {
+        xc_why(why, why_len, "%s: code_normalization_id %d is not a CodeNormalization value (1-5)", xc_stf_path(c->f),
+               out->code_norm_id);
+        xc_client_model_free(out);
+        return XC_ECORRUPT;
+    }
+    const char *as = xc_stf_meta(c->f, "code_normalization_alpha_sae"), *ac = xc_stf_meta(c->f, "code_normalization_alpha_cc");
+    out->alpha_sae = as ? strtod(as, NULL) : 1.0;
+    out->alpha_cc = ac ? strtod(ac, NULL) : 0.1;
     out->step = meta_long(c->f, "step", -1);
     const char *tk = xc_stf_meta(c->f, "tokens");
     out->tokens = tk ? strtoull(tk, NULL, 10) : 0;

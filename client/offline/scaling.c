@@ -99,6 +99,21 @@ static xc_engine_t *engine_from_ckpt(const char *path, double min_active, long *
         min_active = k ? strtod(k + strlen("\"scaling_min_active\":"), NULL) : 20;
     }
     c.scaling_min_active = min_active;
+    /* the code normalisation of the file (threshold mode scores u s_j with it) */
+    xc_client_tensor_t tcn;
+    int64_t cn = 1;
+    if (xc_client_st_tensor(st, "code_normalization_id", &tcn, why, sizeof why) == 0 && !strcmp(tcn.dtype, "I64") &&
+        tcn.count == 1)
+        memcpy(&cn, tcn.data, sizeof cn);
+    if (cn < 1 || cn > 5) {
+        oerr("%s: code_normalization_id %lld is not a CodeNormalization value (1-5)", path, (long long)cn);
+        goto out;
+    }
+    c.code_norm = (xc_code_norm_t)(cn - 1);
+    const char *as = xc_client_value_getstr(xc_client_st_header(st), "__metadata__.code_normalization_alpha_sae", NULL);
+    const char *ac = xc_client_value_getstr(xc_client_st_header(st), "__metadata__.code_normalization_alpha_cc", NULL);
+    c.code_alpha_sae = as ? (float)strtod(as, NULL) : 1.0f;
+    c.code_alpha_cc = ac ? (float)strtod(ac, NULL) : 0.1f;
     const char *ms = xc_client_value_getstr(xc_client_st_header(st), "__metadata__.step", NULL);
     *step = ms ? atol(ms) : -1;
     e = xc_engine_new(&c, &err);

@@ -218,14 +218,46 @@ def _params(ckpt):
     return W_enc, b_enc, W_dec, b_dec, threshold, k, meta
 
 
+CODE_NORMALIZATIONS = {1: "CROSSCODER", 2: "SAE", 3: "MIXED", 4: "NONE", 5: "DECOUPLED"}
+
+
+def code_normalization(ckpt):
+    """s_j [F] of a checkpoint, as the reference's get_code_normalization
+    (summed over the models for DECOUPLED) names it by code_normalization_id:
+    CROSSCODER |d_j^base| + |d_j^chat|, SAE |(d_j^base, d_j^chat)|, MIXED
+    alpha_sae SAE + alpha_cc CROSSCODER (weights from the metadata, reference
+    defaults 1.0 and 0.1), NONE 1."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
+    tensors, meta = ckpt if isinstance(ckpt, tuple) else (ckpt, {})
+    _, _, W_dec, _, _, _, _ = _params(ckpt)
+    cn = int(tensors["code_normalization_id"]) if "code_normalization_id" in tensors else 1
+    per_model = np.linalg.norm(W_dec, axis=2)  # (2, F)
+    concat = np.sqrt((per_model.astype(np.float64) ** 2).sum(axis=0)).astype(np.float32)
+    if cn in (1, 5):
+        return per_model.sum(axis=0)
+    if cn == 2:
+        return concat
+    if cn == 3:
+        a_sae = float(meta.get("code_normalization_alpha_sae", 1.0))
+        a_cc = float(meta.get("code_normalization_alpha_cc", 0.1))
+        return (a_sae * concat + a_cc * per_model.sum(axis=0)).astype(np.float32)
+    if cn == 4:
+        return np.ones(W_dec.shape[1], dtype=np.float32)
+    raise CheckpointError(f"code_normalization_id {cn} is not a CodeNormalization value (1-5)")
+
+
 def encode(ckpt, acts, mode=None):
     """Latent activations f [N, F] of acts [N, 2, d] (float32 math).
 
     ckpt: (tensors, metadata) from load_checkpoint, a tensors dict, or a path.
-    u = ReLU(sum_m x^m W_enc[m] + b_enc); s_j = |d_j^base| + |d_j^chat|.
+    u = ReLU(sum_m x^m W_enc[m] + b_enc); s_j the checkpoint's code
+    normalisation (code_normalization(): |d_j^base| + |d_j^chat| by default).
     mode "threshold" (BatchTopK default, as the reference's inference encode):
     f = u * (u * s > threshold); "batchtopk": keep the k*N largest u*s of the
     batch (ties to the lower flat index); "relu" (L1 models): f = u."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
     W_enc, b_enc, W_dec, _, threshold, k, meta = _params(ckpt)
     x = np.asarray(acts, dtype=np.float32)
     if x.ndim != 3 or x.shape[1:] != (2, W_enc.shape[1]):
@@ -236,7 +268,7 @@ def encode(ckpt, acts, mode=None):
     u = np.maximum(u, 0, out=u)
     if mode == "relu":
         return u
-    s = np.linalg.norm(W_dec, axis=2).sum(axis=0)  # (F,)
+    s = code_normalization(ckpt)  # (F,)
     score = u * s
     if mode == "threshold":
         return u * (score > threshold)
