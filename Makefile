@@ -197,6 +197,7 @@ test: all $(ASAN_TESTS) build/asan/xcoderd build/js.stamp build/dashboard.stamp 
 
 bench: all
 	@for b in $(BENCHES); do $$b || exit 1; done
+	@XC_BENCH_QUICK=1 bash bench/mpi_netns.sh 100mbit 300mbit
 
 demo: all build/js.stamp build/dashboard.stamp
 	@bash scripts/demo.sh
