@@ -5,12 +5,21 @@
 #include "xc_log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
+
+/* One socket whose connections are counted: its monitor's events arrive on
+ * mon (a PAIR connected to the monitor endpoint). */
+typedef struct {
+    void *sock;            /* borrowed: the watched socket (the loop thread's) */
+    void *mon;             /* owned: PAIR, used only by the handler thread after start */
+    char domain[16];
+} xc_auth_watch_t;
 
 struct xc_auth {
     void *zap;             /* REP socket, used only by the handler thread after start */
@@ -20,7 +29,9 @@ struct xc_auth {
     pthread_mutex_t mu;    /* guards lists and counts (reload runs on the loop thread) */
     xc_keylist_t lists[3]; /* producer, reader, admin */
     xc_auth_counts_t counts;
-    uint64_t refused_logged;
+    long max_conn;         /* live connections allowed per watched socket */
+    xc_auth_watch_t watch[XC_AUTH_SOCKETS];
+    int n_watch;
 };
 
 /* Loads the three lists into fresh storage; nothing changes on error. */
@@ -62,6 +73,51 @@ static void zap_reply(void *sock, const zmq_msg_t *reqid, const char *code, cons
     zmq_send(sock, "", 0, 0);
 }
 
+/* Reads every pending monitor event of every watched socket: ACCEPTED adds a
+ * live connection, DISCONNECTED (sent for every accepted connection that
+ * ends, a refused handshake included) removes one. Handler thread only. */
+static void drain_monitors(xc_auth_t *a)
+{
+    for (int i = 0; i < a->n_watch; i++) {
+        for (;;) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, a->watch[i].mon, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&m);
+                break;
+            }
+            uint16_t ev = 0;
+            if (zmq_msg_size(&m) >= 6) memcpy(&ev, zmq_msg_data(&m), sizeof ev);
+            int more = zmq_msg_more(&m);
+            zmq_msg_close(&m);
+            while (more) { /* the endpoint frame: the rest of one message is there at once */
+                zmq_msg_init(&m);
+                if (zmq_msg_recv(&m, a->watch[i].mon, 0) < 0) more = 0;
+                else more = zmq_msg_more(&m);
+                zmq_msg_close(&m);
+            }
+            pthread_mutex_lock(&a->mu);
+            if (ev == ZMQ_EVENT_ACCEPTED) a->counts.live[i]++;
+            else if (ev == ZMQ_EVENT_DISCONNECTED && a->counts.live[i] > 0) a->counts.live[i]--;
+            pthread_mutex_unlock(&a->mu);
+        }
+    }
+}
+
+/* The live connections of the socket of a ZAP domain, the one asking
+ * included (its ACCEPTED event came before its handshake); 0 for a domain
+ * not watched. Handler thread only. */
+static long watch_live(xc_auth_t *a, const char *domain)
+{
+    drain_monitors(a);
+    long live = 0;
+    pthread_mutex_lock(&a->mu);
+    for (int i = 0; i < a->n_watch; i++)
+        if (strcmp(a->watch[i].domain, domain) == 0) live = a->counts.live[i];
+    pthread_mutex_unlock(&a->mu);
+    return live;
+}
+
 /* Answers one ZAP request. Frames: version, request id, domain, address,
  * routing id, mechanism, credentials... A malformed request still gets a
  * reply (a REP socket must answer to receive again). */
@@ -93,6 +149,28 @@ static void zap_handle(xc_auth_t *a)
             domain[dl] = 0;
         }
         int curve = zmq_msg_size(&f[5]) == 5 && memcmp(zmq_msg_data(&f[5]), "CURVE", 5) == 0;
+        int null = zmq_msg_size(&f[5]) == 4 && memcmp(zmq_msg_data(&f[5]), "NULL", 4) == 0;
+        long live = watch_live(a, domain);
+        if (live > a->max_conn) {
+            /* 300: a temporary refusal (RFC 27); the peer may come back later */
+            code = "300";
+            text = "too many connections (max_connections)";
+            pthread_mutex_lock(&a->mu);
+            uint64_t r = ++a->counts.conn_refused;
+            pthread_mutex_unlock(&a->mu);
+            if (r <= 10 || (r & (r - 1)) == 0)
+                xc_log(XC_LOG_WARN, "refused a connection on the %s socket: %ld connections, max_connections is %ld "
+                       "(%llu refused so far)", domain, live, a->max_conn, (unsigned long long)r);
+            goto reply;
+        }
+        if (null) {
+            /* a socket that is no CURVE server (ipc, or tcp without keys): its
+             * peers are local or accepted by the operator, and hold every role */
+            code = "200";
+            text = "OK";
+            snprintf(user, sizeof user, "xc-roles:%d", XC_ROLE_LOCAL);
+            goto reply;
+        }
         if (!curve) text = "CURVE required";
         else if (n >= 7 && zmq_msg_size(&f[6]) == 32) {
             roles = roles_of_key(a, zmq_msg_data(&f[6]));
@@ -117,6 +195,7 @@ static void zap_handle(xc_auth_t *a)
             xc_log(XC_LOG_WARN, "refused a client on the %s socket: %s (%llu refused so far)",
                    domain[0] ? domain : "?", text, (unsigned long long)refused);
     }
+reply:
     if (n >= 2) zap_reply(a->zap, &f[1], code, text, user);
     else {
         zmq_msg_t empty;
@@ -127,29 +206,37 @@ static void zap_handle(xc_auth_t *a)
     for (int i = 0; i < n && i < NF; i++) zmq_msg_close(&f[i]);
 }
 
-/* The handler thread: polls with a short timeout so destroy can stop it
- * without terminating the context. */
+/* The handler thread: polls the ZAP socket and the monitors with a short
+ * timeout so destroy can stop it without terminating the context. Reading
+ * the monitors promptly matters: libzmq's I/O thread waits when a monitor's
+ * pipe is full. */
 static void *zap_thread(void *arg)
 {
     xc_auth_t *a = arg;
     while (!a->stop) {
-        zmq_pollitem_t it = {a->zap, 0, ZMQ_POLLIN, 0};
-        int r = zmq_poll(&it, 1, 100);
+        zmq_pollitem_t it[1 + XC_AUTH_SOCKETS];
+        it[0] = (zmq_pollitem_t){a->zap, 0, ZMQ_POLLIN, 0};
+        for (int i = 0; i < a->n_watch; i++) it[1 + i] = (zmq_pollitem_t){a->watch[i].mon, 0, ZMQ_POLLIN, 0};
+        int r = zmq_poll(it, 1 + a->n_watch, 100);
         if (r < 0) {
             if (errno == EINTR) continue;
             break; /* context terminated */
         }
-        if (r > 0) zap_handle(a);
+        /* the monitors first: a connection's ACCEPTED precedes its ZAP request */
+        drain_monitors(a);
+        if (it[0].revents & ZMQ_POLLIN) zap_handle(a);
     }
     return NULL;
 }
 
-xc_auth_t *xc_auth_new(void *zctx, const xc_auth_lists_t *lists, int *err, char *why, size_t wl)
+xc_auth_t *xc_auth_new(void *zctx, const xc_auth_lists_t *lists, long max_connections, int *err, char *why,
+                       size_t wl)
 {
     int rc = XC_ENOMEM;
     xc_auth_t *a = calloc(1, sizeof *a); /* owned by the caller: xc_auth_destroy */
     if (!a) goto out;
     pthread_mutex_init(&a->mu, NULL);
+    a->max_conn = max_connections > 0 ? max_connections : LONG_MAX;
     if ((rc = load_lists(lists, a->lists, why, wl))) goto out_free;
     a->zap = zmq_socket(zctx, ZMQ_REP);
     int linger = 0;
@@ -159,12 +246,6 @@ xc_auth_t *xc_auth_new(void *zctx, const xc_auth_lists_t *lists, int *err, char 
         rc = XC_ESYS;
         goto out_lists;
     }
-    if (pthread_create(&a->thread, NULL, zap_thread, a) != 0) {
-        xc_why(why, wl, "cannot start the ZAP handler thread");
-        rc = XC_ESYS;
-        goto out_lists;
-    }
-    a->started = 1;
     if (err) *err = XC_OK;
     return a;
 out_lists:
@@ -177,6 +258,53 @@ out_free:
 out:
     if (err) *err = rc;
     return NULL;
+}
+
+int xc_auth_watch(xc_auth_t *a, void *zctx, void *sock, const char *domain, char *why, size_t wl)
+{
+    if (a->started || a->n_watch >= XC_AUTH_SOCKETS || strlen(domain) >= sizeof a->watch[0].domain) {
+        xc_why(why, wl, "cannot watch the %s socket: too many sockets, or the handler runs already", domain);
+        return XC_EINVAL;
+    }
+    xc_auth_watch_t *w = &a->watch[a->n_watch];
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://xc-monitor.%s", domain);
+    int linger = 0;
+    if (zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) ||
+        zmq_socket_monitor(sock, ep, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) ||
+        !(w->mon = zmq_socket(zctx, ZMQ_PAIR)) || zmq_setsockopt(w->mon, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_connect(w->mon, ep)) {
+        xc_why(why, wl, "cannot count the connections of the %s socket: %s", domain, zmq_strerror(errno));
+        if (w->mon) zmq_close(w->mon);
+        w->mon = NULL;
+        zmq_socket_monitor(sock, NULL, 0);
+        return XC_ESYS;
+    }
+    w->sock = sock;
+    snprintf(w->domain, sizeof w->domain, "%s", domain);
+    a->n_watch++;
+    return XC_OK;
+}
+
+int xc_auth_start(xc_auth_t *a, char *why, size_t wl)
+{
+    if (a->started) return XC_OK;
+    if (pthread_create(&a->thread, NULL, zap_thread, a) != 0) {
+        xc_why(why, wl, "cannot start the ZAP handler thread");
+        return XC_ESYS;
+    }
+    a->started = 1;
+    return XC_OK;
+}
+
+void xc_auth_unwatch(xc_auth_t *a)
+{
+    if (!a) return;
+    for (int i = 0; i < a->n_watch; i++)
+        if (a->watch[i].sock) {
+            zmq_socket_monitor(a->watch[i].sock, NULL, 0);
+            a->watch[i].sock = NULL;
+        }
 }
 
 int xc_auth_reload(xc_auth_t *a, const xc_auth_lists_t *lists, char *why, size_t wl)
@@ -208,6 +336,7 @@ void xc_auth_destroy(xc_auth_t **pa)
     xc_auth_t *a = *pa;
     a->stop = 1;
     if (a->started) pthread_join(a->thread, NULL);
+    for (int i = 0; i < a->n_watch; i++) zmq_close(a->watch[i].mon);
     zmq_close(a->zap);
     for (int i = 0; i < 3; i++) xc_keylist_free(&a->lists[i]);
     pthread_mutex_destroy(&a->mu);

@@ -163,11 +163,16 @@ static const xc_cfg_key_t g_keys[] = {
             "single frame over twice this makes ZeroMQ drop the connection"),
     KEY_INT("memory_limit", "0", 0, 9e18, memory_limit, "service",
             "bytes: refuse to start when the configured worst case exceeds this (model, Adam, queue of "
-            "queue_size x max_msg_bytes, mixing buffer, 64 MiB reply backlog; the log states the bound at "
-            "start, plus ingest_hwm x 2 x max_msg_bytes per connected producer); set it below the unit's "
+            "queue_size x max_msg_bytes, mixing buffer, 64 MiB reply backlog, and max_connections x what "
+            "ZeroMQ may buffer per connection: (ingest_hwm + 1) x 2 x max_msg_bytes on ingest, about 13 MiB "
+            "on control, 16 MiB on events; the log and status state the bound); set it below the unit's "
             "MemoryMax=; 0 = no check"),
+    KEY_INT("max_connections", "64", 1, 1e6, max_connections, "service",
+            "live connections allowed on each socket (ingest, control, events counted apart); one more is "
+            "refused at the handshake (ZAP status 300) and counted (connections_refused): memory stays "
+            "bounded whatever peers do"),
     KEY_INT("ingest_hwm", "16", 1, 1e6, ingest_hwm, "service",
-            "ZeroMQ receive high-water mark of the ingest socket (messages)"),
+            "ZeroMQ receive high-water mark of the ingest socket (messages, per connection; 1 acts as 2)"),
     KEY_FLOAT("stats_interval", "1", 0.05, 86400, stats_interval, "service", "seconds between stats events",
               RELOAD(XC_CFG_HOOK_TIMERS)),
     KEY_FLOAT("checkpoint_interval", "1800", 0, 1e9, checkpoint_interval, "service",
@@ -676,12 +681,15 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
     double bound = xc_cfg_memory_bound(c, NULL);
     if (c->memory_limit > 0 && bound > (double)c->memory_limit) {
         xc_why(why, why_len, "the configuration may use %.0f MiB, more than memory_limit (%.0f MiB): lower "
-               "queue_size (%ld) or max_msg_bytes (%ld), or raise memory_limit", bound / 1048576.0,
-               (double)c->memory_limit / 1048576.0, c->queue_size, c->max_msg_bytes);
+               "queue_size (%ld), max_msg_bytes (%ld), max_connections (%ld) or ingest_hwm (%ld), or raise "
+               "memory_limit", bound / 1048576.0, (double)c->memory_limit / 1048576.0, c->queue_size,
+               c->max_msg_bytes, c->max_connections, c->ingest_hwm);
         return XC_ECONFIG;
     }
     return XC_OK;
 }
+
+long xc_cfg_ingest_rcvhwm(const xc_cfg_t *c) { return c->ingest_hwm < 2 ? 2 : c->ingest_hwm; }
 
 double xc_cfg_memory_bound(const xc_cfg_t *c, double *per_connection)
 {
@@ -692,8 +700,17 @@ double xc_cfg_memory_bound(const xc_cfg_t *c, double *per_connection)
     double queue = (double)c->queue_size * 2.0 * (double)c->max_msg_bytes;
     double mix = (double)c->mix_tokens * 2.0 * (double)c->d * 4.0;
     double backlog = 64.0 * 1048576.0; /* control replies waiting (svc_loop.c) */
-    if (per_connection) *per_connection = (double)c->ingest_hwm * 2.0 * (double)c->max_msg_bytes;
-    return model + queue + mix + backlog;
+    /* per connection, ZeroMQ holds up to its receive high-water mark of
+     * messages plus the one being decoded, and its send high-water mark of
+     * replies or events; frames are capped by ZMQ_MAXMSGSIZE. The largest
+     * control reply: a 1 MiB fetch chunk, or a full table (~256 bytes a latent). */
+    double reply = (double)c->dict_size * 256.0 > 1048576.0 ? (double)c->dict_size * 256.0 : 1048576.0;
+    double ingest = ((double)xc_cfg_ingest_rcvhwm(c) + 1.0) * 2.0 * (double)c->max_msg_bytes;
+    double control = (XC_CFG_CONTROL_RCVHWM + 1.0) * XC_CFG_CONTROL_FRAME_MAX + XC_CFG_CONTROL_SNDHWM * reply;
+    double events = (XC_CFG_EVENTS_RCVHWM + 1.0) * XC_CFG_EVENTS_FRAME_MAX + (double)XC_CFG_EVENTS_SNDHWM * XC_CFG_EVENT_MAX;
+    double per = ingest + control + events + 3.0 * XC_CFG_CONN_OVERHEAD;
+    if (per_connection) *per_connection = per;
+    return model + queue + mix + backlog + (double)c->max_connections * per;
 }
 
 /* A FLOAT key's effective value: its own, or what "auto" stands for in c. */

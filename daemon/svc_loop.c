@@ -27,8 +27,6 @@
 #include <unistd.h>
 
 #define DRAIN_BUDGET 64     /* messages per socket per drain */
-#define CONTROL_FRAME_MAX (1 << 20) /* ZMQ_MAXMSGSIZE of the control socket */
-#define CONTROL_SNDHWM 8    /* replies in a client's pipe (fetch replies are up to 1 MiB) */
 /* Control replies a client's pipe could not take wait in the daemon's backlog:
  * at most BACKLOG_BYTES in all clients together (beyond, a reply becomes a
  * small XC_EBUSY error) and BACKLOG_ITEMS (beyond, the reply is dropped and
@@ -469,7 +467,7 @@ static void reload(xc_svc_t *s)
                              [XC_CFG_HOOK_CHECKPOINT] = hook_checkpoint},
                             s};
     int n = xc_cfg_apply_reload(&s->cfg, &next, &hooks, fixed, sizeof fixed);
-    if (s->auth) {
+    if (s->curve_secret[0]) {
         xc_auth_lists_t l = auth_lists(&s->cfg);
         if (xc_auth_reload(s->auth, &l, why, sizeof why))
             xc_log(XC_LOG_ERROR, "SIGHUP: allow-lists not reloaded (the previous ones stay): %s", why);
@@ -506,29 +504,46 @@ static int open_socket(xc_svc_t *s, void **out, int type, const char *ep, const 
         return XC_ESYS;
     }
     zmq_setsockopt(z, ZMQ_LINGER, &linger, sizeof linger);
+    /* what each connection may hold: the per-connection terms of
+     * xc_cfg_memory_bound (xc_config.h), times max_connections */
     if (type == ZMQ_ROUTER && strcmp(what, "ingest") == 0) {
-        int hwm = (int)s->cfg.ingest_hwm;
+        int hwm = (int)xc_cfg_ingest_rcvhwm(&s->cfg);
         /* hard per-frame limit: ZeroMQ drops the peer beyond it; up to it we nack XC_ETOOBIG */
         int64_t maxf = 2 * (int64_t)s->cfg.max_msg_bytes;
         zmq_setsockopt(z, ZMQ_RCVHWM, &hwm, sizeof hwm);
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
     } else if (type == ZMQ_ROUTER) {
-        int64_t maxf = CONTROL_FRAME_MAX;
-        int sndhwm = CONTROL_SNDHWM, mandatory = 1;
+        int64_t maxf = XC_CFG_CONTROL_FRAME_MAX;
+        int sndhwm = XC_CFG_CONTROL_SNDHWM, rcvhwm = XC_CFG_CONTROL_RCVHWM, mandatory = 1;
         zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
         zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
+        zmq_setsockopt(z, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
         /* a full pipe says EAGAIN instead of dropping the reply (backlog) */
         zmq_setsockopt(z, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory);
+    } else {
+        /* events: subscriptions are short; events beyond XC_CFG_EVENT_MAX are not sent */
+        int64_t maxf = XC_CFG_EVENTS_FRAME_MAX;
+        int sndhwm = XC_CFG_EVENTS_SNDHWM, rcvhwm = XC_CFG_EVENTS_RCVHWM;
+        zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxf, sizeof maxf);
+        zmq_setsockopt(z, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
+        zmq_setsockopt(z, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     }
-    if (s->auth && xc_auth_endpoint_tcp(ep)) {
+    if (s->curve_secret[0] && xc_auth_endpoint_tcp(ep)) {
         int rc = xc_auth_curve_server(z, what, s->curve_secret, why, wl);
         if (rc) {
             zmq_close(z);
             return rc;
         }
     }
+    /* every peer passes the ZAP handler, which counts and bounds connections */
+    int wrc = xc_auth_watch(s->auth, s->zctx, z, what, why, wl);
+    if (wrc) {
+        zmq_close(z);
+        return wrc;
+    }
     if (zmq_bind(z, ep) < 0) {
         xc_why(why, wl, "cannot bind the %s socket to %s: %s", what, ep, zmq_strerror(errno));
+        xc_auth_unwatch(s->auth); /* before z closes; start-up fails anyway */
         zmq_close(z);
         return XC_EIO;
     }
@@ -660,15 +675,22 @@ static void ledger_update(xc_svc_t *s)
     }
 }
 
-/* CurveZMQ: with curve_secret_key, load the key and start the ZAP handler
- * (before any bind, so no client ever connects unauthenticated); without it, a
- * tcp endpoint beyond loopback is refused unless insecure_tcp = on. */
+/* The ZAP handler, always: it bounds every socket's connections
+ * (max_connections). CurveZMQ: with curve_secret_key, load the key and the
+ * allow-lists (before any bind, so no client ever connects unauthenticated);
+ * without it, a tcp endpoint beyond loopback is refused unless insecure_tcp = on. */
 static int start_security(xc_svc_t *s, char *why, size_t wl)
 {
     const char *eps[3] = {s->cfg.ingest, s->cfg.control, s->cfg.events};
+    int rc;
+    if (!s->cfg.curve_secret_key[0]) {
+        xc_auth_lists_t none = {"", "", ""};
+        s->auth = xc_auth_new(s->zctx, &none, s->cfg.max_connections, &rc, why, wl);
+        if (!s->auth) return rc;
+    }
     if (s->cfg.curve_secret_key[0]) {
         xc_keypair_t kp;
-        int rc = xc_keys_read(s->cfg.curve_secret_key, &kp, why, wl);
+        rc = xc_keys_read(s->cfg.curve_secret_key, &kp, why, wl);
         if (rc) return rc;
         if (!kp.secret_z85[0]) {
             xc_why(why, wl, "curve_secret_key %s holds no secret key (give the BASE.key file of "
@@ -680,7 +702,7 @@ static int start_security(xc_svc_t *s, char *why, size_t wl)
         memcpy(pub, kp.public_z85, sizeof pub);
         explicit_bzero(&kp, sizeof kp);
         xc_auth_lists_t l = auth_lists(&s->cfg);
-        s->auth = xc_auth_new(s->zctx, &l, &rc, why, wl);
+        s->auth = xc_auth_new(s->zctx, &l, s->cfg.max_connections, &rc, why, wl);
         if (!s->auth) return rc;
         xc_log(XC_LOG_INFO, "tcp endpoints require CURVE (allow-lists: producers '%s', readers '%s', admins "
                "'%s'); server public key %s", s->cfg.allow_producers, s->cfg.allow_readers, s->cfg.allow_admins, pub);
@@ -803,8 +825,9 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
         goto fail;
     ledger_open(s);
     double per_conn, bound = xc_cfg_memory_bound(&s->cfg, &per_conn);
-    xc_log(XC_LOG_INFO, "memory bound: %.0f MiB (model and Adam, queue, mixing buffer, reply backlog) + %.0f MiB "
-           "per connected producer (ingest_hwm x 2 x max_msg_bytes)%s", bound / 1048576.0, per_conn / 1048576.0,
+    xc_log(XC_LOG_INFO, "memory bound: %.0f MiB = model and Adam, queue, mixing buffer, reply backlog, and "
+           "max_connections (%ld per socket) x %.1f MiB per connection of each socket (ZeroMQ's buffers)%s",
+           bound / 1048576.0, s->cfg.max_connections, per_conn / 1048576.0,
            s->cfg.memory_limit > 0 ? "; within memory_limit" : "");
     s->zctx = zmq_ctx_new();
     if (!s->zctx) {
@@ -815,7 +838,8 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     if ((rc = start_security(s, why, wl))) goto fail;
     if ((rc = open_socket(s, &s->ingest, ZMQ_ROUTER, s->cfg.ingest, "ingest", why, wl)) ||
         (rc = open_socket(s, &s->control, ZMQ_ROUTER, s->cfg.control, "control", why, wl)) ||
-        (rc = open_socket(s, &s->events, ZMQ_PUB, s->cfg.events, "events", why, wl)))
+        (rc = open_socket(s, &s->events, ZMQ_PUB, s->cfg.events, "events", why, wl)) ||
+        (rc = xc_auth_start(s->auth, why, wl)))
         goto fail;
     s->bound = 1;
 
@@ -916,6 +940,7 @@ void xc_svc_destroy(xc_svc_t **ps)
         uv_run(&s->loop, UV_RUN_DEFAULT); /* runs the close callbacks */
         uv_loop_close(&s->loop);
     }
+    xc_auth_unwatch(s->auth); /* the monitors stop before their sockets close */
     if (s->ingest) zmq_close(s->ingest);
     if (s->control) zmq_close(s->control);
     if (s->events) zmq_close(s->events);

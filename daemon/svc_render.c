@@ -13,10 +13,16 @@
 #include <systemd/sd-daemon.h>
 
 /* Events are best effort (PUB drops for slow subscribers); a failed send is
- * counted, never retried: the next stats event supersedes it. */
+ * counted, never retried: the next stats event supersedes it. An event over
+ * XC_CFG_EVENT_MAX is not sent (counted): the memory bound counts each
+ * subscriber's queue at that size. */
 void xc_svc_event_send(xc_svc_t *s, const char *topic, const xc_buf_t *body)
 {
     if (!s->events || body->err) return;
+    if (body->len + strlen(topic) > XC_CFG_EVENT_MAX) {
+        s->cnt.zmq_errors++;
+        return;
+    }
     if (zmq_send(s->events, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_send(s->events, body->data, body->len, ZMQ_DONTWAIT) < 0) {
         s->cnt.zmq_errors++;
@@ -131,7 +137,7 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->encoder_fp32_steps = (uint64_t)ts.m.score_fp32_steps;
     /* curve: tcp endpoints need an allow-listed key; insecure_tcp: one is reachable
      * beyond loopback without it (the operator accepted the risk) */
-    m->curve = s->auth != NULL;
+    m->curve = s->curve_secret[0] != 0;
     m->insecure_tcp = s->insecure_remote;
     m->scaling_running = ts.scaling_running;
     m->scaling_done = ts.scaling_done;
@@ -145,9 +151,15 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->last_checkpoint_step = s->last_ckpt_step;
     m->checkpoint_age_s = s->last_ckpt_unix > 0 ? xc_svc_unix_s() - s->last_ckpt_unix : m->uptime_s;
     xc_auth_counts_t ac;
-    xc_auth_counts(s->auth, &ac); /* zeros without CURVE; the auth module keeps them */
+    xc_auth_counts(s->auth, &ac); /* the auth module keeps them */
     s->cnt.auth_accepted = ac.accepted;
     s->cnt.auth_refused = ac.refused;
+    s->cnt.connections_refused = ac.conn_refused;
+    m->memory_bound = xc_cfg_memory_bound(&s->cfg, NULL);
+    m->max_connections = s->cfg.max_connections;
+    m->connections_ingest = ac.live[0]; /* watched in open order: ingest, control, events */
+    m->connections_control = ac.live[1];
+    m->connections_events = ac.live[2];
     for (int i = 0; i < XC_SVC_N_REFUSE && m->n_refused < XC_METRICS_MAX_COUNTERS; i++)
         m->refused[m->n_refused++] = (xc_metrics_counter_t){xc_errname(xc_svc_refuse_codes[i]), s->cnt.refused[i]};
 #define XC_SVC_CTR_FILL(n, prom, help)                          \

@@ -54,7 +54,7 @@ typedef struct {
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     double max_abs_value;
-    long memory_limit;
+    long memory_limit, max_connections;
     double stats_interval, checkpoint_interval, dead_alert_jump;
     long checkpoint_steps, checkpoint_keep;
     char metrics_file[XC_CFG_STR_MAX];
@@ -149,9 +149,25 @@ void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec);
 /* The engine configuration of the table's defaults for a model kind: the one
  * set of defaults for tests and benchmarks that build an engine directly. */
 void xc_cfg_engine_defaults(xc_engine_config_t *ec, xc_model_kind_t model);
-/* The configured worst case of the daemon's memory in bytes (model and Adam
- * state, queue, mixing buffer, reply backlog); *per_connection (may be NULL):
- * what ZeroMQ may buffer for each connected producer on top. */
+/* What ZeroMQ may hold per connection of the control and events sockets
+ * (svc_loop.c sets these options; xc_cfg_memory_bound counts them). */
+#define XC_CFG_CONTROL_FRAME_MAX (1 << 20) /* ZMQ_MAXMSGSIZE of the control socket */
+#define XC_CFG_CONTROL_RCVHWM 4            /* requests waiting per control connection */
+#define XC_CFG_CONTROL_SNDHWM 8            /* replies per control connection */
+#define XC_CFG_EVENTS_FRAME_MAX 1024       /* ZMQ_MAXMSGSIZE of the events socket (subscriptions) */
+#define XC_CFG_EVENTS_RCVHWM 16            /* subscription messages per subscriber */
+#define XC_CFG_EVENTS_SNDHWM 64            /* events queued per subscriber */
+#define XC_CFG_EVENT_MAX (256 << 10)       /* larger events are not sent */
+#define XC_CFG_CONN_OVERHEAD (256 << 10)   /* a connection's own buffers (engine, session, kernel-side excluded) */
+
+/* The ingest socket's ZMQ_RCVHWM: ingest_hwm, at least 2 (libzmq 4.3.4 never
+ * delivers to a ROUTER whose receive high-water mark is 1 once a ZAP domain is
+ * set, and every socket has one: auth.c). */
+long xc_cfg_ingest_rcvhwm(const xc_cfg_t *c);
+/* The configured worst case of the daemon's memory in bytes: model and Adam
+ * state, queue, mixing buffer, reply backlog, and max_connections times
+ * *per_connection (may be NULL): what ZeroMQ may buffer for one connection of
+ * each socket (ingest, control, events) together. */
 double xc_cfg_memory_bound(const xc_cfg_t *c, double *per_connection);
 /* shm_mode as permission bits (validated by finalize). */
 int xc_cfg_shm_mode(const xc_cfg_t *c, unsigned *mode);

@@ -107,6 +107,15 @@
     X(shm, BOOL, "shm", "", "", 1, XC_SCHEMA_NOSHM, "")                                                         \
     X(curve, BOOL, "curve", "", "", 1, XC_SCHEMA_NOSHM, "")                                                     \
     X(insecure_tcp, BOOL, "insecure_tcp", "", "", 1, XC_SCHEMA_NOSHM, "")                                       \
+    X(memory_bound, F64, "memory_bound", "xcoderd_memory_bound_bytes", "gauge", 1, XC_SCHEMA_NOSHM,             \
+      "The configured worst case of the daemon's memory in bytes (what memory_limit is checked against).")     \
+    X(max_connections, I64, "max_connections", "", "", 1, XC_SCHEMA_NOSHM, "")                                  \
+    X(connections_ingest, I64, "connections_ingest", "xcoderd_connections{socket=ingest}", "gauge", 1,          \
+      XC_SCHEMA_NOSHM, "Live connections per socket (each at most max_connections).")                          \
+    X(connections_control, I64, "connections_control", "xcoderd_connections{socket=control}", "gauge", 1,       \
+      XC_SCHEMA_NOSHM, "")                                                                                      \
+    X(connections_events, I64, "connections_events", "xcoderd_connections{socket=events}", "gauge", 1,          \
+      XC_SCHEMA_NOSHM, "")                                                                                      \
     X(encoder_precision, STR, "encoder_precision", "", "", 1, XC_SCHEMA_NOSHM, "")                              \
     X(encoder_kernel, STR, "encoder_kernel", "", "", 1, XC_SCHEMA_NOSHM, "")                                    \
     X(encoder_fallbacks, U64, "encoder_fallbacks", "xcoderd_encoder_fallbacks_total", "counter", 1,             \
@@ -173,7 +182,8 @@ enum {
     X(replies_dropped, 1, "Control replies lost: the client left, or never read 65,536 replies.") \
     X(tokens_lost_at_start, 1, "Tokens the previous process acknowledged after its last checkpoint (lost).") \
     X(auth_accepted, 0, "CURVE handshakes accepted (the stats event only).")                 \
-    X(auth_refused, 0, "CURVE handshakes refused (the stats event only).")
+    X(auth_refused, 0, "CURVE handshakes refused (the stats event only).")                   \
+    X(connections_refused, 1, "Connections refused at the handshake: their socket had max_connections.")
 
 /* ------------------------------------------------------ latent columns -- */
 /* Per-latent columns: the `table` op's catalogue in reply order (its first 24

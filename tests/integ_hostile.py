@@ -161,7 +161,12 @@ def test_memory_limit_refuses_config():
         r = subprocess.run(base + ["--memory_limit", str(256 << 20)], capture_output=True, text=True, timeout=20)
         check(r.returncode == 2 and "memory_limit" in r.stderr + r.stdout and "queue_size" in r.stderr + r.stdout,
               "64 x 64 MiB queue accepted under a 256 MiB limit: rc %d %s" % (r.returncode, r.stderr[-300:]))
-        p = subprocess.Popen(base + ["--memory_limit", str(256 << 20), "--max_msg_bytes", str(1 << 20)],
+        r = subprocess.run(base + ["--memory_limit", str(256 << 20), "--max_msg_bytes", str(1 << 20), "--queue_size",
+                                   "16"], capture_output=True, text=True, timeout=20)
+        check(r.returncode == 2 and "max_connections" in r.stderr + r.stdout,
+              "64 connections of 17 x 2 MiB accepted under a 256 MiB limit: rc %d %s" % (r.returncode, r.stderr[-300:]))
+        p = subprocess.Popen(base + ["--memory_limit", str(256 << 20), "--max_msg_bytes", str(1 << 20), "--queue_size",
+                                     "16", "--max_connections", "2", "--ingest_hwm", "2"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = ""
         for line in p.stdout:
@@ -169,7 +174,7 @@ def test_memory_limit_refuses_config():
                 break
         p.terminate()
         p.wait(20)
-        check("memory bound" in line and "per connected producer" in line, "bound not stated: %r" % line)
+        check("memory bound" in line and "max_connections (2 per socket)" in line, "bound not stated: %r" % line)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

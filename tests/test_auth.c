@@ -145,8 +145,9 @@ static void test_zap_roles(void)
     void *ctx = zmq_ctx_new();
     int err;
     xc_auth_lists_t lists = {pp, pr, pa};
-    xc_auth_t *a = xc_auth_new(ctx, &lists, &err, why, sizeof why);
+    xc_auth_t *a = xc_auth_new(ctx, &lists, 0, &err, why, sizeof why);
     XC_REQUIRE(a, "%.200s", why);
+    XC_REQUIRE(xc_auth_start(a, why, sizeof why) == 0, "%.200s", why);
     void *server = zmq_socket(ctx, ZMQ_ROUTER);
     int linger = 0;
     zmq_setsockopt(server, ZMQ_LINGER, &linger, sizeof linger);
@@ -178,6 +179,73 @@ static void test_zap_roles(void)
     zmq_close(server);
     xc_auth_destroy(&a);
     XC_CHECK(a == NULL, "destroy");
+    zmq_ctx_term(ctx);
+}
+
+/* max_connections: a socket without CURVE (the NULL mechanism) still passes
+ * the handler once watched; with a limit of 2, of 6 peers that connect and
+ * each send one message, exactly 2 reach the server, the other 4 are refused
+ * and counted (refused peers come back every reconnect interval, and are
+ * refused again), and every peer gets the local roles. After the first two
+ * leave, a newcomer gets in (the count follows disconnects). */
+static void test_connection_limit(void)
+{
+    char why[300], ep[80];
+    int err, linger = 0;
+    void *ctx = zmq_ctx_new();
+    xc_auth_lists_t none = {"", "", ""};
+    xc_auth_t *a = xc_auth_new(ctx, &none, 2, &err, why, sizeof why);
+    XC_REQUIRE(a, "%.200s", why);
+    void *server = zmq_socket(ctx, ZMQ_ROUTER);
+    zmq_setsockopt(server, ZMQ_LINGER, &linger, sizeof linger);
+    XC_REQUIRE(xc_auth_watch(a, ctx, server, "ingest", why, sizeof why) == 0, "%.200s", why);
+    XC_REQUIRE(xc_auth_start(a, why, sizeof why) == 0, "%.200s", why);
+    snprintf(ep, sizeof ep, "ipc://%s/limit.sock", g_tmp);
+    XC_REQUIRE(zmq_bind(server, ep) == 0, "bind %s", ep);
+    enum { N = 6 };
+    void *peer[N];
+    int got = 0, roles_ok = 1;
+    for (int i = 0; i < N; i++) {
+        peer[i] = zmq_socket(ctx, ZMQ_DEALER);
+        zmq_setsockopt(peer[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_connect(peer[i], ep);
+        zmq_send(peer[i], "hi", 2, ZMQ_DONTWAIT);
+        if (i < 2) usleep(200000); /* the first two are in before the rest arrive */
+    }
+    zmq_pollitem_t it = {server, 0, ZMQ_POLLIN, 0};
+    while (zmq_poll(&it, 1, 1500) == 1) {
+        zmq_msg_t id, body;
+        zmq_msg_init(&id);
+        zmq_msg_init(&body);
+        zmq_msg_recv(&id, server, 0);
+        zmq_msg_recv(&body, server, 0);
+        roles_ok &= xc_auth_roles_of(&body) == XC_ROLE_LOCAL;
+        zmq_msg_close(&id);
+        zmq_msg_close(&body);
+        got++;
+    }
+    xc_auth_counts_t n;
+    xc_auth_counts(a, &n);
+    XC_CHECK(got == 2, "%d of %d peers got through a limit of 2", got, N);
+    XC_CHECK(roles_ok, "a NULL-mechanism peer lacks the local roles");
+    XC_CHECK(n.conn_refused >= N - 2, "refusals counted: %llu", (unsigned long long)n.conn_refused);
+    for (int i = 0; i < N; i++) zmq_close(peer[i]);
+    /* everyone left: a newcomer gets in */
+    for (int t = 0; t < 100; t++) {
+        xc_auth_counts(a, &n);
+        if (n.live[0] == 0) break;
+        usleep(20000);
+    }
+    XC_CHECK(n.live[0] == 0, "live %ld after every peer left", n.live[0]);
+    void *late = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(late, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(late, ep);
+    zmq_send(late, "hi", 2, ZMQ_DONTWAIT);
+    XC_CHECK(zmq_poll(&it, 1, 1500) == 1, "a newcomer after the others left was refused");
+    zmq_close(late);
+    xc_auth_unwatch(a);
+    zmq_close(server);
+    xc_auth_destroy(&a);
     zmq_ctx_term(ctx);
 }
 
@@ -248,6 +316,7 @@ int main(void)
     XC_RUN(test_keygen_files);
     XC_RUN(test_allow_list);
     XC_RUN(test_zap_roles);
+    XC_RUN(test_connection_limit);
     XC_RUN(test_op_roles);
     XC_RUN(test_log_escaping);
     XC_RUN(test_ratelimit);
