@@ -1,5 +1,6 @@
 /* The configuration table and everything it drives (see xc_config.h). */
 #include "xc_config.h"
+#include "xc_mixbuf.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -158,6 +159,16 @@ static const xc_cfg_key_t g_keys[] = {
     KEY_INT("mix_tokens", "0", 0, 1e9, mix_tokens, "service",
             "mixing buffer size in tokens (training batches are drawn at random from it); "
             "0 = 8 x batch_size; must be >= batch_size"),
+    KEY_STR("stream_mix", "", stream_mix, "service",
+            "training mixture by stream tag, e.g. web:0.5,chat:0.5 (weights, normalised): every training batch "
+            "takes each stream's share of batch_size tokens, and a stream that arrives faster waits (its "
+            "producers' acks are held) instead of crowding out a slower one; '*:W' takes every other stream, "
+            "untagged batches included; without '*' such batches are refused with XC_EINVAL; empty = no "
+            "mixture (batches trained in the proportion they arrive)"),
+    KEY_INT("stream_hold", "64", 1, 1e6, stream_hold, "service",
+            "with stream_mix: batches of streams ahead of the mixture held unanswered (their producers wait), "
+            "all streams together; when this many are held the daemon stops reading ingest, so keep it above "
+            "the in-flight windows of the fast streams' producers (8 each by default)"),
     KEY_INT("max_msg_bytes", "67108864", 1024, 4e9, max_msg_bytes, "service",
             "largest ingest message accepted (all frames); larger ones get an XC_ETOOBIG nack, and a "
             "single frame over twice this makes ZeroMQ drop the connection"),
@@ -643,6 +654,10 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
                 c->batch_size);
         return XC_ECONFIG;
     }
+    {
+        xc_mix_spec_t mix;
+        if (xc_mix_parse(c->stream_mix, &mix, why, why_len)) return XC_ECONFIG;
+    }
     if (c->examples_top + c->examples_random > 255) {
         xc_why(why, why_len, "examples_top + examples_random (%ld) must be at most 255",
                 c->examples_top + c->examples_random);
@@ -697,8 +712,14 @@ double xc_cfg_memory_bound(const xc_cfg_t *c, double *per_connection)
      * moments and a gradient: 4 copies; the checkpoint copy once more */
     double model = 5.0 * 2.0 * (double)c->dict_size * 2.0 * (double)c->d * 4.0;
     /* queued batches are stored as f32: an f16/bf16 message doubles */
-    double queue = (double)c->queue_size * 2.0 * (double)c->max_msg_bytes;
-    double mix = (double)c->mix_tokens * 2.0 * (double)c->d * 4.0;
+    char mwhy[8];
+    xc_mix_spec_t ms;
+    if (xc_mix_parse(c->stream_mix, &ms, mwhy, sizeof mwhy)) ms.n = 0;
+    /* a queue lane per stream of the mixture, and the batches held for full streams */
+    double queue = (double)c->queue_size * xc_mix_lanes(&ms) * 2.0 * (double)c->max_msg_bytes;
+    if (ms.n > 0) queue += (double)c->stream_hold * 2.0 * (double)c->max_msg_bytes;
+    /* the lanes round their shares up: at most one slot more each */
+    double mix = (double)(c->mix_tokens + ms.n) * 2.0 * (double)c->d * 4.0;
     double backlog = 64.0 * 1048576.0; /* control replies waiting (svc_loop.c) */
     /* per connection, ZeroMQ holds up to its receive high-water mark of
      * messages plus the one being decoded, and its send high-water mark of

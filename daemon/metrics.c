@@ -35,6 +35,7 @@ typedef struct {
 #define XC_MDEF_OFF_CLASSES(m) 0
 #define XC_MDEF_OFF_SCALING(m) 0
 #define XC_MDEF_OFF_COUNTERS(m) 0
+#define XC_MDEF_OFF_STREAMS(m) 0
 #define XC_MDEF_ROW(member, kind, key, prom, ptype, pdiv, shm, help) \
     {prom, ptype, help, XC_SK_##kind, pdiv, XC_MDEF_OFF_##kind(member)},
 static const mdef_t g_stats[] = {XC_STAT_FIELDS(XC_MDEF_ROW)};
@@ -271,6 +272,40 @@ static void render_classes(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
+/* The stream mixture: a family per XC_STREAM_FIELDS row with a prom name, a
+ * sample per stream (label stream); nothing without a mixture. */
+static const struct {
+    const char *prom, *type, *help;
+    int kind;
+    size_t off;
+} g_stream_defs[] = {
+#define XC_STREAM_DEF(member, kind, key, prom, ptype, help) \
+    {prom, ptype, help, XC_SK_##kind, offsetof(xc_metrics_stream_t, member)},
+    XC_STREAM_FIELDS(XC_STREAM_DEF)
+#undef XC_STREAM_DEF
+};
+
+static void render_streams(xc_buf_t *b, const xc_metrics_t *m)
+{
+    if (m->n_streams <= 0) return;
+    for (size_t i = 0; i < sizeof g_stream_defs / sizeof g_stream_defs[0]; i++) {
+        if (!g_stream_defs[i].prom[0]) continue;
+        put_header(b, "", g_stream_defs[i].prom, "", g_stream_defs[i].type, g_stream_defs[i].help);
+        for (int k = 0; k < m->n_streams && k < XC_METRICS_MAX_STREAMS; k++) {
+            const char *p = (const char *)&m->streams[k] + g_stream_defs[i].off;
+            begin_sample(b, m, "", g_stream_defs[i].prom, "");
+            label(b, "stream", m->streams[k].stream);
+            switch (g_stream_defs[i].kind) {
+            case XC_SK_F64: end_sample(b, *(const double *)(const void *)p); break;
+            case XC_SK_U64: end_sample_u64(b, *(const uint64_t *)(const void *)p); break;
+            case XC_SK_I64: putf(b, "} %ld\n", *(const long *)(const void *)p); break;
+            case XC_SK_BOOL: end_sample(b, *(const int *)(const void *)p); break;
+            default: end_sample(b, NAN); break;
+            }
+        }
+    }
+}
+
 /* Refusals by reason in one family, then each service counter the counter
  * schema gives a family of its own (xcoderd_NAME_total). */
 static void render_counters(xc_buf_t *b, const xc_metrics_t *m)
@@ -317,6 +352,7 @@ int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out)
     render_info(out, m);
     render_stats(out, m);
     render_classes(out, m);
+    render_streams(out, m);
     render_counters(out, m);
     return out->err ? XC_ENOMEM : XC_OK;
 }
@@ -352,6 +388,7 @@ void xc_metrics_to_shm_header(const xc_metrics_t *m, xc_shm_header_t *h)
 #define XC_SHM_PUT_CLASSES(member, off)
 #define XC_SHM_PUT_SCALING(member, off)
 #define XC_SHM_PUT_COUNTERS(member, off)
+#define XC_SHM_PUT_STREAMS(member, off)
 #define XC_SHM_ROW(member, kind, key, prom, ptype, pdiv, shm, help) \
     if ((shm) >= 0) {                                              \
         XC_SHM_PUT_##kind(member, (size_t)(shm));                   \

@@ -135,6 +135,9 @@ static void count_producer(xc_svc_t *s, const char *id, uint64_t n)
     s->producers[s->n_producers++].tokens = n;
 }
 
+static void ack_pushed(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_qitem_t *item);
+static void hold(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_qitem_t *item);
+
 /* -------------------------------------------------------------- ingest -- */
 /* One ingest message: the checks of PROTOCOL.md 1 in order (stopping, frame
  * count, header, shape, lengths, values), the conversion to f32 into memory
@@ -189,6 +192,14 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
         refuse(s, &env, &h, rc, why);
         return;
     }
+    int lane = xc_mix_lane(&s->mix, h.stream);
+    if (lane < 0) {
+        snprintf(why, sizeof why, "%s%s%s is not in stream_mix (%.64s): tag it with one of its streams, or add "
+                 "'*:WEIGHT' to train others too", h.stream[0] ? "stream '" : "an untagged batch", h.stream,
+                 h.stream[0] ? "'" : "", s->cfg.stream_mix);
+        refuse(s, &env, &h, XC_EINVAL, why);
+        return;
+    }
     size_t count = (size_t)h.n * 2 * h.d;
     xc_qitem_t item;
     memset(&item, 0, sizeof item);
@@ -217,19 +228,71 @@ void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm)
                         h.has_pos ? f[h.has_tokens ? 3 : 2].data : NULL);
     }
     item.n = (long)h.n;
+    item.lane = lane;
     item.seq = h.seq;
     memcpy(item.producer, h.producer, sizeof item.producer);
     memcpy(item.stream, h.stream, sizeof item.stream);
+    if (s->mix.n > 0 && xc_queue_lane_full(s->queue, lane)) { /* the stream is ahead: its producer waits */
+        hold(s, &env, &item);
+        return;
+    }
     if (xc_queue_push(s->queue, &item)) { /* cannot happen: room was checked before reading */
         free(item.x);
         free(item.meta);
         refuse(s, &env, &h, XC_EAGAIN, "queue full; retry");
         return;
     }
-    count_producer(s, h.producer, h.n);
+    ack_pushed(s, &env, &item);
+}
+
+/* ------------------------------------------------------ stream mixture -- */
+/* The ack of a batch now in the queue; credit: the free slots of its lane. */
+static void ack_pushed(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_qitem_t *item)
+{
     xc_queue_counts_t qc;
+    count_producer(s, item->producer, (uint64_t)item->n);
     xc_queue_counts(s->queue, &qc);
     xc_buf_reset(&s->out);
-    if (xc_proto_ack_encode(&s->out, h.seq, h.n, qc.capacity - qc.depth) == 0)
-        xc_svc_send_reply(s, s->ingest, &env, s->out.data, s->out.len);
+    if (xc_proto_ack_encode(&s->out, item->seq, (uint64_t)item->n, qc.capacity - qc.lane_depth[item->lane]) == 0)
+        xc_svc_send_reply(s, s->ingest, env, s->out.data, s->out.len);
+}
+
+/* Holds a checked batch whose stream lane is full (the loop stops reading
+ * ingest once stream_hold batches are held: svc_loop.c). Takes item's memory. */
+static void hold(xc_svc_t *s, const xc_svc_envelope_t *env, const xc_qitem_t *item)
+{
+    xc_svc_held_t *hd = &s->held[s->n_held++];
+    hd->env = *env;
+    hd->item = *item;
+    s->lane_held_tokens[item->lane] += (uint64_t)item->n;
+    s->lane_held_batches[item->lane]++;
+    s->lane_holds[item->lane]++;
+}
+
+void xc_svc_release_held(xc_svc_t *s, int refuse_code)
+{
+    long kept = 0;
+    for (long i = 0; i < s->n_held; i++) {
+        xc_svc_held_t *hd = &s->held[i];
+        int l = hd->item.lane;
+        if (refuse_code) {
+            xc_batch_hdr_t h;
+            memset(&h, 0, sizeof h);
+            h.seq = hd->item.seq;
+            h.has_seq = 1;
+            snprintf(h.producer, sizeof h.producer, "%s", hd->item.producer);
+            refuse(s, &hd->env, &h, refuse_code, "the daemon is shutting down; batch (held for its stream) not accepted");
+        } else if (xc_queue_lane_full(s->queue, l) || xc_queue_push(s->queue, &hd->item)) {
+            s->held[kept++] = *hd; /* still no room: stays, in order */
+            continue;
+        } else {
+            ack_pushed(s, &hd->env, &hd->item);
+            hd->item.x = NULL, hd->item.meta = NULL; /* the queue owns them now */
+        }
+        free(hd->item.x);
+        free(hd->item.meta);
+        s->lane_held_tokens[l] -= (uint64_t)hd->item.n;
+        s->lane_held_batches[l]--;
+    }
+    s->n_held = kept;
 }

@@ -11,7 +11,10 @@
  * Backpressure: before reading an ingest message the loop checks that the
  * queue has a free slot. If not, it stops reading (messages wait in ZeroMQ's
  * bounded pipes, producers wait on their window) until the trainer frees a
- * slot and wakes the loop through uv_async_send. */
+ * slot and wakes the loop through uv_async_send. With a stream mixture the
+ * queue has a lane per stream and a batch for a full lane is held unanswered
+ * (its producer waits on its window) while other streams' batches are still
+ * read; reading stops only when stream_hold batches are held. */
 #include "xc_svc_internal.h"
 #include "xc_log.h"
 
@@ -239,7 +242,9 @@ static int drain_socket(xc_svc_t *s, void *sock, int is_ingest)
         if (zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &el) || !(ev & ZMQ_POLLIN)) return 0;
         if (is_ingest && !s->stopping) {
             if (s->ingest_blocked) return 0;
-            if (xc_queue_full(s->queue)) {
+            /* with a stream mixture the stream is known only once read: a batch for a
+             * full lane is held (svc_ingest.c), and reading stops when stream_hold are */
+            if (s->mix.n > 0 ? s->n_held >= s->cfg.stream_hold : xc_queue_full(s->queue)) {
                 s->ingest_blocked = 1;
                 s->cnt.ingest_blocked++;
                 xc_log(XC_LOG_DEBUG, "queue full: ingest paused (backpressure)");
@@ -358,6 +363,7 @@ void xc_svc_begin_shutdown(xc_svc_t *s, const char *why)
     }
     s->stopping = 1;
     xc_log(XC_LOG_INFO, "%s: stopping intake, finishing the current step, writing a checkpoint", why);
+    if (s->n_held) xc_svc_release_held(s, XC_ESHUTDOWN); /* every batch gets its one reply */
     sd_notify(0, "STOPPING=1\nSTATUS=stopping: finishing the step, writing the final checkpoint");
     uv_timer_stop(&s->stats_timer);
     uv_timer_stop(&s->ckpt_timer);
@@ -400,7 +406,8 @@ static void async_cb(uv_async_t *h)
         close_handles(s);
         return;
     }
-    if (s->ingest_blocked && !xc_queue_full(s->queue)) {
+    if (s->n_held) xc_svc_release_held(s, 0); /* the trainer took from a lane: held batches may enter */
+    if (s->ingest_blocked && (s->mix.n > 0 ? s->n_held < s->cfg.stream_hold : !xc_queue_full(s->queue))) {
         s->ingest_blocked = 0;
         xc_log(XC_LOG_DEBUG, "queue has room: ingest resumed");
     }
@@ -776,15 +783,30 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
                xc_engine_score_kernel(s->engine), xc_prec_name(want), xc_score_isa());
     }
     rc = XC_ENOMEM;
-    s->queue = xc_queue_new(s->cfg.queue_size, wake_loop, s);
+    if (xc_mix_parse(s->cfg.stream_mix, &s->mix, why, wl)) { /* checked by the config already */
+        rc = XC_ECONFIG;
+        goto fail;
+    }
+    s->queue = xc_queue_new_lanes(s->cfg.queue_size, xc_mix_lanes(&s->mix), wake_loop, s);
+    if (s->mix.n > 0) s->held = calloc((size_t)s->cfg.stream_hold, sizeof *s->held); /* owned; xc_svc_destroy */
     cj = xc_svc_config_json(&s->cfg);
-    if (!s->queue || !cj) {
+    if (!s->queue || !cj || (s->mix.n > 0 && !s->held)) {
         xc_why(why, wl, "out of memory creating the queue");
         goto fail;
+    }
+    if (s->mix.n > 0) {
+        char desc[XC_MIX_MAX * 48] = "";
+        for (int l = 0; l < s->mix.n; l++)
+            snprintf(desc + strlen(desc), sizeof desc - strlen(desc), "%s%s %.3g", l ? ", " : "", s->mix.name[l],
+                     s->mix.share[l]);
+        xc_log(XC_LOG_INFO, "stream mixture: %s of every batch; %s; up to %ld batches of streams ahead held", desc,
+               s->mix.other >= 0 ? "other streams and untagged batches share '*'" :
+               "other streams and untagged batches are refused", s->cfg.stream_hold);
     }
     xc_trainer_opts_t to;
     memset(&to, 0, sizeof to);
     to.mix_tokens = s->cfg.mix_tokens;
+    to.mix = &s->mix;
     to.seed = (uint64_t)s->cfg.seed;
     to.state_dir = s->cfg.state_dir;
     to.name = s->cfg.name;
@@ -959,6 +981,11 @@ void xc_svc_destroy(xc_svc_t **ps)
     xc_remote_destroy(&s->remote);
     xc_snapshot_free(&s->snap);
     xc_trainer_destroy(&s->trainer);
+    for (long i = 0; i < s->n_held; i++) { /* normally answered at shutdown already */
+        free(s->held[i].item.x);
+        free(s->held[i].item.meta);
+    }
+    free(s->held);
     xc_queue_destroy(&s->queue);
     xc_engine_destroy(&s->engine);
     if (s->lock_fd >= 0) close(s->lock_fd);

@@ -89,6 +89,45 @@ static void render_counters(xc_mpw_t *w, const xc_metrics_t *m)
     xc_mpw_map_end(w);
 }
 
+/* The "streams" map: one map per stream of the mixture (XC_STREAM_FIELDS). */
+static void render_streams(xc_mpw_t *w, const xc_metrics_t *m)
+{
+    xc_mpw_map_begin(w);
+    for (int i = 0; i < m->n_streams; i++) {
+        const xc_metrics_stream_t *st = &m->streams[i];
+        xc_mpw_str(w, st->stream);
+        xc_mpw_map_begin(w);
+#define XC_SVC_STREAM(member, kind, key, prom, ptype, help) xc_mpw_str(w, key), render_value(w, XC_SK_##kind, &st->member);
+        XC_STREAM_FIELDS(XC_SVC_STREAM)
+#undef XC_SVC_STREAM
+        xc_mpw_map_end(w);
+    }
+    xc_mpw_map_end(w);
+}
+
+/* Per stream of the mixture: its share, the queue's lane counts, the
+ * trainer's buffer lane and batch composition, the loop's held batches. */
+static void fill_streams(xc_svc_t *s, xc_metrics_t *m, const xc_trainer_status_t *ts, const xc_queue_counts_t *qc)
+{
+    _Static_assert(XC_METRICS_MAX_STREAMS >= XC_MIX_MAX, "a metrics slot per stream of a mixture");
+    for (int l = 0; l < s->mix.n && l < ts->lanes; l++) {
+        xc_metrics_stream_t *st = &m->streams[m->n_streams++];
+        st->stream = s->mix.name[l];
+        st->share = s->mix.share[l];
+        st->tokens_acked = qc->lane_acked[l];
+        st->tokens_trained = ts->lane_trained[l];
+        st->tokens_buffered = (uint64_t)ts->lane_buffered[l];
+        st->tokens_queued = qc->lane_queued[l];
+        st->tokens_held = s->lane_held_tokens[l];
+        st->batches_held = s->lane_held_batches[l];
+        st->holds = s->lane_holds[l];
+        st->batch_tokens = ts->lane_batch_last[l];
+        st->batch_min = ts->lane_batch_min[l];
+        st->batch_max = ts->lane_batch_max[l];
+        st->waiting = ts->mix_waiting == l;
+    }
+}
+
 /* Everything the stats event, status and the Prometheus text show, read once
  * from its sources (trainer status, queue counts, the service's own counters
  * and clocks): the one place that knows where each statistic comes from. */
@@ -171,6 +210,7 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
         m->classes[m->n_classes++] = (xc_metrics_counter_t){xc_class_name(c), ts.class_counts[c]};
     m->classes[m->n_classes++] =
         (xc_metrics_counter_t){XC_COUNT_CHAT_SPECIFIC_NAME, ts.class_counts[XC_COUNT_CHAT_SPECIFIC]};
+    fill_streams(s, m, &ts, &qc);
 }
 
 /* The stats fields of PROTOCOL.md 3.1 into an open map, in the schema's order
@@ -191,6 +231,7 @@ static void render_stats_of(xc_mpw_t *w, const xc_metrics_t *m)
 #define render_stat_CLASSES(w, m, key, member) xc_mpw_str(w, key), render_classes(w, m)
 #define render_stat_SCALING(w, m, key, member) xc_mpw_str(w, key), render_scaling_status(w, m)
 #define render_stat_COUNTERS(w, m, key, member) xc_mpw_str(w, key), render_counters(w, m)
+#define render_stat_STREAMS(w, m, key, member) xc_mpw_str(w, key), render_streams(w, m)
     XC_STAT_FIELDS(XC_SVC_STAT)
 #undef XC_SVC_STAT
 }

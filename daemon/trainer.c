@@ -23,15 +23,17 @@ struct xc_trainer {
     xc_engine_t *e;   /* borrowed; used only by the thread once started */
     xc_queue_t *q;    /* borrowed */
     int d2;           /* 2 * d floats per token */
-    long B, C;        /* batch size, mixing buffer capacity */
-    float *mix;       /* (C, 2, d) mixing buffer; owned */
+    long B, C;        /* batch size, mixing buffer slots */
+    xc_mixbuf_t *mix; /* the mixing buffer (lanes per stream with a mixture); owned */
+    int lanes;        /* of mix and of the queue */
+    int mixed;        /* a stream mixture is set: its lanes are checkpointed too */
     float *batch;     /* (B, 2, d) drawn batch; owned */
-    xc_tokmeta_t *mix_tm, *batch_tm; /* (C), (B): each token's context beside it; owned */
+    xc_tokmeta_t *batch_tm; /* (B): each token's context beside it; owned */
     xc_examples_t *ex; /* owned: live examples (xc_examples.h) */
-    long buffered;    /* tokens in mix */
-    int64_t mix_meta[2]; /* buffered and capacity, as saved in / restored from a checkpoint */
-    xc_qitem_t cur;   /* popped item being moved into mix (cur.x NULL: none) */
-    long cur_off;
+    int64_t mix_meta[3]; /* buffered, slots (and lanes, with a mixture: its own shape, so that a
+                          * run without one never restores lanes as one buffer, nor the reverse) */
+    xc_qitem_t cur[XC_MIX_MAX]; /* per lane: popped item being moved into mix (x NULL: none) */
+    long cur_off[XC_MIX_MAX];
     xc_rng_t rng;
     char *state_dir, *name, *config_json; /* owned copies */
     void (*notify)(void *);
@@ -91,24 +93,34 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     t->q = q;
     t->d2 = 2 * c->d;
     t->B = c->batch_size;
-    t->C = o->mix_tokens;
-    if (t->C < t->B) {
+    if (o->mix_tokens < t->B) {
         *err = XC_ECONFIG;
         free(t);
         return NULL;
     }
-    t->mix = malloc((size_t)t->C * t->d2 * sizeof(float));
+    {
+        xc_mix_spec_t none = {.n = 0, .other = -1};
+        const xc_mix_spec_t *ms = o->mix && o->mix->n > 0 ? o->mix : &none;
+        t->mix = xc_mixbuf_new(ms, o->mix_tokens, t->B, t->d2, err);
+        if (!t->mix) {
+            free(t);
+            return NULL;
+        }
+        t->lanes = xc_mixbuf_lanes(t->mix);
+        t->mixed = ms->n > 0;
+        xc_mixbuf_rows(t->mix, &t->C);
+        for (int l = 0; l < t->lanes; l++) t->st.lane_batch_min[l] = t->st.lane_batch_max[l] = -1;
+        t->st.lanes = t->lanes;
+        t->st.mix_waiting = -1;
+    }
     t->batch = malloc((size_t)t->B * t->d2 * sizeof(float));
-    t->mix_tm = malloc((size_t)t->C * sizeof *t->mix_tm);
     t->batch_tm = malloc((size_t)t->B * sizeof *t->batch_tm);
     t->exact_state = malloc(sizeof(double) * (size_t)c->dict_size * EXACT_COLS);
     t->state_dir = strdup(o->state_dir ? o->state_dir : ".");
     t->name = strdup(o->name ? o->name : "xcoderd");
     t->config_json = strdup(o->config_json ? o->config_json : "{}");
-    if (!t->mix || !t->batch || !t->mix_tm || !t->batch_tm || !t->exact_state || !t->state_dir || !t->name ||
-        !t->config_json)
+    if (!t->batch || !t->batch_tm || !t->exact_state || !t->state_dir || !t->name || !t->config_json)
         goto out_free;
-    for (long i = 0; i < t->C; i++) t->mix_tm[i] = (xc_tokmeta_t){XC_EX_NONE, 0, 0, XC_EX_NOSRC, 0};
     {
         xc_examples_config_t xcfg = o->examples;
         if (xcfg.store_tokens <= 0) xcfg.store_tokens = 16 * t->C > 65536 ? 16 * t->C : 65536;
@@ -166,10 +178,9 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
 out_free:
     xc_ckpt_writer_destroy(&t->ckw);
     xc_shmpub_destroy(&t->pub, 1);
-    free(t->mix);
+    xc_mixbuf_destroy(&t->mix);
     free(t->exact_state);
     free(t->batch);
-    free(t->mix_tm);
     free(t->batch_tm);
     xc_examples_destroy(&t->ex);
     free(t->state_dir);
@@ -184,12 +195,13 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     xc_trainer_t *t = pt ? *pt : NULL;
     if (!t) return;
     xc_ckpt_writer_destroy(&t->ckw); /* finishes a write in flight */
-    free(t->cur.x);
-    free(t->cur.meta);
-    free(t->mix_tm);
+    for (int l = 0; l < XC_MIX_MAX; l++) {
+        free(t->cur[l].x);
+        free(t->cur[l].meta);
+    }
     free(t->batch_tm);
     xc_examples_destroy(&t->ex);
-    free(t->mix);
+    xc_mixbuf_destroy(&t->mix);
     free(t->exact_state);
     free(t->batch);
     xc_scaling_destroy(&t->pass);
@@ -232,48 +244,56 @@ static void item_context(xc_trainer_t *t, xc_qitem_t *it)
     xc_examples_store(t->ex, it->meta, it->n);
 }
 
-/* Moves tokens from the queue into the mixing buffer until it is full or the
- * queue is empty. */
+/* Moves tokens from the queue into the mixing buffer: each lane from its own
+ * queue lane, until the lane is full or its queue lane is empty. */
 static void fill_buffer(xc_trainer_t *t)
 {
-    while (t->buffered < t->C) {
-        if (!t->cur.x) {
-            if (xc_queue_try_pop(t->q, &t->cur)) return;
-            t->cur_off = 0;
-            item_context(t, &t->cur);
-        }
-        long take = t->cur.n - t->cur_off;
-        if (take > t->C - t->buffered) take = t->C - t->buffered;
-        memcpy(t->mix + (size_t)t->buffered * t->d2, t->cur.x + (size_t)t->cur_off * t->d2,
-               (size_t)take * t->d2 * sizeof(float));
-        if (t->cur.meta) memcpy(t->mix_tm + t->buffered, t->cur.meta + t->cur_off, (size_t)take * sizeof *t->mix_tm);
-        else xc_tokmeta_fill(t->mix_tm + t->buffered, take, NULL, NULL);
-        t->buffered += take;
-        t->cur_off += take;
-        xc_queue_note_buffered(t->q, (uint64_t)take);
-        if (t->cur_off == t->cur.n) {
-            free(t->cur.x);
-            free(t->cur.meta);
-            memset(&t->cur, 0, sizeof t->cur);
+    for (int l = 0; l < t->lanes; l++) {
+        xc_qitem_t *cur = &t->cur[l];
+        while (xc_mixbuf_room(t->mix, l) > 0) {
+            if (!cur->x) {
+                if (xc_queue_try_pop_lane(t->q, l, cur)) break;
+                t->cur_off[l] = 0;
+                item_context(t, cur);
+            }
+            long take = cur->n - t->cur_off[l], room = xc_mixbuf_room(t->mix, l);
+            if (take > room) take = room;
+            xc_mixbuf_put(t->mix, l, cur->x + (size_t)t->cur_off[l] * t->d2, cur->meta ? cur->meta + t->cur_off[l] : NULL,
+                          take);
+            t->cur_off[l] += take;
+            xc_queue_note_buffered(t->q, (uint64_t)take);
+            if (t->cur_off[l] == cur->n) {
+                free(cur->x);
+                free(cur->meta);
+                memset(cur, 0, sizeof *cur);
+            }
         }
     }
 }
 
-/* Draws B tokens uniformly without replacement: pick a slot, copy it out, move
- * the last buffered token into the hole; each token's context moves with it. */
+/* The queue lanes the trainer waits for: those whose buffer lane has room and
+ * no item in hand (a bit per lane). */
+static unsigned lanes_wanted(xc_trainer_t *t)
+{
+    unsigned m = 0;
+    for (int l = 0; l < t->lanes; l++)
+        if (xc_mixbuf_room(t->mix, l) > 0 && !t->cur[l].x) m |= 1u << l;
+    return m;
+}
+
+/* One training batch from the mixing buffer (xc_mixbuf_draw: the one place a
+ * batch is made), and the per-lane composition for status. */
 static void draw_batch(xc_trainer_t *t)
 {
-    size_t row = (size_t)t->d2 * sizeof(float);
-    for (long i = 0; i < t->B; i++) {
-        long j = (long)xc_rng_below(&t->rng, (uint64_t)t->buffered);
-        memcpy(t->batch + (size_t)i * t->d2, t->mix + (size_t)j * t->d2, row);
-        t->batch_tm[i] = t->mix_tm[j];
-        t->buffered--;
-        if (j != t->buffered) {
-            memcpy(t->mix + (size_t)j * t->d2, t->mix + (size_t)t->buffered * t->d2, row);
-            t->mix_tm[j] = t->mix_tm[t->buffered];
-        }
+    long counts[XC_MIX_MAX];
+    xc_mixbuf_draw(t->mix, &t->rng, t->batch, t->batch_tm, counts);
+    pthread_mutex_lock(&t->mu);
+    for (int l = 0; l < t->lanes; l++) {
+        t->st.lane_batch_last[l] = counts[l];
+        if (t->st.lane_batch_min[l] < 0 || counts[l] < t->st.lane_batch_min[l]) t->st.lane_batch_min[l] = counts[l];
+        if (counts[l] > t->st.lane_batch_max[l]) t->st.lane_batch_max[l] = counts[l];
     }
+    pthread_mutex_unlock(&t->mu);
 }
 
 static void refresh_records(xc_trainer_t *t, uint64_t gen);
@@ -358,6 +378,7 @@ static void do_step(xc_trainer_t *t)
     xc_queue_note_trained(t->q, (uint64_t)t->B, rc != 0);
     if (rc) xc_log(XC_LOG_ERROR, "training step failed: %s; %ld tokens discarded", xc_strerror(rc), t->B);
     pthread_mutex_lock(&t->mu);
+    for (int l = 0; l < t->lanes && !rc; l++) t->st.lane_trained[l] += (uint64_t)t->st.lane_batch_last[l];
     t->st.m = *xc_engine_metrics(t->e);
     t->st.last_step_ms = ms;
     if (rc) t->st.step_errors++;
@@ -373,26 +394,34 @@ static void do_step(xc_trainer_t *t)
 
 /* The trainer's own state in the checkpoint: the mixing buffer's draws and the
  * last exact Latent Scaling pass (kept with the checkpoints that follow it),
- * the buffered tokens' context and the live examples. */
-#define N_EXTRAS (6 + XC_EXAMPLES_VIEWS)
+ * the buffered tokens' context and the live examples; with a stream mixture
+ * also the buffer's lanes (a run without one writes exactly what it did before
+ * mixtures existed). */
+#define N_EXTRAS (7 + XC_EXAMPLES_VIEWS)
 static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
 {
     long F = xc_engine_config(t->e)->dict_size;
     /* tokens acked but not trained yet travel with the checkpoint: the buffer whole
      * (a view's size is fixed for the writer's preallocated copy) and its fill */
-    t->mix_meta[0] = t->buffered;
+    t->mix_meta[0] = xc_mixbuf_buffered(t->mix, -1);
     t->mix_meta[1] = t->C;
-    v[3] = (xc_state_view_t){"trainer.mix_buffer", XC_ST_F32, 2, {t->C, t->d2, 0}, t->mix,
+    t->mix_meta[2] = t->lanes;
+    v[3] = (xc_state_view_t){"trainer.mix_buffer", XC_ST_F32, 2, {t->C, t->d2, 0}, xc_mixbuf_rows(t->mix, NULL),
                              sizeof(float) * (size_t)t->C * (size_t)t->d2, 0};
-    v[4] = (xc_state_view_t){"trainer.mix_meta", XC_ST_I64, 1, {2, 0, 0}, t->mix_meta, sizeof t->mix_meta, 0};
+    v[4] = (xc_state_view_t){"trainer.mix_meta", XC_ST_I64, 1, {t->mixed ? 3 : 2, 0, 0}, t->mix_meta,
+                             sizeof(int64_t) * (t->mixed ? 3 : 2), 0};
     v[0] = (xc_state_view_t){"trainer.mix_rng", XC_ST_U64, 1, {4, 0, 0}, t->rng.s, sizeof t->rng.s, 0};
     v[1] = (xc_state_view_t){"trainer.scaling_exact", XC_ST_F64, 2, {F, EXACT_COLS, 0}, t->exact_state,
                              sizeof(double) * (size_t)F * EXACT_COLS, 0};
     v[2] = (xc_state_view_t){"trainer.scaling_exact_meta", XC_ST_I64, 1, {2, 0, 0}, t->exact_meta,
                              sizeof t->exact_meta, 0};
-    v[5] = (xc_state_view_t){"trainer.mix_context", XC_ST_U64, 2, {t->C, 2, 0}, t->mix_tm,
-                             sizeof *t->mix_tm * (size_t)t->C, 0};
-    return 6 + xc_examples_state_views(t->ex, v + 6, XC_EXAMPLES_VIEWS);
+    v[5] = (xc_state_view_t){"trainer.mix_context", XC_ST_U64, 2, {t->C, 2, 0}, xc_mixbuf_context(t->mix),
+                             sizeof(xc_tokmeta_t) * (size_t)t->C, 0};
+    int n = 6 + xc_examples_state_views(t->ex, v + 6, XC_EXAMPLES_VIEWS);
+    if (t->mixed)
+        v[n++] = (xc_state_view_t){"trainer.mix_lanes", XC_ST_I64, 2, {t->lanes, 3, 0}, xc_mixbuf_lane_table(t->mix),
+                                   sizeof(int64_t) * 3 * (size_t)t->lanes, 0};
+    return n;
 }
 
 /* exact results <-> the rows of trainer.scaling_exact */
@@ -625,6 +654,23 @@ static void set_state(xc_trainer_t *t, xc_tr_state_t s)
     pthread_mutex_unlock(&t->mu);
 }
 
+/* Status: each lane's fill, and which lane the buffer waits for (the first
+ * lane with room whose queue lane is empty, while another lane is full). */
+static void note_waiting(xc_trainer_t *t)
+{
+    int waiting = -1, some_full = 0;
+    long fill[XC_MIX_MAX];
+    for (int l = 0; l < t->lanes; l++) {
+        fill[l] = xc_mixbuf_buffered(t->mix, l);
+        if (xc_mixbuf_room(t->mix, l) == 0) some_full = 1;
+        else if (waiting < 0) waiting = l;
+    }
+    pthread_mutex_lock(&t->mu);
+    memcpy(t->st.lane_buffered, fill, sizeof(long) * (size_t)t->lanes);
+    t->st.mix_waiting = t->mixed && some_full ? waiting : -1;
+    pthread_mutex_unlock(&t->mu);
+}
+
 static void *trainer_main(void *arg)
 {
     xc_trainer_t *t = arg;
@@ -655,7 +701,8 @@ static void *trainer_main(void *arg)
         if (now_ms() >= t->next_pub_ms) refresh_records(t, snap_gen_done(t));
         xc_examples_apply(t->ex); /* vocabularies and resets asked for meanwhile */
         fill_buffer(t);
-        if (!paused && !t->budget_done && t->buffered >= t->C) {
+        note_waiting(t);
+        if (!paused && !t->budget_done && xc_mixbuf_ready(t->mix)) {
             do_step(t);
             if (budget_check(t, 0)) continue;
             pthread_mutex_lock(&t->mu);
@@ -664,7 +711,7 @@ static void *trainer_main(void *arg)
             if (every > 0 && xc_engine_metrics(t->e)->step % every == 0) xc_trainer_request_checkpoint(t, "steps");
             continue;
         }
-        xc_queue_wait(t->q, 250, !t->budget_done && t->buffered < t->C && !t->cur.x);
+        xc_queue_wait(t->q, 250, t->budget_done ? 0u : lanes_wanted(t));
     }
     set_state(t, XC_TR_STOPPING);
     pthread_mutex_lock(&t->mu);
@@ -785,15 +832,27 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
     xc_state_view_t ex[N_EXTRAS];
     uint64_t next = 1;
     if (!li) return XC_ENOMEM;
-    int rc = xc_ckpt_resume(t->e, ex, ckpt_extras(t, ex), &o, li, &next, why, why_len);
+    int n_ex = ckpt_extras(t, ex);
+    t->mix_meta[0] = t->mix_meta[1] = -1; /* "not loaded" unless the checkpoint has them */
+    xc_mixbuf_lane_table_clear(t->mix);
+    int rc = xc_ckpt_resume(t->e, ex, n_ex, &o, li, &next, why, why_len);
     if (rc == XC_OK) rc = rows_to_exact(t);
     if (rc == XC_OK) xc_examples_state_restored(t->ex);
-    if (rc == XC_OK && t->mix_meta[1] == t->C && t->mix_meta[0] > 0 && t->mix_meta[0] <= t->C) {
+    if (rc == XC_OK) {
         /* tokens an earlier run acked but had not trained: train them first (a buffer of
-         * another capacity was not restored by the loader, and its meta says so) */
-        t->buffered = (long)t->mix_meta[0];
-        xc_queue_note_restored(t->q, (uint64_t)t->buffered);
-        xc_log(XC_LOG_INFO, "%ld buffered tokens restored from the checkpoint", t->buffered);
+         * another capacity, or lanes of another mixture, are not restored) */
+        char mwhy[256];
+        long n = xc_mixbuf_restore(t->mix, t->mix_meta, mwhy, sizeof mwhy);
+        if (n > 0) {
+            xc_queue_note_restored(t->q, (uint64_t)n);
+            xc_log(XC_LOG_INFO, "%ld buffered tokens restored from the checkpoint", n);
+        } else if (mwhy[0]) {
+            xc_log(XC_LOG_WARN, "the checkpoint's %lld buffered tokens are not restored: %s",
+                   (long long)t->mix_meta[0], mwhy);
+        }
+        pthread_mutex_lock(&t->mu);
+        for (int l = 0; l < t->lanes; l++) t->st.lane_buffered[l] = xc_mixbuf_buffered(t->mix, l);
+        pthread_mutex_unlock(&t->mu);
     }
     if (rc == XC_OK) warn_config_changes(li->config_json, t->config_json);
     if (rc == XC_OK) {

@@ -53,6 +53,8 @@ typedef struct {
     xc_prec_t encoder_precision;
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
+    char stream_mix[XC_CFG_STR_MAX]; /* "web:0.5,chat:0.5" (daemon/xc_mixbuf.h); "" = none */
+    long stream_hold;          /* with stream_mix: batches held unanswered for full streams */
     double max_abs_value;
     long memory_limit, max_connections;
     double stats_interval, checkpoint_interval, dead_alert_jump;

@@ -25,6 +25,15 @@
 #include "xc_schema.h"
 
 #define XC_METRICS_MAX_COUNTERS 32
+#define XC_METRICS_MAX_STREAMS 16
+
+/* One stream of the mixture (XC_STREAM_FIELDS); stream is borrowed. */
+typedef struct {
+    const char *stream;
+#define XC_METRICS_STREAM_MEMBER(member, kind, key, prom, ptype, help) XC_SCHEMA_CTYPE_##kind(member)
+    XC_STREAM_FIELDS(XC_METRICS_STREAM_MEMBER)
+#undef XC_METRICS_STREAM_MEMBER
+} xc_metrics_stream_t;
 
 /* A named counter: refusals by reason, or a service counter. name is borrowed
  * (a static string, or one that outlives the render call). */
@@ -57,6 +66,8 @@ typedef struct {
     int n_counters;
     xc_metrics_counter_t classes[XC_METRICS_MAX_COUNTERS]; /* xcoderd_latents{class} (gauges) */
     int n_classes;
+    xc_metrics_stream_t streams[XC_METRICS_MAX_STREAMS]; /* the stream mixture; none without one */
+    int n_streams;
 } xc_metrics_t;
 
 /* Zeroes m and sets the doubles to NaN and last_checkpoint_step to -1, so a

@@ -11,12 +11,18 @@
 
 #include "xc_examples.h"
 
+/* Lanes: with a stream mixture (xc_mixbuf.h) each stream has its own lane of
+ * `capacity` items, so that a full lane (a fast stream) never keeps a slow
+ * stream's batches from the trainer. Without one there is one lane. */
+#define XC_QUEUE_LANES_MAX 16
+
 /* One accepted batch: n tokens of [2, d] float32, x heap-allocated, and the
  * tokens' context (ids, documents, positions) when the producer sent any. */
 typedef struct {
     float *x;          /* (n, 2, d); owned by whoever holds the item */
     xc_tokmeta_t *meta;/* (n) or NULL; owned like x */
     long n;
+    int lane;          /* 0 .. lanes - 1 (the stream's lane; 0 without a mixture) */
     uint64_t seq;
     char producer[65];
     char stream[XC_PROTO_STREAM_MAX + 1];
@@ -29,7 +35,11 @@ typedef struct {
     uint64_t tokens_trained;
     uint64_t tokens_failed;   /* trained on but the step failed (should stay 0) */
     uint64_t tokens_restored; /* put back into the buffer from a checkpoint at start */
-    long depth, capacity;     /* items */
+    long depth, capacity;     /* items (all lanes; capacity per lane) */
+    int lanes;
+    long lane_depth[XC_QUEUE_LANES_MAX];       /* items per lane */
+    uint64_t lane_queued[XC_QUEUE_LANES_MAX];  /* tokens in each lane's ring */
+    uint64_t lane_acked[XC_QUEUE_LANES_MAX];   /* tokens pushed into each lane */
 } xc_queue_counts_t;
 
 typedef struct xc_queue xc_queue_t;
@@ -37,21 +47,28 @@ typedef struct xc_queue xc_queue_t;
 /* on_space(ctx) is called (from the consumer thread, without the lock held)
  * when a pop frees a slot after a push found the queue full. NULL on failure. */
 xc_queue_t *xc_queue_new(long capacity, void (*on_space)(void *), void *ctx);
+/* The same with `lanes` lanes (1 .. XC_QUEUE_LANES_MAX) of `capacity` items each. */
+xc_queue_t *xc_queue_new_lanes(long capacity, int lanes, void (*on_space)(void *), void *ctx);
 /* Frees the queue and every item still in it. */
 void xc_queue_destroy(xc_queue_t **q);
 
-/* 1 when a push would fail; arms on_space so the caller hears about room. */
+/* 1 when a push would fail (every lane full); arms on_space so the caller hears about room. */
 int xc_queue_full(xc_queue_t *q);
-/* Takes ownership of item->x and item->meta on success (0); XC_EAGAIN when full (item untouched). */
+/* 1 when a push into this lane would fail; arms on_space likewise. */
+int xc_queue_lane_full(xc_queue_t *q, int lane);
+/* Into lane item->lane. Takes ownership of item->x and item->meta on success (0); XC_EAGAIN when
+ * that lane is full (item untouched). */
 int xc_queue_push(xc_queue_t *q, const xc_qitem_t *item);
 /* Waits up to timeout_ms for an item; 0 and *out (caller owns out->x, out->meta), or
  * XC_EAGAIN on timeout or after xc_queue_kick. */
 int xc_queue_pop(xc_queue_t *q, xc_qitem_t *out, int timeout_ms);
-/* Non-blocking pop. */
+/* Non-blocking pop (the first lane holding an item). */
 int xc_queue_try_pop(xc_queue_t *q, xc_qitem_t *out);
-/* Waits up to timeout_ms for a kick, or (want_items) for an item to be queued;
- * pops nothing. */
-void xc_queue_wait(xc_queue_t *q, int timeout_ms, int want_items);
+/* Non-blocking pop from one lane. */
+int xc_queue_try_pop_lane(xc_queue_t *q, int lane, xc_qitem_t *out);
+/* Waits up to timeout_ms for a kick, or for an item to be queued in a lane
+ * whose bit is set in want_lanes (1: lane 0); pops nothing. */
+void xc_queue_wait(xc_queue_t *q, int timeout_ms, unsigned want_lanes);
 /* Wakes a waiting pop / wait (commands for the trainer). */
 void xc_queue_kick(xc_queue_t *q);
 

@@ -36,7 +36,7 @@
 /* Refusal classes, in the order of PROTOCOL.md; counters are indexed by this. */
 #define XC_SVC_REFUSALS(X)                                                                       \
     X(XC_ESHUTDOWN) X(XC_ETOOBIG) X(XC_EPROTO) X(XC_EVERSION) X(XC_EDTYPE) X(XC_ESHAPE)          \
-    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ERANGE) X(XC_ENOMEM) X(XC_EPERM) X(XC_ESTATE)
+    X(XC_ELENGTH) X(XC_ENONFINITE) X(XC_ERANGE) X(XC_ENOMEM) X(XC_EPERM) X(XC_ESTATE) X(XC_EINVAL)
 #define XC_SVC_REFUSE_COUNT(c) +1
 enum { XC_SVC_N_REFUSE = 0 XC_SVC_REFUSALS(XC_SVC_REFUSE_COUNT) };
 #define XC_SVC_PRODUCERS 16 /* distinct producer ids counted in status */
@@ -80,6 +80,14 @@ typedef struct xc_svc_backlog {
     size_t len;
     uint8_t body[]; /* owned with the item */
 } xc_svc_backlog_t;
+
+/* A batch held for its stream (stream_mix: the stream's queue lane is full,
+ * the stream is ahead of the mixture): checked and converted, not answered;
+ * its ack goes out when it enters the queue, so its producer waits. */
+typedef struct {
+    xc_svc_envelope_t env;
+    xc_qitem_t item;  /* owns x and meta */
+} xc_svc_held_t;
 
 /* One multipart message as received (frames beyond XC_SVC_MAX_FRAMES counted). */
 typedef struct {
@@ -158,6 +166,11 @@ struct xc_svc {
     uint64_t ledger_written; /* the acked count last written */
     xc_buf_t out;       /* scratch for replies */
     xc_remote_t *remote; /* checkpoints, fetch, table (remote.c) */
+    /* the stream mixture (stream_mix; n = 0: none) and the batches held for it */
+    xc_mix_spec_t mix;
+    xc_svc_held_t *held; /* (stream_hold), owned; in arrival order */
+    long n_held;
+    uint64_t lane_held_tokens[XC_MIX_MAX], lane_held_batches[XC_MIX_MAX], lane_holds[XC_MIX_MAX];
 };
 
 /* ---- svc_loop.c */
@@ -175,6 +188,10 @@ void xc_svc_begin_shutdown(xc_svc_t *s, const char *why);
 void xc_svc_handle_ingest(xc_svc_t *s, xc_svc_mmsg_t *mm);
 /* Refusal alerts (at most one per class per second unless force) and log budgets. */
 void xc_svc_flush_alerts(xc_svc_t *s, int force);
+
+/* Accepts the held batches whose stream lane has room now (in arrival
+ * order), acking each; refuse_code != 0 (XC_ESHUTDOWN) refuses every one instead. */
+void xc_svc_release_held(xc_svc_t *s, int refuse_code);
 
 /* ---- svc_control.c */
 void xc_svc_handle_control(xc_svc_t *s, xc_svc_mmsg_t *mm);

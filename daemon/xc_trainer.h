@@ -12,6 +12,7 @@
 
 #include "xc_engine.h"
 #include "xc_examples.h"
+#include "xc_mixbuf.h"
 #include "xc_queue.h"
 #include "xc_shm.h"
 #include "xc_shmpub.h"
@@ -20,6 +21,8 @@ typedef struct xc_trainer xc_trainer_t;
 
 typedef struct {
     long mix_tokens;          /* mixing buffer capacity, >= batch_size */
+    const xc_mix_spec_t *mix; /* stream mixture (copied); NULL or n = 0: none. The queue must
+                               * have xc_mix_lanes(mix) lanes */
     uint64_t seed;            /* for the draws */
     const char *state_dir;    /* checkpoints (copied) */
     const char *name;         /* instance name (copied) */
@@ -59,6 +62,13 @@ typedef struct {
     uint64_t scaling_last_tokens, scaling_passes;
     uint64_t scaling_cancelled; /* passes cancelled by request */
     int budget_reached;       /* max_tokens trained: training has stopped for good */
+    /* per lane of the mixing buffer (one without a stream mixture) */
+    int lanes;
+    uint64_t lane_trained[XC_MIX_MAX];   /* tokens of the lane in training steps (this process) */
+    long lane_buffered[XC_MIX_MAX];      /* tokens in the lane's part of the buffer */
+    long lane_batch_last[XC_MIX_MAX];    /* tokens of the lane in the last step's batch */
+    long lane_batch_min[XC_MIX_MAX], lane_batch_max[XC_MIX_MAX]; /* over this process's steps; -1 none */
+    int mix_waiting;          /* the buffer waits for the lane below (its stream is behind), -1 none */
 } xc_trainer_status_t;
 
 /* Result of the latest checkpoint. */

@@ -31,7 +31,7 @@
  * X(member, kind, key, prom, ptype, pdiv, shm, help)
  *   member  the field of xc_metrics_t (daemon/xc_metrics.h) that holds it
  *   kind    U64 | I64 | F64 | F64X2 (base, chat) | BOOL | STR, or a group
- *           rendered from its own table: CLASSES, SCALING, COUNTERS
+ *           rendered from its own table: CLASSES, SCALING, COUNTERS, STREAMS
  *   key     its key in the stats event / status; "" = not there
  *   prom    Prometheus family, with an optional label: "xcoderd_loss{term=total}";
  *           rows of one family are adjacent; "" = none
@@ -67,6 +67,7 @@
       "Batches waiting in the queue in front of the trainer.")                                                  \
     X(queue_capacity, I64, "queue_size", "xcoderd_queue_capacity", "gauge", 1, XC_SCHEMA_NOSHM,                 \
       "Queue capacity (queue_size); a full queue stops ingest (backpressure).")                                 \
+    X(streams, STREAMS, "streams", "", "", 1, XC_SCHEMA_NOSHM, "")                                              \
     X(loss, F64, "loss", "xcoderd_loss{term=total}", "gauge", 1, XC_SCHEMA_SHM(loss),                           \
       "Loss of the last step by term: total (what is optimised), recon_l2 (un-squared L2), recon_mse, "         \
       "aux (AuxK), l1 (sparsity penalty).")                                                                     \
@@ -144,6 +145,34 @@
     X(scaling_passes, U64, "passes")               \
     X(scaling_cancelled, U64, "cancelled")
 
+/* The "streams" map of the stats event: with stream_mix, one map per stream
+ * of the mixture keyed by its tag ("*" for the others); empty without a
+ * mixture. Prometheus: one family per row with a prom name, a sample per
+ * stream labelled stream="TAG".
+ * X(member, kind, key, prom, ptype, help) -- member of xc_metrics_stream_t. */
+#define XC_STREAM_FIELDS(X)                                                                                    \
+    X(share, F64, "share", "xcoderd_stream_share", "gauge",                                                     \
+      "Share of every training batch the mixture gives the stream (stream_mix, normalised).")                  \
+    X(tokens_acked, U64, "tokens_acked", "xcoderd_stream_tokens_acked_total", "counter",                        \
+      "Tokens of the stream accepted (acknowledged).")                                                          \
+    X(tokens_trained, U64, "tokens_trained", "xcoderd_stream_tokens_trained_total", "counter",                  \
+      "Tokens of the stream in training steps.")                                                                \
+    X(tokens_buffered, U64, "tokens_buffered", "xcoderd_stream_tokens_buffered", "gauge",                       \
+      "Tokens of the stream waiting in its part of the mixing buffer.")                                         \
+    X(tokens_queued, U64, "tokens_queued", "xcoderd_stream_tokens_queued", "gauge",                             \
+      "Tokens of the stream waiting in its lane of the queue.")                                                 \
+    X(tokens_held, U64, "tokens_held", "xcoderd_stream_tokens_held", "gauge",                                   \
+      "Tokens of the stream held unanswered while the stream is ahead of the mixture (its producers wait).")   \
+    X(batches_held, U64, "batches_held", "xcoderd_stream_batches_held", "gauge",                                \
+      "Batches of the stream held unanswered now.")                                                             \
+    X(holds, U64, "holds", "xcoderd_stream_holds_total", "counter",                                             \
+      "Batches of the stream held before they were accepted (backpressure on its producers; none dropped).")   \
+    X(batch_tokens, I64, "batch_tokens", "xcoderd_stream_batch_tokens", "gauge",                                \
+      "Tokens of the stream in the last training batch.")                                                       \
+    X(batch_min, I64, "batch_min", "", "", "")                                                                  \
+    X(batch_max, I64, "batch_max", "", "", "")                                                                  \
+    X(waiting, BOOL, "waiting", "", "", "")
+
 /* C types of the scalar kinds (members of xc_metrics_t); groups have none. */
 #define XC_SCHEMA_CTYPE_U64(m) uint64_t m;
 #define XC_SCHEMA_CTYPE_I64(m) long m;
@@ -154,11 +183,12 @@
 #define XC_SCHEMA_CTYPE_CLASSES(m)
 #define XC_SCHEMA_CTYPE_SCALING(m)
 #define XC_SCHEMA_CTYPE_COUNTERS(m)
+#define XC_SCHEMA_CTYPE_STREAMS(m)
 
 /* Kind codes, for tables built from the X-macros. */
 enum {
     XC_SK_U64 = 1, XC_SK_I64, XC_SK_F64, XC_SK_F64X2, XC_SK_BOOL, XC_SK_STR,
-    XC_SK_CLASSES, XC_SK_SCALING, XC_SK_COUNTERS
+    XC_SK_CLASSES, XC_SK_SCALING, XC_SK_COUNTERS, XC_SK_STREAMS
 };
 
 /* ---------------------------------------------------------- counters -- */

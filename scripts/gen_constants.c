@@ -93,6 +93,13 @@ static void emit(int py)
     XC_STAT_SCALING_FIELDS(GEN_SCAL)
 #undef GEN_SCAL
     printf("%s%s\n", close_list, py ? "" : ";");
+    printf("%s Keys of each stream's map in the stats event's \"streams\" map (stream_mix).\n%sSTATS_STREAM_FIELDS = %s",
+           cmt, decl, open_list);
+    first = 1;
+#define GEN_STREAM(member, kind, key, prom, ptype, help) printf("%s\"%s\"", first ? "" : ", ", key), first = 0;
+    XC_STREAM_FIELDS(GEN_STREAM)
+#undef GEN_STREAM
+    printf("%s%s\n", close_list, py ? "" : ";");
     printf("%s Service counters of the stats event's \"counters\" map (after the refusals by code).\n"
            "%sCOUNTERS = %s",
            cmt, decl, open_list);
@@ -134,7 +141,7 @@ static void emit(int py)
     if (!py)
         printf("\nmodule.exports = {\n  ERROR_CODES, ERROR_MESSAGES, CLASS_NAMES, COUNT_CHAT_SPECIFIC, "
                "COUNT_CHAT_SPECIFIC_NAME,\n  FLAG_CHAT_SPECIFIC, FLAG_SCALING_EXACT, STATS_FIELDS, "
-               "STATS_SCALING_FIELDS, COUNTERS,\n  DTYPES, TABLE_COLUMNS, SHM_ARRAYS,\n};\n");
+               "STATS_SCALING_FIELDS, STATS_STREAM_FIELDS, COUNTERS,\n  DTYPES, TABLE_COLUMNS, SHM_ARRAYS,\n};\n");
 }
 
 int main(int argc, char **argv)

@@ -214,6 +214,8 @@ export declare class Client {
   /** Forgets latent j's examples (every latent's without j). */
   resetExamples(j?: number): Promise<Reply>;
   metrics(): Promise<string>;
+  /** The newest n (default 100) stats events of the history, oldest first (undefined values null). */
+  history(n?: number): Promise<Array<Record<string, any>>>;
   checkpoints(): Promise<CheckpointFile[]>;
   fetchCheckpoint(outPath: string, options?: FetchOptions): Promise<FetchResult>;
   table(options?: TableOptions): Promise<Table>;

@@ -115,6 +115,25 @@ class Client {
   scaling(tokens) { return this.request("scaling", { tokens }); }
   /** The Prometheus text of the instance (op "metrics"). */
   async metrics() { return (await this.request("metrics")).text; }
+  /**
+   * The newest n stats events of the daemon's history (op "history", PROTOCOL.md 2.4),
+   * oldest first, each parsed from its JSON line (undefined values null). At most
+   * 100000 events and 4 MiB of them in one reply. A line that is not JSON (torn by
+   * a full disk) is skipped with a process warning naming it, never silently.
+   */
+  async history(n = 100) {
+    const lines = (await this.request("history", { n })).lines || [];
+    const out = [];
+    lines.forEach((line, i) => {
+      if (!String(line).trim()) return;
+      try {
+        out.push(JSON.parse(line));
+      } catch (e) {
+        process.emitWarning(`history line ${i + 1} skipped: not JSON (${e.message})`);
+      }
+    });
+    return out;
+  }
 
   /** The checkpoint files the daemon keeps, oldest first: [{name, size, step, kind, mtime, checksum?}]. */
   async checkpoints() { return (await this.request("checkpoints")).checkpoints; }

@@ -69,8 +69,10 @@ const FLAG_CHAT_SPECIFIC = 1;
 const FLAG_SCALING_EXACT = 2;
 
 // Keys of the stats event and the status reply, in wire order (PROTOCOL.md 3.1).
-const STATS_FIELDS = Object.freeze(["state", "paused", "step", "tokens", "tokens_acked", "tokens_trained", "tokens_buffered", "tokens_queued", "tokens_failed", "tokens_restored", "batches_acked", "mix_tokens", "queue_depth", "queue_size", "loss", "recon_l2", "recon_mse", "aux", "l1", "fve", "l0", "dead_fraction", "theta", "k_current", "grad_norm", "lr", "tokens_per_s", "steps_per_s", "step_ms", "uptime_s", "tokens_budget", "budget_fraction", "eta_s", "budget_reached", "classes", "scaling", "shm", "curve", "insecure_tcp", "memory_bound", "max_connections", "connections_ingest", "connections_control", "connections_events", "encoder_precision", "encoder_kernel", "encoder_fallbacks", "encoder_fp32_steps", "counters"]);
+const STATS_FIELDS = Object.freeze(["state", "paused", "step", "tokens", "tokens_acked", "tokens_trained", "tokens_buffered", "tokens_queued", "tokens_failed", "tokens_restored", "batches_acked", "mix_tokens", "queue_depth", "queue_size", "streams", "loss", "recon_l2", "recon_mse", "aux", "l1", "fve", "l0", "dead_fraction", "theta", "k_current", "grad_norm", "lr", "tokens_per_s", "steps_per_s", "step_ms", "uptime_s", "tokens_budget", "budget_fraction", "eta_s", "budget_reached", "classes", "scaling", "shm", "curve", "insecure_tcp", "memory_bound", "max_connections", "connections_ingest", "connections_control", "connections_events", "encoder_precision", "encoder_kernel", "encoder_fallbacks", "encoder_fp32_steps", "counters"]);
 const STATS_SCALING_FIELDS = Object.freeze(["running", "tokens_done", "tokens_target", "last_step", "last_tokens", "passes", "cancelled"]);
+// Keys of each stream's map in the stats event's "streams" map (stream_mix).
+const STATS_STREAM_FIELDS = Object.freeze(["share", "tokens_acked", "tokens_trained", "tokens_buffered", "tokens_queued", "tokens_held", "batches_held", "holds", "batch_tokens", "batch_min", "batch_max", "waiting"]);
 // Service counters of the stats event's "counters" map (after the refusals by code).
 const COUNTERS = Object.freeze(["batches_refused", "control_requests", "control_errors", "checkpoints_written", "checkpoints_failed", "events_published", "ingest_blocked", "zmq_errors", "control_denied", "replies_deferred", "replies_busy", "replies_dropped", "tokens_lost_at_start", "auth_accepted", "auth_refused", "connections_refused"]);
 
@@ -145,6 +147,6 @@ const SHM_ARRAYS = Object.freeze([
 
 module.exports = {
   ERROR_CODES, ERROR_MESSAGES, CLASS_NAMES, COUNT_CHAT_SPECIFIC, COUNT_CHAT_SPECIFIC_NAME,
-  FLAG_CHAT_SPECIFIC, FLAG_SCALING_EXACT, STATS_FIELDS, STATS_SCALING_FIELDS, COUNTERS,
+  FLAG_CHAT_SPECIFIC, FLAG_SCALING_EXACT, STATS_FIELDS, STATS_SCALING_FIELDS, STATS_STREAM_FIELDS, COUNTERS,
   DTYPES, TABLE_COLUMNS, SHM_ARRAYS,
 };

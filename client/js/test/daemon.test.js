@@ -137,6 +137,34 @@ test("control: ping, status, config, latent, top, pause/resume, errors", () =>
     await assert.rejects(c.ping(), (e) => e.code === "XC_ESTATE");
   }));
 
+test("history: the newest stats events, oldest first, equal to the history file's lines", () =>
+  withDaemon({ stats_interval: 0.05 }, async (dm) => {
+    const p = new Producer(dm.ingest, { window: 4, d: D });
+    for (let i = 0; i < 4; i++) await p.send(randomActs(B, D, i + 1));
+    await p.close();
+    await dm.waitStatus((s) => s.step >= 4, "4 steps");
+    const file = path.join(dm.stateDir, "history.jsonl");
+    let h;
+    for (const deadline = Date.now() + 10000; ; await sleep(50)) { // a few events after the steps
+      h = await dm.client.history(5);
+      if (h.length === 5 && h[4].step >= 4) break;
+      if (Date.now() > deadline) assert.fail(`history: ${JSON.stringify(h.map((e) => e.step))}`);
+    }
+    for (const ev of h) {
+      assert.equal(ev.type, "stats");
+      assert.equal(ev.name, dm.name);
+      assert.ok(Array.isArray(ev.fve) && typeof ev.loss === "number");
+    }
+    for (let i = 1; i < h.length; i++) assert.ok(h[i].time >= h[i - 1].time && h[i].step >= h[i - 1].step, "oldest first");
+    // the same events as the file's lines (the reply is taken first: the file only grows meanwhile)
+    const lines = fs.readFileSync(file, "utf8").split("\n").filter((l) => l).map((l) => JSON.parse(l));
+    const at = lines.findIndex((e) => e.time === h[0].time);
+    assert.ok(at >= 0, "the first returned event is in the file");
+    assert.deepEqual(lines.slice(at, at + 5), h);
+    assert.equal((await dm.client.history(1)).length, 1);
+    await assert.rejects(dm.client.history(100001), (e) => e.code === "XC_EINVAL");
+  }));
+
 test("subscribe: stats and checkpoint events as an async iterator", () =>
   withDaemon({}, async (dm) => {
     const sub = subscribe(dm.events, ["stats", "checkpoint"]);
