@@ -14,13 +14,14 @@
 - resume is exact: a run stopped with tokens in the buffer lanes and resumed
   ends with the same parameters, bit for bit, as a run never stopped; a daemon
   without stream_mix does not restore those lanes (and the reverse);
-- the Prometheus text has the per-stream families, each documented in
-  daemon/xcoderd.8.
+- `xcoder status` shows each stream's line; the Prometheus text has the
+  per-stream families, each documented in daemon/xcoderd.8;
+- at most stream_hold batches are held, then ingest stops reading; at shutdown
+  every held or unread batch is nacked XC_ESHUTDOWN.
 Run from the repository root."""
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,47 +32,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+import xc_integ  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import numpy as np  # noqa: E402
 import xcoder  # noqa: E402
 
 XCODERD = os.environ.get("XCODERD", os.path.join(ROOT, "build", "xcoderd"))
+XCODER = os.environ.get("XCODER", os.path.join(ROOT, "build", "xcoder"))
 TMP = tempfile.mkdtemp(prefix="xc_mix.")
 D, B, MIX, QS, N = 16, 64, 256, 4, 32  # batch 64 of a 256-token buffer; queue lanes of 4 batches of 32 tokens
 
 
-class Daemon:
-    def __init__(self, tag, *extra, state=None):
-        self.dir = os.path.join(TMP, tag)
-        self.run_dir = os.path.join(self.dir, "run")
-        self.state_dir = state or os.path.join(self.dir, "state")
-        os.makedirs(self.dir, exist_ok=True)
-        self.log = open(os.path.join(self.dir, "daemon.log"), "a+")
-        argv = [XCODERD, "--run_dir", self.run_dir, "--state_dir", self.state_dir, "--name", "mix%d" % os.getpid(),
-                "--d", str(D), "--dict_size", "128", "--k", "4", "--batch_size", str(B), "--mix_tokens", str(MIX),
-                "--queue_size", str(QS), "--threads", "1", "--stats_interval", "0.05", "--checkpoint_interval", "0",
-                "--shm", "off", "--lr", "1e-3", "--warmup_steps", "5", "--seed", "3"] + list(extra)
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: os.path.exists(os.path.join(self.run_dir, "control.sock")) or self.proc.poll() is not None,
-                 what="control socket")
-        check(self.proc.poll() is None, "daemon exited at start: " + self.logtext())
-        self.client = xcoder.Client(self.run_dir, timeout=20)
-        wait_for(lambda: self.client.ping(), what="ping")
-
-    def logtext(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
-
-    def stop(self):
-        self.client.close()
-        rc = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            rc = self.proc.wait(timeout=60)
-        self.log.close()
-        return rc
+def Daemon(tag, *extra, state=None):
+    """A daemon of this suite's shape (tests/xc_integ.py Daemon) in TMP/tag; state: another's state_dir."""
+    args = ["--d", str(D), "--dict_size", "128", "--k", "4", "--batch_size", str(B), "--mix_tokens", str(MIX),
+            "--queue_size", str(QS), "--threads", "1", "--stats_interval", "0.05", "--checkpoint_interval", "0",
+            "--shm", "off", "--lr", "1e-3", "--warmup_steps", "5", "--seed", "3"] + list(extra)
+    return xc_integ.Daemon(XCODERD, os.path.join(TMP, tag), "mix%d" % os.getpid(), args, state_dir=state)
 
 
 def acts(rng, n, mark):
@@ -144,6 +122,10 @@ def test_fast_and_slow_5050():
               (chat["holds"], web["holds"]))
         print("# web holds %d, chat holds %d, max lead %d tokens (bound %d), %d steps, %d status samples" %
               (web["holds"], chat["holds"], lead, bound, steps, len(samples)))
+        out = dmn.cli(XCODER, "status").stdout
+        for name in ("web", "chat"):
+            check(re.search(r"^stream +%s +50%%  trained .* batch 32 \[32\.\.32\]" % name, out, re.M),
+                  "xcoder status shows %s's share and batch composition:\n%s" % (name, out))
         text = dmn.client.metrics()
         man = open(os.path.join(ROOT, "daemon", "xcoderd.8")).read().replace("\\", "")
         fams = sorted(set(re.findall(r"^# TYPE (xcoderd_stream_\S+)", text, re.M)))
@@ -301,8 +283,6 @@ def test_held_bound_and_shutdown():
     finally:
         p.close(flush=False)
         rc = dmn.stop()
-        if rc is None:
-            rc = dmn.proc.wait(timeout=60)
     check(rc == 0, "exit status %r" % rc)
 
 

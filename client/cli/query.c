@@ -51,6 +51,24 @@ void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol)
     fprintf(f, "speed    %s tokens/s   %.1f steps/s   queue %.0f/%.0f batches   mix buffer %s tokens%s\n",
             xc_cli_fmt_count(num(r, "tokens_per_s"), b5, sizeof b5), num(r, "steps_per_s"), num(r, "queue_depth"),
             num(r, "queue_size"), xc_cli_fmt_count(num(r, "mix_tokens"), b1, sizeof b1), eol);
+    /* the stream mixture (stream_mix): per stream, trained and waiting, and the batch composition */
+    const xc_client_value_t *sm = xc_client_value_get(r, "streams");
+    for (size_t i = 0; sm && sm->type == XC_VAL_MAP && i < sm->u.m.n; i++) {
+        const xc_client_value_t *k = &sm->u.m.kv[2 * i], *v = &sm->u.m.kv[2 * i + 1];
+        const xc_client_value_t *w = xc_client_value_get(v, "waiting");
+        char bt[64] = "batch -";
+        if (k->type != XC_VAL_STR) continue;
+        if (num(v, "batch_min") >= 0) /* this stream's tokens in the last batch [min..max over all] */
+            snprintf(bt, sizeof bt, "batch %.0f [%.0f..%.0f]", num(v, "batch_tokens"), num(v, "batch_min"),
+                     num(v, "batch_max"));
+        fprintf(f, "stream   %-6s %3.0f%%  trained %-7s buffered %-6s queued %-6s held %-6s (%.0f times)   %s%s%s\n",
+                k->u.s.ptr, 100.0 * num(v, "share"),
+                xc_cli_fmt_count(num(v, "tokens_trained"), b1, sizeof b1),
+                xc_cli_fmt_count(num(v, "tokens_buffered"), b2, sizeof b2),
+                xc_cli_fmt_count(num(v, "tokens_queued"), b3, sizeof b3),
+                xc_cli_fmt_count(num(v, "tokens_held"), b4, sizeof b4), num(v, "holds"), bt,
+                w && w->type == XC_VAL_BOOL && w->u.b ? "   (waited for)" : "", eol);
+    }
     fprintf(f, "loss     %.5g   recon_l2 %.5g   mse %.5g   aux %.5g   l1 %.5g   lr %.3g%s\n", num(r, "loss"),
             num(r, "recon_l2"), num(r, "recon_mse"), num(r, "aux"), num(r, "l1"), num(r, "lr"), eol);
     fprintf(f, "quality  FVE base %.4f chat %.4f   L0 %.2f   dead %.1f%%   theta %.4g   |g| %.3g%s\n",
