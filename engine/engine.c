@@ -643,8 +643,13 @@ static int forward_backward(xc_engine_t *e, double *sq)
         e->met.k = xc_engine_k_at(&e->cfg, e->step);
         e->K = e->met.k * e->B;
     }
-    if (e->score && e->cfg.model == XC_MODEL_BATCHTOPK) {
-        /* reduced precision: candidates with exact scores, or XC_EAGAIN: fp32 */
+    /* reduced precision only when every shard has its scorer (one may have been
+     * refused, e.g. by oneDNN): the scorer's collectives need them all */
+    int64_t all_score = e->score && e->cfg.model == XC_MODEL_BATCHTOPK;
+    if ((rc = xc_ar(e, &all_score, 1, XC_COLL_I64, XC_COLL_MIN))) return rc;
+    if (all_score) {
+        /* reduced precision: candidates with exact scores, or XC_EAGAIN (on every
+         * shard at once): fp32 */
         rc = xc_score_candidates(e->score, e->x, e->w_enc, e->b_enc, e->s, e->K, e->pre, &cand, &ncand);
         if (rc && rc != XC_EAGAIN) return rc;
         e->pre_approx = rc == XC_OK;
@@ -1216,6 +1221,7 @@ int xc_engine_set_precision(xc_engine_t *e, xc_prec_t p, char *why, size_t why_l
     int err = XC_OK;
     e->score = xc_score_new(r, e->B, e->d2, e->F, e->pool, &err, why, why_len);
     if (!e->score) return err;
+    xc_score_set_coll(e->score, e->coll);
     e->met.precision = r;
     return XC_OK;
 }
@@ -1249,7 +1255,9 @@ int xc_engine_selection_check(xc_engine_t *e, const float *x, long n_tokens, lon
     int rc = xc_engine_check_batch(e, x, n_tokens);
     *differ = *mismatch = 0;
     *fell_back = 0;
-    if (rc || !e->score || e->cfg.model != XC_MODEL_BATCHTOPK) return rc;
+    if (rc || e->cfg.model != XC_MODEL_BATCHTOPK) return rc;
+    int64_t all_score = e->score != NULL; /* every shard must have its scorer */
+    if ((rc = xc_ar(e, &all_score, 1, XC_COLL_I64, XC_COLL_MIN)) || !all_score) return rc;
     const xc_score_cand_t *c;
     long n, *a = NULL, *b = NULL;
     e->x = x;

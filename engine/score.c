@@ -252,6 +252,10 @@ struct xc_score {
     xc_score_cand_t *out;   /* exact candidates, row order */
     long out_cap, nout;
 
+    xc_coll_t *coll;        /* borrowed: the shards' collectives (xc_coll_single() alone) */
+    float *bq;              /* kth_lower: every shard's lower bounds in the K-th's bucket; owned */
+    long bq_cap;
+
     xc_score_stats_t st;
     char kernel[96];
 #ifdef XC_HAVE_DNNL
@@ -668,10 +672,18 @@ static void cand_task(void *ctx, int tid, int nth)
     w->npos = npos;
 }
 
+/* An all-reduce over the shards; 0 or XC_ECOLL. */
+static int sc_ar(xc_score_t *s, void *buf, long n, xc_coll_type_t t, xc_coll_op_t op)
+{
+    return s->coll->allreduce(s->coll, buf, n, t, op) ? XC_ECOLL : XC_OK;
+}
+
 /* Runs a collect pass at threshold thr. XC_EAGAIN when more than limit entries
- * (in all) reach it; the lists grow as needed below that. */
+ * (in all, over every shard) reach it; the lists grow as needed below that
+ * (locally), then one all-reduce gives every shard the same verdict. */
 static int collect(xc_score_t *s, float thr, long limit)
 {
+    int64_t v[2] = {0, 0}; /* entries, failures */
     s->thr = thr;
     s->limit = limit;
     for (;;) {
@@ -680,70 +692,134 @@ static int collect(xc_score_t *s, float thr, long limit)
         long total = 0;
         int again = 0;
         for (int t = 0; t < s->nth; t++) total += s->w[t].n;
-        if (total > limit) return XC_EAGAIN;
-        for (int t = 0; t < s->nth; t++)
+        v[0] = total;
+        if (total > limit) break;
+        for (int t = 0; t < s->nth && !v[1]; t++)
             if (s->w[t].n > s->w[t].cap) {
-                if (pend_reserve(&s->w[t].c, &s->w[t].cap, s->w[t].n)) return XC_ENOMEM;
+                if (pend_reserve(&s->w[t].c, &s->w[t].cap, s->w[t].n)) v[1] = 1;
                 again = 1;
             }
-        if (!again) return XC_OK;
+        if (!again || v[1]) break;
     }
+    if (sc_ar(s, v, 2, XC_COLL_I64, XC_COLL_SUM)) return XC_ECOLL;
+    if (v[1]) return XC_ENOMEM;
+    return v[0] > limit ? XC_EAGAIN : XC_OK;
+}
+
+static int cmp_desc_f(const void *pa, const void *pb)
+{
+    float a = *(const float *)pa, b = *(const float *)pb;
+    return (a < b) - (a > b);
 }
 
 /* Lower bound of the exact K-th largest score from the lower bounds of the
- * collected entries: their K-th largest (0 when fewer than K are positive). */
-static float kth_lower(xc_score_t *s)
+ * collected entries of every shard: their K-th largest (0 when fewer than K).
+ * A histogram of the bounds (summed over shards) finds the K-th's bucket; that
+ * bucket's bounds, gathered from every shard and sorted, give the exact value,
+ * the same on every shard and the same as one shard holding every latent.
+ * *out = 0 (always a valid bound) when memory runs short. 0 or XC_ECOLL. */
+static int kth_lower(xc_score_t *s, float *out)
 {
+    uint64_t *h = calloc(NBUCKET + 1, sizeof(uint64_t)); /* owned here; [NBUCKET]: failures */
+    int64_t *cnt = calloc((size_t)s->coll->size, sizeof(int64_t));
+    size_t *rb = calloc((size_t)s->coll->size, sizeof(size_t));
+    int rc = XC_OK, R = s->coll->size;
     long n = 0;
-    for (int t = 0; t < s->nth; t++) n += s->w[t].n;
-    if (n < s->K) return 0.0f;
-    float *v = malloc(sizeof(float) * (size_t)n);
-    if (!v) return 0.0f; /* 0 is always a valid lower bound */
-    long m = 0;
-    for (int t = 0; t < s->nth; t++)
-        for (long i = 0; i < s->w[t].n; i++) v[m++] = s->w[t].c[i].lo;
-    /* quickselect: the K-th largest */
-    long k = s->K - 1, lo = 0, hi = n - 1;
-    while (lo < hi) {
-        float piv = v[lo + (hi - lo) / 2];
-        long i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] > piv) i++;
-            while (v[j] < piv) j--;
-            if (i <= j) {
-                float tmp = v[i];
-                v[i] = v[j];
-                v[j] = tmp;
-                i++;
-                j--;
-            }
-        }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else break;
+    *out = 0.0f;
+    if (!h || !cnt || !rb) {
+        /* still take part in the collectives with a failure mark */
+        static uint64_t fail_h[NBUCKET + 1];
+        fail_h[NBUCKET] = 1;
+        rc = sc_ar(s, fail_h, NBUCKET + 1, XC_COLL_U64, XC_COLL_SUM);
+        goto out;
     }
-    float r = v[k];
-    free(v);
-    return r;
+    for (int t = 0; t < s->nth; t++)
+        for (long i = 0; i < s->w[t].n; i++, n++) h[fbits(s->w[t].c[i].lo) >> 16]++;
+    if ((rc = sc_ar(s, h, NBUCKET + 1, XC_COLL_U64, XC_COLL_SUM))) goto out;
+    uint64_t total = 0;
+    for (long q = 0; q < NBUCKET; q++) total += h[q];
+    if (h[NBUCKET] || total < (uint64_t)s->K) goto out;
+    long cum = 0, q = NBUCKET - 1;
+    for (; q > 0; q--) {
+        if (cum + (long)h[q] >= s->K) break;
+        cum += (long)h[q];
+    }
+    long need = s->K - cum, mine = 0, all = (long)h[q];
+    int64_t ok = 1;
+    if (all > s->bq_cap) {
+        float *p = realloc(s->bq, sizeof(float) * (size_t)all);
+        if (p) s->bq = p, s->bq_cap = all;
+        else ok = 0;
+    }
+    /* this shard's bounds of the bucket, then every shard's (counts first, with -1
+     * for a shard without room, so all skip the gather together) */
+    float *loc = NULL;
+    for (int t = 0; t < s->nth; t++)
+        for (long i = 0; i < s->w[t].n; i++) mine += (fbits(s->w[t].c[i].lo) >> 16) == (uint32_t)q;
+    loc = malloc(sizeof(float) * (size_t)(mine + 1));
+    if (!loc) ok = 0;
+    int64_t me = ok ? mine : -1;
+    for (int r = 0; r < R; r++) rb[r] = sizeof(int64_t);
+    if (s->coll->allgatherv(s->coll, &me, sizeof me, cnt, rb)) {
+        free(loc);
+        rc = XC_ECOLL;
+        goto out;
+    }
+    int skip = 0;
+    for (int r = 0; r < R; r++) skip |= cnt[r] < 0;
+    if (!skip) {
+        long m = 0;
+        for (int t = 0; t < s->nth; t++)
+            for (long i = 0; i < s->w[t].n; i++)
+                if ((fbits(s->w[t].c[i].lo) >> 16) == (uint32_t)q) loc[m++] = s->w[t].c[i].lo;
+        for (int r = 0; r < R; r++) rb[r] = sizeof(float) * (size_t)cnt[r];
+        if (s->coll->allgatherv(s->coll, loc, sizeof(float) * (size_t)m, s->bq, rb)) rc = XC_ECOLL;
+        else {
+            qsort(s->bq, (size_t)all, sizeof(float), cmp_desc_f);
+            *out = s->bq[need - 1];
+        }
+    }
+    free(loc);
+out:
+    free(h);
+    free(cnt);
+    free(rb);
+    return rc;
 }
 
 /* Histogram of the lower bounds over the whole batch: the lower edge of the
  * bucket holding the K-th largest (0 when fewer than K are positive). */
-static float hist_lower(xc_score_t *s)
+static int hist_lower(xc_score_t *s, float *out)
 {
     int saved = s->mode;
     s->mode = 2;
     xc_pool_run(s->pool, cand_task, s);
     s->mode = saved;
-    long npos = 0;
-    for (int t = 0; t < s->nth; t++) npos += s->w[t].npos;
-    if (npos < s->K) return 0.0f;
-    long cum = 0;
-    for (long q = NBUCKET - 1; q > 0; q--) {
-        for (int t = 0; t < s->nth; t++) cum += s->w[t].hist[q];
-        if (cum >= s->K) return bitsf((uint32_t)q << 16);
+    *out = 0.0f;
+    /* the workers' histograms and positives, summed over every shard */
+    uint64_t *h = calloc(NBUCKET + 1, sizeof(uint64_t)); /* owned here; [NBUCKET]: positives */
+    static uint64_t fail_h[NBUCKET + 1];
+    uint64_t *use = h ? h : fail_h; /* no memory (only then): take part with zeros, bound 0 */
+    if (!h) memset(fail_h, 0, sizeof fail_h);
+    if (h) {
+        for (int t = 0; t < s->nth; t++) {
+            use[NBUCKET] += (uint64_t)s->w[t].npos;
+            for (long q = 0; q < NBUCKET; q++) use[q] += s->w[t].hist[q];
+        }
     }
-    return 0.0f;
+    int rc = sc_ar(s, use, NBUCKET + 1, XC_COLL_U64, XC_COLL_SUM);
+    if (!rc && h && use[NBUCKET] >= (uint64_t)s->K) {
+        uint64_t cum = 0;
+        for (long q = NBUCKET - 1; q > 0; q--) {
+            cum += use[q];
+            if (cum >= (uint64_t)s->K) {
+                *out = bitsf((uint32_t)q << 16);
+                break;
+            }
+        }
+    }
+    free(h);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- exact recompute */
@@ -823,6 +899,7 @@ xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, 
     s = calloc(1, sizeof *s);
     if (!s) goto out;
     s->prec = prec;
+    s->coll = xc_coll_single();
     s->B = B, s->d2 = d2, s->F = F;
     s->pool = pool;
     s->nth = xc_pool_size(pool);
@@ -906,11 +983,13 @@ void xc_score_destroy(xc_score_t **ps)
     free(s->all);
     free(s->order);
     free(s->out);
+    free(s->bq);
     free(s);
     *ps = NULL;
 }
 
 xc_prec_t xc_score_prec(const xc_score_t *s) { return s->prec; }
+void xc_score_set_coll(xc_score_t *s, xc_coll_t *coll) { s->coll = coll ? coll : xc_coll_single(); }
 const char *xc_score_kernel(const xc_score_t *s) { return s->kernel; }
 const xc_score_stats_t *xc_score_stats(const xc_score_t *s) { return &s->st; }
 
@@ -995,7 +1074,7 @@ again:
         rc = collect(s, s->tau, limit);
         if (rc && rc != XC_EAGAIN) return rc;
         if (!rc) {
-            c_low = kth_lower(s);
+            if ((rc = kth_lower(s, &c_low))) return rc;
             ok = c_low >= s->tau;
         }
     }
@@ -1007,15 +1086,19 @@ again:
             s->mode = 1;
         }
         s->st.full_passes++;
-        c_low = hist_lower(s);
+        if ((rc = hist_lower(s, &c_low))) return rc;
         rc = collect(s, c_low > 0.0f ? c_low : FLT_TRUE_MIN, (long)(s->cand_limit * K));
         if (rc == XC_EAGAIN) goto fallback;
         if (rc) return rc;
-        float c2 = kth_lower(s);
+        float c2;
+        if ((rc = kth_lower(s, &c2))) return rc;
         if (c2 > c_low) c_low = c2;
     }
-    rc = gather(s, c_low);
-    if (rc) return rc;
+    {
+        int64_t fail = gather(s, c_low) != XC_OK; /* every shard stops if one is out of memory */
+        if (sc_ar(s, &fail, 1, XC_COLL_I64, XC_COLL_MAX)) return XC_ECOLL;
+        if (fail) return XC_ENOMEM;
+    }
     s->st.ms_cand = now_ms() - t1;
     t1 = now_ms();
 
@@ -1028,8 +1111,16 @@ again:
         mr = s->w[t].max_ratio > mr ? s->w[t].max_ratio : mr;
         bad |= s->w[t].violated;
     }
+    {
+        /* the margin verdict and calibration over every shard: all take the same path */
+        double v[3] = {mr, bad, (double)s->nall};
+        if (sc_ar(s, v, 2, XC_COLL_F64, XC_COLL_MAX) || sc_ar(s, v + 2, 1, XC_COLL_F64, XC_COLL_SUM))
+            return XC_ECOLL;
+        mr = v[0];
+        bad = v[1] > 0;
+        s->st.candidates = (long)v[2];
+    }
     s->st.max_ratio = mr;
-    s->st.candidates = s->nall;
     s->tau = c_low * TAU_FRAC;
     double lam_used = s->lambda;
     if (s->lambda_forced <= 0 && s->prec == XC_PREC_INT8 && !redo) {

@@ -25,6 +25,7 @@
 #ifndef XC_SCORE_H
 #define XC_SCORE_H
 
+#include "xc_coll.h"
 #include "xc_pool.h"
 
 #include <stddef.h>
@@ -72,6 +73,12 @@ xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, 
                          size_t why_len);
 void xc_score_destroy(xc_score_t **s);
 xc_prec_t xc_score_prec(const xc_score_t *s);
+/* A latent-sharded engine's scorer (F = the shard's latents): every count, bound
+ * and verdict that chooses candidates or a path is then taken over all shards
+ * through coll (borrowed; NULL = one process), so the shards' candidates together
+ * contain the global top K, and xc_score_candidates is COLLECTIVE: it returns
+ * XC_EAGAIN on every shard or on none (XC_ECOLL: a peer failed). */
+void xc_score_set_coll(xc_score_t *s, xc_coll_t *coll);
 /* oneDNN's implementation of the product ("brg:avx512_core_vnni"); static until destroy. */
 const char *xc_score_kernel(const xc_score_t *s);
 

@@ -23,6 +23,7 @@ enum { SD = 32, SF = 100, SB = 64, SK = 8 };
 
 typedef struct {
     double loss, fve0, fve1, l0, theta, gn, aux, dead_frac;
+    double fallbacks, fp32_steps, candidates; /* the scorer's path: the same on every rank */
     int n_dead;
 } stepm_t;
 
@@ -98,7 +99,8 @@ static void *rank_main(void *p)
         run->nsel[r][s] = nnz;
         const xc_engine_metrics_t *m = xc_engine_metrics(e);
         run->m[r][s] = (stepm_t){m->loss, m->fve[0], m->fve[1], m->l0, m->theta, m->grad_norm, m->aux,
-                                 m->dead_fraction, m->n_dead};
+                                 m->dead_fraction, (double)m->score_fallbacks, (double)m->score_fp32_steps,
+                                 (double)m->select_candidates, m->n_dead};
     }
     if (r == 0) {
         run->prec = xc_engine_metrics(e)->precision;
@@ -293,7 +295,14 @@ static void compare_at(xc_prec_t prec, int steps)
             differ += d;
             steps_differ += d > 0;
             for (int r = 1; r < R; r++)
-                repl_bad += memcmp(&sh.m[r][s], &sh.m[0][s], sizeof(stepm_t)) != 0;
+                if (memcmp(&sh.m[r][s], &sh.m[0][s], sizeof(stepm_t)) != 0) {
+                    const double *pa = (const double *)&sh.m[r][s], *pb = (const double *)&sh.m[0][s];
+                    if (!repl_bad)
+                        for (int q = 0; q < 11; q++)
+                            if (memcmp(&pa[q], &pb[q], sizeof(double)) != 0)
+                                printf("# R=%d step %d: field %d differs, rank %d %.17g, rank 0 %.17g\n", R, s, q, r, pa[q], pb[q]);
+                    repl_bad++;
+                }
             const stepm_t *a = &ref.m[0][s], *b = &sh.m[0][s];
             double dm[] = {a->fve0 - b->fve0, a->fve1 - b->fve1, (a->l0 - b->l0) / SK,
                            (a->loss - b->loss) / fmax(fabs(a->loss), 1e-12)};
@@ -318,10 +327,10 @@ static void compare_at(xc_prec_t prec, int steps)
                      "R=%d: b_dec differs between rank 0 and rank %d", R, r);
         double rc_ = rel_diff(sh.codes, ref.codes, (size_t)SB * SF), rx = rel_diff(sh.xhat, ref.xhat, (size_t)SB * 2 * SD);
         XC_CHECK(rc_ <= 1e-3 && rx <= 1e-3, "R=%d encode/decode differ: codes %.3g xhat %.3g", R, rc_, rx);
-        printf("# %s R=%d vs 1: %d steps, selection %.6f agree (%ld entries differ), metrics max diff %.2g, "
+        printf("# %s R=%d vs 1: %ld fallbacks, %ld fp32 steps; %d steps, selection %.6f agree (%ld entries differ), metrics max diff %.2g, "
                "params rel diff w_enc %.2g w_dec %.2g b_enc %.2g b_dec %.2g; AuxK on %ld steps, theta %.4g, "
                "clipped %ld steps, dead %d at the end\n",
-               xc_prec_name(prec), R, steps, agree, differ, worst_m, rw, rd, rb, rbd, aux_steps, lb->theta,
+               xc_prec_name(prec), R, (long)lb->fallbacks, (long)lb->fp32_steps, steps, agree, differ, worst_m, rw, rd, rb, rbd, aux_steps, lb->theta,
                clip_steps, lb->n_dead);
         run_free(&sh);
     }
@@ -345,6 +354,20 @@ static void test_shard_reduced(void)
         }
         compare_at(p[q], 150);
     }
+    /* the scorer's other paths, taken on every shard at once: a margin too thin
+     * on every call (candidates redone with the proven bound), and a candidate
+     * limit so low that some calls score in fp32 */
+    char why[200] = "";
+    if (!xc_score_supported(XC_PREC_INT8, why, sizeof why)) {
+        printf("# int8 fallback paths not checked: %s\n", why);
+        return;
+    }
+    setenv("XC_SCORE_LAMBDA", "0.001", 1);
+    compare_at(XC_PREC_INT8, 60);
+    unsetenv("XC_SCORE_LAMBDA");
+    setenv("XC_SCORE_CAND_LIMIT", "1.3", 1);
+    compare_at(XC_PREC_INT8, 60);
+    unsetenv("XC_SCORE_CAND_LIMIT");
 }
 
 /* A collective that fails mid-step: XC_ECOLL on every rank, the model unchanged. */
