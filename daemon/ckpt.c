@@ -620,6 +620,14 @@ static int reuse_last(xc_ckpt_writer_t *w, xc_engine_t *e, const char *reason, u
     return 1;
 }
 
+int xc_ckpt_writer_busy(xc_ckpt_writer_t *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int b = w->busy;
+    pthread_mutex_unlock(&w->mu);
+    return b;
+}
+
 void xc_ckpt_writer_prepare(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras)
 {
     size_t need = state_bytes(e, extras, n_extras);

@@ -186,6 +186,9 @@ static const xc_cfg_key_t g_keys[] = {
             "ZeroMQ receive high-water mark of the ingest socket (messages, per connection; 1 acts as 2)"),
     KEY_FLOAT("stats_interval", "1", 0.05, 86400, stats_interval, "service", "seconds between stats events",
               RELOAD(XC_CFG_HOOK_TIMERS)),
+    KEY_FLOAT("mpi_timeout", "120", 1, 86400, mpi_timeout, "service",
+              "mpirun -np R (R > 1): seconds a collective may make no progress before the job ends with an "
+              "error (a rank died, hung or lost its link); above the slowest rank's step time"),
     KEY_FLOAT("checkpoint_interval", "1800", 0, 1e9, checkpoint_interval, "service",
               "seconds between periodic checkpoints; 0 = only on request and at shutdown",
               RELOAD(XC_CFG_HOOK_TIMERS)),

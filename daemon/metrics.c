@@ -36,6 +36,7 @@ typedef struct {
 #define XC_MDEF_OFF_SCALING(m) 0
 #define XC_MDEF_OFF_COUNTERS(m) 0
 #define XC_MDEF_OFF_STREAMS(m) 0
+#define XC_MDEF_OFF_RANKS(m) 0
 #define XC_MDEF_ROW(member, kind, key, prom, ptype, pdiv, shm, help) \
     {prom, ptype, help, XC_SK_##kind, pdiv, XC_MDEF_OFF_##kind(member)},
 static const mdef_t g_stats[] = {XC_STAT_FIELDS(XC_MDEF_ROW)};
@@ -272,6 +273,21 @@ static void render_classes(xc_buf_t *b, const xc_metrics_t *m)
     }
 }
 
+/* xcoderd_rank_step_duration_seconds{rank}: each rank's last step (sharded jobs). */
+static void render_ranks(xc_buf_t *b, const xc_metrics_t *m)
+{
+    char r[16];
+    if (m->n_rank_step <= 0) return;
+    put_header(b, "", "xcoderd_rank_step_duration_seconds", "", "gauge",
+               "Wall time of the last training step on each MPI rank (sharded jobs; the first 64 ranks).");
+    for (int i = 0; i < m->n_rank_step && i < 64; i++) {
+        begin_sample(b, m, "", "xcoderd_rank_step_duration_seconds", "");
+        snprintf(r, sizeof r, "%d", i);
+        label(b, "rank", r);
+        end_sample(b, m->rank_step[i] / 1000.0);
+    }
+}
+
 /* The stream mixture: a family per XC_STREAM_FIELDS row with a prom name, a
  * sample per stream (label stream); nothing without a mixture. */
 static const struct {
@@ -353,6 +369,7 @@ int xc_metrics_render(const xc_metrics_t *m, xc_buf_t *out)
     render_stats(out, m);
     render_classes(out, m);
     render_streams(out, m);
+    render_ranks(out, m);
     render_counters(out, m);
     return out->err ? XC_ENOMEM : XC_OK;
 }
@@ -389,6 +406,7 @@ void xc_metrics_to_shm_header(const xc_metrics_t *m, xc_shm_header_t *h)
 #define XC_SHM_PUT_SCALING(member, off)
 #define XC_SHM_PUT_COUNTERS(member, off)
 #define XC_SHM_PUT_STREAMS(member, off)
+#define XC_SHM_PUT_RANKS(member, off)
 #define XC_SHM_ROW(member, kind, key, prom, ptype, pdiv, shm, help) \
     if ((shm) >= 0) {                                              \
         XC_SHM_PUT_##kind(member, (size_t)(shm));                   \

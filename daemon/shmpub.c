@@ -76,10 +76,18 @@ const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint
  * seqlock, both driven by the schema. */
 int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s)
 {
-    int F = p->F;
-    const xc_scaling_stats_t *exact = p->exact;
     xc_engine_latent_stats(e, p->lat);
     xc_engine_scaling_running(e, p->sc);
+    return xc_shmpub_update_from(p, NULL, NULL, xc_engine_metrics(e), tokens_per_s);
+}
+
+int xc_shmpub_update_from(xc_shmpub_t *p, const xc_latent_stats_t *lat, const xc_scaling_stats_t *run,
+                          const xc_engine_metrics_t *m, double tokens_per_s)
+{
+    int F = p->F;
+    const xc_scaling_stats_t *exact = p->exact;
+    if (lat) memcpy(p->lat, lat, sizeof *p->lat * (size_t)F);
+    if (run) memcpy(p->sc, run, sizeof *p->sc * (size_t)F);
     memset(p->counts, 0, sizeof p->counts);
     for (int j = 0; j < F; j++) {
         const xc_latent_stats_t *l = &p->lat[j];
@@ -99,7 +107,7 @@ int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s)
     xc_shm_header_t *h = xc_shm_writer_header(w);
     xc_metrics_t st;
     xc_metrics_init(&st);
-    xc_metrics_set_engine(&st, xc_engine_metrics(e));
+    xc_metrics_set_engine(&st, m);
     st.tokens_per_s = tokens_per_s;
     const xc_snapshot_t view = {0, 0, F, p->lat, p->sc, (xc_scaling_stats_t *)exact, 0, 0, p->cls, p->flags};
 

@@ -737,6 +737,12 @@ static int start_security(xc_svc_t *s, char *why, size_t wl)
  * through xc_svc_destroy, which copes with a half-built service. */
 xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char *why, size_t wl)
 {
+    return xc_svc_new_sharded(cfg, NULL, argc, argv, err, why, wl);
+}
+
+xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, char **argv, int *err, char *why,
+                             size_t wl)
+{
     xc_engine_config_t ec;
     char *cj = NULL;
     int rc;
@@ -762,11 +768,28 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     if ((rc = take_lock(s, why, wl))) goto fail;
     if ((rc = private_dir("state_dir", s->cfg.state_dir, why, wl))) goto fail;
     xc_cfg_engine(&s->cfg, &ec);
-    s->engine = xc_engine_new(&ec, &rc);
-    if (!s->engine) {
+    if (coll && coll->size > 1) {
+        /* this rank's slice, and the unsharded container checkpoints go through
+         * (one thread, fp32: it never trains) */
+        xc_engine_config_t fc = ec;
+        fc.threads = 1;
+        fc.encoder_precision = XC_PREC_FP32;
+        s->engine = xc_engine_new_sharded(&ec, coll, &rc);
+        if (s->engine) s->full = xc_engine_new(&fc, &rc);
+        if (s->full) s->shard = xc_shard_new(coll, s->engine, s->full, &rc);
+    } else {
+        s->engine = xc_engine_new(&ec, &rc);
+    }
+    if (!s->engine || (coll && coll->size > 1 && !s->shard)) {
         xc_why(why, wl, "cannot create the model (d = %ld, dict_size = %ld): %s", s->cfg.d,
                 s->cfg.dict_size, xc_strerror(rc));
         goto fail;
+    }
+    if (s->shard) {
+        long lo, n;
+        xc_engine_shard(s->engine, &lo, &n);
+        xc_log(XC_LOG_INFO, "rank 0 of %d: latents [%ld, %ld) of %ld here; mpi_timeout = %g s", coll->size, lo,
+               lo + n, s->cfg.dict_size, s->cfg.mpi_timeout);
     }
     {
         /* which product the encoder runs, and why not the one asked for */
@@ -833,6 +856,8 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
     to.examples.vocab_bytes = ((size_t)s->cfg.examples_vocab_bytes + 7) & ~(size_t)7;
     to.examples.seed = (uint64_t)s->cfg.seed;
     to.vocab_file = s->cfg.vocab_file;
+    to.full = s->full;
+    to.shard = s->shard;
     s->trainer = xc_trainer_new(s->engine, s->queue, &to, &rc);
     free(cj);
     cj = NULL;
@@ -987,6 +1012,8 @@ void xc_svc_destroy(xc_svc_t **ps)
     }
     free(s->held);
     xc_queue_destroy(&s->queue);
+    xc_shard_destroy(&s->shard);
+    xc_engine_destroy(&s->full);
     xc_engine_destroy(&s->engine);
     if (s->lock_fd >= 0) close(s->lock_fd);
     xc_buf_free(&s->out);

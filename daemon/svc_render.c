@@ -160,6 +160,14 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->tokens_per_s = s->tokens_per_s;
     m->steps_per_s = s->steps_per_s;
     m->step_ms = ts.last_step_ms;
+    /* a sharded job (xc_shard.h): ranks, each rank's step, rank 0's communication */
+    m->ranks = ts.shard.ranks;
+    m->n_rank_step = ts.shard.ranks > 1 ? ts.shard.ranks_shown : 1;
+    for (int r = 0; r < m->n_rank_step && r < 64; r++) m->rank_step[r] = ts.shard.ranks > 1 ? ts.shard.step_ms[r] : ts.last_step_ms;
+    m->rank_step_ms_max = ts.shard.ranks > 1 ? ts.shard.step_ms_max : ts.last_step_ms;
+    m->comm_ms = ts.shard.comm_ms;
+    m->comm_bytes = ts.shard.comm_bytes;
+    m->comm_bytes_total = ts.shard.comm_bytes_total;
     m->uptime_s = xc_svc_mono_s() - s->t_start;
     m->budget_reached = ts.budget_reached;
     if (s->cfg.max_tokens > 0) { /* progress against the budget; the ETA at the smoothed rate */
@@ -213,6 +221,14 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     fill_streams(s, m, &ts, &qc);
 }
 
+/* The RANKS group: each rank's last step time (ms) as a list, rank order. */
+static void render_ranks(xc_mpw_t *w, const xc_metrics_t *m)
+{
+    xc_mpw_array_begin(w);
+    for (int r = 0; r < m->n_rank_step; r++) xc_mpw_double(w, m->rank_step[r]);
+    xc_mpw_array_end(w);
+}
+
 /* The stats fields of PROTOCOL.md 3.1 into an open map, in the schema's order
  * (XC_STAT_FIELDS): scalars from m, the classes, scaling and counters maps
  * from their own tables. */
@@ -232,6 +248,7 @@ static void render_stats_of(xc_mpw_t *w, const xc_metrics_t *m)
 #define render_stat_SCALING(w, m, key, member) xc_mpw_str(w, key), render_scaling_status(w, m)
 #define render_stat_COUNTERS(w, m, key, member) xc_mpw_str(w, key), render_counters(w, m)
 #define render_stat_STREAMS(w, m, key, member) xc_mpw_str(w, key), render_streams(w, m)
+#define render_stat_RANKS(w, m, key, member) xc_mpw_str(w, key), render_ranks(w, m)
     XC_STAT_FIELDS(XC_SVC_STAT)
 #undef XC_SVC_STAT
 }

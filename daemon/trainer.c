@@ -20,7 +20,12 @@
 #define EXACT_COLS 7
 
 struct xc_trainer {
-    xc_engine_t *e;   /* borrowed; used only by the thread once started */
+    xc_engine_t *e;   /* borrowed; used only by the thread once started; a shard in a sharded job */
+    xc_engine_t *full;/* borrowed: what checkpoints and the loader see (e itself unless sharded) */
+    xc_shard_t *sh;   /* borrowed: the other ranks of a sharded job (NULL: one process) */
+    xc_latent_stats_t *g_lat;  /* (F) sharded: the gathered statistics; owned */
+    xc_scaling_stats_t *g_run; /* (F) sharded: the gathered running estimates; owned */
+    int lost;         /* a sharded command failed (XC_ECOLL ...): the job ends, no final checkpoint */
     xc_queue_t *q;    /* borrowed */
     int d2;           /* 2 * d floats per token */
     long B, C;        /* batch size, mixing buffer slots */
@@ -90,6 +95,8 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     *err = XC_ENOMEM;
     if (!t) return NULL;
     t->e = e;
+    t->full = o->full && o->shard ? o->full : e;
+    t->sh = o->full ? o->shard : NULL;
     t->q = q;
     t->d2 = 2 * c->d;
     t->B = c->batch_size;
@@ -119,6 +126,11 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     t->state_dir = strdup(o->state_dir ? o->state_dir : ".");
     t->name = strdup(o->name ? o->name : "xcoderd");
     t->config_json = strdup(o->config_json ? o->config_json : "{}");
+    if (t->sh) {
+        t->g_lat = calloc((size_t)c->dict_size, sizeof *t->g_lat);
+        t->g_run = calloc((size_t)c->dict_size, sizeof *t->g_run);
+        if (!t->g_lat || !t->g_run) goto out_free;
+    }
     if (!t->batch || !t->batch_tm || !t->exact_state || !t->state_dir || !t->name || !t->config_json)
         goto out_free;
     {
@@ -148,7 +160,7 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     {
         char why[256] = "";
         int rc;
-        t->pub = xc_shmpub_new(o->shm_instance, e, (mode_t)o->shm_mode, o->shm_owner, &o->thresholds, &rc, why,
+        t->pub = xc_shmpub_new(o->shm_instance, t->full, (mode_t)o->shm_mode, o->shm_owner, &o->thresholds, &rc, why,
                                sizeof why);
         if (!t->pub && rc == XC_ESTATE) {
             /* another live daemon publishes under this name: refuse to start */
@@ -159,7 +171,7 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
         if (!t->pub && o->shm_instance) {
             /* no shared memory (e.g. no /dev/shm): keep training, say so */
             xc_log(XC_LOG_WARN, "shared memory disabled: %s", why);
-            t->pub = xc_shmpub_new(NULL, e, 0, NULL, &o->thresholds, &rc, why, sizeof why);
+            t->pub = xc_shmpub_new(NULL, t->full, 0, NULL, &o->thresholds, &rc, why, sizeof why);
         } else if (o->shm_instance) {
             t->st.shm = 1;
         }
@@ -173,10 +185,14 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
     t->st.m = *xc_engine_metrics(e);
     t->st.state = XC_TR_STARTING;
     t->st.scaling_last_step = -1;
+    t->st.shard.ranks = t->sh ? xc_shard_size(t->sh) : 1;
+    t->st.shard.ranks_shown = 1;
     *err = XC_OK;
     return t;
 out_free:
     xc_ckpt_writer_destroy(&t->ckw);
+    free(t->g_lat);
+    free(t->g_run);
     xc_shmpub_destroy(&t->pub, 1);
     xc_mixbuf_destroy(&t->mix);
     free(t->exact_state);
@@ -204,7 +220,9 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     xc_mixbuf_destroy(&t->mix);
     free(t->exact_state);
     free(t->batch);
-    xc_scaling_destroy(&t->pass);
+    free(t->g_lat);
+    free(t->g_run);
+    xc_scaling_destroy(&t->pass); /* (a sharded pass's other ranks end with the job) */
     xc_shmpub_destroy(&t->pub, 1); /* a clean exit unlinks the shared memory */
     free(t->state_dir);
     free(t->name);
@@ -302,10 +320,12 @@ static void exact_to_rows(xc_trainer_t *t, const xc_scaling_stats_t *r, long ste
 
 /* The exact Latent Scaling pass sees the batches the trainer draws, before it
  * trains on them, with the dictionary frozen when the pass began. */
-static void scaling_feed(xc_trainer_t *t)
+static void shard_lost(xc_trainer_t *t, int rc, const char *what);
+
+static void scaling_feed(xc_trainer_t *t, int add_rc)
 {
     if (!t->pass) return;
-    int rc = xc_scaling_add(t->pass, t->batch, t->B);
+    int rc = t->sh ? add_rc : xc_scaling_add(t->pass, t->batch, t->B);
     uint64_t done = xc_scaling_tokens(t->pass);
     if (rc) xc_log(XC_LOG_ERROR, "exact Latent Scaling pass: %s", xc_strerror(rc));
     pthread_mutex_lock(&t->mu);
@@ -315,8 +335,17 @@ static void scaling_feed(xc_trainer_t *t)
     const xc_engine_config_t *c = xc_engine_config(t->e);
     xc_scaling_stats_t *res = malloc(sizeof *res * (size_t)c->dict_size); /* owned here */
     long step = xc_scaling_step(t->pass);
-    if (res && !rc) {
+    if (t->sh) { /* every rank ends its pass; the results come to this one */
+        int src = xc_shard_scaling_end(t->sh, &t->pass, res && !rc ? res : NULL);
+        if (src) {
+            free(res);
+            shard_lost(t, src, "the exact Latent Scaling results");
+            return;
+        }
+    } else if (res && !rc) {
         xc_scaling_result(t->pass, res);
+    }
+    if (res && !rc) {
         exact_to_rows(t, res, step, done);
         rc = xc_shmpub_set_exact(t->pub, res, step, done);
     }
@@ -338,8 +367,16 @@ static void scaling_feed(xc_trainer_t *t)
 
 static void scaling_start(xc_trainer_t *t, uint64_t tokens)
 {
-    int err;
-    t->pass = xc_scaling_new(t->e, &err);
+    int err = XC_OK;
+    if (t->sh) {
+        err = xc_shard_scaling_new(t->sh, &t->pass);
+        if (err == XC_ECOLL || (err && !t->pass)) {
+            shard_lost(t, err, "starting the exact Latent Scaling pass");
+            return;
+        }
+    } else {
+        t->pass = xc_scaling_new(t->e, &err);
+    }
     pthread_mutex_lock(&t->mu);
     t->st.scaling_running = t->pass != NULL;
     t->st.scaling_done = 0;
@@ -359,6 +396,10 @@ static void scaling_start(xc_trainer_t *t, uint64_t tokens)
 static void scaling_cancel(xc_trainer_t *t)
 {
     uint64_t done = xc_scaling_tokens(t->pass);
+    if (t->sh) {
+        int rc = xc_shard_scaling_end(t->sh, &t->pass, NULL);
+        if (rc) shard_lost(t, rc, "cancelling the exact Latent Scaling pass");
+    }
     xc_scaling_destroy(&t->pass);
     pthread_mutex_lock(&t->mu);
     t->st.scaling_running = 0;
@@ -368,13 +409,42 @@ static void scaling_cancel(xc_trainer_t *t)
            (unsigned long long)t->pass_target);
 }
 
+/* A sharded command failed: the ranks can no longer be assumed to hold one
+ * model. Said once; the trainer stops without a final checkpoint and the
+ * service ends the job (the other ranks end at their progress timeout, or
+ * when mpirun takes the job down). */
+static void shard_lost(xc_trainer_t *t, int rc, const char *what)
+{
+    if (t->lost) return;
+    t->lost = rc ? rc : XC_ECOLL;
+    xc_log(XC_LOG_ERROR, "sharded job: %s failed: %s (%s); stopping without a final checkpoint", what,
+           xc_strerror(rc), xc_shard_error(t->sh));
+    xc_trainer_stop(t);
+}
+
 static void do_step(xc_trainer_t *t)
 {
+    int rc, add_rc = XC_OK;
+    double t0, ms;
     draw_batch(t);
-    scaling_feed(t);
-    double t0 = now_ms();
-    int rc = xc_engine_train_step(t->e, t->batch, t->B);
-    double ms = now_ms() - t0;
+    if (t->sh) { /* every rank feeds its pass and trains on the batch (xc_shard.h) */
+        t0 = now_ms();
+        int src = xc_shard_train(t->sh, t->batch, t->B, t->pass, &rc, &add_rc);
+        ms = now_ms() - t0;
+        if (src) {
+            shard_lost(t, src, "a training step");
+            return;
+        }
+        pthread_mutex_lock(&t->mu);
+        xc_shard_report(t->sh, &t->st.shard);
+        pthread_mutex_unlock(&t->mu);
+        scaling_feed(t, add_rc);
+    } else {
+        scaling_feed(t, XC_OK);
+        t0 = now_ms();
+        rc = xc_engine_train_step(t->e, t->batch, t->B);
+        ms = now_ms() - t0;
+    }
     xc_queue_note_trained(t->q, (uint64_t)t->B, rc != 0);
     if (rc) xc_log(XC_LOG_ERROR, "training step failed: %s; %ld tokens discarded", xc_strerror(rc), t->B);
     pthread_mutex_lock(&t->mu);
@@ -387,7 +457,7 @@ static void do_step(xc_trainer_t *t)
         const long *rp;
         const int *col;
         const float *val;
-        if (xc_engine_selection(t->e, &rp, &col, &val) > 0)
+        if ((t->sh ? xc_shard_selection(t->sh, &rp, &col, &val) : xc_engine_selection(t->e, &rp, &col, &val)) > 0)
             xc_examples_update(t->ex, t->batch_tm, t->B, rp, col, val, xc_engine_metrics(t->e)->step);
     }
 }
@@ -522,7 +592,15 @@ static void do_checkpoint(xc_trainer_t *t, uint64_t gen, const char *reason, int
 {
     xc_ckpt_info_t r;
     xc_state_view_t ex[N_EXTRAS];
-    int rc = xc_ckpt_writer_submit(t->ckw, t->e, ex, ckpt_extras(t, ex), reason, gen, sync, &r);
+    if (t->sh && !sync) { /* the whole state comes to this rank first: not while the writer is busy */
+        if (xc_ckpt_writer_busy(t->ckw)) return;
+        int src = xc_shard_gather(t->sh);
+        if (src) {
+            shard_lost(t, src, "gathering the checkpoint");
+            return;
+        }
+    }
+    int rc = xc_ckpt_writer_submit(t->ckw, t->full, ex, ckpt_extras(t, ex), reason, gen, sync, &r);
     if (rc == XC_EAGAIN) return;
     t->ckpt_started = gen;
     if (rc == 0) return; /* the writer reports */
@@ -575,7 +653,13 @@ static void refresh_records(xc_trainer_t *t, uint64_t gen)
     pthread_mutex_unlock(&t->mu);
     double tps = ms > 0 ? t->B / (ms / 1e3) : 0.0;
     uint32_t counts[8];
-    xc_shmpub_update(t->pub, t->e, tps);
+    if (!t->sh) {
+        xc_shmpub_update(t->pub, t->e, tps);
+    } else if (!t->lost) { /* every rank's slice of the records comes here */
+        int src = xc_shard_stats(t->sh, t->g_lat, t->g_run);
+        if (src) shard_lost(t, src, "gathering the latent statistics");
+        else xc_shmpub_update_from(t->pub, t->g_lat, t->g_run, xc_engine_metrics(t->e), tps);
+    }
     xc_shmpub_class_counts(t->pub, counts);
     long F = xc_engine_config(t->e)->dict_size;
 
@@ -675,7 +759,7 @@ static void *trainer_main(void *arg)
 {
     xc_trainer_t *t = arg;
     xc_state_view_t ex[N_EXTRAS];
-    xc_ckpt_writer_prepare(t->ckw, t->e, ex, ckpt_extras(t, ex)); /* the checkpoint copy's memory, in the background */
+    xc_ckpt_writer_prepare(t->ckw, t->full, ex, ckpt_extras(t, ex)); /* the checkpoint copy's memory, in the background */
     refresh_records(t, snap_gen_done(t));
     budget_check(t, 1);
     set_state(t, XC_TR_RUNNING);
@@ -694,7 +778,7 @@ static void *trainer_main(void *arg)
             t->st.state = paused ? XC_TR_PAUSED : XC_TR_RUNNING;
         pthread_mutex_unlock(&t->mu);
         if (sn) do_snapshot(t, sn);
-        if (stop) break; /* pending checkpoint requests are answered by the final one */
+        if (stop || t->lost) break; /* pending checkpoint requests are answered by the final one */
         if (ck) do_checkpoint(t, ck, reason ? reason : "request", 0);
         if (scal_cancel && t->pass) scaling_cancel(t);
         if (scal && !t->pass) scaling_start(t, scal);
@@ -711,13 +795,34 @@ static void *trainer_main(void *arg)
             if (every > 0 && xc_engine_metrics(t->e)->step % every == 0) xc_trainer_request_checkpoint(t, "steps");
             continue;
         }
+        if (t->sh && !t->lost && xc_shard_idle_s(t->sh) >= 1.0) { /* the followers' wait stays bounded */
+            int src = xc_shard_ping(t->sh);
+            if (src) shard_lost(t, src, "a heartbeat");
+            continue;
+        }
         xc_queue_wait(t->q, 250, t->budget_done ? 0u : lanes_wanted(t));
     }
     set_state(t, XC_TR_STOPPING);
     pthread_mutex_lock(&t->mu);
     uint64_t gen = ++t->ckpt_req;
     pthread_mutex_unlock(&t->mu);
-    do_checkpoint(t, gen, "shutdown", 1); /* waits for a write in flight, then writes here */
+    if (t->sh && !t->lost) { /* the final state comes here, then the other ranks stop */
+        int src = xc_shard_gather(t->sh);
+        if (!src) src = xc_shard_stop(t->sh);
+        if (src) shard_lost(t, src, "the final gather");
+    }
+    if (t->lost) { /* no checkpoint from a partial state: the last one written stays the newest */
+        xc_ckpt_info_t r;
+        memset(&r, 0, sizeof r);
+        r.rc = XC_ECOLL;
+        r.gen = gen;
+        r.step = xc_engine_metrics(t->e)->step;
+        snprintf(r.reason, sizeof r.reason, "shutdown");
+        xc_why(r.why, sizeof r.why, "a rank of the job was lost (%s); no final checkpoint", xc_shard_error(t->sh));
+        ckpt_finished(t, &r);
+    } else {
+        do_checkpoint(t, gen, "shutdown", 1); /* waits for a write in flight, then writes here */
+    }
     set_state(t, XC_TR_STOPPED);
     post(t, XC_TR_EV_STOPPED);
     return NULL;
@@ -835,7 +940,7 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
     int n_ex = ckpt_extras(t, ex);
     t->mix_meta[0] = t->mix_meta[1] = -1; /* "not loaded" unless the checkpoint has them */
     xc_mixbuf_lane_table_clear(t->mix);
-    int rc = xc_ckpt_resume(t->e, ex, n_ex, &o, li, &next, why, why_len);
+    int rc = xc_ckpt_resume(t->full, ex, n_ex, &o, li, &next, why, why_len);
     if (rc == XC_OK) rc = rows_to_exact(t);
     if (rc == XC_OK) xc_examples_state_restored(t->ex);
     if (rc == XC_OK) {
@@ -855,9 +960,20 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
         pthread_mutex_unlock(&t->mu);
     }
     if (rc == XC_OK) warn_config_changes(li->config_json, t->config_json);
+    if ((rc == XC_OK || rc == XC_ENOTFOUND) && t->sh) {
+        /* every rank takes its slice of the model (resumed, or the new one
+         * initialised as one process would), whatever R wrote the checkpoint */
+        int src = xc_shard_scatter(t->sh);
+        if (src) {
+            xc_why(why, why_len, "cannot hand the model to the other ranks: %s", xc_shard_error(t->sh));
+            free(li);
+            return src;
+        }
+        xc_log(XC_LOG_INFO, "model sliced over %d ranks", xc_shard_size(t->sh));
+    }
     if (rc == XC_OK) {
         xc_ckpt_writer_continue(t->ckw, li->run_id, next, li->step, li->path, li->train_path);
-        t->st.m = *xc_engine_metrics(t->e);
+        t->st.m = *xc_engine_metrics(t->full);
         xc_log(XC_LOG_INFO, "resumed from %s: step %ld, %llu tokens trained (run %s, written %s)", li->path, li->step,
                (unsigned long long)li->tokens, li->run_id, li->created);
     } else if (rc == XC_ENOTFOUND) {

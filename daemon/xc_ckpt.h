@@ -96,6 +96,11 @@ const char *xc_ckpt_writer_run_id(const xc_ckpt_writer_t *w);
 int xc_ckpt_writer_submit(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *extras, int n_extras,
                           const char *reason, uint64_t gen, int sync, xc_ckpt_info_t *out);
 
+/* 1 while a write (or the copy's allocation) is in flight: an asynchronous
+ * submit would answer XC_EAGAIN. Lets a caller skip costly work (a sharded
+ * job's gather) that such a submit would waste. */
+int xc_ckpt_writer_busy(xc_ckpt_writer_t *w);
+
 /* Has the writer thread allocate and fault in the memory of the copy now (in
  * the background), so the first asynchronous checkpoint need not wait for it.
  * The copy is one training state (parameters, Adam moments, statistics: about

@@ -58,6 +58,7 @@ typedef struct {
     double max_abs_value;
     long memory_limit, max_connections;
     double stats_interval, checkpoint_interval, dead_alert_jump;
+    double mpi_timeout;        /* seconds; a sharded job's collective progress timeout */
     long checkpoint_steps, checkpoint_keep;
     char metrics_file[XC_CFG_STR_MAX];
     double metrics_interval;

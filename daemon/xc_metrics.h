@@ -59,6 +59,10 @@ typedef struct {
 #define XC_METRICS_SCALING_MEMBER(member, kind, key) XC_SCHEMA_CTYPE_##kind(member)
     XC_STAT_SCALING_FIELDS(XC_METRICS_SCALING_MEMBER)
 #undef XC_METRICS_SCALING_MEMBER
+    /* the RANKS group: each rank's wall time of the last step (ms), the first
+     * n_rank_step ranks */
+    double rank_step[64];
+    int n_rank_step;
     /* counters */
     xc_metrics_counter_t refused[XC_METRICS_MAX_COUNTERS]; /* by reason (XC_E* name) */
     int n_refused;

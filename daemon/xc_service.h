@@ -7,6 +7,7 @@
 #ifndef XC_SERVICE_H
 #define XC_SERVICE_H
 
+#include "xc_coll.h"
 #include "xc_config.h"
 
 typedef struct xc_svc xc_svc_t;
@@ -19,6 +20,10 @@ xc_svc_t *xc_svc_new(const xc_cfg_t *cfg, int argc, char **argv, int *err, char 
 /* Runs until shutdown (SIGTERM, SIGINT or the shutdown op): stops intake,
  * lets the trainer finish its step and write the final checkpoint. Returns 0
  * when that checkpoint was written, else a negative XC_E*. */
+/* As xc_svc_new, as rank 0 of a latent-sharded job over coll (xc_shard.h;
+ * borrowed, outlives the service); coll NULL or of size 1: one process. */
+xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, char **argv, int *err, char *why,
+                             size_t why_len);
 int xc_svc_run(xc_svc_t *s);
 void xc_svc_destroy(xc_svc_t **s);
 

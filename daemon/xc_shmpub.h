@@ -49,6 +49,10 @@ const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint
  * classes; chat-specific from the exact nu when an exact pass exists) and, when
  * publishing, writes the shared-memory object. */
 int xc_shmpub_update(xc_shmpub_t *p, const xc_engine_t *e, double tokens_per_s);
+/* The same from records gathered elsewhere (a latent-sharded job's rank 0):
+ * lat, run dict_size entries each (NULL: keep the last), m the step's metrics. */
+int xc_shmpub_update_from(xc_shmpub_t *p, const xc_latent_stats_t *lat, const xc_scaling_stats_t *run,
+                          const xc_engine_metrics_t *m, double tokens_per_s);
 /* Last computed records (dict_size entries each); valid until the next update. */
 const xc_latent_stats_t *xc_shmpub_latents(const xc_shmpub_t *p);
 const xc_scaling_stats_t *xc_shmpub_scaling(const xc_shmpub_t *p);

@@ -24,6 +24,7 @@
 #include "xc_remote.h"
 #include "xc_schema.h"
 #include "xc_service.h"
+#include "xc_shard.h"
 #include "xc_trainer.h"
 
 #include <stdint.h>
@@ -115,7 +116,9 @@ struct xc_svc {
     void *zctx, *ingest, *control, *events;
     int lock_fd;
     int bound;          /* all three sockets bound (their ipc files are ours) */
-    xc_engine_t *engine;
+    xc_engine_t *engine;  /* a sharded job: this rank's slice */
+    xc_engine_t *full;    /* a sharded job: the unsharded container (xc_shard.h); else NULL */
+    xc_shard_t *shard;    /* a sharded job: the other ranks; else NULL */
     xc_queue_t *queue;
     xc_trainer_t *trainer;
     xc_snapshot_t *snap; /* owned: the latent snapshot the loop answers from (xc_trainer.h) */

@@ -14,6 +14,7 @@
 #include "xc_examples.h"
 #include "xc_mixbuf.h"
 #include "xc_queue.h"
+#include "xc_shard.h"
 #include "xc_shm.h"
 #include "xc_shmpub.h"
 
@@ -40,6 +41,9 @@ typedef struct {
     long checkpoint_steps;    /* a checkpoint every N steps; 0 = off */
     xc_examples_config_t examples; /* store_tokens 0: 16 x mix_tokens, at least 65536 */
     const char *vocab_file;   /* the default vocabulary (xc_examples_load_vocab_file); NULL/"" none */
+    xc_engine_t *full;        /* a latent-sharded job's rank 0 (xc_shard.h): the unsharded container that
+                               * checkpoints are written from and loaded into (borrowed); NULL otherwise */
+    xc_shard_t *shard;        /* with full: drives the other ranks (borrowed) */
     uint64_t max_tokens;      /* token budget of the model (across resumes): 0 = none; reached ->
                                * a final checkpoint ("budget") and no more steps */
 } xc_trainer_opts_t;
@@ -69,6 +73,7 @@ typedef struct {
     long lane_batch_last[XC_MIX_MAX];    /* tokens of the lane in the last step's batch */
     long lane_batch_min[XC_MIX_MAX], lane_batch_max[XC_MIX_MAX]; /* over this process's steps; -1 none */
     int mix_waiting;          /* the buffer waits for the lane below (its stream is behind), -1 none */
+    xc_shard_report_t shard;  /* ranks, per-rank step time, communication (ranks = 1: one process) */
 } xc_trainer_status_t;
 
 /* Result of the latest checkpoint. */

@@ -31,7 +31,8 @@
  * X(member, kind, key, prom, ptype, pdiv, shm, help)
  *   member  the field of xc_metrics_t (daemon/xc_metrics.h) that holds it
  *   kind    U64 | I64 | F64 | F64X2 (base, chat) | BOOL | STR, or a group
- *           rendered from its own table: CLASSES, SCALING, COUNTERS, STREAMS
+ *           rendered from its own table: CLASSES, SCALING, COUNTERS, STREAMS, RANKS
+ *           (each rank's step time: a list, xcoderd_rank_step_duration_seconds{rank})
  *   key     its key in the stats event / status; "" = not there
  *   prom    Prometheus family, with an optional label: "xcoderd_loss{term=total}";
  *           rows of one family are adjacent; "" = none
@@ -94,6 +95,17 @@
       "Training steps per second over the last stats interval.")                                                \
     X(step_ms, F64, "step_ms", "xcoderd_step_duration_seconds", "gauge", 1000.0, XC_SCHEMA_NOSHM,               \
       "Wall time of the last training step.")                                                                   \
+    X(ranks, I64, "ranks", "xcoderd_ranks", "gauge", 1, XC_SCHEMA_NOSHM,                                        \
+      "MPI ranks the latents are sharded over (mpirun -np R); 1 = one process.")                               \
+    X(rank_step_ms, RANKS, "rank_step_ms", "", "", 1, XC_SCHEMA_NOSHM, "")                                      \
+    X(rank_step_ms_max, F64, "rank_step_ms_max", "xcoderd_rank_step_duration_max_seconds", "gauge", 1000.0,     \
+      XC_SCHEMA_NOSHM, "Wall time of the last training step on the slowest rank (sharded jobs).")              \
+    X(comm_ms, F64, "comm_ms", "xcoderd_comm_duration_seconds", "gauge", 1000.0, XC_SCHEMA_NOSHM,              \
+      "Time rank 0 spent inside collectives during the last training step (0 for one process).")              \
+    X(comm_bytes, U64, "comm_bytes", "xcoderd_comm_bytes", "gauge", 1, XC_SCHEMA_NOSHM,                         \
+      "Bytes rank 0 sent and received in collectives during the last training step.")                         \
+    X(comm_bytes_total, U64, "comm_bytes_total", "xcoderd_comm_bytes_total", "counter", 1, XC_SCHEMA_NOSHM,     \
+      "Bytes rank 0 sent and received in collectives since start (steps, gathers, checkpoints).")             \
     X(uptime_s, F64, "uptime_s", "xcoderd_uptime_seconds", "gauge", 1, XC_SCHEMA_NOSHM,                         \
       "Seconds since the daemon started.")                                                                      \
     X(tokens_budget, U64, "tokens_budget", "xcoderd_tokens_budget", "gauge", 1, XC_SCHEMA_NOSHM,                \
@@ -184,11 +196,12 @@
 #define XC_SCHEMA_CTYPE_SCALING(m)
 #define XC_SCHEMA_CTYPE_COUNTERS(m)
 #define XC_SCHEMA_CTYPE_STREAMS(m)
+#define XC_SCHEMA_CTYPE_RANKS(m)
 
 /* Kind codes, for tables built from the X-macros. */
 enum {
     XC_SK_U64 = 1, XC_SK_I64, XC_SK_F64, XC_SK_F64X2, XC_SK_BOOL, XC_SK_STR,
-    XC_SK_CLASSES, XC_SK_SCALING, XC_SK_COUNTERS, XC_SK_STREAMS
+    XC_SK_CLASSES, XC_SK_SCALING, XC_SK_COUNTERS, XC_SK_STREAMS, XC_SK_RANKS
 };
 
 /* ---------------------------------------------------------- counters -- */
