@@ -770,10 +770,13 @@ xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, cha
     xc_cfg_engine(&s->cfg, &ec);
     if (coll && coll->size > 1) {
         /* this rank's slice, and the unsharded container checkpoints go through
-         * (one thread, fp32: it never trains) */
+         * (one thread, fp32, a batch of one: it never trains, and its state views
+         * do not depend on the batch size, so its step scratch stays small) */
         xc_engine_config_t fc = ec;
         fc.threads = 1;
         fc.encoder_precision = XC_PREC_FP32;
+        fc.batch_size = 1;
+        if (fc.k > fc.dict_size) fc.k = fc.dict_size;
         s->engine = xc_engine_new_sharded(&ec, coll, &rc);
         if (s->engine) s->full = xc_engine_new(&fc, &rc);
         if (s->full) s->shard = xc_shard_new(coll, s->engine, s->full, &rc);

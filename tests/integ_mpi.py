@@ -19,8 +19,10 @@
   two-rank checkpoint resumed on one process train the same next 100 steps
   alike.
 - SIGTERM to rank 0 stops every rank after the final checkpoint (exit 0);
-  kill -9 of rank 1 ends the job with an error within the collectives'
-  progress timeout (mpi_timeout), no hang.
+  kill -9 of rank 1 ends the job with an error, no hang (mpirun takes it down);
+  a rank that hangs (SIGSTOP) ends it within the collectives' progress
+  timeout (mpi_timeout), with the reason logged and no checkpoint from a
+  partial state.
 Needs OpenMPI (`make deps` installs it) and an xcoderd built with it; says so
 plainly and checks nothing else otherwise. Prints "ok - NAME" / "not ok - NAME: why"."""
 
@@ -364,6 +366,32 @@ def test_kill9_rank1_ends_the_job():
     check("rank 1" in log or "signal 9" in log or "Killed" in log, "no error naming the lost rank: %s" % log[-800:])
 
 
+def test_hung_rank1_times_out():
+    """A rank that stops answering (SIGSTOP: alive, silent) is noticed by the collectives'
+    progress deadline (mpi_timeout = 4 s here): the job ends with an error, no hang."""
+    j = Job("hang", 2).start()
+    j.feed(20 * B, seed=5)
+    j.wait_step(5)
+    pid = j.rank_pid(1)
+    t0 = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    j.feed(10 * B, seed=6)  # rank 0 trains on: its next step's collectives wait for rank 1
+    try:
+        rc = j.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        raise Fail("the job still runs 60 s after rank 1 stopped answering: %s" % j.logtext()[-800:])
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    log = j.logtext()
+    check(rc != 0, "mpirun exited 0 after a rank hung")
+    check("made no progress for 4.0 s" in log and "no final checkpoint" in log,
+          "no error naming the timeout: %s" % log[-1200:])
+    return "ended %.1f s after the hang" % (time.time() - t0)
+
+
 def main():
     for exe in (XCODERD, XCODER):
         if not os.access(exe, os.X_OK):
@@ -381,14 +409,15 @@ def main():
     t0 = time.time()
     tests = [test_two_ranks_train_as_one, test_status_metrics_table_shm_over_ranks,
              test_two_rank_checkpoint_loads_into_reference, test_sigterm_rank0_stops_every_rank,
-             test_resume_across_ranks, test_kill9_rank1_ends_the_job]
+             test_resume_across_ranks, test_kill9_rank1_ends_the_job, test_hung_rank1_times_out]
     # The exact Latent Scaling pass over shards needs the engine to sum the pass's
     # reconstruction over ranks (engine/scaling.c, xc_scaling_add); until it does, the
     # comparison is not run, and says so.
     print("# integ_mpi: test_exact_scaling_pass_over_ranks not run: the engine's exact pass does not yet sum "
           "its reconstruction over shards (xc_scaling_add); the pass runs, its per-rank results differ")
     for t in tests:
-        if t is not test_two_ranks_train_as_one and "two" not in RESULTS and t is not test_kill9_rank1_ends_the_job:
+        if t is not test_two_ranks_train_as_one and "two" not in RESULTS and t not in (test_kill9_rank1_ends_the_job,
+                                                                             test_hung_rank1_times_out):
             FAILED.append(t.__name__)
             print("not ok - %s: the two-rank run above failed" % t.__name__)
             continue
