@@ -260,6 +260,22 @@ static int capture(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *e
         if (dst) *dst = s->v[i].data;
     }
     if (!mo->w_enc || !mo->b_enc || !mo->w_dec || !mo->b_dec) return XC_EINVAL;
+    /* the trainer's activation normaliser, once ready, as the reference's buffers */
+    const double *nm = NULL;
+    const float *nmean = NULL, *nstd = NULL, *nscale = NULL;
+    mo->act_mean = mo->act_std = mo->act_scale = NULL;
+    mo->target_rms = 0;
+    for (int i = 0; i < s->n; i++) {
+        const char *nmv = s->v[i].name;
+        if (!strcmp(nmv, "trainer.norm_meta")) nm = s->v[i].data;
+        else if (!strcmp(nmv, "trainer.norm_mean")) nmean = s->v[i].data;
+        else if (!strcmp(nmv, "trainer.norm_std")) nstd = s->v[i].data;
+        else if (!strcmp(nmv, "trainer.norm_scale")) nscale = s->v[i].data;
+    }
+    if (nm && nm[0] > 0 && nm[1] > 0 && nmean && nstd && nscale) {
+        mo->act_mean = nmean, mo->act_std = nstd, mo->act_scale = nscale;
+        mo->target_rms = (float)nm[2];
+    }
     s->step = m->step;
     s->tokens = m->tokens;
     s->capture_ms = now_ms() - t0;

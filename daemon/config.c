@@ -1,6 +1,7 @@
 /* The configuration table and everything it drives (see xc_config.h). */
 #include "xc_config.h"
 #include "xc_mixbuf.h"
+#include "xc_norm.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -34,6 +35,8 @@ static const char *const g_levels[] = {"debug", "info", "warn", "error", NULL}; 
 static const char *const g_onoff[] = {"off", "on", NULL};
 static const char *const g_precs[] = {"fp32", "auto", "bf16", "int8", NULL}; /* xc_prec_t */
 static const char *const g_codenorms[] = {"crosscoder", "sae", "mixed", "none", "decoupled", NULL}; /* xc_code_norm_t */
+static const char *const g_norms[] = {"off", "global", "neuron", NULL};       /* xc_norm_mode_t */
+_Static_assert(XC_NORM_NEURON == 2, "normalize names out of order");
 _Static_assert(XC_MODEL_L1 == 1 && XC_LOSS_MSE == 1 && XC_LOG_ERROR == 3 && XC_PREC_AUTO == 1 && XC_PREC_INT8 == 3 &&
                    XC_CODE_DECOUPLED == 4,
                "enum names out of order");
@@ -152,6 +155,28 @@ static const xc_cfg_key_t g_keys[] = {
              "BatchTopK encoder product: auto = int8 where the CPU has VNNI, else bf16 where it has native "
              "BF16, else fp32; the selection stays exact (candidates recomputed in fp32, the step redone in "
              "fp32 when a margin check fails); a precision the CPU or build lacks runs fp32 with a warning"),
+    KEY_ENUM("normalize", "off", g_norms, normalize, "model",
+             "activation normalisation as the reference's NormalizableMixin: global = mean subtracted and one "
+             "scale per model, target_rms / sqrt(sum of the variances) (keep_relative_variance, the "
+             "reference's default); neuron = per-dimension z-scoring; statistics from a pass over the first "
+             "normalize_tokens tokens, during which training waits; written into the checkpoint's "
+             "activation_mean / activation_std / activation_global_scale / target_rms; off = train on the "
+             "activations as sent"),
+    KEY_INT("normalize_tokens", "100000", 2, BIG, normalize_tokens, "model",
+            "tokens of the normalisation statistics pass (the first ones that arrive, after the exclusions "
+            "below); those that fit in the mixing buffer are trained on after the pass, the rest only feed "
+            "the statistics (counted in tokens_stats_only)"),
+    KEY_FLOAT("target_rms", "100", 1e-12, 1e12, target_rms, "model",
+              "normalize = global: the root of the summed per-dimension variances after scaling (diffing-toolkit "
+              "uses 100; the reference class's default is 1)"),
+    KEY_INT("exclude_positions_below", "0", 0, 4294967295.0, exclude_positions_below, "model",
+            "tokens sent with a document position below this (e.g. 1: the first token of every document, "
+            "whose norm is often 10-100x the rest) are neither trained on nor used for statistics; counted "
+            "in tokens_excluded_position; tokens sent without positions are kept; 0 = none"),
+    KEY_FLOAT("outlier_norm_factor", "0", 0, 1e12, outlier_norm_factor, "model",
+              "tokens whose activation norm in either model exceeds this factor x that model's median norm in "
+              "the batch they arrived in (batches of 16 tokens or more; smaller ones use the last such median) "
+              "are neither trained on nor used for statistics; counted in tokens_excluded_outlier; 0 = off"),
     /* service */
     KEY_INT("queue_size", "64", 1, 1e6, queue_size, "service",
             "accepted batches waiting for the trainer; when full the daemon stops reading the ingest "

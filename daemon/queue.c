@@ -232,6 +232,13 @@ void xc_queue_note_trained(xc_queue_t *q, uint64_t n, int failed)
     pthread_mutex_unlock(&q->mu);
 }
 
+void xc_queue_note_excluded(xc_queue_t *q, uint64_t n)
+{
+    pthread_mutex_lock(&q->mu);
+    q->c.tokens_queued -= n;
+    pthread_mutex_unlock(&q->mu);
+}
+
 void xc_queue_note_restored(xc_queue_t *q, uint64_t n)
 {
     pthread_mutex_lock(&q->mu);

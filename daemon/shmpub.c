@@ -3,6 +3,7 @@
 
 #include "xc_error.h"
 #include "xc_metrics.h"
+#include "xc_norm.h"
 #include "xc_remote_proto.h"
 
 #include <math.h>
@@ -21,7 +22,10 @@ struct xc_shmpub {
     xc_scaling_stats_t *exact;   /* (F) owned; NULL until an exact pass completes */
     long exact_step;
     uint64_t exact_tokens;
+    const xc_norm_t *norm;       /* borrowed: the units of the running estimates; NULL = engine's */
 };
+
+void xc_shmpub_set_norm(xc_shmpub_t *p, const void *norm) { p->norm = norm; }
 
 xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode, const char *owner,
                            const xc_class_thresholds_t *th, int *err, char *why, size_t why_len)
@@ -88,6 +92,7 @@ int xc_shmpub_update_from(xc_shmpub_t *p, const xc_latent_stats_t *lat, const xc
     const xc_scaling_stats_t *exact = p->exact;
     if (lat) memcpy(p->lat, lat, sizeof *p->lat * (size_t)F);
     if (run) memcpy(p->sc, run, sizeof *p->sc * (size_t)F);
+    if (p->norm) xc_norm_scaling_to_original(p->norm, p->sc, F); /* original units where a scalar factor exists */
     memset(p->counts, 0, sizeof p->counts);
     for (int j = 0; j < F; j++) {
         const xc_latent_stats_t *l = &p->lat[j];

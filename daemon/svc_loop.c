@@ -851,6 +851,11 @@ xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, cha
     to.checkpoint_keep = (int)s->cfg.checkpoint_keep;
     to.checkpoint_steps = s->cfg.checkpoint_steps;
     to.max_tokens = s->cfg.max_tokens > 0 ? (uint64_t)s->cfg.max_tokens : 0;
+    to.normalize = s->cfg.normalize;
+    to.normalize_tokens = s->cfg.normalize_tokens;
+    to.target_rms = s->cfg.target_rms;
+    to.exclude_positions_below = s->cfg.exclude_positions_below;
+    to.outlier_norm_factor = s->cfg.outlier_norm_factor;
     xc_examples_config_default(&to.examples);
     to.examples.top_n = (int)s->cfg.examples_top;
     to.examples.random_n = (int)s->cfg.examples_random;

@@ -182,6 +182,17 @@ static void fill_stats(xc_svc_t *s, xc_metrics_t *m)
     m->encoder_kernel = xc_engine_score_kernel(s->engine);
     m->encoder_fallbacks = (uint64_t)ts.m.score_fallbacks;
     m->encoder_fp32_steps = (uint64_t)ts.m.score_fp32_steps;
+    /* activation normalisation: what the reported statistics' units are (README "Activation normalisation") */
+    m->normalize = xc_cfg_enum_name("normalize", ts.norm_mode);
+    m->normalize_state = ts.norm_state == 2 ? "ready" : ts.norm_state == 1 ? "collecting" : "off";
+    m->normalize_tokens_seen = ts.norm_tokens;
+    m->normalize_scale[0] = ts.norm_scale[0];
+    m->normalize_scale[1] = ts.norm_scale[1];
+    m->fve_units = "original";
+    m->scaling_units = ts.scaling_units ? "original" : "normalised";
+    m->tokens_stats_only = ts.tokens_stats_only;
+    m->tokens_excluded_position = ts.tokens_excluded_position;
+    m->tokens_excluded_outlier = ts.tokens_excluded_outlier;
     /* curve: tcp endpoints need an allow-listed key; insecure_tcp: one is reachable
      * beyond loopback without it (the operator accepted the risk) */
     m->curve = s->curve_secret[0] != 0;

@@ -5,6 +5,7 @@
 #include "xc_stfile.h"
 #include "xc_error.h"
 #include "xc_log.h"
+#include "xc_norm.h"
 #include "xc_rng.h"
 #include "xc_shmpub.h"
 
@@ -39,6 +40,7 @@ struct xc_trainer {
                           * run without one never restores lanes as one buffer, nor the reverse) */
     xc_qitem_t cur[XC_MIX_MAX]; /* per lane: popped item being moved into mix (x NULL: none) */
     long cur_off[XC_MIX_MAX];
+    long cur_pass[XC_MIX_MAX];  /* per lane: tokens of cur that went into the normalisation pass */
     xc_rng_t rng;
     char *state_dir, *name, *config_json; /* owned copies */
     void (*notify)(void *);
@@ -77,6 +79,17 @@ struct xc_trainer {
     int ckpt_logged_failing;   /* a failure was logged and no success since */
     uint64_t max_tokens;       /* token budget; 0 = none */
     int budget_done;           /* trainer thread: the budget is reached, no more steps */
+
+    /* activation normalisation (trainer thread; status copies under mu) */
+    xc_norm_t norm;            /* owned arrays; the pass's sums, then the reference's buffers */
+    double norm_meta[4];       /* as checkpointed: mode, ready, target_rms, pass tokens (-1: not restored) */
+    uint64_t norm_target;      /* normalize_tokens */
+    long excl_pos;             /* exclude_positions_below */
+    double outlier_factor;     /* outlier_norm_factor */
+    double out_median[2];      /* the last batch medians of the outlier rule */
+    float *scratch;            /* (scratch_n) owned: token norms for the median */
+    unsigned char *keep;       /* (scratch_n) owned */
+    long scratch_n;
 };
 
 static double now_ms(void)
@@ -157,6 +170,17 @@ xc_trainer_t *xc_trainer_new(xc_engine_t *e, xc_queue_t *q, const xc_trainer_opt
         t->ckpt_steps = o->checkpoint_steps;
     }
     t->max_tokens = o->max_tokens;
+    if (xc_norm_init(&t->norm, c->d, (xc_norm_mode_t)o->normalize, o->target_rms > 0 ? (float)o->target_rms : 1.0f)) {
+        *err = XC_ECONFIG;
+        goto out_free;
+    }
+    t->norm_target = o->normalize_tokens > 1 ? (uint64_t)o->normalize_tokens : 2;
+    t->excl_pos = o->exclude_positions_below;
+    t->outlier_factor = o->outlier_norm_factor;
+    t->st.norm_mode = o->normalize;
+    t->st.norm_state = o->normalize ? 1 : 0;
+    t->st.norm_scale[0] = t->st.norm_scale[1] = 1.0f;
+    t->st.scaling_units = o->normalize != XC_NORM_NEURON;
     {
         char why[256] = "";
         int rc;
@@ -195,6 +219,7 @@ out_free:
     free(t->g_run);
     xc_shmpub_destroy(&t->pub, 1);
     xc_mixbuf_destroy(&t->mix);
+    xc_norm_free(&t->norm);
     free(t->exact_state);
     free(t->batch);
     free(t->batch_tm);
@@ -224,6 +249,9 @@ void xc_trainer_destroy(xc_trainer_t **pt)
     free(t->g_run);
     xc_scaling_destroy(&t->pass); /* (a sharded pass's other ranks end with the job) */
     xc_shmpub_destroy(&t->pub, 1); /* a clean exit unlinks the shared memory */
+    xc_norm_free(&t->norm);
+    free(t->scratch);
+    free(t->keep);
     free(t->state_dir);
     free(t->name);
     free(t->config_json);
@@ -262,29 +290,162 @@ static void item_context(xc_trainer_t *t, xc_qitem_t *it)
     xc_examples_store(t->ex, it->meta, it->n);
 }
 
+/* The intake exclusions (exclude_positions_below, outlier_norm_factor) on a
+ * popped item, before its tokens reach the statistics or the buffer: the kept
+ * tokens are compacted in place (their context with them), the others
+ * counted, never dropped silently. */
+static void intake_filter(xc_trainer_t *t, xc_qitem_t *it)
+{
+    if (!t->excl_pos && !(t->outlier_factor > 0)) return;
+    if (it->n > t->scratch_n) {
+        float *sc = realloc(t->scratch, sizeof(float) * (size_t)it->n); /* owned by t */
+        if (sc) t->scratch = sc;
+        unsigned char *kp = realloc(t->keep, (size_t)it->n); /* owned by t */
+        if (kp) t->keep = kp;
+        if (!sc || !kp) {
+            xc_log(XC_LOG_WARN, "out of memory for the intake exclusions of %ld tokens; trained unfiltered", it->n);
+            return;
+        }
+        t->scratch_n = it->n;
+    }
+    long n0 = it->n, by_pos = 0, by_outlier = 0;
+    /* the position rule first (exact, from the token's context), then the norm
+     * rule on the tokens left (their median is the batch's, without the excluded) */
+    for (int rule = 0; rule < 2; rule++) {
+        if (rule == 0) {
+            if (!t->excl_pos) continue;
+            for (long b = 0; b < it->n; b++) {
+                const xc_tokmeta_t *m = it->meta ? &it->meta[b] : NULL;
+                t->keep[b] = !(m && (m->flags & XC_TM_POS) && (long)m->pos < t->excl_pos);
+                by_pos += !t->keep[b];
+            }
+        } else {
+            by_outlier = xc_norm_outliers(it->x, it->n, t->d2 / 2, t->outlier_factor, t->out_median, t->scratch,
+                                          t->keep);
+        }
+        long n = 0;
+        for (long b = 0; b < it->n; b++) {
+            if (!t->keep[b]) continue;
+            if (n != b) {
+                memcpy(it->x + (size_t)n * t->d2, it->x + (size_t)b * t->d2, sizeof(float) * (size_t)t->d2);
+                if (it->meta) it->meta[n] = it->meta[b];
+            }
+            n++;
+        }
+        it->n = n;
+    }
+    if (it->n == n0) return;
+    xc_queue_note_excluded(t->q, (uint64_t)(n0 - it->n));
+    pthread_mutex_lock(&t->mu);
+    t->st.tokens_excluded_position += (uint64_t)by_pos;
+    t->st.tokens_excluded_outlier += (uint64_t)by_outlier;
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* The normaliser is ready: FVE in original units, Latent Scaling's units, status. */
+static void norm_ready(xc_trainer_t *t)
+{
+    float *w = malloc(sizeof(float) * (size_t)t->d2); /* owned here */
+    if (w) {
+        xc_norm_fve_weights(&t->norm, w);
+        if (xc_engine_set_fve_weights(t->e, w)) xc_log(XC_LOG_WARN, "out of memory: FVE stays in normalised units");
+        free(w);
+    }
+    xc_shmpub_set_norm(t->pub, &t->norm);
+    pthread_mutex_lock(&t->mu);
+    t->st.norm_state = 2;
+    t->st.norm_tokens = t->norm.count;
+    t->st.norm_scale[0] = t->norm.scale[0];
+    t->st.norm_scale[1] = t->norm.scale[1];
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int norm_waiting(const xc_trainer_t *t) { return t->norm.mode != XC_NORM_OFF && !t->norm.ready; }
+
+/* The statistics pass: the first normalize_tokens tokens popped (after the
+ * intake exclusions, in the order the queue gives them) go into the Welford
+ * sums; at the last one the buffers are computed. The mixing buffer keeps raw
+ * tokens: a drawn batch is normalised (draw_batch), so nothing buffered needs
+ * converting when the pass ends. Returns how many of x's n tokens it took. */
+static long norm_collect(xc_trainer_t *t, const float *x, long n)
+{
+    if (!norm_waiting(t)) return 0;
+    uint64_t need = t->norm_target - t->norm.count;
+    long take = (uint64_t)n < need ? n : (long)need;
+    xc_norm_add(&t->norm, x, take);
+    pthread_mutex_lock(&t->mu);
+    t->st.norm_tokens = t->norm.count;
+    pthread_mutex_unlock(&t->mu);
+    if (t->norm.count < t->norm_target) return take;
+    int rc = xc_norm_finish(&t->norm);
+    if (rc) { /* constant or non-finite activations: the pass starts again on new tokens */
+        xc_log(XC_LOG_ERROR, "activation normalisation: the statistics of %llu tokens are unusable (%s: a model's "
+               "activations are constant, or too large for float32); collecting %llu new tokens",
+               (unsigned long long)t->norm.count, xc_strerror(rc), (unsigned long long)t->norm_target);
+        memset(t->norm.w_mean, 0, sizeof(double) * (size_t)t->d2);
+        memset(t->norm.w_m2, 0, sizeof(double) * (size_t)t->d2);
+        t->norm.count = 0;
+        return take;
+    }
+    norm_ready(t);
+    xc_log(XC_LOG_INFO, "activation normalisation (%s) from %llu tokens: scale a_base %.6g, a_chat %.6g; training "
+           "starts (%llu tokens were statistics only)", t->norm.mode == XC_NORM_GLOBAL ? "global" : "neuron",
+           (unsigned long long)t->norm.count, (double)t->norm.scale[0], (double)t->norm.scale[1],
+           (unsigned long long)t->st.tokens_stats_only);
+    return take;
+}
+
+/* Pops lane l's next item into t->cur[l] with its context, the exclusions and
+ * its part of the statistics pass; 0 or XC_EAGAIN. */
+static int next_item(xc_trainer_t *t, int l)
+{
+    xc_qitem_t *cur = &t->cur[l];
+    if (xc_queue_try_pop_lane(t->q, l, cur)) return XC_EAGAIN;
+    t->cur_off[l] = 0;
+    item_context(t, cur);
+    intake_filter(t, cur);
+    t->cur_pass[l] = norm_collect(t, cur->x, cur->n);
+    return XC_OK;
+}
+
+static void drop_cur(xc_trainer_t *t, int l)
+{
+    free(t->cur[l].x);
+    free(t->cur[l].meta);
+    memset(&t->cur[l], 0, sizeof t->cur[l]);
+}
+
 /* Moves tokens from the queue into the mixing buffer: each lane from its own
- * queue lane, until the lane is full or its queue lane is empty. */
+ * queue lane, until the lane is full or its queue lane is empty. While the
+ * normalisation pass runs and a lane is full, that lane's queue goes on
+ * feeding the statistics alone (those tokens are counted, not trained), so the
+ * pass never waits for a buffer that cannot drain before it ends. */
 static void fill_buffer(xc_trainer_t *t)
 {
     for (int l = 0; l < t->lanes; l++) {
         xc_qitem_t *cur = &t->cur[l];
         while (xc_mixbuf_room(t->mix, l) > 0) {
-            if (!cur->x) {
-                if (xc_queue_try_pop_lane(t->q, l, cur)) break;
-                t->cur_off[l] = 0;
-                item_context(t, cur);
-            }
+            if (!cur->x && next_item(t, l)) break;
             long take = cur->n - t->cur_off[l], room = xc_mixbuf_room(t->mix, l);
             if (take > room) take = room;
             xc_mixbuf_put(t->mix, l, cur->x + (size_t)t->cur_off[l] * t->d2, cur->meta ? cur->meta + t->cur_off[l] : NULL,
                           take);
             t->cur_off[l] += take;
             xc_queue_note_buffered(t->q, (uint64_t)take);
-            if (t->cur_off[l] == cur->n) {
-                free(cur->x);
-                free(cur->meta);
-                memset(cur, 0, sizeof *cur);
+            if (t->cur_off[l] == cur->n) drop_cur(t, l);
+        }
+        while (norm_waiting(t) && xc_mixbuf_room(t->mix, l) == 0) {
+            if (!cur->x && next_item(t, l)) break;
+            long drop = t->cur_pass[l] - t->cur_off[l]; /* in the pass, not in the buffer */
+            if (drop > 0) {
+                xc_queue_note_excluded(t->q, (uint64_t)drop);
+                pthread_mutex_lock(&t->mu);
+                t->st.tokens_stats_only += (uint64_t)drop;
+                pthread_mutex_unlock(&t->mu);
+                t->cur_off[l] += drop;
             }
+            if (t->cur_off[l] < cur->n) break; /* the pass ended inside it: the rest waits for room */
+            drop_cur(t, l);
         }
     }
 }
@@ -295,7 +456,7 @@ static unsigned lanes_wanted(xc_trainer_t *t)
 {
     unsigned m = 0;
     for (int l = 0; l < t->lanes; l++)
-        if (xc_mixbuf_room(t->mix, l) > 0 && !t->cur[l].x) m |= 1u << l;
+        if ((xc_mixbuf_room(t->mix, l) > 0 || norm_waiting(t)) && !t->cur[l].x) m |= 1u << l;
     return m;
 }
 
@@ -305,6 +466,7 @@ static void draw_batch(xc_trainer_t *t)
 {
     long counts[XC_MIX_MAX];
     xc_mixbuf_draw(t->mix, &t->rng, t->batch, t->batch_tm, counts);
+    xc_norm_apply(&t->norm, t->batch, t->B); /* the buffer holds raw tokens; no-op without a normaliser */
     pthread_mutex_lock(&t->mu);
     for (int l = 0; l < t->lanes; l++) {
         t->st.lane_batch_last[l] = counts[l];
@@ -346,6 +508,7 @@ static void scaling_feed(xc_trainer_t *t, int add_rc)
         xc_scaling_result(t->pass, res);
     }
     if (res && !rc) {
+        xc_norm_scaling_to_original(&t->norm, res, c->dict_size); /* as the running ones: original units */
         exact_to_rows(t, res, step, done);
         rc = xc_shmpub_set_exact(t->pub, res, step, done);
     }
@@ -467,7 +630,7 @@ static void do_step(xc_trainer_t *t)
  * the buffered tokens' context and the live examples; with a stream mixture
  * also the buffer's lanes (a run without one writes exactly what it did before
  * mixtures existed). */
-#define N_EXTRAS (7 + XC_EXAMPLES_VIEWS)
+#define N_EXTRAS (11 + XC_EXAMPLES_VIEWS)
 static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
 {
     long F = xc_engine_config(t->e)->dict_size;
@@ -491,7 +654,47 @@ static int ckpt_extras(xc_trainer_t *t, xc_state_view_t *v)
     if (t->mixed)
         v[n++] = (xc_state_view_t){"trainer.mix_lanes", XC_ST_I64, 2, {t->lanes, 3, 0}, xc_mixbuf_lane_table(t->mix),
                                    sizeof(int64_t) * 3 * (size_t)t->lanes, 0};
+    /* the activation normaliser: its buffers and what they are */
+    long d = t->d2 / 2;
+    t->norm_meta[0] = t->norm.mode;
+    t->norm_meta[1] = t->norm.ready;
+    t->norm_meta[2] = t->norm.target_rms;
+    t->norm_meta[3] = (double)t->norm.count;
+    v[n++] = (xc_state_view_t){"trainer.norm_mean", XC_ST_F32, 2, {2, d, 0}, t->norm.mean, sizeof(float) * 2 * (size_t)d, 0};
+    v[n++] = (xc_state_view_t){"trainer.norm_std", XC_ST_F32, 2, {2, d, 0}, t->norm.std, sizeof(float) * 2 * (size_t)d, 0};
+    v[n++] = (xc_state_view_t){"trainer.norm_scale", XC_ST_F32, 1, {2, 0, 0}, t->norm.scale, sizeof t->norm.scale, 0};
+    v[n++] = (xc_state_view_t){"trainer.norm_meta", XC_ST_F64, 1, {4, 0, 0}, t->norm_meta, sizeof t->norm_meta, 0};
     return n;
+}
+
+static const char *norm_name(int mode) { return mode == XC_NORM_GLOBAL ? "global" : mode == XC_NORM_NEURON ? "neuron" : "off"; }
+
+/* After a resume wrote into the normaliser's views: a model keeps the
+ * normalisation it was trained with. A checkpoint without these views (an
+ * older one) was trained without. A mismatch with the configuration is
+ * refused (training on differently scaled inputs would silently ruin the
+ * model); a checkpoint of a model that never stepped starts the pass again. */
+static int norm_resumed(xc_trainer_t *t, long step, char *why, size_t why_len)
+{
+    int mode = t->norm_meta[0] < 0 ? XC_NORM_OFF : (int)t->norm_meta[0], ready = t->norm_meta[0] >= 0 && t->norm_meta[1] > 0;
+    if (step > 0 && (mode != (int)t->norm.mode || (mode != XC_NORM_OFF && !ready))) {
+        xc_why(why, why_len, "the checkpoint's model was trained with normalize = %s, the configuration says "
+               "normalize = %s: set normalize = %s to continue it (or start a new model with --fresh)",
+               norm_name(mode), norm_name(t->norm.mode), norm_name(mode));
+        return XC_ECONFIG;
+    }
+    if (!ready || t->norm.mode == XC_NORM_OFF) { /* nothing normalised yet: the pass runs (again) */
+        for (size_t i = 0; i < (size_t)t->d2; i++) t->norm.mean[i] = t->norm.std[i] = NAN;
+        t->norm.scale[0] = t->norm.scale[1] = 1.0f;
+        return XC_OK;
+    }
+    if (t->norm_meta[2] > 0) t->norm.target_rms = (float)t->norm_meta[2]; /* the model's, not the config's */
+    t->norm.count = (uint64_t)t->norm_meta[3];
+    t->norm.ready = 1;
+    norm_ready(t);
+    xc_log(XC_LOG_INFO, "activation normalisation (%s) restored: a_base %.6g, a_chat %.6g, from %llu tokens",
+           norm_name(mode), (double)t->norm.scale[0], (double)t->norm.scale[1], (unsigned long long)t->norm.count);
+    return XC_OK;
 }
 
 /* exact results <-> the rows of trainer.scaling_exact */
@@ -786,7 +989,7 @@ static void *trainer_main(void *arg)
         xc_examples_apply(t->ex); /* vocabularies and resets asked for meanwhile */
         fill_buffer(t);
         note_waiting(t);
-        if (!paused && !t->budget_done && xc_mixbuf_ready(t->mix)) {
+        if (!paused && !t->budget_done && xc_mixbuf_ready(t->mix) && !norm_waiting(t)) {
             do_step(t);
             if (budget_check(t, 0)) continue;
             pthread_mutex_lock(&t->mu);
@@ -940,7 +1143,9 @@ int xc_trainer_resume(xc_trainer_t *t, const char *path, int fresh, char *why, s
     int n_ex = ckpt_extras(t, ex);
     t->mix_meta[0] = t->mix_meta[1] = -1; /* "not loaded" unless the checkpoint has them */
     xc_mixbuf_lane_table_clear(t->mix);
+    t->norm_meta[0] = -1; /* stays -1 when the checkpoint has no normaliser views */
     int rc = xc_ckpt_resume(t->full, ex, n_ex, &o, li, &next, why, why_len);
+    if (rc == XC_OK) rc = norm_resumed(t, li->step, why, why_len);
     if (rc == XC_OK) rc = rows_to_exact(t);
     if (rc == XC_OK) xc_examples_state_restored(t->ex);
     if (rc == XC_OK) {

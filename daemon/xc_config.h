@@ -51,6 +51,12 @@ typedef struct {
     double threshold_beta;
     long seed, threads;
     xc_prec_t encoder_precision;
+    /* activation normalisation and intake exclusions (xc_norm.h) */
+    int normalize;             /* xc_norm_mode_t: off, global, neuron */
+    long normalize_tokens;     /* tokens of the statistics pass */
+    double target_rms;
+    long exclude_positions_below; /* tokens at document positions < this are not trained; 0 = none */
+    double outlier_norm_factor;   /* tokens with norm > factor x their batch's median are not trained; 0 = off */
     /* service */
     long queue_size, mix_tokens, max_msg_bytes, ingest_hwm;
     char stream_mix[XC_CFG_STR_MAX]; /* "web:0.5,chat:0.5" (daemon/xc_mixbuf.h); "" = none */

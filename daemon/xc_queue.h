@@ -75,6 +75,9 @@ void xc_queue_kick(xc_queue_t *q);
 /* Accounting moves by the consumer: queued -> buffered, buffered -> trained / failed. */
 void xc_queue_note_buffered(xc_queue_t *q, uint64_t n);
 void xc_queue_note_trained(xc_queue_t *q, uint64_t n, int failed);
+/* n popped tokens that will not be trained (intake exclusions, statistics-only
+ * tokens of the normalisation pass): they leave tokens_queued; the trainer counts why. */
+void xc_queue_note_excluded(xc_queue_t *q, uint64_t n);
 /* n tokens restored into the mixing buffer from a checkpoint (acked by an earlier run). */
 void xc_queue_note_restored(xc_queue_t *q, uint64_t n);
 void xc_queue_counts(xc_queue_t *q, xc_queue_counts_t *out);

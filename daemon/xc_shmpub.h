@@ -43,6 +43,11 @@ xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mo
 /* Stores a copy of an exact Latent Scaling pass's results (dict_size entries),
  * published from the next update on beside the running estimates. */
 int xc_shmpub_set_exact(xc_shmpub_t *p, const xc_scaling_stats_t *exact, long step, uint64_t tokens);
+/* The activation normaliser whose units the running Latent Scaling estimates
+ * are converted to (xc_norm_scaling_to_original; borrowed, must outlive p;
+ * NULL = as the engine computes them). Exact results are converted by whoever
+ * stores them. */
+void xc_shmpub_set_norm(xc_shmpub_t *p, const void *norm);
 /* The stored exact results (NULL if none yet) and the step/tokens behind them. */
 const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint64_t *tokens);
 /* Recomputes every latent's record from e (running Latent Scaling estimates,

@@ -46,6 +46,11 @@ typedef struct {
     xc_shard_t *shard;        /* with full: drives the other ranks (borrowed) */
     uint64_t max_tokens;      /* token budget of the model (across resumes): 0 = none; reached ->
                                * a final checkpoint ("budget") and no more steps */
+    int normalize;            /* xc_norm_mode_t (xc_norm.h): off, global, neuron */
+    long normalize_tokens;    /* tokens of the statistics pass; training waits for it */
+    double target_rms;
+    long exclude_positions_below; /* intake: tokens at positions < this are not trained; 0 = none */
+    double outlier_norm_factor;   /* intake: norm > factor x batch median in either model; 0 = off */
 } xc_trainer_opts_t;
 
 typedef enum { XC_TR_STARTING = 0, XC_TR_RUNNING, XC_TR_PAUSED, XC_TR_STOPPING, XC_TR_STOPPED } xc_tr_state_t;
@@ -74,6 +79,15 @@ typedef struct {
     long lane_batch_min[XC_MIX_MAX], lane_batch_max[XC_MIX_MAX]; /* over this process's steps; -1 none */
     int mix_waiting;          /* the buffer waits for the lane below (its stream is behind), -1 none */
     xc_shard_report_t shard;  /* ranks, per-rank step time, communication (ranks = 1: one process) */
+    /* activation normalisation (xc_norm.h) and intake exclusions */
+    int norm_mode;            /* xc_norm_mode_t of the model */
+    int norm_state;           /* 0 off, 1 statistics pass under way (training waits), 2 ready */
+    uint64_t norm_tokens;     /* tokens seen by the pass */
+    float norm_scale[2];      /* activation_global_scale a_base, a_chat (1 until ready, and in neuron mode) */
+    int scaling_units;        /* Latent Scaling's betas and nus: 1 original units, 0 normalised (neuron mode) */
+    uint64_t tokens_stats_only;       /* pass tokens beyond the mixing buffer: statistics only, not trained */
+    uint64_t tokens_excluded_position;/* not trained: position < exclude_positions_below */
+    uint64_t tokens_excluded_outlier; /* not trained: norm > outlier_norm_factor x batch median */
 } xc_trainer_status_t;
 
 /* Result of the latest checkpoint. */

@@ -259,6 +259,7 @@ void xc_engine_destroy(xc_engine_t **pe)
     xc_pool_destroy(&e->pool);
     xc_select_free(e);
     xc_score_destroy(&e->score);
+    free(e->fve_w);
     free(e->exact_buf);
     free(e->gbuf);
     free(e->xbuf);
@@ -269,6 +270,21 @@ void xc_engine_destroy(xc_engine_t **pe)
     *pe = NULL;
 }
 const xc_engine_config_t *xc_engine_config(const xc_engine_t *e) { return &e->cfg; }
+
+/* Why weights: a model trained on per-dimension normalised activations reports
+ * FVE in the original units, where each dimension's variance carries its
+ * denormalisation factor squared (xc_norm_fve_weights). */
+int xc_engine_set_fve_weights(xc_engine_t *e, const float *w)
+{
+    if (!w) {
+        free(e->fve_w);
+        e->fve_w = NULL;
+        return XC_OK;
+    }
+    if (!e->fve_w && !(e->fve_w = malloc(sizeof(float) * (size_t)e->d2))) return XC_ENOMEM; /* owned by e */
+    memcpy(e->fve_w, w, sizeof(float) * (size_t)e->d2);
+    return XC_OK;
+}
 
 /* ---------------------------------------------------------------- batch check */
 
@@ -588,8 +604,8 @@ static double sum_w(const xc_engine_t *e, size_t off)
 }
 
 /* Fraction of variance explained per model, 1 - Var(e) / Var(x) summed over
- * dimensions, from the sums the decode pass accumulated (no second pass over
- * the batch). */
+ * dimensions (each weighted by fve_w when set), from the sums the decode pass
+ * accumulated (no second pass over the batch). */
 static void fill_fve(xc_engine_t *e)
 {
     int d = e->d, d2 = e->d2;
@@ -604,8 +620,9 @@ static void fill_fve(xc_engine_t *e)
                 sx += a[2 * d2 + i];
                 sx2 += a[3 * d2 + i];
             }
-            ve += se2 / e->B - (se / e->B) * (se / e->B);
-            vx += sx2 / e->B - (sx / e->B) * (sx / e->B);
+            double w = e->fve_w ? e->fve_w[i] : 1.0;
+            ve += w * (se2 / e->B - (se / e->B) * (se / e->B));
+            vx += w * (sx2 / e->B - (sx / e->B) * (sx / e->B));
         }
         e->met.fve[m] = vx > 0 ? 1.0 - ve / vx : 0.0;
     }

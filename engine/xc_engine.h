@@ -221,6 +221,11 @@ int xc_engine_encode(xc_engine_t *e, const float *x, long n, float *f_out);
 int xc_engine_decode(xc_engine_t *e, const float *f, long n, float *xhat_out);
 
 const xc_engine_metrics_t *xc_engine_metrics(const xc_engine_t *e);
+/* Per-dimension weights (2d, copied) of the FVE the metrics report:
+ * FVE_m = 1 - sum_i w_i Var(e_i) / sum_i w_i Var(x_i); NULL = all 1 (the
+ * default). For reporting FVE in original units when training on normalised
+ * activations (xc_norm.h). 0 or XC_ENOMEM. Between steps. */
+int xc_engine_set_fve_weights(xc_engine_t *e, const float *w);
 /* out: dict_size entries, caller-owned. */
 void xc_engine_latent_stats(const xc_engine_t *e, xc_latent_stats_t *out);
 /* Live views of the parameters (valid until destroy; do not write during a step). */

@@ -210,6 +210,7 @@ struct xc_engine {
     xc_engine_metrics_t met;
     xc_rng_t rng;
     double scal[4];             /* theta, tau, tau_frac, full selects: saved with the state */
+    float *fve_w;               /* (2d) per-dimension FVE weights (xc_engine_set_fve_weights); NULL = 1; owned */
 };
 
 /* ---------------------------------------------------------------- shared helpers */

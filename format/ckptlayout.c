@@ -162,7 +162,13 @@ int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
         rc = rc ? rc : xc_st_add(st, "threshold", "F32", 0, NULL, &m->threshold);
         rc = rc ? rc : xc_st_add(st, "k", "I32", 0, NULL, &m->k);
     }
-    rc = rc ? rc : xc_st_add(st, "target_rms", "F32", 0, NULL, &target_rms);
+    rc = rc ? rc : xc_st_add(st, "target_rms", "F32", 0, NULL, m->target_rms > 0 ? &m->target_rms : &target_rms);
+    if (m->act_mean && m->act_std && m->act_scale) {
+        rc = rc ? rc : xc_st_add(st, "activation_mean", "F32", 2, s_bd, m->act_mean);
+        rc = rc ? rc : xc_st_add(st, "activation_std", "F32", 2, s_bd, m->act_std);
+        rc = rc ? rc : xc_st_add(st, "activation_global_scale", "F32", 1, s_two, m->act_scale);
+        return rc;
+    }
     /* no normaliser, as the reference registers these buffers without one */
     rc = rc ? rc : xc_st_add_fill(st, "activation_mean", "F32", 2, s_bd, nan_fill, NULL);
     rc = rc ? rc : xc_st_add_fill(st, "activation_std", "F32", 2, s_bd, nan_fill, NULL);

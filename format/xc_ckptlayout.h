@@ -56,6 +56,12 @@ typedef struct {
                                  * code_normalization_alpha_sae / _cc are constructor arguments) */
     int engine_layout;
     const float *w_enc, *b_enc, *w_dec, *b_dec;
+    /* the activation normaliser (xc_norm.h), as the reference's NormalizableMixin
+     * buffers: act_mean, act_std (2, d) and act_scale (2), borrowed; NULL = none
+     * (NaN mean and std, scale 1, as the reference registers them without one);
+     * target_rms <= 0 is written as 1 (the reference's default) */
+    const float *act_mean, *act_std, *act_scale;
+    float target_rms;
     /* private: fill contexts */
     struct { const void *m; int which; int out; } fc[4];
     int64_t cn_id;
@@ -67,7 +73,7 @@ const char *xc_ckpt_code_norm_name(int id);
 /* Adds the reference state dict: encoder.weight, encoder.bias, decoder.weight,
  * decoder.bias, (BatchTopK:) threshold, k, and code_normalization_id plus the
  * NormalizableMixin buffers target_rms, activation_mean, activation_std,
- * activation_global_scale (no normaliser: NaN mean/std, scale 1). float_dtype
+ * activation_global_scale (m->act_*; without a normaliser NaN mean/std, scale 1). float_dtype
  * "F32" (NULL), "F16" or "BF16" for the four parameter tensors. */
 int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype);
 /* Checks that a model file holds exactly the reference tensors of a float32

@@ -136,6 +136,22 @@
       "Reduced-precision steps whose margin check failed (candidates taken again with the proven bound).")     \
     X(encoder_fp32_steps, U64, "encoder_fp32_steps", "xcoderd_encoder_fp32_steps_total", "counter", 1,          \
       XC_SCHEMA_NOSHM, "Reduced-precision steps scored by the fp32 product (too many candidates).")            \
+    X(normalize, STR, "normalize", "", "", 1, XC_SCHEMA_NOSHM, "")                                              \
+    X(normalize_state, STR, "normalize_state", "", "", 1, XC_SCHEMA_NOSHM, "")                                  \
+    X(normalize_tokens_seen, U64, "normalize_tokens_seen", "xcoderd_normalize_tokens", "gauge", 1,              \
+      XC_SCHEMA_NOSHM, "Tokens seen by the activation-normalisation statistics pass (training waits for it).")  \
+    X(normalize_scale, F64X2, "normalize_scale", "xcoderd_normalize_scale{model}", "gauge", 1, XC_SCHEMA_NOSHM, \
+      "activation_global_scale per model: inputs are multiplied by it (1 without normalisation or in neuron mode).") \
+    X(fve_units, STR, "fve_units", "", "", 1, XC_SCHEMA_NOSHM, "")                                              \
+    X(scaling_units, STR, "scaling_units", "", "", 1, XC_SCHEMA_NOSHM, "")                                      \
+    X(tokens_stats_only, U64, "tokens_stats_only", "xcoderd_tokens_stats_only_total", "counter", 1,            \
+      XC_SCHEMA_NOSHM, "Tokens used only for the normalisation statistics (beyond the mixing buffer): not trained.") \
+    X(tokens_excluded_position, U64, "tokens_excluded_position", "xcoderd_tokens_excluded_total{reason=position}", \
+      "counter", 1, XC_SCHEMA_NOSHM,                                                                            \
+      "Tokens not trained on by reason: position (below exclude_positions_below), outlier (norm above "         \
+      "outlier_norm_factor x the batch median).")                                                               \
+    X(tokens_excluded_outlier, U64, "tokens_excluded_outlier", "xcoderd_tokens_excluded_total{reason=outlier}",  \
+      "counter", 1, XC_SCHEMA_NOSHM, "")                                                                        \
     X(counters, COUNTERS, "counters", "", "", 1, XC_SCHEMA_NOSHM, "")                                           \
     X(start_time_unix, F64, "", "xcoderd_start_time_seconds", "gauge", 1, XC_SCHEMA_NOSHM,                      \
       "Start time of the daemon, seconds since the Unix epoch.")                                                \

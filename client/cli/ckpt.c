@@ -8,6 +8,7 @@
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 const xc_cli_optdef_t xc_cli_inspect_opts[] = {
@@ -284,6 +285,38 @@ static int copy_meta(xc_st_t *st, const xc_client_ckpt_t *c, const char *key)
     return v ? xc_st_meta(st, key, v) : XC_OK;
 }
 
+/* The activation normaliser of the source file, as the export's model
+ * tensors: the model file's NormalizableMixin buffers (activation_mean, ...),
+ * or a training file's trainer.norm_* once ready. Copies into mean/std
+ * (2d floats), scale[2], *rms; 1 when there is one (F32, the right shapes). */
+static int export_norm(const xc_client_ckpt_t *c, long d, float *mean, float *std, float *scale, float *rms)
+{
+    char why[200];
+    xc_client_tensor_t tm, ts, tc, tr;
+    int train = xc_client_ckpt_tensor(c, "trainer.norm_meta", &tr, why, sizeof why) == XC_OK;
+    const char *nm = train ? "trainer.norm_mean" : "activation_mean", *ns = train ? "trainer.norm_std" : "activation_std";
+    const char *nc = train ? "trainer.norm_scale" : "activation_global_scale";
+    if (xc_client_ckpt_tensor(c, nm, &tm, why, sizeof why) || xc_client_ckpt_tensor(c, ns, &ts, why, sizeof why) ||
+        xc_client_ckpt_tensor(c, nc, &tc, why, sizeof why) || strcmp(tm.dtype, "F32") || strcmp(ts.dtype, "F32") ||
+        strcmp(tc.dtype, "F32") || tm.count != 2 * (size_t)d || ts.count != 2 * (size_t)d || tc.count != 2)
+        return 0;
+    memcpy(mean, tm.data, tm.bytes);
+    memcpy(std, ts.data, ts.bytes);
+    memcpy(scale, tc.data, tc.bytes);
+    if (train) {
+        double meta[4];
+        if (strcmp(tr.dtype, "F64") || tr.count != 4) return 0;
+        memcpy(meta, tr.data, sizeof meta);
+        if (!(meta[0] > 0 && meta[1] > 0)) return 0;
+        *rms = (float)meta[2];
+    } else {
+        if (xc_client_ckpt_tensor(c, "target_rms", &tr, why, sizeof why) || strcmp(tr.dtype, "F32") || tr.count != 1)
+            return 0;
+        memcpy(rms, tr.data, sizeof *rms);
+    }
+    return !isnan(mean[0]) && !isnan(std[0]);
+}
+
 int xc_cli_cmd_export(xc_cli_args_t *a)
 {
     char why[700], created[40], dirb[1100], fileb[1100], path[1200];
@@ -311,6 +344,7 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
         return XC_CLI_FAIL;
     }
     xc_client_model_t m;
+    float *nmean = NULL, *nstd = NULL, nscale[2]; /* owned here: the exported normaliser */
     xc_st_t *st = NULL;
     memset(&m, 0, sizeof m);
     rc = xc_client_ckpt_verify(c, why, sizeof why);
@@ -328,6 +362,10 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
                           .d = m.d, .dict_size = m.dict_size, .k = m.k, .threshold = m.threshold,
                           .code_norm_id = m.code_norm_id, .alpha_sae = m.alpha_sae, .alpha_cc = m.alpha_cc,
                           .engine_layout = 0, .w_enc = m.w_enc, .b_enc = m.b_enc, .w_dec = m.w_dec, .b_dec = m.b_dec};
+    nmean = malloc(sizeof(float) * 2 * (size_t)m.d);
+    nstd = malloc(sizeof(float) * 2 * (size_t)m.d);
+    if (nmean && nstd && export_norm(c, m.d, nmean, nstd, nscale, &cm.target_rms))
+        cm.act_mean = nmean, cm.act_std = nstd, cm.act_scale = nscale;
     st = xc_st_new();
     if (!st) {
         xc_cli_err(a, "out of memory");
@@ -392,6 +430,8 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
 out:
     xc_st_destroy(&st);
     xc_client_model_free(&m);
+    free(nmean);
+    free(nstd);
     xc_client_ckpt_close(&c);
     return out;
 }

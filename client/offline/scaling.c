@@ -11,6 +11,7 @@
  * beta/nu. */
 #include "xc_cli.h"
 #include "xc_engine.h"
+#include "xc_norm.h"
 #include "xc_shm.h"
 
 #include <errno.h>
@@ -42,6 +43,34 @@ static void oerr(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+}
+
+/* The checkpoint's activation normaliser (xc_norm.h; mode off: none): the
+ * data is normalised before the pass, the results converted back. */
+static xc_norm_t g_norm;
+
+/* The reference's NormalizableMixin buffers of the file, if it has a
+ * normaliser (a non-NaN activation_mean); the mode from the daemon's config
+ * metadata (neuron), else global (the reference's keep_relative_variance). */
+static void norm_from_ckpt(xc_client_st_t *st, long d)
+{
+    char why[256];
+    int err = 0;
+    xc_client_tensor_t t1, t2, t3;
+    float *mean = xc_client_st_read_f32(st, "activation_mean", &t1, &err, why, sizeof why);
+    float *sd = mean ? xc_client_st_read_f32(st, "activation_std", &t2, &err, why, sizeof why) : NULL;
+    float *sc = sd ? xc_client_st_read_f32(st, "activation_global_scale", &t3, &err, why, sizeof why) : NULL;
+    xc_norm_init(&g_norm, (int)d, XC_NORM_OFF, 1.0f);
+    if (sc && t1.ndim == 2 && t1.shape[0] == 2 && t1.shape[1] == d && t2.ndim == 2 && t2.shape[1] == d &&
+        t3.ndim == 1 && t3.shape[0] == 2 && !isnan(mean[0]) && !isnan(sd[0])) {
+        const char *cfg = xc_client_value_getstr(xc_client_st_header(st), "__metadata__.config", NULL);
+        xc_norm_mode_t mode = cfg && strstr(cfg, "\"normalize\":\"neuron\"") ? XC_NORM_NEURON : XC_NORM_GLOBAL;
+        xc_norm_free(&g_norm);
+        if (xc_norm_init(&g_norm, (int)d, mode, 1.0f) == XC_OK) xc_norm_restore(&g_norm, mean, sd, sc);
+    }
+    free(mean);
+    free(sd);
+    free(sc);
 }
 
 static xc_engine_t *engine_from_ckpt(const char *path, double min_active, long *step)
@@ -134,6 +163,7 @@ static xc_engine_t *engine_from_ckpt(const char *path, double min_active, long *
     memcpy(p.b_dec, bdec, sizeof(float) * 2 * (size_t)d);
     xc_engine_params_changed(e);
     if (th) xc_engine_set_theta(e, th[0]);
+    norm_from_ckpt(st, d);
 out:
     free(enc);
     free(benc);
@@ -224,6 +254,7 @@ static int scaling_offline(const off_args_t *a)
     for (long at = 0; at < npy.n_tokens; at += chunk) {
         long n = npy.n_tokens - at < chunk ? npy.n_tokens - at : chunk;
         rows_f32(&npy, at, n, buf);
+        xc_norm_apply(&g_norm, buf, n); /* the units the dictionary was trained in */
         if ((rc = xc_scaling_add(s, buf, n)) != XC_OK) {
             xc_cli_progress_end(&pg);
             oerr("exact pass failed: %s", xc_strerror(rc));
@@ -233,6 +264,7 @@ static int scaling_offline(const off_args_t *a)
     }
     xc_cli_progress_end(&pg);
     xc_scaling_result(s, res);
+    const char *units = xc_norm_scaling_to_original(&g_norm, res, c->dict_size) || !g_norm.ready ? "original" : "normalised";
 
     /* chat-only / chat-specific with the default thresholds, from the decoder */
     xc_class_thresholds_t th;
@@ -267,6 +299,7 @@ static int scaling_offline(const off_args_t *a)
         xc_mpw_kv_int(&w, "step", step);
         xc_mpw_kv_uint(&w, "tokens", xc_scaling_tokens(s));
         xc_mpw_kv_int(&w, "dict_size", F);
+        xc_mpw_kv_str(&w, "units", units);
         xc_mpw_kv_double(&w, "min_active", c->scaling_min_active);
         xc_mpw_kv_int(&w, "chat_only", n_chat);
         xc_mpw_kv_int(&w, "chat_specific", n_spec);
@@ -295,6 +328,8 @@ static int scaling_offline(const off_args_t *a)
     } else {
         printf("exact Latent Scaling of %s (step %ld) over %s: %llu tokens, d=%ld, %ld latents\n", ckpt, step, data,
                (unsigned long long)xc_scaling_tokens(s), d, F);
+        printf("  betas and ν in %s units%s\n", units,
+               g_norm.ready ? " (the checkpoint's activation normaliser applied to the data first)" : "");
         printf("  ν defined for %ld latents (at least %g activations); chat-only %ld, chat-specific %ld "
                "(ν^ε < %.2f and ν^r < %.2f)\n", n_def, c->scaling_min_active, n_chat, n_spec, th.nu_err_max,
                th.nu_rec_max);
@@ -320,6 +355,7 @@ out:
     free(res);
     free(buf);
     xc_engine_destroy(&e);
+    xc_norm_free(&g_norm);
     xc_client_npy_close(&npy);
     return out;
 }

@@ -31,8 +31,8 @@ from .errors import CODES, CheckpointError, XcoderError, XcoderNack, XcoderTimeo
 from .wire import PROTO_VERSION, render_example
 from .producer import Producer
 from .client import Client, Subscription, subscribe
-from .checkpoint import (code_normalization, decode, decoder_stats, encode, latent_scaling,
-                         load_checkpoint, reconstruct)
+from .checkpoint import (code_normalization, decode, decoder_stats, denormalize, encode, latent_scaling,
+                         load_checkpoint, normalize, normalizer, reconstruct)
 from .shm import SharedStats, Snapshot
 from .examples import offline_examples
 from .keys import keygen

@@ -247,7 +247,63 @@ def code_normalization(ckpt):
     raise CheckpointError(f"code_normalization_id {cn} is not a CodeNormalization value (1-5)")
 
 
-def encode(ckpt, acts, mode=None):
+def normalizer(ckpt):
+    """The activation normaliser a model file carries (the reference's
+    NormalizableMixin buffers), or None when it has none (NaN
+    activation_mean, as files of models trained with normalize = off).
+    Returns a dict: mode ("global": x' = (x - mean) * scale, the reference's
+    keep_relative_variance; "neuron": x' = (x - mean) / (std + 1e-8)), mean,
+    std [2, d], scale [2] (activation_global_scale), target_rms. The mode is
+    the daemon's `normalize` key from the file's config metadata; a file
+    without one is taken as "global", the reference class's default."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
+    meta = {}
+    if isinstance(ckpt, tuple):
+        ckpt, meta = ckpt
+    if "activation_mean" not in ckpt or "activation_std" not in ckpt:
+        return None
+    mean = np.asarray(ckpt["activation_mean"], dtype=np.float32)
+    std = np.asarray(ckpt["activation_std"], dtype=np.float32)
+    if np.isnan(mean).any() or np.isnan(std).any():
+        return None
+    mode = "global"
+    try:
+        mode = json.loads(meta.get("config", "{}")).get("normalize", "global")
+    except ValueError:
+        pass
+    scale = np.asarray(ckpt.get("activation_global_scale", np.ones(2)), dtype=np.float32)
+    return {"mode": "neuron" if mode == "neuron" else "global", "mean": mean, "std": std, "scale": scale,
+            "target_rms": float(ckpt["target_rms"]) if "target_rms" in ckpt else 1.0}
+
+
+def normalize(ckpt, acts):
+    """acts [N, 2, d] in the units the crosscoder was trained in: the
+    reference's normalize_activations, float32 (unchanged without a normaliser)."""
+    z = ckpt if isinstance(ckpt, dict) and "mode" in ckpt else normalizer(ckpt)
+    x = np.asarray(acts, dtype=np.float32)
+    if z is None:
+        return x
+    x = x - z["mean"]
+    if z["mode"] == "global":
+        return x * z["scale"][None, :, None]
+    return x / (z["std"] + np.float32(1e-8))
+
+
+def denormalize(ckpt, acts):
+    """The inverse, as the reference's denormalize_activations: original units."""
+    z = ckpt if isinstance(ckpt, dict) and "mode" in ckpt else normalizer(ckpt)
+    x = np.asarray(acts, dtype=np.float32)
+    if z is None:
+        return x
+    if z["mode"] == "global":
+        x = x / (z["scale"][None, :, None] + np.float32(1e-8))
+    else:
+        x = x * (z["std"] + np.float32(1e-8))
+    return x + z["mean"]
+
+
+def encode(ckpt, acts, mode=None, normalize_acts=True):
     """Latent activations f [N, F] of acts [N, 2, d] (float32 math).
 
     ckpt: (tensors, metadata) from load_checkpoint, a tensors dict, or a path.
@@ -255,11 +311,14 @@ def encode(ckpt, acts, mode=None):
     normalisation (code_normalization(): |d_j^base| + |d_j^chat| by default).
     mode "threshold" (BatchTopK default, as the reference's inference encode):
     f = u * (u * s > threshold); "batchtopk": keep the k*N largest u*s of the
-    batch (ties to the lower flat index); "relu" (L1 models): f = u."""
+    batch (ties to the lower flat index); "relu" (L1 models): f = u.
+    acts are in original units: a checkpoint with an activation normaliser
+    (normalizer()) normalises them first, as the reference's encode does;
+    normalize_acts=False: they are normalised already."""
     if isinstance(ckpt, (str, os.PathLike)):
         ckpt = load_checkpoint(ckpt)
     W_enc, b_enc, W_dec, _, threshold, k, meta = _params(ckpt)
-    x = np.asarray(acts, dtype=np.float32)
+    x = normalize(ckpt, acts) if normalize_acts else np.asarray(acts, dtype=np.float32)
     if x.ndim != 3 or x.shape[1:] != (2, W_enc.shape[1]):
         raise ValueError(f"acts must have shape [N, 2, {W_enc.shape[1]}]; got {list(x.shape)}")
     if mode is None:
@@ -283,10 +342,15 @@ def encode(ckpt, acts, mode=None):
     raise ValueError(f"mode must be 'threshold', 'batchtopk' or 'relu'; got {mode!r}")
 
 
-def decode(ckpt, f):
-    """x_hat [N, 2, d] = f @ W_dec[m] + b_dec[m] for both models."""
+def decode(ckpt, f, denormalize_acts=True):
+    """x_hat [N, 2, d] = f @ W_dec[m] + b_dec[m] for both models, denormalised
+    into original units when the checkpoint has an activation normaliser
+    (denormalize_acts=False: in the units the crosscoder was trained in)."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
     _, _, W_dec, b_dec, _, _, _ = _params(ckpt)
-    return np.einsum("bf,mfd->bmd", np.asarray(f, dtype=np.float32), W_dec) + b_dec
+    xh = np.einsum("bf,mfd->bmd", np.asarray(f, dtype=np.float32), W_dec) + b_dec
+    return denormalize(ckpt, xh) if denormalize_acts else xh
 
 
 def reconstruct(ckpt, acts, mode=None):
@@ -321,7 +385,10 @@ def latent_scaling(ckpt, acts, mode=None, min_active=0, chunk=4096):
     nu_rec = beta_rec_base / beta_rec_chat. Returns a dict of [F] arrays:
     beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, nu_err,
     nu_rec (NaN where undefined: fewer than max(1, min_active) activations or a
-    zero denominator) and active (activation counts).
+    zero denominator) and active (activation counts), and units: "original"
+    (no normaliser, or a global one: computed in the trained units, then
+    beta_m x a_chat / a_m and nu x a_chat / a_base, README "Activation
+    normalisation") or "normalised" (a per-neuron normaliser has no scalar factor).
 
     ckpt: a checkpoint path or load_checkpoint()'s result; acts: an array or
     the path of a .npy file (memory-mapped, converted chunk by chunk). The
@@ -340,8 +407,8 @@ def latent_scaling(ckpt, acts, mode=None, min_active=0, chunk=4096):
     num_err = np.zeros((2, F))
     num_rec = np.zeros((2, F))
     for i in range(0, x_all.shape[0], chunk):
-        x = np.asarray(x_all[i:i + chunk], dtype=np.float32)
-        f = encode(ckpt, x, mode).astype(np.float64)  # (n, F)
+        x = normalize(ckpt, np.asarray(x_all[i:i + chunk], dtype=np.float32))
+        f = encode(ckpt, x, mode, normalize_acts=False).astype(np.float64)  # (n, F)
         xh = np.einsum("bf,mfd->bmd", f, W_dec.astype(np.float64)) + b_dec
         f2 = f * f
         sff += f2.sum(0)
@@ -355,7 +422,13 @@ def latent_scaling(ckpt, acts, mode=None, min_active=0, chunk=4096):
     with np.errstate(invalid="ignore", divide="ignore"):
         be = np.where(ok, num_err / np.where(ok, den, 1), np.nan)
         br = np.where(ok, num_rec / np.where(ok, den, 1), np.nan)
+        z, units = normalizer(ckpt), "original"
+        if z is not None and z["mode"] == "global":  # beta_m x a_chat / a_m
+            fac = (float(z["scale"][1]) / np.array([float(z["scale"][0]), float(z["scale"][1])]))[:, None]
+            be, br = be * fac, br * fac
+        elif z is not None:
+            units = "normalised"
         out = {"beta_err_base": be[0], "beta_err_chat": be[1],
                "beta_rec_base": br[0], "beta_rec_chat": br[1],
-               "nu_err": be[0] / be[1], "nu_rec": br[0] / br[1], "active": active}
+               "nu_err": be[0] / be[1], "nu_rec": br[0] / br[1], "active": active, "units": units}
     return out
