@@ -62,7 +62,8 @@ void xc_engine_set_scaling_running(xc_engine_t *e, int on) { e->cfg.scaling_runn
 
 /* The exact pass's arrays, laid out in one block like the engine's (shapes over
  * z, chunk = tokens encoded per pool pass): the frozen dictionary, then the
- * work space; per worker its slice of acc, act and xh. */
+ * work space; per worker its slice of acc and act; per token of a chunk its
+ * reconstruction (summed over the shards of a sharded engine). */
 #define XC_SCALING_TENSORS(X)                                                                      \
     X(w_enc, float, z.F, z.d2)     /* frozen copies of the dictionary */                           \
     X(w_dec, float, z.F, z.d2)                                                                     \
@@ -72,7 +73,7 @@ void xc_engine_set_scaling_running(xc_engine_t *e, int on) { e->cfg.scaling_runn
     X(pre, float, chunk, z.F)      /* encoder product of one chunk */                              \
     X(acc, double, z.nth * z.F, LS_N) /* per-worker sums */                                        \
     X(act, int, z.nth, z.F)        /* per worker: active latents of one token */                   \
-    X(xh, float, z.nth, z.d2)      /* per worker: one token's reconstruction */
+    X(xh, float, chunk, z.d2)      /* per token of the chunk: its reconstruction */
 
 #define FIELD(f, ctype, ...) ctype *f;
 struct xc_scaling {
@@ -99,29 +100,49 @@ static void scaling_gemm_task(void *ctx, int tid, int nth)
                     s->w_enc + (size_t)lo * d2, d2, 0.0f, s->pre + lo, F);
 }
 
-/* Per token of the chunk (split over workers): the threshold-mode code, its
- * reconstruction, then each active latent's sums against x and xhat; e = x - xhat. */
+/* Threshold mode (reference): f = u * 1[u s > theta]; L1: f = u. */
+static inline int scaling_active(const xc_scaling_t *s, float v, int j)
+{
+    return v > 0.0f && (s->e->cfg.model == XC_MODEL_L1 || v * s->s[j] > s->theta);
+}
+
+/* Per token of the chunk (split over workers): the threshold-mode code and this
+ * shard's part of its reconstruction (b_dec on rank 0 only, first, so one shard
+ * computes the unsharded sum); the parts are summed over shards next. */
+static void scaling_dec_task(void *ctx, int tid, int nth)
+{
+    xc_scaling_t *s = ctx;
+    const xc_engine_t *e = s->e;
+    int F = e->F, d2 = e->d2;
+    long lo, hi;
+    xc_pool_range(s->n, tid, nth, &lo, &hi);
+    for (long b = lo; b < hi; b++) {
+        const float *pre = s->pre + (size_t)b * F;
+        float *xh = s->xh + (size_t)b * d2;
+        if (e->coll->rank == 0) memcpy(xh, s->b_dec, sizeof(float) * (size_t)d2);
+        else memset(xh, 0, sizeof(float) * (size_t)d2);
+        for (int j = 0; j < F; j++) {
+            float v = pre[j] + s->b_enc[j];
+            if (scaling_active(s, v, j)) cblas_saxpy(d2, v, s->w_dec + (size_t)j * d2, 1, xh, 1);
+        }
+    }
+}
+
+/* Per token, with the whole reconstruction: each active latent's sums against x
+ * and xhat; e = x - xhat. */
 static void scaling_accum_task(void *ctx, int tid, int nth)
 {
     xc_scaling_t *s = ctx;
     const xc_engine_t *e = s->e;
     int F = e->F, d = e->d, d2 = e->d2, *act = s->act + (size_t)tid * F;
-    float *xh = s->xh + (size_t)tid * d2;
     double *acc = s->acc + (size_t)tid * F * LS_N;
     long lo, hi;
     xc_pool_range(s->n, tid, nth, &lo, &hi);
     for (long b = lo; b < hi; b++) {
-        const float *pre = s->pre + (size_t)b * F, *x = s->x + (size_t)b * d2;
+        const float *pre = s->pre + (size_t)b * F, *x = s->x + (size_t)b * d2, *xh = s->xh + (size_t)b * d2;
         int na = 0;
-        memcpy(xh, s->b_dec, sizeof(float) * (size_t)d2);
-        for (int j = 0; j < F; j++) {
-            float v = pre[j] + s->b_enc[j];
-            /* threshold mode (reference): f = u * 1[u s > theta] */
-            if (v > 0.0f && (e->cfg.model == XC_MODEL_L1 || v * s->s[j] > s->theta)) {
-                act[na++] = j;
-                cblas_saxpy(d2, v, s->w_dec + (size_t)j * d2, 1, xh, 1);
-            }
-        }
+        for (int j = 0; j < F; j++)
+            if (scaling_active(s, pre[j] + s->b_enc[j], j)) act[na++] = j;
         for (int q = 0; q < na; q++) {
             int j = act[q];
             float f = pre[j] + s->b_enc[j];
@@ -182,14 +203,23 @@ out_nomem:
     return NULL;
 }
 
-/* Encodes x in chunks with the frozen dictionary and adds every chunk's sums. */
+/* Encodes x in chunks with the frozen dictionary and adds every chunk's sums.
+ * Collective for a sharded engine (every shard, the same x): each chunk's
+ * reconstructions are summed over the shards (XC_ECOLL: a peer failed; the
+ * sums are then incomplete and the pass must be dropped). */
 int xc_scaling_add(xc_scaling_t *s, const float *x, long n_tokens)
 {
     if (!x || n_tokens < 1) return XC_EINVAL;
+    xc_coll_t *c = s->e->coll;
     for (long at = 0; at < n_tokens; at += s->chunk) {
         s->n = n_tokens - at < s->chunk ? n_tokens - at : s->chunk;
         s->x = x + (size_t)at * s->e->d2;
         xc_pool_run(s->e->pool, scaling_gemm_task, s);
+        xc_pool_run(s->e->pool, scaling_dec_task, s);
+        if (c->allreduce(c, s->xh, s->n * s->e->d2, XC_COLL_F32, XC_COLL_SUM)) {
+            s->x = NULL;
+            return XC_ECOLL;
+        }
         xc_pool_run(s->e->pool, scaling_accum_task, s);
     }
     s->x = NULL;

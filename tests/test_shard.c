@@ -39,6 +39,8 @@ typedef struct {
     /* global tensors assembled from the ranks' slices */
     float *w_enc0, *w_enc, *b_enc, *w_dec, *b_dec, *b_dec_r[TC_MAXR];
     float *codes, *xhat;     /* encode / decode of the last batch after training */
+    uint64_t *fired;         /* (F) per-latent statistics: activations counted */
+    float *beta_run, *beta_exact; /* (F, 2) beta_err of the running and exact Latent Scaling */
     int rc[TC_MAXR];
     int ecoll_ok[TC_MAXR];   /* 1: the failed step returned XC_ECOLL and changed nothing */
     int fail_step;           /* >= 0: collectives fail from this step on (ECOLL check) */
@@ -124,6 +126,25 @@ static void *rank_main(void *p)
         }
         free(f);
         free(xh);
+        /* per-latent outputs cover the shard: statistics, running and exact Latent Scaling */
+        xc_latent_stats_t *ls = calloc((size_t)n, sizeof *ls);
+        xc_scaling_stats_t *sr = calloc((size_t)n, sizeof *sr), *se = calloc((size_t)n, sizeof *se);
+        xc_engine_latent_stats(e, ls);
+        xc_engine_scaling_running(e, sr);
+        xc_scaling_t *sc = xc_scaling_new(e, &err);
+        if (!sc || xc_scaling_add(sc, run->stream + (size_t)(run->steps - 40) * B * d2, 40L * B)) run->rc[r] = XC_EINVAL;
+        if (sc) xc_scaling_result(sc, se);
+        xc_scaling_destroy(&sc);
+        for (long j = 0; j < n; j++) {
+            run->fired[lo + j] = ls[j].fired;
+            for (int m = 0; m < 2; m++) {
+                run->beta_run[2 * (lo + j) + m] = sr[j].beta_err[m];
+                run->beta_exact[2 * (lo + j) + m] = se[j].beta_err[m];
+            }
+        }
+        free(ls);
+        free(sr);
+        free(se);
     }
     xc_engine_destroy(&e);
     return NULL;
@@ -144,6 +165,9 @@ static void run_free(run_t *run)
     free(run->b_dec);
     free(run->codes);
     free(run->xhat);
+    free(run->fired);
+    free(run->beta_run);
+    free(run->beta_exact);
     tc_group_free(run->g);
 }
 
@@ -172,6 +196,9 @@ static int run_ranks(run_t *run, const xc_engine_config_t *cfg, int R, int steps
     run->b_dec = calloc(d2, sizeof(float));
     run->codes = calloc((size_t)cfg->batch_size * Fg, sizeof(float));
     run->xhat = calloc((size_t)cfg->batch_size * d2, sizeof(float));
+    run->fired = calloc(Fg, sizeof(uint64_t));
+    run->beta_run = calloc(2 * Fg, sizeof(float));
+    run->beta_exact = calloc(2 * Fg, sizeof(float));
     pthread_t th[TC_MAXR];
     targ_t ta[TC_MAXR];
     for (int r = 0; r < R; r++) {
@@ -325,6 +352,18 @@ static void compare_at(xc_prec_t prec, int steps)
         for (int r = 1; r < R; r++)
             XC_CHECK(memcmp(sh.b_dec_r[r], sh.b_dec_r[0], sizeof(float) * 2 * SD) == 0,
                      "R=%d: b_dec differs between rank 0 and rank %d", R, r);
+        XC_CHECK(memcmp(sh.fired, ref.fired, sizeof(uint64_t) * SF) == 0, "R=%d: per-latent fire counts differ", R);
+        long nan_mis = 0, defined = 0;
+        double wr = 0, we = 0;
+        for (int i = 0; i < 2 * SF; i++) {
+            float a1 = ref.beta_run[i], b1 = sh.beta_run[i], a2 = ref.beta_exact[i], b2 = sh.beta_exact[i];
+            nan_mis += (isnan(a1) != isnan(b1)) + (isnan(a2) != isnan(b2));
+            if (!isnan(a1) && !isnan(b1)) wr = fmax(wr, fabs(a1 - b1) / fmax(fabs(a1), 1e-3));
+            if (!isnan(a2) && !isnan(b2)) we = fmax(we, fabs(a2 - b2) / fmax(fabs(a2), 1e-3)), defined++;
+        }
+        XC_CHECK(nan_mis == 0 && wr <= 1e-3 && we <= 1e-3 && defined > 20,
+                 "R=%d Latent Scaling: %ld undefined in one only, running beta diff %.3g, exact %.3g (%ld defined)", R,
+                 nan_mis, wr, we, defined);
         double rc_ = rel_diff(sh.codes, ref.codes, (size_t)SB * SF), rx = rel_diff(sh.xhat, ref.xhat, (size_t)SB * 2 * SD);
         XC_CHECK(rc_ <= 1e-3 && rx <= 1e-3, "R=%d encode/decode differ: codes %.3g xhat %.3g", R, rc_, rx);
         printf("# %s R=%d vs 1: %ld fallbacks, %ld fp32 steps; %d steps, selection %.6f agree (%ld entries differ), metrics max diff %.2g, "
