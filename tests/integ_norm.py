@@ -19,6 +19,7 @@ token per document (excluded by exclude_positions_below = 1) and planted
     (1e-5 relative); neuron mode with keep_relative_variance = False set on the
     loaded object, as README says. Without it the test says so plainly.
 Run from the repository root."""
+import json
 import os
 import re
 import shutil
@@ -124,6 +125,10 @@ def train(mode, tag):
                  what="training on everything sent")
         st = c.status()
         metrics = c.metrics()
+        r = subprocess.run([XCODER, "--run-dir", dm.run_dir, "status"], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0 and "normalize %s: ready" % mode in r.stdout and
+              "excluded 100 tokens by position, 30 as norm outliers" in r.stdout,
+              "xcoder status does not show the normalisation: %s %s" % (r.stdout, r.stderr))
         ck = c.checkpoint()
         return state, model_file(ck["path"]), st, metrics, x, kept
     finally:
@@ -247,11 +252,61 @@ def test_export_and_reference():
     check(err <= 1e-5, "from_pretrained(--hf DIR) forward differs: %.3g" % err)
 
 
+def test_scaling_original_units():
+    """Latent Scaling of the global checkpoint in original units: xcoder.latent_scaling
+    equals beta computed from its definition on denormalised reconstructions and
+    original-unit decoder rows (v = d_chat / a_chat), and `xcoder scaling` (the
+    engine's exact pass on the normalised data, converted) equals both."""
+    check("global" in CKPTS, "no checkpoint from the global run")
+    ck = CKPTS["global"]
+    t, _ = xcoder.load_checkpoint(ck)
+    x, _, first, outlier = documents(40, seed=5)
+    x = x[~first & ~outlier]
+    got = xcoder.latent_scaling(ck, x, min_active=20)
+    check(got["units"] == "original", "units %r" % got["units"])
+    a = t["activation_global_scale"].astype(np.float64)
+    mu = t["activation_mean"].astype(np.float64)
+    f = xcoder.encode(ck, x).astype(np.float64)
+    xh = xcoder.reconstruct(ck, x).astype(np.float64)               # original units
+    Wd = t["decoder.weight"].astype(np.float64) / a[:, None, None]  # decoder rows in original units
+    worst, n = 0.0, 0
+    for j in range(F):
+        fj = f[:, j]
+        if (fj > 0).sum() < 20 or not np.isfinite(got["nu_err"][j]):
+            continue
+        v = Wd[1, j]
+        den = (fj ** 2).sum() * (v @ v)
+        for m, name in enumerate(["base", "chat"]):
+            be = (fj * ((x[:, m] - xh[:, m] + fj[:, None] * Wd[m, j]) @ v)).sum() / den
+            br = (fj * ((xh[:, m] - mu[m]) @ v)).sum() / den
+            for w, g in ((be, got["beta_err_" + name][j]), (br, got["beta_rec_" + name][j])):
+                worst = max(worst, abs(g - w) / max(abs(w), 1e-3 * np.abs(v).max()))
+        n += 1
+    check(n >= 10, "only %d latents with a defined nu" % n)
+    check(worst < 1e-3, "latent_scaling vs the definition in original units: worst relative %.3g" % worst)
+    npy = os.path.join(TMP, "held.npy")
+    np.save(npy, x)
+    r = subprocess.run([XCODER, "scaling", "--checkpoint", ck, "--data", npy, "--min-active", "20", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, "xcoder scaling: %s" % r.stderr)
+    off = json.loads(r.stdout)
+    check(off["units"] == "original", "xcoder scaling units %r" % off.get("units"))
+    worst_off = 0.0
+    for k in ("beta_err_base", "beta_err_chat", "beta_rec_base", "beta_rec_chat", "nu_err", "nu_rec"):
+        b = np.array([np.nan if v is None else v for v in off[k]])
+        ok = np.isfinite(got[k])
+        check(np.array_equal(np.isfinite(b), ok), "%s: defined latents differ" % k)
+        worst_off = max(worst_off, float(np.max(np.abs(b[ok] - got[k][ok]) / np.maximum(np.abs(got[k][ok]), 1e-3))))
+    check(worst_off < 1e-3, "xcoder scaling vs latent_scaling: worst relative %.3g" % worst_off)
+    print("# Latent Scaling in original units (a_chat / a_base = %.4g): %d latents, definition vs latent_scaling "
+          "%.2g, xcoder scaling vs latent_scaling %.2g (relative)" % (a[1] / a[0], n, worst, worst_off), flush=True)
+
+
 CKPTS = {}
 
 
 def main():
-    for c in (test_global_pass_counts_resume, test_neuron, test_export_and_reference):
+    for c in (test_global_pass_counts_resume, test_neuron, test_scaling_original_units, test_export_and_reference):
         run_case(c)
     shutil.rmtree(TMP, ignore_errors=True)
     n = failed()

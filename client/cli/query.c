@@ -74,6 +74,19 @@ void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol)
     fprintf(f, "quality  FVE base %.4f chat %.4f   L0 %.2f   dead %.1f%%   theta %.4g   |g| %.3g%s\n",
             num(r, "fve.0"), num(r, "fve.1"), num(r, "l0"), 100.0 * num(r, "dead_fraction"), num(r, "theta"),
             num(r, "grad_norm"), eol);
+    /* activation normalisation: the pass, the scales, the units of what is shown, the exclusions */
+    const char *nz = xc_client_value_getstr(r, "normalize", "off"), *nst = xc_client_value_getstr(r, "normalize_state", "off");
+    if (strcmp(nz, "off") != 0)
+        fprintf(f, "normalize %s: %s after %s tokens   scale base %.4g chat %.4g   FVE in %s units, Latent Scaling in "
+                "%s units%s\n", nz, strcmp(nst, "collecting") == 0 ? "statistics pass, training waits" : nst,
+                xc_cli_fmt_count(num(r, "normalize_tokens_seen"), b1, sizeof b1), num(r, "normalize_scale.0"),
+                num(r, "normalize_scale.1"), xc_client_value_getstr(r, "fve_units", "?"),
+                xc_client_value_getstr(r, "scaling_units", "?"), eol);
+    if (num(r, "tokens_excluded_position") > 0 || num(r, "tokens_excluded_outlier") > 0 || num(r, "tokens_stats_only") > 0)
+        fprintf(f, "excluded %s tokens by position, %s as norm outliers, %s statistics only (not trained)%s\n",
+                xc_cli_fmt_count(num(r, "tokens_excluded_position"), b1, sizeof b1),
+                xc_cli_fmt_count(num(r, "tokens_excluded_outlier"), b2, sizeof b2),
+                xc_cli_fmt_count(num(r, "tokens_stats_only"), b3, sizeof b3), eol);
     /* the token budget: progress and the ETA at the daemon's averaged rate */
     if (num(r, "tokens_budget") > 0) {
         const xc_client_value_t *reached = xc_client_value_get(r, "budget_reached");
