@@ -19,7 +19,8 @@
  * Data: planted low-rank structure plus noise, with 8 outlier dimensions 20x the
  * rest (as LM residual streams have). Each figure names the kernel it used.
  * Usage: bench_precision [ref_steps]; XC_BENCH_QUICK=1: fewer steps, a smaller
- * sweep, no paper shape; XC_BENCH_PAPER=0 skips the paper shape. */
+ * sweep, no paper shape; XC_BENCH_PAPER=0 skips the paper shape, XC_BENCH_SWEEP=0
+ * the sweep. */
 #include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
@@ -38,40 +39,28 @@ static double now_s(void) { return xc_bench_now_s(); }
 
 static double median(double *v, int n) { return xc_bench_median(v, n); }
 
+/* The 1-minute load average (other processes share the cores: read ratios). */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f && fscanf(f, "%lf", &l) != 1) l = -1;
+    if (f) fclose(f);
+    return l;
+}
+
 /* ---------------------------------------------------------------- the machine */
 
 static void print_cpu(void)
 {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[8192], model[256] = "unknown", isa[1024] = "";
-    int ncpu = 0, have_flags = 0;
-    static const char *want[] = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-                                 "avx512_bf16", "amx_bf16", "amx_int8"};
-    while (f && fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
-            snprintf(model, sizeof model, "%s", strchr(line, ':') + 2);
-            model[strcspn(model, "\n")] = 0;
-            ncpu++;
-        }
-        if (!have_flags && !strncmp(line, "flags", 5)) {
-            have_flags = 1;
-            for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-                char pat[64];
-                snprintf(pat, sizeof pat, " %s ", want[i]);
-                char *nl = strchr(line, '\n');
-                if (nl) *nl = ' ';
-                if (strstr(line, pat)) {
-                    strcat(isa, want[i]);
-                    strcat(isa, " ");
-                }
-            }
-        }
-    }
-    if (f) fclose(f);
-    fprintf(stderr, "cpu: %s (%d logical CPUs)\nisa: %s\noneDNN isa: %s; encoder_precision auto = %s\n", model, ncpu,
-            isa, xc_score_isa(), xc_prec_name(xc_score_resolve(XC_PREC_AUTO)));
-    printf("{\"bench\":\"precision_machine\",\"cpu\":\"%s\",\"isa\":\"%s\",\"onednn_isa\":\"%s\",\"auto\":\"%s\"}\n",
-           model, isa, xc_score_isa(), xc_prec_name(xc_score_resolve(XC_PREC_AUTO)));
+    char model[256], isa[1024];
+    int ncpu;
+    xc_bench_cpu(model, sizeof model, isa, sizeof isa, &ncpu);
+    fprintf(stderr, "cpu: %s (%d logical CPUs)\nisa: %s\noneDNN isa: %s; encoder_precision auto = %s; load average %.2f\n",
+            model, ncpu, isa, xc_score_isa(), xc_prec_name(xc_score_resolve(XC_PREC_AUTO)), loadavg());
+    printf("{\"bench\":\"precision_machine\",\"cpu\":\"%s\",\"isa\":\"%s\",\"onednn_isa\":\"%s\",\"auto\":\"%s\","
+           "\"loadavg\":%.2f}\n",
+           model, isa, xc_score_isa(), xc_prec_name(xc_score_resolve(XC_PREC_AUTO)), loadavg());
 }
 
 typedef struct {
@@ -234,74 +223,100 @@ static double bw[3];      /* [threads] GB/s */
 static int reference(int steps)
 {
     const int d = 768, F = 16384, k = 64, B = 2048;
-    xc_engine_t *e0 = mk(d, F, k, B, 0, XC_PREC_FP32), *e1 = mk(d, F, k, B, 0, XC_PREC_AUTO);
-    if (!e0 || !e1) return 1;
-    int nth = xc_engine_config(e0)->threads;
-    xc_prec_t p = xc_engine_metrics(e1)->precision;
+    /* fp32; reduced with the proven bound (the default); reduced with the
+     * statistical margin (XC_SCORE_MARGIN=calibrated, read when the scorer is made) */
+    xc_engine_t *en[3];
+    en[0] = mk(d, F, k, B, 0, XC_PREC_FP32);
+    en[1] = mk(d, F, k, B, 0, XC_PREC_AUTO);
+    const char *old = getenv("XC_SCORE_MARGIN");
+    setenv("XC_SCORE_MARGIN", "calibrated", 1);
+    en[2] = mk(d, F, k, B, 0, XC_PREC_AUTO);
+    if (old) setenv("XC_SCORE_MARGIN", old, 1);
+    else unsetenv("XC_SCORE_MARGIN");
+    if (!en[0] || !en[1] || !en[2]) return 1;
+    int nth = xc_engine_config(en[0])->threads;
+    xc_prec_t p = xc_engine_metrics(en[1])->precision;
     data_t g;
     data_init(&g, d, 2);
     float *x = malloc(sizeof(float) * (size_t)B * 2 * d);
     int warm = 3;
-    double *t0 = malloc(sizeof(double) * (size_t)steps), *t1 = malloc(sizeof(double) * (size_t)steps);
-    double ph0[XC_PHASE_TOTAL + 1] = {0}, ph1[XC_PHASE_TOTAL + 1] = {0};
-    long differ = 0, mism = 0, checked = 0, fb0 = 0, st0 = 0, f320 = 0;
+    double *t[3], ph[3][XC_PHASE_TOTAL + 1] = {{0}}, cand[3] = {0}, cut[3] = {0};
+    long differ[3] = {0}, mism[3] = {0}, checked[3] = {0}, fb0[3] = {0}, st0[3] = {0}, f320[3] = {0};
+    for (int q = 0; q < 3; q++) t[q] = malloc(sizeof(double) * (size_t)steps);
     for (int s = 0; s < warm + steps; s++) {
         data_batch(&g, x, B);
-        if (s == warm) {
-            fb0 = xc_engine_metrics(e1)->score_fallbacks;
-            st0 = xc_engine_metrics(e1)->score_steps;
-            f320 = xc_engine_metrics(e1)->score_fp32_steps;
+        for (int q = 1; q < 3 && s == warm; q++) {
+            fb0[q] = xc_engine_metrics(en[q])->score_fallbacks;
+            st0[q] = xc_engine_metrics(en[q])->score_steps;
+            f320[q] = xc_engine_metrics(en[q])->score_fp32_steps;
         }
-        if (s >= warm && (s - warm) % 4 == 1) {
-            long df, mm;
-            int fb;
-            if (xc_engine_selection_check(e1, x, B, &df, &mm, &fb) == 0 && !fb) {
-                differ += df, mism += mm, checked++;
+        for (int q = 1; q < 3; q++)
+            if (s >= warm && (s - warm) % 4 == 1) {
+                long df, mm;
+                int fb;
+                if (xc_engine_selection_check(en[q], x, B, &df, &mm, &fb) == 0 && !fb) {
+                    differ[q] += df, mism[q] += mm, checked[q]++;
+                }
             }
-        }
-        /* alternate which engine goes first, so neither always runs in the other's wake */
-        for (int q = 0; q < 2; q++) {
-            xc_engine_t *e = (q ^ (s & 1)) ? e1 : e0;
-            double t = now_s();
-            if (xc_engine_train_step(e, x, B) != 0) {
+        /* rotate which engine goes first, so none always runs in another's wake */
+        for (int r = 0; r < 3; r++) {
+            int q = (r + s) % 3;
+            double t0 = now_s();
+            if (xc_engine_train_step(en[q], x, B) != 0) {
                 fprintf(stderr, "bench: step failed\n");
                 return 1;
             }
-            t = now_s() - t;
+            t0 = now_s() - t0;
             if (s < warm) continue;
-            const xc_engine_metrics_t *m = xc_engine_metrics(e);
-            double *ph = e == e0 ? ph0 : ph1;
-            (e == e0 ? t0 : t1)[s - warm] = t * 1e3;
-            for (int i = 0; i <= XC_PHASE_TOTAL; i++) ph[i] += m->phase_ms[i] / steps;
+            const xc_engine_metrics_t *m = xc_engine_metrics(en[q]);
+            t[q][s - warm] = t0 * 1e3;
+            for (int i = 0; i <= XC_PHASE_TOTAL; i++) ph[q][i] += m->phase_ms[i] / steps;
+            cand[q] += (double)m->score_candidates / ((double)k * B) / steps;
+            cut[q] += m->select_candidates / ((double)k * B) / steps;
         }
     }
-    const xc_engine_metrics_t *m1 = xc_engine_metrics(e1);
-    long fb = m1->score_fallbacks - fb0, nst = m1->score_steps - st0, f32 = m1->score_fp32_steps - f320;
-    double ms0 = median(t0, steps), ms1 = median(t1, steps);
-    double tps0 = B / (ms0 / 1e3), tps1 = B / (ms1 / 1e3), fl = 2.0 * B * 2 * d * (double)F;
+    double ms[3], tps[3], fl = 2.0 * B * 2 * d * (double)F;
+    for (int q = 0; q < 3; q++) ms[q] = median(t[q], steps), tps[q] = B / (ms[q] / 1e3);
+    fprintf(stderr, "reference d=%d F=%d k=%d B=%d threads=%d, %d timed steps each, rotating:\n", d, F, k, B, nth,
+            steps);
     fprintf(stderr,
-            "reference d=%d F=%d k=%d B=%d threads=%d, %d timed steps each, alternating:\n"
-            "  fp32 (%s): %.0f tokens/s, step %.1f ms (encode %.1f = %.0f GFLOP/s, select %.1f, decode %.1f, auxk %.1f, grad %.1f, adam %.1f)\n"
-            "  %s (%s): %.0f tokens/s, step %.1f ms (encode %.1f = %.0f GFLOP/s, select+exact %.1f, decode %.1f, auxk %.1f, grad %.1f, adam %.1f)\n"
-            "  speed-up %.2fx; %ld of %ld reduced steps fell back (margin check failed: proven bound), %ld to the fp32 product; selection re-run in fp32 on %ld steps: %ld mismatches "
-            "(exact arithmetic), %ld entries differing only by fp32 rounding ties; outlier dims %d, lambda %.3f\n",
-            d, F, k, B, nth, steps, xc_engine_score_kernel(e0), tps0, ms0, ph0[XC_PHASE_ENCODE],
-            fl / ph0[XC_PHASE_ENCODE] / 1e6, ph0[XC_PHASE_SELECT], ph0[XC_PHASE_DECODE], ph0[XC_PHASE_AUXK],
-            ph0[XC_PHASE_GRAD], ph0[XC_PHASE_ADAM], xc_prec_name(p), xc_engine_score_kernel(e1), tps1, ms1,
-            ph1[XC_PHASE_ENCODE], fl / ph1[XC_PHASE_ENCODE] / 1e6, ph1[XC_PHASE_SELECT], ph1[XC_PHASE_DECODE],
-            ph1[XC_PHASE_AUXK], ph1[XC_PHASE_GRAD], ph1[XC_PHASE_ADAM], tps1 / tps0, fb, nst, f32, checked, mism,
-            differ - mism, m1->score_outliers, m1->score_lambda);
-    printf("{\"bench\":\"precision_reference\",\"d\":%d,\"dict_size\":%d,\"k\":%d,\"batch_size\":%d,\"threads\":%d,"
-           "\"steps\":%d,\"fp32_kernel\":\"%s\",\"fp32_tokens_per_s\":%.1f,\"precision\":\"%s\",\"kernel\":\"%s\","
-           "\"tokens_per_s\":%.1f,\"speedup\":%.3f,\"fallback_fraction\":%.3f,\"fp32_fraction\":%.3f,\"checked_steps\":%ld,"
-           "\"mismatches\":%ld,\"rounding_ties\":%ld}\n",
-           d, F, k, B, nth, steps, xc_engine_score_kernel(e0), tps0, xc_prec_name(p), xc_engine_score_kernel(e1), tps1,
-           tps1 / tps0, nst ? (double)fb / nst : 0.0, nst ? (double)f32 / nst : 0.0, checked, mism, differ - mism);
+            "  fp32 (%s): %.0f tokens/s, step %.1f ms (encode %.1f = %.0f GFLOP/s, select %.1f, decode %.1f, auxk %.1f, "
+            "grad %.1f, adam %.1f)\n",
+            xc_engine_score_kernel(en[0]), tps[0], ms[0], ph[0][XC_PHASE_ENCODE], fl / ph[0][XC_PHASE_ENCODE] / 1e6,
+            ph[0][XC_PHASE_SELECT], ph[0][XC_PHASE_DECODE], ph[0][XC_PHASE_AUXK], ph[0][XC_PHASE_GRAD],
+            ph[0][XC_PHASE_ADAM]);
+    int bad = 0;
+    for (int q = 1; q < 3; q++) {
+        const xc_engine_metrics_t *m = xc_engine_metrics(en[q]);
+        long fb = m->score_fallbacks - fb0[q], nst = m->score_steps - st0[q], f32 = m->score_fp32_steps - f320[q];
+        const char *margin = q == 1 ? "proven" : "calibrated";
+        fprintf(stderr,
+                "  %s, %s margin (%s): %.0f tokens/s, step %.1f ms (encode %.1f = %.0f GFLOP/s, select+exact %.1f, "
+                "decode %.1f, auxk %.1f, grad %.1f, adam %.1f)\n"
+                "    speed-up %.2fx over fp32; recomputed %.2f k*B per step, kept %.2f k*B; %ld of %ld steps fell back "
+                "(margin check failed: proven bound), %ld to the fp32 product; selection re-run in fp32 on %ld steps: "
+                "%ld mismatches (exact arithmetic), %ld entries differing only by fp32 rounding ties; outlier dims %d, "
+                "lambda %.3f\n",
+                xc_prec_name(p), margin, xc_engine_score_kernel(en[q]), tps[q], ms[q], ph[q][XC_PHASE_ENCODE],
+                fl / ph[q][XC_PHASE_ENCODE] / 1e6, ph[q][XC_PHASE_SELECT], ph[q][XC_PHASE_DECODE],
+                ph[q][XC_PHASE_AUXK], ph[q][XC_PHASE_GRAD], ph[q][XC_PHASE_ADAM], tps[q] / tps[0], cand[q], cut[q],
+                fb, nst, f32, checked[q], mism[q], differ[q] - mism[q], m->score_outliers, m->score_lambda);
+        printf("{\"bench\":\"precision_reference\",\"d\":%d,\"dict_size\":%d,\"k\":%d,\"batch_size\":%d,\"threads\":%d,"
+               "\"steps\":%d,\"fp32_kernel\":\"%s\",\"fp32_tokens_per_s\":%.1f,\"precision\":\"%s\",\"margin\":\"%s\","
+               "\"kernel\":\"%s\",\"tokens_per_s\":%.1f,\"speedup\":%.3f,\"recomputed_per_kB\":%.3f,\"kept_per_kB\":%.3f,"
+               "\"fallback_fraction\":%.3f,\"fp32_fraction\":%.3f,\"checked_steps\":%ld,\"mismatches\":%ld,"
+               "\"rounding_ties\":%ld,\"loadavg\":%.2f}\n",
+               d, F, k, B, nth, steps, xc_engine_score_kernel(en[0]), tps[0], xc_prec_name(p), margin,
+               xc_engine_score_kernel(en[q]), tps[q], tps[q] / tps[0], cand[q], cut[q], nst ? (double)fb / nst : 0.0,
+               nst ? (double)f32 / nst : 0.0, checked[q], mism[q], differ[q] - mism[q], loadavg());
+        bad |= mism[q] != 0;
+    }
+    fprintf(stderr, "  proven vs calibrated margin: %.2fx the tokens/s, %.2fx the recomputed entries\n",
+            tps[1] / tps[2], cand[2] > 0 ? cand[1] / cand[2] : 0.0);
     fflush(stdout);
-    free(x), free(t0), free(t1), free(g.basis);
-    xc_engine_destroy(&e0);
-    xc_engine_destroy(&e1);
-    return mism != 0;
+    free(x), free(g.basis);
+    for (int q = 0; q < 3; q++) free(t[q]), xc_engine_destroy(&en[q]);
+    return bad;
 }
 
 /* ---------------------------------------------------------------- 3, 4. shapes */
@@ -346,20 +361,24 @@ static int shape(const char *tag, int d, int F, int k, int B, int threads, int s
         if (pass == 0) tps_fp32 = tps;
         fprintf(stderr,
                 "%s d=%4d F=%6d k=%3d thr=%d %-4s %-26s %8.0f tok/s  step %8.1f ms: encode %8.1f (%4.0f GFLOP/s, %.2f of peak)"
-                "  select %6.1f  decode %6.1f  auxk %5.1f  grad %6.1f  adam %7.1f (%5.1f GB/s, %.2f of bw)  limit: %s%s\n",
+                "  select %6.1f  decode %6.1f  auxk %5.1f  grad %6.1f  adam %7.1f (%5.1f GB/s, %.2f of bw)  limit: %s  load %.1f\n",
                 tag, d, F, k, threads, xc_prec_name(p), xc_engine_score_kernel(e), tps, step, ph[XC_PHASE_ENCODE], enc_gf,
                 enc_frac, ph[XC_PHASE_SELECT], ph[XC_PHASE_DECODE], ph[XC_PHASE_AUXK], ph[XC_PHASE_GRAD],
-                ph[XC_PHASE_ADAM], adam_gbs, adam_frac, limit, pass ? "" : "");
-        if (pass == 1) fprintf(stderr, "%s d=%4d F=%6d thr=%d speed-up %.2fx (%ld fallbacks)\n", tag, d, F, threads,
-                               tps / tps_fp32, xc_engine_metrics(e)->score_fallbacks);
+                ph[XC_PHASE_ADAM], adam_gbs, adam_frac, limit, loadavg());
+        if (pass == 1)
+            fprintf(stderr, "%s d=%4d F=%6d thr=%d speed-up %.2fx (%ld fallbacks, %ld fp32 steps, recomputed %.2f k*B)\n",
+                    tag, d, F, threads, tps / tps_fp32, xc_engine_metrics(e)->score_fallbacks,
+                    xc_engine_metrics(e)->score_fp32_steps,
+                    (double)xc_engine_metrics(e)->score_candidates / ((double)k * B));
         printf("{\"bench\":\"precision_%s\",\"d\":%d,\"dict_size\":%d,\"k\":%d,\"batch_size\":%d,\"threads\":%d,"
                "\"precision\":\"%s\",\"kernel\":\"%s\",\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"encode_ms\":%.2f,"
                "\"encoder_gflops\":%.1f,\"encoder_fraction_of_peak\":%.3f,\"select_ms\":%.2f,\"decode_ms\":%.2f,"
                "\"auxk_ms\":%.2f,\"grad_ms\":%.2f,\"adam_ms\":%.2f,\"adam_gbs\":%.2f,\"adam_fraction_of_bw\":%.3f,"
-               "\"speedup\":%.3f,\"fallbacks\":%ld}\n",
+               "\"speedup\":%.3f,\"fallbacks\":%ld,\"recomputed_per_kB\":%.3f,\"loadavg\":%.2f}\n",
                tag, d, F, k, B, threads, xc_prec_name(p), xc_engine_score_kernel(e), tps, step, ph[XC_PHASE_ENCODE],
                enc_gf, enc_frac, ph[XC_PHASE_SELECT], ph[XC_PHASE_DECODE], ph[XC_PHASE_AUXK], ph[XC_PHASE_GRAD],
-               ph[XC_PHASE_ADAM], adam_gbs, adam_frac, tps / tps_fp32, xc_engine_metrics(e)->score_fallbacks);
+               ph[XC_PHASE_ADAM], adam_gbs, adam_frac, tps / tps_fp32, xc_engine_metrics(e)->score_fallbacks,
+               pass ? (double)xc_engine_metrics(e)->score_candidates / ((double)k * B) : 0.0, loadavg());
         fflush(stdout);
         free(ms);
     }
@@ -372,8 +391,8 @@ int main(int argc, char **argv)
 {
     int quick = getenv("XC_BENCH_QUICK") != NULL;
     int ref_steps = argc > 1 ? atoi(argv[1]) : (quick ? 4 : 12);
-    const char *pe = getenv("XC_BENCH_PAPER");
-    int paper = !quick && !(pe && !strcmp(pe, "0"));
+    const char *pe = getenv("XC_BENCH_PAPER"), *sw = getenv("XC_BENCH_SWEEP");
+    int paper = !quick && !(pe && !strcmp(pe, "0")), sweep = !(sw && !strcmp(sw, "0"));
     openblas_set_num_threads(1);
     print_cpu();
     xc_prec_t ps[3] = {XC_PREC_FP32, XC_PREC_BF16, XC_PREC_INT8};
@@ -395,7 +414,7 @@ int main(int argc, char **argv)
     }
     if (reference(ref_steps)) return 1;
     static const int ds[3] = {256, 768, 2304}, Fs[3] = {4096, 16384, 65536};
-    for (int a = 0; a < (quick ? 2 : 3); a++)
+    for (int a = 0; a < (!sweep ? 0 : quick ? 2 : 3); a++)
         for (int b = 0; b < (quick ? 2 : 3); b++)
             for (int nth = 1; nth <= 2; nth++)
                 if (shape("sweep", ds[a], Fs[b], 64, 2048, nth, quick ? 1 : 2)) return 1;

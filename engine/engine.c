@@ -676,6 +676,7 @@ static int forward_backward(xc_engine_t *e, double *sq)
         e->met.score_fp32_steps = st->fp32_calls;
         e->met.score_outliers = st->outliers;
         e->met.score_lambda = st->lambda;
+        e->met.score_candidates = st->candidates;
     }
     if (!e->pre_approx) xc_pool_run(e->pool, xc_engine_enc_gemm_task, e);
     if (e->cfg.model == XC_MODEL_L1) xc_pool_run(e->pool, relu_task, e);

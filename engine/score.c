@@ -10,14 +10,45 @@
  *   4. per row: dequantize in place, add the outlier dimensions in fp32, bound each
  *      entry, collect entries whose upper bound reaches tau (last step's lower
  *      cut, a fraction of it); a histogram of the lower bounds when that fails
- *   5. the K-th largest lower bound is a lower bound c_low of the exact cut: the
- *      candidates are the entries whose upper bound reaches c_low
- *   6. exact recompute of the candidates, latent-major (one W row per latent in
- *      cache); measured errors check the margin
- * Bound of one entry (outlier dims excluded from the norms of the first terms):
- *   |P - P~| <= lambda (||x~|| ||w - w~|| + ||x - x~|| ||w||) + gamma ||x|| ||w||
- * with gamma covering fp32 rounding in the product, the dequantization and the
- * outlier dimensions. lambda = 1 is a proof; int8 calibrates it (xc_score.h). */
+ *   5. the K-th largest lower bound is a lower bound c_low of the exact cut
+ *   6. exact recompute, latent-major (one W row per latent in cache), in two
+ *      passes (exact_passes): the K entries of largest approximate score, then every
+ *      entry whose upper bound reaches max(c_low, the K-th largest exact score
+ *      of pass 1)
+ *
+ * The bound and its proof. Let x be a token, w a latent's encoder row, O the
+ * outlier dimensions and N the others; x_N, w_N their restrictions to N, x~ and
+ * w~ the quantized x_N, w_N (bf16 rounding, or int8: q s with absmax scales),
+ * e_x = x_N - x~ and e_w = w_N - w~ the residuals. Exactly,
+ *     x.w = x~.w~ + e_x.w_N + x~.e_w + x_O.w_O,
+ * since x_N.w_N = (x~ + e_x).w_N = x~.w_N + e_x.w_N = x~.w~ + x~.e_w + e_x.w_N.
+ * The product computes x~.w~ (bf16: exact products, fp32 sums; int8: exact
+ * int32 sums, then one conversion and two multiplications by the scales) and
+ * adds x_O.w_O in fp32: P~ = x~.w~ + x_O.w_O + rho, rho its fp32 rounding.
+ * By Cauchy-Schwarz, |e_x.w_N| <= ||e_x|| ||w_N|| and |x~.e_w| <= ||x~|| ||e_w||,
+ * so
+ *     |x.w - P~| <= ||e_x|| ||w_N|| + ||x~|| ||e_w|| + |rho|.
+ * Rounding: a sum of n products in fp32 errs by at most n u sum|a_i b_i| (u =
+ * 2^-24, n u << 1) <= n u ||a|| ||b||, so |rho| <= (d2 + OUT_MAX + 8) u
+ * (||x~|| + ||x_O||)(||w~|| + ||w_O||), and the reference dot product (the
+ * "exact" value the selection uses) differs from x.w by at most d2 u ||x|| ||w||.
+ * Both are covered by gamma xa wa, gamma = 2 (d2 + OUT_MAX + 8) u 1.01, with
+ * xa = ||x|| + ||e_x|| >= ||x~||, ||x||, and wa likewise. Every norm is a sum
+ * of squares (fp32 lanes, or double) rounded up by NORM_UP, far above that
+ * sum's relative rounding; the residuals' own rounding (u |x~_i| per value) is
+ * below gamma's share. The score's roundings (b_enc, ReLU, s) are monotone and
+ * covered by REL_EPS. Hence for every entry
+ *     |P_ref - P~| <= delta = ||e_x|| ||w_N|| + ||x~|| ||e_w|| + gamma xa wa,
+ * lo = ReLU(P~ + b - delta) s <= r <= ReLU(P~ + b + delta) s = hi, whatever the
+ * data: the bound is worst-case over the direction of the residuals, O(B + F)
+ * norms per call. It is about sqrt(d2) times the typical error (the residuals
+ * are nearly orthogonal to w and x); the band of candidates it leaves is what
+ * the two-pass recompute narrows.
+ * Selection: c_low and c_ex are each a value that K entries' exact scores
+ * reach, so both are <= c, the exact K-th largest score; an entry of the exact
+ * top K has hi >= r >= c >= c_cut and is recomputed. lambda < 1 (the calibrated
+ * margin, or a forced one) scales the first two terms and voids the proof; the
+ * measured errors of the recomputed entries are then the check. */
 #include "xc_score.h"
 
 #include "xc_error.h"
@@ -243,6 +274,9 @@ struct xc_score {
     long limit;             /* collect: stop storing beyond this many per worker */
     float tau;              /* next call's collect threshold (0: histogram first) */
     double lambda, lambda_forced;
+    int calibrate;          /* int8 only, XC_SCORE_MARGIN=calibrated: the statistical margin */
+    int pass;               /* exact_task: 1 the approximate top K, 2 the rest of the band */
+    float c_cut;            /* pass 2 recomputes entries whose upper bound reaches this */
     double cand_limit;      /* candidates beyond cand_limit * K: XC_EAGAIN (score in fp32) */
 
     pend_t *all;            /* merged candidates, row order */
@@ -250,6 +284,8 @@ struct xc_score {
     int *order;             /* candidates sorted by latent */
     long *jptr;             /* (F + 1) */
     xc_score_cand_t *out;   /* exact candidates, row order */
+    unsigned char *mark;    /* (out_cap) 0 not recomputed, 1 in pass 1, 2 in pass 2 */
+    float *tmpf;            /* (out_cap) scratch for the order statistics */
     long out_cap, nout;
 
     xc_coll_t *coll;        /* borrowed: the shards' collectives (xc_coll_single() alone) */
@@ -712,29 +748,28 @@ static int cmp_desc_f(const void *pa, const void *pb)
     return (a < b) - (a > b);
 }
 
-/* Lower bound of the exact K-th largest score from the lower bounds of the
- * collected entries of every shard: their K-th largest (0 when fewer than K).
- * A histogram of the bounds (summed over shards) finds the K-th's bucket; that
- * bucket's bounds, gathered from every shard and sorted, give the exact value,
- * the same on every shard and the same as one shard holding every latent.
- * *out = 0 (always a valid bound) when memory runs short. 0 or XC_ECOLL. */
-static int kth_lower(xc_score_t *s, float *out)
+/* The K-th largest of the values v[0..n) (>= 0) of every shard (0 when fewer
+ * than K). A histogram of the values (summed over shards) finds the K-th's
+ * bucket; that bucket's values, gathered from every shard and sorted, give the
+ * exact value, the same on every shard and the same as one shard holding every
+ * latent. failed: this shard could not build v (it still takes part). *out = 0
+ * (a valid lower bound wherever this is used) when memory runs short. 0 or
+ * XC_ECOLL. */
+static int kth_global(xc_score_t *s, const float *v, long n, int failed, float *out)
 {
     uint64_t *h = calloc(NBUCKET + 1, sizeof(uint64_t)); /* owned here; [NBUCKET]: failures */
     int64_t *cnt = calloc((size_t)s->coll->size, sizeof(int64_t));
     size_t *rb = calloc((size_t)s->coll->size, sizeof(size_t));
     int rc = XC_OK, R = s->coll->size;
-    long n = 0;
     *out = 0.0f;
-    if (!h || !cnt || !rb) {
+    if (failed || !h || !cnt || !rb) {
         /* still take part in the collectives with a failure mark */
         static uint64_t fail_h[NBUCKET + 1];
         fail_h[NBUCKET] = 1;
         rc = sc_ar(s, fail_h, NBUCKET + 1, XC_COLL_U64, XC_COLL_SUM);
         goto out;
     }
-    for (int t = 0; t < s->nth; t++)
-        for (long i = 0; i < s->w[t].n; i++, n++) h[fbits(s->w[t].c[i].lo) >> 16]++;
+    for (long i = 0; i < n; i++) h[fbits(v[i]) >> 16]++;
     if ((rc = sc_ar(s, h, NBUCKET + 1, XC_COLL_U64, XC_COLL_SUM))) goto out;
     uint64_t total = 0;
     for (long q = 0; q < NBUCKET; q++) total += h[q];
@@ -754,8 +789,7 @@ static int kth_lower(xc_score_t *s, float *out)
     /* this shard's bounds of the bucket, then every shard's (counts first, with -1
      * for a shard without room, so all skip the gather together) */
     float *loc = NULL;
-    for (int t = 0; t < s->nth; t++)
-        for (long i = 0; i < s->w[t].n; i++) mine += (fbits(s->w[t].c[i].lo) >> 16) == (uint32_t)q;
+    for (long i = 0; i < n; i++) mine += (fbits(v[i]) >> 16) == (uint32_t)q;
     loc = malloc(sizeof(float) * (size_t)(mine + 1));
     if (!loc) ok = 0;
     int64_t me = ok ? mine : -1;
@@ -769,9 +803,8 @@ static int kth_lower(xc_score_t *s, float *out)
     for (int r = 0; r < R; r++) skip |= cnt[r] < 0;
     if (!skip) {
         long m = 0;
-        for (int t = 0; t < s->nth; t++)
-            for (long i = 0; i < s->w[t].n; i++)
-                if ((fbits(s->w[t].c[i].lo) >> 16) == (uint32_t)q) loc[m++] = s->w[t].c[i].lo;
+        for (long i = 0; i < n; i++)
+            if ((fbits(v[i]) >> 16) == (uint32_t)q) loc[m++] = v[i];
         for (int r = 0; r < R; r++) rb[r] = sizeof(float) * (size_t)cnt[r];
         if (s->coll->allgatherv(s->coll, loc, sizeof(float) * (size_t)m, s->bq, rb)) rc = XC_ECOLL;
         else {
@@ -784,6 +817,21 @@ out:
     free(h);
     free(cnt);
     free(rb);
+    return rc;
+}
+
+/* Lower bound of the exact K-th largest score from the lower bounds of the
+ * collected entries of every shard: their K-th largest (0 when fewer than K). */
+static int kth_lower(xc_score_t *s, float *out)
+{
+    long n = 0, m = 0;
+    for (int t = 0; t < s->nth; t++) n += s->w[t].n;
+    float *v = malloc(sizeof(float) * (size_t)(n + 1)); /* owned here */
+    if (v)
+        for (int t = 0; t < s->nth; t++)
+            for (long i = 0; i < s->w[t].n; i++) v[m++] = s->w[t].c[i].lo;
+    int rc = kth_global(s, v, m, !v, out);
+    free(v);
     return rc;
 }
 
@@ -824,17 +872,23 @@ static int hist_lower(xc_score_t *s, float *out)
 
 /* ---------------------------------------------------------------- exact recompute */
 
+/* One pass of the exact recompute over this worker's share of the candidates
+ * (latent-major: one W row stays in cache for all its tokens): pass 1 the
+ * entries marked 1, pass 2 the unmarked ones whose upper bound reaches c_cut
+ * (marked 2). Each measured error is checked against the margin used. */
 static void exact_task(void *ctx, int tid, int nth)
 {
     xc_score_t *s = ctx;
     sworker_t *w = &s->w[tid];
     long lo, hi;
     xc_pool_range(s->nall, tid, nth, &lo, &hi);
-    double mr = 0;
-    int bad = 0;
+    double mr = w->max_ratio;
+    int bad = w->violated;
     for (long q = lo; q < hi; q++) {
         long i = s->order[q];
         const pend_t *p = &s->all[i];
+        if (s->pass == 1 ? s->mark[i] != 1 : s->mark[i] != 0 || p->hi < s->c_cut) continue;
+        if (s->pass == 2) s->mark[i] = 2;
         float pf = dot_f(s->x + (size_t)p->b * s->d2, s->wt + (size_t)p->j * s->d2, s->d2);
         double P = pf;
         double err = fabs(P - p->pa);
@@ -851,6 +905,48 @@ static void exact_task(void *ctx, int tid, int nth)
     }
     w->max_ratio = mr;
     w->violated = bad;
+}
+
+/* The exact recompute in two passes, which halves the band of candidates:
+ *   1. the gathered entries whose approximate score reaches the K-th largest
+ *      approximate score over every shard (K entries, or more with ties; all
+ *      of them when fewer than K are positive) are recomputed; the K-th
+ *      largest of their exact scores
+ *      over every shard, c_ex, is a lower bound of the exact K-th largest score
+ *      c (K entries reach it) and sits close to c, where c_low (the K-th largest
+ *      *lower bound*) sits about one error bound below it;
+ *   2. the remaining entries whose upper bound reaches c_cut = max(c_low, c_ex)
+ *      are recomputed.
+ * An entry of the exact top K has r >= c >= c_cut and hi >= r, so it is
+ * recomputed in one of the passes: the kept set {recomputed, hi >= c_cut}
+ * holds the exact top K whatever pass 1 picked. The band an entry must fall in
+ * shrinks from about [c - 2 delta, c] to about [c - delta, c]. c_cut is the
+ * same on every shard. 0 or XC_ECOLL. */
+static int exact_passes(xc_score_t *s, float c_low)
+{
+    long n = s->nall, n1 = 0;
+    float *v = s->tmpf;
+    for (int t = 0; t < s->nth; t++) s->w[t].max_ratio = 0, s->w[t].violated = 0;
+    /* pass 1: approximate scores reaching the K-th largest of them over every shard */
+    for (long i = 0; i < n; i++) {
+        float ap = s->all[i].pa + s->benc[s->all[i].j];
+        v[i] = ap > 0.0f ? ap * s->sc[s->all[i].j] : 0.0f;
+    }
+    float t1 = 0.0f;
+    int rc = kth_global(s, v, n, 0, &t1);
+    if (rc) return rc;
+    for (long i = 0; i < n; i++) s->mark[i] = t1 > 0.0f ? v[i] >= t1 : 1;
+    s->pass = 1;
+    xc_pool_run(s->pool, exact_task, s);
+    for (long i = 0; i < n; i++)
+        if (s->mark[i] == 1) v[n1++] = s->out[i].r;
+    float c_ex = 0.0f;
+    rc = kth_global(s, v, n1, 0, &c_ex);
+    if (rc) return rc;
+    s->c_cut = c_ex > c_low ? c_ex : c_low;
+    s->pass = 2;
+    xc_pool_run(s->pool, exact_task, s);
+    return XC_OK;
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -906,7 +1002,11 @@ xc_score_t *xc_score_new(xc_prec_t prec, int B, int d2, int F, xc_pool_t *pool, 
     /* fp32 rounding, twice: the sums after the product (d2 + OUT_MAX + 8 roundings
      * at most) and the exact recompute's dot product (d2) */
     s->gamma = 2.0 * (double)(d2 + OUT_MAX + 8) * ldexp(1.0, -24) * 1.01;
-    s->lambda = prec == XC_PREC_BF16 ? 1.0 : fmin(1.0, 8.0 / sqrt((double)d2));
+    /* the margin: the proven bound, or (int8, XC_SCORE_MARGIN=calibrated) a
+     * fraction of it calibrated on the measured errors, starting at 8/sqrt(d2) */
+    const char *mg = getenv("XC_SCORE_MARGIN");
+    s->calibrate = prec == XC_PREC_INT8 && mg && !strcmp(mg, "calibrated");
+    s->lambda = s->calibrate ? fmin(1.0, 8.0 / sqrt((double)d2)) : 1.0;
     size_t es = prec == XC_PREC_BF16 ? 2 : 1;
     s->w = calloc((size_t)s->nth, sizeof *s->w);
     s->is_out = calloc((size_t)d2, 1);
@@ -984,6 +1084,8 @@ void xc_score_destroy(xc_score_t **ps)
     free(s->order);
     free(s->out);
     free(s->bq);
+    free(s->mark);
+    free(s->tmpf);
     free(s);
     *ps = NULL;
 }
@@ -992,6 +1094,12 @@ xc_prec_t xc_score_prec(const xc_score_t *s) { return s->prec; }
 void xc_score_set_coll(xc_score_t *s, xc_coll_t *coll) { s->coll = coll ? coll : xc_coll_single(); }
 const char *xc_score_kernel(const xc_score_t *s) { return s->kernel; }
 const xc_score_stats_t *xc_score_stats(const xc_score_t *s) { return &s->st; }
+int xc_score_calibrated(const xc_score_t *s) { return s->calibrate; }
+
+double xc_score_entry_bound(const xc_score_t *s, int b, int j)
+{
+    return (double)s->ex[b] * s->wn[j] + (double)s->xqn[b] * s->ew[j] + s->gamma * s->xa[b] * s->wa[j];
+}
 
 void xc_score_force_lambda(xc_score_t *s, double lambda)
 {
@@ -1025,9 +1133,13 @@ static int gather(xc_score_t *s, float c_low)
     if (n > s->out_cap) {
         xc_score_cand_t *o = realloc(s->out, sizeof *o * (size_t)n);
         int *ord = realloc(s->order, sizeof *ord * (size_t)n);
+        unsigned char *mk = realloc(s->mark, (size_t)n);
+        float *tf = realloc(s->tmpf, sizeof *tf * (size_t)n);
         if (o) s->out = o;
         if (ord) s->order = ord;
-        if (!o || !ord) return XC_ENOMEM;
+        if (mk) s->mark = mk;
+        if (tf) s->tmpf = tf;
+        if (!o || !ord || !mk || !tf) return XC_ENOMEM;
         s->out_cap = n;
     }
     long m = 0;
@@ -1103,7 +1215,8 @@ again:
     t1 = now_ms();
 
     /* exact recompute and the margin check */
-    xc_pool_run(s->pool, exact_task, s);
+    rc = exact_passes(s, c_low);
+    if (rc) return rc;
     s->st.ms_exact = now_ms() - t1;
     double mr = 0;
     int bad = 0;
@@ -1113,7 +1226,9 @@ again:
     }
     {
         /* the margin verdict and calibration over every shard: all take the same path */
-        double v[3] = {mr, bad, (double)s->nall};
+        long nrec = 0;
+        for (long i = 0; i < s->nall; i++) nrec += s->mark[i] != 0;
+        double v[3] = {mr, bad, (double)nrec};
         if (sc_ar(s, v, 2, XC_COLL_F64, XC_COLL_MAX) || sc_ar(s, v + 2, 1, XC_COLL_F64, XC_COLL_SUM))
             return XC_ECOLL;
         mr = v[0];
@@ -1121,9 +1236,11 @@ again:
         s->st.candidates = (long)v[2];
     }
     s->st.max_ratio = mr;
+    s->st.c_low = c_low;
+    s->st.c_cut = s->c_cut;
     s->tau = c_low * TAU_FRAC;
     double lam_used = s->lambda;
-    if (s->lambda_forced <= 0 && s->prec == XC_PREC_INT8 && !redo) {
+    if (s->calibrate && s->lambda_forced <= 0 && !redo) {
         /* calibration: a margin within SAFETY of the measured errors is too thin */
         double target = SAFETY * mr;
         if (target > s->lambda && s->lambda < 1.0) bad = 1;
@@ -1146,10 +1263,11 @@ again:
     }
     s->st.lambda = s->lambda;
     if (bad) goto fallback;
-    /* drop zero scores (never selected); row order is kept */
+    /* keep the recomputed entries whose upper bound reaches c_cut, dropping zero
+     * scores (never selected); row order is kept */
     long m = 0;
     for (long i = 0; i < s->nall; i++)
-        if (s->out[i].r > 0.0f) s->out[m++] = s->out[i];
+        if (s->mark[i] && s->all[i].hi >= s->c_cut && s->out[i].r > 0.0f) s->out[m++] = s->out[i];
     s->nout = m;
     *cand = s->out;
     *ncand = m;

@@ -100,6 +100,7 @@ typedef struct {
     long score_fp32_steps;     /* of those, steps scored by the fp32 product (too many candidates) */
     int score_outliers;        /* fp32 outlier dimensions of the last reduced step */
     double score_lambda;       /* int8 margin, as a fraction of the proven bound (1 = proof) */
+    long score_candidates;     /* entries the last reduced step recomputed exactly (k*B at least) */
     /* wall time of the last training step's phases, ms (see XC_PHASE_*) */
     double phase_ms[7];
     /* sharding (the only per-rank fields besides phase_ms): shard count, and this

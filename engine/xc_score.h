@@ -3,21 +3,32 @@
  * BatchTopK only has to *rank* the B x F pre-activations P = X W_enc^T; the k*B
  * entries it keeps can be recomputed exactly. The scorer computes an approximate
  * P~ with a bf16 or int8 matrix product (oneDNN, which dispatches to AVX512-BF16
- * or VNNI at run time), bounds the error of every entry, keeps as candidates the
- * entries whose upper bound reaches a lower bound of the k*B-th largest score,
- * recomputes the candidates exactly (an fp32 dot product per entry) and
- * hands them, in row order, to the engine's exact selection. Every entry of the
- * exact top-k*B is a candidate:
- *   - bf16: the bound |P - P~| <= ||x~|| ||e_w|| + ||e_x|| ||w|| + rounding is
- *     proven (Cauchy-Schwarz over the actual quantization residuals).
- *   - int8: that bound is ~sqrt(2d) times the typical error, so the margin is a
- *     fraction lambda of it, calibrated on the candidates' measured errors each
- *     step (hundreds of thousands of samples); a call whose measured errors come
- *     within a factor 2 of the margin, or break it, takes its candidates again
- *     with the proven bound (lambda 1), and lambda widens.
- * The selected values never depend on lambda or on the path: they are the exact
- * recomputes. When even the proven bound leaves too many candidates (more than
- * 48 K), the call returns XC_EAGAIN and the caller scores the batch in fp32.
+ * or VNNI at run time), bounds the error of every entry, recomputes exactly (an
+ * fp32 dot product per entry) every entry that can reach the exact cut-off, and
+ * hands them, in row order, to the engine's exact selection.
+ *
+ * The bound (proven; score.c has the proof). Per token x and latent row w, with
+ * x~, w~ their quantized values and the outlier dimensions (kept in fp32) left
+ * out of the norms:
+ *     |P - P~| <= ||x - x~|| ||w|| + ||x~|| ||w - w~|| + gamma ||x|| ||w||,
+ * gamma covering fp32 rounding. The norms are O(B + F) per call. An entry's
+ * score r = ReLU(P + b_enc) s then lies in [lo, hi].
+ * The candidates, exact by construction: c_low = the K-th largest lo is a lower
+ * bound of the exact K-th largest score c; the K entries of largest approximate
+ * score (over every shard when sharded) are recomputed first, and the K-th largest of their
+ * exact scores, c_ex, is another (usually close to c); every entry with
+ * hi >= max(c_low, c_ex) is recomputed and kept. An entry of the exact top K
+ * has hi >= r >= c, so it is always among them, whatever the data.
+ * Each recomputed entry's measured error is checked against the bound (a
+ * guard: a violation means a bug or non-finite input, and the call returns
+ * XC_EAGAIN so the caller scores in fp32). When more than 48 K entries would
+ * have to be recomputed, the call returns XC_EAGAIN too.
+ * For comparison, XC_SCORE_MARGIN=calibrated (int8 only) runs the statistical
+ * margin: a fraction lambda of the bound, calibrated on the measured errors of
+ * each call and widened (the call redone with the proven bound) when they come
+ * within a factor 2 of it; it needs fewer candidates but is not a proof.
+ * The selected values never depend on the margin or on the path: they are the
+ * exact recomputes.
  * Outlier dimensions (per-dimension max |x| far above the median, as in real LM
  * residual streams) stay in fp32: they are left out of the low-precision product
  * and added exactly, so they do not coarsen every other dimension's scale.
@@ -56,9 +67,10 @@ typedef struct {
     long fallbacks;        /* calls whose margin check failed: candidates redone with the proven bound */
     long fp32_calls;       /* calls that returned XC_EAGAIN (too many candidates: score in fp32) */
     long full_passes;      /* calls that needed the histogram pass */
-    long candidates;       /* candidates of the last call */
+    long candidates;       /* entries recomputed exactly in the last call */
+    float c_low, c_cut;    /* last call: K-th largest lower bound; the cut candidates had to reach */
     int outliers;          /* fp32 outlier dimensions of the last call */
-    double lambda;         /* margin used, as a fraction of the proven bound */
+    double lambda;         /* margin used, as a fraction of the proven bound (1 unless calibrated) */
     double max_ratio;      /* last call: max measured |P - P~| / proven bound */
     double ms_quant, ms_matmul, ms_cand, ms_exact; /* last call's phases */
 } xc_score_stats_t;
@@ -92,11 +104,18 @@ const char *xc_score_kernel(const xc_score_t *s);
 int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const float *b_enc,
                         const float *sc, long K, float *work, const xc_score_cand_t **cand,
                         long *ncand);
-/* For tests: margin as a fixed fraction of the proven bound (0 = calibrate). A
- * tiny value forces the redo with the proven bound. The environment variable XC_SCORE_LAMBDA
+/* For tests: margin as a fixed fraction of the proven bound (0 = the default:
+ * the proven bound, or calibrated with XC_SCORE_MARGIN=calibrated). A tiny value
+ * forces the redo with the proven bound. The environment variable XC_SCORE_LAMBDA
  * sets it for every scorer created afterwards. */
 void xc_score_force_lambda(xc_score_t *s, double lambda);
 const xc_score_stats_t *xc_score_stats(const xc_score_t *s);
+/* 1 when the scorer runs the statistical margin (XC_SCORE_MARGIN=calibrated). */
+int xc_score_calibrated(const xc_score_t *s);
+/* For tests, after a call that did not fail for memory: the proven bound
+ * (lambda 1) on |P - P~| of entry (b, j), P the exact pre-activation x_b . w_j
+ * without b_enc and P~ = work[b F + j] as the call left it. */
+double xc_score_entry_bound(const xc_score_t *s, int b, int j);
 
 /* The exact value of an entry: an fp32 dot product in a fixed order (16 lanes
  * with AVX-512), the reference the scorer and its checks use. */

@@ -1,8 +1,10 @@
 /* Reduced-precision encoder scoring: the candidates it returns must contain the
  * exact top-K of a brute-force fp32 scoring (every entry recomputed with the
  * reference dot product), with the same values bit for bit, on random, planted,
- * tied and outlier batches, over a sequence of calls (the cached threshold and
- * the int8 margin calibration); a too-small margin must come back as XC_EAGAIN.
+ * tied and outlier batches, over a sequence of calls (the cached threshold), with
+ * the proven margin (the default) and the statistical one; every entry's error
+ * must lie within the proven bound; a too-small margin must be redone with the
+ * proven bound, too many candidates come back as XC_EAGAIN.
  * Each precision this CPU lacks is reported with the reason, never silently. */
 #include "xc_config.h"
 #include "xc_engine.h"
@@ -172,6 +174,12 @@ static void run_case(const char *what, void (*make)(fix_t *), int calls, double 
         XC_CHECK(mism == 0, "%s %s: %d calls selected differently", what, xc_prec_name(p[q]), mism);
         XC_CHECK(fallbacks <= max_fallback_frac * calls, "%s %s: %d of %d calls fell back", what,
                  xc_prec_name(p[q]), fallbacks, calls);
+        if (!xc_score_calibrated(s)) /* the proven bound: nothing to widen, no redo */
+            XC_CHECK(st->fallbacks == 0 && st->lambda == 1.0, "%s %s: proven margin, yet %ld redos, lambda %.3f",
+                     what, xc_prec_name(p[q]), st->fallbacks, st->lambda);
+        else
+            XC_CHECK(st->lambda < 1.0, "%s %s: the calibrated margin stayed at the proven bound", what,
+                     xc_prec_name(p[q]));
         xc_score_destroy(&s);
         XC_CHECK(s == NULL, "destroy clears the handle");
         fix_free(&f);
@@ -213,7 +221,90 @@ static void make_ties(fix_t *f)
     memcpy(f->x + (size_t)(B / 2) * D2, f->x, sizeof(float) * (size_t)(B / 2) * D2);
 }
 
+/* The proven bound, entry by entry: after a call, every entry's approximate
+ * pre-activation P~ (left in the work buffer) is within xc_score_entry_bound of
+ * the exact product, in double and as the reference fp32 dot product, on random,
+ * planted, outlier and tied batches, at d2 = 256 and at a wider d2 = 1536 (the
+ * bound's looseness grows like sqrt(d2)). The largest and mean ratio are
+ * printed: the bound is worst-case, so typical errors sit well inside it. */
+static void bound_case(xc_prec_t p, int d2, int kind, xc_pool_t *pool, xc_rng_t *r)
+{
+    static const char *names[] = {"random", "planted", "outliers", "ties"};
+    const int nb = 64, nf = 256;
+    const long kk = 8L * nb;
+    float *x = malloc(sizeof(float) * (size_t)nb * d2), *w = malloc(sizeof(float) * (size_t)nf * d2);
+    float *be = malloc(sizeof(float) * nf), *sc = malloc(sizeof(float) * nf), *work = malloc(sizeof(float) * nb * nf);
+    XC_REQUIRE(x && w && be && sc && work, "out of memory");
+    for (long i = 0; i < (long)nf * d2; i++) w[i] = (float)(xc_rng_normal(r) / 16.0);
+    for (int j = 0; j < nf; j++) be[j] = (float)(0.1 * xc_rng_normal(r)), sc[j] = 1.0f;
+    for (long i = 0; i < (long)nb * d2; i++) x[i] = (float)xc_rng_normal(r);
+    for (int b = 0; b < nb; b++) {
+        float *xb = x + (size_t)b * d2;
+        if (kind == 1) /* planted: a few encoder rows with large coefficients over small noise */
+            for (int a = 0; a < 4; a++) {
+                int j = (int)(xc_rng_u64(r) % nf);
+                float cf = (float)(2.0 + 3.0 * xc_rng_uniform(r));
+                for (int i = 0; i < d2; i++) xb[i] = (a ? xb[i] : 0.3f * xb[i]) + cf * 16.0f * w[(size_t)j * d2 + i];
+            }
+        if (kind == 2)
+            for (int o = 0; o < 10; o++) xb[7 + 23 * o] *= o < 8 ? 20.0f : 100.0f;
+        if (kind == 3 && b >= nb / 2) memcpy(xb, x + (size_t)(b - nb / 2) * d2, sizeof(float) * (size_t)d2);
+    }
+    int err;
+    xc_score_t *s = xc_score_new(p, nb, d2, nf, pool, &err, NULL, 0);
+    XC_REQUIRE(s, "%s scorer: %s", xc_prec_name(p), xc_strerror(err));
+    const xc_score_cand_t *c;
+    long n;
+    int rc = xc_score_candidates(s, x, w, be, sc, kk, work, &c, &n);
+    XC_CHECK(rc == XC_OK || rc == XC_EAGAIN, "%s %s: %s", names[kind], xc_prec_name(p), xc_strerror(rc));
+    double worst = 0, worst_f = 0, sum = 0;
+    long bad = 0;
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < nf; j++) {
+            const float *xb = x + (size_t)b * d2, *wj = w + (size_t)j * d2;
+            double pd = 0;
+            for (int i = 0; i < d2; i++) pd += (double)xb[i] * wj[i];
+            double pf = xc_score_dot(xb, wj, d2), pa = work[(size_t)b * nf + j];
+            double dl = xc_score_entry_bound(s, b, j);
+            double e = fabs(pd - pa) / dl, ef = fabs(pf - pa) / dl;
+            bad += !(e <= 1.0 && ef <= 1.0 && dl > 0);
+            worst = fmax(worst, e), worst_f = fmax(worst_f, ef);
+            sum += e;
+        }
+    printf("# bound %s %s d2=%d: max |P - P~| / bound %.3f (double), %.3f (fp32 dot), mean %.4f; %d outlier dims\n",
+           names[kind], xc_prec_name(p), d2, worst, worst_f, sum / ((double)nb * nf), xc_score_stats(s)->outliers);
+    XC_CHECK(bad == 0, "%s %s d2=%d: %ld entries outside the proven bound (worst %.3f)", names[kind], xc_prec_name(p),
+             d2, bad, fmax(worst, worst_f));
+    XC_CHECK(worst > 0, "%s %s: no error at all (the product is not at reduced precision?)", names[kind],
+             xc_prec_name(p));
+    xc_score_destroy(&s);
+    free(x), free(w), free(be), free(sc), free(work);
+}
+
+static void test_bound(void)
+{
+    xc_prec_t p[2];
+    int np = precs(p);
+    xc_pool_t *pool = xc_pool_new(2);
+    xc_rng_t r;
+    xc_rng_seed(&r, 41);
+    XC_REQUIRE(pool, "pool");
+    for (int q = 0; q < np; q++)
+        for (int d2 = 256; d2 <= 1536; d2 += 1280)
+            for (int kind = 0; kind < 4; kind++) bound_case(p[q], d2, kind, pool, &r);
+    xc_pool_destroy(&pool);
+}
+
 static void test_random(void) { run_case("random", make_random, 12, 0.25); }
+/* The statistical margin (int8, XC_SCORE_MARGIN=calibrated), kept for comparison:
+ * still exact on these batches, with fewer candidates. */
+static void test_calibrated(void)
+{
+    setenv("XC_SCORE_MARGIN", "calibrated", 1);
+    run_case("calibrated random", make_random, 12, 0.25);
+    run_case("calibrated outliers", make_outliers, 12, 0.25);
+    unsetenv("XC_SCORE_MARGIN");
+}
 static void test_planted(void) { run_case("planted", make_planted, 12, 0.25); }
 static void test_outliers(void) { run_case("outliers", make_outliers, 12, 0.25); }
 static void test_ties(void) { run_case("ties", make_ties, 8, 0.25); }
@@ -519,10 +610,12 @@ int main(void)
 {
     XC_RUN(test_dispatch);
     XC_RUN(test_dot);
+    XC_RUN(test_bound);
     XC_RUN(test_random);
     XC_RUN(test_planted);
     XC_RUN(test_outliers);
     XC_RUN(test_ties);
+    XC_RUN(test_calibrated);
     XC_RUN(test_fallback_forced);
     XC_RUN(test_engine_precision_switch);
     XC_RUN(test_engine_fallback_bit_exact);
