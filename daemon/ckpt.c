@@ -250,6 +250,8 @@ static int capture(xc_ckpt_writer_t *w, xc_engine_t *e, const xc_state_view_t *e
     mo->k = c->model == XC_MODEL_BATCHTOPK ? m->k : c->k; /* k-annealing: the k in use, as the reference's buffer */
     mo->threshold = (float)m->theta;
     mo->code_norm_id = xc_code_norm_id(c->code_norm);
+    mo->threshold_m[0] = (float)m->theta_m[0];
+    mo->threshold_m[1] = (float)m->theta_m[1];
     mo->alpha_sae = c->code_alpha_sae;
     mo->alpha_cc = c->code_alpha_cc;
     mo->engine_layout = 1;
@@ -806,7 +808,7 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
         rc = XC_EVERSION;
         goto out;
     }
-    if ((rc = check_compatible(mf, c, why, wl)) || (rc = xc_ckpt_check_model_tensors(mf, c->model == XC_MODEL_L1 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK, c->d, c->dict_size, why, wl))) goto out;
+    if ((rc = check_compatible(mf, c, why, wl)) || (rc = xc_ckpt_check_model_tensors(mf, c->model == XC_MODEL_L1 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK, xc_code_norm_id(c->code_norm), c->d, c->dict_size, why, wl))) goto out;
     /* every state view, with its dtype and shape, and nothing else */
     int n = xc_engine_state_views(e, v, XC_ENGINE_STATE_MAX), n_engine = n;
     for (int i = 0; i < n_extras && n < CKPT_MAX_VIEWS; i++) v[n++] = extras[i];

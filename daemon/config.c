@@ -109,7 +109,9 @@ static const xc_cfg_key_t g_keys[] = {
              "the code normalisation s_j in every score u s_j (BatchTopK ranking, AuxK, theta) and in the L1 "
              "penalty, as the reference's CodeNormalization: crosscoder (||d_base|| + ||d_chat||), sae (norm of "
              "the concatenated decoder rows), mixed (alpha_sae sae + alpha_cc crosscoder), none (1), decoupled "
-             "(l1 only: the same as crosscoder there); written as code_normalization_id in checkpoints"),
+             "(batchtopk: per-model codes, each model its own top k*B of u ||d_j^m|| and theta, fp32 scoring, "
+             "one process, no Latent Scaling; l1: the same as crosscoder); written as code_normalization_id in "
+             "checkpoints"),
     KEY_FLOAT("code_normalization_alpha_sae", "1", 0, 1e6, code_normalization_alpha_sae, "model",
               "mixed code normalisation: weight of the sae norm (reference default 1.0)"),
     KEY_FLOAT("code_normalization_alpha_cc", "0.1", 0, 1e6, code_normalization_alpha_cc, "model",
@@ -705,6 +707,10 @@ int xc_cfg_finalize(xc_cfg_t *c, char *why, size_t why_len)
                 c->max_msg_bytes, c->d);
         return XC_ECONFIG;
     }
+    if (c->model == XC_MODEL_BATCHTOPK && c->code_normalization == XC_CODE_DECOUPLED && c->normalize != 0)
+        xc_log(XC_LOG_WARN, "code_normalization = decoupled with normalize on: the reference's encode_decoupled "
+               "normalises the encoder's input a second time (it calls CrossCoder.encode with normalisation on), "
+               "xcoderd once; the two models differ there (README \"The engine\")");
     xc_engine_config_t ec;
     xc_cfg_engine(c, &ec);
     char ew[200];

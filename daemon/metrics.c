@@ -389,6 +389,8 @@ void xc_metrics_set_engine(xc_metrics_t *m, const xc_engine_metrics_t *e)
     m->dead_fraction = e->dead_fraction;
     m->theta = e->theta;
     m->k_current = e->k;
+    m->theta_m[0] = e->theta_m[0];
+    m->theta_m[1] = e->theta_m[1];
     m->grad_norm = e->grad_norm;
     m->lr = e->lr;
 }

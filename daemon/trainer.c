@@ -546,7 +546,10 @@ static void scaling_start(xc_trainer_t *t, uint64_t tokens)
     t->st.scaling_target = tokens;
     pthread_mutex_unlock(&t->mu);
     t->pass_target = tokens;
-    if (!t->pass)
+    if (!t->pass && err == XC_EINVAL)
+        xc_log(XC_LOG_ERROR, "cannot start the exact Latent Scaling pass: it is not defined for code_normalization "
+               "= decoupled (each latent has one activation per model)");
+    else if (!t->pass)
         xc_log(XC_LOG_ERROR, "cannot start the exact Latent Scaling pass: %s (it needs a copy of the model)",
                xc_strerror(err));
     else

@@ -5,7 +5,10 @@
  * gradient take s_j from here, so a variant is one switch in this file. */
 #include "xc_engine_internal.h"
 
+#include "xc_error.h"
+
 #include <math.h>
+#include <stdint.h>
 
 /* s_j from the row's two decoder norms (the reference's get_code_normalization;
  * decoupled's summed form, which AuxK and the L1 penalty use). The default
@@ -67,4 +70,62 @@ int xc_engine_k_at(const xc_engine_config_t *c, long step)
     double kf = (double)k0 - (double)(k0 - c->k) * progress;
     double r = round_half_even(kf);
     return r < 1.0 ? 1 : (int)r;
+}
+
+/* Moves the selection's CSR (row_ptr, col, val; nnz entries) to entry offset
+ * `at` and its row pointers to ptr, freeing the front for the next selection. */
+static void park(xc_engine_t *e, long at, long *ptr)
+{
+    memmove(e->col + at, e->col, sizeof(int) * (size_t)e->nnz);
+    memmove(e->val + at, e->val, sizeof(float) * (size_t)e->nnz);
+    memcpy(ptr, e->row_ptr, sizeof(long) * (size_t)(e->B + 1));
+}
+
+/* The reference's encode_decoupled: per model m the exact top k*B of
+ * u ||d_j^m|| over the batch (the same selection code, run with s = s_m[m] and
+ * that model's prefilter state), then one CSR of the union, each entry marked
+ * with the models that selected it (emask), rows in latent order so the
+ * gradient pass sees each (token, latent) once. f^m = u on model m's entries. */
+int xc_code_select_decoupled(xc_engine_t *e)
+{
+    float *s_keep = e->s;
+    long K = e->K_alloc / 4; /* the scratch holds four selections' worth (tensors: decoupled) */
+    long *ptr0 = e->dc_ptr, *ptr1 = e->dc_ptr + e->B + 1;
+    int rc;
+    e->s = e->s_m; /* base: prefilter state e->sel */
+    rc = xc_select_topk(e);
+    e->s = s_keep;
+    if (rc) return rc;
+    e->nnz_m[0] = e->nnz;
+    park(e, 2 * K, ptr0);
+    xc_select_state_t keep = e->sel; /* chat: its own prefilter state */
+    e->sel = e->sel1;
+    e->s = e->s_m + e->F;
+    rc = xc_select_topk(e);
+    e->s = s_keep;
+    e->sel1 = e->sel;
+    e->sel = keep;
+    if (rc) return rc;
+    e->nnz_m[1] = e->nnz;
+    park(e, 3 * K, ptr1);
+    /* merge row by row: both selections list each row's latents in ascending order */
+    long p = 0;
+    e->row_ptr[0] = 0;
+    for (long b = 0; b < e->B; b++) {
+        long a = 2 * K + ptr0[b], az = 2 * K + ptr0[b + 1], c = 3 * K + ptr1[b], cz = 3 * K + ptr1[b + 1];
+        while (a < az || c < cz) {
+            int ja = a < az ? e->col[a] : INT32_MAX, jc = c < cz ? e->col[c] : INT32_MAX;
+            int j = ja < jc ? ja : jc;
+            e->col[p] = j;
+            e->val[p] = ja == j ? e->val[a] : e->val[c];
+            e->emask[p] = (unsigned char)((ja == j) | ((jc == j) << 1));
+            e->ent_row[p] = (int)b;
+            a += ja == j;
+            c += jc == j;
+            p++;
+        }
+        e->row_ptr[b + 1] = p;
+    }
+    e->nnz = p;
+    return XC_OK;
 }

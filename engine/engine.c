@@ -71,9 +71,6 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
     if (!(c->code_alpha_sae >= 0) || !isfinite(c->code_alpha_sae) || !(c->code_alpha_cc >= 0) ||
         !isfinite(c->code_alpha_cc))
         return WHY("code_normalization_alpha_sae and code_normalization_alpha_cc must be finite and >= 0");
-    if (c->model == XC_MODEL_BATCHTOPK && c->code_norm == XC_CODE_DECOUPLED)
-        return WHY("code_normalization = decoupled is not available for batchtopk in this version (it is for l1, "
-                   "where the reference treats it as crosscoder)");
     if (!(c->lr > 0) || !isfinite(c->lr)) return WHY("lr must be a positive number");
     if (c->warmup_steps < 0) return WHY("warmup_steps must be >= 0");
     if (c->decay_start < 0 || (c->decay_start > 0 && c->total_steps <= c->decay_start))
@@ -111,6 +108,8 @@ static void norms_rows(xc_engine_t *e, long lo, long hi)
         e->nrm[2 * j] = nb;
         e->nrm[2 * j + 1] = nc;
         e->s[j] = xc_code_norm_s(&e->cfg, nb, nc);
+        e->s_m[j] = nb; /* decoupled: each model's own selection scores u ||d_j^m|| */
+        e->s_m[e->F + j] = nc;
     }
 }
 
@@ -204,6 +203,7 @@ xc_engine_t *xc_engine_new_sharded(const xc_engine_config_t *cfg, xc_coll_t *col
     xc_coll_slice(cfg->dict_size, coll->size, coll->rank, &lo, &nl);
     if (nl < 1) goto out_err; /* more ranks than latents */
     if (coll->size > 1 && cfg->model != XC_MODEL_BATCHTOPK) goto out_err; /* L1 is not sharded */
+    if (coll->size > 1 && cfg->code_norm == XC_CODE_DECOUPLED) goto out_err; /* per-model codes are not sharded */
     rc = XC_ENOMEM;
     e = calloc(1, sizeof *e); /* owned by the caller; xc_engine_destroy */
     if (!e) goto out_err;
@@ -217,8 +217,10 @@ xc_engine_t *xc_engine_new_sharded(const xc_engine_config_t *cfg, xc_coll_t *col
     e->B = cfg->batch_size;
     int k0 = cfg->model == XC_MODEL_BATCHTOPK ? xc_engine_k_at(cfg, 0) : 0;
     int kmax = cfg->k_max > cfg->k ? cfg->k_max : cfg->k;
+    e->dc = cfg->model == XC_MODEL_BATCHTOPK && cfg->code_norm == XC_CODE_DECOUPLED;
     e->K = k0 * cfg->batch_size;
-    e->K_alloc = cfg->model == XC_MODEL_BATCHTOPK ? kmax * cfg->batch_size : 0;
+    /* decoupled: two selections parked while merged into their union (codenorm.c) */
+    e->K_alloc = cfg->model == XC_MODEL_BATCHTOPK ? (e->dc ? 4 : 1) * kmax * cfg->batch_size : 0;
     e->met.k = k0;
     e->kaux_max = cfg->model == XC_MODEL_BATCHTOPK ? (cfg->d / 2 < cfg->dict_size ? cfg->d / 2 : cfg->dict_size) : 0;
     e->nth = cfg->threads > 0 ? cfg->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -235,6 +237,9 @@ xc_engine_t *xc_engine_new_sharded(const xc_engine_config_t *cfg, xc_coll_t *col
     if ((rc = init_params(e))) goto out_free;
     e->theta = -1.0;
     e->met.theta = -1.0;
+    e->theta_m[0] = e->theta_m[1] = -1.0;
+    e->met.theta_m[0] = e->met.theta_m[1] = -1.0;
+    e->sel1 = e->sel; /* decoupled: the chat selection's own prefilter, fresh */
     e->met.ranks = coll->size;
     e->norms_valid = 0;
     xc_engine_ensure_norms(e);
@@ -368,6 +373,7 @@ void xc_engine_worker_reset(xc_engine_t *e, xc_worker_t *w)
     memset(w->acc, 0, sizeof(double) * 4 * (size_t)e->d2);
     w->l2 = w->mse = w->aux_num = w->sq = w->l1 = 0;
     w->rmin = FLT_MAX;
+    w->rmin_m[0] = w->rmin_m[1] = FLT_MAX;
 }
 
 /* Token-major sparse decode of this shard's entries into resid (b_dec added
@@ -388,6 +394,16 @@ static void decode_sparse_task(void *ctx, int tid, int nth)
         if (e->coll->rank == 0) memcpy(xh, e->b_dec, sizeof(float) * (size_t)d2);
         else memset(xh, 0, sizeof(float) * (size_t)d2);
         for (long p = e->row_ptr[b]; p < e->row_ptr[b + 1]; p++) {
+            if (e->dc) { /* x-hat^m from model m's codes only; theta_m's samples */
+                int mk = e->emask[p], dd = e->d;
+                for (int m = 0; m < 2; m++) {
+                    if (!(mk >> m & 1)) continue;
+                    cblas_saxpy(dd, e->val[p], e->w_dec + (size_t)e->col[p] * d2 + m * dd, 1, xh + m * dd, 1);
+                    float r = e->val[p] * e->s_m[(size_t)m * e->F + e->col[p]];
+                    if (r < w->rmin_m[m]) w->rmin_m[m] = r;
+                }
+                continue;
+            }
             cblas_saxpy(d2, e->val[p], e->w_dec + (size_t)e->col[p] * d2, 1, xh, 1);
             float r = e->val[p] * e->s[e->col[p]];
             if (r < w->rmin) w->rmin = r;
@@ -407,8 +423,15 @@ static void resid_task(void *ctx, int tid, int nth)
     for (long b = lo; b < hi; b++) {
         xc_engine_residual_row(e, w, b);
         const float *g = e->gx + (size_t)b * d2;
-        for (long p = e->row_ptr[b]; p < e->row_ptr[b + 1]; p++)
-            e->gval[p] = cblas_sdot(d2, g, 1, e->w_dec + (size_t)e->col[p] * d2, 1);
+        for (long p = e->row_ptr[b]; p < e->row_ptr[b + 1]; p++) {
+            const float *row = e->w_dec + (size_t)e->col[p] * d2;
+            if (e->dc && e->emask[p] != 3) { /* decoupled: dL/du through the selecting model only */
+                int m = e->emask[p] >> 1, dd = e->d;
+                e->gval[p] = cblas_sdot(dd, g + m * dd, 1, row + m * dd, 1);
+            } else {
+                e->gval[p] = cblas_sdot(d2, g, 1, row, 1);
+            }
+        }
     }
 }
 
@@ -544,7 +567,14 @@ static void grad_sparse_task(void *ctx, int tid, int nth)
                 f = e->val[id];
                 gf = e->gval[id];
                 gsrc = e->gx;
-                if (e->commit && e->cfg.scaling_running) {
+                if (e->dc && e->emask[id] != 3) { /* decoupled: d_j^m's gradient from model m's codes only */
+                    int m = e->emask[id] >> 1, dd = e->d;
+                    cblas_saxpy(dd, f, gsrc + (size_t)b * d2 + m * dd, 1, gd + m * dd, 1);
+                    cblas_saxpy(d2, gf, e->x + (size_t)b * d2, 1, ge, 1);
+                    gb += gf;
+                    continue;
+                }
+                if (e->commit && e->cfg.scaling_running && !e->dc) {
                     /* Latent Scaling sums with this step's residual e (from g = c e) and
                      * <v, xhat> = <v, x> - <v, e>, fused with the two gradient updates */
                     double gb0, gb1, xb0, xb1;
@@ -661,8 +691,9 @@ static int forward_backward(xc_engine_t *e, double *sq)
         e->K = e->met.k * e->B;
     }
     /* reduced precision only when every shard has its scorer (one may have been
-     * refused, e.g. by oneDNN): the scorer's collectives need them all */
-    int64_t all_score = e->score && e->cfg.model == XC_MODEL_BATCHTOPK;
+     * refused, e.g. by oneDNN): the scorer's collectives need them all; decoupled
+     * codes score in fp32 always */
+    int64_t all_score = e->score && e->cfg.model == XC_MODEL_BATCHTOPK && !e->dc;
     if ((rc = xc_ar(e, &all_score, 1, XC_COLL_I64, XC_COLL_MIN))) return rc;
     if (all_score) {
         /* reduced precision: candidates with exact scores, or XC_EAGAIN (on every
@@ -689,7 +720,7 @@ static int forward_backward(xc_engine_t *e, double *sq)
     }
     double aux = 0;
     if (e->cfg.model == XC_MODEL_BATCHTOPK) {
-        rc = e->pre_approx ? xc_select_from_candidates(e, cand, ncand) : xc_select_topk(e);
+        rc = e->dc ? xc_code_select_decoupled(e) : e->pre_approx ? xc_select_from_candidates(e, cand, ncand) : xc_select_topk(e);
         if (rc) return rc;
         if (e->lo > 0)
             for (long p = 0; p < e->nnz; p++) e->sel_col[p] = (int)(e->col[p] + e->lo);
@@ -723,6 +754,13 @@ static int forward_backward(xc_engine_t *e, double *sq)
     /* the step's sums over shards: squared gradient norm of the latent rows,
      * selected entries (L1: active), the L1 term; and theta's sample */
     double red[3] = {sum_w(e, offsetof(xc_worker_t, sq)), (double)e->nnz, e->met.l1};
+    if (e->dc) red[1] = 0.5 * (double)(e->nnz_m[0] + e->nnz_m[1]); /* l0: per model, averaged */
+    for (int m = 0; m < 2 && e->dc; m++) { /* decoupled (never sharded): theta_m's samples */
+        float mm = FLT_MAX;
+        for (int t = 0; t < e->nth; t++)
+            if (e->w[t].rmin_m[m] < mm) mm = e->w[t].rmin_m[m];
+        e->w[0].rmin_m[m] = mm;
+    }
     if (e->cfg.model == XC_MODEL_L1) {
         red[1] = 0;
         for (int j = 0; j < e->F; j++) red[1] += e->lat_cnt[j];
@@ -876,8 +914,19 @@ static void commit_stats(xc_engine_t *e)
         double mt = e->nnz_g > 0 ? e->rmin_g : 0.0;
         if (e->theta < 0) e->theta = mt;
         else e->theta = e->cfg.threshold_beta * e->theta + (1.0 - e->cfg.threshold_beta) * mt;
+        /* decoupled (the reference's update_decoupled_threshold): one per model, from the
+         * smallest u ||d_j^m|| that model selected (0 when it selected none) */
+        for (int m = 0; m < 2 && e->dc; m++) {
+            double mm = e->nnz_m[m] > 0 ? e->w[0].rmin_m[m] : 0.0;
+            if (e->theta_m[m] < 0) e->theta_m[m] = mm;
+            else e->theta_m[m] = e->cfg.threshold_beta * e->theta_m[m] + (1.0 - e->cfg.threshold_beta) * mm;
+        }
+        if (e->dc) e->theta = e->theta_m[0];
     }
+    if (!e->dc) e->theta_m[0] = e->theta_m[1] = e->theta;
     e->met.theta = e->theta;
+    e->met.theta_m[0] = e->theta_m[0];
+    e->met.theta_m[1] = e->theta_m[1];
 }
 
 /* ---------------------------------------------------------------- public step */
@@ -996,8 +1045,14 @@ static void threshold_task(void *ctx, int tid, int nth)
         for (int j = 0; j < F; j++) {
             float v = u[j] + e->b_enc[j];
             v = v > 0.0f ? v : 0.0f;
-            /* reference: f = u * (u s > threshold); theta < 0 (unset) keeps all */
-            if (e->cfg.model == XC_MODEL_BATCHTOPK && !(v * e->s[j] > th)) v = 0.0f;
+            /* reference: f = u * (u s > threshold); theta < 0 (unset) keeps all; decoupled:
+             * the latent is coded when either model's rule keeps it (a union: x-hat^m needs
+             * model m's own codes, u 1[u ||d_j^m|| > theta_m]) */
+            if (e->dc) {
+                if (!(v * e->s_m[j] > (float)e->theta_m[0]) && !(v * e->s_m[F + j] > (float)e->theta_m[1])) v = 0.0f;
+            } else if (e->cfg.model == XC_MODEL_BATCHTOPK && !(v * e->s[j] > th)) {
+                v = 0.0f;
+            }
             u[j] = v;
         }
     }
@@ -1160,6 +1215,16 @@ void xc_engine_set_theta(xc_engine_t *e, double theta)
 {
     e->theta = theta;
     e->met.theta = theta;
+    e->theta_m[0] = e->theta_m[1] = theta;
+    e->met.theta_m[0] = e->met.theta_m[1] = theta;
+}
+
+const unsigned char *xc_engine_selection_models(const xc_engine_t *e) { return e->dc ? e->emask : NULL; }
+
+void xc_engine_set_theta_models(xc_engine_t *e, double base, double chat)
+{
+    xc_engine_set_theta(e, base);
+    if (e->dc) e->theta_m[1] = e->met.theta_m[1] = chat;
 }
 
 long xc_engine_selection(const xc_engine_t *e, const long **row_ptr, const int **col, const float **val)
@@ -1273,7 +1338,7 @@ int xc_engine_selection_check(xc_engine_t *e, const float *x, long n_tokens, lon
     int rc = xc_engine_check_batch(e, x, n_tokens);
     *differ = *mismatch = 0;
     *fell_back = 0;
-    if (rc || e->cfg.model != XC_MODEL_BATCHTOPK) return rc;
+    if (rc || e->cfg.model != XC_MODEL_BATCHTOPK || e->dc) return rc; /* decoupled scores in fp32 */
     int64_t all_score = e->score != NULL; /* every shard must have its scorer */
     if ((rc = xc_ar(e, &all_score, 1, XC_COLL_I64, XC_COLL_MIN)) || !all_score) return rc;
     const xc_score_cand_t *c;

@@ -164,6 +164,10 @@ static void scaling_accum_task(void *ctx, int tid, int nth)
  * without moving the estimate's target. */
 xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err)
 {
+    if (e->dc) { /* per-model codes: a latent has two activations, and beta one (method.md 4) */
+        if (err) *err = XC_EINVAL;
+        return NULL;
+    }
     xc_scaling_t *s = calloc(1, sizeof *s); /* owned by the caller; xc_scaling_destroy */
     if (!s) goto out_nomem;
     s->e = e;

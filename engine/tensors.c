@@ -26,9 +26,10 @@ static size_t take(size_t *total, size_t bytes)
 static xc_engine_dims_t dims_of(const xc_engine_t *e)
 {
     size_t per_line = ALIGN / sizeof(xc_scored_t);
-    xc_engine_dims_t z = {(size_t)e->F, (size_t)e->d, (size_t)e->d2, (size_t)e->B, (size_t)e->K_alloc,
-                          (size_t)e->B * (size_t)e->kaux_max, e->cfg.model == XC_MODEL_L1, (size_t)e->nth,
-                          ((size_t)e->F + per_line - 1) / per_line * per_line};
+    xc_engine_dims_t z = {.F = (size_t)e->F, .d = (size_t)e->d, .d2 = (size_t)e->d2, .B = (size_t)e->B,
+                          .K = (size_t)e->K_alloc, .KA = (size_t)e->B * (size_t)e->kaux_max,
+                          .L1 = e->cfg.model == XC_MODEL_L1, .DC = (size_t)e->dc, .nth = (size_t)e->nth,
+                          .FW = ((size_t)e->F + per_line - 1) / per_line * per_line};
     return z;
 }
 
@@ -105,6 +106,7 @@ int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
     VIEW("tokens", XC_ST_U64, 8, &e->tokens, 0, 0, 0, 0, 0)
     VIEW("rng", XC_ST_U64, 8, e->rng.s, 1, 4, 0, 0, 0)
     VIEW("scalars", XC_ST_F64, 8, e->scal, 1, 4, 0, 0, 0)
+    if (e->dc) VIEW("theta.chat", XC_ST_F64, 8, &e->theta_m[1], 0, 0, 0, 0, 0) /* decoupled only */
 #undef SAVED_VIEW
 #undef NO_VIEW
 #undef VIEW
@@ -118,6 +120,10 @@ int xc_engine_state_views(xc_engine_t *e, xc_state_view_t *out, int max)
 void xc_engine_state_restored(xc_engine_t *e)
 {
     e->theta = e->scal[0];
+    e->theta_m[0] = e->theta;
+    if (!e->dc) e->theta_m[1] = e->theta;
+    e->met.theta_m[0] = e->theta_m[0];
+    e->met.theta_m[1] = e->theta_m[1];
     e->sel.tau = (float)e->scal[1];
     e->sel.tau_frac = (float)e->scal[2];
     e->sel.n_full = (long)e->scal[3];

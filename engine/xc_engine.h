@@ -27,8 +27,10 @@ typedef enum { XC_LOSS_L2 = 0, XC_LOSS_MSE = 1 } xc_loss_kind_t;
  *   none        s_j = 1
  *   decoupled   per-model codes: model m's score is u ||d_j^m||, each model keeps
  *               its own top k*B and theta_m, and x^m is decoded from its own
- *               codes; AuxK ranks by u (||d_j^base|| + ||d_j^chat||). The L1 model
- *               has no per-model codes: there it is crosscoder, as in the reference. */
+ *               codes; a latent fired when either model selected it; AuxK ranks by
+ *               u (||d_j^base|| + ||d_j^chat||). BatchTopK only on one process (not
+ *               sharded), scored in fp32, without running Latent Scaling sums. The L1
+ *               model has no per-model codes: there it is crosscoder, as in the reference. */
 typedef enum {
     XC_CODE_CROSSCODER = 0,
     XC_CODE_SAE = 1,
@@ -214,7 +216,9 @@ int xc_engine_check_batch(const xc_engine_t *e, const float *x, long n_tokens);
  * on error nothing in the model changes. x is borrowed for the call. */
 int xc_engine_train_step(xc_engine_t *e, const float *x, long n_tokens);
 
-/* Inference (threshold mode for BatchTopK: f = u * 1[u s > theta]; L1: f = u).
+/* Inference (threshold mode for BatchTopK: f = u * 1[u s > theta]; L1: f = u;
+ * decoupled: f = u where u ||d_j^m|| > theta_m for either model m, the union of
+ * the two models' codes).
  * f_out (n, F) dense. Any n >= 1; uses the engine's scratch up to batch_size rows
  * per chunk. Not thread-safe against train_step on the same engine. */
 int xc_engine_encode(xc_engine_t *e, const float *x, long n, float *f_out);
@@ -248,6 +252,12 @@ void xc_engine_set_theta(xc_engine_t *e, double theta);
  * Returns the number of entries (0 for L1). Views valid until the next step. */
 long xc_engine_selection(const xc_engine_t *e, const long **row_ptr, const int **col,
                          const float **val);
+/* Decoupled code normalisation: which models selected each entry of
+ * xc_engine_selection (bit 0 base, bit 1 chat; f^m = val on model m's entries,
+ * 0 elsewhere). NULL for every other configuration. */
+const unsigned char *xc_engine_selection_models(const xc_engine_t *e);
+/* Sets theta per model (decoupled; otherwise both are theta = base). */
+void xc_engine_set_theta_models(xc_engine_t *e, double base, double chat);
 /* Live views of the Adam moments (same shapes as the parameters) and the number
  * of completed steps (Adam's t before the next step). */
 void xc_engine_adam_state(xc_engine_t *e, xc_engine_params_t *m, xc_engine_params_t *v, long *step);
@@ -265,7 +275,7 @@ void xc_engine_set_scaling_running(xc_engine_t *e, int on);
  * trains e, between steps (it borrows the engine's worker pool). The object owns
  * its copy; free it with xc_scaling_destroy. */
 typedef struct xc_scaling xc_scaling_t;
-xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err);
+xc_scaling_t *xc_scaling_new(xc_engine_t *e, int *err); /* XC_EINVAL: decoupled codes (no one f_j) */
 int xc_scaling_add(xc_scaling_t *s, const float *x, long n_tokens);
 uint64_t xc_scaling_tokens(const xc_scaling_t *s);
 long xc_scaling_step(const xc_scaling_t *s); /* training step the dictionary was frozen at */

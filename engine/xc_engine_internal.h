@@ -48,6 +48,7 @@ typedef struct {
     size_t K;    /* k*B selected entries (BatchTopK), 0 for L1 */
     size_t KA;   /* B * kaux_max AuxK entries (BatchTopK), 0 for L1 */
     size_t L1;   /* 1 for the L1 model (its dense extras), else 0 */
+    size_t DC;   /* 1 for BatchTopK with decoupled codes, else 0 */
     size_t nth;  /* compute threads */
     size_t FW;   /* F rounded up to a whole cache line of xc_scored_t (per-worker stride) */
 } xc_engine_dims_t;
@@ -99,6 +100,8 @@ typedef struct {
     /* decoder row norms (F, 2) and s = their sum, the code normalisation */                      \
     WORK(nrm, float, SCRATCH, z.F, 2, 1)                                                           \
     WORK(s, float, SCRATCH, z.F, 1, 1)                                                             \
+    /* decoupled: model m's norms ||d_j^m|| at s_m[m F + j], its selection's s (codenorm.c) */     \
+    WORK(s_m, float, SCRATCH, 2, z.F, 1)                                                           \
     /* AuxK: this step's dead mask and list */                                                    \
     WORK(dead, unsigned char, SCRATCH, z.F, 1, 1)                                                  \
     WORK(dead_list, int, SCRATCH, z.F, 1, 1)                                                       \
@@ -123,6 +126,10 @@ typedef struct {
     WORK(sel_col, int, SCRATCH, z.K, 1, 1)   /* col as global latent indices (sharded only) */    \
     WORK(val, float, SCRATCH, z.K, 1, 1)                                                           \
     WORK(gval, float, SCRATCH, z.K, 1, 1)                                                          \
+    /* decoupled: which models selected each entry (bit 0 base, bit 1 chat) and the per-model  \
+     * selections' rows while they are merged (codenorm.c) */                                    \
+    WORK(emask, unsigned char, SCRATCH, z.K, 1, 1)                                                 \
+    WORK(dc_ptr, long, SCRATCH, 2 * z.DC, z.B + 1, 1)                                              \
     /* AuxK entries: token b's at b * kaux_max, aux_ptr[b+1] of them */                           \
     WORK(aux_ptr, long, SCRATCH, z.B + 1, 1, 1)                                                    \
     WORK(aux_col, int, SCRATCH, z.KA, 1, 1)                                                        \
@@ -150,6 +157,7 @@ typedef struct {
     double l2, mse, aux_num, sq, l1;
     long npos;
     float rmin;
+    float rmin_m[2];      /* decoupled: smallest selected u ||d_j^m|| per model */
 } xc_worker_t;
 
 /* The BatchTopK selection's state between steps (select.c). */
@@ -195,6 +203,9 @@ struct xc_engine {
     int n_dead_list, k_aux;
     long nnz, aux_nnz;          /* selected entries, AuxK entries of this step */
     xc_select_state_t sel;
+    xc_select_state_t sel1;     /* decoupled: the chat model's selection state (sel: the base model's) */
+    int dc;                     /* BatchTopK with decoupled codes (per-model selections) */
+    long nnz_m[2];              /* decoupled: entries each model selected this step */
     /* reduced-precision scoring (score.c); NULL: the fp32 sgemm scores */
     xc_score_t *score;          /* owned */
     int pre_approx;             /* this step's pre is approximate (exact only where recomputed) */
@@ -205,6 +216,7 @@ struct xc_engine {
     int commit;                 /* a training step (1) or compute_grads (0) */
     double aux_denom, grad_scale, lr_t, bc1, bc2;
     double theta;
+    double theta_m[2];          /* decoupled: per-model thresholds, theta_m[0] == theta */
     long step;
     uint64_t tokens;
     xc_engine_metrics_t met;
@@ -308,6 +320,9 @@ void xc_l1_grad(xc_engine_t *e);
 /* codenorm.c: s_j from the row's decoder norms (xc_code_norm_t); the L1
  * penalty's gradient through them, ds/dd^m = a_model d^m/||d^m|| + a_concat d^m/||d||. */
 float xc_code_norm_s(const xc_engine_config_t *c, float nb, float nc);
+/* decoupled: the two models' selections (xc_select_topk with s = s_m[m]), merged
+ * into one CSR whose entries carry emask; nnz_m per model. */
+int xc_code_select_decoupled(xc_engine_t *e);
 void xc_code_norm_grad(const xc_engine_config_t *c, double *a_model, double *a_concat);
 
 /* scaling.c: beta and nu of one latent from its sums and decoder row (2d floats). */

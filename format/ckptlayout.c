@@ -158,7 +158,10 @@ int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype)
     rc = rc ? rc : xc_st_add_fill(st, "encoder.bias", dt, 1, s_b, model_fill, &m->fc[MT_BENC]);
     rc = rc ? rc : xc_st_add_fill(st, "decoder.weight", dt, 3, s_dec, model_fill, &m->fc[MT_DEC]);
     rc = rc ? rc : xc_st_add_fill(st, "decoder.bias", dt, 2, s_bd, model_fill, &m->fc[MT_BDEC]);
-    if (m->model == XC_CKPT_BATCHTOPK) {
+    if (m->model == XC_CKPT_BATCHTOPK && m->cn_id == 5) { /* decoupled: one threshold per model */
+        rc = rc ? rc : xc_st_add(st, "threshold", "F32", 1, s_two, m->threshold_m);
+        rc = rc ? rc : xc_st_add(st, "k", "I32", 0, NULL, &m->k);
+    } else if (m->model == XC_CKPT_BATCHTOPK) {
         rc = rc ? rc : xc_st_add(st, "threshold", "F32", 0, NULL, &m->threshold);
         rc = rc ? rc : xc_st_add(st, "k", "I32", 0, NULL, &m->k);
     }
@@ -230,17 +233,18 @@ void xc_ckpt_now_rfc3339(char *out, size_t n)
 
 /* Exactly the reference state dict: a strict=True load in the reference would
  * fail on a missing or extra key, so a file with either is refused here too. */
-int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int d_, int dict_size, char *why, size_t wl)
+int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int code_norm_id, int d_, int dict_size, char *why,
+                                size_t wl)
 {
     int64_t d = d_, F = dict_size;
     int64_t s_enc[3] = {2, d, F}, s_b[1] = {F}, s_dec[3] = {2, F, d}, s_bd[2] = {2, d}, s_two[1] = {2};
-    int btk = kind == XC_CKPT_BATCHTOPK, rc;
+    int btk = kind == XC_CKPT_BATCHTOPK, rc, dc = btk && code_norm_id == 5;
     if ((rc = xc_stf_expect(f, "encoder.weight", "F32", 3, s_enc, XC_ECORRUPT, why, wl)) ||
         (rc = xc_stf_expect(f, "encoder.bias", "F32", 1, s_b, XC_ECORRUPT, why, wl)) ||
         (rc = xc_stf_expect(f, "decoder.weight", "F32", 3, s_dec, XC_ECORRUPT, why, wl)) ||
         (rc = xc_stf_expect(f, "decoder.bias", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||
         (rc = xc_stf_expect(f, "code_normalization_id", "I64", 0, NULL, XC_ECORRUPT, why, wl)) ||
-        (btk && (rc = xc_stf_expect(f, "threshold", "F32", 0, NULL, XC_ECORRUPT, why, wl))) ||
+        (btk && (rc = xc_stf_expect(f, "threshold", "F32", dc ? 1 : 0, dc ? s_two : NULL, XC_ECORRUPT, why, wl))) ||
         (btk && (rc = xc_stf_expect(f, "k", "I32", 0, NULL, XC_ECORRUPT, why, wl))) ||
         (rc = xc_stf_expect(f, "target_rms", "F32", 0, NULL, XC_ECORRUPT, why, wl)) ||
         (rc = xc_stf_expect(f, "activation_mean", "F32", 2, s_bd, XC_ECORRUPT, why, wl)) ||

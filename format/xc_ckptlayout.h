@@ -52,6 +52,7 @@ typedef struct {
     int d, dict_size, k;
     float threshold;           /* theta; -1 until estimated */
     int code_norm_id;          /* the reference's CodeNormalization value; 0 means 1 (CROSSCODER) */
+    float threshold_m[2];      /* DECOUPLED BatchTopK (5): theta per model, the threshold tensor [2] */
     double alpha_sae, alpha_cc; /* MIXED (3): its two weights, written as metadata (the reference's
                                  * code_normalization_alpha_sae / _cc are constructor arguments) */
     int engine_layout;
@@ -77,9 +78,9 @@ const char *xc_ckpt_code_norm_name(int id);
  * "F32" (NULL), "F16" or "BF16" for the four parameter tensors. */
 int xc_ckpt_add_model(xc_st_t *st, xc_ckpt_model_t *m, const char *float_dtype);
 /* Checks that a model file holds exactly the reference tensors of a float32
- * model of this kind and shape (names, dtypes, shapes, nothing else).
+ * model of this kind, code normalisation (threshold [2] for DECOUPLED BatchTopK) and shape (names, dtypes, shapes, nothing else).
  * 0 or XC_ECORRUPT with the reason. */
-int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int d, int dict_size, char *why,
+int xc_ckpt_check_model_tensors(const xc_stf_t *f, xc_ckpt_kind_t kind, int code_norm_id, int d, int dict_size, char *why,
                                 size_t why_len);
 /* The "layout" metadata of model files. */
 #define XC_CKPT_LAYOUT_NOTE "encoder.weight [2,d,F], decoder.weight [2,F,d]; index 0 = base, 1 = chat"

@@ -214,7 +214,8 @@ int xc_client_ckpt_tensor(const xc_client_ckpt_t *c, const char *name, xc_client
 typedef struct {
     char model[16];            /* "batchtopk" | "l1" */
     int d, dict_size, k;       /* k: 0 for L1 */
-    float threshold;           /* BatchTopK theta (-1 until estimated); 0 for L1 */
+    float threshold;           /* BatchTopK theta (-1 until estimated); 0 for L1; DECOUPLED: the base model's */
+    float threshold_m[2];      /* BatchTopK theta per model (DECOUPLED: the threshold tensor [2]; else both theta) */
     int code_norm_id;          /* the reference's CodeNormalization value: 1 CROSSCODER (s_j = the sum of the two
                                 * decoder norms), 2 SAE (norm of the concatenated rows), 3 MIXED
                                 * (alpha_sae SAE + alpha_cc CROSSCODER), 4 NONE (s_j = 1), 5 DECOUPLED */

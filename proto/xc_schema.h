@@ -83,6 +83,8 @@
       "Fraction of latents unfired for dead_tokens tokens.")                                                    \
     X(theta, F64, "theta", "xcoderd_threshold", "gauge", 1, XC_SCHEMA_SHM(theta),                               \
       "BatchTopK inference threshold theta (0 before threshold_start_step).")                                   \
+    X(theta_m, F64X2, "theta_models", "xcoderd_threshold_model{model}", "gauge", 1, XC_SCHEMA_NOSHM,              \
+      "BatchTopK inference threshold per model (code_normalization = decoupled: one each; otherwise both theta).") \
     X(k_current, I64, "k_current", "xcoderd_k_current", "gauge", 1, XC_SCHEMA_NOSHM,                            \
       "BatchTopK: k of the last step (k_max falling to k under k-annealing; k otherwise).")                     \
     X(grad_norm, F64, "grad_norm", "xcoderd_grad_norm", "gauge", 1, XC_SCHEMA_NOSHM,                            \

@@ -2,11 +2,12 @@
 """Code normalisation variants and k-annealing end to end (README "The engine").
 
 A short daemon run per variant (batchtopk: crosscoder, sae, mixed with
-non-default weights, none; l1: sae, decoupled) writes a checkpoint; its
+non-default weights, none, decoupled; l1: sae, decoupled) writes a checkpoint; its
 code_normalization_id is the reference's CodeNormalization value and its
-metadata carries mixed's weights; s_j computed here with numpy from the
-decoder (the reference's formulas, written out) equals the Python client's,
-and the client's threshold and batch-top-k codes follow it. A checkpoint is
+metadata carries mixed's weights (decoupled: threshold [2]); s_j computed here
+with numpy from the decoder (the reference's formulas, written out) equals the
+Python client's, and the client's threshold and batch-top-k codes (per model
+for decoupled) follow it. A checkpoint is
 not resumed under another code normalisation (exit 2, both named). A
 k-annealing run's status k_current and checkpoint k follow the reference
 schedule, computed here independently.
@@ -17,7 +18,8 @@ each checkpoint is loaded the reference's own way: saved as a torch state dict
 and read with BatchTopKCrossCoder / CrossCoder.from_pretrained, which takes the
 code normalisation from code_normalization_id, then load_state_dict strict; its
 get_code_normalization equals the numpy s_j, and its forward (threshold mode)
-and its batch-top-k encode equal ours. The mixed run is also exported with
+and its batch-top-k encode equal ours (per model for decoupled, whose forward
+decodes each model from its own codes). The mixed run is also exported with
 `xcoder export --hf` and loaded with from_pretrained(DIR, from_hub=True) (the
 hub mixin stubbed where huggingface_hub is absent). Without the variable the
 test says so plainly. Run from the repository root."""
@@ -99,7 +101,30 @@ def numpy_s(W_dec, cn):
 
 
 VARIANTS = [("batchtopk", "crosscoder"), ("batchtopk", "sae"), ("batchtopk", "mixed"), ("batchtopk", "none"),
-            ("l1", "sae"), ("l1", "decoupled")]
+            ("batchtopk", "decoupled"), ("l1", "sae"), ("l1", "decoupled")]
+
+
+def numpy_codes(tensors, x, cn, mode):
+    """Per-model codes [N, 2, F] in float64: threshold or batch-top-k on u s_j
+    (both models alike), or per model on u |d_j^m| with threshold[m] (DECOUPLED)."""
+    u = np.maximum(np.einsum("bmd,mdf->bf", x.astype(np.float64), tensors["encoder.weight"]) +
+                   tensors["encoder.bias"], 0)
+    w = tensors["decoder.weight"].astype(np.float64)
+    per = np.sqrt((w ** 2).sum(axis=2))
+    th = np.broadcast_to(np.asarray(tensors["threshold"], dtype=np.float64).reshape(-1), (2,))
+    kk = int(tensors["k"])
+    out, near = np.zeros((x.shape[0], 2, u.shape[1])), np.zeros((x.shape[0], 2, u.shape[1]), dtype=bool)
+    for m in range(2):
+        s = per[m] if cn == 5 else numpy_s(tensors["decoder.weight"], cn)
+        sc = u * s
+        if mode == "threshold":
+            out[:, m] = u * (sc > th[m])
+            near[:, m] = np.abs(sc - th[m]) <= 1e-4 * th[m]  # float vs double at the boundary
+        else:
+            keep = np.zeros(sc.size, dtype=bool)
+            keep[np.argsort(-sc.reshape(-1), kind="stable")[:kk * x.shape[0]]] = True
+            out[:, m] = u * keep.reshape(u.shape)
+    return out, near
 
 
 def test_checkpoint_and_codes():
@@ -123,19 +148,15 @@ def test_checkpoint_and_codes():
         check(rel < 1e-6, "%s/%s: client s_j differs from numpy by %.3g" % (model, cn, rel))
         if model == "batchtopk":
             x = rng.standard_normal((96, 2, D)).astype(np.float32)
-            u = np.maximum(np.einsum("bmd,mdf->bf", x.astype(np.float64), tensors["encoder.weight"]) +
-                           tensors["encoder.bias"], 0)
-            th = float(tensors["threshold"])
-            check(th > 0, "%s: theta %g not estimated" % (cn, th))
-            f = xcoder.encode((tensors, meta), x)
-            sc = u * s
-            clear = np.abs(sc - th) > 1e-4 * th  # float vs double at the boundary
-            check(np.array_equal((f > 0)[clear], (sc > th)[clear]), "%s: threshold codes differ from numpy" % cn)
-            ft = xcoder.encode((tensors, meta), x, mode="batchtopk")
-            kk = int(tensors["k"])
-            want = np.zeros(sc.size, dtype=bool)
-            want[np.argsort(-sc.reshape(-1), kind="stable")[:kk * x.shape[0]]] = True
-            diff = int(((ft.reshape(-1) > 0) != want).sum())
+            th = np.asarray(tensors["threshold"])
+            check(th.shape == ((2,) if cid == 5 else ()), "%s: threshold shape %s" % (cn, th.shape))
+            check((th > 0).all(), "%s: theta %s not estimated" % (cn, th))
+            want, near = numpy_codes(tensors, x, cid, "threshold")
+            f = xcoder.encode_models((tensors, meta), x)
+            check(np.array_equal((f > 0)[~near], (want > 0)[~near]), "%s: threshold codes differ from numpy" % cn)
+            want, _ = numpy_codes(tensors, x, cid, "batchtopk")
+            ft = xcoder.encode_models((tensors, meta), x, mode="batchtopk")
+            diff = int(((ft > 0) != (want > 0)).sum())
             check(diff <= 2, "%s: %d batch-top-k codes differ from numpy" % (cn, diff))
 
 
@@ -274,7 +295,9 @@ def test_reference_load_and_forward():
         if model == "batchtopk":
             with torch.no_grad():
                 fr = m.encode(torch.from_numpy(x), use_threshold=False).numpy()
-            fo = xcoder.encode((tensors, meta), x, mode="batchtopk")
+            fo = xcoder.encode_models((tensors, meta), x, mode="batchtopk")
+            if fr.ndim == 2:  # one code for both models
+                fo = fo[:, 0]
             diff = int(((fr > 0) != (fo > 0)).sum())
             check(diff <= 2, "%s: batch-top-k selection differs in %d entries" % (cn, diff))
             msg += ", batch-top-k entries differing %d of %d" % (diff, int((fo > 0).sum()))

@@ -152,7 +152,7 @@ typedef struct {
     cn_t cn;
     double aux_coef, l1_coef;
     const float *x;
-    const unsigned char *mask; /* (B, F) the BatchTopK selection, fixed */
+    const unsigned char *mask; /* (B, F) the BatchTopK selection, fixed: bit m = model m's codes */
     const int *auxsel;         /* (B, kaux) AuxK choice, fixed; -1 = none */
     int kaux;
     const double *e0;          /* (B, 2d) detached residual for AuxK */
@@ -178,9 +178,12 @@ static double ref_loss(const ref_t *R, const double *p, double *resid_out)
         }
         for (int i = 0; i < d2; i++) xh[i] = bd[i];
         for (int j = 0; j < F; j++) {
-            double f = R->model == XC_MODEL_L1 ? u[j] : (R->mask[(size_t)b * F + j] ? u[j] : 0);
-            if (f != 0)
-                for (int i = 0; i < d2; i++) xh[i] += f * wd[(size_t)j * d2 + i];
+            for (int m = 0; m < 2; m++) { /* x-hat^m from model m's codes */
+                int on = R->model == XC_MODEL_L1 || (R->mask[(size_t)b * F + j] >> m & 1);
+                double f = on ? u[j] : 0;
+                if (f != 0)
+                    for (int i = m * d; i < (m + 1) * d; i++) xh[i] += f * wd[(size_t)j * d2 + i];
+            }
             if (R->model == XC_MODEL_L1) l1 += u[j] * s[j] / B;
         }
         for (int m = 0; m < 2; m++) {
@@ -287,21 +290,35 @@ static double check_variant(xc_model_kind_t model, const cn_t *cn, int *bad, dou
     unsigned char mask[B * F];
     memset(mask, 0, sizeof mask);
     if (model == XC_MODEL_BATCHTOPK) {
-        /* the k*B largest positive u s of the whole batch */
+        /* the k*B largest positive u s of the whole batch; decoupled: per model m,
+         * of u ||d_j^m|| (bit m), as the reference's encode_decoupled */
+        int dc = cn->cn == XC_CODE_DECOUPLED;
         unsigned char want[B * F];
         memset(want, 0, sizeof want);
-        for (int q = 0; q < k * B; q++) {
-            int best = -1;
-            for (int i = 0; i < B * F; i++)
-                if (!want[i] && u[i / F][i % F] > 0 && (best < 0 || u[i / F][i % F] * s[i % F] > u[best / F][best % F] * s[best % F]))
-                    best = i;
-            if (best >= 0) want[best] = 1;
+        for (int mm = 0; mm < (dc ? 2 : 1); mm++) {
+            double sm[F];
+            for (int j = 0; j < F; j++) {
+                double n2 = 0;
+                for (int i = mm * d; i < (mm + 1) * d; i++) n2 += wd[(size_t)j * d2 + i] * wd[(size_t)j * d2 + i];
+                sm[j] = dc ? sqrt(n2) : s[j];
+            }
+            unsigned char bit = (unsigned char)(dc ? 1 << mm : 3);
+            for (int q = 0; q < k * B; q++) {
+                int best = -1;
+                for (int i = 0; i < B * F; i++)
+                    if (!(want[i] & bit) && u[i / F][i % F] > 0 &&
+                        (best < 0 || u[i / F][i % F] * sm[i % F] > u[best / F][best % F] * sm[best % F]))
+                        best = i;
+                if (best >= 0) want[best] |= bit;
+            }
         }
         const long *rp;
         const int *col;
         xc_engine_selection(e, &rp, &col, NULL);
+        const unsigned char *em = xc_engine_selection_models(e);
+        if ((em != NULL) != dc) (*bad)++;
         for (int b = 0; b < B; b++)
-            for (long q = rp[b]; q < rp[b + 1]; q++) mask[b * F + col[q]] = 1;
+            for (long q = rp[b]; q < rp[b + 1]; q++) mask[b * F + col[q]] = em ? em[q] : 3;
         for (int i = 0; i < B * F; i++) *bad += mask[i] != want[i];
     }
     double e0[B * d2];
@@ -364,6 +381,7 @@ static const cn_t g_cns[] = {
     {XC_CODE_SAE, 1.0, 0.1},
     {XC_CODE_MIXED, 0.7, 0.3},
     {XC_CODE_NONE, 1.0, 0.1},
+    {XC_CODE_DECOUPLED, 1.0, 0.1}, /* BatchTopK: per-model codes; L1: the crosscoder sum */
 };
 static const char *const g_cn_names[] = {"crosscoder", "sae", "mixed", "none", "decoupled"};
 
@@ -400,6 +418,7 @@ static void test_codenorm_threshold(void)
 {
     enum { d = 5, F = 40, B = 8 };
     for (size_t c = 0; c < sizeof g_cns / sizeof g_cns[0]; c++) {
+        if (g_cns[c].cn == XC_CODE_DECOUPLED) continue; /* two rules: test_decoupled_theta_and_inference */
         xc_engine_t *e = mk_cn(XC_MODEL_BATCHTOPK, &g_cns[c], d, F, B, 3);
         XC_REQUIRE(e, "engine");
         xc_engine_params_t p;
@@ -455,13 +474,88 @@ static void test_decoupled(void)
              "l1 decoupled differs from crosscoder");
     xc_engine_destroy(&a);
     xc_engine_destroy(&b);
-    /* batchtopk: refused with the reason, not trained wrongly */
+}
+
+/* decoupled BatchTopK: theta per model from that model's smallest selected
+ * u ||d_j^m|| (the reference's update_decoupled_threshold), the union codes at
+ * inference, and no exact Latent Scaling pass (no one activation per latent). */
+static void test_decoupled_theta_and_inference(void)
+{
+    enum { d = 6, F = 48, B = 12, d2 = 12 };
+    cn_t dc = {XC_CODE_DECOUPLED, 1, 0.1};
     xc_engine_config_t c;
     xc_cfg_engine_defaults(&c, XC_MODEL_BATCHTOPK);
-    c.code_norm = XC_CODE_DECOUPLED;
-    char why[256] = "";
-    XC_CHECK(xc_engine_config_validate(&c, why, sizeof why) == XC_ECONFIG && strstr(why, "decoupled"),
-             "batchtopk decoupled accepted: %s", why);
+    c.d = d, c.dict_size = F, c.batch_size = B, c.k = 3, c.threads = 2, c.seed = 8, c.warmup_steps = 0;
+    c.encoder_precision = XC_PREC_FP32, c.code_norm = XC_CODE_DECOUPLED, c.threshold_start_step = 0;
+    int err;
+    xc_engine_t *e = xc_engine_new(&c, &err);
+    XC_REQUIRE(e, "engine: %s", xc_strerror(err));
+    xc_engine_params_t p;
+    xc_engine_params(e, &p);
+    xc_rng_t r;
+    xc_rng_seed(&r, 31);
+    for (int j = 0; j < F; j++) /* the chat rows twice as long: the two models' cut-offs differ */
+        for (int i = d; i < d2; i++) p.w_dec[j * d2 + i] *= 2.0f + (float)(j % 3);
+    xc_engine_params_changed(e);
+    float x[B * d2], keep[F * d2];
+    double want[2] = {-1, -1};
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < B * d2; i++) x[i] = (float)xc_rng_normal(&r);
+        memcpy(keep, p.w_dec, sizeof keep);
+        XC_REQUIRE(xc_engine_train_step(e, x, B) == 0, "step %d", step);
+        const long *rp;
+        const int *col;
+        const float *val;
+        long nnz = xc_engine_selection(e, &rp, &col, &val);
+        const unsigned char *em = xc_engine_selection_models(e);
+        XC_REQUIRE(em, "no per-model selection");
+        long cnt[2] = {0, 0};
+        double mn[2] = {DBL_MAX, DBL_MAX};
+        for (long q = 0; q < nnz; q++)
+            for (int m = 0; m < 2; m++) {
+                if (!(em[q] >> m & 1)) continue;
+                cnt[m]++;
+                double n2 = 0;
+                for (int i = m * d; i < (m + 1) * d; i++) n2 += (double)keep[col[q] * d2 + i] * keep[col[q] * d2 + i];
+                double sc = (double)val[q] * (float)sqrt(n2);
+                if (sc < mn[m]) mn[m] = sc;
+            }
+        XC_CHECK(cnt[0] == c.k * B && cnt[1] == c.k * B, "step %d: %ld / %ld entries per model, want k*B = %d", step,
+                 cnt[0], cnt[1], c.k * B);
+        if (step > 0)
+            for (int m = 0; m < 2; m++) want[m] = want[m] < 0 ? mn[m] : 0.999 * want[m] + 0.001 * mn[m];
+        const xc_engine_metrics_t *mt = xc_engine_metrics(e);
+        for (int m = 0; m < 2; m++)
+            XC_CHECK(fabs(mt->theta_m[m] - want[m]) <= 1e-5 * fabs(want[m]) + 1e-12, "step %d: theta_%d %.9g, want %.9g",
+                     step, m, mt->theta_m[m], want[m]);
+        XC_CHECK(mt->theta == mt->theta_m[0], "theta is not the base model's");
+        XC_CHECK(fabs(mt->l0 - c.k) < 1e-12, "l0 %g, per model k = %d", mt->l0, c.k);
+    }
+    XC_CHECK(xc_engine_metrics(e)->theta_m[0] != xc_engine_metrics(e)->theta_m[1], "one theta for both models");
+    /* inference: a latent is coded where either model's rule keeps it */
+    float u[B * F], f[B * F];
+    xc_engine_set_theta(e, -1.0);
+    xc_engine_encode(e, x, B, u);
+    double th[2] = {0.3, 0.9};
+    xc_engine_set_theta_models(e, th[0], th[1]);
+    xc_engine_encode(e, x, B, f);
+    int bad = 0, kept[2] = {0, 0};
+    for (int j = 0; j < F; j++) {
+        double nm[2] = {0, 0};
+        for (int i = 0; i < d2; i++) nm[i / d] += (double)p.w_dec[j * d2 + i] * p.w_dec[j * d2 + i];
+        for (int b = 0; b < B; b++) {
+            double s0 = u[b * F + j] * sqrt(nm[0]), s1 = u[b * F + j] * sqrt(nm[1]);
+            if (fabs(s0 - th[0]) < 1e-5 || fabs(s1 - th[1]) < 1e-5) continue;
+            int w = s0 > th[0] || s1 > th[1];
+            kept[0] += s0 > th[0], kept[1] += s1 > th[1] && !(s0 > th[0]);
+            bad += (f[b * F + j] != 0) != w;
+        }
+    }
+    XC_CHECK(bad == 0 && kept[0] > 0 && kept[1] > 0, "%d union codes differ (%d base, %d chat only)", bad, kept[0], kept[1]);
+    xc_scaling_t *sp = xc_scaling_new(e, &err);
+    XC_CHECK(!sp && err == XC_EINVAL, "exact Latent Scaling accepted per-model codes");
+    xc_engine_destroy(&e);
+    (void)dc;
 }
 
 /* ------------------------------------------------------------------ checkpoint */
@@ -518,6 +612,37 @@ static void test_checkpoint_id(void)
     xc_engine_destroy(&e);
 }
 
+/* decoupled: the threshold tensor is [2] (the reference's buffer), the chat theta
+ * resumes from the training file. */
+static void test_checkpoint_decoupled(void)
+{
+    enum { d = 4, F = 16, B = 8 };
+    cn_t dc = {XC_CODE_DECOUPLED, 1, 0.1};
+    xc_engine_t *e = mk_cn(XC_MODEL_BATCHTOPK, &dc, d, F, B, 2), *e2 = mk_cn(XC_MODEL_BATCHTOPK, &dc, d, F, B, 2);
+    XC_REQUIRE(e && e2, "engines");
+    xc_engine_set_theta_models(e, 0.25, 0.75);
+    char path[1100], train[1100], why[600];
+    XC_REQUIRE(write_pair(e, "decoupled", path, sizeof path, train, sizeof train) == 0, "write");
+    int err;
+    xc_stf_t *f = xc_stf_open(path, &err, why, sizeof why);
+    XC_REQUIRE(f, "open: %s", why);
+    const xc_stf_tensor_t *t = xc_stf_find(f, "threshold");
+    float th[2] = {0, 0};
+    if (t && t->count == 2) memcpy(th, t->data, 8);
+    XC_CHECK(t && t->ndim == 1 && t->shape[0] == 2 && th[0] == 0.25f && th[1] == 0.75f, "threshold tensor %g %g", th[0],
+             th[1]);
+    const xc_stf_tensor_t *cn = xc_stf_find(f, "code_normalization_id");
+    int64_t id = 0;
+    if (cn) memcpy(&id, cn->data, 8);
+    XC_CHECK(id == 5, "code_normalization_id %lld", (long long)id);
+    xc_stf_close(&f);
+    XC_CHECK(xc_ckpt_load_pair(e2, NULL, 0, path, train, NULL, why, sizeof why) == 0, "resume: %s", why);
+    const xc_engine_metrics_t *m = xc_engine_metrics(e2);
+    XC_CHECK(m->theta_m[0] == 0.25 && m->theta_m[1] == 0.75, "resumed thetas %g %g", m->theta_m[0], m->theta_m[1]);
+    xc_engine_destroy(&e);
+    xc_engine_destroy(&e2);
+}
+
 int main(void)
 {
     char why[256];
@@ -532,7 +657,9 @@ int main(void)
     XC_RUN(test_codenorm_l1);
     XC_RUN(test_codenorm_threshold);
     XC_RUN(test_decoupled);
+    XC_RUN(test_decoupled_theta_and_inference);
     XC_RUN(test_checkpoint_id);
+    XC_RUN(test_checkpoint_decoupled);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
     if (system(cmd)) fprintf(stderr, "# could not remove %s\n", g_dir);

@@ -361,6 +361,7 @@ int xc_cli_cmd_export(xc_cli_args_t *a)
     xc_ckpt_model_t cm = {.model = strcmp(m.model, "l1") == 0 ? XC_CKPT_L1 : XC_CKPT_BATCHTOPK,
                           .d = m.d, .dict_size = m.dict_size, .k = m.k, .threshold = m.threshold,
                           .code_norm_id = m.code_norm_id, .alpha_sae = m.alpha_sae, .alpha_cc = m.alpha_cc,
+                          .threshold_m = {m.threshold_m[0], m.threshold_m[1]},
                           .engine_layout = 0, .w_enc = m.w_enc, .b_enc = m.b_enc, .w_dec = m.w_dec, .b_dec = m.b_dec};
     nmean = malloc(sizeof(float) * 2 * (size_t)m.d);
     nstd = malloc(sizeof(float) * 2 * (size_t)m.d);

@@ -199,6 +199,11 @@ static int model_from_model_file(const xc_stf_t *f, xc_client_model_t *m, char *
     if (btk) {
         if ((t = xc_stf_find(f, "threshold")) && t->count == 1 && !strcmp(t->dtype, "F32")) memcpy(&m->threshold, t->data, 4);
         else m->threshold = -1;
+        m->threshold_m[0] = m->threshold_m[1] = m->threshold;
+        if (t && t->count == 2 && !strcmp(t->dtype, "F32")) { /* decoupled: one per model */
+            memcpy(m->threshold_m, t->data, 8);
+            m->threshold = m->threshold_m[0];
+        }
         int32_t k = 0;
         if ((t = xc_stf_find(f, "k")) && t->count == 1 && !strcmp(t->dtype, "I32")) memcpy(&k, t->data, 4);
         m->k = k ? k : (int)meta_long(f, "k", 0);
@@ -242,6 +247,13 @@ static int model_from_train_file(const xc_stf_t *f, xc_client_model_t *m, char *
         double theta = -1;
         if (sc && !strcmp(sc->dtype, "F64") && sc->count >= 1) memcpy(&theta, sc->data, 8);
         m->threshold = (float)theta;
+        m->threshold_m[0] = m->threshold_m[1] = m->threshold;
+        const xc_stf_tensor_t *tc = xc_stf_find(f, "theta.chat"); /* decoupled engines only */
+        if (tc && tc->count == 1 && !strcmp(tc->dtype, "F64")) {
+            double v;
+            memcpy(&v, tc->data, 8);
+            m->threshold_m[1] = (float)v;
+        }
         m->k = (int)meta_long(f, "k", 0);
     }
 out:

@@ -31,8 +31,8 @@ from .errors import CODES, CheckpointError, XcoderError, XcoderNack, XcoderTimeo
 from .wire import PROTO_VERSION, render_example
 from .producer import Producer
 from .client import Client, Subscription, subscribe
-from .checkpoint import (code_normalization, decode, decoder_stats, denormalize, encode, latent_scaling,
-                         load_checkpoint, normalize, normalizer, reconstruct)
+from .checkpoint import (code_normalization, decode, decoder_stats, denormalize, encode, encode_models,
+                         latent_scaling, load_checkpoint, normalize, normalizer, reconstruct)
 from .shm import SharedStats, Snapshot
 from .examples import offline_examples
 from .keys import keygen
@@ -59,6 +59,6 @@ def paired_activations(*args, **kwargs):
 
 __version__ = "0.1.0"
 __all__ = ["Producer", "Client", "Subscription", "subscribe", "load_checkpoint", "reconstruct",
-           "encode", "decode", "code_normalization", "decoder_stats", "latent_scaling", "SharedStats", "Snapshot",
+           "encode", "encode_models", "decode", "code_normalization", "decoder_stats", "latent_scaling", "SharedStats", "Snapshot",
            "stream_from_models", "paired_activations", "vocab_from_tokenizer", "render_example", "offline_examples", "read_history", "XcoderError", "XcoderNack",
            "XcoderTimeout", "CheckpointError", "CODES", "PROTO_VERSION"]

@@ -213,7 +213,10 @@ def _params(ckpt):
         raise CheckpointError(f"inconsistent crosscoder shapes: encoder.weight {W_enc.shape}, "
                               f"encoder.bias {b_enc.shape}, decoder.weight {W_dec.shape}, "
                               f"decoder.bias {b_dec.shape}")
-    threshold = float(ckpt["threshold"]) if "threshold" in ckpt else None
+    threshold = None
+    if "threshold" in ckpt:  # a scalar; decoupled code normalisation: one per model [2]
+        t = np.asarray(ckpt["threshold"], dtype=np.float32)
+        threshold = float(t) if t.size == 1 else t.reshape(2)
     k = int(ckpt["k"]) if "k" in ckpt else None
     return W_enc, b_enc, W_dec, b_dec, threshold, k, meta
 
@@ -303,6 +306,44 @@ def denormalize(ckpt, acts):
     return x + z["mean"]
 
 
+def _decoupled(ckpt):
+    tensors = ckpt[0] if isinstance(ckpt, tuple) else ckpt
+    return "code_normalization_id" in tensors and int(tensors["code_normalization_id"]) == 5 and "k" in tensors
+
+
+def encode_models(ckpt, acts, mode=None, normalize_acts=True):
+    """Per-model codes f [N, 2, F]: for a BatchTopK checkpoint with the
+    decoupled code normalisation (code_normalization_id 5), model m's own codes,
+    as the reference's encode_decoupled: threshold mode f^m = u * (u |d_j^m| >
+    threshold[m]), "batchtopk" the k*N largest u |d_j^m| per model. Otherwise
+    encode()'s codes for both models. acts as in encode()."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
+    if not _decoupled(ckpt):
+        f = encode(ckpt, acts, mode, normalize_acts)
+        return np.stack([f, f], axis=1)
+    W_enc, b_enc, W_dec, _, threshold, k, meta = _params(ckpt)
+    x = normalize(ckpt, acts) if normalize_acts else np.asarray(acts, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1:] != (2, W_enc.shape[1]):
+        raise ValueError(f"acts must have shape [N, 2, {W_enc.shape[1]}]; got {list(x.shape)}")
+    u = np.maximum(np.einsum("bmd,mdf->bf", x, W_enc) + b_enc, 0)
+    per = np.linalg.norm(W_dec, axis=2)  # (2, F)
+    out = np.zeros((x.shape[0], 2, u.shape[1]), dtype=np.float32)
+    for m in range(2):
+        score = u * per[m]
+        if mode in (None, "threshold"):
+            th = np.broadcast_to(np.asarray(threshold, dtype=np.float32), (2,))[m]
+            out[:, m] = u * (score > th)
+        elif mode == "batchtopk":
+            keep = np.argsort(-score.reshape(-1), kind="stable")[:k * x.shape[0]]
+            mask = np.zeros(score.size, dtype=bool)
+            mask[keep] = True
+            out[:, m] = u * mask.reshape(u.shape)
+        else:
+            raise ValueError(f"mode must be 'threshold' or 'batchtopk'; got {mode!r}")
+    return out
+
+
 def encode(ckpt, acts, mode=None, normalize_acts=True):
     """Latent activations f [N, F] of acts [N, 2, d] (float32 math).
 
@@ -311,7 +352,9 @@ def encode(ckpt, acts, mode=None, normalize_acts=True):
     normalisation (code_normalization(): |d_j^base| + |d_j^chat| by default).
     mode "threshold" (BatchTopK default, as the reference's inference encode):
     f = u * (u * s > threshold); "batchtopk": keep the k*N largest u*s of the
-    batch (ties to the lower flat index); "relu" (L1 models): f = u.
+    batch (ties to the lower flat index); "relu" (L1 models): f = u. With the
+    decoupled code normalisation a latent's code is u where either model's
+    rule keeps it (the union; encode_models gives each model's own codes).
     acts are in original units: a checkpoint with an activation normaliser
     (normalizer()) normalises them first, as the reference's encode does;
     normalize_acts=False: they are normalised already."""
@@ -327,6 +370,8 @@ def encode(ckpt, acts, mode=None, normalize_acts=True):
     u = np.maximum(u, 0, out=u)
     if mode == "relu":
         return u
+    if _decoupled(ckpt) and mode in ("threshold", "batchtopk"):
+        return encode_models(ckpt, x, mode, normalize_acts=False).max(axis=1)
     s = code_normalization(ckpt)  # (F,)
     score = u * s
     if mode == "threshold":
@@ -358,6 +403,10 @@ def reconstruct(ckpt, acts, mode=None):
     decode(encode(acts)) (see encode for ckpt and mode)."""
     if isinstance(ckpt, (str, os.PathLike)):
         ckpt = load_checkpoint(ckpt)
+    if _decoupled(ckpt) and mode != "relu":  # x-hat^m from model m's own codes
+        f = encode_models(ckpt, acts, mode)
+        _, _, W_dec, b_dec, _, _, _ = _params(ckpt)
+        return denormalize(ckpt, np.einsum("bmf,mfd->bmd", f, W_dec) + b_dec)
     return decode(ckpt, encode(ckpt, acts, mode))
 
 
