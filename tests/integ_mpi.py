@@ -200,6 +200,7 @@ def train_pair():
             j.xcoder("table", "--npy", out)
             tables[j.name] = {os.path.basename(p)[:-4]: np.load(p) for p in glob.glob(out + "/*.npy")}
         metrics = two.req({"op": "metrics"})
+        RESULTS["status_text"] = two.xcoder("status")
         import xcoder  # the Python client's shared-memory reader
         shm = xcoder.SharedStats("two").snapshot()
         RESULTS.update(one=one, two=two, st=st, ck=ck, tables=tables, metrics=metrics, shm=shm)
@@ -262,6 +263,8 @@ def test_status_metrics_table_shm_over_ranks():
     check(two["comm_bytes"] >= B * 2 * D * 4 and two["comm_ms"] > 0, "comm %r bytes %r ms" %
           (two["comm_bytes"], two["comm_ms"]))
     check(two["comm_bytes_total"] >= STEPS1 * two["comm_bytes"] // 2, "comm_bytes_total %r" % two["comm_bytes_total"])
+    out = RESULTS["status_text"]
+    check("ranks    2   step ms per rank [" in out, "xcoder status lacks the ranks line: %s" % out)
     text = metrics["text"] if "text" in metrics else metrics.get("metrics", "")
     for fam in ('xcoderd_ranks{name="two"} 2', 'xcoderd_rank_step_duration_seconds{name="two",rank="1"}',
                 "xcoderd_comm_bytes_total", "xcoderd_comm_duration_seconds"):

@@ -51,6 +51,21 @@ void xc_cli_print_status(FILE *f, const xc_client_value_t *r, const char *eol)
     fprintf(f, "speed    %s tokens/s   %.1f steps/s   queue %.0f/%.0f batches   mix buffer %s tokens%s\n",
             xc_cli_fmt_count(num(r, "tokens_per_s"), b5, sizeof b5), num(r, "steps_per_s"), num(r, "queue_depth"),
             num(r, "queue_size"), xc_cli_fmt_count(num(r, "mix_tokens"), b1, sizeof b1), eol);
+    /* a sharded job (mpirun -np R): each rank's last step and rank 0's communication in it */
+    if (num(r, "ranks") > 1) {
+        const xc_client_value_t *rs = xc_client_value_get(r, "rank_step_ms");
+        char per[256] = "";
+        size_t at = 0;
+        for (size_t i = 0; rs && rs->type == XC_VAL_ARRAY && i < rs->u.a.n && i < 8 && at < sizeof per; i++) {
+            double x = NAN;
+            xc_client_value_num(&rs->u.a.items[i], &x);
+            at += (size_t)snprintf(per + at, sizeof per - at, "%s%.1f", i ? " " : "", x);
+        }
+        fprintf(f, "ranks    %.0f   step ms per rank [%s%s] (slowest %.1f)   comm %.1f ms %s B per step%s\n",
+                num(r, "ranks"), per, rs && rs->type == XC_VAL_ARRAY && rs->u.a.n > 8 ? " ..." : "",
+                num(r, "rank_step_ms_max"), num(r, "comm_ms"), xc_cli_fmt_count(num(r, "comm_bytes"), b1, sizeof b1),
+                eol);
+    }
     /* the stream mixture (stream_mix): per stream, trained and waiting, and the batch composition */
     const xc_client_value_t *sm = xc_client_value_get(r, "streams");
     for (size_t i = 0; sm && sm->type == XC_VAL_MAP && i < sm->u.m.n; i++) {
