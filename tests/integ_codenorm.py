@@ -77,8 +77,12 @@ def train(tag, model, cn, extra=(), tokens=8000, status_hook=None):
         r = subprocess.run([XCODER, "--run-dir", run, "synth", "--tokens", str(tokens), "--quiet"],
                            capture_output=True, text=True, timeout=180)
         check(r.returncode == 0, "synth: %s" % r.stderr)
-        if status_hook:
-            with xcoder.Client("ipc://" + os.path.join(run, "control.sock")) as c:
+        with xcoder.Client("ipc://" + os.path.join(run, "control.sock")) as c:
+            # the producer returns once its batches are acked; training may lag on a busy machine
+            # (the mixing buffer keeps up to 8 batches back)
+            want = tokens // BATCH - 16
+            wait_for(lambda: int(c.status()["step"]) >= want, timeout=240, step=0.2, what="%d steps trained" % want)
+            if status_hook:
                 status_hook(c)
     finally:
         p.terminate()
