@@ -51,8 +51,8 @@ static void select_k(xc_scored_t *v, long n, long k)
 }
 
 /* Per token: this shard's k_aux dead latents with the largest u s (u > 0),
- * sorted, as (r, global index) into its row of abuf; unused slots get r = -1.
- * Token-major, so each worker owns whole tokens. */
+ * sorted, as (r, global index) into its row of abuf, their count in aux_ptr[b+1]
+ * (until the merge overwrites it). Token-major, so each worker owns whole tokens. */
 static void aux_cand_task(void *ctx, int tid, int nth)
 {
     xc_engine_t *e = ctx;
@@ -74,11 +74,18 @@ static void aux_cand_task(void *ctx, int tid, int nth)
         }
         qsort(w->dead_sc, (size_t)n, sizeof(xc_scored_t), scored_cmp);
         xc_scored_t *out = e->abuf + (size_t)b * ka;
-        for (long q = 0; q < ka; q++)
-            out[q] = q < n ? (xc_scored_t){w->dead_sc[q].r, (int)(w->dead_sc[q].j + e->lo)}
-                           : (xc_scored_t){-1.0f, INT_MAX};
+        for (long q = 0; q < n; q++) out[q] = (xc_scored_t){w->dead_sc[q].r, (int)(w->dead_sc[q].j + e->lo)};
+        e->aux_ptr[b + 1] = n;
     }
 }
+
+/* Every shard's proposals as received: rank r's token b holds
+ * base[r][off[r * (B + 1) + b] .. off[r * (B + 1) + b + 1]). */
+typedef struct {
+    xc_engine_t *e;
+    const xc_scored_t **base; /* (R) */
+    const long *off;          /* (R, B + 1) */
+} aux_gathered_t;
 
 /* Per token: merges every shard's sorted proposals (gbuf, rank-major) into the
  * global top k_aux (the same order as one shard's sort: r desc, index asc),
@@ -86,13 +93,13 @@ static void aux_cand_task(void *ctx, int tid, int nth)
  * (this shard's part; summed over shards next). */
 static void aux_merge_task(void *ctx, int tid, int nth)
 {
-    xc_engine_t *e = ctx;
+    const aux_gathered_t *gt = ctx;
+    xc_engine_t *e = gt->e;
     long lo, hi;
     int d2 = e->d2, ka = e->k_aux, R = e->coll->size;
-    const xc_scored_t *all = e->gbuf;
-    int pos[64], *at = R <= 64 ? pos : NULL;
-    int *heap_pos = NULL;
-    if (!at) at = heap_pos = malloc(sizeof(int) * (size_t)R); /* owned here */
+    long pos[64], *at = R <= 64 ? pos : NULL;
+    long *heap_pos = NULL;
+    if (!at) at = heap_pos = malloc(sizeof(long) * (size_t)R); /* owned here */
     xc_pool_range(e->B, tid, nth, &lo, &hi);
     for (long b = lo; b < hi; b++) {
         float *eh = e->ehat + (size_t)b * d2;
@@ -102,15 +109,14 @@ static void aux_merge_task(void *ctx, int tid, int nth)
             e->aux_ptr[b + 1] = 0;
             continue;
         }
-        for (int r = 0; r < R; r++) at[r] = 0;
+        for (int r = 0; r < R; r++) at[r] = gt->off[(size_t)r * (e->B + 1) + b];
         const float *pre = e->pre + (size_t)b * e->F;
         for (int taken = 0; taken < ka; taken++) {
             int best = -1;
             xc_scored_t bv = {-1.0f, INT_MAX};
             for (int r = 0; r < R; r++) {
-                if (at[r] >= ka) continue;
-                xc_scored_t c = all[((size_t)r * e->B + (size_t)b) * ka + (size_t)at[r]];
-                if (!(c.r >= 0.0f)) continue;
+                if (at[r] >= gt->off[(size_t)r * (e->B + 1) + b + 1]) continue;
+                xc_scored_t c = gt->base[r][at[r]];
                 if (best < 0 || scored_cmp(&c, &bv) < 0) best = r, bv = c;
             }
             if (best < 0) break;
@@ -165,6 +171,61 @@ static void aux_bwd_task(void *ctx, int tid, int nth)
     }
 }
 
+/* AuxK's forward over the shards: every shard's proposals gathered, merged into
+ * the same global top k_aux per token, this shard's winners decoded, and the
+ * partial ehat summed. 0, XC_ENOMEM (on every shard), XC_ECOLL. */
+static int aux_exchange(xc_engine_t *e)
+{
+    /* proposals, gathered from every shard (a failed allocation fails them all):
+     * abuf = the per-token slots (B, k_aux), then what is sent, compacted: B
+     * counts (int32, padded to 8 bytes), then the proposals token by token (most
+     * dead latents have u = 0 on most tokens, so this is far below B k_aux) */
+    int R = e->coll->size, B = e->B;
+    size_t slots = sizeof(xc_scored_t) * (size_t)B * (size_t)e->k_aux, hdr = sizeof(int32_t) * (size_t)(B + (B & 1));
+    size_t need = 2 * slots + hdr;
+    long *off = malloc(sizeof(long) * (size_t)R * (size_t)(B + 1)); /* owned here */
+    const xc_scored_t **base = malloc(sizeof *base * (size_t)R);
+    int64_t fail = !off || !base;
+    if (need > e->acap) {
+        void *p = realloc(e->abuf, need);
+        if (p) e->abuf = p, e->acap = need;
+        else fail = 1;
+    }
+    int rc = xc_ar(e, &fail, 1, XC_COLL_I64, XC_COLL_MAX) ? XC_ECOLL : fail ? XC_ENOMEM : XC_OK;
+    if (rc) goto out;
+    xc_pool_run(e->pool, aux_cand_task, e);
+    char *send = (char *)e->abuf + slots;
+    int32_t *cnt = (int32_t *)(void *)send;
+    xc_scored_t *ent = (xc_scored_t *)(void *)(send + hdr);
+    size_t m = 0;
+    for (long b = 0; b < B; b++) {
+        cnt[b] = (int32_t)e->aux_ptr[b + 1];
+        memcpy(ent + m, e->abuf + (size_t)b * e->k_aux, sizeof(xc_scored_t) * (size_t)cnt[b]);
+        m += (size_t)cnt[b];
+    }
+    if (B & 1) cnt[B] = 0;
+    size_t got = 0;
+    if ((rc = xc_engine_allgather_var(e, send, hdr + sizeof(xc_scored_t) * m, &e->gbuf, &e->gcap, &got))) goto out;
+    /* rank by rank: its counts, then its proposals */
+    const char *at = e->gbuf;
+    for (int r = 0; r < R; r++) {
+        const int32_t *rc_ = (const int32_t *)(const void *)at;
+        long *o = off + (size_t)r * (B + 1);
+        o[0] = 0;
+        for (long b = 0; b < B; b++) o[b + 1] = o[b] + rc_[b];
+        base[r] = (const xc_scored_t *)(const void *)(at + hdr);
+        at += hdr + sizeof(xc_scored_t) * (size_t)o[B];
+    }
+    aux_gathered_t gt = {e, base, off};
+    xc_pool_run(e->pool, aux_merge_task, &gt);
+    /* ehat = the shards' parts */
+    if (xc_ar(e, e->ehat, (long)e->B * e->d2, XC_COLL_F32, XC_COLL_SUM)) rc = XC_ECOLL;
+out:
+    free(off);
+    free(base);
+    return rc;
+}
+
 /* Builds the dead list (counting this step's fires from lat_cnt), runs the AuxK
  * forward and, when the loss is defined, its backward; *aux = the AuxK value
  * (0 when none are dead, aux_coef is 0, or the value is not finite, as the
@@ -187,22 +248,8 @@ int xc_auxk_run(xc_engine_t *e, double *aux_out)
     /* reduced-precision scoring left pre approximate: AuxK reads exact values */
     if (e->pre_approx) xc_engine_exact_columns(e, e->dead_list, e->n_dead_list);
 
-    /* proposals, gathered from every shard (a failed allocation fails them all) */
-    size_t per = sizeof(xc_scored_t) * (size_t)e->B * (size_t)e->k_aux;
-    int64_t fail = 0;
-    if (per > e->acap) {
-        void *p = realloc(e->abuf, per);
-        if (p) e->abuf = p, e->acap = per;
-        else fail = 1;
-    }
-    if (xc_ar(e, &fail, 1, XC_COLL_I64, XC_COLL_MAX)) return XC_ECOLL;
-    if (fail) return XC_ENOMEM;
-    xc_pool_run(e->pool, aux_cand_task, e);
-    size_t got = 0;
-    int rc = xc_engine_allgather_var(e, e->abuf, per, &e->gbuf, &e->gcap, &got);
+    int rc = aux_exchange(e);
     if (rc) return rc;
-    xc_pool_run(e->pool, aux_merge_task, e);
-    if (xc_ar(e, e->ehat, (long)e->B * e->d2, XC_COLL_F32, XC_COLL_SUM)) return XC_ECOLL;
     xc_pool_run(e->pool, aux_num_task, e);
     double num = 0;
     for (int t = 0; t < e->nth; t++) num += e->w[t].aux_num;

@@ -424,6 +424,79 @@ static void test_shard_ecoll(void)
     free(x);
 }
 
+/* compute_grads over shards: a few steps, then the gradient of the next batch,
+ * assembled from the slices, equals the unsharded one (and its norm). */
+typedef struct {
+    tc_group_t *g;
+    const xc_engine_config_t *c;
+    const float *x;
+    int rank, rc;
+    float *ge, *gd, *gb, *gbd; /* global (F, 2d), (F, 2d), (F), (2d) */
+    double norm, loss;
+} grad_arg_t;
+
+static void *grad_rank(void *p)
+{
+    grad_arg_t *a = p;
+    int err, d2 = 2 * a->c->d, B = a->c->batch_size;
+    xc_engine_t *e = xc_engine_new_sharded(a->c, &a->g->tab[a->rank], &err);
+    if (!e) {
+        a->rc = err;
+        return NULL;
+    }
+    long lo, n;
+    xc_engine_shard(e, &lo, &n);
+    for (int s = 0; s < 30 && !a->rc; s++) a->rc = xc_engine_train_step(e, a->x + (size_t)s * B * d2, B);
+    xc_engine_params_t g = {a->ge + (size_t)lo * d2, a->gb + lo, a->gd + (size_t)lo * d2, a->gbd};
+    float *bd = malloc(sizeof(float) * (size_t)d2);
+    if (a->rank != 0) g.b_dec = bd; /* replicated: rank 0's copy is kept */
+    xc_engine_metrics_t m;
+    if (!a->rc) a->rc = xc_engine_compute_grads(e, a->x + (size_t)30 * B * d2, B, &g, &m);
+    a->norm = m.grad_norm;
+    a->loss = m.loss;
+    free(bd);
+    xc_engine_destroy(&e);
+    return NULL;
+}
+
+static void test_shard_grads(void)
+{
+    xc_engine_config_t c;
+    base_cfg(&c, XC_PREC_FP32);
+    float *x = make_stream(31, SD, SB);
+    XC_REQUIRE(x, "stream");
+    size_t nw = (size_t)SF * 2 * SD;
+    float *buf = calloc(2 * (2 * nw + SF + 2 * SD), sizeof(float));
+    XC_REQUIRE(buf, "memory");
+    grad_arg_t res[2][TC_MAXR];
+    for (int v = 0; v < 2; v++) {
+        int R = v ? 3 : 1;
+        float *b0 = buf + (size_t)v * (2 * nw + SF + 2 * SD);
+        tc_group_t *g = tc_group_new(R);
+        pthread_t th[TC_MAXR];
+        for (int r = 0; r < R; r++) {
+            res[v][r] = (grad_arg_t){g, &c, x, r, 0, b0, b0 + nw, b0 + 2 * nw, b0 + 2 * nw + SF, 0, 0};
+            pthread_create(&th[r], NULL, grad_rank, &res[v][r]);
+        }
+        for (int r = 0; r < R; r++) pthread_join(th[r], NULL);
+        for (int r = 0; r < R; r++) XC_CHECK(res[v][r].rc == 0, "R=%d rank %d: %s", R, r, xc_strerror(res[v][r].rc));
+        for (int r = 1; r < R; r++)
+            XC_CHECK(res[v][r].norm == res[v][0].norm && res[v][r].loss == res[v][0].loss,
+                     "R=%d: gradient norm or loss differs between ranks", R);
+        tc_group_free(g);
+    }
+    const grad_arg_t *a = &res[0][0], *b = &res[1][0];
+    double re = rel_diff(b->ge, a->ge, nw), rd = rel_diff(b->gd, a->gd, nw), rb = rel_diff(b->gb, a->gb, SF),
+           rbd = rel_diff(b->gbd, a->gbd, 2 * SD);
+    XC_CHECK(re <= 1e-5 && rd <= 1e-5 && rb <= 1e-5 && rbd <= 1e-5,
+             "R=3 gradients differ: w_enc %.3g w_dec %.3g b_enc %.3g b_dec %.3g", re, rd, rb, rbd);
+    XC_CHECK(fabs(a->norm - b->norm) <= 1e-6 * a->norm && a->norm > 0, "grad norm %.9g vs %.9g", b->norm, a->norm);
+    printf("# compute_grads R=3 vs 1: rel diff w_enc %.2g w_dec %.2g b_enc %.2g b_dec %.2g, norm %.6g vs %.6g\n", re, rd,
+           rb, rbd, b->norm, a->norm);
+    free(buf);
+    free(x);
+}
+
 /* What cannot be sharded is refused with XC_ECONFIG. */
 static void test_shard_refusals(void)
 {
@@ -468,6 +541,7 @@ int main(void)
     XC_RUN(test_shard_refusals);
     XC_RUN(test_shard_fp32);
     XC_RUN(test_shard_ecoll);
+    XC_RUN(test_shard_grads);
     XC_RUN(test_shard_reduced);
     XC_TEST_EXIT();
 }
