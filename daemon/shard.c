@@ -30,6 +30,7 @@ struct xc_shard {
     xc_engine_t *e;        /* borrowed: this rank's shard */
     xc_engine_t *full;     /* borrowed, rank 0 only: the unsharded container */
     int rank, size;
+    int mpi;               /* c is the MPI table (xc_coll_mpi.h): its timeout and reasons apply */
     long F, lo, n;
     long *lo_r, *n_r;      /* (size) every rank's slice; owned */
     size_t *rb;            /* (size) scratch for receive sizes; owned */
@@ -63,7 +64,7 @@ static int fail(xc_shard_t *sh, int rc, const char *what)
 {
     if (!rc) return rc;
     if (!sh->err[0]) {
-        const char *why = rc == XC_ECOLL ? xc_coll_mpi_error(sh->c) : "";
+        const char *why = rc == XC_ECOLL && sh->mpi ? xc_coll_mpi_error(sh->c) : "";
         snprintf(sh->err, sizeof sh->err, "rank %d: %s: %s%s%s", sh->rank, what, xc_strerror(rc), *why ? ": " : "",
                  why);
     }
@@ -86,6 +87,7 @@ xc_shard_t *xc_shard_new(xc_coll_t *c, xc_engine_t *e, xc_engine_t *full, int *e
     sh->full = full;
     sh->rank = c->rank;
     sh->size = c->size;
+    sh->mpi = xc_mpi_launched(); /* else a test's in-process table (tests/xc_coll_threads.h) */
     sh->F = ec->dict_size;
     xc_engine_shard(e, &sh->lo, &sh->n);
     sh->lo_r = calloc((size_t)sh->size, sizeof *sh->lo_r);
@@ -469,11 +471,11 @@ int xc_shard_follow(xc_shard_t *sh, double timeout_s)
     if (!x) return XC_ENOMEM;
     /* the first command (the model's slices) follows rank 0's loading of a
      * checkpoint, which may take long; later ones come at least every second */
-    xc_coll_mpi_set_timeout(sh->c, timeout_s > 3600 ? timeout_s : 3600);
+    if (sh->mpi) xc_coll_mpi_set_timeout(sh->c, timeout_s > 3600 ? timeout_s : 3600);
     for (int first = 1;; first = 0) {
         cmd_t cmd;
         rc = fail(sh, sh->c->bcast(sh->c, &cmd, sizeof cmd, 0), "waiting for rank 0's next command");
-        if (first) xc_coll_mpi_set_timeout(sh->c, timeout_s);
+        if (first && sh->mpi) xc_coll_mpi_set_timeout(sh->c, timeout_s);
         if (rc) break;
         rc = run_cmd(sh, &cmd, x, &sh->pass, NULL, NULL, NULL, NULL);
         if (rc || cmd.op == CMD_STOP) break;
