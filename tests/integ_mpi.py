@@ -410,14 +410,9 @@ def main():
     os.environ.setdefault("PYTHONPATH", os.path.join(ROOT, "client", "python"))
     sys.path.insert(0, os.path.join(ROOT, "client", "python"))
     t0 = time.time()
-    tests = [test_two_ranks_train_as_one, test_status_metrics_table_shm_over_ranks,
+    tests = [test_two_ranks_train_as_one, test_exact_scaling_pass_over_ranks, test_status_metrics_table_shm_over_ranks,
              test_two_rank_checkpoint_loads_into_reference, test_sigterm_rank0_stops_every_rank,
              test_resume_across_ranks, test_kill9_rank1_ends_the_job, test_hung_rank1_times_out]
-    # The exact Latent Scaling pass over shards needs the engine to sum the pass's
-    # reconstruction over ranks (engine/scaling.c, xc_scaling_add); until it does, the
-    # comparison is not run, and says so.
-    print("# integ_mpi: test_exact_scaling_pass_over_ranks not run: the engine's exact pass does not yet sum "
-          "its reconstruction over shards (xc_scaling_add); the pass runs, its per-rank results differ")
     for t in tests:
         if t is not test_two_ranks_train_as_one and "two" not in RESULTS and t not in (test_kill9_rank1_ends_the_job,
                                                                              test_hung_rank1_times_out):
