@@ -746,6 +746,7 @@ xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, cha
     xc_engine_config_t ec;
     char *cj = NULL;
     int rc;
+    double shard_extra = 0; /* rank 0 of a sharded job: its slice, beyond the bound */
     xc_svc_t *s = calloc(1, sizeof *s); /* owned by the caller; xc_svc_destroy */
     if (!s) {
         *err = XC_ENOMEM;
@@ -791,6 +792,18 @@ xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, cha
     if (s->shard) {
         long lo, n;
         xc_engine_shard(s->engine, &lo, &n);
+        /* the memory bound counts one unsharded model (here: the container) and the
+         * checkpoint copy; rank 0 also holds its slice (parameters, Adam, gradients) */
+        shard_extra = 4.0 * 2.0 * (double)n * 2.0 * (double)s->cfg.d * 4.0;
+        double bound0 = xc_cfg_memory_bound(&s->cfg, NULL);
+        if (s->cfg.memory_limit > 0 && bound0 + shard_extra > (double)s->cfg.memory_limit) {
+            rc = XC_ECONFIG;
+            xc_why(why, wl, "rank 0 of %d may use %.0f MiB (the configuration's bound and its slice of %ld "
+                   "latents), more than memory_limit (%.0f MiB): raise memory_limit, or lower queue_size, "
+                   "max_msg_bytes, max_connections or ingest_hwm", coll->size, (bound0 + shard_extra) / 1048576.0,
+                   n, (double)s->cfg.memory_limit / 1048576.0);
+            goto fail;
+        }
         xc_log(XC_LOG_INFO, "rank 0 of %d: latents [%ld, %ld) of %ld here; mpi_timeout = %g s", coll->size, lo,
                lo + n, s->cfg.dict_size, s->cfg.mpi_timeout);
     }
@@ -879,10 +892,11 @@ xc_svc_t *xc_svc_new_sharded(const xc_cfg_t *cfg, xc_coll_t *coll, int argc, cha
     if ((rc = xc_trainer_resume(s->trainer, s->cfg.resume[0] ? s->cfg.resume : NULL, s->cfg.fresh, why, wl)))
         goto fail;
     ledger_open(s);
-    double per_conn, bound = xc_cfg_memory_bound(&s->cfg, &per_conn);
-    xc_log(XC_LOG_INFO, "memory bound: %.0f MiB = model and Adam, queue, mixing buffer, reply backlog, and "
+    double per_conn, bound = xc_cfg_memory_bound(&s->cfg, &per_conn) + shard_extra;
+    xc_log(XC_LOG_INFO, "memory bound: %.0f MiB = model and Adam%s, queue, mixing buffer, reply backlog, and "
            "max_connections (%ld per socket) x %.1f MiB per connection of each socket (ZeroMQ's buffers)%s",
-           bound / 1048576.0, s->cfg.max_connections, per_conn / 1048576.0,
+           bound / 1048576.0, shard_extra > 0 ? " (and rank 0's slice)" : "", s->cfg.max_connections,
+           per_conn / 1048576.0,
            s->cfg.memory_limit > 0 ? "; within memory_limit" : "");
     s->zctx = zmq_ctx_new();
     if (!s->zctx) {
