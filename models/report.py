@@ -133,6 +133,11 @@ def main(argv=None):
     tok = lm.Tokenizer()
     base, chat = lm.load("base"), lm.load("chat")
 
+    cfg = st.get("config", {})
+    cc_kind = str(cfg.get("model", "batchtopk"))
+    print(f"crosscoder: {cc_kind}" + (f" (μ = l1_coef {float(cfg.get('l1_coef', 0)):g})" if cc_kind == "l1" else
+                                   f" (k {cfg.get('k')})") + f", {cfg.get('dict_size')} latents, "
+          f"d {cfg.get('d')}, batch {cfg.get('batch_size')}, lr {float(cfg.get('lr', 0)):g}")
     fve = st.get("fve", [float("nan")] * 2)
     print(f"training: step {st['step']}, {st['tokens']} tokens; FVE base {fve[0]:.3f}, "
           f"chat {fve[1]:.3f}; L0 {st['l0']:.1f}; dead fraction {st['dead_fraction']:.3f}")
@@ -164,12 +169,16 @@ def main(argv=None):
     n_fire = fired.reshape(-1, fired.shape[-1]).sum(axis=0)
     print(f"\nmax-activating examples over {int(mask.sum())} held-out tokens "
           f"({int(mask[kind == 'chat'].sum())} chat, {int(mask[kind == 'web'].sum())} web; "
-          f"{tmpl.sum() / mask.sum():.1%} of them template tokens): L0 at the inference "
-          f"threshold {fired.sum() / mask.sum():.1f}, {int((n_fire > 0).sum())} latents fire")
+          f"{tmpl.sum() / mask.sum():.1%} of them template tokens): L0 "
+          + ("(ReLU, as the L1 model encodes)" if cc_kind == "l1" else "at the inference threshold")
+          + f" {fired.sum() / mask.sum():.1f}, {int((n_fire > 0).sum())} latents fire")
 
-    has_daemon_ex = daemon_examples(c, tok, 0, 1) is not None
+    # the daemon collects examples from BatchTopK's selection; an L1 model selects none
+    has_daemon_ex = cc_kind != "l1" and daemon_examples(c, tok, 0, 1) is not None
     print("examples: " + ("the daemon's (collected while training, op \"examples\"; stream tag "
                           "shown) and, below them, the held-out text's" if has_daemon_ex else
+                          "from the held-out text (the daemon collects examples while training "
+                          "BatchTopK models only)" if cc_kind == "l1" else
                           "from the held-out text (this daemon has no examples op)"))
 
     def on_template(j, source="local"):
@@ -192,7 +201,8 @@ def main(argv=None):
             print(f"  latent {j}: Δ {tb['delta_norm'][j]:.2f}, cos {tb['cosine'][j]:+.2f}, "
                   f"ν^ε {fmt(tb['exact_nu_err'][j])}, ν^r {fmt(tb['exact_nu_rec'][j])}, "
                   f"freq {tb['freq'][j]:.4f}; fires on {n_chat} chat / {n_web} web tokens")
-            for v, stream, text, t in (daemon_examples(c, tok, j, a.examples) or []):
+            for v, stream, text, t in ((daemon_examples(c, tok, j, a.examples) or [])
+                                       if has_daemon_ex else []):
                 print(f"    d {v:6.2f} {stream[:4]:4} {'T' if t else ' '} {text}")
             for r, p, v in ex:
                 tag = "chat" if kind[r] == "chat" else "web "
