@@ -182,7 +182,7 @@ static const xc_cfg_key_t g_keys[] = {
     /* service */
     KEY_INT("queue_size", "64", 1, 1e6, queue_size, "service",
             "accepted batches waiting for the trainer; when full the daemon stops reading the ingest "
-            "socket (backpressure)"),
+            "socket (backpressure); with stream_mix, per stream (a full stream's batches are held instead)"),
     KEY_INT("mix_tokens", "0", 0, 1e9, mix_tokens, "service",
             "mixing buffer size in tokens (training batches are drawn at random from it); "
             "0 = 8 x batch_size; must be >= batch_size"),
