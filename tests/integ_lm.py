@@ -5,7 +5,8 @@ both models with hooks, with the token ids, documents and positions it answered;
 it keeps answering while the daemon (a real build/xcoderd) is paused and reports
 what it dropped or waited; the spliced-in loss with an identity crosscoder equals
 the unspliced loss; the chat fine-tune lowered the loss on held-out chat text and
-not on web text; generation and bad requests.
+not on web text; generation and bad requests; the make demo-lm report on an L1
+crosscoder.
 Prints "ok - name" / "not ok - name: why" lines; exits non-zero on failure."""
 import json
 import os
@@ -182,13 +183,14 @@ def test_lm_stream_equals_direct_forward():
         fake.close()
 
 
-def start_daemon(name):
+def start_daemon(name, extra=()):
     run = os.path.join(TMP, name)
     log = open(os.path.join(TMP, name + ".log"), "w")
     p = subprocess.Popen([XCODERD, "--run_dir", run, "--state_dir", run + "-state", "--name", name,
                           "--d", str(lm.D_MODEL), "--dict_size", "256", "--k", "4",
                           "--batch_size", "64", "--mix_tokens", "64", "--queue_size", "2",
-                          "--threads", "1", "--checkpoint_interval", "0", "--stats_interval", "0.2"],
+                          "--threads", "1", "--checkpoint_interval", "0", "--stats_interval", "0.2",
+                          *extra],
                          stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: os.path.exists(os.path.join(run, "control.sock")) or p.poll() is not None,
              timeout=20, what="daemon control socket")
@@ -249,6 +251,40 @@ def test_lm_backpressure_drop_and_wait():
     finally:
         for h, m in servers:
             stop_server(h, m)
+        stop_daemon(p, c)
+
+
+def test_lm_report_l1():
+    """The make demo-lm report (models/report.py) on an L1 crosscoder trained briefly
+    from the server's stream: every section, L0 by ReLU, no daemon examples claimed."""
+    import contextlib
+    import io
+    from models import report
+    p, c, run = start_daemon("lmrep", ("--model", "l1", "--l1_coef", "0.1", "--lr", "1e-3",
+                                       "--warmup_steps", "10"))
+    httpd, ms = None, None
+    try:
+        httpd, ms, url = start_server(run, policy="wait", max_wait=5)
+        dialogues = data.chat_dialogues("feed")[:12]
+        docs = data.web_docs("feed")[:2]
+        for (_, turns), (_, text) in zip(dialogues, docs * 6):
+            post(url + "/score", {"messages": [{"role": a, "content": b} for a, b in turns]})
+            post(url + "/score", {"text": text[:600]})
+        wait_for(lambda: c.status()["step"] >= 10, timeout=60, what="10 training steps")
+        ck = c.checkpoint()["path"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            report.main(["--run-dir", run, "--checkpoint", ck, "--rows", "8", "--top", "2"])
+        text = out.getvalue()
+        for want in ("crosscoder: l1 (μ = l1_coef 0.1), 256 latents", "spliced-in loss",
+                     "relative decoder norm", "L0 (ReLU, as the L1 model encodes)",
+                     "daemon collects examples while training BatchTopK models only",
+                     "chat-only latents (Δ ≥ 0.9)", "chat-specific latents", "template:"):
+            check(want in text, "report lacks %r:\n%s" % (want, text[-1500:]))
+        check("[daemon's examples]" not in text, "daemon examples claimed for L1:\n" + text[-800:])
+    finally:
+        if httpd:
+            stop_server(httpd, ms)
         stop_daemon(p, c)
 
 
@@ -321,7 +357,7 @@ def main():
     try:
         for t in (test_lm_models_shipped, test_lm_stream_equals_direct_forward,
                   test_lm_backpressure_drop_and_wait, test_lm_spliced_identity,
-                  test_lm_chat_finetune_effect, test_lm_generate_and_errors):
+                  test_lm_chat_finetune_effect, test_lm_generate_and_errors, test_lm_report_l1):
             run_case(t)
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
