@@ -802,7 +802,10 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
     }
     if ((rc = xc_stf_pair_check(mf, tf, why, wl))) goto out;
     const char *mv = xc_stf_meta(mf, "format_version"), *tv = xc_stf_meta(tf, "format_version");
-    if (!mv || !tv || strcmp(mv, XC_CKPT_MODEL_VERSION) || strcmp(tv, XC_CKPT_TRAIN_VERSION)) {
+    /* training-state version 1 kept 6 running Latent Scaling sums per latent
+     * (no second moments): it resumes with those estimates restarted */
+    int legacy_sums = tv && strcmp(tv, "1") == 0;
+    if (!mv || !tv || strcmp(mv, XC_CKPT_MODEL_VERSION) || (strcmp(tv, XC_CKPT_TRAIN_VERSION) && !legacy_sums)) {
         xc_why(why, wl, "%s: format versions %s / %s; this xcoderd reads %s / %s", model_path, mv ? mv : "?",
                 tv ? tv : "?", XC_CKPT_MODEL_VERSION, XC_CKPT_TRAIN_VERSION);
         rc = XC_EVERSION;
@@ -814,6 +817,12 @@ int xc_ckpt_load_pair(xc_engine_t *e, const xc_state_view_t *extras, int n_extra
     for (int i = 0; i < n_extras && n < CKPT_MAX_VIEWS; i++) v[n++] = extras[i];
     for (int i = 0; i < n; i++) {
         int64_t shape[3] = {v[i].shape[0], v[i].shape[1], v[i].shape[2]};
+        if (legacy_sums && strcmp(v[i].name, "scaling.sums") == 0) {
+            xc_log(XC_LOG_WARN, "%s: a version-1 training state: the running Latent Scaling estimates restart "
+                   "(they now keep second moments for the standard errors of beta)", train_path);
+            v[i].data = NULL;
+            continue;
+        }
         if ((rc = xc_stf_expect(tf, v[i].name, st_dtype(v[i].dtype), v[i].ndim, shape, XC_EVERSION, why, wl))) {
             if (i < n_engine) goto out;
             /* the trainer's own state (e.g. the mixing buffer after mix_tokens changed)

@@ -258,6 +258,9 @@ static const xc_cfg_key_t g_keys[] = {
             .reloadable = 1),
     KEY_FLOAT("scaling_min_active", "20", 0, 1e15, scaling_min_active, "analysis",
               "activations a latent needs before its beta and nu are defined (else NaN / null)"),
+    KEY_FLOAT("scaling_nu_min_z", "2", 0, 1e6, scaling_nu_min_z, "analysis",
+              "nu = beta_base / beta_chat is unstable when |beta_chat| < this x the standard error of beta_chat "
+              "(flag nu_unstable); such a latent is never chat-specific; 0 = off"),
     KEY_BOOL("shm", "on", shm, "analysis",
              "publish per-latent statistics in POSIX shared memory /xcoderd.NAME (proto/SHM.md)"),
     KEY_STR("shm_mode", "0640", shm_mode, "analysis", "permission bits (octal) of the shared-memory object"),
@@ -810,6 +813,7 @@ void xc_cfg_engine(const xc_cfg_t *c, xc_engine_config_t *ec)
     ec->stats_half_life = c->stats_half_life;
     ec->scaling_half_life = c->scaling_half_life;
     ec->scaling_min_active = c->scaling_min_active;
+    ec->scaling_nu_min_z = c->scaling_nu_min_z;
     ec->scaling_running = c->scaling_running;
     ec->encoder_precision = c->encoder_precision;
 }

@@ -99,8 +99,12 @@ int xc_shmpub_update_from(xc_shmpub_t *p, const xc_latent_stats_t *lat, const xc
         /* the exact pass's nu, where it has one, decides chat-specificity */
         const xc_scaling_stats_t *src = exact && !isnan(exact[j].nu_err) ? &exact[j] : &p->sc[j];
         p->cls[j] = (uint8_t)xc_latent_class(l->delta_norm, l->dead, &p->th);
+        /* an unstable nu (a chat beta within noise of 0) counts as undefined */
+        float nu_e = src->nu_unstable & XC_NU_UNSTABLE_ERR ? NAN : src->nu_err;
+        float nu_r = src->nu_unstable & XC_NU_UNSTABLE_REC ? NAN : src->nu_rec;
         p->flags[j] = (uint8_t)((src != &p->sc[j] ? XC_FLAG_SCALING_EXACT : 0) |
-                                (!l->dead && xc_latent_chat_specific(l->delta_norm, src->nu_err, src->nu_rec, &p->th)
+                                (src->nu_unstable ? XC_FLAG_NU_UNSTABLE : 0) |
+                                (!l->dead && xc_latent_chat_specific(l->delta_norm, nu_e, nu_r, &p->th)
                                      ? XC_FLAG_CHAT_SPECIFIC
                                      : 0));
         p->counts[p->cls[j]]++;
@@ -149,7 +153,8 @@ int xc_shmpub_update_from(xc_shmpub_t *p, const xc_latent_stats_t *lat, const xc
  * record the schema names with the dtype it gives. */
 void xc_latent_column(const xc_snapshot_t *x, int col, long j, double *d, int64_t *i)
 {
-    static const xc_scaling_stats_t none = {{NAN, NAN}, {NAN, NAN}, NAN, NAN, 0.0}; /* no exact pass yet */
+    static const xc_scaling_stats_t none = {{NAN, NAN}, {NAN, NAN}, NAN, NAN, 0.0, NAN, NAN,
+                                            XC_NU_UNSTABLE_ERR | XC_NU_UNSTABLE_REC}; /* no exact pass yet */
     const xc_latent_stats_t *l = &x->st[j];
     const xc_scaling_stats_t *r = &x->running[j], *e = x->exact ? &x->exact[j] : &none;
     *d = NAN;

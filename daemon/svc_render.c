@@ -323,7 +323,7 @@ static void render_scaling(xc_mpw_t *w, const xc_scaling_stats_t *sc)
 #define XC_SCAL_KV_F32(key, v) kv_nullable(w, key, v)
 #define XC_SCAL_KV_F64(key, v) xc_mpw_kv_double(w, key, v)
 #define XC_SCAL_KV_I64(key, v)
-#define XC_SCAL_KV_U8(key, v)
+#define XC_SCAL_KV_U8(key, v) xc_mpw_kv_bool(w, key, (v) != 0)
 #define XC_SCAL_SRC_RUN(name, dtype, field) XC_SCAL_KV_##dtype(#name, sc->field);
 #define XC_SCAL_SRC_LAT(name, dtype, field)
 #define XC_SCAL_SRC_EXACT(name, dtype, field)

@@ -17,8 +17,9 @@
 #include <string.h>
 #include <time.h>
 
-/* trainer.scaling_exact columns: beta_err base/chat, beta_rec base/chat, nu_err, nu_rec, active */
-#define EXACT_COLS 7
+/* trainer.scaling_exact columns: beta_err base/chat, beta_rec base/chat, nu_err, nu_rec, active,
+ * and the standard errors of beta_err chat and beta_rec chat */
+#define EXACT_COLS 9
 
 struct xc_trainer {
     xc_engine_t *e;   /* borrowed; used only by the thread once started; a shard in a sharded job */
@@ -708,6 +709,7 @@ static void exact_to_rows(xc_trainer_t *t, const xc_scaling_stats_t *r, long ste
         double *o = t->exact_state + (size_t)j * EXACT_COLS;
         o[0] = r[j].beta_err[0], o[1] = r[j].beta_err[1], o[2] = r[j].beta_rec[0], o[3] = r[j].beta_rec[1];
         o[4] = r[j].nu_err, o[5] = r[j].nu_rec, o[6] = r[j].active;
+        o[7] = r[j].se_err_chat, o[8] = r[j].se_rec_chat;
     }
     t->exact_meta[0] = step;
     t->exact_meta[1] = (int64_t)tokens;
@@ -721,7 +723,9 @@ static int rows_to_exact(xc_trainer_t *t)
     if (!r) return XC_ENOMEM;
     for (long j = 0; j < F; j++) {
         const double *o = t->exact_state + (size_t)j * EXACT_COLS;
-        r[j] = (xc_scaling_stats_t){{(float)o[0], (float)o[1]}, {(float)o[2], (float)o[3]}, (float)o[4], (float)o[5], o[6]};
+        r[j] = (xc_scaling_stats_t){{(float)o[0], (float)o[1]}, {(float)o[2], (float)o[3]}, (float)o[4], (float)o[5], o[6],
+                                    (float)o[7], (float)o[8], 0};
+        xc_scaling_stability(&r[j], xc_engine_config(t->e)->scaling_nu_min_z);
     }
     int rc = xc_shmpub_set_exact(t->pub, r, (long)t->exact_meta[0], (uint64_t)t->exact_meta[1]);
     free(r);

@@ -77,6 +77,7 @@ typedef struct {
     char shm_mode[8];
     double shm_interval;
     double chat_only_min, base_only_max, shared_lo, shared_hi, nu_err_max, nu_rec_max;
+    double scaling_nu_min_z;
     long examples_top, examples_random, examples_window, examples_store_tokens, examples_vocab_bytes;
     char vocab_file[XC_CFG_STR_MAX];
     /* start-up only, from the command line (not keys): --resume PATH, --fresh */

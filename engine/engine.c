@@ -90,6 +90,7 @@ int xc_engine_config_validate(const xc_engine_config_t *c, char *why, size_t why
     if (!(c->stats_half_life > 0)) return WHY("stats_half_life must be > 0 tokens");
     if (!(c->scaling_half_life > 0)) return WHY("scaling_half_life must be > 0 tokens");
     if (!(c->scaling_min_active >= 0)) return WHY("scaling_min_active must be >= 0");
+    if (!(c->scaling_nu_min_z >= 0)) return WHY("scaling_nu_min_z must be >= 0");
     if (c->encoder_precision < XC_PREC_FP32 || c->encoder_precision > XC_PREC_INT8)
         return WHY("encoder_precision must be auto, fp32, bf16 or int8");
     return XC_OK;
@@ -587,6 +588,8 @@ static void grad_sparse_task(void *ctx, int tid, int nth)
                     ls[LS_R0] += f * (xb0 - eb);
                     ls[LS_R1] += f * (xb1 - ec);
                     ls[LS_CNT] += 1;
+                    ls[LS_EE1] += ec * ec;
+                    ls[LS_RR1] += (xb1 - ec) * (xb1 - ec);
                     gb += gf;
                     continue;
                 }

@@ -82,6 +82,28 @@ static void l1_grad_task(void *ctx, int tid, int nth)
             ls[LS_R0] = cblas_sdot(d, v, 1, t2, 1) - eb;
             ls[LS_R1] = cblas_sdot(d, v, 1, t2 + d, 1) - ec;
             ls[LS_CNT] = cnt;
+            ls[LS_EE1] = ls[LS_RR1] = 0;
+        }
+        /* second moments: each firing token's own projections on v, a chunk of
+         * tokens at a time (rows of E V^T and X V^T for this worker's latents) */
+        float *pe = e->ls_p, *px = e->ls_p + (size_t)XC_LS_CHUNK * F;
+        for (long b0 = 0; b0 < e->B; b0 += XC_LS_CHUNK) {
+            int nb = (int)(e->B - b0 < XC_LS_CHUNK ? e->B - b0 : XC_LS_CHUNK);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nf, d, 1.0f, e->resid + (size_t)b0 * d2 + d, d2,
+                        e->w_dec + (size_t)lo * d2 + d, d2, 0.0f, pe + lo, F);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nf, d, 1.0f, e->x + (size_t)b0 * d2 + d, d2,
+                        e->w_dec + (size_t)lo * d2 + d, d2, 0.0f, px + lo, F);
+            for (long j = lo; j < hi; j++) {
+                double *ls = e->ls_step + (size_t)j * LS_N, ee = 0, rr = 0;
+                for (int b = 0; b < nb; b++) {
+                    if (!(e->pre[(size_t)(b0 + b) * F + j] > 0.0f)) continue;
+                    double pj = pe[(size_t)b * F + j], rj = px[(size_t)b * F + j] - pj;
+                    ee += pj * pj;
+                    rr += rj * rj;
+                }
+                ls[LS_EE1] += ee;
+                ls[LS_RR1] += rr;
+            }
         }
     }
     double mu_b = e->cfg.l1_coef / e->B, a_model, a_concat;

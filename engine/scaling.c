@@ -17,10 +17,33 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* beta and nu from the sums of one latent with decoder row dec (2d). Undefined
- * (NaN) below min_active activations, for a zero decoder row, and for a ratio
- * whose chat beta is 0. */
-void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_active,
+/* The standard error of a slope through the origin fitted from its sums:
+ * syy = sum y^2 and sfy = sum f y for targets y = <v, target>, sff = sum f^2,
+ * vv = |v|^2, n points. With t = y / vv, beta = sfy / (sff vv); the residual
+ * sum of squares sum (t - beta f)^2 = syy / vv^2 - beta^2 sff (clamped at 0
+ * against rounding); s^2 = that / (n - 1); se = sqrt(s^2 / sff). NaN for n < 2. */
+static float slope_se(double syy, double sfy, double sff, double vv, double n)
+{
+    if (!(n >= 2) || !(sff > 0) || !(vv > 0)) return NAN;
+    double beta = sfy / (sff * vv), rss = syy / (vv * vv) - beta * beta * sff;
+    if (rss < 0) rss = 0;
+    return (float)sqrt(rss / (n - 1.0) / sff);
+}
+
+void xc_scaling_stability(xc_scaling_stats_t *o, double min_z)
+{
+    o->nu_unstable = 0;
+    if (!(min_z > 0)) return;
+    /* !(a >= b) also catches NaN: an undefined spread is no evidence */
+    if (!(fabs((double)o->beta_err[1]) >= min_z * o->se_err_chat)) o->nu_unstable |= XC_NU_UNSTABLE_ERR;
+    if (!(fabs((double)o->beta_rec[1]) >= min_z * o->se_rec_chat)) o->nu_unstable |= XC_NU_UNSTABLE_REC;
+}
+
+/* beta, nu and the chat betas' standard errors from the sums of one latent
+ * with decoder row dec (2d). Undefined (NaN) below min_active activations, for
+ * a zero decoder row, and for a ratio whose chat beta is 0; then nu_unstable
+ * by min_z (xc_scaling_stability). */
+void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_active, double min_z,
                           xc_scaling_stats_t *o)
 {
     const float *v = dec + d;
@@ -34,6 +57,8 @@ void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_
     if (!(ls[LS_CNT] >= min_active) || ls[LS_CNT] <= 0 || !(den > 0)) {
         o->beta_err[0] = o->beta_err[1] = o->beta_rec[0] = o->beta_rec[1] = NAN;
         o->nu_err = o->nu_rec = NAN;
+        o->se_err_chat = o->se_rec_chat = NAN;
+        xc_scaling_stability(o, min_z);
         return;
     }
     /* error target adds the latent's own term back: + (sum f^2) <v, d^m> */
@@ -45,6 +70,12 @@ void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_
     o->beta_rec[1] = (float)br1;
     o->nu_err = be1 != 0 ? (float)(be0 / be1) : NAN;
     o->nu_rec = br1 != 0 ? (float)(br0 / br1) : NAN;
+    /* the error target's projections are <v, e> + f vv: expand their square */
+    double sfe = ls[LS_E1] + ls[LS_F2] * vv;
+    double see = ls[LS_EE1] + 2.0 * vv * ls[LS_E1] + vv * vv * ls[LS_F2];
+    o->se_err_chat = slope_se(see, sfe, ls[LS_F2], vv, ls[LS_CNT]);
+    o->se_rec_chat = slope_se(ls[LS_RR1], ls[LS_R1], ls[LS_F2], vv, ls[LS_CNT]);
+    xc_scaling_stability(o, min_z);
 }
 
 /* The running estimates against the current decoder rows (the sums carry the
@@ -53,7 +84,7 @@ void xc_engine_scaling_running(const xc_engine_t *e, xc_scaling_stats_t *out)
 {
     for (int j = 0; j < e->F; j++)
         xc_scaling_from_sums(e->ls_run + (size_t)j * LS_N, e->w_dec + (size_t)j * e->d2, e->d,
-                             e->cfg.scaling_min_active, &out[j]);
+                             e->cfg.scaling_min_active, e->cfg.scaling_nu_min_z, &out[j]);
 }
 
 void xc_engine_set_scaling_running(xc_engine_t *e, int on) { e->cfg.scaling_running = on != 0; }
@@ -156,6 +187,8 @@ static void scaling_accum_task(void *ctx, int tid, int nth)
             a[LS_R0] += f * rb;
             a[LS_R1] += f * rc;
             a[LS_CNT] += 1;
+            a[LS_EE1] += (xc - rc) * (xc - rc);
+            a[LS_RR1] += rc * rc;
         }
     }
 }
@@ -244,7 +277,7 @@ void xc_scaling_result(const xc_scaling_t *s, xc_scaling_stats_t *out)
         for (int t = 0; t < s->e->nth; t++)
             for (int q = 0; q < LS_N; q++) sum[q] += s->acc[((size_t)t * F + j) * LS_N + q];
         xc_scaling_from_sums(sum, s->w_dec + (size_t)j * s->e->d2, s->e->d, s->e->cfg.scaling_min_active,
-                             &out[j]);
+                             s->e->cfg.scaling_nu_min_z, &out[j]);
     }
 }
 

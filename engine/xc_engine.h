@@ -73,6 +73,7 @@ typedef struct {
     double stats_half_life;    /* tokens; half-life of the firing-frequency EMA */
     double scaling_half_life;  /* tokens; window of the running Latent Scaling estimates */
     double scaling_min_active; /* activations a latent needs before its beta is defined */
+    double scaling_nu_min_z;   /* nu is unstable when |beta_chat| < this x its standard error; 0 = off */
     int scaling_running;       /* keep running Latent Scaling estimates (1) or not (0) */
     xc_prec_t encoder_precision; /* BatchTopK scoring: auto|fp32|bf16|int8 (xc_score.h); L1 is fp32 */
 } xc_engine_config_t;
@@ -135,13 +136,27 @@ typedef struct {
 
 /* Latent Scaling (method.md 4) of one latent: v = the chat decoder row. beta_*
  * and nu_* are NaN where undefined (the latent fired fewer than min_active times,
- * a zero decoder row, or a zero chat beta for the ratio). */
+ * a zero decoder row, or a zero chat beta for the ratio).
+ *
+ * A ratio is only as good as its denominator: beta_chat is a least-squares
+ * slope through the origin of t_i = <v, y_i> / |v|^2 on f_i, whose standard
+ * error is se = sqrt(s^2 / sum f^2) with s^2 = sum (t - beta f)^2 / (n - 1).
+ * nu is UNSTABLE when |beta_chat| < scaling_nu_min_z x se (or se is
+ * undefined, n < 2): a chat beta indistinguishable from 0 makes the ratio
+ * arbitrary, so such a latent is never called chat-specific. */
+enum { XC_NU_UNSTABLE_ERR = 1, XC_NU_UNSTABLE_REC = 2 };
 typedef struct {
     float beta_err[2];         /* error target, base / chat model */
     float beta_rec[2];         /* reconstruction target, base / chat model */
     float nu_err, nu_rec;      /* beta base / beta chat */
     double active;             /* activations counted (EMA-weighted for running estimates) */
+    float se_err_chat, se_rec_chat; /* standard errors of beta_err[1], beta_rec[1] (NaN undefined) */
+    int nu_unstable;           /* XC_NU_UNSTABLE_*: which nu is unstable */
 } xc_scaling_stats_t;
+
+/* Sets o->nu_unstable from o's chat betas and standard errors (the rule
+ * above; min_z <= 0 turns it off). */
+void xc_scaling_stability(xc_scaling_stats_t *o, double min_z);
 
 /* Views of the parameters (or of gradients); row-major shapes in comments. */
 typedef struct {

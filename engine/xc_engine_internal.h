@@ -26,11 +26,14 @@
 #endif
 
 #define XC_NBUCKET 32768             /* selection histogram: top 16 bits of a positive float */
+#define XC_LS_CHUNK 256              /* tokens per pass of L1's Latent Scaling second moments */
 #define XC_ENGINE_MAX_KEEP_D 8192    /* b_dec restored on a skipped first step up to this d */
 
 /* Latent Scaling sums per latent: sum f^2, sum f<v,e^base>, sum f<v,e^chat>,
- * sum f<v,xhat^base>, sum f<v,xhat^chat>, count (v = the chat decoder row). */
-enum { LS_F2 = 0, LS_E0, LS_E1, LS_R0, LS_R1, LS_CNT, LS_N };
+ * sum f<v,xhat^base>, sum f<v,xhat^chat>, count, then the second moments
+ * sum <v,e^chat>^2 and sum <v,xhat^chat>^2 that give the chat betas' standard
+ * errors (v = the chat decoder row; every sum over the tokens where j fires). */
+enum { LS_F2 = 0, LS_E0, LS_E1, LS_R0, LS_R1, LS_CNT, LS_EE1, LS_RR1, LS_N };
 
 typedef struct {
     int b, j;    /* token, latent */
@@ -109,6 +112,8 @@ typedef struct {
     WORK(ls_step, double, SCRATCH, z.F, LS_N, 1)                                                   \
     WORK(ls_t1, float, SCRATCH, z.L1 * z.F, 2, z.d)                                                \
     WORK(ls_t2, float, SCRATCH, z.L1 * z.F, 2, z.d)                                                \
+    /* L1 only: per-token projections <v, e^chat>, <v, x^chat> of XC_LS_CHUNK tokens */             \
+    WORK(ls_p, float, SCRATCH, z.L1 * 2 * XC_LS_CHUNK, z.F, 1)                                     \
     /* step: pre-activations (then u in place), L1's dL/du, residual e = x - xhat, dR/dxhat,     \
      * d(aux)/d ehat, the AuxK reconstruction, and e = gscale * dR/dxhat per token and model */   \
     WORK(pre, float, SCRATCH, z.B, z.F, 1)                                                         \
@@ -326,7 +331,7 @@ int xc_code_select_decoupled(xc_engine_t *e);
 void xc_code_norm_grad(const xc_engine_config_t *c, double *a_model, double *a_concat);
 
 /* scaling.c: beta and nu of one latent from its sums and decoder row (2d floats). */
-void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_active,
+void xc_scaling_from_sums(const double *ls, const float *dec, int d, double min_active, double min_z,
                           xc_scaling_stats_t *o);
 
 #endif

@@ -21,7 +21,7 @@
 #include "xc_stfile.h"
 
 #define XC_CKPT_MODEL_VERSION "2" /* format_version of the model file */
-#define XC_CKPT_TRAIN_VERSION "1" /* format_version of the training-state file */
+#define XC_CKPT_TRAIN_VERSION "2" /* format_version of the training-state file (2: scaling.sums [F, 8]) */
 #define XC_STF_MODEL_FORMAT "xcoderd-crosscoder"  /* metadata "format" of a model file */
 #define XC_STF_TRAIN_FORMAT "xcoderd-train-state" /* ... of a training-state file */
 #define XC_STF_TRAIN_SUFFIX ".resume.safetensors" /* NAME-STEP.resume.safetensors beside NAME-STEP.safetensors */

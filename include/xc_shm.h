@@ -1,4 +1,4 @@
-/* Per-latent statistics in POSIX shared memory: the layout (version 1), the
+/* Per-latent statistics in POSIX shared memory: the layout (version 2), the
  * latent classes, and the C writer and reader. Documented in proto/SHM.md.
  *
  * The object is /xcoderd.<instance> (shm_open name). It is written only by the
@@ -17,7 +17,7 @@
 #include <sys/types.h>
 
 #define XC_SHM_MAGIC 0x4d485358u /* "XSHM" little-endian */
-#define XC_SHM_LAYOUT_VERSION 1u
+#define XC_SHM_LAYOUT_VERSION 2u /* 2: the chat betas' standard errors (arrays 24-27), flag bit 2 */
 #define XC_SHM_MAX_ARRAYS 32
 
 /* Latent classes (by relative decoder norm; dead wins over all).
@@ -41,6 +41,8 @@ enum {
 /* flags: bit set per latent */
 #define XC_FLAG_CHAT_SPECIFIC 0x01u /* Delta >= chat_only_min, nu_err < nu_err_max, nu_rec < nu_rec_max */
 #define XC_FLAG_SCALING_EXACT 0x02u /* the chat-specific test used the exact pass's nu (else the running one) */
+#define XC_FLAG_NU_UNSTABLE 0x04u   /* that nu is unstable: |beta_chat| < scaling_nu_min_z x its standard error
+                                     * (either target), or undefined; never chat-specific then */
 
 /* Per-latent arrays, in this order in the object. */
 typedef enum {
@@ -68,6 +70,10 @@ typedef enum {
     XC_SHM_EXACT_ACTIVE,   /* f64 */
     XC_SHM_CLASS,          /* u8 XC_CLASS_* */
     XC_SHM_FLAGS,          /* u8 XC_FLAG_* */
+    XC_SHM_BETA_ERR_CHAT_SE,       /* f32 standard error of beta_err_chat (running; NaN undefined) */
+    XC_SHM_BETA_REC_CHAT_SE,       /* f32 standard error of beta_rec_chat (running) */
+    XC_SHM_EXACT_BETA_ERR_CHAT_SE, /* f32 the same, of the last exact pass */
+    XC_SHM_EXACT_BETA_REC_CHAT_SE, /* f32 */
     XC_SHM_NARRAYS
 } xc_shm_array_t;
 
@@ -128,7 +134,7 @@ typedef struct {
 void xc_class_thresholds_default(xc_class_thresholds_t *t);
 /* XC_CLASS_* of a latent. */
 int xc_latent_class(float delta_norm, int dead, const xc_class_thresholds_t *t);
-/* 1 if chat-specific (NaN nu never is). */
+/* 1 if chat-specific (NaN nu never is: pass NaN for an unstable nu). */
 int xc_latent_chat_specific(float delta_norm, float nu_err, float nu_rec, const xc_class_thresholds_t *t);
 const char *xc_class_name(int cls);
 

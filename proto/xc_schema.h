@@ -247,7 +247,7 @@ enum {
     X(connections_refused, 1, "Connections refused at the handshake: their socket had max_connections.")
 
 /* ------------------------------------------------------ latent columns -- */
-/* Per-latent columns: the `table` op's catalogue in reply order (its first 24
+/* Per-latent columns: the `table` op's catalogue in reply order (its first 28
  * are the shared-memory arrays of include/xc_shm.h in object order), the keys
  * `top` sorts by, and the clients' column lists.
  *
@@ -284,6 +284,12 @@ enum {
     X(exact_active, F64, XC_SHM_EXACT_ACTIVE, 1, EXACT, active)                     \
     X(class, U8, XC_SHM_CLASS, 1, CLS, cls)                                         \
     X(flags, U8, XC_SHM_FLAGS, 1, FLAGS, flags)                                     \
+    X(beta_err_chat_se, F32, XC_SHM_BETA_ERR_CHAT_SE, 1, RUN, se_err_chat)          \
+    X(beta_rec_chat_se, F32, XC_SHM_BETA_REC_CHAT_SE, 1, RUN, se_rec_chat)          \
+    X(exact_beta_err_chat_se, F32, XC_SHM_EXACT_BETA_ERR_CHAT_SE, 1, EXACT, se_err_chat) \
+    X(exact_beta_rec_chat_se, F32, XC_SHM_EXACT_BETA_REC_CHAT_SE, 1, EXACT, se_rec_chat) \
+    X(nu_unstable, U8, -1, 1, RUN, nu_unstable)                                     \
+    X(exact_nu_unstable, U8, -1, 1, EXACT, nu_unstable)                             \
     X(fired, I64, -1, 1, LAT, fired)                                                \
     X(tokens_since_fired, I64, -1, 1, LAT, tokens_since_fired)                      \
     X(dead, U8, -1, 1, LAT, dead)                                                   \

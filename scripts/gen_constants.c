@@ -77,6 +77,7 @@ static void emit(int py)
     printf("%sCOUNT_CHAT_SPECIFIC = %d%s\n", decl, XC_COUNT_CHAT_SPECIFIC, py ? "" : ";");
     printf("%sCOUNT_CHAT_SPECIFIC_NAME = \"%s\"%s\n", decl, XC_COUNT_CHAT_SPECIFIC_NAME, py ? "" : ";");
     printf("%sFLAG_CHAT_SPECIFIC = %u%s\n", decl, XC_FLAG_CHAT_SPECIFIC, py ? "" : ";");
+    printf("%sFLAG_NU_UNSTABLE = %u%s\n", decl, XC_FLAG_NU_UNSTABLE, py ? "" : ";");
     printf("%sFLAG_SCALING_EXACT = %u%s\n\n", decl, XC_FLAG_SCALING_EXACT, py ? "" : ";");
 
     printf("%s Keys of the stats event and the status reply, in wire order (PROTOCOL.md 3.1).\n%sSTATS_FIELDS = %s",
@@ -140,7 +141,7 @@ static void emit(int py)
 
     if (!py)
         printf("\nmodule.exports = {\n  ERROR_CODES, ERROR_MESSAGES, CLASS_NAMES, COUNT_CHAT_SPECIFIC, "
-               "COUNT_CHAT_SPECIFIC_NAME,\n  FLAG_CHAT_SPECIFIC, FLAG_SCALING_EXACT, STATS_FIELDS, "
+               "COUNT_CHAT_SPECIFIC_NAME,\n  FLAG_CHAT_SPECIFIC, FLAG_NU_UNSTABLE, FLAG_SCALING_EXACT, STATS_FIELDS, "
                "STATS_SCALING_FIELDS, STATS_STREAM_FIELDS, COUNTERS,\n  DTYPES, TABLE_COLUMNS, SHM_ARRAYS,\n};\n");
 }
 

@@ -126,7 +126,7 @@ for name, arr in snap.arrays.items():
         bad.append(name)
 j = np.load("$T/npy/j.npy")
 extra = [np.load("$T/npy/%s.npy" % n).shape for n in ("fired", "tokens_since_fired", "dead")]
-print("OK" if not bad and len(snap.arrays) == 24 and (j == np.arange($F)).all()
+print("OK" if not bad and len(snap.arrays) == 28 and (j == np.arange($F)).all()
       and extra == [($F,)] * 3 else "differ: %s" % bad)
 EOF
 if X table --npy "$T/npy" >"$T/out" 2>&1 && [ "$("$PY" "$T/cmp.py" 2>&1 | tail -1)" = "OK" ]; then

@@ -25,7 +25,7 @@ D, F = idm.D, idm.F
 NAME = "scal%d" % os.getpid()
 SHM_PATH = "/dev/shm/xcoderd." + NAME
 HDR = 1024
-N_ARRAYS = 24
+N_ARRAYS = 28
 A_DELTA, A_NU_ERR, A_EXACT_NU_ERR, A_EXACT_NU_REC, A_CLASS = 0, 12, 19, 20, 22
 
 
@@ -118,7 +118,7 @@ def test_shm_object_and_header():
     idm.check(st.st_mode & 0o777 == 0o640, "mode %o, want 640" % (st.st_mode & 0o777))
     data = snapshot(SHM_PATH)
     h = header(data)
-    idm.check(h["magic"] == 0x4d485358 and h["ver"] == 1 and h["hsize"] == HDR, "header %r" % h)
+    idm.check(h["magic"] == 0x4d485358 and h["ver"] == 2 and h["hsize"] == HDR, "header %r" % h)
     idm.check(h["narr"] == N_ARRAYS and h["n"] == F and h["d"] == D, "sizes %r" % h)
     idm.check(h["pid"] == DMN.proc.pid and h["alive"] == 1, "pid/alive")
     idm.check(fnv1a64(data[HDR:h["total"]]) == h["checksum"], "checksum")
@@ -201,7 +201,7 @@ def test_exact_pass_kept_with_checkpoint():
     t, meta = read_st(tpath)
     ex, em = t["trainer.scaling_exact"], t["trainer.scaling_exact_meta"]
     st = DMN.status()["scaling"]
-    idm.check(ex.shape == (F, 7) and int(em[0]) == st["last_step"] and int(em[1]) == st["last_tokens"],
+    idm.check(ex.shape == (F, 9) and int(em[0]) == st["last_step"] and int(em[1]) == st["last_tokens"],
               "exact pass in the checkpoint: shape %s meta %s vs %r" % (ex.shape, em, st))
     j = DMN.ok({"op": "top", "by": "fired", "n": 1})["latents"][0]["j"]
     lat = DMN.ok({"op": "latent", "j": j})["stats"]["scaling_exact"]

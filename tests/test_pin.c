@@ -32,12 +32,12 @@
 /* SHA-256 (hex) of the masked files, from the format-defining code. Print the
  * current values with `build/tests/test_pin --print`. */
 #define PIN_BTK_MODEL "6e44a959865383262d27f8604bdb3d71524d590cde36f737fe98d5a235f483cf"
-#define PIN_BTK_TRAIN "079439d605dcae73b669243756ac6a2440114527e5b4a6efb005af2db16342f7"
+#define PIN_BTK_TRAIN "6297e25b505141bb6ad4b70f0985d156e9363c5b1d55e4cacb50e445fb3f81b2"
 #define PIN_L1_MODEL "37d00a280d35ae634b04e6ace53b3a7d8c780f86f2d6428a2461ec70cfe4eaac"
-#define PIN_L1_TRAIN "e7db4ec13b883464e6744a6338692e731dc11d4bfa1c826402d566ea6d7950bf"
+#define PIN_L1_TRAIN "b1e8b76f3b11c6afab4db1d2a776de54c0b67bda1d13731c9a1f18ec9eda1083"
 #define PIN_EXPORT_F16 "3f526593ddb29ad9ba5c0fd947c31b93fbaa43dc428c2d501c6f7bdc9e284304"
 #define PIN_EXPORT_BF16 "4ff534c558f007e83331d285f4f7f79f0622766bfe1634b3220aaf0a83e899aa"
-#define PIN_SHM_LAYOUT "54c7aac51947800f02c21d5cb950b23a2022aed924ace53901c47812b6927db5"
+#define PIN_SHM_LAYOUT "a48f3d67eb6e045b35207f706f7dc10cfe7310a86a51c905c44fdaaaf9530525"
 
 static char g_dir[256];
 static int g_print; /* --print: show the digests instead of only comparing */
@@ -297,7 +297,7 @@ static void test_pin_shm_layout(void)
 #undef OFF
     XC_CHECK(sizeof(xc_shm_header_t) == 1024, "header %zu bytes", sizeof(xc_shm_header_t));
     XC_CHECK(sizeof(xc_shm_array_desc_t) == 16, "array descriptor %zu bytes", sizeof(xc_shm_array_desc_t));
-    XC_CHECK(XC_SHM_MAGIC == 0x4d485358u && XC_SHM_LAYOUT_VERSION == 1 && XC_SHM_NARRAYS == 24 && XC_CLASS_N == 5,
+    XC_CHECK(XC_SHM_MAGIC == 0x4d485358u && XC_SHM_LAYOUT_VERSION == 2 && XC_SHM_NARRAYS == 28 && XC_CLASS_N == 5,
              "constants changed");
 
     /* the writer's array placement for 37 latents (odd: exposes alignment) */

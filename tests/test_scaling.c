@@ -6,12 +6,17 @@
  *    computation from the definition (per-latent targets) to 1e-4;
  *  - a planted-feature run with features present in base at a fraction s of their
  *    chat strength: their nu track cos * s, chat-only features get nu ~ 0, and the
- *    chat-specific class takes chat-only features, not shrunk ones. */
+ *    chat-specific class takes chat-only features, not shrunk ones;
+ *  - the chat betas' standard errors against a direct computation of the
+ *    least-squares slope's standard error, and the stability rule: a planted
+ *    chat-only latent whose chat beta is 0 within noise (its nu wild, and below
+ *    nu_err_max) is marked unstable and not chat-specific, a genuine one is. */
 #include "xc_config.h"
 #include "xc_engine.h"
 #include "xc_error.h"
 #include "xc_rng.h"
 #include "xc_shm.h"
+#include "xc_shmpub.h"
 #include "xc_synth.h"
 #include "xc_test.h"
 
@@ -289,11 +294,211 @@ static void test_planted_shrunk_features(void)
     XC_CHECK(sp_s == 0 && sp_c >= 0.8 * n_c, "L1 chat-specific: %d/%d chat-only, %d shrunk", sp_c, n_c, sp_s);
 }
 
+
+/* The direct computation of one latent's chat betas and their standard errors
+ * from the definition (threshold mode, theta 0: a latent fires where u > 0):
+ * per firing token t = <v, y> / |v|^2, beta = sum f t / sum f^2, se =
+ * sqrt(sum (t - beta f)^2 / (n - 1) / sum f^2), for y = the error with the
+ * latent's own term added back, and y = the reconstruction. */
+static void direct_se(const xc_engine_t *e, int j, const float *x, long n, double beta[2], double se[2])
+{
+    xc_engine_params_t p;
+    xc_engine_params((xc_engine_t *)e, &p);
+    const float *v = p.w_dec + (size_t)j * 2 * D + D;
+    double vv = 0, sff = 0, sft[2] = {0, 0}, cnt = 0;
+    for (int i = 0; i < D; i++) vv += (double)v[i] * v[i];
+    double *t = malloc(sizeof(double) * 2 * (size_t)n), *f = malloc(sizeof(double) * (size_t)n);
+    for (long b = 0; b < n; b++) {
+        const float *xb = x + (size_t)b * 2 * D;
+        double xh[D], fj = 0;
+        for (int i = 0; i < D; i++) xh[i] = p.b_dec[D + i];
+        for (int k = 0; k < NF; k++) {
+            double u = p.b_enc[k];
+            for (int i = 0; i < 2 * D; i++) u += (double)p.w_enc[(size_t)k * 2 * D + i] * xb[i];
+            if (u <= 0) continue;
+            for (int i = 0; i < D; i++) xh[i] += u * p.w_dec[(size_t)k * 2 * D + D + i];
+            if (k == j) fj = u;
+        }
+        if (fj <= 0) continue;
+        double pe = 0, pr = 0;
+        for (int i = 0; i < D; i++) {
+            pe += v[i] * (xb[D + i] - xh[i] + fj * v[i]);
+            pr += v[i] * xh[i];
+        }
+        f[(long)cnt] = fj;
+        t[2 * (long)cnt] = pe / vv;
+        t[2 * (long)cnt + 1] = pr / vv;
+        sff += fj * fj;
+        sft[0] += fj * pe / vv;
+        sft[1] += fj * pr / vv;
+        cnt++;
+    }
+    for (int m = 0; m < 2; m++) {
+        beta[m] = sft[m] / sff;
+        double rss = 0;
+        for (long i = 0; i < (long)cnt; i++) {
+            double r = t[2 * i + m] - beta[m] * f[i];
+            rss += r * r;
+        }
+        se[m] = sqrt(rss / (cnt - 1) / sff);
+    }
+    free(t);
+    free(f);
+}
+
+/* Data for the stability test: the structured batch, except that latent P's
+ * encoder reads the BASE model (u_P = x^base_P) while the chat model carries
+ * independent noise along e_P: the chat beta of its error target is 0 within
+ * noise, so its nu^eps = beta_base / beta_chat is arbitrary. */
+enum { P = 7 };
+static void planted_zero_batch(xc_rng_t *r, float *x, long n)
+{
+    structured_batch(r, x, n);
+    for (long b = 0; b < n; b++) {
+        float *xb = x + (size_t)b * 2 * D, *xc = xb + D;
+        xb[P] = xc_rng_uniform(r) < 0.4 ? (float)(0.5 + xc_rng_uniform(r)) : 0.0f;
+        xc[P] = (float)xc_rng_normal(r); /* beta_chat = 0 */
+    }
+}
+
+static xc_engine_t *planted_zero_engine(xc_rng_t *r)
+{
+    xc_engine_t *e = structured_engine(0, r);
+    if (!e) return NULL;
+    xc_engine_params_t p;
+    xc_engine_params(e, &p);
+    p.w_enc[P * 2 * D + D + P] = 0.0f; /* u_P = <x^base, e_P> */
+    p.w_enc[P * 2 * D + P] = 1.0f;
+    p.w_dec[P * 2 * D + P] = 0.05f;    /* chat-only by decoder norms */
+    xc_engine_params_changed(e);
+    return e;
+}
+
+static void test_standard_error_and_stability(void)
+{
+    xc_rng_t r;
+    xc_rng_seed(&r, 5); /* a draw with beta_chat < 0 and |beta| < 2 se: nu < 0 passed the old test */
+    xc_engine_t *e = planted_zero_engine(&r);
+    XC_REQUIRE(e, "engine");
+    enum { N = 4000 };
+    float *x = malloc(sizeof(float) * N * 2 * D);
+    planted_zero_batch(&r, x, N);
+    xc_scaling_t *s = xc_scaling_new(e, NULL);
+    XC_REQUIRE(s && xc_scaling_add(s, x, N) == 0, "exact pass");
+    xc_scaling_stats_t out[NF];
+    xc_scaling_result(s, out);
+    /* standard errors against the direct computation, every latent */
+    for (int j = 0; j < NF; j++) {
+        double beta[2], se[2];
+        direct_se(e, j, x, N, beta, se);
+        XC_CHECK_CLOSE(out[j].beta_err[1], beta[0], 1e-4, 1e-6);
+        XC_CHECK_CLOSE(out[j].beta_rec[1], beta[1], 1e-4, 1e-6);
+        XC_CHECK_CLOSE(out[j].se_err_chat, se[0], 1e-3, 1e-6);
+        XC_CHECK_CLOSE(out[j].se_rec_chat, se[1], 1e-3, 1e-6);
+    }
+    printf("# planted latent %d: beta_err_chat %.4f se %.4f (|beta|/se %.2f), nu_err %.3f; latent 0: beta_err_chat "
+           "%.4f se %.2g\n", P, out[P].beta_err[1], out[P].se_err_chat, fabs(out[P].beta_err[1]) / out[P].se_err_chat,
+           out[P].nu_err, out[0].beta_err[1], out[0].se_err_chat);
+    /* the planted latent: its nu passes the thresholds as a number (what was
+     * flagged before), yet its chat beta is within 2 standard errors of 0 */
+    xc_class_thresholds_t th;
+    xc_class_thresholds_default(&th);
+    XC_CHECK(xc_latent_chat_specific(0.975f, out[P].nu_err, out[P].nu_rec, &th),
+             "the planted nu (%g, %g) would not have been flagged: the case proves nothing", out[P].nu_err,
+             out[P].nu_rec);
+    XC_CHECK(out[P].nu_unstable & XC_NU_UNSTABLE_ERR, "planted latent not marked unstable");
+    XC_CHECK(!(out[P].nu_unstable & XC_NU_UNSTABLE_REC), "its reconstruction beta is sound");
+    for (int j = 0; j < P; j++) XC_CHECK(!out[j].nu_unstable, "latent %d unstable (%d)", j, out[j].nu_unstable);
+    /* the daemon's records: the planted latent is flagged unstable and not
+     * chat-specific; latent 0 (a genuine chat-only feature: nu 0) still is */
+    int err;
+    char why[200];
+    xc_shmpub_t *pub = xc_shmpub_new(NULL, e, 0600, NULL, &th, &err, why, sizeof why);
+    XC_REQUIRE(pub, "shmpub: %s", why);
+    XC_REQUIRE(xc_shmpub_set_exact(pub, out, 0, N) == 0 && xc_shmpub_update(pub, e, 0) == 0, "update");
+    const uint8_t *fl = xc_shmpub_flags(pub), *cl = xc_shmpub_classes(pub);
+    XC_CHECK(cl[P] == XC_CLASS_CHAT_ONLY && cl[0] == XC_CLASS_CHAT_ONLY, "classes %d %d", cl[P], cl[0]);
+    XC_CHECK((fl[P] & XC_FLAG_NU_UNSTABLE) && !(fl[P] & XC_FLAG_CHAT_SPECIFIC), "planted latent flags %#x", fl[P]);
+    XC_CHECK((fl[0] & XC_FLAG_CHAT_SPECIFIC) && !(fl[0] & XC_FLAG_NU_UNSTABLE), "genuine latent flags %#x", fl[0]);
+    xc_shmpub_destroy(&pub, 0);
+    /* the rule's threshold is the config key: 0 turns it off */
+    xc_scaling_stability(&out[P], 0.0);
+    XC_CHECK(out[P].nu_unstable == 0, "min_z 0 must turn the rule off");
+    xc_scaling_stability(&out[P], 2.0);
+    XC_CHECK(out[P].nu_unstable & XC_NU_UNSTABLE_ERR, "min_z 2 again");
+    xc_scaling_destroy(&s);
+    free(x);
+    xc_engine_destroy(&e);
+}
+
+/* The running estimates keep the same second moments: with the dictionary
+ * frozen (lr ~ 0) and no decay (a huge half-life) the L1 model's running sums
+ * cover exactly the tokens an exact pass sees, so both standard errors agree;
+ * BatchTopK's running estimate marks the planted latent unstable too. */
+static void test_running_standard_error(void)
+{
+    xc_engine_config_t c;
+    xc_cfg_engine_defaults(&c, XC_MODEL_L1);
+    c.d = D, c.dict_size = 16, c.batch_size = BS, c.threads = 2, c.warmup_steps = 0, c.lr = 1e-30f;
+    c.scaling_half_life = 1e18;
+    c.scaling_min_active = 5;
+    xc_engine_t *e = xc_engine_new(&c, NULL);
+    XC_REQUIRE(e, "l1 engine");
+    xc_rng_t r;
+    xc_rng_seed(&r, 9);
+    enum { S = 40 };
+    float *x = malloc(sizeof(float) * S * BS * 2 * D);
+    for (size_t i = 0; i < (size_t)S * BS * 2 * D; i++) x[i] = (float)xc_rng_normal(&r);
+    xc_engine_set_scaling_running(e, 0);
+    XC_REQUIRE(xc_engine_train_step(e, x, BS) == 0, "warm step"); /* b_dec set; no running sums */
+    xc_engine_set_scaling_running(e, 1);
+    for (int st = 1; st < S; st++) XC_REQUIRE(xc_engine_train_step(e, x + (size_t)st * BS * 2 * D, BS) == 0, "step");
+    xc_scaling_stats_t run[16], ex[16];
+    xc_engine_scaling_running(e, run);
+    xc_scaling_t *s = xc_scaling_new(e, NULL);
+    XC_REQUIRE(s && xc_scaling_add(s, x + (size_t)BS * 2 * D, (long)(S - 1) * BS) == 0, "exact");
+    xc_scaling_result(s, ex);
+    int compared = 0;
+    for (int j = 0; j < 16; j++) {
+        if (!(ex[j].active >= 20)) continue;
+        compared++;
+        /* float GEMMs on the running side; the residual sum of squares is a
+         * difference of sums, which magnifies their rounding where beta fits well */
+        XC_CHECK_CLOSE(run[j].se_err_chat, ex[j].se_err_chat, 1e-2, 1e-6);
+        XC_CHECK_CLOSE(run[j].se_rec_chat, ex[j].se_rec_chat, 1e-2, 1e-6);
+    }
+    XC_CHECK(compared >= 4, "only %d latents fired enough", compared);
+    xc_scaling_destroy(&s);
+    xc_engine_destroy(&e);
+    free(x);
+
+    xc_rng_seed(&r, 6);
+    e = planted_zero_engine(&r);
+    XC_REQUIRE(e, "batchtopk engine");
+    x = malloc(sizeof(float) * BS * 2 * D);
+    for (int st = 0; st < 300; st++) {
+        planted_zero_batch(&r, x, BS);
+        XC_REQUIRE(xc_engine_train_step(e, x, BS) == 0, "step");
+    }
+    xc_scaling_stats_t out[NF];
+    xc_engine_scaling_running(e, out);
+    printf("# running: planted latent beta_err_chat %.4f se %.4f (|beta|/se %.2f)\n", out[P].beta_err[1],
+           out[P].se_err_chat, fabs(out[P].beta_err[1]) / out[P].se_err_chat);
+    XC_CHECK(out[P].nu_unstable & XC_NU_UNSTABLE_ERR, "running: planted latent stable (beta %g se %g)",
+             out[P].beta_err[1], out[P].se_err_chat);
+    XC_CHECK(!out[0].nu_unstable && isfinite(out[0].se_err_chat), "running: latent 0 %d se %g", out[0].nu_unstable,
+             out[0].se_err_chat);
+    free(x);
+    xc_engine_destroy(&e);
+}
+
 int main(void)
 {
     XC_RUN(test_exact_closed_form);
     XC_RUN(test_running_converges);
     XC_RUN(test_exact_matches_definition);
     XC_RUN(test_planted_shrunk_features);
+    XC_RUN(test_standard_error_and_stability);
+    XC_RUN(test_running_standard_error);
     XC_TEST_EXIT();
 }

@@ -66,6 +66,7 @@ const CLASS_NAMES = Object.freeze(["other", "shared", "chat_only", "base_only", 
 const COUNT_CHAT_SPECIFIC = 5;
 const COUNT_CHAT_SPECIFIC_NAME = "chat_specific";
 const FLAG_CHAT_SPECIFIC = 1;
+const FLAG_NU_UNSTABLE = 4;
 const FLAG_SCALING_EXACT = 2;
 
 // Keys of the stats event and the status reply, in wire order (PROTOCOL.md 3.1).
@@ -111,6 +112,12 @@ const TABLE_COLUMNS = Object.freeze([
   ["exact_active", "f64", 21, true],
   ["class", "u8", 22, true],
   ["flags", "u8", 23, true],
+  ["beta_err_chat_se", "f32", 24, true],
+  ["beta_rec_chat_se", "f32", 25, true],
+  ["exact_beta_err_chat_se", "f32", 26, true],
+  ["exact_beta_rec_chat_se", "f32", 27, true],
+  ["nu_unstable", "u8", -1, true],
+  ["exact_nu_unstable", "u8", -1, true],
   ["fired", "i64", -1, true],
   ["tokens_since_fired", "i64", -1, true],
   ["dead", "u8", -1, true],
@@ -143,10 +150,14 @@ const SHM_ARRAYS = Object.freeze([
   ["exact_active", "<f8"],
   ["class", "u1"],
   ["flags", "u1"],
+  ["beta_err_chat_se", "<f4"],
+  ["beta_rec_chat_se", "<f4"],
+  ["exact_beta_err_chat_se", "<f4"],
+  ["exact_beta_rec_chat_se", "<f4"],
 ]);
 
 module.exports = {
   ERROR_CODES, ERROR_MESSAGES, CLASS_NAMES, COUNT_CHAT_SPECIFIC, COUNT_CHAT_SPECIFIC_NAME,
-  FLAG_CHAT_SPECIFIC, FLAG_SCALING_EXACT, STATS_FIELDS, STATS_SCALING_FIELDS, STATS_STREAM_FIELDS, COUNTERS,
+  FLAG_CHAT_SPECIFIC, FLAG_NU_UNSTABLE, FLAG_SCALING_EXACT, STATS_FIELDS, STATS_SCALING_FIELDS, STATS_STREAM_FIELDS, COUNTERS,
   DTYPES, TABLE_COLUMNS, SHM_ARRAYS,
 };

@@ -260,8 +260,8 @@ test("table: columns equal the shared memory and the latent op", () =>
     assert.equal(t.snapshotStep, 12);
     assert.equal(shm.step, 12);
     assert.equal(t.n, F);
-    assert.equal(t.fields.length, 27);
-    for (let i = 0; i < 24; i++) {
+    assert.equal(t.fields.length, 33);
+    for (let i = 0; i < 28; i++) {
       const f = t.fields[i], col = t.columns[f];
       assert.ok(Buffer.from(col.buffer, col.byteOffset, col.byteLength).equals(shm.arrays[i]), `column ${f} differs from shared memory`);
     }

@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 LIB = os.environ.get("XCODER_LIB", os.path.join(ROOT, "build", "libxcoder.so"))
 
-F32_ARRAYS = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20]  # every f32
+F32_ARRAYS = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20, 24, 25, 26, 27]  # every f32
 LAST_STEP, ACTIVE, EXACT_ACTIVE, CLASS, FLAGS = 7, 14, 21, 22, 23
 
 

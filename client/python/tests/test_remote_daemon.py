@@ -189,11 +189,11 @@ def test_table_equals_shared_memory(tcp_daemon):
     assert t.snapshot_step == step == snap.header["step"]
     assert t.n == F and t.start == 0 and t.dict_size == F
     shm_names = list(snap.arrays)
-    assert len(shm_names) == 24
+    assert len(shm_names) == 28
     for name in shm_names:
         assert t[name].dtype == snap[name].dtype, name
         assert t[name].tobytes() == snap[name].tobytes(), f"column {name} differs from shared memory"
-    assert set(t) == set(shm_names) | {"fired", "tokens_since_fired", "dead"}
+    assert set(t) == set(shm_names) | {"nu_unstable", "exact_nu_unstable", "fired", "tokens_since_fired", "dead"}
     assert np.any(t["freq"] > 0) and np.any(t["last_step"] >= 0)
 
     # the latent op agrees (nil <-> NaN)

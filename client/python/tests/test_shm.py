@@ -24,7 +24,7 @@ def test_header_layout_matches_c():
     assert HEADER_DTYPE.fields["class_counts"][1] == 184
     assert HEADER_DTYPE.fields["thresholds"][1] == 224
     assert HEADER_DTYPE.fields["arrays"][1] == 256
-    assert len(ARRAYS) == 24
+    assert len(ARRAYS) == 28
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000, 4099])

@@ -65,6 +65,7 @@ CLASS_NAMES = ["other", "shared", "chat_only", "base_only", "dead"]
 COUNT_CHAT_SPECIFIC = 5
 COUNT_CHAT_SPECIFIC_NAME = "chat_specific"
 FLAG_CHAT_SPECIFIC = 1
+FLAG_NU_UNSTABLE = 4
 FLAG_SCALING_EXACT = 2
 
 # Keys of the stats event and the status reply, in wire order (PROTOCOL.md 3.1).
@@ -110,6 +111,12 @@ TABLE_COLUMNS = [
   ["exact_active", "f64", 21, True],
   ["class", "u8", 22, True],
   ["flags", "u8", 23, True],
+  ["beta_err_chat_se", "f32", 24, True],
+  ["beta_rec_chat_se", "f32", 25, True],
+  ["exact_beta_err_chat_se", "f32", 26, True],
+  ["exact_beta_rec_chat_se", "f32", 27, True],
+  ["nu_unstable", "u8", -1, True],
+  ["exact_nu_unstable", "u8", -1, True],
   ["fired", "i64", -1, True],
   ["tokens_since_fired", "i64", -1, True],
   ["dead", "u8", -1, True],
@@ -142,4 +149,8 @@ SHM_ARRAYS = [
   ["exact_active", "<f8"],
   ["class", "u1"],
   ["flags", "u1"],
+  ["beta_err_chat_se", "<f4"],
+  ["beta_rec_chat_se", "<f4"],
+  ["exact_beta_err_chat_se", "<f4"],
+  ["exact_beta_rec_chat_se", "<f4"],
 ]

@@ -27,7 +27,7 @@ from . import _generated as _gen
 from .errors import XcoderError
 
 MAGIC = 0x4D485358  # "XSHM"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER_SIZE = 1024
 MAX_ARRAYS = 32
 
