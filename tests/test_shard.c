@@ -6,8 +6,9 @@
  * bit-identical across ranks and match R=1 (loss, FVE, L0, dead count, theta,
  * gradient norm); the final parameters match within 1e-4 relative; AuxK, theta
  * and clipping are active during the run; encode/decode give the full codes and
- * reconstruction on every rank; a failed collective leaves the model as it was;
- * L1 and too many ranks are refused. Reduced-precision scoring (bf16, int8) is
+ * reconstruction on every rank; per-latent statistics, running and exact Latent
+ * Scaling and compute_grads match; a failed collective leaves the model as it
+ * was; L1, decoupled codes and too many ranks are refused. Reduced-precision scoring (bf16, int8) is
  * checked where the CPU runs it. */
 #include "xc_coll_threads.h"
 #include "xc_config.h"
@@ -509,6 +510,11 @@ static void test_shard_refusals(void)
     l1.d = SD, l1.dict_size = SF, l1.batch_size = SB, l1.threads = 1;
     xc_engine_t *e = xc_engine_new_sharded(&l1, &g->tab[0], &err);
     XC_CHECK(!e && err == XC_ECONFIG, "L1 over 2 ranks: got %s", e ? "an engine" : xc_strerror(err));
+    xc_engine_destroy(&e);
+    xc_engine_config_t dc = c;
+    dc.code_norm = XC_CODE_DECOUPLED;
+    e = xc_engine_new_sharded(&dc, &g->tab[0], &err);
+    XC_CHECK(!e && err == XC_ECONFIG, "decoupled codes over 2 ranks: got %s", e ? "an engine" : xc_strerror(err));
     xc_engine_destroy(&e);
     xc_engine_config_t tiny = c;
     tiny.dict_size = 1, tiny.k = 1;
