@@ -889,7 +889,7 @@ static xc_shm_writer_t *fake_shm(const char *inst, int exact)
         act[j] = 100.0 * j;
         xact[j] = 10.0 * j;
         c[j] = cls[j];
-        fl[j] = j == 6 ? (XC_FLAG_CHAT_SPECIFIC | (exact ? XC_FLAG_SCALING_EXACT : 0)) : 0;
+        fl[j] = j == 6 ? (XC_FLAG_CHAT_SPECIFIC | (exact ? XC_FLAG_SCALING_EXACT : 0)) : j == 5 ? XC_FLAG_NU_UNSTABLE : 0;
     }
     xc_shm_writer_end(w);
     return w;
@@ -916,6 +916,9 @@ static void test_latents_records(void)
              "latent 6 values %g %g %g", l.delta_norm, l.run.nu_err, l.exact.nu_err);
     XC_CHECK(l.has_exact && l.exact.active == 60.0 && l.run.active == 600.0 && l.last_step_fired == 76, "latent 6 exact");
     XC_CHECK(isnan(l.fired) && isnan(l.tokens_since_fired), "fired is not in shared memory");
+    XC_CHECK(!l.nu_unstable, "latent 6 stable");
+    xc_lat_from_shm(&s, 5, &l);
+    XC_CHECK(l.nu_unstable && !l.chat_specific, "latent 5: flag bit 2 read as an unstable nu");
     xc_lat_from_shm(&s, 3, &l);
     XC_CHECK(l.dead && l.cls == XC_CLASS_DEAD && l.last_step_fired == -1, "latent 3 is dead");
 

@@ -226,7 +226,7 @@ static void latent_row(FILE *f, const xc_lat_t *l)
 {
     char b[6][32];
     fprintf(f, "%7ld %7.3f %-9s %4s %7.3f %9.2e %8.3g %8.3g %9lld %9s %9s %9s %9s\n", l->j, l->delta_norm,
-            xc_class_name(l->cls), l->chat_specific ? "yes" : "", l->cosine, l->freq, l->mean_act, l->max_act,
+            xc_class_name(l->cls), l->chat_specific ? "yes" : l->nu_unstable ? "?" : "", l->cosine, l->freq, l->mean_act, l->max_act,
             (long long)l->last_step_fired, fmt_num(l->run.nu_err, "%.4f", b[0], 32),
             fmt_num(l->run.nu_rec, "%.4f", b[1], 32), fmt_num(l->has_exact ? l->exact.nu_err : NAN, "%.4f", b[2], 32),
             fmt_num(l->has_exact ? l->exact.nu_rec : NAN, "%.4f", b[3], 32));

@@ -99,18 +99,21 @@ void xc_lat_from_shm(const xc_shm_snapshot_t *s, long j, xc_lat_t *o)
     o->cls = ((const uint8_t *)xc_shm_snapshot_array(s, XC_SHM_CLASS))[j];
     o->dead = o->cls == XC_CLASS_DEAD;
     o->chat_specific = (((const uint8_t *)xc_shm_snapshot_array(s, XC_SHM_FLAGS))[j] & XC_FLAG_CHAT_SPECIFIC) != 0;
+    o->nu_unstable = (((const uint8_t *)xc_shm_snapshot_array(s, XC_SHM_FLAGS))[j] & XC_FLAG_NU_UNSTABLE) != 0;
     o->run = (xc_lat_scaling_t){f32_at(s, XC_SHM_BETA_ERR_BASE, j), f32_at(s, XC_SHM_BETA_ERR_CHAT, j),
                                 f32_at(s, XC_SHM_BETA_REC_BASE, j), f32_at(s, XC_SHM_BETA_REC_CHAT, j),
                                 f32_at(s, XC_SHM_NU_ERR, j),        f32_at(s, XC_SHM_NU_REC, j),
-                                f64_at(s, XC_SHM_ACTIVE, j)};
+                                f64_at(s, XC_SHM_ACTIVE, j),        f32_at(s, XC_SHM_BETA_ERR_CHAT_SE, j),
+                                f32_at(s, XC_SHM_BETA_REC_CHAT_SE, j)};
     o->has_exact = s->hdr.scaling_step >= 0;
     if (o->has_exact)
         o->exact = (xc_lat_scaling_t){f32_at(s, XC_SHM_EXACT_BETA_ERR_BASE, j), f32_at(s, XC_SHM_EXACT_BETA_ERR_CHAT, j),
                                       f32_at(s, XC_SHM_EXACT_BETA_REC_BASE, j), f32_at(s, XC_SHM_EXACT_BETA_REC_CHAT, j),
                                       f32_at(s, XC_SHM_EXACT_NU_ERR, j),        f32_at(s, XC_SHM_EXACT_NU_REC, j),
-                                      f64_at(s, XC_SHM_EXACT_ACTIVE, j)};
+                                      f64_at(s, XC_SHM_EXACT_ACTIVE, j),        f32_at(s, XC_SHM_EXACT_BETA_ERR_CHAT_SE, j),
+                                      f32_at(s, XC_SHM_EXACT_BETA_REC_CHAT_SE, j)};
     else
-        o->exact = (xc_lat_scaling_t){NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+        o->exact = (xc_lat_scaling_t){NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
 }
 
 /* --------------------------------------------------------- from a reply */
@@ -126,6 +129,8 @@ static void scaling_from_value(const xc_client_value_t *m, xc_lat_scaling_t *o)
     o->nu_err = getnum(m, "nu_err");
     o->nu_rec = getnum(m, "nu_rec");
     o->active = getnum(m, "active");
+    o->beta_err_chat_se = getnum(m, "beta_err_chat_se");
+    o->beta_rec_chat_se = getnum(m, "beta_rec_chat_se");
 }
 
 static int getbool(const xc_client_value_t *m, const char *k)
@@ -167,6 +172,9 @@ int xc_lat_from_value(const xc_client_value_t *m, long j, xc_lat_t *o)
     const xc_client_value_t *ex = xc_client_value_get(m, "scaling_exact");
     o->has_exact = ex && ex->type == XC_VAL_MAP;
     scaling_from_value(o->has_exact ? ex : NULL, &o->exact);
+    /* the daemon judges with the exact pass's nu where it has one */
+    const xc_client_value_t *dec = o->has_exact && isfinite(o->exact.nu_err) ? ex : sc;
+    o->nu_unstable = dec && dec->type == XC_VAL_MAP && getbool(dec, "nu_unstable");
     return XC_OK;
 }
 
@@ -294,6 +302,8 @@ static void write_scaling(xc_mpw_t *w, const xc_lat_scaling_t *s)
     kv_num(w, "nu_err", s->nu_err);
     kv_num(w, "nu_rec", s->nu_rec);
     kv_num(w, "active", s->active);
+    kv_num(w, "beta_err_chat_se", s->beta_err_chat_se);
+    kv_num(w, "beta_rec_chat_se", s->beta_rec_chat_se);
     xc_mpw_map_end(w);
 }
 
@@ -302,6 +312,7 @@ void xc_lat_write(xc_mpw_t *w, const xc_lat_t *l, int with_j)
     if (with_j) xc_mpw_kv_int(w, "j", l->j);
     xc_mpw_kv_str(w, "class", xc_class_name(l->cls));
     xc_mpw_kv_bool(w, "chat_specific", l->chat_specific);
+    xc_mpw_kv_bool(w, "nu_unstable", l->nu_unstable);
     kv_num(w, "delta_norm", l->delta_norm);
     kv_num(w, "cosine", l->cosine);
     kv_num(w, "norm_base", l->norm_base);

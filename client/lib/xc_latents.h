@@ -20,6 +20,7 @@ enum { XC_LAT_SRC_SHM = 1, XC_LAT_SRC_CONTROL = 2 };
 /* Latent Scaling estimates; NaN = undefined (nil on the wire, null in JSON). */
 typedef struct {
     double beta_err_base, beta_err_chat, beta_rec_base, beta_rec_chat, nu_err, nu_rec, active;
+    double beta_err_chat_se, beta_rec_chat_se; /* standard errors of the chat betas */
 } xc_lat_scaling_t;
 
 typedef struct {
@@ -28,6 +29,7 @@ typedef struct {
     double fired, tokens_since_fired; /* NaN where the source lacks them (shared memory) */
     int64_t last_step_fired;          /* -1 never */
     int dead, cls, chat_specific;     /* cls: XC_CLASS_* */
+    int nu_unstable;                  /* the nu that decides chat_specific is unstable (beta_chat within noise of 0) */
     int has_exact;                    /* an exact pass exists: `exact` holds its results */
     xc_lat_scaling_t run, exact;
 } xc_lat_t;
