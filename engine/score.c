@@ -79,6 +79,9 @@ extern void omp_set_num_threads(int n);
 #define TAU_FRAC 0.85f    /* next call's collect threshold, as a fraction of c_low */
 #define COLLECT_LIMIT 16  /* a collect pass may keep at most this many times K */
 #define CAND_LIMIT 48     /* candidates beyond this many times K: score in fp32 */
+#define CAND_FRAC 0.04    /* or beyond this fraction of B F (and 4 K): gathering a token row per
+                             entry, the exact recompute then costs more than the fp32 product */
+#define BACKOFF_MAX 64    /* after such a call, the next 1, 2, 4, .. 64 calls go to fp32 at once */
 #define NORM_UP 1.0005    /* norms rounded up: float sums of squares (16 lanes) stay below it */
 
 static double now_ms(void)
@@ -275,6 +278,7 @@ struct xc_score {
     float tau;              /* next call's collect threshold (0: histogram first) */
     double lambda, lambda_forced;
     int calibrate;          /* int8 only, XC_SCORE_MARGIN=calibrated: the statistical margin */
+    int skip, backoff;      /* calls still to hand to fp32 at once; the last back-off */
     int pass;               /* exact_task: 1 the approximate top K, 2 the rest of the band */
     float c_cut;            /* pass 2 recomputes entries whose upper bound reaches this */
     double cand_limit;      /* candidates beyond cand_limit * K: XC_EAGAIN (score in fp32) */
@@ -715,11 +719,12 @@ static int sc_ar(xc_score_t *s, void *buf, long n, xc_coll_type_t t, xc_coll_op_
 }
 
 /* Runs a collect pass at threshold thr. XC_EAGAIN when more than limit entries
- * (in all, over every shard) reach it; the lists grow as needed below that
- * (locally), then one all-reduce gives every shard the same verdict. */
-static int collect(xc_score_t *s, float thr, long limit)
+ * (in all, over every shard), or more than both frac (if > 0) of every shard's
+ * B F entries and 4 K, reach it; the lists grow as needed below that (locally), then one
+ * all-reduce gives every shard the same verdict. */
+static int collect(xc_score_t *s, float thr, long limit, double frac)
 {
-    int64_t v[2] = {0, 0}; /* entries, failures */
+    int64_t v[3] = {0, 0, (int64_t)s->B * s->F}; /* entries, failures, B F */
     s->thr = thr;
     s->limit = limit;
     for (;;) {
@@ -737,9 +742,11 @@ static int collect(xc_score_t *s, float thr, long limit)
             }
         if (!again || v[1]) break;
     }
-    if (sc_ar(s, v, 2, XC_COLL_I64, XC_COLL_SUM)) return XC_ECOLL;
+    if (sc_ar(s, v, 3, XC_COLL_I64, XC_COLL_SUM)) return XC_ECOLL;
     if (v[1]) return XC_ENOMEM;
-    return v[0] > limit ? XC_EAGAIN : XC_OK;
+    double lim = limit;
+    if (frac > 0 && fmax(frac * (double)v[2], 4.0 * s->K) < lim) lim = fmax(frac * (double)v[2], 4.0 * s->K);
+    return (double)v[0] > lim ? XC_EAGAIN : XC_OK;
 }
 
 static int cmp_desc_f(const void *pa, const void *pb)
@@ -1162,6 +1169,11 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
     int rc;
     s->x = x, s->wt = w, s->benc = b_enc, s->sc = sc, s->work = work, s->K = K;
     s->st.steps++;
+    if (s->skip > 0) { /* backing off after a call with too many candidates */
+        s->skip--;
+        s->st.fp32_calls++;
+        return XC_EAGAIN;
+    }
     rc = find_outliers(s);
     if (rc) return rc;
     xc_pool_run(s->pool, xquant_task, s);
@@ -1183,7 +1195,7 @@ int xc_score_candidates(xc_score_t *s, const float *x, const float *w, const flo
 again:
     ok = 0;
     if (s->tau > 0.0f && !redo) {
-        rc = collect(s, s->tau, limit);
+        rc = collect(s, s->tau, limit, 0.0);
         if (rc && rc != XC_EAGAIN) return rc;
         if (!rc) {
             if ((rc = kth_lower(s, &c_low))) return rc;
@@ -1199,7 +1211,7 @@ again:
         }
         s->st.full_passes++;
         if ((rc = hist_lower(s, &c_low))) return rc;
-        rc = collect(s, c_low > 0.0f ? c_low : FLT_TRUE_MIN, (long)(s->cand_limit * K));
+        rc = collect(s, c_low > 0.0f ? c_low : FLT_TRUE_MIN, (long)(s->cand_limit * K), CAND_FRAC);
         if (rc == XC_EAGAIN) goto fallback;
         if (rc) return rc;
         float c2;
@@ -1271,10 +1283,15 @@ again:
     s->nout = m;
     *cand = s->out;
     *ncand = m;
+    s->backoff = 0;
     return XC_OK;
 fallback:
     if (redo) s->lambda = lam_next;
     s->st.fp32_calls++;
     s->tau = 0.0f;
+    /* the same data is likely as dense next step: skip 1, 2, 4, .. calls (the
+     * same count on every shard, since the verdict was all-reduced) */
+    s->backoff = s->backoff ? (s->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : s->backoff * 2) : 1;
+    s->skip = s->backoff;
     return XC_EAGAIN;
 }

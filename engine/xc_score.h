@@ -21,8 +21,11 @@
  * has hi >= r >= c, so it is always among them, whatever the data.
  * Each recomputed entry's measured error is checked against the bound (a
  * guard: a violation means a bug or non-finite input, and the call returns
- * XC_EAGAIN so the caller scores in fp32). When more than 48 K entries would
- * have to be recomputed, the call returns XC_EAGAIN too.
+ * XC_EAGAIN so the caller scores in fp32). When more than 48 K entries, or
+ * more than both 4% of the B F entries and 4 K, would have to be recomputed (each exact
+ * entry gathers a token row, so that costs more than the fp32 product), the
+ * call returns XC_EAGAIN too, and the next 1, 2, 4, .. 64 calls (doubling while
+ * it recurs) return it at once, without the low-precision product.
  * For comparison, XC_SCORE_MARGIN=calibrated (int8 only) runs the statistical
  * margin: a fraction lambda of the bound, calibrated on the measured errors of
  * each call and widened (the call redone with the proven bound) when they come

@@ -332,7 +332,9 @@ static void test_fallback_forced(void)
                  "%s: %d of 3 exact, %ld fallbacks with a tiny margin", xc_prec_name(p[q]), ok,
                  xc_score_stats(s)->fallbacks);
         xc_score_destroy(&s);
-        /* a candidate limit below K: every call hands the batch back to fp32 */
+        /* a candidate limit below K: every call hands the batch back to fp32, and
+         * the scorer backs off: after a failed call the next 1, then 2, then 4
+         * calls return at once (8 calls: 3 tried, each with the full pass) */
         setenv("XC_SCORE_CAND_LIMIT", "0.5", 1);
         s = xc_score_new(p[q], B, D2, F, f.pool, &err, NULL, 0);
         unsetenv("XC_SCORE_CAND_LIMIT");
@@ -340,12 +342,13 @@ static void test_fallback_forced(void)
         const xc_score_cand_t *c;
         long n;
         int eagain = 0;
-        for (int call = 0; call < 3; call++) {
+        for (int call = 0; call < 8; call++) {
             make_random(&f);
             eagain += xc_score_candidates(s, f.x, f.w, f.be, f.sc, K, f.work, &c, &n) == XC_EAGAIN;
         }
-        XC_CHECK(eagain == 3 && xc_score_stats(s)->fp32_calls == 3, "%s: %d of 3 calls handed back to fp32",
-                 xc_prec_name(p[q]), eagain);
+        XC_CHECK(eagain == 8 && xc_score_stats(s)->fp32_calls == 8 && xc_score_stats(s)->full_passes == 3,
+                 "%s: %d of 8 calls handed back to fp32, %ld tried", xc_prec_name(p[q]), eagain,
+                 xc_score_stats(s)->full_passes);
         xc_score_destroy(&s);
         fix_free(&f);
     }
