@@ -11,7 +11,7 @@ fi
 export XCODERD=build/asan/xcoderd
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 rc=0
-for t in tests/integ_daemon.py tests/integ_scaling.py tests/integ_examples.py tests/integ_mix.py; do
+for t in tests/integ_daemon.py tests/integ_scaling.py tests/integ_examples.py tests/integ_mix.py tests/integ_norm.py; do
   /usr/bin/python3 "$t" 2>&1 | sed -E 's/^(not )?ok - /&asan /' || rc=1
 done
 exit $rc
