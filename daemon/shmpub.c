@@ -3,7 +3,6 @@
 
 #include "xc_error.h"
 #include "xc_metrics.h"
-#include "xc_norm.h"
 #include "xc_remote_proto.h"
 
 #include <math.h>
@@ -25,7 +24,7 @@ struct xc_shmpub {
     const xc_norm_t *norm;       /* borrowed: the units of the running estimates; NULL = engine's */
 };
 
-void xc_shmpub_set_norm(xc_shmpub_t *p, const void *norm) { p->norm = norm; }
+void xc_shmpub_set_norm(xc_shmpub_t *p, const xc_norm_t *norm) { p->norm = norm; }
 
 xc_shmpub_t *xc_shmpub_new(const char *instance, const xc_engine_t *e, mode_t mode, const char *owner,
                            const xc_class_thresholds_t *th, int *err, char *why, size_t why_len)

@@ -6,6 +6,7 @@
 #define XC_SHMPUB_H
 
 #include "xc_engine.h"
+#include "xc_norm.h"
 #include "xc_schema.h"
 #include "xc_shm.h"
 
@@ -47,7 +48,7 @@ int xc_shmpub_set_exact(xc_shmpub_t *p, const xc_scaling_stats_t *exact, long st
  * are converted to (xc_norm_scaling_to_original; borrowed, must outlive p;
  * NULL = as the engine computes them). Exact results are converted by whoever
  * stores them. */
-void xc_shmpub_set_norm(xc_shmpub_t *p, const void *norm);
+void xc_shmpub_set_norm(xc_shmpub_t *p, const xc_norm_t *norm);
 /* The stored exact results (NULL if none yet) and the step/tokens behind them. */
 const xc_scaling_stats_t *xc_shmpub_exact(const xc_shmpub_t *p, long *step, uint64_t *tokens);
 /* Recomputes every latent's record from e (running Latent Scaling estimates,

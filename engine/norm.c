@@ -2,7 +2,6 @@
  * NormalizableMixin, in C. */
 #include "xc_norm.h"
 
-#include "xc_engine.h"
 #include "xc_error.h"
 
 #include <math.h>
@@ -205,11 +204,10 @@ long xc_norm_outliers(const float *x, long n, int d, double factor, double media
     return dropped;
 }
 
-int xc_norm_scaling_to_original(const xc_norm_t *z, void *stats, long n)
+int xc_norm_scaling_to_original(const xc_norm_t *z, xc_scaling_stats_t *s, long n)
 {
     double f0, f1;
     if (!z->ready || xc_norm_beta_factor(z, 0, &f0) || xc_norm_beta_factor(z, 1, &f1)) return 0;
-    xc_scaling_stats_t *s = stats;
     for (long j = 0; j < n; j++) {
         s[j].beta_err[0] = (float)(s[j].beta_err[0] * f0);
         s[j].beta_rec[0] = (float)(s[j].beta_rec[0] * f0);

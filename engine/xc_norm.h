@@ -22,6 +22,8 @@
 #ifndef XC_NORM_H
 #define XC_NORM_H
 
+#include "xc_engine.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -85,7 +87,7 @@ int xc_norm_beta_factor(const xc_norm_t *z, int m, double *factor);
  * normalised to original units: beta_m *= a_chat / a_m, nu *= a_chat / a_base.
  * 1 when converted (global mode, ready), 0 when left in normalised units
  * (neuron mode: no scalar factor) or nothing to convert (off). */
-int xc_norm_scaling_to_original(const xc_norm_t *z, void *stats, long n);
+int xc_norm_scaling_to_original(const xc_norm_t *z, xc_scaling_stats_t *stats, long n);
 
 /* The outlier rule: keep[b] = 0 for a token whose L2 norm in either model
  * exceeds factor times that model's median norm over these n tokens (n >= 16;

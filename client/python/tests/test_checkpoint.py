@@ -259,3 +259,61 @@ def test_latent_scaling_by_hand():
     assert np.isfinite(got["nu_rec"]).sum() >= 6
     few = latent_scaling(t, x, min_active=1000)
     assert np.isnan(few["nu_err"]).all()
+
+
+def _normalised(t, mode="global"):
+    """t with a normaliser: mean, std per model and dimension, a per model."""
+    rng = np.random.default_rng(9)
+    d = t["decoder.bias"].shape[1]
+    n = dict(t)
+    n["activation_mean"] = rng.standard_normal((2, d)).astype(np.float32) * 5
+    n["activation_std"] = (rng.random((2, d)) * 3 + 0.5).astype(np.float32)
+    n["activation_global_scale"] = (np.array([0.01, 4.0], np.float32) if mode == "global"
+                                    else np.ones(2, np.float32))
+    n["target_rms"] = np.array(100.0, np.float32)
+    return n, {"config": json.dumps({"normalize": mode})}
+
+
+def test_normalizer_formulas_and_original_units():
+    """normalize/denormalize are the reference's float32 formulas; encode, decode and
+    reconstruct take and give original units (the normalised model applied in between)."""
+    from xcoder import denormalize, normalize, normalizer
+    t = _model()
+    assert normalizer(t) is None  # no activation_mean: no normaliser
+    x = (np.random.default_rng(4).standard_normal((9, 2, 6)) * 30 + 7).astype(np.float32)
+    for mode in ("global", "neuron"):
+        n, meta = _normalised(t, mode)
+        z = normalizer((n, meta))
+        assert z["mode"] == mode
+        mu, sd, a = n["activation_mean"], n["activation_std"], n["activation_global_scale"]
+        want = (x - mu) * a[None, :, None] if mode == "global" else (x - mu) / (sd + np.float32(1e-8))
+        assert np.array_equal(normalize((n, meta), x), want)
+        back = denormalize((n, meta), want)
+        np.testing.assert_allclose(back, x, rtol=1e-5, atol=1e-4)
+        got = reconstruct((n, meta), x)
+        np.testing.assert_allclose(got, denormalize((n, meta), _by_hand(t, want)), rtol=1e-4, atol=1e-4)
+    nan = dict(_normalised(t)[0])
+    nan["activation_mean"] = np.full((2, 6), np.nan, np.float32)
+    assert normalizer(nan) is None  # NaN buffers: the reference's "no normaliser"
+    assert np.array_equal(reconstruct(nan, x), reconstruct(t, x))
+
+
+def test_latent_scaling_units():
+    """A global normaliser: betas x a_chat / a_m and nu x a_chat / a_base of the
+    normalised model's (the identity README states); neuron mode stays normalised."""
+    from xcoder import normalize
+    t = _model(F=12, threshold=0.2)
+    x = (np.random.default_rng(3).standard_normal((40, 2, 6)) * 10).astype(np.float32)
+    n, meta = _normalised(t)
+    a = n["activation_global_scale"].astype(np.float64)
+    got = latent_scaling((n, meta), x)
+    assert got["units"] == "original"
+    base = latent_scaling(t, normalize((n, meta), x))  # the same model on normalised data, no conversion
+    assert base["units"] == "original"
+    ok = np.isfinite(base["nu_err"])
+    assert ok.sum() >= 4
+    np.testing.assert_allclose(got["nu_err"][ok], base["nu_err"][ok] * a[1] / a[0], rtol=1e-5)
+    np.testing.assert_allclose(got["beta_err_base"][ok], base["beta_err_base"][ok] * a[1] / a[0], rtol=1e-5)
+    np.testing.assert_allclose(got["beta_rec_chat"][ok], base["beta_rec_chat"][ok], rtol=1e-5)
+    n2, meta2 = _normalised(t, "neuron")
+    assert latent_scaling((n2, meta2), x)["units"] == "normalised"
