@@ -202,9 +202,21 @@ def feed(dmn, rng_seed, first, count):
             rng = np.random.default_rng(rng_seed * 100003 + i)
             p.send(acts(rng, N, 1.0 if i % 2 == 0 else -1.0), stream="web" if i % 2 == 0 else "chat")
         p.flush()
-    return wait_for(lambda: (lambda s: s if s["tokens_queued"] == 0 and s["tokens_acked"] + s["tokens_restored"] ==
-                             s["tokens_trained"] + s["tokens_buffered"] else None)(dmn.client.status()), timeout=60,
-                    what="queue drained")
+    def settled():
+        s = dmn.client.status()
+        return s["tokens_queued"] == 0 and s["tokens_acked"] + s["tokens_restored"] == \
+            s["tokens_trained"] + s["tokens_buffered"]
+
+    # drained, and still so a second later with no step in between: the accounting also holds in
+    # the moment after the last batch reached the buffer and before the trainer draws from it
+    def quiet():
+        if not settled():
+            return None
+        s0 = dmn.client.status()
+        time.sleep(1.0)
+        s1 = dmn.client.status()
+        return s1 if settled() and s1["step"] == s0["step"] and s1["tokens_buffered"] == s0["tokens_buffered"] else None
+    return wait_for(quiet, timeout=90, what="queue drained and no step pending")
 
 
 def model_of(state_dir):
