@@ -6,6 +6,8 @@
  *   select.c    BatchTopK selection: score the encoder product, keep the top k*B
  *   auxk.c      AuxK: the dead latents' auxiliary loss and its gradient entries
  *   l1.c        the L1 baseline's dense forward and backward
+ *   codenorm.c  the code normalisation s_j (CodeNormalization), decoupled's per-model
+ *               selections and their union, BatchTopK's k-annealing schedule
  *   scaling.c   Latent Scaling: running estimates and the exact pass
  *   geomedian.c the geometric median that initialises b_dec
  * Everything here is pure compute: no file, socket or message code. */
