@@ -398,7 +398,12 @@ static void async_cb(uv_async_t *h)
         xc_log(XC_LOG_INFO, "trainer stopped at step %ld; %llu acked tokens left untrained (%llu buffered, "
                "%llu queued)", ts.m.step, (unsigned long long)(qc.tokens_buffered + qc.tokens_queued),
                (unsigned long long)qc.tokens_buffered, (unsigned long long)qc.tokens_queued);
-        if (s->result)
+        if (s->result == XC_ECOLL) /* a sharded job lost a rank: nothing to fix on this machine's disk */
+            xc_log(XC_LOG_ERROR, "the job lost a rank (%s): training since the last checkpoint (step %ld) and the "
+                   "%llu buffered tokens are lost; exit status 1 (restart the job: it resumes from the last "
+                   "checkpoint)", (ev & XC_TR_EV_CKPT) ? ck.why : "no result", s->last_ckpt_step,
+                   (unsigned long long)qc.tokens_buffered);
+        else if (s->result)
             xc_log(XC_LOG_ERROR, "the final checkpoint failed (%s): training since the last checkpoint (step %ld) "
                    "and the %llu buffered tokens are lost; exit status 1 (free space in state_dir, then restart: "
                    "the daemon resumes from the last checkpoint)", (ev & XC_TR_EV_CKPT) ? ck.why : "no result",
