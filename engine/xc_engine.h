@@ -107,7 +107,9 @@ typedef struct {
     /* wall time of the last training step's phases, ms (see XC_PHASE_*) */
     double phase_ms[7];
     /* sharding (the only per-rank fields besides phase_ms): shard count, and this
-     * rank's traffic and wall seconds inside collectives since the engine was made */
+     * rank's traffic, calls and wall seconds inside collectives: the collective
+     * table's own counters (cumulative since the table was made), read after each
+     * collective call of the engine */
     int ranks;
     uint64_t comm_bytes, comm_calls;
     double comm_seconds;
@@ -191,7 +193,8 @@ xc_engine_t *xc_engine_new(const xc_engine_config_t *cfg, int *err);
  * all ranks computes the single-rank maths (method.md 2): the global BatchTopK
  * cut, x-hat summed over shards, global loss, clip, AuxK and theta. The L1 model
  * is not sharded (its dense codes would need a [B, F] exchange): coll->size > 1
- * with model l1 is XC_ECONFIG.
+ * with model l1 is XC_ECONFIG, as is code_normalization decoupled (per-model
+ * codes) and a shard without a latent (coll->size > dict_size).
  *
  * COLLECTIVE calls (every rank, same order, identical arguments; the service
  * broadcasts the batch): xc_engine_new_sharded, xc_engine_train_step,
