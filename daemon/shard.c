@@ -474,7 +474,10 @@ int xc_shard_follow(xc_shard_t *sh, double timeout_s)
     if (sh->mpi) xc_coll_mpi_set_timeout(sh->c, timeout_s > 3600 ? timeout_s : 3600);
     for (int first = 1;; first = 0) {
         cmd_t cmd;
+        /* idle between commands: nap instead of spinning; spin again while a command runs */
+        if (sh->mpi) xc_coll_mpi_set_spin(sh->c, 0.002);
         rc = fail(sh, sh->c->bcast(sh->c, &cmd, sizeof cmd, 0), "waiting for rank 0's next command");
+        if (sh->mpi) xc_coll_mpi_set_spin(sh->c, 1e30);
         if (first && sh->mpi) xc_coll_mpi_set_timeout(sh->c, timeout_s);
         if (rc) break;
         rc = run_cmd(sh, &cmd, x, &sh->pass, NULL, NULL, NULL, NULL);

@@ -36,6 +36,11 @@ void xc_coll_mpi_free(xc_coll_t **c);
 /* Changes the progress timeout (e.g. a follower waiting for its next command
  * while rank 0 is idle uses a longer one). */
 void xc_coll_mpi_set_timeout(xc_coll_t *c, double timeout_s);
+/* How long a wait spins (driving MPI's progress at full speed) before it
+ * sleeps between tests: by default the whole timeout, as inside a training
+ * step; a wait expected to be idle (a follower waiting for its next command)
+ * sets a short spin so an idle job costs no CPU, then restores it with 1e30. */
+void xc_coll_mpi_set_spin(xc_coll_t *c, double spin_s);
 /* The reason of the last XC_ECOLL on this table ("" if none). */
 const char *xc_coll_mpi_error(const xc_coll_t *c);
 
