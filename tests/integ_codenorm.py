@@ -23,19 +23,18 @@ decodes each model from its own codes). The mixed run is also exported with
 `xcoder export --hf` and loaded with from_pretrained(DIR, from_hub=True) (the
 hub mixin stubbed where huggingface_hub is absent). Without the variable the
 test says so plainly. Run from the repository root."""
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+import xc_integ  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -212,50 +211,7 @@ def test_k_annealing():
 
 # ------------------------------------------------------------- reference --
 def load_reference(path):
-    """dictionary.py imported as dictionary_learning.dictionary, with stand-ins
-    for huggingface_hub (a strict local-directory from_pretrained), einops and
-    the package's utils where this machine lacks them."""
-    import torch
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
-        hub = types.ModuleType("huggingface_hub")
-
-        class PyTorchModelHubMixin:
-            _hub_mixin_config = {}
-
-            @classmethod
-            def from_pretrained(cls, path, **kwargs):
-                with open(os.path.join(path, "config.json")) as fh:
-                    config = json.load(fh)
-                model = cls(**config)
-                tensors, _ = xcoder.load_checkpoint(os.path.join(path, "model.safetensors"))
-                model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
-                return model
-        hub.PyTorchModelHubMixin = PyTorchModelHubMixin
-        sys.modules["huggingface_hub"] = hub
-    try:
-        import einops  # noqa: F401
-    except ImportError:
-        ein = types.ModuleType("einops")
-
-        def rearrange(t, pattern):
-            src, dst = [s.split() for s in pattern.split("->")]
-            return t.permute(*[src.index(a) for a in dst])
-        ein.rearrange = rearrange
-        sys.modules["einops"] = ein
-    pkg = os.path.join(TMP, "dictionary_learning")
-    os.makedirs(pkg, exist_ok=True)
-    open(os.path.join(pkg, "__init__.py"), "w").close()
-    with open(os.path.join(pkg, "utils.py"), "w") as fh:
-        fh.write("def set_decoder_norm_to_unit_norm(*a, **k):\n    raise NotImplementedError\n")
-    shutil.copy(path, os.path.join(pkg, "dictionary.py"))
-    sys.path.insert(0, TMP)
-    spec = importlib.util.spec_from_file_location("dictionary_learning.dictionary", os.path.join(pkg, "dictionary.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["dictionary_learning.dictionary"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return xc_integ.load_reference_dictionary(path, TMP)
 
 
 def test_reference_load_and_forward():

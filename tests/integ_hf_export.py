@@ -13,19 +13,18 @@ local directory, config.json -> __init__, model.safetensors -> load_state_dict,
 but strictly), loaded with from_pretrained(DIR, from_hub=True), and its forward
 pass compared with ours (1e-5 relative). Without it the test says so plainly.
 Run from the repository root."""
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+import xc_integ  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -112,57 +111,8 @@ def test_config_matches_checkpoint():
 
 
 # ------------------------------------------------------------- reference --
-def _stub_modules(tmp):
-    """Stand-ins for what dictionary.py imports and this machine may lack."""
-    import torch
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
-        hub = types.ModuleType("huggingface_hub")
-
-        class PyTorchModelHubMixin:
-            """The hub mixin's local-directory route, strict: config.json's keys
-            to __init__, model.safetensors into load_state_dict(strict=True)."""
-            _hub_mixin_config = {}
-
-            @classmethod
-            def from_pretrained(cls, path, **kwargs):
-                with open(os.path.join(path, "config.json")) as fh:
-                    config = json.load(fh)
-                model = cls(**config)
-                tensors, _ = xcoder.load_checkpoint(os.path.join(path, "model.safetensors"))
-                model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
-                return model
-        hub.PyTorchModelHubMixin = PyTorchModelHubMixin
-        sys.modules["huggingface_hub"] = hub
-    try:
-        import einops  # noqa: F401
-    except ImportError:
-        ein = types.ModuleType("einops")
-
-        def rearrange(t, pattern):  # only plain axis permutations, which is all __init__ uses
-            src, dst = [s.split() for s in pattern.split("->")]
-            return t.permute(*[src.index(a) for a in dst])
-        ein.rearrange = rearrange
-        sys.modules["einops"] = ein
-    pkg = os.path.join(tmp, "dictionary_learning")
-    os.makedirs(pkg, exist_ok=True)
-    with open(os.path.join(pkg, "__init__.py"), "w"):
-        pass
-    with open(os.path.join(pkg, "utils.py"), "w") as fh:  # used only in training
-        fh.write("def set_decoder_norm_to_unit_norm(*a, **k):\n    raise NotImplementedError\n")
-    return pkg
-
-
 def load_reference(path):
-    pkg = _stub_modules(TMP)
-    shutil.copy(path, os.path.join(pkg, "dictionary.py"))
-    sys.path.insert(0, TMP)
-    spec = importlib.util.spec_from_file_location("dictionary_learning.dictionary", os.path.join(pkg, "dictionary.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["dictionary_learning.dictionary"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return xc_integ.load_reference_dictionary(path, TMP)
 
 
 def test_reference_from_pretrained():

@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+import xc_integ  # noqa: E402
 from xc_integ import check, failed, run_case, wait_for  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -222,11 +223,7 @@ def test_export_and_reference():
         return
     check(os.path.isfile(ref), "XC_REFERENCE_DICTIONARY=%s is not a file" % ref)
     import torch
-    import integ_hf_export as hf
-    try:
-        mod = hf.load_reference(ref)
-    finally:
-        shutil.rmtree(hf.TMP, ignore_errors=True)
+    mod = xc_integ.load_reference_dictionary(ref, os.path.join(TMP, "ref"))
     x, _, _, _ = documents(8, seed=99)
     for mode, path in sorted(CKPTS.items()):
         t, _ = xcoder.load_checkpoint(path)

@@ -87,3 +87,63 @@ class Daemon:
             self.proc.wait(timeout=timeout)
         self.log.close()
         return self.proc.returncode
+
+
+def load_reference_dictionary(path, tmp):
+    """The authors' dictionary.py (at `path`, which a test takes from the
+    environment variable XC_REFERENCE_DICTIONARY) imported as
+    dictionary_learning.dictionary, with stand-ins, under tmp, for what it imports
+    and this machine may lack: huggingface_hub (the hub mixin's local-directory
+    route, strict: config.json's keys to __init__, model.safetensors into
+    load_state_dict(strict=True)), einops (plain axis permutations, all __init__
+    uses) and the package's utils (used only in training). Returns the module."""
+    import importlib.util
+    import json
+    import os
+    import shutil
+    import types
+
+    import numpy as np
+    import torch
+    import xcoder
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        hub = types.ModuleType("huggingface_hub")
+
+        class PyTorchModelHubMixin:
+            _hub_mixin_config = {}
+
+            @classmethod
+            def from_pretrained(cls, path, **kwargs):
+                with open(os.path.join(path, "config.json")) as fh:
+                    config = json.load(fh)
+                model = cls(**config)
+                tensors, _ = xcoder.load_checkpoint(os.path.join(path, "model.safetensors"))
+                model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, strict=True)
+                return model
+        hub.PyTorchModelHubMixin = PyTorchModelHubMixin
+        sys.modules["huggingface_hub"] = hub
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        ein = types.ModuleType("einops")
+
+        def rearrange(t, pattern):
+            src, dst = [s.split() for s in pattern.split("->")]
+            return t.permute(*[src.index(a) for a in dst])
+        ein.rearrange = rearrange
+        sys.modules["einops"] = ein
+    pkg = os.path.join(tmp, "dictionary_learning")
+    os.makedirs(pkg, exist_ok=True)
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    with open(os.path.join(pkg, "utils.py"), "w") as fh:
+        fh.write("def set_decoder_norm_to_unit_norm(*a, **k):\n    raise NotImplementedError\n")
+    shutil.copy(path, os.path.join(pkg, "dictionary.py"))
+    if tmp not in sys.path:
+        sys.path.insert(0, tmp)
+    spec = importlib.util.spec_from_file_location("dictionary_learning.dictionary", os.path.join(pkg, "dictionary.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["dictionary_learning.dictionary"] = mod
+    spec.loader.exec_module(mod)
+    return mod
